@@ -1,0 +1,42 @@
+# shellcheck shell=bash
+# Source this file (". scripts/env.sh"): it only sets and exports variables.
+#
+#   MLSDISK_CACHE  cache root (default ~/.cache/mlsdisk)
+#   KSRC           unpacked kernel source tree
+#   KDIR           kernel build output (O=) dir, keyed by kernel version,
+#                  config fragment hash and rustc version
+#   RUST_LIB_SRC   Rust library source matching rustc (for the kernel's core/alloc)
+#   LIBCLANG_PATH, LLVM, PATH (with the cache's bindgen)
+#   KMAKE          make prefix for the kernel, e.g. "$KMAKE M=$PWD/linux modules"
+
+MLSDISK_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/versions.sh
+. "$MLSDISK_ROOT/scripts/versions.sh"
+
+MLSDISK_CACHE="${MLSDISK_CACHE:-$HOME/.cache/mlsdisk}"
+KSRC="$MLSDISK_CACHE/src/linux-source-$MLSDISK_KERNEL_SERIES"
+RUST_LIB_SRC="$MLSDISK_CACHE/rust-src-$MLSDISK_RUST_SRC_DEBVER/usr/src/$MLSDISK_RUST_SRC_DIR/library"
+LIBCLANG_PATH="/usr/lib/llvm-$MLSDISK_LLVM_MAJOR/lib"
+LLVM="-$MLSDISK_LLVM_MAJOR"
+MLSDISK_BINDGEN_ROOT="$MLSDISK_CACHE/bindgen-$MLSDISK_BINDGEN_VERSION"
+
+# Cache key of the kernel build: fragment contents + kernel + rustc + bindgen + llvm.
+MLSDISK_RUSTC_ID="$(rustc --version 2>/dev/null || echo no-rustc)"
+MLSDISK_KERNEL_KEY="$( {
+	cat "$MLSDISK_ROOT/qemu/kernel.config" 2>/dev/null || echo no-fragment
+	echo "$MLSDISK_LINUX_SOURCE_DEBVER"
+	echo "$MLSDISK_RUST_SRC_DEBVER"
+	echo "$MLSDISK_RUSTC_ID"
+	echo "bindgen $MLSDISK_BINDGEN_VERSION llvm $MLSDISK_LLVM_MAJOR"
+} | sha256sum | cut -c1-12)"
+KDIR="$MLSDISK_CACHE/kernel/$MLSDISK_KERNEL_VERSION-$MLSDISK_KERNEL_KEY"
+
+case ":$PATH:" in
+*":$MLSDISK_BINDGEN_ROOT/bin:"*) ;;
+*) PATH="$MLSDISK_BINDGEN_ROOT/bin:$PATH" ;;
+esac
+
+KMAKE="make -C $KSRC O=$KDIR LLVM=$LLVM RUST_LIB_SRC=$RUST_LIB_SRC"
+
+export MLSDISK_ROOT MLSDISK_CACHE KSRC KDIR RUST_LIB_SRC LIBCLANG_PATH LLVM PATH KMAKE
+export MLSDISK_KERNEL_KEY MLSDISK_BINDGEN_ROOT
