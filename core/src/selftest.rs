@@ -145,7 +145,11 @@ pub fn run() -> Result<u64, &'static str> {
         // Contents must survive every reallocation.
         while large.len() < len {
             #[allow(clippy::cast_possible_truncation)]
-            large.push((large.len() as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3]);
+            large.push(
+                (large.len() as u32)
+                    .wrapping_mul(2_654_435_761)
+                    .to_le_bytes()[3],
+            );
         }
         len *= 2;
     }
@@ -207,8 +211,9 @@ mod tests {
     /// The same checksum, computed without a `BTreeMap`: generate, sort,
     /// drop every third entry only after hashing (as `run` does).
     fn recompute() -> u64 {
-        let mut entries: Vec<(u64, Vec<u8>)> =
-            (0..ENTRIES).map(|i| (key_of(i), value_of(key_of(i)))).collect();
+        let mut entries: Vec<(u64, Vec<u8>)> = (0..ENTRIES)
+            .map(|i| (key_of(i), value_of(key_of(i))))
+            .collect();
         entries.sort_unstable_by_key(|e| e.0);
         let mut hash = FNV_OFFSET;
         for (k, v) in &entries {

@@ -1,0 +1,179 @@
+//! Block I/O: the device underneath every layer.
+//!
+//! A [`BlockSet`] is an array of 4 KiB blocks with random reads and writes of
+//! whole blocks and a flush. It is the only thing the engine asks of a storage
+//! device, and it assumes nothing of it: the device may lose unflushed writes
+//! at a crash, return errors, or (being the host's) return anything at all.
+//! The layers above authenticate what they read.
+//!
+//! Implementations here: [`MemDisk`] (memory, `std`), and region views
+//! ([`BlockRange`]). The kernel module implements `BlockSet` over its backing
+//! block device with bios.
+//!
+//! # Contract
+//!
+//! - `pos` counts blocks; a buffer's length is a non-zero multiple of
+//!   [`BLOCK_SIZE`]; an access past [`BlockSet::nblocks`] is an
+//!   [`ErrorKind::InvalidArgument`] error, never a panic.
+//! - A write is durable only after a later `flush` returns `Ok`. Until then a
+//!   crash may keep any subset of the unflushed writes, in any order.
+//! - Methods take `&self`: implementations do their own locking, so one device
+//!   can be shared (an [`alloc::sync::Arc`] of it is a `BlockSet` too).
+//!
+//! # Example
+//!
+//! A device that keeps one byte pattern per block (not useful, but complete):
+//!
+//! ```
+//! use mlsdisk_core::bio::{BlockSet, BLOCK_SIZE};
+//! use mlsdisk_core::Result;
+//!
+//! struct Zeros(u64);
+//!
+//! impl BlockSet for Zeros {
+//!     fn read(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+//!         mlsdisk_core::bio::check_range(self.0, pos, buf.len())?;
+//!         buf.fill(0);
+//!         Ok(())
+//!     }
+//!     fn write(&self, pos: u64, buf: &[u8]) -> Result<()> {
+//!         mlsdisk_core::bio::check_range(self.0, pos, buf.len())
+//!     }
+//!     fn flush(&self) -> Result<()> {
+//!         Ok(())
+//!     }
+//!     fn nblocks(&self) -> u64 {
+//!         self.0
+//!     }
+//! }
+//!
+//! let d = Zeros(8);
+//! let mut b = vec![1u8; BLOCK_SIZE];
+//! d.read(7, &mut b).unwrap();
+//! assert!(b.iter().all(|&x| x == 0));
+//! assert!(d.read(8, &mut b).is_err());
+//! ```
+
+#[cfg(feature = "std")]
+mod mem_disk;
+#[cfg(feature = "std")]
+pub use mem_disk::MemDisk;
+
+use alloc::sync::Arc;
+
+use crate::{Error, ErrorKind, Result};
+
+/// The size of a block in bytes.
+pub const BLOCK_SIZE: usize = 4096;
+
+/// A device of 4 KiB blocks. See the module documentation for the contract.
+pub trait BlockSet: Send + Sync {
+    /// Reads `buf.len() / BLOCK_SIZE` blocks starting at block `pos`.
+    fn read(&self, pos: u64, buf: &mut [u8]) -> Result<()>;
+    /// Writes `buf.len() / BLOCK_SIZE` blocks starting at block `pos`.
+    fn write(&self, pos: u64, buf: &[u8]) -> Result<()>;
+    /// Makes every write that returned before this call durable.
+    fn flush(&self) -> Result<()>;
+    /// The number of blocks of the device.
+    fn nblocks(&self) -> u64;
+}
+
+/// Checks that `len` bytes at block `pos` are whole blocks inside a device of
+/// `nblocks` blocks.
+pub fn check_range(nblocks: u64, pos: u64, len: usize) -> Result<()> {
+    if len == 0 || len % BLOCK_SIZE != 0 {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "buffer is not a whole number of blocks",
+        ));
+    }
+    let count = (len / BLOCK_SIZE) as u64;
+    match pos.checked_add(count) {
+        Some(end) if end <= nblocks => Ok(()),
+        _ => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "block range past the end of the device",
+        )),
+    }
+}
+
+impl<T: BlockSet + ?Sized> BlockSet for Arc<T> {
+    fn read(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+        (**self).read(pos, buf)
+    }
+    fn write(&self, pos: u64, buf: &[u8]) -> Result<()> {
+        (**self).write(pos, buf)
+    }
+    fn flush(&self) -> Result<()> {
+        (**self).flush()
+    }
+    fn nblocks(&self) -> u64 {
+        (**self).nblocks()
+    }
+}
+
+impl<T: BlockSet + ?Sized> BlockSet for &T {
+    fn read(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+        (**self).read(pos, buf)
+    }
+    fn write(&self, pos: u64, buf: &[u8]) -> Result<()> {
+        (**self).write(pos, buf)
+    }
+    fn flush(&self) -> Result<()> {
+        (**self).flush()
+    }
+    fn nblocks(&self) -> u64 {
+        (**self).nblocks()
+    }
+}
+
+/// A window of `len` blocks of a device starting at block `start`: a region.
+///
+/// Block 0 of the view is block `start` of the device. Flush flushes the
+/// whole device.
+#[derive(Clone, Debug)]
+pub struct BlockRange<D> {
+    disk: D,
+    start: u64,
+    len: u64,
+}
+
+impl<D: BlockSet> BlockRange<D> {
+    /// A view of blocks `start .. start + len` of `disk`.
+    pub fn new(disk: D, start: u64, len: u64) -> Result<Self> {
+        match start.checked_add(len) {
+            Some(end) if end <= disk.nblocks() => Ok(Self { disk, start, len }),
+            _ => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "region past the end of the device",
+            )),
+        }
+    }
+
+    /// The device underneath.
+    pub fn inner(&self) -> &D {
+        &self.disk
+    }
+
+    /// The first block of the view on the device.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+}
+
+impl<D: BlockSet> BlockSet for BlockRange<D> {
+    fn read(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+        check_range(self.len, pos, buf.len())?;
+        self.disk.read(self.start + pos, buf)
+    }
+    fn write(&self, pos: u64, buf: &[u8]) -> Result<()> {
+        check_range(self.len, pos, buf.len())?;
+        self.disk.write(self.start + pos, buf)
+    }
+    fn flush(&self) -> Result<()> {
+        self.disk.flush()
+    }
+    fn nblocks(&self) -> u64 {
+        self.len
+    }
+}
