@@ -52,7 +52,14 @@ extern crate std;
 mod error;
 
 pub mod bio;
+pub mod crypto;
+pub mod disk;
+pub mod log;
+pub mod lsm;
 pub mod platform;
 pub mod selftest;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// A shared handle to the platform's crypto provider.
+pub type CryptoRef = alloc::sync::Arc<dyn platform::Crypto>;

@@ -1,0 +1,1 @@
+//! The `log` layer (being written; see the crate docs for its place in the stack).
