@@ -116,8 +116,11 @@ impl Entry {
         let (a, rest) = b.split_at(8);
         let (k, m) = rest.split_at(32);
         let addr = u64::from_le_bytes(a.try_into().map_err(|_| corrupted("entry address"))?);
-        let key = AeadKey::from_slice(k.get(..key_len).ok_or(corrupted("entry key length"))?)
-            .map_err(|_| corrupted("entry key length"))?;
+        let (kb, pad) = k
+            .split_at_checked(key_len)
+            .ok_or(corrupted("entry key length"))?;
+        ensure!(pad.iter().all(|&x| x == 0), Corrupted, "entry key padding");
+        let key = AeadKey::from_slice(kb).map_err(|_| corrupted("entry key length"))?;
         let mac: Mac = m.try_into().map_err(|_| corrupted("entry MAC"))?;
         Ok(Self { addr, key, mac })
     }
