@@ -36,6 +36,7 @@ cargo-test:
 	cargo fmt --all --check
 
 guest-test:
+	tests/harness/judge-log-test.sh
 	qemu/run-guest.sh --mode test $(GUEST_ARGS)
 
 guest-demo:

@@ -134,36 +134,8 @@ elapsed=$((SECONDS - t0))
 
 tr -d '\r' <"$log" >"$run_dir/console.txt"
 txt="$run_dir/console.txt"
-problems=()
-if ((qrc == 124 || qrc == 137)); then
-	problems+=("QEMU timed out after ${timeout_s}s")
-elif ((qrc != 0)); then
-	problems+=("QEMU exited with status $qrc: $(tail -n 3 "$run_dir/qemu.out" | tr '\n' ' ')")
-fi
-if grep -nE 'BUG:|WARNING:|Oops|[Pp]anic([^=]|$)|Call Trace' "$txt" >"$run_dir/kernel-problems.txt"; then
-	problems+=("the guest kernel log reports problems:")
-	while IFS= read -r l; do problems+=("    $l"); done < <(head -n 20 "$run_dir/kernel-problems.txt")
-fi
-final="$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$txt" | tail -n 1 || true)"
-if [[ -z "$final" ]]; then
-	problems+=("no final 'N passed, N failed' line (guest crashed, hung or timed out)")
-else
-	nfail="$(echo "$final" | awk '{print $3}')"
-	npass="$(echo "$final" | awk '{print $1}')"
-	((nfail == 0)) || problems+=("$nfail guest test(s) failed")
-	((npass > 0)) || problems+=("no guest test passed")
-fi
-if grep -qE '^FAIL ' "$txt"; then
-	((${#problems[@]})) || problems+=("FAIL lines in the log")
-fi
-
 echo "[guest] ---- results ($accel_name, ${elapsed}s wall) ----"
-grep -E '^(PASS|FAIL) ' "$txt" || true
-[[ -n "$final" ]] && echo "$final"
-if ((${#problems[@]})); then
-	printf '[guest] FAILED: %s\n' "${problems[0]}"
-	printf '[guest] %s\n' "${problems[@]:1}"
-	echo "[guest] full log: $txt"
+if ! "$here/judge-log.sh" "$txt" "$qrc" "$timeout_s"; then
+	echo "[guest] full log: $txt; QEMU output: $run_dir/qemu.out"
 	exit 1
 fi
-echo "[guest] OK"
