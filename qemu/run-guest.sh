@@ -27,7 +27,7 @@ usage() {
 	exit 2
 }
 
-mode=test
+mode="test"
 module=""
 no_module=0
 tests=""
@@ -73,7 +73,7 @@ kvm | KVM)
 	;;
 tcg | TCG)
 	accel_name=TCG
-	accel_args=(-accel tcg,thread=multi -cpu max)
+	accel_args=(-accel "tcg,thread=multi" -cpu max)
 	;;
 *) die "MLSDISK_ACCEL must be tcg or kvm, not $accel" ;;
 esac

@@ -1,6 +1,7 @@
 # The main job inside the guest: the same fio jobs on an ext4 file system
 # over dm-crypt and over mlsdisk, on the same virtual disk, then a table.
 # shellcheck shell=sh
+# shellcheck source=qemu/guest/lib.sh
 . /mlsdisk/lib.sh
 
 ACCEL=${ACCEL:-unknown}
@@ -24,8 +25,8 @@ bench() {
 		pattern=${job%-*}
 		bs=${job##*-}
 		case "$pattern" in
-		seq-read) rw=read ;;
-		seq-write) rw=write ;;
+		seq-read) rw="read" ;;
+		seq-write) rw="write" ;;
 		rand-read) rw=randread ;;
 		rand-write) rw=randwrite ;;
 		esac
@@ -59,6 +60,7 @@ echo "fio on ext4, O_DIRECT, libaio QD16, ${RUNTIME}s per job, ${FILE_SIZE} file
 printf '%-16s %12s %9s %12s %9s\n' job "dm-crypt" "" mlsdisk ""
 printf '%-16s %12s %9s %12s %9s\n' "" "MiB/s" IOPS "MiB/s" IOPS
 for job in $JOBS; do
+	# shellcheck disable=SC2046  # two words per file: MiB/s and IOPS
 	set -- $(cat "/tmp/bench.dm-crypt.$job") $(cat "/tmp/bench.mlsdisk.$job" 2>/dev/null || echo "n/a n/a")
 	printf '%-16s %12s %9s %12s %9s\n' "$job" "$1" "$2" "$3" "$4"
 done

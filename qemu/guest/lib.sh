@@ -1,7 +1,7 @@
 # Helpers for the guest tests (sourced by each tests/guest/*.sh).
 # A test fails by calling `fail <reason>` or by any helper failing;
 # it passes only by reaching its end (exit 0).
-# shellcheck shell=sh
+# shellcheck shell=sh disable=SC2034  # sourced by the tests, which use these
 
 # Where the runner expects the one-line failure reason.
 REASON_FILE="${REASON_FILE:-/tmp/reason}"

@@ -5,7 +5,7 @@
 #   <N> passed, <N> failed
 # which the host (qemu/run-guest.sh) parses.
 # shellcheck shell=sh
-MODE=test
+MODE="test"
 TESTS=
 TEST_TIMEOUT=600
 # shellcheck source=/dev/null
@@ -26,6 +26,7 @@ failure() {
 # Remove leftovers of a test so the next one starts clean; report them.
 cleanup_after() {
 	left=""
+	# shellcheck disable=SC2013  # mount points under /mnt have no spaces
 	for m in $(awk '$2 ~ "^/mnt/" {print $2}' /proc/mounts); do
 		left="$left mount:$m"
 		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null

@@ -2,6 +2,7 @@
 # insmod; dmsetup create from a table line; mkfs.ext4; mount; write; sync;
 # umount; e2fsck -fn; remove; create again; mount; checksums match; rmmod.
 # shellcheck shell=sh
+# shellcheck source=qemu/guest/lib.sh
 . /mlsdisk/lib.sh
 
 load_module

@@ -6,6 +6,7 @@
 # "selftest" and "ok"/"passed" on success, or "selftest" and "FAIL"/"failed" on
 # failure (and then refuses to load).
 # shellcheck shell=sh
+# shellcheck source=qemu/guest/lib.sh
 . /mlsdisk/lib.sh
 
 need_module
