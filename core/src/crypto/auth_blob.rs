@@ -1,0 +1,1 @@
+//! `AuthBlob`: a versioned, authenticated blob in two slots (being written).
