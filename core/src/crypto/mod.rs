@@ -14,4 +14,5 @@ pub mod auth_blob;
 pub mod crypto_log;
 pub mod mac_chain;
 
+pub use auth_blob::AuthBlob;
 pub use mac_chain::{ChainPos, MacChain};
