@@ -108,8 +108,9 @@ pub(crate) trait Target: Sized + Send + Sync {
 /// constructor has returned).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CtrError {
-    /// The message for `ti->error`; by convention it starts with the target
-    /// name.
+    /// The message for `ti->error`. device-mapper logs it as
+    /// `device-mapper: table: <dev>: <target name>: <msg> (<errno>)`, so it
+    /// does not repeat the target name.
     pub(crate) msg: &'static CStr,
     /// The error to return.
     pub(crate) err: Error,
