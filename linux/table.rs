@@ -158,7 +158,10 @@ impl RawKey {
     /// The key bytes (16 or 32 of them).
     #[cfg_attr(
         not(test),
-        expect(dead_code, reason = "the pass-through stage holds the key without using it")
+        expect(
+            dead_code,
+            reason = "the pass-through stage holds the key without using it"
+        )
     )]
     pub(crate) fn as_bytes(&self) -> &[u8] {
         self.bytes.get(..self.len).unwrap_or(&[])
@@ -304,7 +307,10 @@ pub(crate) fn parse_key(arg: &[u8]) -> Result<RawKey, TableError<'static>> {
     if !arg.len().is_multiple_of(2) && arg.iter().all(|&c| hex_digit(c).is_some()) {
         return Err(TableError::KeyLength { digits: arg.len() });
     }
-    let mut key = RawKey { bytes: [0; KEY_MAX], len: 0 };
+    let mut key = RawKey {
+        bytes: [0; KEY_MAX],
+        len: 0,
+    };
     for (slot, pair) in key.bytes.iter_mut().zip(arg.chunks(2)) {
         let (Some(&hi), Some(&lo)) = (pair.first(), pair.get(1)) else {
             return Err(TableError::MalformedKey("odd number of hex digits"));
@@ -357,7 +363,10 @@ fn parse_options<'a>(args: &[&'a [u8]]) -> Result<Options, TableError<'a>> {
     };
     let declared = parse_decimal(count).ok_or(TableError::BadOptionCount(count))?;
     if declared != opts.len() {
-        return Err(TableError::OptionCountMismatch { declared, given: opts.len() });
+        return Err(TableError::OptionCountMismatch {
+            declared,
+            given: opts.len(),
+        });
     }
     let mut options = Options::default();
     for &opt in opts {
@@ -369,7 +378,10 @@ fn parse_options<'a>(args: &[&'a [u8]]) -> Result<Options, TableError<'a>> {
             {
                 return Err(TableError::BadAnchor);
             }
-            let mut anchor = Anchor { spec: [0; ANCHOR_MAX], len: spec.len() };
+            let mut anchor = Anchor {
+                spec: [0; ANCHOR_MAX],
+                len: spec.len(),
+            };
             for (d, &s) in anchor.spec.iter_mut().zip(spec) {
                 *d = s;
             }
@@ -402,7 +414,11 @@ pub(crate) fn parse<'a>(args: &[&'a [u8]]) -> Result<TableLine<'a>, TableError<'
     };
     let key = parse_key(key)?;
     let options = parse_options(args.get(KEY_ARG + 1..).unwrap_or(&[]))?;
-    Ok(TableLine { device, key, options })
+    Ok(TableLine {
+        device,
+        key,
+        options,
+    })
 }
 
 #[cfg(test)]
