@@ -4,6 +4,7 @@
 # bio remapping with a non-zero target start, and the module reference
 # held by a live target.
 # shellcheck shell=sh
+# shellcheck source=qemu/guest/lib.sh
 . /mlsdisk/lib.sh
 
 n0=$(dmesg | wc -l)
