@@ -41,9 +41,25 @@ esac
 # 3. A live target pins the module.
 must_fail rmmod mlsdisk
 grep -q '^mlsdisk ' /proc/modules || fail "rmmod removed the module under a live target"
+
+# 4. Table swap: load a new table while the old target is live, suspend,
+#    resume (the old instance is destroyed, the new one takes over).
+run dmsetup reload mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY 1 open"
+run dmsetup suspend mlsdisk_mod
+run dmsetup resume mlsdisk_mod
+tbl=$(dmsetup table mlsdisk_mod)
+echo "+ dmsetup table after reload: $tbl"
+case "$tbl" in
+*" - 1 open") ;;
+*) fail "reloaded table not in effect: $tbl" ;;
+esac
+# A refused reload leaves the live table alone.
+must_fail dmsetup reload mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY 1 bogus"
+run dmsetup resume mlsdisk_mod
+[ "$(dmsetup table mlsdisk_mod)" = "$tbl" ] || fail "a refused reload changed the live table"
 run dmsetup remove mlsdisk_mod
 
-# 4. AES-128 key and the explicit 'open' option are accepted.
+# 5. AES-128 key and the explicit 'open' option are accepted.
 run dmsetup create mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY128 1 open"
 tbl=$(dmsetup table mlsdisk_mod)
 echo "+ dmsetup table: $tbl"
@@ -54,7 +70,7 @@ case "$tbl" in
 esac
 run dmsetup remove mlsdisk_mod
 
-# 5. Refused lines name their cause (the harness's bad-table test covers the
+# 6. Refused lines name their cause (the harness's bad-table test covers the
 #    common ones; these are the module's own).
 refused() {
 	label=$1
@@ -74,7 +90,7 @@ refused "count not a number" "not a number" "0 $len mlsdisk $DISK $KEY create"
 refused "length beyond the device" "maximum is $sectors sectors" "0 $((sectors + 8)) mlsdisk $DISK $KEY"
 refused "empty anchor" "bad anchor" "0 $len mlsdisk $DISK $KEY 1 anchor="
 
-# 6. Bios are remapped relative to the target start: a second target that
+# 7. Bios are remapped relative to the target start: a second target that
 #    starts at sector 2048 of the mapped device maps to sector 0 of the
 #    backing device (pass-through stage: same offset, no encryption).
 printf '0 2048 mlsdisk %s %s\n2048 2048 mlsdisk %s %s\n' "$DISK" "$KEY" "$DISK" "$KEY" |
@@ -87,7 +103,7 @@ run blockdev --flushbufs "$DISK"
 got=$(dd if="$DISK" bs=512 count=1 2>/dev/null | tr -d '\000')
 [ "$got" = "mlsdisk-remap-check" ] || fail "the second target's sector 0 did not land on backing sector 0 (got '$got')"
 
-# 7. Flushes and discards reach the target (num_flush_bios/num_discard_bios):
+# 8. Flushes and discards reach the target (num_flush_bios/num_discard_bios):
 #    the status counters of the second target show them.
 st=$(dmsetup status mlsdisk_two | tail -n 1)
 echo "+ dmsetup status (second target): $st"
@@ -113,7 +129,7 @@ else
 fi
 run dmsetup remove mlsdisk_two
 
-# 8. The key never reached the kernel log.
+# 9. The key never reached the kernel log.
 if dmesg | tail -n +$((n0 + 1)) | grep -qi -e "$KEY" -e "$KEY128"; then
 	fail "a key appears in the kernel log"
 fi
