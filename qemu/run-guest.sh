@@ -134,6 +134,11 @@ elapsed=$((SECONDS - t0))
 
 tr -d '\r' <"$log" >"$run_dir/console.txt"
 txt="$run_dir/console.txt"
+if [[ "$mode" == demo ]]; then
+	echo
+	sed -n '/=== demo table begin/,/=== demo table end/p' "$txt" | sed '1d;$d; s/^  | //'
+	echo
+fi
 echo "[guest] ---- results ($accel_name, ${elapsed}s wall) ----"
 if ! "$here/judge-log.sh" "$txt" "$qrc" "$timeout_s"; then
 	echo "[guest] full log: $txt; QEMU output: $run_dir/qemu.out"
