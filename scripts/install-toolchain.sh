@@ -90,6 +90,8 @@ deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri $MLSDISK_BAC
 SRC
 	local apt=(-o "Dir::Etc::sourcelist=$apt_dir/sources" -o Dir::Etc::sourceparts=/dev/null
 		-o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o APT::Get::List-Cleanup=0)
+	# The private folders belong to the caller; as root, do not hand them to _apt.
+	if [[ $(id -u) -eq 0 ]]; then apt+=(-o APT::Sandbox::User=root); fi
 	mkdir -p "$apt_dir/cache/archives/partial"
 	log "backports: apt-get update ($MLSDISK_BACKPORTS_SUITE from $uri, private lists in $apt_dir)"
 	apt-get "${apt[@]}" update -q ||
