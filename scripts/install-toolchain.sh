@@ -61,10 +61,15 @@ step_host_packages() {
 # --- 2. rustc (rustup) ---------------------------------------------------------
 step_rustc() {
 	local have
+	if command -v rustup >/dev/null 2>&1 && ! rustup run "$MLSDISK_RUSTC_VERSION" rustc --version >/dev/null 2>&1; then
+		log "rustc: rustup toolchain install $MLSDISK_RUSTC_VERSION"
+		rustup toolchain install "$MLSDISK_RUSTC_VERSION" --profile minimal --component clippy,rustfmt ||
+			fail "rustc" "rust $MLSDISK_RUSTC_VERSION (rustup)" "check network access; run: rustup toolchain install $MLSDISK_RUSTC_VERSION"
+	fi
 	have="$(rustc --version 2>/dev/null | awk '{print $2}')" || true
 	if [[ "$have" != "$MLSDISK_RUSTC_VERSION" ]]; then
 		fail "rustc" "rustc $MLSDISK_RUSTC_VERSION" \
-			"install rustup (https://rustup.rs) and run: rustup default $MLSDISK_RUSTC_VERSION && rustup component add rustfmt clippy (found: '${have:-none}')"
+			"install rustup (https://rustup.rs), then run: rustup toolchain install $MLSDISK_RUSTC_VERSION --component clippy,rustfmt (found: '${have:-none}')"
 	fi
 	cargo clippy --version >/dev/null 2>&1 ||
 		fail "rustc" "clippy" "rustup component add clippy"
