@@ -6,7 +6,8 @@
 //! (see `linux/Kbuild`). [`run`] exercises exactly the pieces that bridge has
 //! to get right — many small allocations in an ordered map, a buffer past the
 //! kmalloc limit (so the vmalloc path), reallocation by growth, shared
-//! ownership, and allocation failure reported as `Err` rather than a panic —
+//! ownership, alignments up to 8 KiB on every path, and allocation failure
+//! reported as `Err` rather than a panic —
 //! and returns a checksum that does not depend on the platform.
 //!
 //! The same function runs in userspace under `cargo test`, which asserts that
@@ -75,6 +76,25 @@ fn value_of(key: u64) -> Vec<u8> {
 fn fold_entry(hash: u64, key: u64, value: &[u8]) -> u64 {
     let hash = fnv1a(hash, &key.to_le_bytes());
     fnv1a(hash, value)
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Align64(u8);
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct Align4096(u8);
+#[derive(Clone, Copy)]
+#[repr(C, align(8192))]
+struct Align8192(u8);
+
+/// Whether vectors of `T` with each of `counts` elements can be allocated
+/// (fallibly) at `T`'s alignment. The elements are never built on the stack.
+fn aligned<T>(counts: &[usize]) -> bool {
+    counts.iter().all(|&n| {
+        let mut v: Vec<T> = Vec::new();
+        v.try_reserve_exact(n).is_ok() && (v.as_ptr() as usize) % core::mem::align_of::<T>() == 0
+    })
 }
 
 /// Runs the self-test; returns the checksum of the map contents (in key
@@ -177,7 +197,16 @@ pub fn run() -> Result<u64, &'static str> {
     drop(zeroed);
     drop(page);
 
-    // 4. Allocation failure must come back as an error, not a panic. The
+    // 4. Over-aligned blocks, small (kmalloc), large (page allocator) and
+    // huge (vmalloc): the alignment must hold on every path.
+    if !aligned::<Align64>(&[1, 100])
+        || !aligned::<Align4096>(&[1, 3])
+        || !aligned::<Align8192>(&[1, 3, 1000])
+    {
+        return Err("over-aligned allocation is misaligned or failed");
+    }
+
+    // 5. Allocation failure must come back as an error, not a panic. The
     // first request passes the capacity check and reaches the allocator,
     // which cannot satisfy it on any 64-bit machine (the kernel's kvmalloc
     // refuses anything over INT_MAX); the second overflows the capacity
