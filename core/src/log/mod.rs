@@ -74,7 +74,6 @@
 //! Byte layouts: `docs/format.md`, sections "TxLogStore journal record" and
 //! "StoreRoot".
 
-mod chain_shim;
 mod chunk;
 mod record;
 mod store;

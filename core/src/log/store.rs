@@ -3,11 +3,10 @@
 use alloc::collections::btree_map::{BTreeMap, Entry as MapEntry};
 use alloc::vec::Vec;
 
-use super::chain_shim::{ChainPos, MacChain};
 use super::chunk::{ChunkId, ChunkPool};
 use super::record::{self, Encoder, Header, Kind, LogFields, Record};
 use crate::bio::{BlockRange, BlockSet, BLOCK_SIZE};
-use crate::crypto::{BlockAlloc, CryptoLog};
+use crate::crypto::{BlockAlloc, ChainPos, CryptoLog, MacChain};
 use crate::platform::kdf_key;
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
 
@@ -95,8 +94,9 @@ impl StoreRoot {
         let (salt, rest) = rest.split_at_mut(16);
         salt.copy_from_slice(&self.salt);
         let (s, t) = rest.split_at_mut(ChainPos::ENCODED_LEN);
-        self.start.encode(s)?;
-        self.tail.encode(t)
+        s.copy_from_slice(&self.start.encode());
+        t.copy_from_slice(&self.tail.encode());
+        Ok(())
     }
 
     /// The encoded root as a fixed-size array.
@@ -279,10 +279,8 @@ impl<D: BlockSet> TxLogStore<D> {
             broken: false,
         };
         let rec = store.snapshot_record(None, 0, &[])?;
-        let start = store.chain.tail();
         store.chain.append(&rec)?;
         store.chain.commit()?;
-        store.chain.reset_start(start);
         Ok(store)
     }
 
@@ -618,7 +616,11 @@ impl<D: BlockSet> TxLogStore<D> {
             return Err(e);
         }
         if snapshot {
-            self.chain.reset_start(start);
+            if let Err(e) = self.chain.reset_start(start) {
+                self.broken = true;
+                self.tx = Some(tx);
+                return Err(e);
+            }
             self.since_snapshot = 0;
         } else {
             self.since_snapshot = self.since_snapshot.saturating_add(1);
