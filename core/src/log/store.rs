@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use super::chunk::{ChunkId, ChunkPool};
 use super::record::{self, Encoder, Header, Kind, LogFields, Record};
 use crate::bio::{BlockRange, BlockSet, BLOCK_SIZE};
-use crate::crypto::{BlockAlloc, ChainPos, CryptoLog, MacChain};
+use crate::crypto::{mac_chain, BlockAlloc, ChainPos, CryptoLog, MacChain};
 use crate::platform::kdf_key;
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
 
@@ -699,6 +699,14 @@ impl<D: BlockSet> TxLogStore<D> {
         } else {
             self.delta_record(tx, user_state)?
         };
+        // A record the ring cannot take fails here, before the chain is
+        // touched, so the transaction can still be aborted.
+        let need = mac_chain::blocks_for(rec.len().saturating_add(mac_chain::RECORD_HEADER_LEN));
+        ensure!(
+            need <= self.chain.free_blocks(),
+            NoSpace,
+            "log store journal is full"
+        );
         Ok((rec, snapshot, us))
     }
 
