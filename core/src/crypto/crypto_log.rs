@@ -57,7 +57,7 @@ use crate::platform::{AeadKey, Iv, Mac, MAC_LEN};
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
 
 /// Magic of a CryptoLog tree node (first 4 bytes of its plaintext).
-pub const NODE_MAGIC: [u8; 4] = *b"MLNO";
+pub const NODE_MAGIC: [u8; 4] = *b"MDLN";
 /// Format version of CryptoLog nodes.
 pub const NODE_VERSION: u8 = 1;
 /// Type byte of a tree node.
@@ -603,7 +603,7 @@ fn alloc_block_buf() -> Result<Vec<u8>> {
     Ok(v)
 }
 
-/// Node plaintext: magic "MLNO" | version u8 | type u8 | level u8 | key_len u8
+/// Node plaintext: magic "MDLN" | version u8 | type u8 | level u8 | key_len u8
 /// | nentries u16 | reserved [6] | entries | zero padding.
 fn encode_node<'a>(
     buf: &mut [u8],

@@ -3,7 +3,7 @@
 //! Layout (little-endian; see `docs/format.md`, "TxLogStore journal record"):
 //!
 //! ```text
-//! 0   magic "MLTX"            4
+//! 0   magic "MDLR"            4
 //! 4   version (1)             1
 //! 5   type (1 delta, 2 snap)  1
 //! 6   key_len (16/32)         1
@@ -33,7 +33,7 @@ use super::chunk::ChunkId;
 use crate::crypto::RootMeta;
 use crate::{bail, ensure, Error, ErrorKind, Result};
 
-pub(crate) const MAGIC: [u8; 4] = *b"MLTX";
+pub(crate) const MAGIC: [u8; 4] = *b"MDLR";
 pub(crate) const VERSION: u8 = 1;
 pub(crate) const HEADER_LEN: usize = 44;
 

@@ -64,7 +64,7 @@ pub struct StoreRoot {
     tail: ChainPos,
 }
 
-const ROOT_MAGIC: [u8; 4] = *b"MLSR";
+const ROOT_MAGIC: [u8; 4] = *b"MDLS";
 const ROOT_VERSION: u8 = 1;
 const ROOT_TYPE: u8 = 1;
 
@@ -72,7 +72,7 @@ impl StoreRoot {
     /// Bytes of an encoded root.
     pub const ENCODED_LEN: usize = 8 + 16 + 2 * ChainPos::ENCODED_LEN;
 
-    /// magic "MLSR" | version u8 | type u8 | reserved [2] | salt [16] |
+    /// magic "MDLS" | version u8 | type u8 | reserved [2] | salt [16] |
     /// start ChainPos | tail ChainPos.
     pub fn encode(&self, out: &mut [u8]) -> Result<()> {
         ensure!(
