@@ -56,7 +56,7 @@ use kernel::{error::Error, prelude::*, types::Opaque, ThisModule};
     unsafe_op_in_unsafe_fn,
     unused_imports
 )]
-mod bindings {
+pub(crate) mod bindings {
     use kernel::bindings::*;
     use kernel::ffi;
     include!("mlsdisk_bindings_generated.rs");
@@ -241,6 +241,13 @@ impl DmDev {
     pub(crate) fn nr_sectors(&self) -> u64 {
         // SAFETY: `bdev` of a held `dm_dev` is a valid, open block device.
         unsafe { bindings::mlsdisk_bdev_nr_sectors(self.raw().bdev) }
+    }
+
+    /// The open block device, for the I/O helpers (`kbio.rs`). It stays
+    /// valid while this handle is held.
+    #[allow(dead_code)]
+    pub(crate) fn bdev(&self) -> *mut kernel::bindings::block_device {
+        self.raw().bdev
     }
 
     /// The device's name in `major:minor` form, as `dmsetup table` shows it.

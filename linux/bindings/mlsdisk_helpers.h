@@ -43,4 +43,71 @@ void mlsdisk_bio_set_dev(struct bio *bio, struct block_device *bdev);
 /* bdev_nr_sectors(): the size of a block device in 512-byte sectors */
 sector_t mlsdisk_bdev_nr_sectors(struct block_device *bdev);
 
+/*
+ * Kernel platform for the core engine (linux/kplatform.c): the crypto
+ * provider and the backing-device block I/O. Unlike the accessors above,
+ * these hold a little logic of their own (scatterlists, bios); the Rust
+ * side (kcrypto.rs, kbio.rs) wraps them in safe types.
+ */
+
+/* One piece of a message for the hash helpers. */
+struct mlsdisk_part {
+	const u8 *data;
+	size_t len;
+};
+
+/*
+ * A pool of synchronous "gcm(aes)" AEAD transforms, allocated once: one
+ * slot per possible CPU (capped), each with its own mutex, request and
+ * scratch buffer. A caller takes the slot of the CPU it runs on (any slot
+ * works; the mutex makes it exclusive), sets the key, runs the request.
+ */
+struct mlsdisk_aead_pool;
+
+/* Allocates a pool of `nr` slots (0: one per possible CPU, at most 64).
+ * Returns NULL with *err set (-ENOMEM, or the crypto API's error such as
+ * -ENOENT when gcm(aes) is missing). Sleeps. */
+struct mlsdisk_aead_pool *mlsdisk_aead_pool_new(unsigned int nr, int *err);
+/* Frees the pool; no call may be running on it. */
+void mlsdisk_aead_pool_free(struct mlsdisk_aead_pool *pool);
+/* The number of slots. */
+unsigned int mlsdisk_aead_pool_slots(const struct mlsdisk_aead_pool *pool);
+/* The driver name of the transforms, e.g. "generic-gcm-aesni". */
+const char *mlsdisk_aead_pool_driver(const struct mlsdisk_aead_pool *pool);
+
+/*
+ * AES-GCM with a 12-byte IV and a detached 16-byte tag, in place on
+ * `data` (`len` bytes, any kernel address: linear map, vmalloc, vmap'd
+ * stack or module data). Encrypt writes `tag`; decrypt checks it and
+ * returns -EBADMSG on a mismatch. `key` is 16 or 32 bytes. Sleeps.
+ */
+int mlsdisk_aead_crypt(struct mlsdisk_aead_pool *pool, bool encrypt,
+		       const u8 *key, unsigned int key_len, const u8 *iv,
+		       const u8 *aad, unsigned int aad_len,
+		       u8 *data, unsigned int len, u8 *tag);
+
+/* SHA-256 over the concatenation of `n` parts (library sha256). */
+void mlsdisk_sha256(const struct mlsdisk_part *parts, size_t n, u8 *out);
+/* HMAC-SHA256 under `key` over the concatenation of `n` parts. */
+void mlsdisk_hmac_sha256(const u8 *key, size_t key_len,
+			 const struct mlsdisk_part *parts, size_t n, u8 *out);
+/* get_random_bytes() */
+void mlsdisk_random_bytes(void *out, size_t len);
+
+/*
+ * Synchronous I/O of `len` bytes (a multiple of 512) at `sector` of
+ * `bdev`, into or from `buf` (any kernel address, as above). Whole runs go
+ * out as multi-page bios (up to BIO_MAX_VECS pages each) and are waited
+ * for; a buffer that is not 512-byte aligned is bounced through a page.
+ * Writes are REQ_SYNC; durability comes from mlsdisk_bdev_flush. Returns 0
+ * or a negative errno. Sleeps.
+ */
+int mlsdisk_bdev_rw(struct block_device *bdev, bool write, sector_t sector,
+		    void *buf, size_t len);
+/* A cache flush (REQ_PREFLUSH) of `bdev`: blkdev_issue_flush(). */
+int mlsdisk_bdev_flush(struct block_device *bdev);
+/* memalloc_noio_save/restore: allocations in between do no I/O. */
+unsigned int mlsdisk_noio_save(void);
+void mlsdisk_noio_restore(unsigned int flags);
+
 #endif /* MLSDISK_HELPERS_H */

@@ -1,5 +1,6 @@
 # Module-specific behaviour of mlsdisk.ko at the pass-through stage:
 # the core engine self-test at load (alloc + BTreeMap + kvmalloc bridge),
+# the kernel crypto provider's known-answer test and structure round trip,
 # status/table output (never the key), option parsing, the keyring form,
 # bio remapping with a non-zero target start, and the module reference
 # held by a live target.
@@ -17,6 +18,24 @@ case "$line" in
 *"core selftest ok checksum="????????????????" (matches userspace)"*) ;;
 *) fail "no 'core selftest ok' line at module load: '$line'" ;;
 esac
+
+# 1b. The kernel crypto provider (crypto API gcm(aes) transform pool, SHA-256
+#     and HMAC library, kernel RNG) gave the same known answers as the
+#     userspace provider, and the AuthBlob + MacChain round trip on it gave
+#     the userspace checksum.
+line=$(dmesg | grep 'mlsdisk: kernel crypto selftest ok: gcm(aes)' | tail -n 1)
+echo "+ dmesg: $line"
+case "$line" in
+*"gcm(aes) by "*" transforms), AES-GCM, SHA-256, HMAC-SHA256, HKDF known answers match userspace"*) ;;
+*) fail "no kernel crypto known-answer line at module load: '$line'" ;;
+esac
+line=$(dmesg | grep 'mlsdisk: kernel crypto selftest ok: AuthBlob' | tail -n 1)
+echo "+ dmesg: $line"
+case "$line" in
+*"AuthBlob + MacChain round trip checksum="????????????????" (matches userspace)"*) ;;
+*) fail "no AuthBlob + MacChain round-trip line at module load: '$line'" ;;
+esac
+! dmesg | grep -q 'mlsdisk: .*selftest failed' || fail "a selftest failure is in dmesg"
 
 sectors=$(disk_sectors "$DISK")
 len=$((sectors / 2 / 8 * 8))
