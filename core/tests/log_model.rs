@@ -165,7 +165,7 @@ fn run(ops: Vec<Op>) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: if long() { 256 } else { 16 },
+        cases: if long() { 512 } else { 48 },
         max_shrink_iters: 200,
         ..ProptestConfig::default()
     })]

@@ -731,10 +731,8 @@ mod tests {
         };
         let mut log = CryptoLog::new(crypto.clone(), 16).unwrap();
         let mut roots = Vec::new();
-        // Three levels of nodes take 5000+ blocks: slow without optimised
-        // crypto, so only in the long mode.
-        let long = std::env::var("MLSDISK_LONG_TESTS").is_ok_and(|v| v == "1");
-        let total = if long { 72 * 72 + 80 } else { 150 };
+        // Three levels of nodes: 5000+ blocks.
+        let total = 72 * 72 + 80;
         let mut i = 0u64;
         let steps = [1u64, 70, 1, 1, 72 * 72 - 72, 3, 72, 80];
         for s in steps {
