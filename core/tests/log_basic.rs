@@ -117,6 +117,8 @@ fn create_append_commit_reopen_delete() {
     assert_eq!(s2.log_len(a).unwrap(), 65);
     assert_eq!(s2.logs_with_tag(3), s.logs_with_tag(3));
     assert_eq!(s2.stats(), s.stats());
+    let (hits, misses) = s.node_cache_stats();
+    assert!(misses > 0, "{hits} {misses}");
     let _ = LogId(0);
 }
 

@@ -79,4 +79,7 @@ mod record;
 mod store;
 
 pub use chunk::ChunkId;
-pub use store::{LogId, LogStoreConfig, StoreRoot, StoreStats, TxLogStore, MIN_JOURNAL_BLOCKS};
+pub use store::{
+    LogId, LogStoreConfig, StoreRoot, StoreStats, TxLogStore, DEFAULT_NODE_CACHE,
+    MIN_JOURNAL_BLOCKS,
+};

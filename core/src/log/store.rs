@@ -2,10 +2,12 @@
 
 use alloc::collections::btree_map::{BTreeMap, Entry as MapEntry};
 use alloc::vec::Vec;
+use core::cell::RefCell;
 
 use super::chunk::{ChunkId, ChunkPool};
 use super::record::{self, Encoder, Header, Kind, LogFields, Record};
 use crate::bio::{BlockRange, BlockSet, BLOCK_SIZE};
+use crate::crypto::crypto_log::NodeCache;
 use crate::crypto::{mac_chain, BlockAlloc, ChainPos, CryptoLog, MacChain};
 use crate::platform::kdf_key;
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
@@ -215,7 +217,13 @@ pub struct TxLogStore<D: BlockSet> {
     user_state: Vec<u8>,
     tx: Option<Tx>,
     broken: bool,
+    /// Decrypted tree nodes of every log (interior mutability so that `read`
+    /// stays `&self`; the store is `Send`, not `Sync`: the owner serialises).
+    cache: RefCell<NodeCache>,
 }
+
+/// Tree nodes the store keeps decrypted by default (about 4.5 KiB each).
+pub const DEFAULT_NODE_CACHE: usize = 256;
 
 const JOURNAL_KEY_LABEL: &[u8] = b"mlsdisk/log-store/journal";
 /// Smallest journal region accepted.
@@ -277,6 +285,7 @@ impl<D: BlockSet> TxLogStore<D> {
             user_state: Vec::new(),
             tx: None,
             broken: false,
+            cache: RefCell::new(NodeCache::new(DEFAULT_NODE_CACHE)),
         };
         let rec = store.snapshot_record(None, 0, &[])?;
         store.chain.append(&rec)?;
@@ -334,6 +343,7 @@ impl<D: BlockSet> TxLogStore<D> {
             user_state: Vec::new(),
             tx: None,
             broken: false,
+            cache: RefCell::new(NodeCache::new(DEFAULT_NODE_CACHE)),
         };
         store.apply(first, true)?;
         for r in recs {
@@ -766,7 +776,21 @@ impl<D: BlockSet> TxLogStore<D> {
     /// or, inside a transaction, as the transaction left it.
     pub fn read(&self, log: LogId, pos: u64, buf: &mut [u8]) -> Result<()> {
         self.check_usable()?;
-        self.view(log)?.log.read(&self.chunks, pos, buf)
+        let st = self.view(log)?;
+        match self.cache.try_borrow_mut() {
+            Ok(mut c) => st.log.read_cached(&self.chunks, pos, buf, Some(&mut c)),
+            Err(_) => st.log.read(&self.chunks, pos, buf),
+        }
+    }
+
+    /// Sets how many decrypted tree nodes reads keep (0 disables the cache).
+    pub fn set_node_cache(&mut self, nodes: usize) {
+        *self.cache.get_mut() = NodeCache::new(nodes);
+    }
+
+    /// Node cache hits and misses so far.
+    pub fn node_cache_stats(&self) -> (u64, u64) {
+        self.cache.try_borrow().map_or((0, 0), |c| c.hits_misses())
     }
 
     fn view(&self, log: LogId) -> Result<&LogState> {
