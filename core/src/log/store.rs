@@ -2,7 +2,7 @@
 
 use alloc::collections::btree_map::{BTreeMap, Entry as MapEntry};
 use alloc::vec::Vec;
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 
 use super::chunk::{ChunkId, ChunkPool};
 use super::record::{self, Encoder, Header, Kind, LogFields, Record};
@@ -220,6 +220,8 @@ pub struct TxLogStore<D: BlockSet> {
     /// Decrypted tree nodes of every log (interior mutability so that `read`
     /// stays `&self`; the store is `Send`, not `Sync`: the owner serialises).
     cache: RefCell<NodeCache>,
+    /// `logs_with_tag` could not allocate its answer: refuse the next commit.
+    list_failed: Cell<bool>,
 }
 
 /// Tree nodes the store keeps decrypted by default (about 4.5 KiB each).
@@ -286,6 +288,7 @@ impl<D: BlockSet> TxLogStore<D> {
             tx: None,
             broken: false,
             cache: RefCell::new(NodeCache::new(DEFAULT_NODE_CACHE)),
+            list_failed: Cell::new(false),
         };
         let rec = store.snapshot_record(None, 0, &[])?;
         store.chain.append(&rec)?;
@@ -344,6 +347,7 @@ impl<D: BlockSet> TxLogStore<D> {
             tx: None,
             broken: false,
             cache: RefCell::new(NodeCache::new(DEFAULT_NODE_CACHE)),
+            list_failed: Cell::new(false),
         };
         store.apply(first, true)?;
         for r in recs {
@@ -581,6 +585,7 @@ impl<D: BlockSet> TxLogStore<D> {
 
     /// Drops the running transaction's changes (no-op without one).
     pub fn abort(&mut self) {
+        self.list_failed.set(false);
         if let Some(tx) = self.tx.take() {
             for c in tx.new_chunks {
                 if self.pool.release(c).is_err() {
@@ -601,7 +606,8 @@ impl<D: BlockSet> TxLogStore<D> {
             .tx
             .take()
             .ok_or(Error::new(ErrorKind::InvalidState, "no active transaction"))?;
-        if tx.failed {
+        if tx.failed || self.list_failed.get() {
+            tx.failed = true;
             self.tx = Some(tx);
             bail!(
                 InvalidState,
@@ -822,30 +828,43 @@ impl<D: BlockSet> TxLogStore<D> {
     }
 
     /// The logs with `tag`, in id order (the transaction's view).
+    ///
+    /// If memory for the list cannot be had, the list is empty and a
+    /// following `commit` fails (so a caller never acts on a partial list
+    /// unknowingly); [`Self::try_logs_with_tag`] reports it directly.
     pub fn logs_with_tag(&self, tag: u64) -> Vec<LogId> {
-        let mut out = Vec::new();
+        match self.try_logs_with_tag(tag) {
+            Ok(v) => v,
+            Err(_) => {
+                self.list_failed.set(true);
+                Vec::new()
+            }
+        }
+    }
+
+    /// The logs with `tag`, in id order (the transaction's view).
+    pub fn try_logs_with_tag(&self, tag: u64) -> Result<Vec<LogId>> {
         let overlay = self.tx.as_ref().map(|t| &t.logs);
-        let mut ids: Vec<u64> = Vec::new();
+        let mut ids: Vec<LogId> = Vec::new();
         for (&id, st) in &self.logs {
             if overlay.is_some_and(|o| o.contains_key(&id)) {
                 continue;
             }
-            if st.tag == tag && ids.try_reserve(1).is_ok() {
-                ids.push(id);
+            if st.tag == tag {
+                ids.try_reserve(1)?;
+                ids.push(LogId(id));
             }
         }
         if let Some(o) = overlay {
             for (&id, st) in o {
-                if st.as_ref().is_some_and(|s| s.tag == tag) && ids.try_reserve(1).is_ok() {
-                    ids.push(id);
+                if st.as_ref().is_some_and(|s| s.tag == tag) {
+                    ids.try_reserve(1)?;
+                    ids.push(LogId(id));
                 }
             }
         }
         ids.sort_unstable();
-        if out.try_reserve_exact(ids.len()).is_ok() {
-            out.extend(ids.into_iter().map(LogId));
-        }
-        out
+        Ok(ids)
     }
 
     /// The user state of the last commit.
