@@ -29,8 +29,6 @@ use kernel::prelude::*;
 
 mod dm;
 mod kalloc;
-// The bio worker that uses it lands next; the guest tests run it then.
-#[allow(dead_code)]
 mod kbio;
 mod kcrypto;
 mod table;
