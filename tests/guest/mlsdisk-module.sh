@@ -61,6 +61,17 @@ esac
 ss=$(blockdev --getss /dev/mapper/mlsdisk_mod) || fail "blockdev --getss failed"
 [ "$ss" = 4096 ] || fail "logical block size of the mapped device is $ss, not 4096"
 run dmsetup message mlsdisk_mod 0 sync
+# A sync is a real cache flush of the backing device: its flush counter
+# (field 16 of /sys/block/<dev>/stat) moves.
+if [ "$(cat /sys/block/vdb/queue/write_cache 2>/dev/null)" = "write back" ]; then
+	f0=$(awk '{print $16}' /sys/block/vdb/stat)
+	run dmsetup message mlsdisk_mod 0 sync
+	f1=$(awk '{print $16}' /sys/block/vdb/stat)
+	echo "  backing device flushes: $f0 -> $f1"
+	[ "$f1" -gt "$f0" ] || fail "'sync' did not flush the backing device ($f0 -> $f1)"
+else
+	echo "  (backing disk has no volatile write cache: flush not checked)"
+fi
 out=$(dmsetup message mlsdisk_mod 0 stats) || fail "dmsetup message stats failed"
 echo "+ dmsetup message stats: $out"
 case "$out" in
