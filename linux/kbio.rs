@@ -36,11 +36,6 @@ impl BdevBlockSet {
         Self { dev, nblocks }
     }
 
-    /// The device underneath.
-    pub(crate) fn dev(&self) -> &Arc<DmDev> {
-        &self.dev
-    }
-
     fn rw(&self, write: bool, pos: u64, buf: *mut u8, len: usize) -> CoreResult<()> {
         check_range(self.nblocks, pos, len)?;
         // Cannot overflow: `pos < nblocks <= nr_sectors / 8`.

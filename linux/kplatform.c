@@ -384,3 +384,149 @@ void mlsdisk_noio_restore(unsigned int flags)
 {
 	memalloc_noio_restore(flags);
 }
+
+/* ---- Deferred bios -------------------------------------------------- */
+
+struct mlsdisk_bioq {
+	spinlock_t lock;
+	struct bio_list bios;
+	struct work_struct work;
+	struct workqueue_struct *wq;
+	mlsdisk_bioq_fn process;
+	void *ctx;
+};
+
+static void mlsdisk_bioq_work(struct work_struct *work)
+{
+	struct mlsdisk_bioq *q = container_of(work, struct mlsdisk_bioq, work);
+	struct bio_list bios;
+	struct bio *bio;
+
+	for (;;) {
+		spin_lock_irq(&q->lock);
+		bios = q->bios;
+		bio_list_init(&q->bios);
+		spin_unlock_irq(&q->lock);
+		if (bio_list_empty(&bios))
+			return;
+		while ((bio = bio_list_pop(&bios))) {
+			q->process(q->ctx, bio);
+			cond_resched();
+		}
+	}
+}
+
+struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name, mlsdisk_bioq_fn process,
+				      void *ctx)
+{
+	struct mlsdisk_bioq *q = kzalloc(sizeof(*q), GFP_KERNEL);
+
+	if (!q)
+		return NULL;
+	spin_lock_init(&q->lock);
+	bio_list_init(&q->bios);
+	INIT_WORK(&q->work, mlsdisk_bioq_work);
+	q->process = process;
+	q->ctx = ctx;
+	/* Ordered and able to make progress under memory pressure: it serves
+	 * the I/O that reclaim may be waiting for. */
+	q->wq = alloc_workqueue("%s", WQ_MEM_RECLAIM | WQ_UNBOUND, 1, name);
+	if (!q->wq) {
+		kfree(q);
+		return NULL;
+	}
+	return q;
+}
+
+void mlsdisk_bioq_push(struct mlsdisk_bioq *q, struct bio *bio)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&q->lock, flags);
+	bio_list_add(&q->bios, bio);
+	spin_unlock_irqrestore(&q->lock, flags);
+	queue_work(q->wq, &q->work);
+}
+
+void mlsdisk_bioq_drain(struct mlsdisk_bioq *q)
+{
+	flush_workqueue(q->wq);
+}
+
+void mlsdisk_bioq_free(struct mlsdisk_bioq *q)
+{
+	if (!q)
+		return;
+	flush_workqueue(q->wq);
+	destroy_workqueue(q->wq);
+	WARN_ON(!bio_list_empty(&q->bios));
+	kfree(q);
+}
+
+void mlsdisk_bio_end(struct bio *bio, blk_status_t status)
+{
+	bio->bi_status = status;
+	bio_endio(bio);
+}
+
+blk_status_t mlsdisk_blk_sts_ioerr(void)
+{
+	return BLK_STS_IOERR;
+}
+
+blk_status_t mlsdisk_blk_sts_nospc(void)
+{
+	return BLK_STS_NOSPC;
+}
+
+blk_status_t mlsdisk_blk_sts_resource(void)
+{
+	return BLK_STS_RESOURCE;
+}
+
+blk_status_t mlsdisk_blk_sts_notsupp(void)
+{
+	return BLK_STS_NOTSUPP;
+}
+
+size_t mlsdisk_bio_copy(struct bio *bio, u8 *buf, size_t len, bool to_bio)
+{
+	struct bvec_iter iter;
+	struct bio_vec bv;
+	size_t done = 0;
+
+	bio_for_each_segment(bv, bio, iter) {
+		if (bv.bv_len > len - done)
+			break;
+		if (to_bio)
+			memcpy_to_bvec(&bv, buf + done);
+		else
+			memcpy_from_bvec(buf + done, &bv);
+		done += bv.bv_len;
+	}
+	return done;
+}
+
+int mlsdisk_ti_setup_worker(struct dm_target *ti, sector_t max_io_len)
+{
+	ti->flush_supported = true;
+	ti->discards_supported = true;
+	return dm_set_target_max_io_len(ti, max_io_len);
+}
+
+void mlsdisk_limits_4k(struct queue_limits *limits, unsigned int max_discard_sectors)
+{
+	limits->logical_block_size = max_t(unsigned int, limits->logical_block_size, 4096);
+	limits->physical_block_size = max_t(unsigned int, limits->physical_block_size, 4096);
+	limits->io_min = max_t(unsigned int, limits->io_min, 4096);
+	limits->discard_granularity = 4096;
+	limits->max_hw_discard_sectors = max_discard_sectors;
+}
+
+static DEFINE_RATELIMIT_STATE(mlsdisk_rs, DEFAULT_RATELIMIT_INTERVAL,
+			      DEFAULT_RATELIMIT_BURST);
+
+bool mlsdisk_ratelimit(void)
+{
+	return __ratelimit(&mlsdisk_rs);
+}

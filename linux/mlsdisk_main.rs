@@ -28,9 +28,9 @@ extern crate alloc;
 use kernel::prelude::*;
 
 mod dm;
+#[cfg(mlsdisk_engine)]
+mod engine_disk;
 mod kalloc;
-// The bio worker that uses it lands next; the guest tests run it then.
-#[allow(dead_code)]
 mod kbio;
 mod kcrypto;
 mod table;

@@ -110,4 +110,45 @@ int mlsdisk_bdev_flush(struct block_device *bdev);
 unsigned int mlsdisk_noio_save(void);
 void mlsdisk_noio_restore(unsigned int flags);
 
+/*
+ * Deferred bios (linux/kplatform.c): `map` hands a bio to a queue; one work
+ * item on the target's own WQ_MEM_RECLAIM workqueue pops them in order
+ * and calls `process(ctx, bio)` in process context, which must end each
+ * bio (mlsdisk_bio_end). The work item never runs on two CPUs at once.
+ */
+struct mlsdisk_bioq;
+typedef void (*mlsdisk_bioq_fn)(void *ctx, struct bio *bio);
+/* A queue with its workqueue `name`. NULL on allocation failure. Sleeps. */
+struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name, mlsdisk_bioq_fn process,
+				      void *ctx);
+/* Queues `bio` (any context, no sleeping). */
+void mlsdisk_bioq_push(struct mlsdisk_bioq *q, struct bio *bio);
+/* Waits until every bio queued before the call was processed. Sleeps. */
+void mlsdisk_bioq_drain(struct mlsdisk_bioq *q);
+/* Drains, then frees the queue and its workqueue. Sleeps. */
+void mlsdisk_bioq_free(struct mlsdisk_bioq *q);
+
+/* Ends `bio` with `status` (a BLK_STS_* value). */
+void mlsdisk_bio_end(struct bio *bio, blk_status_t status);
+/* BLK_STS_IOERR, BLK_STS_NOSPC, BLK_STS_RESOURCE, BLK_STS_NOTSUPP, BLK_STS_OK */
+blk_status_t mlsdisk_blk_sts_ioerr(void);
+blk_status_t mlsdisk_blk_sts_nospc(void);
+blk_status_t mlsdisk_blk_sts_resource(void);
+blk_status_t mlsdisk_blk_sts_notsupp(void);
+/* Copies the bio's data (its whole remaining iterator, `len` bytes) into
+ * `buf` (to_bio = false) or from `buf` into the bio (to_bio = true).
+ * Returns the bytes copied. */
+size_t mlsdisk_bio_copy(struct bio *bio, u8 *buf, size_t len, bool to_bio);
+
+/* Target setup for a worker-backed target: flushes and discards reach it
+ * whatever the backing device supports; bios are split at `max_io_len`
+ * sectors. Returns 0 or a negative errno. */
+int mlsdisk_ti_setup_worker(struct dm_target *ti, sector_t max_io_len);
+/* io_hints of a target of 4 KiB blocks: logical and physical block size
+ * and io_min 4096, discards in 4 KiB granules of at most
+ * `max_discard_sectors`. */
+void mlsdisk_limits_4k(struct queue_limits *limits, unsigned int max_discard_sectors);
+/* A shared printk rate limit for the target's per-bio errors. */
+bool mlsdisk_ratelimit(void);
+
 #endif /* MLSDISK_HELPERS_H */
