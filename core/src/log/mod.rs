@@ -63,9 +63,42 @@
 //!   random 96-bit IV per block (about 2^32 blocks per key; at 4 KiB a block
 //!   that is 16 TiB of journal).
 //! - One transaction at a time, behind `&mut self`; the owner serialises
-//!   callers. Concurrency could be added later by giving each transaction
-//!   its own overlay (as `Tx` already is) and a lock around commit that
-//!   checks the overlays touch disjoint logs; not built.
+//!   callers. The store is `Send` but not `Sync` (reads share a node cache
+//!   through a `RefCell`).
+//!
+//! # Concurrency (not built)
+//!
+//! The issue asks for concurrent transactions from several threads; the core
+//! brief chose one at a time. The way there: a transaction is already an
+//! overlay (`Tx`: copies of the logs it touched, the chunks it took, the
+//! chunks it frees), so several could run at once if (1) the committed state
+//! sits behind a sleeping lock from the platform, with the chunk pool under
+//! its own short lock (allocation already happens per block); (2) each
+//! transaction records which logs it read-for-write, and commit takes the
+//! state lock, checks that no transaction committed since its begin touched
+//! the same logs (optimistic, first committer wins; logs are append-only, so
+//! disjoint logs never conflict), then appends its record to the journal,
+//! which is the serialisation point; (3) log ids come from an atomic counter
+//! (gaps after aborts are harmless). Group commit (several transactions'
+//! records behind one journal flush) would then amortise the two flushes.
+//! The node cache would move behind its own lock.
+//!
+//! # Memory
+//!
+//! Per log: its chunk list (4 bytes a chunk), its root, and for logs being
+//! appended to the frontier of its tree (at most 72 entries a level, about
+//! 4 KiB a level); sealed logs drop the frontier at commit. The chunk pool is
+//! a bitmap (1 bit a chunk). The node cache holds [`DEFAULT_NODE_CACHE`]
+//! nodes (about 4.5 KiB each; `set_node_cache` changes it). A transaction
+//! holds copies of the logs it touches.
+//!
+//! # Sizing the journal
+//!
+//! Each commit writes one record: 44 bytes + the user state + about 100
+//! bytes a changed log. A snapshot lists every log with all its chunks. The
+//! journal region must hold twice the largest snapshot plus the largest
+//! delta, or commits fail with `NoSpace` (before anything is written; the
+//! transaction can be aborted).
 //! - An error inside a transaction marks it failed (commit refuses; abort).
 //!   An error while the commit record is written leaves the store refusing
 //!   every call until it is reopened, which recovers whichever state reached
