@@ -161,7 +161,7 @@ impl RootMeta {
     }
 
     /// Writes the root into `out` (exactly [`Self::ENCODED_LEN`] bytes):
-    /// nblocks u64 | key_len u8 | addr u64 | key [32] | mac [16].
+    /// `nblocks u64 | key_len u8 | addr u64 | key [32] | mac [16]`.
     pub fn encode(&self, out: &mut [u8]) -> Result<()> {
         ensure!(
             out.len() == Self::ENCODED_LEN,

@@ -74,8 +74,8 @@ impl StoreRoot {
     /// Bytes of an encoded root.
     pub const ENCODED_LEN: usize = 8 + 16 + 2 * ChainPos::ENCODED_LEN;
 
-    /// magic "MDLS" | version u8 | type u8 | reserved [2] | salt [16] |
-    /// start ChainPos | tail ChainPos.
+    /// `magic "MDLS" | version u8 | type u8 | reserved [2] | salt [16] |
+    /// start ChainPos | tail ChainPos`.
     pub fn encode(&self, out: &mut [u8]) -> Result<()> {
         ensure!(
             out.len() == Self::ENCODED_LEN,
