@@ -788,6 +788,17 @@ fn decode_node(buf: &[u8], level: usize) -> Result<Vec<Entry>> {
     );
     let n = usize::from(u16::from_le_bytes([f(8), f(9)]));
     ensure!(n <= FANOUT, Corrupted, "node entry count");
+    ensure!(
+        hdr.get(10..).is_some_and(|r| r.iter().all(|&x| x == 0)),
+        Corrupted,
+        "node reserved bytes"
+    );
+    ensure!(
+        body.get(n * ENTRY_LEN..)
+            .is_some_and(|r| r.iter().all(|&x| x == 0)),
+        Corrupted,
+        "node padding"
+    );
     let mut out = Vec::new();
     out.try_reserve_exact(n)?;
     for chunk in body.chunks_exact(ENTRY_LEN).take(n) {
@@ -809,6 +820,21 @@ mod tests {
             *x = (i as usize * 31 + j) as u8;
         }
         b
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoders_never_panic(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4200), level in 0usize..4) {
+            let _ = decode_node(&b, level);
+            let mut n = b.clone();
+            n.resize(BLOCK_SIZE, 0);
+            if let Some(m) = n.get_mut(..4) {
+                m.copy_from_slice(&NODE_MAGIC);
+            }
+            let _ = decode_node(&n, level);
+            let _ = RootMeta::decode(&b);
+            let _ = RootMeta::decode(b.get(..RootMeta::ENCODED_LEN).unwrap_or(&b));
+        }
     }
 
     #[test]
@@ -843,6 +869,21 @@ mod tests {
         let mut rb = vec![0u8; RootMeta::ENCODED_LEN];
         r.encode(&mut rb).unwrap();
         assert_eq!(RootMeta::decode(&rb).unwrap(), r);
+        // Flip one byte anywhere: an error or another value, never the same.
+        for i in 0..rb.len() {
+            let mut b = rb.clone();
+            b[i] ^= 0x10;
+            if let Ok(d) = RootMeta::decode(&b) {
+                assert_ne!(d, r, "root byte {i}");
+            }
+        }
+        for i in 0..NODE_HEADER_LEN + 2 * ENTRY_LEN {
+            let mut b = buf.clone();
+            b[i] ^= 0x10;
+            if let Ok(d) = decode_node(&b, 2) {
+                assert_ne!(d, vec![e.clone(), e.clone()], "node byte {i}");
+            }
+        }
         rb[8] = 17;
         assert!(RootMeta::decode(&rb).is_err());
     }

@@ -16,7 +16,8 @@ use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LogId(pub u64);
 
-/// Parameters of a store, fixed at format (kept in its journal).
+/// Parameters of a store. `chunk_blocks` and `key_len` are fixed at format
+/// (kept in every journal record).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogStoreConfig {
     /// Blocks per chunk (the unit of space a log takes from the region).
@@ -24,7 +25,9 @@ pub struct LogStoreConfig {
     /// AES key length for the per-block keys of the logs: 16 or 32.
     pub key_len: usize,
     /// A commit writes a full snapshot instead of a delta at least every this
-    /// many commits (and whenever the journal is more than half full).
+    /// many commits (and whenever the journal is more than half full). A
+    /// run-time policy, not kept on disk: after `open` the default applies
+    /// until [`TxLogStore::set_snapshot_every`].
     pub snapshot_every: u32,
 }
 
