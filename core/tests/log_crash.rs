@@ -153,7 +153,8 @@ fn crash_at_every_write_and_flush() {
             .count();
         points += 1;
         for (v, keep) in subsets(pending, n as u64).into_iter().enumerate() {
-            let img = crash_image(&base, &ops, n, &|i| keep[i]);
+            // Every other subset lands in reverse order.
+            let img = crash_image_ordered(&base, &ops, n, &|i| keep[i], v % 2 == 1);
             let disk = Arc::new(MemDisk::new(DISK_BLOCKS).unwrap());
             disk.restore(&img).unwrap();
             let s = open(&disk, &states[k].root).unwrap_or_else(|e| {

@@ -273,6 +273,18 @@ impl BlockSet for Recorder {
 /// write before the last flush among them, plus the unflushed writes after
 /// it that `keep` selects (in order).
 pub fn crash_image(base: &[u8], ops: &[Op], n: usize, keep: &dyn Fn(usize) -> bool) -> Vec<u8> {
+    crash_image_ordered(base, ops, n, keep, false)
+}
+
+/// Like [`crash_image`]; with `reverse`, the kept unflushed writes land in
+/// reverse order (a later write to a block may be overwritten by an earlier).
+pub fn crash_image_ordered(
+    base: &[u8],
+    ops: &[Op],
+    n: usize,
+    keep: &dyn Fn(usize) -> bool,
+    reverse: bool,
+) -> Vec<u8> {
     let mut img = base.to_vec();
     let ops = &ops[..n];
     let last_flush = ops
@@ -288,14 +300,21 @@ pub fn crash_image(base: &[u8], ops: &[Op], n: usize, keep: &dyn Fn(usize) -> bo
             put(*p, b);
         }
     }
+    let mut kept = Vec::new();
     let mut k = 0;
     for o in &ops[last_flush..] {
         if let Op::Write(p, b) = o {
             if keep(k) {
-                put(*p, b);
+                kept.push((*p, b));
             }
             k += 1;
         }
+    }
+    if reverse {
+        kept.reverse();
+    }
+    for (p, b) in kept {
+        put(p, b);
     }
     img
 }
