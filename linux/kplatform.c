@@ -22,19 +22,23 @@
 
 #include <crypto/aead.h>
 #include <crypto/sha2.h>
+#include <keys/user-type.h>
 #include <linux/bio.h>
 #include <linux/blkdev.h>
 #include <linux/cpumask.h>
 #include <linux/highmem.h>
+#include <linux/key.h>
 #include <linux/mm.h>
 #include <linux/mutex.h>
 #include <linux/overflow.h>
 #include <linux/random.h>
+#include <linux/ratelimit.h>
 #include <linux/scatterlist.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
 #include <linux/vmalloc.h>
+#include <linux/workqueue.h>
 
 #include "bindings/mlsdisk_helpers.h"
 
@@ -529,4 +533,30 @@ static DEFINE_RATELIMIT_STATE(mlsdisk_rs, DEFAULT_RATELIMIT_INTERVAL,
 bool mlsdisk_ratelimit(void)
 {
 	return __ratelimit(&mlsdisk_rs);
+}
+
+/* ---- Keyring keys ---------------------------------------------------- */
+
+int mlsdisk_keyring_read(bool logon, const char *desc, u8 *out, unsigned int size)
+{
+	const struct user_key_payload *ukp;
+	struct key *key;
+	int ret;
+
+	key = request_key(logon ? &key_type_logon : &key_type_user, desc, NULL);
+	if (IS_ERR(key))
+		return PTR_ERR(key);
+	down_read(&key->sem);
+	ukp = user_key_payload_locked(key);
+	if (!ukp) {
+		ret = -EKEYREVOKED;
+	} else if (ukp->datalen != size) {
+		ret = -EMSGSIZE;
+	} else {
+		memcpy(out, ukp->data, size);
+		ret = 0;
+	}
+	up_read(&key->sem);
+	key_put(key);
+	return ret;
 }

@@ -34,7 +34,8 @@
 //! sets `ti->error` to a fixed summary (device-mapper logs it after the
 //! target name); whatever was acquired (the backing device, the key) is
 //! released before the constructor returns. No message ever contains the
-//! key, and `dmsetup table` shows `-` in its place.
+//! key, and `dmsetup table` shows `-` in its place (or the keyring
+//! reference `:<size>:<type>:<description>` the key was read from).
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -53,7 +54,7 @@ use crate::dm::{
     MapResult, StatusType, StatusWriter,
 };
 use crate::kbio::{BdevBlockSet, NoIoScope};
-use crate::table::{self, Escaped, Options, RawKey};
+use crate::table::{self, Escaped, KeyRef, KeySpec, Options, RawKey};
 
 /// Sectors per 4 KiB block.
 const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
@@ -276,6 +277,9 @@ pub(crate) struct MlsDisk {
     len: u64,
     /// The key, wiped on drop. Unused until the encrypting stage.
     key: RawKey,
+    /// Where the key came from, if from the keyring (shown by `dmsetup
+    /// table` in the key's place; it is not secret).
+    keyref: Option<KeyRef>,
     /// The optional arguments, for `dmsetup table`.
     options: Options,
     /// Bio counters for `dmsetup status`.
@@ -346,6 +350,10 @@ impl dm::Target for MlsDisk {
             pr_err!("{}\n", format_args!("{e}"));
             Self::fail(e.summary(), EINVAL)
         })?;
+        let (key, keyref) = match line.key {
+            KeySpec::Raw(key) => (key, None),
+            KeySpec::Keyring(r) => (crate::kcrypto::keyring_key(&r)?, Some(r)),
+        };
 
         // The path is argument 0; `get` gives it NUL-terminated.
         let path = args.get(0).unwrap_or(c"");
@@ -426,7 +434,7 @@ impl dm::Target for MlsDisk {
             let (engine, capacity) = crate::engine_disk::start(
                 options.mode,
                 BdevBlockSet::new(backing.clone()),
-                line.key.as_bytes(),
+                key.as_bytes(),
             )?;
             let max = capacity.saturating_mul(SECTORS_PER_BLOCK);
             if ti.len() > max {
@@ -458,7 +466,8 @@ impl dm::Target for MlsDisk {
                 backing,
                 begin: ti.begin(),
                 len: ti.len(),
-                key: line.key,
+                key,
+                keyref,
                 options,
                 counters: Counters::default(),
                 worker,
@@ -551,8 +560,13 @@ impl dm::Target for MlsDisk {
                 self.write_counters(out)
             }
             StatusType::Table => {
-                // Never the key: `-` stands in its place.
-                write!(out, "{} -", Escaped(self.backing.name().to_bytes()))?;
+                // Never the key: `-` stands in its place, or the keyring
+                // reference it was read from.
+                write!(out, "{} ", Escaped(self.backing.name().to_bytes()))?;
+                match &self.keyref {
+                    Some(r) => write!(out, "{r}")?,
+                    None => out.write_str("-")?,
+                }
                 self.options.emit(out)
             }
             StatusType::Ima => write!(

@@ -151,4 +151,13 @@ void mlsdisk_limits_4k(struct queue_limits *limits, unsigned int max_discard_sec
 /* A shared printk rate limit for the target's per-bio errors. */
 bool mlsdisk_ratelimit(void);
 
+/*
+ * Reads the payload of a "logon" (logon = true) or "user" key with
+ * description `desc` (NUL-terminated) from the caller's keyrings into
+ * `out`, which has `size` bytes; the payload must be exactly `size` bytes.
+ * Returns 0, -ENOKEY (not found), -EKEYREVOKED/-EKEYEXPIRED, -EACCES,
+ * -EMSGSIZE (other size), or another negative errno. Sleeps.
+ */
+int mlsdisk_keyring_read(bool logon, const char *desc, u8 *out, unsigned int size);
+
 #endif /* MLSDISK_HELPERS_H */

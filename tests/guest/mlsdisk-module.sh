@@ -1,7 +1,7 @@
 # Module-specific behaviour of mlsdisk.ko at the pass-through stage:
 # the core engine self-test at load (alloc + BTreeMap + kvmalloc bridge),
 # the kernel crypto provider's known-answer test and structure round trip,
-# status/table output (never the key), option parsing, the keyring form,
+# status/table output (never the key), option parsing, keyring references,
 # bio remapping with a non-zero target start, and the module reference
 # held by a live target.
 # shellcheck shell=sh
@@ -134,7 +134,8 @@ refused() {
 	echo "$new" | sed 's/^/    dmesg: /'
 	echo "$new" | grep -q "mlsdisk: .*$want" || fail "$label: no 'mlsdisk: ...$want' in dmesg"
 }
-refused "keyring key" "not supported yet" "0 $len mlsdisk $DISK :32:logon:mlsdisk:test"
+refused "keyring key missing" "keyring key ':32:logon:mlsdisk:test' not found" "0 $len mlsdisk $DISK :32:logon:mlsdisk:test"
+refused "keyring key type" "only 'logon' and 'user'" "0 $len mlsdisk $DISK :32:encrypted:mlsdisk:test"
 refused "conflicting options" "conflict" "0 $len mlsdisk $DISK $KEY 2 create open"
 refused "duplicate option" "twice" "0 $len mlsdisk $DISK $KEY 2 create create"
 refused "count not a number" "not a number" "0 $len mlsdisk $DISK $KEY create"
