@@ -194,6 +194,9 @@ fn crash_at_every_write_and_flush() {
         states.len() - 1
     );
     assert!(in_flight_seen > 0);
+    // The journal moved to a new key (and half) during the workload.
+    let halves: BTreeSet<u8> = states.iter().map(|s| s.root.journal_half()).collect();
+    assert_eq!(halves.len(), 2, "no key rotation in the workload");
 }
 
 #[test]

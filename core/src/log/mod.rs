@@ -56,12 +56,19 @@
 //!   job (the disk's superblock and rollback anchor); `commit_count()` gives
 //!   it the counter to compare.
 //! - The owner must record `root()` after each commit and before the next:
-//!   a snapshot commit frees journal space that older roots point into.
+//!   a snapshot commit frees journal space that older roots point into, and
+//!   a commit that moved the journal to a new key is found only through the
+//!   new root (until the owner records it, the old root opens the state
+//!   before that commit, which is the in-flight state the contract allows).
 //! - Nonces: log blocks use a fresh random key per block (IV zero, each key
-//!   seals once); the journal key is derived from the root key with a random
-//!   per-store salt kept in the `StoreRoot`, and the chain uses a fresh
-//!   random 96-bit IV per block (about 2^32 blocks per key; at 4 KiB a block
-//!   that is 16 TiB of journal).
+//!   seals once). The journal chain uses a fresh random 96-bit IV per block
+//!   under a chain key `kdf(kdf(root_key, "mlsdisk/log-store/journal-base"),
+//!   "mlsdisk/log-store/journal", salt)` with a random `salt` per chain, kept
+//!   in the `StoreRoot`. A key is used for at most [`DEFAULT_ROTATE_AFTER`]
+//!   (2^30) block writes: then the commit starts a new chain, with a new
+//!   salt, in the other half of the journal region, whose first record is a
+//!   snapshot. The old chain stays intact, so the owner's previous root keeps
+//!   opening the previous state until it records the new one.
 //! - One transaction at a time, behind `&mut self`; the owner serialises
 //!   callers. The store is `Send` but not `Sync` (reads share a node cache
 //!   through a `RefCell`).
@@ -96,9 +103,10 @@
 //!
 //! Each commit writes one record: 44 bytes + the user state + about 100
 //! bytes a changed log. A snapshot lists every log with all its chunks. The
-//! journal region must hold twice the largest snapshot plus the largest
-//! delta, or commits fail with `NoSpace` (before anything is written; the
-//! transaction can be aborted).
+//! chain lives in one half of the journal region (the other half takes the
+//! next chain at a key rotation), so each half must hold twice the largest
+//! snapshot plus the largest delta, or commits fail with `NoSpace` (before
+//! anything is written; the transaction can be aborted).
 //! - An error inside a transaction marks it failed (commit refuses; abort).
 //!   An error while the commit record is written leaves the store refusing
 //!   every call until it is reopened, which recovers whichever state reached
@@ -114,5 +122,5 @@ mod store;
 pub use chunk::ChunkId;
 pub use store::{
     LogId, LogStoreConfig, StoreRoot, StoreStats, TxLogStore, DEFAULT_NODE_CACHE,
-    MIN_JOURNAL_BLOCKS,
+    DEFAULT_ROTATE_AFTER, MIN_JOURNAL_BLOCKS,
 };

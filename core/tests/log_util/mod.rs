@@ -41,14 +41,22 @@ pub fn regions<D: BlockSet + Clone>(d: &D) -> (BlockRange<D>, BlockRange<D>) {
     )
 }
 
+/// Chain blocks per journal key in the tests: small, so that the journal
+/// moves to a new key (and the other half of its region) every few commits.
+pub const ROTATE_AFTER: u64 = 10;
+
 pub fn format<D: BlockSet + Clone>(d: &D) -> TxLogStore<D> {
     let (j, c) = regions(d);
-    TxLogStore::format(j, c, crypto(), KEY, cfg()).unwrap()
+    let mut s = TxLogStore::format(j, c, crypto(), KEY, cfg()).unwrap();
+    s.set_rotate_after(ROTATE_AFTER);
+    s
 }
 
 pub fn open<D: BlockSet + Clone>(d: &D, root: &StoreRoot) -> Result<TxLogStore<D>> {
     let (j, c) = regions(d);
-    TxLogStore::open(j, c, crypto(), KEY, root)
+    let mut s = TxLogStore::open(j, c, crypto(), KEY, root)?;
+    s.set_rotate_after(ROTATE_AFTER);
+    Ok(s)
 }
 
 /// The contents of block `i` of a log appended with `seed`.
