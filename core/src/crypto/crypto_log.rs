@@ -251,6 +251,33 @@ impl core::fmt::Debug for CryptoLog {
 }
 
 impl CryptoLog {
+    /// A copy of the log's in-memory state, failing (rather than aborting)
+    /// when memory for the frontier cannot be had.
+    pub fn try_clone(&self) -> Result<Self> {
+        let frontier = match &self.frontier {
+            None => None,
+            Some(levels) => {
+                let mut f: Vec<Vec<Entry>> = Vec::new();
+                f.try_reserve_exact(levels.len())?;
+                for l in levels {
+                    let mut v = Vec::new();
+                    v.try_reserve_exact(FANOUT.max(l.len()))?;
+                    v.extend(l.iter().cloned());
+                    f.push(v);
+                }
+                Some(f)
+            }
+        };
+        Ok(Self {
+            crypto: self.crypto.clone(),
+            key_len: self.key_len,
+            nblocks: self.nblocks,
+            root: self.root.clone(),
+            frontier,
+            dirty: self.dirty,
+        })
+    }
+
     /// A new, empty log whose blocks get fresh keys of `key_len` bytes (16 or 32).
     pub fn new(crypto: CryptoRef, key_len: usize) -> Result<Self> {
         ensure!(

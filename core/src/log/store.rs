@@ -159,7 +159,7 @@ impl StoreRoot {
 }
 
 /// One log's state.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct LogState {
     tag: u64,
     sealed: bool,
@@ -168,6 +168,21 @@ struct LogState {
     chunks: Vec<ChunkId>,
     /// Blocks handed out so far inside `chunks`.
     alloc_pos: u64,
+}
+
+impl LogState {
+    fn try_clone(&self) -> Result<Self> {
+        let mut chunks = Vec::new();
+        chunks.try_reserve_exact(self.chunks.len())?;
+        chunks.extend_from_slice(&self.chunks);
+        Ok(Self {
+            tag: self.tag,
+            sealed: self.sealed,
+            log: self.log.try_clone()?,
+            chunks,
+            alloc_pos: self.alloc_pos,
+        })
+    }
 }
 
 /// The running transaction: copies of the logs it touched (`None` =
@@ -1078,7 +1093,7 @@ fn tx_log<'a>(
             let st = logs
                 .get(&id)
                 .ok_or(Error::new(ErrorKind::NotFound, "no such log"))?;
-            let copy = st.clone();
+            let copy = st.try_clone()?;
             v.insert(Some(copy))
                 .as_mut()
                 .ok_or(Error::new(ErrorKind::InvalidState, "log copy"))
