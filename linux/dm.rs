@@ -329,10 +329,10 @@ impl DmDev {
         unsafe { bindings::mlsdisk_bdev_nr_sectors(self.raw().bdev) }
     }
 
-    /// The open block device, for the I/O helpers (`kbio.rs`). It stays
-    /// valid while this handle is held.
-    pub(crate) fn bdev(&self) -> *mut kernel::bindings::block_device {
-        self.raw().bdev
+    /// The device number (`dev_t`) of the block device.
+    pub(crate) fn dev_t(&self) -> u32 {
+        // SAFETY: `bdev` of a held `dm_dev` is a valid, open block device.
+        unsafe { bindings::mlsdisk_bdev_dev(self.raw().bdev) }
     }
 
     /// The device's name in `major:minor` form, as `dmsetup table` shows it.

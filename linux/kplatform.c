@@ -26,6 +26,7 @@
 #include <linux/bio.h>
 #include <linux/blkdev.h>
 #include <linux/cpumask.h>
+#include <linux/file.h>
 #include <linux/highmem.h>
 #include <linux/key.h>
 #include <linux/mm.h>
@@ -367,6 +368,34 @@ int mlsdisk_bdev_rw(struct block_device *bdev, bool write, sector_t sector,
 		sector += done >> SECTOR_SHIFT;
 	}
 	return 0;
+}
+
+struct file *mlsdisk_bdev_open(dev_t dev, int *err)
+{
+	struct file *file = bdev_file_open_by_dev(dev, BLK_OPEN_READ | BLK_OPEN_WRITE,
+						  NULL, NULL);
+
+	if (IS_ERR(file)) {
+		*err = PTR_ERR(file);
+		return NULL;
+	}
+	*err = 0;
+	return file;
+}
+
+struct block_device *mlsdisk_file_bdev(struct file *file)
+{
+	return file_bdev(file);
+}
+
+void mlsdisk_bdev_close(struct file *file)
+{
+	fput(file);
+}
+
+dev_t mlsdisk_bdev_dev(struct block_device *bdev)
+{
+	return bdev->bd_dev;
 }
 
 int mlsdisk_bdev_flush(struct block_device *bdev)

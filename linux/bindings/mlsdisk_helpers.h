@@ -160,4 +160,18 @@ bool mlsdisk_ratelimit(void);
  */
 int mlsdisk_keyring_read(bool logon, const char *desc, u8 *out, unsigned int size);
 
+/*
+ * The engine's own reference to the backing device, independent of any
+ * dm_target (a disk outlives the table that opened it when a reload hands
+ * it to the new table): a non-exclusive read/write open by device number.
+ * NULL with *err set on failure. Sleeps.
+ */
+struct file *mlsdisk_bdev_open(dev_t dev, int *err);
+/* The block device of a file from mlsdisk_bdev_open. */
+struct block_device *mlsdisk_file_bdev(struct file *file);
+/* Closes a file from mlsdisk_bdev_open. */
+void mlsdisk_bdev_close(struct file *file);
+/* bdev->bd_dev */
+dev_t mlsdisk_bdev_dev(struct block_device *bdev);
+
 #endif /* MLSDISK_HELPERS_H */
