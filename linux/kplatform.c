@@ -426,6 +426,8 @@ struct mlsdisk_bioq {
 	struct work_struct work;
 	struct workqueue_struct *wq;
 	mlsdisk_bioq_fn process;
+	mlsdisk_bioq_idle_fn idle;
+	bool paused;
 	void *ctx;
 };
 
@@ -435,22 +437,29 @@ static void mlsdisk_bioq_work(struct work_struct *work)
 	struct bio_list bios;
 	struct bio *bio;
 
+	bool run_idle;
+
 	for (;;) {
 		spin_lock_irq(&q->lock);
 		bios = q->bios;
 		bio_list_init(&q->bios);
+		run_idle = q->idle && !q->paused;
 		spin_unlock_irq(&q->lock);
 		if (bio_list_empty(&bios))
-			return;
+			break;
 		while ((bio = bio_list_pop(&bios))) {
 			q->process(q->ctx, bio);
 			cond_resched();
 		}
 	}
+	/* Nothing queued: one step of background work, then again if more is
+	 * to do (bios queued meanwhile go first). */
+	if (run_idle && q->idle(q->ctx))
+		queue_work(q->wq, &q->work);
 }
 
 struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name, mlsdisk_bioq_fn process,
-				      void *ctx)
+				      mlsdisk_bioq_idle_fn idle, void *ctx)
 {
 	struct mlsdisk_bioq *q = kzalloc(sizeof(*q), GFP_KERNEL);
 
@@ -460,6 +469,8 @@ struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name, mlsdisk_bioq_fn process,
 	bio_list_init(&q->bios);
 	INIT_WORK(&q->work, mlsdisk_bioq_work);
 	q->process = process;
+	q->idle = idle;
+	q->paused = true;
 	q->ctx = ctx;
 	/* Ordered and able to make progress under memory pressure: it serves
 	 * the I/O that reclaim may be waiting for. */
@@ -481,16 +492,29 @@ void mlsdisk_bioq_push(struct mlsdisk_bioq *q, struct bio *bio)
 	queue_work(q->wq, &q->work);
 }
 
-void mlsdisk_bioq_drain(struct mlsdisk_bioq *q)
+void mlsdisk_bioq_pause(struct mlsdisk_bioq *q)
 {
+	spin_lock_irq(&q->lock);
+	q->paused = true;
+	spin_unlock_irq(&q->lock);
+	/* A run that started before sees `paused` only next time: wait for
+	 * it; it does not queue itself again. */
 	flush_workqueue(q->wq);
+}
+
+void mlsdisk_bioq_resume(struct mlsdisk_bioq *q)
+{
+	spin_lock_irq(&q->lock);
+	q->paused = false;
+	spin_unlock_irq(&q->lock);
+	queue_work(q->wq, &q->work);
 }
 
 void mlsdisk_bioq_free(struct mlsdisk_bioq *q)
 {
 	if (!q)
 		return;
-	flush_workqueue(q->wq);
+	mlsdisk_bioq_pause(q);
 	destroy_workqueue(q->wq);
 	WARN_ON(!bio_list_empty(&q->bios));
 	kfree(q);

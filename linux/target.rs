@@ -80,6 +80,11 @@ pub(crate) trait Engine: Send {
     /// The engine's part of `dmsetup status` (health, sync counter, space,
     /// anchor), before the target's bio counters.
     fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result;
+    /// One bounded step of background work (compaction, cleaning); returns
+    /// whether more is to do.
+    fn background_step(&mut self) -> mlsdisk_core::Result<bool> {
+        Ok(false)
+    }
 }
 
 /// The pass-through engine: the backing device's blocks at the same
@@ -678,6 +683,22 @@ impl dm::Target for MlsDisk {
 
     fn postsuspend(&self) {
         let _ = self.sync("suspend");
+    }
+
+    fn idle(&self) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let _noio = NoIoScope::enter();
+        match shared.worker.lock().engine.background_step() {
+            Ok(more) => more,
+            Err(e) => {
+                if dm::ratelimit() {
+                    pr_err!("background work failed: {:?}\n", e);
+                }
+                false
+            }
+        }
     }
 
     fn message(&self, args: &Args<'_>, out: &mut StatusWriter<'_>) -> Result<bool> {
