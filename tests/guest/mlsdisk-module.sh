@@ -107,6 +107,18 @@ esac
 # A refused reload leaves the live table alone.
 must_fail dmsetup reload mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY 1 bogus"
 run dmsetup resume mlsdisk_mod
+# A reload takes over the live disk (one engine per backing device): it
+# must give the same key, and may not 'create' (reformat) it.
+n1=$(dmesg | wc -l)
+must_fail dmsetup reload mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY128 1 open"
+must_fail dmsetup reload mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY 1 create"
+new=$(dmesg | tail -n +$((n1 + 1)))
+echo "$new" | sed 's/^/    dmesg: /'
+echo "$new" | grep -q "mlsdisk: wrong key: the disk on device .* is open with another key" ||
+	fail "a reload with another key is not refused as 'wrong key'"
+echo "$new" | grep -q "mlsdisk: the disk on device .* is in use by a live table: 'create' would destroy it" ||
+	fail "a reload with 'create' on a live disk is not refused"
+run dmsetup resume mlsdisk_mod
 [ "$(dmsetup table mlsdisk_mod)" = "$tbl" ] || fail "a refused reload changed the live table"
 run dmsetup remove mlsdisk_mod
 
