@@ -793,7 +793,7 @@ impl<D: BlockSet> TxLogStore<D> {
             }
         }
         self.next_log_id = tx.next_log_id;
-        self.counter += 1;
+        self.counter = self.counter.saturating_add(1);
         self.user_state = new_user_state;
         Ok(())
     }
@@ -852,7 +852,7 @@ impl<D: BlockSet> TxLogStore<D> {
         let rec = if plan == Plan::Delta {
             self.delta_record(tx, user_state)?
         } else {
-            self.snapshot_record(Some(tx), self.counter + 1, user_state)?
+            self.snapshot_record(Some(tx), self.next_counter()?, user_state)?
         };
         // A record the ring cannot take fails here, before the chain is
         // touched, so the transaction can still be aborted.
@@ -864,6 +864,12 @@ impl<D: BlockSet> TxLogStore<D> {
         };
         ensure!(need <= room, NoSpace, "log store journal is full");
         Ok((rec, plan, us))
+    }
+
+    fn next_counter(&self) -> Result<u64> {
+        self.counter
+            .checked_add(1)
+            .ok_or(Error::new(ErrorKind::NoSpace, "commit counter exhausted"))
     }
 
     fn header(&self, kind: Kind, counter: u64, next_log_id: u64) -> Header {
@@ -901,7 +907,7 @@ impl<D: BlockSet> TxLogStore<D> {
     /// The changes of `tx` against the committed state.
     fn delta_record(&self, tx: &Tx, user_state: &[u8]) -> Result<Vec<u8>> {
         let mut enc = Encoder::new(
-            &self.header(Kind::Delta, self.counter + 1, tx.next_log_id),
+            &self.header(Kind::Delta, self.next_counter()?, tx.next_log_id),
             user_state,
         )?;
         for (&id, st) in &tx.logs {
