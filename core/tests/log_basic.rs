@@ -213,3 +213,39 @@ fn full_chunk_region_and_full_journal_leave_the_store_usable() {
     assert_eq!(s2.user_state(), b"fine");
     assert_eq!(s2.log_len(l).unwrap(), 3);
 }
+
+#[test]
+fn records_larger_than_the_free_ring_move_to_the_other_half() {
+    // Journal of 16 blocks: rings of 8. A 4.5-block user state leaves no
+    // room for the next record in the same ring, so commits rotate.
+    let disk = Arc::new(MemDisk::new(16 + 64 * 16).unwrap());
+    let regions = || {
+        (
+            BlockRange::new(disk.clone(), 0, 16).unwrap(),
+            BlockRange::new(disk.clone(), 16, 64 * 16).unwrap(),
+        )
+    };
+    let (j, c) = regions();
+    let mut s = TxLogStore::format(j, c, crypto(), KEY, cfg()).unwrap();
+    let mut halves = std::collections::BTreeSet::new();
+    for i in 0..8u8 {
+        s.begin().unwrap();
+        let l = s.create_log(0).unwrap();
+        s.append(l, &blocks(i, 1)).unwrap();
+        let us = vec![i; 18_000];
+        s.commit(&us).unwrap();
+        halves.insert(s.root().journal_half());
+        let (j, c) = regions();
+        let s2 = TxLogStore::open(j, c, crypto(), KEY, &s.root()).unwrap();
+        assert_eq!(s2.user_state(), &us[..]);
+        assert_eq!(s2.logs_with_tag(0).len(), i as usize + 1);
+    }
+    assert_eq!(halves.len(), 2);
+    // A record bigger than a whole ring cannot be committed.
+    s.begin().unwrap();
+    assert_eq!(
+        s.commit(&vec![0u8; 40_000]).unwrap_err().kind(),
+        ErrorKind::NoSpace
+    );
+    s.abort();
+}

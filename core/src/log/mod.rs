@@ -104,9 +104,12 @@
 //! Each commit writes one record: 44 bytes + the user state + about 100
 //! bytes a changed log. A snapshot lists every log with all its chunks. The
 //! chain lives in one half of the journal region (the other half takes the
-//! next chain at a key rotation), so each half must hold twice the largest
-//! snapshot plus the largest delta, or commits fail with `NoSpace` (before
-//! anything is written; the transaction can be aborted).
+//! next chain at a key rotation). When a record does not fit in the free
+//! part of the current ring, the commit moves the journal to the other half
+//! with a snapshot (a rotation). So the hard limit is one snapshot per half;
+//! a record larger than that fails with `NoSpace` before anything is written
+//! (the transaction can be aborted). For few rotations, make each half hold
+//! a few snapshots and many deltas.
 //! - An error inside a transaction marks it failed (commit refuses; abort).
 //!   An error while the commit record is written leaves the store refusing
 //!   every call until it is reopened, which recovers whichever state reached

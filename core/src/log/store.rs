@@ -840,7 +840,7 @@ impl<D: BlockSet> TxLogStore<D> {
         let mut us = Vec::new();
         us.try_reserve_exact(user_state.len())?;
         us.extend_from_slice(user_state);
-        let plan = if self.chain.tail().seq >= self.rotate_after {
+        let mut plan = if self.chain.tail().seq >= self.rotate_after {
             Plan::Rotate
         } else if self.since_snapshot.saturating_add(1) >= self.cfg.snapshot_every
             || self.chain.free_blocks() < self.ring_blocks / 2
@@ -849,20 +849,29 @@ impl<D: BlockSet> TxLogStore<D> {
         } else {
             Plan::Delta
         };
-        let rec = if plan == Plan::Delta {
+        let mut rec = if plan == Plan::Delta {
             self.delta_record(tx, user_state)?
         } else {
             self.snapshot_record(Some(tx), self.next_counter()?, user_state)?
         };
+        let blocks =
+            |r: &[u8]| mac_chain::blocks_for(r.len().saturating_add(mac_chain::RECORD_HEADER_LEN));
+        if plan != Plan::Rotate && blocks(&rec) > self.chain.free_blocks() {
+            // No room left in this ring: start over in the other half, with
+            // a snapshot, under a new key.
+            if plan == Plan::Delta {
+                rec = self.snapshot_record(Some(tx), self.next_counter()?, user_state)?;
+            }
+            plan = Plan::Rotate;
+        }
         // A record the ring cannot take fails here, before the chain is
         // touched, so the transaction can still be aborted.
-        let need = mac_chain::blocks_for(rec.len().saturating_add(mac_chain::RECORD_HEADER_LEN));
         let room = if plan == Plan::Rotate {
             self.ring_blocks
         } else {
             self.chain.free_blocks()
         };
-        ensure!(need <= room, NoSpace, "log store journal is full");
+        ensure!(blocks(&rec) <= room, NoSpace, "log store journal is full");
         Ok((rec, plan, us))
     }
 
