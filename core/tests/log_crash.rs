@@ -281,7 +281,7 @@ fn second_crash_during_the_first_commit_after_recovery() {
     })
     .unwrap();
     let ops = rec.ops.lock().unwrap().clone();
-    let step = if long() { 1 } else { 4 };
+    let step = if long() { 1 } else { 8 };
     let (mut firsts, mut seconds) = (0, 0);
     for n in (1..ops.len()).step_by(step) {
         let k = states.iter().rposition(|s| s.2 <= n).unwrap();
