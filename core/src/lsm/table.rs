@@ -641,9 +641,16 @@ pub(crate) mod tests {
         seq: u64,
         bloom_bits: u32,
     ) -> (Vec<Vec<u8>>, Option<TableInfo>) {
+        build_of(recs, seq, bloom_bits)
+    }
+
+    fn build_of<V: LsmValue>(
+        recs: &[(u64, Option<V>)],
+        seq: u64,
+        bloom_bits: u32,
+    ) -> (Vec<Vec<u8>>, Option<TableInfo>) {
         let mut blocks = Vec::new();
-        let mut b =
-            TableBuilder::new(TestVal::SIZE, seq, 1, recs.len() as u64, bloom_bits).unwrap();
+        let mut b = TableBuilder::new(V::SIZE, seq, 1, recs.len() as u64, bloom_bits).unwrap();
         let mut sink = |blk: &[u8]| {
             blocks.push(blk.to_vec());
             Ok(())
@@ -661,11 +668,11 @@ pub(crate) mod tests {
     }
 
     #[allow(clippy::ptr_arg)]
-    fn lookup(
+    fn lookup<V: LsmValue>(
         blocks: &Vec<Vec<u8>>,
         info: &TableInfo,
         key: u64,
-    ) -> Result<Option<Option<TestVal>>> {
+    ) -> Result<Option<Option<V>>> {
         let mut f = DirectFetch {
             src: blocks,
             buf: Vec::new(),
@@ -673,40 +680,74 @@ pub(crate) mod tests {
         info.get(key, &mut f)
     }
 
+    /// A large value: few records per block, so tables get several index
+    /// blocks cheaply.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct Big(u64);
+    impl LsmValue for Big {
+        const SIZE: usize = 400;
+        fn encode(&self, out: &mut [u8]) {
+            out[..8].copy_from_slice(&self.0.to_le_bytes());
+            out[392..].copy_from_slice(&self.0.to_le_bytes());
+        }
+        fn decode(b: &[u8]) -> Result<Self> {
+            let v = u64::from_le_bytes(b[..8].try_into().unwrap());
+            ensure!(b[392..] == v.to_le_bytes(), Corrupted, "big");
+            Ok(Self(v))
+        }
+    }
+
+    fn round_trip<V: LsmValue + PartialEq + core::fmt::Debug>(
+        n: u64,
+        bits: u32,
+        val: impl Fn(u64) -> V,
+        stride: usize,
+    ) {
+        let recs: Vec<_> = (0..n)
+            .map(|i| {
+                let v = if i % 5 == 3 { None } else { Some(val(i)) };
+                (i * 3 + 1, v)
+            })
+            .collect();
+        let (blocks, info) = build_of(&recs, 42, bits);
+        let info = info.unwrap();
+        assert_eq!(info.total_blocks(), blocks.len() as u64);
+        let parsed =
+            TableInfo::parse_footer(blocks.last().unwrap(), V::SIZE, blocks.len() as u64).unwrap();
+        assert_eq!(parsed, info);
+        assert_eq!(info.records, n);
+        for (k, v) in recs.iter().step_by(stride) {
+            assert_eq!(
+                lookup::<V>(&blocks, &info, *k).unwrap(),
+                Some(v.clone()),
+                "key {k}"
+            );
+            assert_eq!(lookup::<V>(&blocks, &info, k + 1).unwrap(), None);
+        }
+        assert_eq!(lookup::<V>(&blocks, &info, 0).unwrap(), None);
+        assert_eq!(lookup::<V>(&blocks, &info, u64::MAX).unwrap(), None);
+        let mut c = TableCursor::new().unwrap();
+        let mut all = Vec::new();
+        while let Some(r) = c.next::<V>(&info, &blocks).unwrap() {
+            all.push(r);
+        }
+        assert_eq!(all, recs);
+    }
+
     #[test]
     fn build_and_read_back() {
-        for (n, bits) in [(1u64, 10), (7, 0), (300, 10), (40_000, 8)] {
-            let recs: Vec<_> = (0..n)
-                .map(|i| {
-                    let v = if i % 5 == 3 {
-                        None
-                    } else {
-                        Some(TestVal(i * 3 + 1))
-                    };
-                    (i * 3 + 1, v)
-                })
-                .collect();
-            let (blocks, info) = build(&recs, 42, bits);
-            let info = info.unwrap();
-            assert_eq!(info.total_blocks(), blocks.len() as u64);
-            let parsed =
-                TableInfo::parse_footer(blocks.last().unwrap(), TestVal::SIZE, blocks.len() as u64)
-                    .unwrap();
-            assert_eq!(parsed, info);
-            assert_eq!(info.records, n);
-            for (k, v) in &recs {
-                assert_eq!(lookup(&blocks, &info, *k).unwrap(), Some(*v), "key {k}");
-                assert_eq!(lookup(&blocks, &info, k + 1).unwrap(), None);
-            }
-            assert_eq!(lookup(&blocks, &info, 0).unwrap(), None);
-            assert_eq!(lookup(&blocks, &info, u64::MAX).unwrap(), None);
-            let mut c = TableCursor::new().unwrap();
-            let mut all = Vec::new();
-            while let Some(r) = c.next::<TestVal>(&info, &blocks).unwrap() {
-                all.push(r);
-            }
-            assert_eq!(all, recs);
+        for (n, bits) in [(1u64, 10), (7, 0), (300, 10), (3000, 8)] {
+            round_trip(n, bits, TestVal, 1);
         }
+    }
+
+    #[test]
+    fn several_index_blocks() {
+        // 9 records per block: 6000 records = 667 data blocks = 2 index blocks.
+        round_trip(6000, 10, Big, 7);
+        let recs: Vec<_> = (0..6000u64).map(|i| (i, Some(Big(i)))).collect();
+        let (_, info) = build_of(&recs, 1, 10);
+        assert_eq!(info.unwrap().n_index, 2);
     }
 
     #[test]
@@ -761,7 +802,7 @@ pub(crate) mod tests {
                 };
                 let mut any_err = false;
                 for k in [key, recs[0].0, recs[recs.len() - 1].0] {
-                    match lookup(&bl, &info, k) {
+                    match lookup::<TestVal>(&bl, &info, k) {
                         Err(_) => any_err = true,
                         Ok(r) => assert_eq!(r, Some(Some(TestVal(k / 2))), "block {b} byte {i}"),
                     }
