@@ -272,3 +272,88 @@ fn no_leaked_logs_after_compaction() {
         .collect();
     check(&mut t, &model, 1300);
 }
+
+/// A failure of the Nth store call, for every N of a workload: the call
+/// returns the error, the tree refuses further work, and a reopen gives the
+/// last synced state (or the one whose commit failed, if it got through).
+#[test]
+fn store_failure_at_every_call() {
+    let cfg = LsmConfig::tiny();
+    let mut cases = 0;
+    for n in 1..400u32 {
+        let mut t = Tree::format(MemStore::default(), cfg.clone()).unwrap();
+        let mut s = t.into_store();
+        s.fail_in = Some(n);
+        t = Tree::open(s, cfg.clone()).unwrap();
+        let mut cur = BTreeMap::new();
+        let mut synced = BTreeMap::new();
+        let mut in_flight = None;
+        let mut failed = false;
+        for i in 0..120u64 {
+            let k = (i * 11) % 29;
+            let r = (|| {
+                if i % 6 == 5 {
+                    t.delete(k)?;
+                    cur.remove(&k);
+                } else {
+                    t.put(k, TestVal(i))?;
+                    cur.insert(k, i);
+                }
+                if i % 2 == 0 {
+                    t.compact_step()?;
+                }
+                if i % 10 == 9 {
+                    in_flight = Some(cur.clone());
+                    t.sync(b"s")?;
+                    in_flight = None;
+                    synced = cur.clone();
+                }
+                Ok::<(), crate::Error>(())
+            })();
+            if r.is_err() {
+                failed = true;
+                assert_eq!(
+                    t.put(1, TestVal(1)).unwrap_err().kind(),
+                    ErrorKind::InvalidState
+                );
+                break;
+            }
+        }
+        let s = t.store().crashed();
+        let mut t = Tree::open(s, cfg.clone()).unwrap();
+        let got = contents(&mut t);
+        assert!(
+            got == synced || Some(&got) == in_flight.as_ref(),
+            "n={n}: reopened to an unsynced state"
+        );
+        cases += 1;
+        if !failed {
+            break;
+        }
+    }
+    assert!(cases > 50, "{cases}");
+}
+
+/// The configuration may change between opens (a smaller memtable than the
+/// replayed WAL holds is frozen at the next update).
+#[test]
+fn config_change_between_opens() {
+    let mut big = LsmConfig::tiny();
+    big.memtable_entries = 64;
+    let mut t = Tree::format(MemStore::default(), big).unwrap();
+    let model: BTreeMap<u64, u64> = (0..50).map(|k| (k, k + 7)).collect();
+    for (k, v) in &model {
+        t.put(*k, TestVal(*v)).unwrap();
+    }
+    t.sync(b"").unwrap();
+    let mut t = Tree::open(t.into_store(), LsmConfig::tiny()).unwrap();
+    assert_eq!(t.stats().memtable_entries, 50);
+    t.put(3, TestVal(10)).unwrap();
+    let mut model = model;
+    model.insert(3, 10);
+    while t.compact_step().unwrap() {}
+    check(&mut t, &model, 60);
+    t.sync(b"").unwrap();
+    let mut t = Tree::open(t.into_store(), LsmConfig::tiny()).unwrap();
+    check(&mut t, &model, 60);
+}
