@@ -77,6 +77,16 @@ impl MemStore {
             .count()
     }
 
+    /// Committed blocks of all WAL logs.
+    pub fn wal_blocks(&self) -> u64 {
+        self.committed
+            .logs
+            .values()
+            .filter(|l| l.tag == super::TAG_WAL)
+            .map(|l| (l.blocks.len() / BLOCK_SIZE) as u64)
+            .sum()
+    }
+
     /// Flips a byte of block `pos` of the `n`th log with `tag` (committed).
     pub fn tamper(&mut self, tag: u64, n: usize, pos: usize, byte: usize) {
         let log = self

@@ -122,9 +122,12 @@ pub const fn table_tag(level: u8) -> u64 {
 #[non_exhaustive]
 pub struct LsmConfig {
     /// Distinct keys in the mutable memtable before it is frozen (and the
-    /// same again for the immutable one). A memtable is also frozen after
-    /// `4 * memtable_entries` WAL records, so replay at open stays bounded.
+    /// same again for the immutable one).
     pub memtable_entries: usize,
+    /// WAL blocks of the mutable memtable before it is frozen. A sync
+    /// appends a partly filled block, so frequent syncs fill the WAL faster
+    /// than the memtable; this bounds the WAL and the replay at open.
+    pub wal_max_blocks: u64,
     /// Cached index and bloom blocks (4 KiB each).
     pub meta_cache_blocks: usize,
     /// Cached data blocks (4 KiB each).
@@ -148,6 +151,7 @@ impl Default for LsmConfig {
     fn default() -> Self {
         Self {
             memtable_entries: 32 * 1024,
+            wal_max_blocks: 2048,
             meta_cache_blocks: 1024,
             data_cache_blocks: 512,
             bloom_bits_per_key: 10,
@@ -166,6 +170,7 @@ impl LsmConfig {
     pub fn tiny() -> Self {
         Self {
             memtable_entries: 8,
+            wal_max_blocks: 3,
             meta_cache_blocks: 4,
             data_cache_blocks: 2,
             bloom_bits_per_key: 10,
@@ -183,6 +188,11 @@ impl LsmConfig {
             self.memtable_entries >= 1 && self.memtable_entries <= 1 << 24,
             InvalidArgument,
             "lsm config: memtable_entries out of range"
+        );
+        crate::ensure!(
+            self.wal_max_blocks >= 1,
+            InvalidArgument,
+            "lsm config: wal_max_blocks must be positive"
         );
         crate::ensure!(
             self.l0_max_tables >= 1 && self.l0_max_tables <= 64,

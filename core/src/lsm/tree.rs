@@ -61,8 +61,6 @@ const TREE_MAGIC: [u8; 8] = *b"MLSMTREE";
 const TREE_VERSION: u16 = 1;
 /// The length of the tree's header at the start of the store's user state.
 const TREE_HEADER_LEN: usize = 32;
-/// A memtable is frozen after this many WAL records per allowed entry.
-const WAL_RECORDS_PER_ENTRY: usize = 4;
 
 #[derive(Clone)]
 struct Table<Id> {
@@ -102,7 +100,8 @@ pub struct LsmTree<S: LogStore, V: LsmValue> {
     mem: MemTable<V>,
     mem_gen: u64,
     mem_wal: Option<S::LogId>,
-    mem_wal_records: usize,
+    /// Blocks in the mutable memtable's WAL log.
+    mem_wal_blocks: u64,
     wal: WalBuf,
     imm: Option<Imm<S::LogId, V>>,
     /// L0 newest first; deeper levels ascending by key.
@@ -149,7 +148,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             mem: MemTable::new(),
             mem_gen: 0,
             mem_wal: None,
-            mem_wal_records: 0,
+            mem_wal_blocks: 0,
             imm: None,
             levels,
             flush: None,
@@ -251,7 +250,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         let n = wals.len();
         for (i, (gen, id)) in wals.into_iter().enumerate() {
             let mut map = MemTable::new();
-            let records = t.replay(id, gen, &mut map, &mut buf)?;
+            let blocks = t.replay(id, gen, &mut map, &mut buf)?;
             t.next_gen = t.next_gen.max(gen.saturating_add(1));
             if i + 1 < n {
                 t.imm = Some(Imm { map, wal: Some(id) });
@@ -259,7 +258,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                 t.mem = map;
                 t.mem_wal = Some(id);
                 t.mem_gen = gen;
-                t.mem_wal_records = records;
+                t.mem_wal_blocks = blocks;
             }
         }
         if t.mem_wal.is_none() {
@@ -342,25 +341,24 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         Ok(())
     }
 
+    /// Replays a WAL log into `map`; returns its length in blocks.
     fn replay(
         &mut self,
         id: S::LogId,
         gen: u64,
         map: &mut MemTable<V>,
         buf: &mut [u8],
-    ) -> Result<usize> {
+    ) -> Result<u64> {
         let len = self.store.log_len(id)?;
-        let mut records = 0usize;
         for pos in 0..len {
             self.store.read(id, pos, buf)?;
             let g = wal::parse_block::<V>(buf, V::SIZE, &mut |k, v| {
                 map.insert(k, v);
-                records += 1;
                 Ok(())
             })?;
             ensure!(g == gen, Corrupted, "lsm: WAL block of another generation");
         }
-        Ok(records)
+        Ok(len)
     }
 
     fn header(&self, user_state: &[u8]) -> Result<Vec<u8>> {
@@ -428,6 +426,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         };
         let blk = self.wal.block(self.mem_gen)?;
         self.store.append(id, blk)?;
+        self.mem_wal_blocks += 1;
         self.wal.clear();
         self.stats.wal_blocks += 1;
         Ok(())
@@ -484,14 +483,11 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     fn update(&mut self, key: u64, v: Option<V>) -> Result<()> {
         self.guarded(|t| {
             t.wal.push(key, v.as_ref())?;
-            t.mem_wal_records += 1;
             if t.wal.is_full() {
                 t.append_wal()?;
             }
             t.mem.insert(key, v);
-            if t.mem.len() >= t.cfg.memtable_entries
-                || t.mem_wal_records >= t.cfg.memtable_entries.saturating_mul(WAL_RECORDS_PER_ENTRY)
-            {
+            if t.mem.len() >= t.cfg.memtable_entries || t.mem_wal_blocks >= t.cfg.wal_max_blocks {
                 t.freeze()?;
             }
             Ok(())
@@ -512,7 +508,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         });
         self.mem_gen = self.next_gen;
         self.next_gen += 1;
-        self.mem_wal_records = 0;
+        self.mem_wal_blocks = 0;
         Ok(())
     }
 

@@ -357,3 +357,25 @@ fn config_change_between_opens() {
     let mut t = Tree::open(t.into_store(), LsmConfig::tiny()).unwrap();
     check(&mut t, &model, 60);
 }
+
+/// A sync per update appends a partly filled WAL block each time: the WAL
+/// still stays bounded (the memtable freezes after `wal_max_blocks`).
+#[test]
+fn wal_bounded_under_frequent_syncs() {
+    let cfg = LsmConfig::tiny();
+    let mut t = Tree::format(MemStore::default(), cfg.clone()).unwrap();
+    for i in 0..200u64 {
+        t.put(i % 3, TestVal(i)).unwrap();
+        t.sync(b"").unwrap();
+        t.compact_step().unwrap();
+        let s = t.store();
+        let wal_blocks: u64 = s.wal_blocks();
+        assert!(
+            wal_blocks <= 2 * cfg.wal_max_blocks,
+            "{wal_blocks} WAL blocks"
+        );
+    }
+    let model: BTreeMap<u64, u64> = [(0, 198), (1, 199), (2, 197)].into_iter().collect();
+    let mut t = Tree::open(t.into_store(), cfg).unwrap();
+    check(&mut t, &model, 5);
+}
