@@ -47,7 +47,9 @@
 //!   value, so ~6.4 MiB for E = 32 Ki);
 //! - block caches: at most `C` blocks of 4 KiB (plus ~64 bytes each of map
 //!   entries);
-//! - one WAL block buffer (4 KiB);
+//! - one WAL block buffer (4 KiB); replay at open reads one block at a
+//!   time (each memtable's WAL has at most `wal_max_blocks` blocks, and
+//!   replay fills the same two memtables);
 //! - one table builder at a time: one data block, 8 bytes per data block of
 //!   index, and `ceil(R * b / 32576)` bloom blocks of 4 KiB;
 //! - merge cursors: one 4 KiB block per merged source (at most L0 + 1 for
