@@ -138,6 +138,8 @@ pub struct CachedFetch<'a> {
     pub meta: &'a mut BlockCache,
     /// Cache of data blocks.
     pub data: &'a mut BlockCache,
+    /// Counts lookups the bloom filter answered.
+    pub bloom_negatives: &'a mut u64,
 }
 
 impl BlockFetch for CachedFetch<'_> {
@@ -152,6 +154,10 @@ impl BlockFetch for CachedFetch<'_> {
             _ => &mut *self.meta,
         };
         cache.get_or_load(self.table, pos, self.src, check)
+    }
+
+    fn bloom_negative(&mut self) {
+        *self.bloom_negatives += 1;
     }
 }
 

@@ -73,6 +73,9 @@ pub trait BlockFetch {
         kind: BlockKind,
         check: &dyn Fn(&[u8]) -> Result<()>,
     ) -> Result<&[u8]>;
+
+    /// Called when the bloom filter answered "absent" (for statistics).
+    fn bloom_negative(&mut self) {}
 }
 
 /// A fetcher without a cache, over a block source (tests).
@@ -329,6 +332,7 @@ impl TableInfo {
                 bloom::check_block(blk, vs, seq, k)
             })?;
             if !bloom::may_contain(blk, key, self.n_bloom, self.bloom_k) {
+                f.bloom_negative();
                 return Ok(None);
             }
         }

@@ -461,6 +461,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                     src: &src,
                     meta: &mut self.meta_cache,
                     data: &mut self.data_cache,
+                    bloom_negatives: &mut self.stats.bloom_negatives,
                 };
                 if let Some(r) = t.info.get::<V>(key, &mut f)? {
                     return Ok(r);

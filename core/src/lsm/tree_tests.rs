@@ -379,3 +379,24 @@ fn wal_bounded_under_frequent_syncs() {
     let mut t = Tree::open(t.into_store(), cfg).unwrap();
     check(&mut t, &model, 5);
 }
+
+#[test]
+fn bloom_filters_and_cache_answer_lookups() {
+    let mut cfg = LsmConfig::tiny();
+    cfg.meta_cache_blocks = 64;
+    cfg.data_cache_blocks = 64;
+    let mut t = Tree::format(MemStore::default(), cfg).unwrap();
+    for k in 0..64u64 {
+        t.put(k * 2, TestVal(k)).unwrap();
+    }
+    while t.compact_step().unwrap() {}
+    for _ in 0..2 {
+        for k in 0..128u64 {
+            let want = (k % 2 == 0).then_some(TestVal(k / 2));
+            assert_eq!(t.get(k).unwrap(), want);
+        }
+    }
+    let st = t.stats();
+    assert!(st.bloom_negatives > 32, "{st:?}");
+    assert!(st.cache_hits > st.cache_misses, "{st:?}");
+}
