@@ -77,6 +77,7 @@ mod bloom;
 mod cache;
 mod format;
 mod merge;
+mod store_impl;
 mod table;
 mod tree;
 mod wal;
@@ -88,6 +89,9 @@ mod tree_tests;
 
 pub use table::BlockSource;
 pub use tree::{LogStore, LsmTree};
+
+/// The tree on the disk's transactional log store.
+pub type TxLsmTree<D, V> = LsmTree<crate::log::TxLogStore<D>, V>;
 
 use crate::Result;
 
