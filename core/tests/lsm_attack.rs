@@ -80,7 +80,7 @@ fn flipped_bytes_are_detected() {
     let (mem, root, model, _) = build();
     assert!(probe(&mem, &root, &model));
     let adv = Adversary::new(mem.clone());
-    let used = used_blocks(&mem, 12);
+    let used = used_blocks(&mem, 32);
     let mut detected = 0;
     let mut cases = 0;
     for (i, &b) in used.iter().enumerate() {
@@ -102,7 +102,7 @@ fn flipped_bytes_are_detected() {
 fn replayed_and_swapped_blocks_are_detected() {
     let (mem, root, model, old) = build();
     let adv = Adversary::new(mem.clone());
-    let used = used_blocks(&mem, 12);
+    let used = used_blocks(&mem, 32);
     let mut cases = 0;
     let mut detected = 0;
     // Replay: put back the first sync's version of every block that changed.

@@ -77,9 +77,9 @@ fn crash_at_every_io() {
     workload(&mut t, &mut p, steps()).unwrap();
     let total = dev.op_count() - base;
     assert!(total > 50, "workload did {total} ops");
-    // Fast mode: about 12 crash points spread over the run (a different
+    // Fast mode: about 30 crash points spread over the run (a different
     // spread each run would hide regressions, so it is fixed).
-    let stride = if long() { 1 } else { (total / 12).max(1) };
+    let stride = if long() { 1 } else { (total / 30).max(1) };
     let mut cases = 0;
     let mut in_flight_cases = 0;
     for n in (0..=total).step_by(stride as usize) {

@@ -16,7 +16,7 @@ fn failing_reads_writes_and_flushes() {
     let mut cases = 0;
     let mut errors = 0;
     for kind in [IoKind::Write, IoKind::Flush, IoKind::Read] {
-        for nth in (0..60u64).step_by(if long() { 1 } else { 15 }) {
+        for nth in (0..60u64).step_by(if long() { 1 } else { 9 }) {
             let (mem, mut root) = fresh_disk();
             let dev: Dev = Arc::new(FaultDisk::new(mem));
             let mut t = open(&dev, &root, lsm_cfg()).unwrap();

@@ -41,7 +41,7 @@ fn cases() -> u32 {
     if long() {
         512
     } else {
-        12
+        24
     }
 }
 
