@@ -617,6 +617,12 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         })
     }
 
+    /// Whether [`Self::compact_step`] has work to do (a memtable to flush,
+    /// a compaction in progress or due). Cheap: no I/O.
+    pub fn needs_compaction(&self) -> bool {
+        !self.poisoned && (self.imm.is_some() || self.job.is_some() || self.compaction_needed())
+    }
+
     fn flush_step(&mut self, budget: usize) -> Result<()> {
         if self.flush.is_none() {
             self.flush = Some(self.plan_flush()?);

@@ -50,7 +50,9 @@ fn put_get_sync_reopen() {
         }
     }
     check(&mut t, &model, 110);
+    assert!(t.needs_compaction());
     while t.compact_step().unwrap() {}
+    assert!(!t.needs_compaction());
     check(&mut t, &model, 110);
     let st = t.stats();
     assert!(st.flushes > 5 && st.compactions > 2, "{st:?}");
