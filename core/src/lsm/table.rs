@@ -754,6 +754,34 @@ pub(crate) mod tests {
         assert_eq!(info.unwrap().n_index, 2);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        /// Random record sets: every key reads back, absent keys read as
+        /// absent, and the cursor yields exactly the records.
+        #[test]
+        fn prop_tables(
+            recs in proptest::collection::btree_map(0..5000u64, proptest::option::of(0..1000u64), 1..700),
+            bits in 0..16u32,
+            probes in proptest::collection::vec(0..5100u64, 50),
+        ) {
+            let recs: Vec<(u64, Option<TestVal>)> =
+                recs.into_iter().map(|(k, v)| (k, v.map(TestVal))).collect();
+            let (blocks, info) = build(&recs, 5, bits);
+            let info = info.unwrap();
+            let map: alloc::collections::BTreeMap<u64, Option<TestVal>> =
+                recs.iter().cloned().collect();
+            for k in probes {
+                proptest::prop_assert_eq!(lookup::<TestVal>(&blocks, &info, k).unwrap(), map.get(&k).cloned());
+            }
+            let mut c = TableCursor::new().unwrap();
+            let mut all = Vec::new();
+            while let Some(r) = c.next::<TestVal>(&info, &blocks).unwrap() {
+                all.push(r);
+            }
+            proptest::prop_assert_eq!(all, recs);
+        }
+    }
+
     #[test]
     fn empty_builder_writes_nothing() {
         let (blocks, info) = build(&[], 1, 10);
