@@ -6,7 +6,7 @@ use core::mem;
 use super::cache::{BlockCache, CachedFetch};
 use super::format::{self, get_u16, get_u32, get_u64, put, BlockKind, Header};
 use super::merge::{Ctx, MemRef, MemTable, Merger, Source};
-use super::table::{BlockSource, TableBuilder, TableInfo};
+use super::table::{BlockSource, TableBuilder, TableInfo, MAX_DATA_BLOCKS};
 use super::wal::{self, WalBuf};
 use super::{table_tag, LsmConfig, LsmStats, LsmValue, MAX_LEVELS, TAG_WAL};
 use crate::bio::BLOCK_SIZE;
@@ -134,6 +134,13 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     fn empty(store: S, cfg: LsmConfig) -> Result<Self> {
         cfg.check()?;
         check_value_size::<V>()?;
+        let max_records = (MAX_DATA_BLOCKS as u64)
+            .saturating_mul(format::records_per_block(V::SIZE) as u64);
+        ensure!(
+            cfg.table_max_records <= max_records,
+            InvalidArgument,
+            "lsm config: table_max_records too large for one table"
+        );
         let mut levels = Vec::new();
         levels.try_reserve_exact(MAX_LEVELS)?;
         levels.resize_with(MAX_LEVELS, Vec::new);
