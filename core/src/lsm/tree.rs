@@ -134,8 +134,8 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     fn empty(store: S, cfg: LsmConfig) -> Result<Self> {
         cfg.check()?;
         check_value_size::<V>()?;
-        let max_records = (MAX_DATA_BLOCKS as u64)
-            .saturating_mul(format::records_per_block(V::SIZE) as u64);
+        let max_records =
+            (MAX_DATA_BLOCKS as u64).saturating_mul(format::records_per_block(V::SIZE) as u64);
         ensure!(
             cfg.table_max_records <= max_records,
             InvalidArgument,
