@@ -333,6 +333,7 @@ fn store_failure_at_every_call() {
             break;
         }
     }
+    eprintln!("store failure points: {cases}");
     assert!(cases > 50, "{cases}");
 }
 
