@@ -30,7 +30,9 @@
 //!   Li+1 when Li holds more than its target). Tombstones are dropped when no
 //!   older table below can hold the key. If the mutable memtable fills while
 //!   the immutable one is still being flushed, `put` finishes that flush
-//!   first (back-pressure).
+//!   first, and when L0 holds `2 * l0_max_tables` tables it compacts
+//!   before going on (back-pressure: a caller that never runs
+//!   `compact_step` gets slower updates, never unbounded L0 or memory).
 //! - **Errors.** A failed read returns the error and changes nothing. A
 //!   failed store write, seal, delete or commit aborts the store transaction
 //!   and poisons the tree: every later call fails with `InvalidState` until it
@@ -247,6 +249,9 @@ pub struct LsmStats {
     pub compactions: u64,
     /// Compaction steps run.
     pub compact_steps: u64,
+    /// Compactions run inside an update because L0 had too many tables
+    /// (the caller did not call `compact_step` often enough).
+    pub stalls: u64,
     /// Records written into tables (flushes and compactions).
     pub records_written: u64,
     /// WAL blocks appended.

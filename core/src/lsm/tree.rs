@@ -62,6 +62,10 @@ const TREE_VERSION: u16 = 1;
 /// The length of the tree's header at the start of the store's user state.
 const TREE_HEADER_LEN: usize = 32;
 
+/// Updates stall (compaction runs inside `put`) when L0 holds this many
+/// times `l0_max_tables` tables.
+const L0_STALL_FACTOR: usize = 2;
+
 #[derive(Clone)]
 struct Table<Id> {
     id: Id,
@@ -508,6 +512,13 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         while self.imm.is_some() {
             self.flush_step(usize::MAX)?;
         }
+        // Write stall: if the caller has not run compaction for a while,
+        // L0 (which every lookup searches) must not grow without bound.
+        let stall = self.cfg.l0_max_tables.saturating_mul(L0_STALL_FACTOR);
+        while self.levels.first().map_or(0, Vec::len) >= stall {
+            self.stats.stalls += 1;
+            self.compaction_step(usize::MAX)?;
+        }
         self.append_wal()?;
         let map = mem::take(&mut self.mem);
         self.imm = Some(Imm {
@@ -608,20 +619,26 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             if t.imm.is_some() {
                 t.flush_step(budget)?;
             } else {
-                if t.job.is_none() {
-                    t.job = t.plan_compaction()?;
-                }
-                if let Some(mut job) = t.job.take() {
-                    t.stats.compact_steps += 1;
-                    if t.run_job(&mut job, budget)? {
-                        t.install_compaction(job)?;
-                    } else {
-                        t.job = Some(job);
-                    }
-                }
+                t.compaction_step(budget)?;
             }
             Ok(t.imm.is_some() || t.job.is_some() || t.compaction_needed())
         })
+    }
+
+    /// One step of the current compaction (planning one if none runs).
+    fn compaction_step(&mut self, budget: usize) -> Result<()> {
+        if self.job.is_none() {
+            self.job = self.plan_compaction()?;
+        }
+        if let Some(mut job) = self.job.take() {
+            self.stats.compact_steps += 1;
+            if self.run_job(&mut job, budget)? {
+                self.install_compaction(job)?;
+            } else {
+                self.job = Some(job);
+            }
+        }
+        Ok(())
     }
 
     /// Whether [`Self::compact_step`] has work to do (a memtable to flush,

@@ -403,3 +403,21 @@ fn bloom_filters_and_cache_answer_lookups() {
     assert!(st.bloom_negatives > 32, "{st:?}");
     assert!(st.cache_hits > st.cache_misses, "{st:?}");
 }
+
+/// A caller that never runs `compact_step`: updates stall to compact, so
+/// L0 stays bounded and the contents stay right.
+#[test]
+fn without_compact_steps_l0_stays_bounded() {
+    let cfg = LsmConfig::tiny();
+    let mut t = Tree::format(MemStore::default(), cfg.clone()).unwrap();
+    let mut model = BTreeMap::new();
+    for i in 0..3000u64 {
+        let k = (i * 7919) % 500;
+        t.put(k, TestVal(i)).unwrap();
+        model.insert(k, i);
+        assert!(t.stats().tables[0] as usize <= 2 * cfg.l0_max_tables);
+    }
+    let st = t.stats();
+    assert!(st.stalls > 0, "{st:?}");
+    check(&mut t, &model, 500);
+}
