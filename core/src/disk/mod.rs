@@ -102,7 +102,7 @@ impl Default for DiskConfig {
             data_key_len: 16,
             write_buffer_blocks: 256,
             auto_sync: true,
-            clean_batch_segments: 8,
+            clean_batch_segments: 32,
         }
     }
 }
@@ -644,12 +644,19 @@ impl<D: BlockSet> MlsDisk<D> {
         let data = data
             .get_mut(first * BLOCK_SIZE..(first + count) * BLOCK_SIZE)
             .ok_or(Error::new(ErrorKind::InvalidState, "write buffer range"))?;
-        for (k, (l, blk)) in lbas
+        // One call to the RNG for every key of the run (wiped after use).
+        let klen = usize::from(self.cfg.data_key_len);
+        let mut keys: Vec<u8> = Vec::new();
+        keys.try_reserve_exact(count * klen)?;
+        keys.resize(count * klen, 0);
+        self.crypto.fill_random(&mut keys)?;
+        for (k, ((l, blk), kb)) in lbas
             .iter()
             .zip(data.chunks_exact_mut(BLOCK_SIZE))
+            .zip(keys.chunks_exact(klen))
             .enumerate()
         {
-            let key = AeadKey::random(&*self.crypto, usize::from(self.cfg.data_key_len))?;
+            let key = AeadKey::from_slice(kb)?;
             let mac = self
                 .crypto
                 .aead_seal(&key, &ZERO_IV, &data_aad(&self.uuid, *l), blk)?;
@@ -662,6 +669,7 @@ impl<D: BlockSet> MlsDisk<D> {
                 },
             ));
         }
+        crate::platform::wipe(&mut keys);
         self.dev.write(self.geo.data_start + hba, data)?;
         self.stats.data_blocks_written += count as u64;
         for (l, rec) in recs {
@@ -675,18 +683,27 @@ impl<D: BlockSet> MlsDisk<D> {
         Ok(())
     }
 
-    /// Makes `need` blocks writable, cleaning and syncing as needed, so
-    /// that one segment stays in reserve for the cleaner. Never loops
-    /// without progress: every round frees at least one block or fails.
+    /// Blocks the cleaner tries to free per round (one sync per round).
+    fn clean_batch_blocks(&self) -> u64 {
+        let seg = u64::from(self.geo.seg_blocks);
+        let op_space = self.geo.data_blocks() - self.geo.capacity;
+        (u64::from(self.cfg.clean_batch_segments.max(1)) * seg).min(op_space / 4)
+    }
+
+    /// Makes `need` blocks writable, keeping one segment in reserve for the
+    /// cleaner. Cleaning starts when free space falls under
+    /// `need + segment + batch` and runs in rounds of one sync each (moved
+    /// and emptied segments are reusable only after a sync). Every round
+    /// frees at least one block or the call returns, so it never loops
+    /// without progress.
     fn ensure_space(&mut self, need: u64) -> Result<()> {
         let seg = u64::from(self.geo.seg_blocks);
-        let goal_extra = u64::from(self.cfg.clean_batch_segments.max(1)) * seg;
+        let batch = self.clean_batch_blocks();
         loop {
-            let free = self.segs.free_blocks();
-            if free >= need + seg {
+            if self.segs.free_blocks() >= need + seg + batch {
                 return Ok(());
             }
-            let goal = need + seg + goal_extra;
+            let goal = need + seg + 2 * batch;
             while self.segs.free_blocks() + self.segs.pending_blocks() < goal {
                 match self.segs.pick_victim() {
                     Some((v, valid)) if u64::from(valid) <= self.segs.free_blocks() => {
@@ -695,10 +712,17 @@ impl<D: BlockSet> MlsDisk<D> {
                     _ => break,
                 }
             }
+            let enough_now = self.segs.free_blocks() >= need + seg;
             if self.segs.pending_blocks() == 0 {
+                if enough_now {
+                    return Ok(());
+                }
                 bail!(NoSpace, "data log full: no segment can be cleaned");
             }
             if !self.cfg.auto_sync {
+                if enough_now {
+                    return Ok(());
+                }
                 bail!(NoSpace, "data log full until the next sync");
             }
             self.commit(true)?;
