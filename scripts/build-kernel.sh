@@ -48,7 +48,7 @@ while IFS= read -r line; do
 	CONFIG_*=*)
 		opt="${line%%=*}"
 		if ! grep -qxF "$line" "$KDIR/.config"; then
-			got="$(grep -E "^(# )?$opt[= ]" "$KDIR/.config" || echo "absent")"
+			got="$(grep -E "^(# )?${opt}[= ]" "$KDIR/.config" || echo "absent")"
 			printf '[kernel] MISSING: %s (want "%s", got "%s")\n' "$opt" "$line" "$got" >&2
 			missing=$((missing + 1))
 		fi

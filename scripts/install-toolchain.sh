@@ -66,7 +66,11 @@ step_rustc() {
 		fail "rustc" "rustc $MLSDISK_RUSTC_VERSION" \
 			"install rustup (https://rustup.rs) and run: rustup default $MLSDISK_RUSTC_VERSION && rustup component add rustfmt clippy (found: '${have:-none}')"
 	fi
-	log "rustc $have: ok"
+	cargo clippy --version >/dev/null 2>&1 ||
+		fail "rustc" "clippy" "rustup component add clippy"
+	cargo fmt --version >/dev/null 2>&1 ||
+		fail "rustc" "rustfmt" "rustup component add rustfmt"
+	log "rustc $have (with clippy, rustfmt): ok"
 }
 
 # --- 3. trixie-backports packages, fetched without touching the system apt ----

@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # sourced: these are used by the scripts that source it
 # Every pinned version of the MlsDisk guest toolchain, in one place.
 # Sourced by scripts/env.sh and scripts/install-toolchain.sh; only assignments.
 # See ../shared/notes/guest-toolchain.md (in the team workspace) for why these fit together.

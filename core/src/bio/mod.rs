@@ -6,9 +6,18 @@
 //! at a crash, return errors, or (being the host's) return anything at all.
 //! The layers above authenticate what they read.
 //!
-//! Implementations here: [`MemDisk`] (memory, `std`), and region views
+//! Implementations here: [`MemDisk`] (memory, `std`), [`FileDisk`] (a file
+//! or device node, optionally `O_DIRECT`, `std`), and region views
 //! ([`BlockRange`]). The kernel module implements `BlockSet` over its backing
 //! block device with bios.
+//!
+//! Test devices (`std`), which wrap real ones:
+//! - [`CrashDisk`]: unflushed writes stay volatile; a simulated crash keeps
+//!   any chosen subset of them, in any order; "power off after N I/Os".
+//! - [`FaultDisk`]: fails the Nth read, write or flush with `ErrorKind::Io`.
+//! - [`Adversary`]: the host, over a shared [`MemDisk`]: read, modify or
+//!   flip bytes of any block, replay an old version of a block, swap blocks,
+//!   roll the whole image back.
 //!
 //! # Contract
 //!
@@ -55,7 +64,23 @@
 //! ```
 
 #[cfg(feature = "std")]
+mod adversary;
+#[cfg(feature = "std")]
+mod crash_disk;
+#[cfg(feature = "std")]
+mod fault_disk;
+#[cfg(feature = "std")]
+mod file_disk;
+#[cfg(feature = "std")]
 mod mem_disk;
+#[cfg(feature = "std")]
+pub use adversary::{Adversary, BlockVersion, Image};
+#[cfg(feature = "std")]
+pub use crash_disk::CrashDisk;
+#[cfg(feature = "std")]
+pub use fault_disk::{FaultDisk, IoKind};
+#[cfg(feature = "std")]
+pub use file_disk::FileDisk;
 #[cfg(feature = "std")]
 pub use mem_disk::MemDisk;
 

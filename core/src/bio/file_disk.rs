@@ -1,0 +1,181 @@
+//! A disk in a file (userspace).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::vec::Vec;
+
+use super::{check_range, BlockSet, BLOCK_SIZE};
+use crate::{Error, ErrorKind, Result};
+
+/// `O_DIRECT` of Linux, which differs between architectures (the crate has
+/// no `libc` dependency).
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "x86")))]
+const O_DIRECT: Option<i32> = Some(0o40000);
+#[cfg(all(target_os = "linux", any(target_arch = "aarch64", target_arch = "arm")))]
+const O_DIRECT: Option<i32> = Some(0o200000);
+#[cfg(not(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm"
+    )
+)))]
+const O_DIRECT: Option<i32> = None;
+
+/// Alignment of the bounce buffers for `O_DIRECT` (covers 4 KiB logical
+/// sectors; the block size is a multiple of it).
+const ALIGN: usize = 4096;
+
+/// A [`BlockSet`] over a regular file or a block device node.
+///
+/// `flush` is `fdatasync`. With `direct`, the file is opened with `O_DIRECT`
+/// (bypassing the page cache) and I/O goes through page-aligned bounce
+/// buffers, since callers' buffers need not be aligned.
+#[derive(Debug)]
+pub struct FileDisk {
+    file: File,
+    nblocks: u64,
+    direct: bool,
+}
+
+fn io(msg: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |_| Error::new(ErrorKind::Io, msg)
+}
+
+impl FileDisk {
+    /// Creates (or truncates) the file at `path` with `nblocks` zero blocks.
+    pub fn create(path: &Path, nblocks: u64, direct: bool) -> Result<Self> {
+        let bytes = nblocks
+            .checked_mul(BLOCK_SIZE as u64)
+            .ok_or(Error::new(ErrorKind::InvalidArgument, "disk too large"))?;
+        let file = Self::options(direct)?
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(io("cannot create the disk file"))?;
+        file.set_len(bytes)
+            .map_err(io("cannot set the disk file's size"))?;
+        Ok(Self {
+            file,
+            nblocks,
+            direct,
+        })
+    }
+
+    /// Opens an existing file or device; its size (rounded down to whole
+    /// blocks) is the disk's size.
+    pub fn open(path: &Path, direct: bool) -> Result<Self> {
+        let mut file = Self::options(direct)?
+            .open(path)
+            .map_err(io("cannot open the disk file"))?;
+        // A block device reports size 0 in its metadata: seek to the end.
+        let bytes = std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0))
+            .map_err(io("cannot size the disk file"))?;
+        Ok(Self {
+            file,
+            nblocks: bytes / BLOCK_SIZE as u64,
+            direct,
+        })
+    }
+
+    fn options(direct: bool) -> Result<OpenOptions> {
+        let mut o = OpenOptions::new();
+        o.read(true).write(true);
+        if direct {
+            let flag = O_DIRECT.ok_or(Error::new(
+                ErrorKind::Unsupported,
+                "O_DIRECT is not known on this platform",
+            ))?;
+            o.custom_flags(flag);
+        }
+        Ok(o)
+    }
+
+    /// Whether the file was opened with `O_DIRECT`.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    fn offset(pos: u64) -> Result<u64> {
+        pos.checked_mul(BLOCK_SIZE as u64)
+            .ok_or(Error::new(ErrorKind::InvalidArgument, "offset overflow"))
+    }
+}
+
+/// A heap buffer of `len` bytes aligned to [`ALIGN`], without unsafe code:
+/// over-allocate and use the aligned window.
+struct Bounce {
+    buf: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl Bounce {
+    fn new(len: usize) -> Result<Self> {
+        let total = len
+            .checked_add(ALIGN)
+            .ok_or(Error::new(ErrorKind::InvalidArgument, "buffer too large"))?;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(total)?;
+        buf.resize(total, 0);
+        let addr = buf.as_ptr() as usize;
+        let off = (ALIGN - addr % ALIGN) % ALIGN;
+        Ok(Self { buf, off, len })
+    }
+
+    fn get(&mut self) -> Result<&mut [u8]> {
+        let end = self.off.checked_add(self.len);
+        end.and_then(|e| self.buf.get_mut(self.off..e))
+            .ok_or(Error::new(ErrorKind::InvalidArgument, "bounce buffer"))
+    }
+}
+
+impl BlockSet for FileDisk {
+    fn read(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+        check_range(self.nblocks, pos, buf.len())?;
+        let off = Self::offset(pos)?;
+        if self.direct {
+            let mut b = Bounce::new(buf.len())?;
+            let aligned = b.get()?;
+            self.file
+                .read_exact_at(aligned, off)
+                .map_err(io("disk file read failed"))?;
+            buf.copy_from_slice(aligned);
+            Ok(())
+        } else {
+            self.file
+                .read_exact_at(buf, off)
+                .map_err(io("disk file read failed"))
+        }
+    }
+
+    fn write(&self, pos: u64, buf: &[u8]) -> Result<()> {
+        check_range(self.nblocks, pos, buf.len())?;
+        let off = Self::offset(pos)?;
+        if self.direct {
+            let mut b = Bounce::new(buf.len())?;
+            let aligned = b.get()?;
+            aligned.copy_from_slice(buf);
+            self.file
+                .write_all_at(aligned, off)
+                .map_err(io("disk file write failed"))
+        } else {
+            self.file
+                .write_all_at(buf, off)
+                .map_err(io("disk file write failed"))
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(io("disk file fdatasync failed"))
+    }
+
+    fn nblocks(&self) -> u64 {
+        self.nblocks
+    }
+}

@@ -1,0 +1,628 @@
+// SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
+
+//! Device-mapper targets in Rust.
+//!
+//! Mainline Rust has no device-mapper abstraction; this file is ours, and it
+//! is the only place where the module touches device-mapper's C structures.
+//! The target itself (`target.rs`) implements [`Target`] in safe Rust.
+//!
+//! Which Rust type stands for which C object:
+//!
+//! | Rust            | C                                   | owned by                  |
+//! |-----------------|-------------------------------------|---------------------------|
+//! | [`Registration`]| `struct target_type`                | the module (registered)   |
+//! | [`Ctr`]         | `struct dm_target` during the ctr   | device-mapper             |
+//! | [`Args`]        | the ctr's `argc`/`argv`             | device-mapper             |
+//! | [`DmDev`]       | `struct dm_dev` from `dm_get_device`| the target instance       |
+//! | [`Bio`]         | `struct bio` passed to `map`        | device-mapper (borrowed)  |
+//! | [`StatusWriter`]| the `status` result buffer          | device-mapper (borrowed)  |
+//!
+//! Life cycle of a target instance: device-mapper calls `ctr` with a
+//! `dm_target`; [`Target::new`] validates the arguments, opens devices
+//! ([`Ctr::get_device`]) and returns a boxed instance, which is stored in
+//! `ti->private`. `map`, `status` and `iterate_devices` borrow it; `dtr`
+//! drops it, which closes its devices ([`DmDev`]'s `Drop`). On a failed
+//! `ctr` the instance never exists: everything [`Target::new`] acquired is
+//! dropped before it returns, and the trampoline sets `ti->error`.
+//!
+//! The argument words listed in [`Target::SECRET_ARGS`] are overwritten
+//! after the constructor returns, whether it succeeded or not, so a key does
+//! not linger in device-mapper's freed argument buffer (dm-crypt does the
+//! same).
+
+use core::{fmt, marker::PhantomData, ptr::NonNull};
+
+use kernel::{error::Error, prelude::*, types::Opaque, ThisModule};
+
+/// The generated bindings for `<linux/device-mapper.h>` and our C helpers.
+///
+/// Types from other headers (`bio`, `block_device`, ...) come from the
+/// kernel crate's bindings through the glob import; items generated here
+/// shadow it.
+#[allow(
+    clippy::all,
+    clippy::undocumented_unsafe_blocks,
+    clippy::ptr_as_ptr,
+    clippy::ref_as_ptr,
+    clippy::cast_lossless,
+    clippy::as_underscore,
+    dead_code,
+    missing_docs,
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    improper_ctypes,
+    unreachable_pub,
+    unsafe_op_in_unsafe_fn,
+    unused_imports
+)]
+mod bindings {
+    use kernel::bindings::*;
+    use kernel::ffi;
+    include!("mlsdisk_bindings_generated.rs");
+}
+
+use bindings::{dm_dev, dm_target, target_type};
+
+/// A device-mapper target type.
+///
+/// The trampolines in this file call these methods; implementations are
+/// safe Rust. All methods but [`Target::new`] may run concurrently on any
+/// CPU, hence `Send + Sync`.
+pub(crate) trait Target: Sized + Send + Sync {
+    /// The target name used in table lines.
+    const NAME: &'static CStr;
+    /// The target version reported by `dmsetup targets`.
+    const VERSION: [u32; 3];
+    /// Indices of argument words that hold secrets; they are overwritten
+    /// after the constructor returns (success or failure).
+    const SECRET_ARGS: &'static [usize] = &[];
+
+    /// Builds an instance from a table line. Runs in process context and may
+    /// sleep and allocate.
+    ///
+    /// # Errors
+    ///
+    /// The [`CtrError`] whose message device-mapper reports.
+    fn new(ti: &mut Ctr<'_>, args: &Args<'_>) -> Result<KBox<Self>, CtrError>;
+
+    /// Maps one bio. May run in atomic context: no sleeping, no allocation
+    /// that may sleep.
+    fn map(&self, bio: &mut Bio) -> MapResult;
+
+    /// Writes the `dmsetup status` / `dmsetup table` text.
+    ///
+    /// # Errors
+    ///
+    /// `fmt::Error` when the output was truncated; device-mapper then sees a
+    /// full buffer and retries with a larger one.
+    fn status(&self, kind: StatusType, out: &mut StatusWriter<'_>) -> fmt::Result;
+
+    /// Calls `devices` for each underlying device, so that device-mapper can
+    /// combine their queue limits.
+    fn iterate_devices(&self, devices: &mut Devices<'_>) -> i32;
+}
+
+/// A constructor failure: the errno to return and the message for
+/// `ti->error` (static, because device-mapper prints it after the
+/// constructor has returned).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CtrError {
+    /// The message for `ti->error`; by convention it starts with the target
+    /// name.
+    pub(crate) msg: &'static CStr,
+    /// The error to return.
+    pub(crate) err: Error,
+}
+
+impl CtrError {
+    /// A constructor error with `msg` and `err`.
+    pub(crate) const fn new(msg: &'static CStr, err: Error) -> Self {
+        Self { msg, err }
+    }
+}
+
+/// What [`Target::map`] did with a bio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MapResult {
+    /// The bio was redirected (`bio_set_dev`, sector adjusted); device-mapper
+    /// submits it (`DM_MAPIO_REMAPPED`).
+    Remapped,
+}
+
+/// Which text `status` must write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatusType {
+    /// `dmsetup status`: runtime state.
+    Info,
+    /// `dmsetup table`: the table line (secrets masked).
+    Table,
+    /// IMA measurement text.
+    Ima,
+}
+
+/// The `dm_target` during construction.
+///
+/// # Invariants
+///
+/// `ti` points at a valid `dm_target` that device-mapper passed to the
+/// constructor and that nothing else accesses until the constructor returns.
+pub(crate) struct Ctr<'a> {
+    ti: NonNull<dm_target>,
+    _ti: PhantomData<&'a mut dm_target>,
+}
+
+impl Ctr<'_> {
+    fn raw(&self) -> &dm_target {
+        // SAFETY: by the type invariant `ti` is valid, and exclusively ours
+        // for the lifetime of `self`.
+        unsafe { self.ti.as_ref() }
+    }
+
+    fn raw_mut(&mut self) -> &mut dm_target {
+        // SAFETY: as in `raw`; `&mut self` makes the access exclusive.
+        unsafe { self.ti.as_mut() }
+    }
+
+    /// The first sector of the target in the mapped device (`ti->begin`).
+    pub(crate) fn begin(&self) -> u64 {
+        self.raw().begin
+    }
+
+    /// The length of the target in sectors (`ti->len`).
+    pub(crate) fn len(&self) -> u64 {
+        self.raw().len
+    }
+
+    /// Sets how many flush bios (`REQ_PREFLUSH`, empty) each flush sends to
+    /// this target; 0 means flushes never reach it.
+    pub(crate) fn set_num_flush_bios(&mut self, n: u32) {
+        self.raw_mut().num_flush_bios = n;
+    }
+
+    /// Sets how many discard bios each discard sends to this target.
+    pub(crate) fn set_num_discard_bios(&mut self, n: u32) {
+        self.raw_mut().num_discard_bios = n;
+    }
+
+    /// Opens a device for this target with the table's mode
+    /// (`dm_get_device`). The device is closed when the returned handle is
+    /// dropped.
+    ///
+    /// # Errors
+    ///
+    /// The errno from `dm_get_device` (e.g. `ENODEV`, `ENXIO`, `EBUSY`).
+    pub(crate) fn get_device(&mut self, path: &CStr) -> Result<DmDev> {
+        let ti = self.ti.as_ptr();
+        let mut dev: *mut dm_dev = core::ptr::null_mut();
+        // SAFETY: `ti` is valid (type invariant) and its `table` was set by
+        // device-mapper before calling the constructor.
+        let mode = unsafe { bindings::dm_table_get_mode((*ti).table) };
+        // SAFETY: `ti` is valid, `path` is a NUL-terminated string that lives
+        // across the call, and `dev` is a valid out-pointer.
+        let ret = unsafe { bindings::dm_get_device(ti, path.as_char_ptr(), mode, &mut dev) };
+        if ret != 0 {
+            return Err(Error::from_errno(ret));
+        }
+        let dev = NonNull::new(dev).ok_or(ENODEV)?;
+        // INVARIANT: `dev` came from `dm_get_device(ti, ..)` just now.
+        Ok(DmDev { ti: self.ti, dev })
+    }
+}
+
+/// A device opened with `dm_get_device`, closed on drop.
+///
+/// # Invariants
+///
+/// `dev` was returned by `dm_get_device(ti, ..)` and has not been put;
+/// `ti` stays valid until the handle is dropped (handles live inside the
+/// target instance, which is dropped by the constructor on failure or by
+/// `dtr`, both while `ti` is valid).
+pub(crate) struct DmDev {
+    ti: NonNull<dm_target>,
+    dev: NonNull<dm_dev>,
+}
+
+// SAFETY: `dm_dev` is reference counted by device-mapper and its fields are
+// not changed while it is held; the handle only reads them, and the put in
+// `Drop` happens once, from the thread that owns the handle.
+unsafe impl Send for DmDev {}
+// SAFETY: shared access only reads immutable fields (`bdev`, `name`).
+unsafe impl Sync for DmDev {}
+
+impl DmDev {
+    fn raw(&self) -> &dm_dev {
+        // SAFETY: by the type invariant `dev` is a valid, held `dm_dev`.
+        unsafe { self.dev.as_ref() }
+    }
+
+    /// The size of the device in 512-byte sectors.
+    pub(crate) fn nr_sectors(&self) -> u64 {
+        // SAFETY: `bdev` of a held `dm_dev` is a valid, open block device.
+        unsafe { bindings::mlsdisk_bdev_nr_sectors(self.raw().bdev) }
+    }
+
+    /// The device's name in `major:minor` form, as `dmsetup table` shows it.
+    pub(crate) fn name(&self) -> &CStr {
+        let name = &self.raw().name;
+        // SAFETY: `c_char` and `u8` have the same size and alignment, and the
+        // array lives as long as `self`.
+        let bytes = unsafe { core::slice::from_raw_parts(name.as_ptr().cast::<u8>(), name.len()) };
+        CStr::from_bytes_until_nul(bytes).unwrap_or(c"?")
+    }
+}
+
+impl Drop for DmDev {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant `ti` is valid and `dev` was obtained
+        // from it and not yet put; after this the handle is gone.
+        unsafe { bindings::dm_put_device(self.ti.as_ptr(), self.dev.as_ptr()) };
+    }
+}
+
+/// The constructor's argument words.
+///
+/// # Invariants
+///
+/// `argv` holds valid, NUL-terminated, writable strings that live (and are
+/// not touched by anyone else) for `'a`.
+pub(crate) struct Args<'a> {
+    argv: &'a [*mut c_char],
+}
+
+impl Args<'_> {
+    /// The number of words.
+    pub(crate) fn len(&self) -> usize {
+        self.argv.len()
+    }
+
+    /// Word `i`, if present.
+    pub(crate) fn get(&self, i: usize) -> Option<&CStr> {
+        let p = *self.argv.get(i)?;
+        // SAFETY: by the type invariant every word is a valid C string that
+        // outlives `self`; it is not written while this borrow lives (only
+        // `wipe`, which takes `&mut self`, writes).
+        Some(unsafe { CStr::from_char_ptr(p) })
+    }
+
+    /// Overwrites word `i` with `'0'` characters (keeps its length, so a
+    /// later reader sees a harmless string).
+    fn wipe(&mut self, i: usize) {
+        let Some(&p) = self.argv.get(i) else { return };
+        // SAFETY: a valid C string (type invariant).
+        let len = unsafe { CStr::from_char_ptr(p) }.count_bytes();
+        // SAFETY: the `len` bytes before the NUL are ours to write (type
+        // invariant: writable, exclusively ours); no borrow of them is alive
+        // because we hold `&mut self`.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+        for b in bytes.iter_mut() {
+            // SAFETY: `b` is a valid exclusive reference.
+            unsafe { core::ptr::write_volatile(b, b'0') };
+        }
+    }
+}
+
+/// The operation of a [`Bio`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BioOp {
+    /// `REQ_OP_READ`.
+    Read,
+    /// `REQ_OP_WRITE` (empty with [`Bio::is_preflush`] for a flush).
+    Write,
+    /// `REQ_OP_FLUSH` (request-based only; bio-based flushes are writes).
+    Flush,
+    /// `REQ_OP_DISCARD`.
+    Discard,
+    /// Any other `REQ_OP_*` value.
+    Other(u32),
+}
+
+/// A bio handed to [`Target::map`].
+///
+/// # Invariants
+///
+/// Wraps a valid `struct bio` that device-mapper lent to the target for the
+/// duration of the `map` call.
+#[repr(transparent)]
+pub(crate) struct Bio(Opaque<kernel::bindings::bio>);
+
+impl Bio {
+    /// # Safety
+    ///
+    /// `ptr` must be a valid bio that stays valid and unshared for `'a`.
+    unsafe fn from_raw<'a>(ptr: *mut kernel::bindings::bio) -> &'a mut Self {
+        // SAFETY: `Bio` is transparent over `Opaque<bio>`, which has the
+        // layout of `bio`; validity and exclusivity are the caller's promise.
+        unsafe { &mut *ptr.cast::<Self>() }
+    }
+
+    fn as_ptr(&self) -> *mut kernel::bindings::bio {
+        self.0.get()
+    }
+
+    /// The first sector (`bi_iter.bi_sector`).
+    pub(crate) fn sector(&self) -> u64 {
+        // SAFETY: the bio is valid (type invariant).
+        unsafe { bindings::mlsdisk_bio_sector(self.as_ptr()) }
+    }
+
+    /// Sets the first sector.
+    pub(crate) fn set_sector(&mut self, sector: u64) {
+        // SAFETY: the bio is valid and ours to change during `map`.
+        unsafe { bindings::mlsdisk_bio_set_sector(self.as_ptr(), sector) }
+    }
+
+    /// The size in 512-byte sectors (0 for an empty flush).
+    pub(crate) fn sectors(&self) -> u32 {
+        // SAFETY: the bio is valid (type invariant).
+        unsafe { bindings::mlsdisk_bio_sectors(self.as_ptr()) }
+    }
+
+    /// The operation.
+    pub(crate) fn op(&self) -> BioOp {
+        // SAFETY: the bio is valid (type invariant).
+        let op = unsafe { bindings::mlsdisk_bio_op(self.as_ptr()) };
+        match op {
+            bindings::mlsdisk_req_op_MLSDISK_REQ_OP_READ => BioOp::Read,
+            bindings::mlsdisk_req_op_MLSDISK_REQ_OP_WRITE => BioOp::Write,
+            bindings::mlsdisk_req_op_MLSDISK_REQ_OP_FLUSH => BioOp::Flush,
+            bindings::mlsdisk_req_op_MLSDISK_REQ_OP_DISCARD => BioOp::Discard,
+            other => BioOp::Other(other),
+        }
+    }
+
+    /// Whether the cache must be flushed before this bio (`REQ_PREFLUSH`);
+    /// an empty write with this flag is a pure flush.
+    pub(crate) fn is_preflush(&self) -> bool {
+        // SAFETY: the bio is valid (type invariant).
+        unsafe { bindings::mlsdisk_bio_preflush(self.as_ptr()) }
+    }
+
+    /// Whether the bio must be durable when it completes (`REQ_FUA`).
+    pub(crate) fn is_fua(&self) -> bool {
+        // SAFETY: the bio is valid (type invariant).
+        unsafe { bindings::mlsdisk_bio_fua(self.as_ptr()) }
+    }
+
+    /// Points the bio at `dev`.
+    pub(crate) fn set_dev(&mut self, dev: &DmDev) {
+        // SAFETY: the bio is valid and ours to change during `map`; `bdev`
+        // of a held `dm_dev` is a valid, open block device.
+        unsafe { bindings::mlsdisk_bio_set_dev(self.as_ptr(), dev.raw().bdev) }
+    }
+}
+
+/// The `result` buffer of a status call, written like `DMEMIT`: output is
+/// truncated to the buffer and always NUL-terminated.
+pub(crate) struct StatusWriter<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> StatusWriter<'a> {
+    /// A writer over `buf`.
+    pub(crate) fn new(buf: &'a mut [u8]) -> Self {
+        if let Some(b) = buf.first_mut() {
+            *b = 0;
+        }
+        Self { buf, pos: 0 }
+    }
+}
+
+impl fmt::Write for StatusWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // One byte stays free for the NUL.
+        let room = self.buf.len().saturating_sub(1).saturating_sub(self.pos);
+        let n = s.len().min(room);
+        let src = s.as_bytes().get(..n).ok_or(fmt::Error)?;
+        let dst = self.buf.get_mut(self.pos..self.pos + n).ok_or(fmt::Error)?;
+        dst.copy_from_slice(src);
+        self.pos += n;
+        if let Some(b) = self.buf.get_mut(self.pos) {
+            *b = 0;
+        }
+        if n < s.len() {
+            Err(fmt::Error)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The callout of an `iterate_devices` call.
+pub(crate) struct Devices<'a> {
+    ti: *mut dm_target,
+    callout: bindings::iterate_devices_callout_fn,
+    data: *mut c_void,
+    _p: PhantomData<&'a mut ()>,
+}
+
+impl Devices<'_> {
+    /// Reports `dev`, used from sector `start` for `len` sectors.
+    pub(crate) fn call(&mut self, dev: &DmDev, start: u64, len: u64) -> i32 {
+        let Some(callout) = self.callout else { return 0 };
+        // SAFETY: device-mapper passed `callout`, `ti` and `data` together
+        // for this call; `dev` is a device held by this target.
+        unsafe { callout(self.ti, dev.dev.as_ptr(), start, len, self.data) }
+    }
+}
+
+/// A registered target type; unregistered on drop.
+///
+/// # Invariants
+///
+/// `tt` is registered with device-mapper from `new` until `drop`, and is not
+/// accessed from Rust in between (device-mapper links it into its list).
+pub(crate) struct Registration<T: Target> {
+    tt: KBox<Opaque<target_type>>,
+    _t: PhantomData<T>,
+}
+
+// SAFETY: after registration the `target_type` is only touched by
+// device-mapper under its own lock, and by `drop` (unregister), which runs
+// once; the registration holds no thread-bound state.
+unsafe impl<T: Target> Send for Registration<T> {}
+// SAFETY: `&Registration` gives no access to the `target_type` at all.
+unsafe impl<T: Target> Sync for Registration<T> {}
+
+impl<T: Target> Registration<T> {
+    /// Registers target type `T` on behalf of `module`.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`, or the errno of `dm_register_target` (e.g. `EEXIST`).
+    pub(crate) fn new(module: &'static ThisModule) -> Result<Self> {
+        let tt = target_type {
+            name: T::NAME.as_char_ptr(),
+            module: module.as_ptr(),
+            version: T::VERSION,
+            ctr: Some(ctr_callback::<T>),
+            dtr: Some(dtr_callback::<T>),
+            map: Some(map_callback::<T>),
+            status: Some(status_callback::<T>),
+            iterate_devices: Some(iterate_devices_callback::<T>),
+            ..Default::default()
+        };
+        let tt = KBox::new(Opaque::new(tt), GFP_KERNEL)?;
+        // SAFETY: `tt` is a fully initialised `target_type` at a stable heap
+        // address that stays allocated until `drop` unregisters it.
+        let ret = unsafe { bindings::dm_register_target(tt.get()) };
+        if ret != 0 {
+            return Err(Error::from_errno(ret));
+        }
+        // INVARIANT: registered just now.
+        Ok(Self { tt, _t: PhantomData })
+    }
+}
+
+impl<T: Target> Drop for Registration<T> {
+    fn drop(&mut self) {
+        // SAFETY: registered (type invariant). The module reference count
+        // (`target_type.module`) keeps the module loaded while any target
+        // instance exists, so none does now.
+        unsafe { bindings::dm_unregister_target(self.tt.get()) };
+    }
+}
+
+/// # Safety
+///
+/// Called by device-mapper as a `dm_ctr_fn`: `ti` valid and exclusively
+/// ours, `argv` holding `argc` writable C strings.
+unsafe extern "C" fn ctr_callback<T: Target>(
+    ti: *mut dm_target,
+    argc: c_uint,
+    argv: *mut *mut c_char,
+) -> c_int {
+    let Some(nn_ti) = NonNull::new(ti) else {
+        return EINVAL.to_errno();
+    };
+    let argv: &[*mut c_char] = if argv.is_null() || argc == 0 {
+        &[]
+    } else {
+        // SAFETY: device-mapper passes `argc` valid pointers in `argv`,
+        // alive for the whole call.
+        unsafe { core::slice::from_raw_parts(argv, argc as usize) }
+    };
+    // INVARIANT: the words are valid, writable and ours for this call.
+    let mut args = Args { argv };
+    // INVARIANT: `ti` is valid and exclusively ours for this call.
+    let mut ctr = Ctr { ti: nn_ti, _ti: PhantomData };
+    let result = T::new(&mut ctr, &args);
+    for &i in T::SECRET_ARGS {
+        args.wipe(i);
+    }
+    match result {
+        Ok(target) => {
+            // SAFETY: `ti` is valid; `private` is the target's to set.
+            unsafe { (*ti).private = KBox::into_raw(target).cast() };
+            0
+        }
+        Err(e) => {
+            // SAFETY: `ti` is valid; device-mapper reads `error` (a static
+            // string) after we return.
+            unsafe { (*ti).error = e.msg.as_char_ptr().cast_mut() };
+            e.err.to_errno()
+        }
+    }
+}
+
+/// # Safety
+///
+/// `ti` must be a target constructed by `ctr_callback::<T>`, with no other
+/// callback running or to come.
+unsafe extern "C" fn dtr_callback<T: Target>(ti: *mut dm_target) {
+    // SAFETY: `ti` is valid; `private` holds the `KBox<T>` that
+    // `ctr_callback` leaked, and nothing uses it after `dtr`.
+    unsafe {
+        let target = KBox::from_raw((*ti).private.cast::<T>());
+        (*ti).private = core::ptr::null_mut();
+        drop(target);
+    }
+}
+
+/// # Safety
+///
+/// `ti` must be a live target constructed by `ctr_callback::<T>`.
+unsafe fn target_of<'a, T: Target>(ti: *mut dm_target) -> &'a T {
+    // SAFETY: the caller promises a live target; `private` holds its
+    // `KBox<T>`, which `dtr` frees only after all other callbacks are done.
+    unsafe { &*(*ti).private.cast::<T>() }
+}
+
+/// # Safety
+///
+/// A `dm_map_fn` call: live target, valid bio lent for the call.
+unsafe extern "C" fn map_callback<T: Target>(
+    ti: *mut dm_target,
+    bio: *mut kernel::bindings::bio,
+) -> c_int {
+    // SAFETY: live target (callback contract).
+    let target = unsafe { target_of::<T>(ti) };
+    // SAFETY: device-mapper lends the bio for the call.
+    let bio = unsafe { Bio::from_raw(bio) };
+    match target.map(bio) {
+        MapResult::Remapped => bindings::DM_MAPIO_REMAPPED as c_int,
+    }
+}
+
+/// # Safety
+///
+/// A `dm_status_fn` call: live target, `result` writable for `maxlen` bytes.
+unsafe extern "C" fn status_callback<T: Target>(
+    ti: *mut dm_target,
+    status_type: bindings::status_type_t,
+    _status_flags: c_uint,
+    result: *mut c_char,
+    maxlen: c_uint,
+) {
+    if result.is_null() || maxlen == 0 {
+        return;
+    }
+    let kind = match status_type {
+        bindings::status_type_t_STATUSTYPE_INFO => StatusType::Info,
+        bindings::status_type_t_STATUSTYPE_TABLE => StatusType::Table,
+        _ => StatusType::Ima,
+    };
+    // SAFETY: live target (callback contract).
+    let target = unsafe { target_of::<T>(ti) };
+    // SAFETY: device-mapper lends `maxlen` writable bytes at `result`.
+    let buf = unsafe { core::slice::from_raw_parts_mut(result.cast::<u8>(), maxlen as usize) };
+    // A truncated line is reported to device-mapper by the full buffer
+    // itself (it then retries with a larger one).
+    let _ = target.status(kind, &mut StatusWriter::new(buf));
+}
+
+/// # Safety
+///
+/// A `dm_iterate_devices_fn` call: live target, `callout` and `data` from
+/// device-mapper.
+unsafe extern "C" fn iterate_devices_callback<T: Target>(
+    ti: *mut dm_target,
+    callout: bindings::iterate_devices_callout_fn,
+    data: *mut c_void,
+) -> c_int {
+    // SAFETY: live target (callback contract).
+    let target = unsafe { target_of::<T>(ti) };
+    let mut devices = Devices { ti, callout, data, _p: PhantomData };
+    target.iterate_devices(&mut devices)
+}

@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
+
+//! MlsDisk kernel module: the `mlsdisk` device-mapper target.
+//!
+//! Layout of `linux/`:
+//!
+//! - `mlsdisk_main.rs` (this file): module entry, core self-test at load.
+//! - `kalloc.rs`: the global allocator for the core engine (`alloc` over
+//!   `kvmalloc`); `alloc_shim.rs`: the two runtime symbols `alloc` needs.
+//! - `dm.rs`: device-mapper abstraction (the only device-mapper `unsafe`).
+//! - `target.rs`: the `mlsdisk` target, safe Rust; `table.rs`: table-line
+//!   grammar, plain `core` Rust, unit-tested in userspace.
+//! - `helpers.c`, `bindings/mlsdisk_helpers.h`: C helpers and the header
+//!   bindgen reads.
+//! - `Kbuild`: how `alloc` and the core crate are built and linked in.
+//!
+//! At this stage the target passes bios through to the backing device; the
+//! engine is linked and proven by [`mlsdisk_core::selftest`] at load time.
+
+use kernel::prelude::*;
+
+mod dm;
+mod kalloc;
+mod table;
+mod target;
+
+module! {
+    type: MlsDiskModule,
+    name: "mlsdisk",
+    authors: ["MlsDisk developers"],
+    description: "MlsDisk: a log-structured secure virtual disk (device-mapper target)",
+    license: "Dual MPL/GPL",
+}
+
+struct MlsDiskModule {
+    _target: dm::Registration<target::MlsDisk>,
+}
+
+impl kernel::Module for MlsDiskModule {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        // Process context (insmod): the engine may allocate and sleep.
+        let checksum = match mlsdisk_core::selftest::run() {
+            Ok(checksum) => checksum,
+            Err(why) => {
+                pr_err!("core selftest failed: {}\n", why);
+                return Err(EINVAL);
+            }
+        };
+        if checksum != mlsdisk_core::selftest::EXPECTED_CHECKSUM {
+            pr_err!(
+                "core selftest failed: checksum={:016x}, userspace gives {:016x}\n",
+                checksum,
+                mlsdisk_core::selftest::EXPECTED_CHECKSUM
+            );
+            return Err(EINVAL);
+        }
+        pr_info!("core selftest ok checksum={:016x} (matches userspace)\n", checksum);
+        target::set_selftest_checksum(checksum);
+
+        let registration = dm::Registration::new(module).inspect_err(|e| {
+            pr_err!("cannot register the dm target: error {}\n", e.to_errno());
+        })?;
+        pr_info!("dm target registered (pass-through stage, data is NOT encrypted)\n");
+        Ok(Self { _target: registration })
+    }
+}
+
+impl Drop for MlsDiskModule {
+    fn drop(&mut self) {
+        pr_info!("unloading\n");
+    }
+}

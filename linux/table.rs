@@ -1,0 +1,496 @@
+// SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
+
+//! The `mlsdisk` table line: parsing and validation, in plain `core` Rust.
+//!
+//! ```text
+//! <start> <len> mlsdisk <backing device> <key> [<#opts> <opt>...]
+//! ```
+//!
+//! device-mapper hands the constructor everything after the target name as
+//! an argument vector. This file turns that vector into a [`TableLine`] or a
+//! [`TableError`] that names the cause. It has no kernel dependency (no
+//! `kernel` crate, no allocation), so the same file is also compiled as a
+//! userspace test (`rustc --test linux/table.rs`, run by
+//! `scripts/build-module.sh`).
+//!
+//! Keys:
+//! - hex: exactly 32 or 64 hex digits (AES-128 / AES-256);
+//! - keyring: dm-crypt's `:<size>:<type>:<description>` form. It is parsed
+//!   and checked, then refused with [`TableError::KeyringNotSupported`]: the
+//!   pass-through stage has no keyring lookup yet.
+//!
+//! Options (`<#opts>` counts them; the count must match exactly):
+//! - `create`: format a new disk on the backing device;
+//! - `open`: open an existing disk (the default); conflicts with `create`;
+//! - `anchor=<spec>`: the trusted rollback anchor (at most
+//!   [`ANCHOR_MAX`] printable bytes).
+//!
+//! The key never leaves this module in printable form: [`RawKey`] has a
+//! redacting `Debug`, no `Display`, and wipes itself on drop.
+
+use core::fmt;
+
+/// Longest accepted `anchor=` specification, in bytes.
+pub(crate) const ANCHOR_MAX: usize = 64;
+
+/// Largest accepted key, in bytes (AES-256).
+pub(crate) const KEY_MAX: usize = 32;
+
+/// Why a table line was refused.
+///
+/// `Display` gives the detailed reason (for the kernel log, without any key
+/// material); [`TableError::summary`] gives a fixed message for `ti->error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TableError<'a> {
+    /// Fewer than the two required arguments.
+    MissingArguments {
+        /// How many arguments were given.
+        given: usize,
+    },
+    /// The key is neither hex nor a keyring reference.
+    MalformedKey(&'static str),
+    /// A hex key of a length AES does not take.
+    KeyLength {
+        /// Number of hex digits given.
+        digits: usize,
+    },
+    /// A well-formed keyring reference: not supported at this stage.
+    KeyringNotSupported,
+    /// `<#opts>` is not a decimal number.
+    BadOptionCount(&'a [u8]),
+    /// `<#opts>` does not match the number of option arguments.
+    OptionCountMismatch {
+        /// The count the table line declares.
+        declared: usize,
+        /// The option arguments actually present.
+        given: usize,
+    },
+    /// An option outside the known set.
+    UnknownOption(&'a [u8]),
+    /// The same option twice.
+    DuplicateOption(&'a [u8]),
+    /// `create` and `open` together.
+    ConflictingOptions,
+    /// `anchor=` with an empty, overlong or unprintable value.
+    BadAnchor,
+}
+
+impl TableError<'_> {
+    /// A fixed message for `ti->error` (device-mapper prints it after the
+    /// constructor returns, so it must not borrow from the arguments).
+    pub(crate) fn summary(&self) -> &'static core::ffi::CStr {
+        match self {
+            Self::MissingArguments { .. } => {
+                c"mlsdisk: not enough arguments (<backing device> <key> [<#opts> <opt>...])"
+            }
+            Self::MalformedKey(_) => c"mlsdisk: malformed key (expected 32 or 64 hex digits)",
+            Self::KeyLength { .. } => c"mlsdisk: bad key length (expected 32 or 64 hex digits)",
+            Self::KeyringNotSupported => c"mlsdisk: keyring keys are not supported yet",
+            Self::BadOptionCount(_) => c"mlsdisk: <#opts> is not a number",
+            Self::OptionCountMismatch { .. } => {
+                c"mlsdisk: <#opts> does not match the number of optional arguments"
+            }
+            Self::UnknownOption(_) => c"mlsdisk: unknown option",
+            Self::DuplicateOption(_) => c"mlsdisk: option given twice",
+            Self::ConflictingOptions => c"mlsdisk: options 'create' and 'open' conflict",
+            Self::BadAnchor => c"mlsdisk: bad anchor specification",
+        }
+    }
+}
+
+/// Bytes shown with non-printable characters escaped (`\xNN`).
+pub(crate) struct Escaped<'a>(pub(crate) &'a [u8]);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for &b in self.0 {
+            if b.is_ascii_graphic() || b == b' ' {
+                fmt::Write::write_char(f, char::from(b))?;
+            } else {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for TableError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::MissingArguments { given } => write!(
+                f,
+                "not enough arguments: got {given}, need <backing device> <key> [<#opts> <opt>...]"
+            ),
+            Self::MalformedKey(why) => write!(f, "malformed key: {why}"),
+            Self::KeyLength { digits } => write!(
+                f,
+                "bad key length: {digits} hex digits, expected 32 (AES-128) or 64 (AES-256)"
+            ),
+            Self::KeyringNotSupported => f.write_str(
+                "keyring keys (:<size>:<type>:<description>) are not supported yet; give the key as hex",
+            ),
+            Self::BadOptionCount(s) => {
+                write!(f, "<#opts> '{}' is not a number", Escaped(s))
+            }
+            Self::OptionCountMismatch { declared, given } => write!(
+                f,
+                "<#opts> is {declared} but {given} optional argument(s) follow"
+            ),
+            Self::UnknownOption(s) => write!(f, "unknown option '{}'", Escaped(s)),
+            Self::DuplicateOption(s) => write!(f, "option '{}' given twice", Escaped(s)),
+            Self::ConflictingOptions => f.write_str("options 'create' and 'open' conflict"),
+            Self::BadAnchor => write!(
+                f,
+                "bad anchor: 'anchor=<spec>' needs 1 to {ANCHOR_MAX} printable characters"
+            ),
+        }
+    }
+}
+
+/// A raw AES key, wiped on drop.
+pub(crate) struct RawKey {
+    bytes: [u8; KEY_MAX],
+    len: usize,
+}
+
+impl RawKey {
+    /// The key bytes (16 or 32 of them).
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the pass-through stage holds the key without using it")
+    )]
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or(&[])
+    }
+
+    /// Key length in bits, for status output.
+    pub(crate) fn bits(&self) -> usize {
+        self.len * 8
+    }
+}
+
+impl fmt::Debug for RawKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RawKey({} bits, redacted)", self.bits())
+    }
+}
+
+/// Overwrites `buf` with zeroes in a way the optimiser may not drop.
+pub(crate) fn wipe(buf: &mut [u8]) {
+    for b in buf.iter_mut() {
+        // SAFETY: `b` is a valid, aligned, exclusive reference to a `u8`.
+        unsafe { core::ptr::write_volatile(b, 0) };
+    }
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+}
+
+impl Drop for RawKey {
+    fn drop(&mut self) {
+        wipe(&mut self.bytes);
+        self.len = 0;
+    }
+}
+
+/// Whether the disk is formatted or opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// `create`: format a new disk.
+    Create,
+    /// `open`: open an existing disk.
+    Open,
+}
+
+/// The `anchor=` specification, copied out of the argument vector.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Anchor {
+    spec: [u8; ANCHOR_MAX],
+    len: usize,
+}
+
+impl Anchor {
+    /// The specification as given (printable ASCII).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.spec.get(..self.len).unwrap_or(&[])
+    }
+}
+
+impl fmt::Debug for Anchor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Anchor({})", Escaped(self.as_bytes()))
+    }
+}
+
+/// The optional arguments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Options {
+    /// `create` or `open`, if given (`None` means open).
+    pub(crate) mode: Option<Mode>,
+    /// `anchor=<spec>`, if given.
+    pub(crate) anchor: Option<Anchor>,
+}
+
+impl Options {
+    /// How many option words [`Options::emit`] writes.
+    pub(crate) fn count(&self) -> usize {
+        usize::from(self.mode.is_some()) + usize::from(self.anchor.is_some())
+    }
+
+    /// Writes the options back in table form (`<#opts> <opt>...`), nothing
+    /// when there are none.
+    pub(crate) fn emit(&self, w: &mut dyn fmt::Write) -> fmt::Result {
+        if self.count() == 0 {
+            return Ok(());
+        }
+        write!(w, " {}", self.count())?;
+        match self.mode {
+            Some(Mode::Create) => w.write_str(" create")?,
+            Some(Mode::Open) => w.write_str(" open")?,
+            None => {}
+        }
+        if let Some(anchor) = &self.anchor {
+            write!(w, " anchor={}", Escaped(anchor.as_bytes()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A validated table line (everything but the backing device, which the
+/// constructor opens itself).
+#[derive(Debug)]
+pub(crate) struct TableLine<'a> {
+    /// The backing device path or `major:minor`, as given.
+    pub(crate) device: &'a [u8],
+    /// The key.
+    pub(crate) key: RawKey,
+    /// The optional arguments.
+    pub(crate) options: Options,
+}
+
+/// Index of the key in the argument vector (wiped by the constructor).
+pub(crate) const KEY_ARG: usize = 1;
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn parse_decimal(s: &[u8]) -> Option<usize> {
+    if s.is_empty() || s.len() > 9 {
+        return None;
+    }
+    let mut n: usize = 0;
+    for &c in s {
+        let d = hex_digit(c).filter(|&d| d < 10 && c.is_ascii_digit())?;
+        n = n * 10 + usize::from(d);
+    }
+    Some(n)
+}
+
+/// Parses the key argument.
+///
+/// # Errors
+///
+/// [`TableError::MalformedKey`], [`TableError::KeyLength`] or, for a
+/// well-formed keyring reference, [`TableError::KeyringNotSupported`].
+pub(crate) fn parse_key(arg: &[u8]) -> Result<RawKey, TableError<'static>> {
+    if arg.first() == Some(&b':') {
+        return Err(parse_keyring(arg));
+    }
+    if !arg.len().is_multiple_of(2) && arg.iter().all(|&c| hex_digit(c).is_some()) {
+        return Err(TableError::KeyLength { digits: arg.len() });
+    }
+    let mut key = RawKey { bytes: [0; KEY_MAX], len: 0 };
+    for (slot, pair) in key.bytes.iter_mut().zip(arg.chunks(2)) {
+        let (Some(&hi), Some(&lo)) = (pair.first(), pair.get(1)) else {
+            return Err(TableError::MalformedKey("odd number of hex digits"));
+        };
+        let (Some(hi), Some(lo)) = (hex_digit(hi), hex_digit(lo)) else {
+            return Err(TableError::MalformedKey("not a hex string"));
+        };
+        *slot = hi << 4 | lo;
+    }
+    if arg.iter().any(|&c| hex_digit(c).is_none()) {
+        return Err(TableError::MalformedKey("not a hex string"));
+    }
+    match arg.len() {
+        32 | 64 => {
+            key.len = arg.len() / 2;
+            Ok(key)
+        }
+        digits => Err(TableError::KeyLength { digits }),
+    }
+}
+
+/// Checks the `:<size>:<type>:<description>` form; returns the error to
+/// report (at this stage, a well-formed reference is "not supported yet").
+fn parse_keyring(arg: &[u8]) -> TableError<'static> {
+    let mut fields = arg.splitn(4, |&c| c == b':');
+    let (Some(empty), Some(size), Some(kind), Some(desc)) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return TableError::MalformedKey("keyring form is :<size>:<type>:<description>");
+    };
+    if !empty.is_empty() {
+        return TableError::MalformedKey("keyring form is :<size>:<type>:<description>");
+    }
+    match parse_decimal(size) {
+        Some(16 | 32) => {}
+        _ => return TableError::MalformedKey("keyring key size must be 16 or 32 bytes"),
+    }
+    if !matches!(kind, b"logon" | b"user" | b"encrypted" | b"trusted") {
+        return TableError::MalformedKey("unknown keyring key type");
+    }
+    if desc.is_empty() {
+        return TableError::MalformedKey("empty keyring key description");
+    }
+    TableError::KeyringNotSupported
+}
+
+fn parse_options<'a>(args: &[&'a [u8]]) -> Result<Options, TableError<'a>> {
+    let Some((&count, opts)) = args.split_first() else {
+        return Ok(Options::default());
+    };
+    let declared = parse_decimal(count).ok_or(TableError::BadOptionCount(count))?;
+    if declared != opts.len() {
+        return Err(TableError::OptionCountMismatch { declared, given: opts.len() });
+    }
+    let mut options = Options::default();
+    for &opt in opts {
+        if let Some(spec) = opt.strip_prefix(b"anchor=") {
+            if options.anchor.is_some() {
+                return Err(TableError::DuplicateOption(b"anchor"));
+            }
+            if spec.is_empty() || spec.len() > ANCHOR_MAX || !spec.iter().all(u8::is_ascii_graphic)
+            {
+                return Err(TableError::BadAnchor);
+            }
+            let mut anchor = Anchor { spec: [0; ANCHOR_MAX], len: spec.len() };
+            for (d, &s) in anchor.spec.iter_mut().zip(spec) {
+                *d = s;
+            }
+            options.anchor = Some(anchor);
+            continue;
+        }
+        let mode = match opt {
+            b"create" => Mode::Create,
+            b"open" => Mode::Open,
+            _ => return Err(TableError::UnknownOption(opt)),
+        };
+        match options.mode {
+            None => options.mode = Some(mode),
+            Some(m) if m == mode => return Err(TableError::DuplicateOption(opt)),
+            Some(_) => return Err(TableError::ConflictingOptions),
+        }
+    }
+    Ok(options)
+}
+
+/// Parses and validates the constructor's arguments (everything after the
+/// target name).
+///
+/// # Errors
+///
+/// The first problem found, in argument order.
+pub(crate) fn parse<'a>(args: &[&'a [u8]]) -> Result<TableLine<'a>, TableError<'a>> {
+    let (Some(&device), Some(&key)) = (args.first(), args.get(KEY_ARG)) else {
+        return Err(TableError::MissingArguments { given: args.len() });
+    };
+    let key = parse_key(key)?;
+    let options = parse_options(args.get(KEY_ARG + 1..).unwrap_or(&[]))?;
+    Ok(TableLine { device, key, options })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY64: &[u8] = b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const KEY32: &[u8] = b"00112233445566778899AABBCCDDEEFF";
+
+    fn err(args: &[&[u8]]) -> String {
+        match parse(args) {
+            Ok(line) => panic!("accepted: {line:?}"),
+            Err(e) => {
+                assert!(e.summary().to_bytes().starts_with(b"mlsdisk: "));
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn accepts_hex_keys_and_options() {
+        let line = parse(&[b"/dev/vdb", KEY64]).unwrap();
+        assert_eq!(line.device, b"/dev/vdb");
+        assert_eq!(line.key.bits(), 256);
+        assert_eq!(line.key.as_bytes()[31], 0x1f);
+        assert_eq!(line.options, Options::default());
+
+        let line = parse(&[b"253:1", KEY32, b"2", b"create", b"anchor=file:/boot/x"]).unwrap();
+        assert_eq!(line.key.bits(), 128);
+        assert_eq!(line.key.as_bytes()[10], 0xaa);
+        assert_eq!(line.options.mode, Some(Mode::Create));
+        assert_eq!(line.options.anchor.unwrap().as_bytes(), b"file:/boot/x");
+        let mut s = String::new();
+        line.options.emit(&mut s).unwrap();
+        assert_eq!(s, " 2 create anchor=file:/boot/x");
+
+        let line = parse(&[b"/dev/vdb", KEY64, b"0"]).unwrap();
+        assert_eq!(line.options.count(), 0);
+    }
+
+    #[test]
+    fn key_debug_is_redacted() {
+        let line = parse(&[b"/dev/vdb", KEY64]).unwrap();
+        let s = format!("{line:?}");
+        assert!(s.contains("redacted"));
+        assert!(!s.contains("1f") && !s.contains("31"), "{s}");
+    }
+
+    #[test]
+    fn refuses_bad_lines_with_named_causes() {
+        assert!(err(&[]).contains("got 0"));
+        assert!(err(&[b"/dev/vdb"]).contains("got 1"));
+        assert!(err(&[b"/dev/vdb", b"zz0102030405060708090a0b0c0d0e0f"]).contains("not a hex"));
+        assert!(err(&[b"/dev/vdb", b"0001020304"]).contains("10 hex digits"));
+        assert!(err(&[b"/dev/vdb", b"000102030"]).contains("9 hex digits"));
+        assert!(err(&[b"/dev/vdb", b"00010203g"]).contains("malformed"));
+        assert!(err(&[b"/dev/vdb", KEY64, b"1", b"no_such_option"])
+            .contains("unknown option 'no_such_option'"));
+        assert!(err(&[b"/dev/vdb", KEY64, b"3", b"a"]).contains("<#opts> is 3 but 1"));
+        assert!(err(&[b"/dev/vdb", KEY64, b"create"]).contains("'create' is not a number"));
+        assert!(err(&[b"/dev/vdb", KEY64, b"2", b"create", b"open"]).contains("conflict"));
+        assert!(err(&[b"/dev/vdb", KEY64, b"2", b"open", b"open"]).contains("twice"));
+        assert!(err(&[b"/dev/vdb", KEY64, b"1", b"anchor="]).contains("bad anchor"));
+        assert!(err(&[b"/dev/vdb", KEY64, b"1", b"\x01\xff"]).contains("'\\x01\\xff'"));
+    }
+
+    #[test]
+    fn keyring_form_is_checked_then_not_supported() {
+        assert_eq!(
+            parse(&[b"/dev/vdb", b":32:logon:mlsdisk:test"]).unwrap_err(),
+            TableError::KeyringNotSupported
+        );
+        assert!(err(&[b"/dev/vdb", b":31:logon:x"]).contains("16 or 32"));
+        assert!(err(&[b"/dev/vdb", b":32:bogus:x"]).contains("unknown keyring"));
+        assert!(err(&[b"/dev/vdb", b":32:logon:"]).contains("empty"));
+        assert!(err(&[b"/dev/vdb", b":32"]).contains("keyring form"));
+    }
+
+    #[test]
+    fn errors_never_print_the_key() {
+        // A key that is one digit short: the message gives the count only.
+        let e = err(&[b"/dev/vdb", &KEY64[1..]]);
+        assert!(!e.contains("0102"), "{e}");
+    }
+
+    #[test]
+    fn wipe_zeroes() {
+        let mut b = *b"secret";
+        wipe(&mut b);
+        assert_eq!(b, [0; 6]);
+    }
+}

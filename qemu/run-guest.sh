@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Boot the MlsDisk test guest under QEMU and judge the result.
+#
+#   qemu/run-guest.sh [--mode test|demo] [--module PATH|--no-module]
+#                     [--tests "name ..."] [--kvm] [--timeout SECONDS]
+#                     [--disk-size SIZE] [--run-dir DIR]
+#
+# The guest gets the cached base initramfs plus a small per-run cpio with
+# /init, the guest runner, the tests (tests/guest/*.sh) and mlsdisk.ko.
+# Disks are fresh sparse files per run: vda (spare, 64 MiB) and vdb (the
+# test disk). The serial console goes to <run-dir>/console.log.
+# Exit status 0 only when the guest printed its final "N passed, 0 failed"
+# line, no test failed, and the kernel log shows no BUG/WARNING/Oops/panic/
+# Call Trace.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=scripts/env.sh
+. "$here/../scripts/env.sh"
+
+die() {
+	printf '[guest] ERROR: %s\n' "$*" >&2
+	exit 2
+}
+usage() {
+	sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	exit 2
+}
+
+mode="test"
+module=""
+no_module=0
+tests=""
+accel="${MLSDISK_ACCEL:-tcg}"
+timeout_s=""
+disk_size=1G
+run_dir=""
+while (($#)); do
+	case "$1" in
+	--mode) mode="${2:?}"; shift 2 ;;
+	--module) module="${2:?}"; shift 2 ;;
+	--no-module) no_module=1; shift ;;
+	--tests) tests="${2:?}"; shift 2 ;;
+	--kvm) accel=kvm; shift ;;
+	--tcg) accel=tcg; shift ;;
+	--timeout) timeout_s="${2:?}"; shift 2 ;;
+	--disk-size) disk_size="${2:?}"; shift 2 ;;
+	--run-dir) run_dir="${2:?}"; shift 2 ;;
+	-h | --help) usage ;;
+	*) die "unknown argument: $1 (see --help)" ;;
+	esac
+done
+case "$mode" in test | demo) ;; *) die "--mode must be test or demo, not $mode" ;; esac
+timeout_s="${timeout_s:-${MLSDISK_GUEST_TIMEOUT:-900}}"
+run_dir="${run_dir:-$MLSDISK_ROOT/build/guest-$mode}"
+
+bzimage="$KDIR/arch/x86/boot/bzImage"
+[[ -f "$KDIR/.mlsdisk-built" && -f "$bzimage" ]] || die "no guest kernel at $KDIR; run make kernel"
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found; run make toolchain"
+
+if ((no_module == 0)) && [[ -z "$module" && -f "$MLSDISK_ROOT/linux/mlsdisk.ko" ]]; then
+	module="$MLSDISK_ROOT/linux/mlsdisk.ko"
+fi
+if [[ -n "$module" ]]; then
+	[[ -f "$module" ]] || die "module $module does not exist"
+fi
+
+case "$accel" in
+kvm | KVM)
+	[[ -r /dev/kvm && -w /dev/kvm ]] || die "--kvm given but /dev/kvm is not usable"
+	accel_name=KVM
+	accel_args=(-accel kvm -cpu host)
+	;;
+tcg | TCG)
+	accel_name=TCG
+	accel_args=(-accel "tcg,thread=multi" -cpu max)
+	;;
+*) die "MLSDISK_ACCEL must be tcg or kvm, not $accel" ;;
+esac
+
+base="$("$here/build-initramfs.sh")"
+
+rm -rf "$run_dir"
+mkdir -p "$run_dir/overlay/mlsdisk/tests"
+ov="$run_dir/overlay"
+install -m 0755 "$here/guest/init" "$ov/init"
+install -m 0644 "$here/guest/runner.sh" "$here/guest/lib.sh" "$here/guest/demo.sh" "$ov/mlsdisk/"
+for t in "$MLSDISK_ROOT"/tests/guest/*.sh; do
+	install -m 0644 "$t" "$ov/mlsdisk/tests/"
+done
+{
+	printf 'MODE=%s\n' "$mode"
+	printf 'TESTS="%s"\n' "$tests"
+	printf 'ACCEL=%s\n' "$accel_name"
+	printf 'export ACCEL\n'
+} >"$ov/mlsdisk/run.conf"
+if [[ -n "$module" ]]; then
+	install -m 0644 "$module" "$ov/mlsdisk.ko"
+fi
+(cd "$ov" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$run_dir/overlay.cpio"
+cat "$base" "$run_dir/overlay.cpio" >"$run_dir/initramfs.cpio"
+
+truncate -s 64M "$run_dir/spare.img"
+truncate -s "$disk_size" "$run_dir/disk.img"
+
+log="$run_dir/console.log"
+: >"$log"
+echo "[guest] mode=$mode accel=$accel_name kernel=$bzimage"
+echo "[guest] module: ${module:-none (tests that need mlsdisk.ko will FAIL)}"
+echo "[guest] console log: $log (timeout ${timeout_s}s)"
+if [[ "$accel_name" == TCG ]]; then
+	echo "[guest] TCG: the CPU is emulated in software; timings are for comparison within one run only"
+fi
+
+t0=$SECONDS
+set +e
+timeout -k 10 "$timeout_s" qemu-system-x86_64 "${accel_args[@]}" -m 1G -smp 2 \
+	-nographic -no-reboot -monitor none -serial "file:$log" \
+	-kernel "$bzimage" -initrd "$run_dir/initramfs.cpio" \
+	-append "console=ttyS0 panic=-1 loglevel=4" \
+	-drive "file=$run_dir/spare.img,if=virtio,format=raw" \
+	-drive "file=$run_dir/disk.img,if=virtio,format=raw" \
+	</dev/null >"$run_dir/qemu.out" 2>&1 &
+qpid=$!
+# Show the guest's output live, without the final kernel log dump.
+tail -n +1 -F --pid="$qpid" "$log" 2>/dev/null |
+	awk '/^=== dmesg begin/{skip=1} !skip{print; fflush()} /^=== dmesg end/{skip=0}' &
+tpid=$!
+wait "$qpid"
+qrc=$?
+wait "$tpid"
+set -e
+elapsed=$((SECONDS - t0))
+
+tr -d '\r' <"$log" >"$run_dir/console.txt"
+txt="$run_dir/console.txt"
+echo "[guest] ---- results ($accel_name, ${elapsed}s wall) ----"
+if ! "$here/judge-log.sh" "$txt" "$qrc" "$timeout_s"; then
+	echo "[guest] full log: $txt; QEMU output: $run_dir/qemu.out"
+	exit 1
+fi

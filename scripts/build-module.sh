@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MPL-2.0
+#
+# Builds linux/mlsdisk.ko against the guest kernel (scripts/env.sh's KDIR).
+#
+#   scripts/build-module.sh [make arguments...]
+#     e.g. scripts/build-module.sh CLIPPY=1     (lint the module's Rust with clippy)
+#          scripts/build-module.sh clean
+#
+# Steps: check that the kernel is built; unit-test the table-line parser in
+# userspace (linux/table.rs has no kernel dependency); run Kbuild. Any
+# compiler, bindgen, objtool or modpost warning fails the build (set
+# MLSDISK_ALLOW_WARNINGS=1 to only report them). Prints the path of the .ko.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/env.sh
+. "$ROOT/scripts/env.sh"
+
+die() {
+	echo "build-module: $*" >&2
+	exit 1
+}
+
+[ -d "$KSRC" ] || die "kernel source not found at $KSRC: run 'make toolchain' (scripts/install-toolchain.sh) first"
+if [ ! -f "$KDIR/vmlinux" ] || [ ! -f "$KDIR/Module.symvers" ] || [ ! -f "$KDIR/rust/libkernel.rmeta" ]; then
+	die "the guest kernel is not built in $KDIR (no vmlinux, Module.symvers or rust/libkernel.rmeta): run 'make kernel' first"
+fi
+grep -q '^CONFIG_RUST=y' "$KDIR/.config" || die "$KDIR/.config has no CONFIG_RUST=y: the kernel cannot take a Rust module"
+grep -q '^CONFIG_BLK_DEV_DM=[ym]' "$KDIR/.config" || die "$KDIR/.config has no CONFIG_BLK_DEV_DM: the target needs device-mapper"
+[ -f "$RUST_LIB_SRC/alloc/src/lib.rs" ] || die "no Rust library source at RUST_LIB_SRC=$RUST_LIB_SRC: run 'make toolchain'"
+# alloc must come from the library source the kernel's core came from.
+if ! grep -qF "$RUST_LIB_SRC/core/src/lib.rs" "$KDIR/rust/.core.o.cmd"; then
+	die "the kernel's core was not built from RUST_LIB_SRC=$RUST_LIB_SRC (see $KDIR/rust/.core.o.cmd): rebuild the kernel with 'make kernel'"
+fi
+command -v "${BINDGEN:-bindgen}" >/dev/null || die "bindgen not on PATH ($MLSDISK_BINDGEN_ROOT/bin): run 'make toolchain'"
+
+if [ "${1:-}" != clean ]; then
+	echo "build-module: unit tests of linux/table.rs (userspace)"
+	tmp="$(mktemp -d)"
+	trap 'rm -rf "$tmp"' EXIT
+	rustc --edition 2021 --test -o "$tmp/table-test" "$ROOT/linux/table.rs" ||
+		die "linux/table.rs does not build as a userspace test"
+	"$tmp/table-test" -q || die "linux/table.rs unit tests failed"
+fi
+
+log="$(mktemp)"
+# shellcheck disable=SC2086 # KMAKE is a command prefix
+if ! $KMAKE M="$ROOT/linux" "${@:-modules}" 2>&1 | tee "$log"; then
+	rm -f "$log"
+	die "Kbuild failed (see above)"
+fi
+# A pipeline's status is tee's without pipefail; pipefail is set, so a make
+# failure ends above. Now the warnings.
+warnings="$(grep -iE '(^|[^a-z_])warning([: ]|$)' "$log" | grep -v '^make' || true)"
+rm -f "$log"
+if [ -n "$warnings" ]; then
+	echo "build-module: the build printed warnings:" >&2
+	echo "$warnings" >&2
+	[ "${MLSDISK_ALLOW_WARNINGS:-0}" = 1 ] || die "warnings are errors here (MLSDISK_ALLOW_WARNINGS=1 to continue)"
+fi
+
+if [ "${1:-}" = clean ]; then
+	exit 0
+fi
+ko="$ROOT/linux/mlsdisk.ko"
+[ -f "$ko" ] || die "Kbuild finished but $ko is missing"
+echo "build-module: built $ko ($(stat -c %s "$ko") bytes)"
