@@ -82,11 +82,13 @@ impl<D: BlockSet> CryptDisk<D> {
             // One device write per run that stays inside a group.
             let l0 = lba + i;
             let run = (PER_GROUP - l0 % PER_GROUP).min(n - i);
+            let mut ivs = vec![0u8; run as usize * 12];
+            self.crypto.fill_random(&mut ivs)?;
             for k in 0..run {
                 let l = l0 + k;
                 let blk = &mut data[((i + k) as usize) * BLOCK_SIZE..][..BLOCK_SIZE];
                 let mut iv: Iv = [0; 12];
-                self.crypto.fill_random(&mut iv)?;
+                iv.copy_from_slice(&ivs[k as usize * 12..][..12]);
                 let mac = self
                     .crypto
                     .aead_seal(&self.key, &iv, &l.to_le_bytes(), blk)?;

@@ -4,5 +4,4 @@
 
 pub mod bench;
 pub mod cryptdisk;
-pub mod filedev;
 pub mod throttle;

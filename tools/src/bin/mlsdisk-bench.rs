@@ -26,7 +26,7 @@ use mlsdisk_core::platform::StdCrypto;
 use mlsdisk_core::CryptoRef;
 use mlsdisk_tools::bench::*;
 use mlsdisk_tools::cryptdisk::CryptDisk;
-use mlsdisk_tools::filedev::FileDev;
+use mlsdisk_core::bio::FileDisk;
 use mlsdisk_tools::throttle::Throttle;
 
 struct Opts {
@@ -93,10 +93,10 @@ fn parse() -> Result<Opts, String> {
     Ok(o)
 }
 
-type Dev = Throttle<FileDev>;
+type Dev = Throttle<FileDisk>;
 
 fn device(o: &Opts, nblocks: u64) -> Dev {
-    let f = FileDev::create(&o.file, nblocks, o.direct).unwrap_or_else(|e| {
+    let f = FileDisk::create(&o.file, nblocks, o.direct).unwrap_or_else(|e| {
         eprintln!("cannot create {}: {e:?}", o.file.display());
         std::process::exit(1)
     });
