@@ -105,7 +105,10 @@ fn run(ops: Vec<Op>, backend: Backend) -> Result<(), TestCaseError> {
             }
             Op::Crash => {
                 let forced = h.disk().stats().forced_syncs > forced_at_sync;
-                h.crash_and_reopen().map_err(|e| fail(e, "crash reopen"))?;
+                // Keep a pseudo-random subset of the unflushed writes.
+                let salt = tag;
+                h.crash_and_reopen_keep(&move |i| (i as u64 ^ salt).count_ones() % 2 == 0)
+                    .map_err(|e| fail(e, "crash reopen"))?;
                 // Read everything back and settle the model.
                 let mut buf = vec![0u8; BLOCK_SIZE];
                 let mut now = BTreeMap::new();

@@ -210,6 +210,8 @@ pub struct MlsDisk<D: BlockSet> {
     mapped: u64,
     stats: DiskStats,
     broken: Option<Error>,
+    /// Inside `sync`: space pressure may commit without `auto_sync`.
+    in_sync: bool,
 }
 
 const ZERO_IV: Iv = [0u8; 12];
@@ -286,6 +288,7 @@ impl<D: BlockSet> MlsDisk<D> {
             mapped: 0,
             stats,
             broken: None,
+            in_sync: false,
         })
     }
 
@@ -382,6 +385,17 @@ impl<D: BlockSet> MlsDisk<D> {
     /// The disk's UUID.
     pub fn uuid(&self) -> [u8; 16] {
         self.uuid
+    }
+
+    /// Where the current version of `lba` lives on the backing device
+    /// (`None`: unmapped or still in the write buffer). For tools and tests.
+    pub fn locate(&mut self, lba: u64) -> Result<Option<u64>> {
+        self.check_range(lba, 1)?;
+        self.check_ok()?;
+        if self.wbuf.contains(lba) {
+            return Ok(None);
+        }
+        Ok(self.index.get(lba)?.map(|r| self.geo.data_start + r.hba))
     }
 
     /// The backing device (with its counters).
@@ -541,8 +555,10 @@ impl<D: BlockSet> MlsDisk<D> {
     /// the module documentation for the steps).
     pub fn sync(&mut self) -> Result<()> {
         self.guarded(|d| {
-            d.flush_wbuf()?;
-            d.commit(false)
+            d.in_sync = true;
+            let r = d.flush_wbuf().and_then(|()| d.commit(false));
+            d.in_sync = false;
+            r
         })
     }
 
@@ -719,7 +735,7 @@ impl<D: BlockSet> MlsDisk<D> {
                 }
                 bail!(NoSpace, "data log full: no segment can be cleaned");
             }
-            if !self.cfg.auto_sync {
+            if !self.cfg.auto_sync && !self.in_sync {
                 if enough_now {
                     return Ok(());
                 }

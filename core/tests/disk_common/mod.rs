@@ -1,20 +1,31 @@
 //! Shared helpers of the disk tests: a harness that creates, crashes and
-//! reopens a disk on a shared memory device, and block patterns.
+//! reopens a disk on a stack of test devices, and block patterns.
+//!
+//! Device stack (top to bottom): `FaultDisk` (fail chosen I/Os) ->
+//! `CrashDisk` (unflushed writes are volatile) -> `MemDisk` (the durable
+//! image, which an `Adversary` can edit).
 #![allow(dead_code)]
 
 use std::sync::Arc;
 
-use mlsdisk_core::bio::{MemDisk, BLOCK_SIZE};
-use mlsdisk_core::disk::{DiskConfig, LayoutConfig, MemAnchor, MemIndexStore, MlsDisk};
+use mlsdisk_core::bio::{Adversary, CrashDisk, FaultDisk, MemDisk, BLOCK_SIZE};
+use mlsdisk_core::disk::{
+    DiskConfig, LayoutConfig, MemAnchor, MemIndexStore, MlsDisk, NoAnchor, RollbackAnchor,
+};
 use mlsdisk_core::platform::StdCrypto;
 use mlsdisk_core::{CryptoRef, Result};
 
 pub const KEY: [u8; 32] = [0x5a; 32];
 
+pub type Crash = CrashDisk<Arc<MemDisk>>;
+pub type Dev = Arc<FaultDisk<Arc<Crash>>>;
+pub type Disk = MlsDisk<Dev>;
+
 /// Which index the disk runs on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// The in-memory index (data path only).
+    /// The in-memory index (data path only; its "durable" copy lives
+    /// outside the device).
     MemIndex,
 }
 
@@ -67,60 +78,112 @@ pub fn fill(b: &mut [u8], lba: u64, tag: u64) {
     }
 }
 
+/// `n` blocks from `lba`, all with `tag`.
+pub fn blocks(lba: u64, n: u64, tag: u64) -> Vec<u8> {
+    let mut v = vec![0u8; n as usize * BLOCK_SIZE];
+    for (i, b) in v.chunks_exact_mut(BLOCK_SIZE).enumerate() {
+        fill(b, lba + i as u64, tag);
+    }
+    v
+}
+
 pub fn check(b: &[u8], lba: u64, tag: u64) -> bool {
     let mut want = vec![0u8; BLOCK_SIZE];
     fill(&mut want, lba, tag);
     b == &want[..]
 }
 
+pub enum AnchorKind {
+    None,
+    Mem(MemAnchor),
+}
+
 pub struct Harness {
     pub backend: Backend,
     pub cfg: DiskConfig,
-    pub dev: Arc<MemDisk>,
+    pub mem: Arc<MemDisk>,
+    pub crash: Arc<Crash>,
+    pub fault: Dev,
     pub anchor: MemAnchor,
+    pub use_anchor: bool,
     pub store: MemIndexStore,
-    disk: Option<MlsDisk<Arc<MemDisk>>>,
+    disk: Option<Disk>,
 }
 
 impl Harness {
     pub fn new(backend: Backend, cfg: DiskConfig) -> Self {
-        let dev = Arc::new(MemDisk::new(SMALL_TOTAL).unwrap());
-        let anchor = MemAnchor::new();
-        let store = MemIndexStore::new();
-        let disk = match backend {
-            Backend::MemIndex => MlsDisk::create_with_mem_index(
-                dev.clone(),
-                crypto(),
-                cfg,
-                Box::new(anchor.clone()),
-                store.clone(),
-            )
-            .unwrap(),
-        };
-        Self {
+        Self::with(backend, cfg, SMALL_TOTAL, true)
+    }
+
+    pub fn with(backend: Backend, cfg: DiskConfig, total: u64, use_anchor: bool) -> Self {
+        let mem = Arc::new(MemDisk::new(total).unwrap());
+        let crash = Arc::new(CrashDisk::new(mem.clone()));
+        let fault = Arc::new(FaultDisk::new(crash.clone()));
+        let mut h = Self {
             backend,
             cfg,
-            dev,
-            anchor,
-            store,
-            disk: Some(disk),
+            mem,
+            crash,
+            fault,
+            anchor: MemAnchor::new(),
+            use_anchor,
+            store: MemIndexStore::new(),
+            disk: None,
+        };
+        h.disk = Some(h.create().unwrap());
+        h
+    }
+
+    fn anchor_box(&self) -> Box<dyn RollbackAnchor> {
+        if self.use_anchor {
+            Box::new(self.anchor.clone())
+        } else {
+            Box::new(NoAnchor)
         }
     }
 
-    pub fn disk(&mut self) -> &mut MlsDisk<Arc<MemDisk>> {
-        self.disk.as_mut().unwrap()
-    }
-
-    pub fn open(&self) -> Result<MlsDisk<Arc<MemDisk>>> {
+    pub fn create(&self) -> Result<Disk> {
         match self.backend {
-            Backend::MemIndex => MlsDisk::open_with_mem_index(
-                self.dev.clone(),
+            Backend::MemIndex => MlsDisk::create_with_mem_index(
+                self.fault.clone(),
                 crypto(),
                 self.cfg,
-                Box::new(self.anchor.clone()),
+                self.anchor_box(),
                 self.store.clone(),
             ),
         }
+    }
+
+    pub fn open(&self) -> Result<Disk> {
+        self.open_with_key(&KEY)
+    }
+
+    pub fn open_with_key(&self, _key: &[u8]) -> Result<Disk> {
+        match self.backend {
+            Backend::MemIndex => MlsDisk::open_with_mem_index(
+                self.fault.clone(),
+                crypto(),
+                self.cfg,
+                self.anchor_box(),
+                self.store.clone(),
+            ),
+        }
+    }
+
+    pub fn adversary(&self) -> Adversary {
+        Adversary::new(self.mem.clone())
+    }
+
+    pub fn disk(&mut self) -> &mut Disk {
+        self.disk.as_mut().unwrap()
+    }
+
+    pub fn take(&mut self) -> Option<Disk> {
+        self.disk.take()
+    }
+
+    pub fn set(&mut self, d: Disk) {
+        self.disk = Some(d);
     }
 
     pub fn close_and_reopen(&mut self) -> Result<()> {
@@ -131,10 +194,18 @@ impl Harness {
         Ok(())
     }
 
-    /// Drops the disk without a sync (the memory device keeps every write).
-    pub fn crash_and_reopen(&mut self) -> Result<()> {
+    /// Drops the disk without a sync; the crash disk keeps the unflushed
+    /// writes `keep` selects. Then reopens.
+    pub fn crash_and_reopen_keep(&mut self, keep: &dyn Fn(usize) -> bool) -> Result<()> {
         self.disk = None;
+        self.fault.heal()?;
+        self.crash.crash(keep)?;
         self.disk = Some(self.open()?);
         Ok(())
+    }
+
+    /// A crash that loses every unflushed write.
+    pub fn crash_and_reopen(&mut self) -> Result<()> {
+        self.crash_and_reopen_keep(&|_| false)
     }
 }

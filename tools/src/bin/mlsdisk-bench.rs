@@ -20,13 +20,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use mlsdisk_core::bio::FileDisk;
 use mlsdisk_core::bio::BLOCK_SIZE;
 use mlsdisk_core::disk::{Counted, DiskConfig, MlsDisk, NoAnchor};
 use mlsdisk_core::platform::StdCrypto;
 use mlsdisk_core::CryptoRef;
 use mlsdisk_tools::bench::*;
 use mlsdisk_tools::cryptdisk::CryptDisk;
-use mlsdisk_core::bio::FileDisk;
 use mlsdisk_tools::throttle::Throttle;
 
 struct Opts {
