@@ -80,7 +80,7 @@ use state::UserState;
 use wbuf::WriteBuffer;
 
 /// Configuration of a disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
     /// Region sizes and over-provisioning (used by `create` only).
     pub layout: LayoutConfig,

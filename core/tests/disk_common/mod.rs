@@ -147,7 +147,7 @@ impl Harness {
             Backend::MemIndex => MlsDisk::create_with_mem_index(
                 self.fault.clone(),
                 crypto(),
-                self.cfg,
+                self.cfg.clone(),
                 self.anchor_box(),
                 self.store.clone(),
             ),
@@ -163,7 +163,7 @@ impl Harness {
             Backend::MemIndex => MlsDisk::open_with_mem_index(
                 self.fault.clone(),
                 crypto(),
-                self.cfg,
+                self.cfg.clone(),
                 self.anchor_box(),
                 self.store.clone(),
             ),
