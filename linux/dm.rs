@@ -108,8 +108,9 @@ pub(crate) trait Target: Sized + Send + Sync {
 /// constructor has returned).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CtrError {
-    /// The message for `ti->error`; by convention it starts with the target
-    /// name.
+    /// The message for `ti->error`. device-mapper logs it as
+    /// `device-mapper: table: <dev>: <target name>: <msg> (<errno>)`, so it
+    /// does not repeat the target name.
     pub(crate) msg: &'static CStr,
     /// The error to return.
     pub(crate) err: Error,
@@ -440,7 +441,9 @@ pub(crate) struct Devices<'a> {
 impl Devices<'_> {
     /// Reports `dev`, used from sector `start` for `len` sectors.
     pub(crate) fn call(&mut self, dev: &DmDev, start: u64, len: u64) -> i32 {
-        let Some(callout) = self.callout else { return 0 };
+        let Some(callout) = self.callout else {
+            return 0;
+        };
         // SAFETY: device-mapper passed `callout`, `ti` and `data` together
         // for this call; `dev` is a device held by this target.
         unsafe { callout(self.ti, dev.dev.as_ptr(), start, len, self.data) }
@@ -491,7 +494,10 @@ impl<T: Target> Registration<T> {
             return Err(Error::from_errno(ret));
         }
         // INVARIANT: registered just now.
-        Ok(Self { tt, _t: PhantomData })
+        Ok(Self {
+            tt,
+            _t: PhantomData,
+        })
     }
 }
 
@@ -526,7 +532,10 @@ unsafe extern "C" fn ctr_callback<T: Target>(
     // INVARIANT: the words are valid, writable and ours for this call.
     let mut args = Args { argv };
     // INVARIANT: `ti` is valid and exclusively ours for this call.
-    let mut ctr = Ctr { ti: nn_ti, _ti: PhantomData };
+    let mut ctr = Ctr {
+        ti: nn_ti,
+        _ti: PhantomData,
+    };
     let result = T::new(&mut ctr, &args);
     for &i in T::SECRET_ARGS {
         args.wipe(i);
@@ -623,6 +632,11 @@ unsafe extern "C" fn iterate_devices_callback<T: Target>(
 ) -> c_int {
     // SAFETY: live target (callback contract).
     let target = unsafe { target_of::<T>(ti) };
-    let mut devices = Devices { ti, callout, data, _p: PhantomData };
+    let mut devices = Devices {
+        ti,
+        callout,
+        data,
+        _p: PhantomData,
+    };
     target.iterate_devices(&mut devices)
 }

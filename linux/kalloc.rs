@@ -69,7 +69,13 @@ unsafe impl GlobalAlloc for KernelAllocator {
         // this allocator allocated with `layout`; on failure `KVmalloc`
         // leaves it untouched, as required.
         match unsafe {
-            KVmalloc::realloc(NonNull::new(ptr), new_layout, layout, gfp(), NumaNode::NO_NODE)
+            KVmalloc::realloc(
+                NonNull::new(ptr),
+                new_layout,
+                layout,
+                gfp(),
+                NumaNode::NO_NODE,
+            )
         } {
             Ok(block) => block.as_ptr().cast(),
             Err(_) => ptr::null_mut(),

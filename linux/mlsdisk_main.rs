@@ -54,14 +54,19 @@ impl kernel::Module for MlsDiskModule {
             );
             return Err(EINVAL);
         }
-        pr_info!("core selftest ok checksum={:016x} (matches userspace)\n", checksum);
+        pr_info!(
+            "core selftest ok checksum={:016x} (matches userspace)\n",
+            checksum
+        );
         target::set_selftest_checksum(checksum);
 
         let registration = dm::Registration::new(module).inspect_err(|e| {
             pr_err!("cannot register the dm target: error {}\n", e.to_errno());
         })?;
         pr_info!("dm target registered (pass-through stage, data is NOT encrypted)\n");
-        Ok(Self { _target: registration })
+        Ok(Self {
+            _target: registration,
+        })
     }
 }
 

@@ -12,8 +12,9 @@
 //! at the same offset: no encryption yet. `dmsetup status` says so
 //! (`passthrough ...`), so nobody mistakes this stage for a secure disk.
 //!
-//! Every constructor failure logs a `mlsdisk: <cause>` line and sets
-//! `ti->error`; whatever was acquired (the backing device, the key) is
+//! Every constructor failure logs a detailed `mlsdisk: <cause>` line and
+//! sets `ti->error` to a fixed summary (device-mapper logs it after the
+//! target name); whatever was acquired (the backing device, the key) is
 //! released before the constructor returns. No message ever contains the
 //! key, and `dmsetup table` shows `-` in its place.
 
@@ -101,14 +102,14 @@ impl dm::Target for MlsDisk {
     fn new(ti: &mut Ctr<'_>, args: &Args<'_>) -> Result<KBox<Self>, CtrError> {
         let mut words = KVec::with_capacity(args.len(), GFP_KERNEL).map_err(|_| {
             pr_err!("out of memory parsing the table line\n");
-            Self::fail(c"mlsdisk: out of memory", ENOMEM)
+            Self::fail(c"out of memory", ENOMEM)
         })?;
         for i in 0..args.len() {
             let word = args.get(i).map_or(&[][..], CStr::to_bytes);
             // Capacity was reserved above.
             words
                 .push(word, GFP_KERNEL)
-                .map_err(|_| Self::fail(c"mlsdisk: out of memory", ENOMEM))?;
+                .map_err(|_| Self::fail(c"out of memory", ENOMEM))?;
         }
 
         let line = table::parse(&words).map_err(|e| {
@@ -124,7 +125,7 @@ impl dm::Target for MlsDisk {
                 format_args!("{}", Escaped(line.device)),
                 err.to_errno()
             );
-            Self::fail(c"mlsdisk: cannot open backing device", err)
+            Self::fail(c"cannot open backing device", err)
         })?;
 
         let max = backing.nr_sectors();
@@ -137,7 +138,7 @@ impl dm::Target for MlsDisk {
             );
             // `backing` is dropped here: the device is closed again.
             return Err(Self::fail(
-                c"mlsdisk: target length exceeds the backing device size",
+                c"target length exceeds the backing device size",
                 EINVAL,
             ));
         }
@@ -160,7 +161,7 @@ impl dm::Target for MlsDisk {
         )
         .map_err(|_| {
             pr_err!("out of memory allocating the target\n");
-            Self::fail(c"mlsdisk: out of memory", ENOMEM)
+            Self::fail(c"out of memory", ENOMEM)
         })?;
         pr_info!(
             "pass-through target on {} ({} of {} sectors, {}-bit key): NOT encrypted at this stage\n",

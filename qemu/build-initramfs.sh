@@ -55,7 +55,7 @@ for b in "${BINARIES[@]}"; do
 		[[ -e "$root$lib" ]] && continue
 		mkdir -p "$root$(dirname "$lib")"
 		cp -L "$lib" "$root$lib"
-	done < <(ldd "$b" | awk '/=> \//{print $3} /^\s*\/[^ ]+ \(/{print $1}')
+	done < <(ldd "$b" | awk '/=> \//{print $3} /^[[:space:]]*\/[^ ]+ \(/{print $1}')
 done
 ln -s mke2fs "$root/sbin/mkfs.ext4"
 ln -s e2fsck "$root/sbin/fsck.ext4"
@@ -74,7 +74,7 @@ printf 'root:x:0:\n' >"$root/etc/group"
 for b in "${BINARIES[@]}"; do
 	while read -r lib; do
 		[[ -e "$root$lib" ]] || die "library $lib of $b missing from the image"
-	done < <(ldd "$b" | awk '/=> \//{print $3} /^\s*\/[^ ]+ \(/{print $1}')
+	done < <(ldd "$b" | awk '/=> \//{print $3} /^[[:space:]]*\/[^ ]+ \(/{print $1}')
 done
 
 (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$out.tmp"

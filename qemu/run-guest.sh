@@ -134,7 +134,19 @@ elapsed=$((SECONDS - t0))
 
 tr -d '\r' <"$log" >"$run_dir/console.txt"
 txt="$run_dir/console.txt"
+if [[ "$mode" == demo ]]; then
+	echo
+	sed -n '/=== demo table begin/,/=== demo table end/p' "$txt" | sed '1d;$d; s/^  | //'
+	echo
+fi
 echo "[guest] ---- results ($accel_name, ${elapsed}s wall) ----"
+if ((qrc != 0)) && [[ -s "$run_dir/qemu.out" ]]; then
+	echo "[guest] QEMU said:"
+	tail -n 5 "$run_dir/qemu.out" | sed 's/^/[guest]   /'
+	if [[ "$accel_name" == KVM ]]; then
+		echo "[guest] hint: on nested hosts whose /dev/kvm lacks VMX/SVM, KVM cannot run this guest; use TCG (no --kvm, MLSDISK_ACCEL=tcg)"
+	fi
+fi
 if ! "$here/judge-log.sh" "$txt" "$qrc" "$timeout_s"; then
 	echo "[guest] full log: $txt; QEMU output: $run_dir/qemu.out"
 	exit 1

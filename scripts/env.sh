@@ -20,6 +20,13 @@ LIBCLANG_PATH="/usr/lib/llvm-$MLSDISK_LLVM_MAJOR/lib"
 LLVM="-$MLSDISK_LLVM_MAJOR"
 MLSDISK_BINDGEN_ROOT="$MLSDISK_CACHE/bindgen-$MLSDISK_BINDGEN_VERSION"
 
+# The kernel's Rust side must be built by exactly the rustc that matches
+# rust-src: pin rustup's toolchain for everything that sources this file.
+if command -v rustup >/dev/null 2>&1; then
+	RUSTUP_TOOLCHAIN="${RUSTUP_TOOLCHAIN:-$MLSDISK_RUSTC_VERSION}"
+	export RUSTUP_TOOLCHAIN
+fi
+
 # Cache key of the kernel build: fragment contents + kernel + rustc + bindgen + llvm.
 MLSDISK_RUSTC_ID="$(rustc --version 2>/dev/null || echo no-rustc)"
 MLSDISK_KERNEL_KEY="$( {

@@ -61,10 +61,15 @@ step_host_packages() {
 # --- 2. rustc (rustup) ---------------------------------------------------------
 step_rustc() {
 	local have
+	if command -v rustup >/dev/null 2>&1 && ! rustup run "$MLSDISK_RUSTC_VERSION" rustc --version >/dev/null 2>&1; then
+		log "rustc: rustup toolchain install $MLSDISK_RUSTC_VERSION"
+		rustup toolchain install "$MLSDISK_RUSTC_VERSION" --profile minimal --component clippy,rustfmt ||
+			fail "rustc" "rust $MLSDISK_RUSTC_VERSION (rustup)" "check network access; run: rustup toolchain install $MLSDISK_RUSTC_VERSION"
+	fi
 	have="$(rustc --version 2>/dev/null | awk '{print $2}')" || true
 	if [[ "$have" != "$MLSDISK_RUSTC_VERSION" ]]; then
 		fail "rustc" "rustc $MLSDISK_RUSTC_VERSION" \
-			"install rustup (https://rustup.rs) and run: rustup default $MLSDISK_RUSTC_VERSION && rustup component add rustfmt clippy (found: '${have:-none}')"
+			"install rustup (https://rustup.rs), then run: rustup toolchain install $MLSDISK_RUSTC_VERSION --component clippy,rustfmt (found: '${have:-none}')"
 	fi
 	cargo clippy --version >/dev/null 2>&1 ||
 		fail "rustc" "clippy" "rustup component add clippy"
@@ -90,6 +95,8 @@ deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri $MLSDISK_BAC
 SRC
 	local apt=(-o "Dir::Etc::sourcelist=$apt_dir/sources" -o Dir::Etc::sourceparts=/dev/null
 		-o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o APT::Get::List-Cleanup=0)
+	# The private folders belong to the caller; as root, do not hand them to _apt.
+	if [[ $(id -u) -eq 0 ]]; then apt+=(-o APT::Sandbox::User=root); fi
 	mkdir -p "$apt_dir/cache/archives/partial"
 	log "backports: apt-get update ($MLSDISK_BACKPORTS_SUITE from $uri, private lists in $apt_dir)"
 	apt-get "${apt[@]}" update -q ||

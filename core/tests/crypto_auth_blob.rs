@@ -332,3 +332,28 @@ proptest! {
         prop_assert_eq!(open(&mem).unwrap().1, model);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(if long() { 512 } else { 64 }))]
+
+    /// Random edits to the slots never make open panic, and it returns either
+    /// one of the payloads written or an error of a documented kind.
+    #[test]
+    fn prop_garbage_never_panics(
+        edits in prop::collection::vec((0u64..2, 0usize..BLOCK_SIZE, any::<u8>()), 1..8),
+    ) {
+        let (mem, adv) = disk();
+        let mut b = AuthBlob::create(mem.clone(), POS, crypto(), ROOT, b"first").unwrap();
+        b.write(b"second").unwrap();
+        for (slot, off, byte) in edits {
+            adv.modify(POS + slot, &mut |blk| blk[off] = byte).unwrap();
+        }
+        match open(&mem) {
+            Ok((_, p)) => prop_assert!(p == b"first" || p == b"second"),
+            Err(e) => prop_assert!(matches!(
+                e.kind(),
+                ErrorKind::Integrity | ErrorKind::WrongKey | ErrorKind::Corrupted
+            )),
+        }
+    }
+}

@@ -85,6 +85,8 @@ pub const FLAG_COMMIT_END: u8 = 0x01;
 pub const HEADER_LEN: usize = 48;
 /// Record bytes one block carries.
 pub const PAYLOAD_CAP: usize = BLOCK_SIZE - HEADER_LEN;
+/// Blocks `open` reads with one I/O.
+const READ_AHEAD: usize = 16;
 /// Length of a record's frame header (its length as `u32`).
 pub const RECORD_HEADER_LEN: usize = 4;
 
@@ -247,13 +249,28 @@ impl<D: BlockSet> MacChain<D> {
         );
         let mut records = Vec::new();
         let mut stream = Vec::new();
-        let mut block = Vec::new();
-        block.try_reserve_exact(BLOCK_SIZE)?;
-        block.resize(BLOCK_SIZE, 0);
+        // Blocks are read ahead in batches of up to READ_AHEAD (one I/O
+        // each, never across the end of the ring or past `nblocks` blocks
+        // from the start).
+        let mut batch = Vec::new();
+        batch.try_reserve_exact(READ_AHEAD * BLOCK_SIZE)?;
+        batch.resize(READ_AHEAD * BLOCK_SIZE, 0);
+        let (mut have, mut used) = (0usize, 0usize);
         let mut cur = start;
         while cur.seq - start.seq < nblocks {
-            chain.region.read(cur.seq % nblocks, &mut block)?;
-            let Some(v) = chain.verify(&mut block, &cur) else {
+            if used == have {
+                let idx = cur.seq % nblocks;
+                let left = (nblocks - (cur.seq - start.seq)).min(nblocks - idx);
+                have = usize::try_from(left).map_or(READ_AHEAD, |l| l.min(READ_AHEAD));
+                used = 0;
+                let bytes = batch.get_mut(..have * BLOCK_SIZE).ok_or(corrupted())?;
+                chain.region.read(idx, bytes)?;
+            }
+            let block = batch
+                .get_mut(used * BLOCK_SIZE..(used + 1) * BLOCK_SIZE)
+                .ok_or(corrupted())?;
+            used += 1;
+            let Some(v) = chain.verify(block, &cur) else {
                 break;
             };
             let payload = block
