@@ -141,7 +141,7 @@ fn crash_points_with_cleaning_and_forced_syncs_mem_index() {
     let base = h.crash.op_count();
     run(&mut h, &steps);
     let total = h.crash.op_count();
-    let step = if long() { 1 } else { 11 };
+    let step = if long() { 1 } else { 2 };
     let mut cases = 0;
     for n in (0..=(total - base)).step_by(step) {
         cases += 1;

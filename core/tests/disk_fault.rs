@@ -60,7 +60,7 @@ fn fault_case(backend: Backend, kind: IoKind, nth: u64) {
 
 #[test]
 fn read_write_and_flush_faults_surface_and_recover() {
-    let n = if long() { 40 } else { 4 };
+    let n = if long() { 60 } else { 16 };
     for nth in 0..n {
         for kind in [IoKind::Read, IoKind::Write, IoKind::Flush] {
             fault_case(Backend::MemIndex, kind, nth);

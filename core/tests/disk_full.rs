@@ -45,7 +45,7 @@ fn endless_overwrites_of_a_full_disk_keep_working() {
     h.disk().write(0, &blocks(0, cap, tag)).unwrap();
     model.iter_mut().for_each(|t| *t = tag);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let rounds = if long() { 100 } else { 8 };
+    let rounds = if long() { 200 } else { 30 };
     for r in 0..rounds {
         for _ in 0..cap {
             tag += 1;

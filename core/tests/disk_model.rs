@@ -163,10 +163,10 @@ fn fail(e: mlsdisk_core::Error, what: &str) -> TestCaseError {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(16), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(128), ..ProptestConfig::default() })]
 
     #[test]
-    fn model_mem_index(ops in proptest::collection::vec(op(small_cap()), 1..200)) {
+    fn model_mem_index(ops in proptest::collection::vec(op(small_cap()), 1..300)) {
         run(ops, Backend::MemIndex)?;
     }
 }

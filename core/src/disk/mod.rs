@@ -75,7 +75,7 @@ pub use record::BlockRecord;
 use crate::bio::{BlockSet, BLOCK_SIZE};
 use crate::platform::{AeadKey, Iv};
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
-use segment::{Segments, NO_LBA};
+use segment::{Head, Segments, NO_LBA};
 use state::UserState;
 use wbuf::WriteBuffer;
 
@@ -639,7 +639,7 @@ impl<D: BlockSet> MlsDisk<D> {
             self.ensure_space(portion)?;
             let end = done + portion;
             while done < end {
-                let (hba, run) = self.segs.alloc_run(end - done)?;
+                let (hba, run) = self.segs.alloc_run(Head::User, end - done)?;
                 self.seal_and_write(done as usize, run as usize, hba)?;
                 done += run;
             }
@@ -716,19 +716,20 @@ impl<D: BlockSet> MlsDisk<D> {
         let seg = u64::from(self.geo.seg_blocks);
         let batch = self.clean_batch_blocks();
         loop {
-            if self.segs.free_blocks() >= need + seg + batch {
+            let user = |s: &Segments| s.free_for(Head::User);
+            if user(&self.segs) >= need + seg + batch {
                 return Ok(());
             }
             let goal = need + seg + 2 * batch;
-            while self.segs.free_blocks() + self.segs.pending_blocks() < goal {
+            while user(&self.segs) + self.segs.pending_blocks() < goal {
                 match self.segs.pick_victim() {
-                    Some((v, valid)) if u64::from(valid) <= self.segs.free_blocks() => {
+                    Some((v, valid)) if u64::from(valid) <= self.segs.free_for(Head::Cleaner) => {
                         self.clean(v)?
                     }
                     _ => break,
                 }
             }
-            let enough_now = self.segs.free_blocks() >= need + seg;
+            let enough_now = user(&self.segs) >= need + seg;
             if self.segs.pending_blocks() == 0 {
                 if enough_now {
                     return Ok(());
@@ -762,7 +763,7 @@ impl<D: BlockSet> MlsDisk<D> {
         let mut rest = live.as_slice();
         let mut out: Vec<u8> = Vec::new();
         while !rest.is_empty() {
-            let (hba, run) = self.segs.alloc_run(rest.len() as u64)?;
+            let (hba, run) = self.segs.alloc_run(Head::Cleaner, rest.len() as u64)?;
             let (now, later) = rest.split_at(run as usize);
             rest = later;
             out.clear();

@@ -34,7 +34,17 @@ pub(crate) struct Segments {
     state: Vec<SegState>,
     free: Vec<u32>,
     npending: u32,
-    active: Option<(u32, u32)>,
+    /// The open segment and next offset of each head (user writes, cleaner
+    /// moves): two heads keep the cleaner's moves from splitting the long
+    /// runs of user writes (and separate cold moved data from hot data).
+    active: [Option<(u32, u32)>; 2],
+}
+
+/// Which head of the data log a run goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Head {
+    User = 0,
+    Cleaner = 1,
 }
 
 fn internal(msg: &'static str) -> Error {
@@ -67,7 +77,7 @@ impl Segments {
             state,
             free,
             npending: 0,
-            active: None,
+            active: [None, None],
         })
     }
 
@@ -138,7 +148,7 @@ impl Segments {
     pub(crate) fn settle_after_open(&mut self) {
         self.free.clear();
         self.npending = 0;
-        self.active = None;
+        self.active = [None, None];
         for (i, (st, v)) in self
             .state
             .iter_mut()
@@ -155,12 +165,26 @@ impl Segments {
         }
     }
 
-    /// Blocks that may be written now without cleaning.
-    pub(crate) fn free_blocks(&self) -> u64 {
-        let act = self
+    /// Blocks `head` may write now without cleaning.
+    pub(crate) fn free_for(&self, head: Head) -> u64 {
+        let rem = self
             .active
+            .get(head as usize)
+            .copied()
+            .flatten()
             .map(|(_, off)| u64::from(self.seg_blocks - off))
             .unwrap_or(0);
+        self.free.len() as u64 * u64::from(self.seg_blocks) + rem
+    }
+
+    /// Blocks that may be written now without cleaning (both heads).
+    pub(crate) fn free_blocks(&self) -> u64 {
+        let act: u64 = self
+            .active
+            .iter()
+            .flatten()
+            .map(|(_, off)| u64::from(self.seg_blocks - off))
+            .sum();
         self.free.len() as u64 * u64::from(self.seg_blocks) + act
     }
 
@@ -169,25 +193,28 @@ impl Segments {
         u64::from(self.npending) * u64::from(self.seg_blocks)
     }
 
-    /// The next run of contiguous free blocks of the data log, at most `max`
+    /// The next run of contiguous free blocks of `head`, at most `max`
     /// long: `(first hba, length)`. Opens a new segment when needed.
-    pub(crate) fn alloc_run(&mut self, max: u64) -> Result<(u64, u64)> {
-        let (seg, off) = match self.active {
+    pub(crate) fn alloc_run(&mut self, head: Head, max: u64) -> Result<(u64, u64)> {
+        let slot = self.active.get_mut(head as usize).ok_or(internal("head"))?;
+        let (seg, off) = match *slot {
             Some((s, o)) if o < self.seg_blocks => (s, o),
             _ => {
-                if let Some((s, _)) = self.active.take() {
-                    self.seal(s)?;
-                }
                 let s = self.free.pop().ok_or(Error::new(
                     ErrorKind::NoSpace,
                     "data log has no free segment",
                 ))?;
+                if let Some((o, _)) = slot.take() {
+                    self.seal(o)?;
+                }
                 *self.state.get_mut(s as usize).ok_or(internal("segment"))? = SegState::Active;
                 (s, 0)
             }
         };
         let n = max.min(u64::from(self.seg_blocks - off));
-        self.active = Some((seg, off + n as u32));
+        if let Some(slot) = self.active.get_mut(head as usize) {
+            *slot = Some((seg, off + n as u32));
+        }
         Ok((
             u64::from(seg) * u64::from(self.seg_blocks) + u64::from(off),
             n,
@@ -258,15 +285,15 @@ mod tests {
     fn alloc_invalidate_pending_release() {
         let mut s = Segments::new(4, 4).unwrap();
         assert_eq!(s.free_blocks(), 16);
-        let (h, n) = s.alloc_run(3).unwrap();
+        let (h, n) = s.alloc_run(Head::User, 3).unwrap();
         assert_eq!((h, n), (0, 3));
         for i in 0..3 {
             s.set_valid(i, i as u32).unwrap();
         }
-        let (h, n) = s.alloc_run(3).unwrap();
+        let (h, n) = s.alloc_run(Head::User, 3).unwrap();
         assert_eq!((h, n), (3, 1));
         s.set_valid(3, 9).unwrap();
-        let (h, _) = s.alloc_run(1).unwrap();
+        let (h, _) = s.alloc_run(Head::User, 1).unwrap();
         assert_eq!(h, 4);
         assert!(s.set_valid(0, 5).is_err());
         // Segment 0 is sealed now; emptying it makes it pending, not free.
@@ -284,10 +311,10 @@ mod tests {
     fn victim_is_least_valid_sealed() {
         let mut s = Segments::new(4, 4).unwrap();
         for i in 0..12u64 {
-            let (h, _) = s.alloc_run(1).unwrap();
+            let (h, _) = s.alloc_run(Head::User, 1).unwrap();
             s.set_valid(h, i as u32).unwrap();
         }
-        s.alloc_run(1).unwrap(); // seals segment 2
+        s.alloc_run(Head::User, 1).unwrap(); // seals segment 2
         s.invalidate(5).unwrap();
         s.invalidate(6).unwrap();
         s.invalidate(0).unwrap();
