@@ -73,34 +73,42 @@ impl<D: BlockSet> CryptDisk<D> {
         Ok(n)
     }
 
-    /// Encrypts and writes blocks in place.
+    /// Encrypts and writes blocks in place: one device write for the whole
+    /// request, the (cached, up-to-date) metadata blocks it spans included.
     pub fn write(&mut self, lba: u64, buf: &[u8]) -> Result<()> {
         let n = self.check(lba, buf.len())?;
-        let mut data = buf.to_vec();
-        let mut i = 0u64;
-        while i < n {
-            // One device write per run that stays inside a group.
-            let l0 = lba + i;
-            let run = (PER_GROUP - l0 % PER_GROUP).min(n - i);
-            let mut ivs = vec![0u8; run as usize * 12];
-            self.crypto.fill_random(&mut ivs)?;
-            for k in 0..run {
-                let l = l0 + k;
-                let blk = &mut data[((i + k) as usize) * BLOCK_SIZE..][..BLOCK_SIZE];
-                let mut iv: Iv = [0; 12];
-                iv.copy_from_slice(&ivs[k as usize * 12..][..12]);
-                let mac = self
-                    .crypto
-                    .aead_seal(&self.key, &iv, &l.to_le_bytes(), blk)?;
-                let e = self.entry(l);
-                e[..12].copy_from_slice(&iv);
-                e[12..].copy_from_slice(&mac);
-            }
-            let span = &data[(i as usize) * BLOCK_SIZE..((i + run) as usize) * BLOCK_SIZE];
-            self.dev.write(Self::dev_block(l0), span)?;
-            i += run;
+        let mut ivs = vec![0u8; n as usize * 12];
+        self.crypto.fill_random(&mut ivs)?;
+        let first = Self::dev_block(lba);
+        let last = Self::dev_block(lba + n - 1);
+        let mut out = vec![0u8; ((last - first + 1) as usize) * BLOCK_SIZE];
+        for k in 0..n {
+            let l = lba + k;
+            let off = ((Self::dev_block(l) - first) as usize) * BLOCK_SIZE;
+            let blk = &mut out[off..off + BLOCK_SIZE];
+            blk.copy_from_slice(&buf[k as usize * BLOCK_SIZE..][..BLOCK_SIZE]);
+            let mut iv: Iv = [0; 12];
+            iv.copy_from_slice(&ivs[k as usize * 12..][..12]);
+            let mac = self
+                .crypto
+                .aead_seal(&self.key, &iv, &l.to_le_bytes(), blk)?;
+            let e = self.entry(l);
+            e[..12].copy_from_slice(&iv);
+            e[12..].copy_from_slice(&mac);
         }
-        Ok(())
+        // Metadata blocks inside the span go out with the data.
+        let mut d = first;
+        while d <= last {
+            if d % GROUP == 0 {
+                let g = (d / GROUP) as usize;
+                let off = ((d - first) as usize) * BLOCK_SIZE;
+                out[off..off + BLOCK_SIZE]
+                    .copy_from_slice(&self.meta[g * BLOCK_SIZE..][..BLOCK_SIZE]);
+                self.dirty[g] = false;
+            }
+            d += 1;
+        }
+        self.dev.write(first, &out)
     }
 
     /// Reads and decrypts blocks; never-written blocks read as zeros.

@@ -3,14 +3,17 @@
 //!
 //! Every request costs `per_io_ns + bytes * per_byte_ps / 1000`; a virtual
 //! clock accumulates the cost and the caller sleeps whenever it runs ahead
-//! of real time by more than a millisecond, so sleep granularity does not
-//! distort small requests.
+//! of real time by more than a millisecond; it may also lag real time by a
+//! few milliseconds, so the oversleep of one request is made up by the
+//! next ones and sleep granularity does not distort the model.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mlsdisk_core::bio::BlockSet;
 use mlsdisk_core::Result;
+
+const CREDIT: Duration = Duration::from_millis(3);
 
 /// `D` slowed down by the device model.
 pub struct Throttle<D> {
@@ -44,9 +47,13 @@ impl<D: BlockSet> Throttle<D> {
         let sleep = {
             let mut g = self.clock.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
+            // The virtual clock may lag real time by up to CREDIT, so the
+            // oversleep of one request is paid back by the next ones
+            // instead of being lost (timer slack in a VM is large).
+            let floor = now.checked_sub(CREDIT).unwrap_or(now);
             let start = match *g {
-                Some(t) if t > now => t,
-                _ => now,
+                Some(t) if t > floor => t,
+                _ => floor,
             };
             let due = start + Duration::from_nanos(cost);
             *g = Some(due);

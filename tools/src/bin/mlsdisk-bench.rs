@@ -12,9 +12,11 @@
 //!   --file PATH      image file (default $TMPDIR/mlsdisk-bench.img)
 //!   --targets LIST   comma list of raw,crypt,mls (default all)
 //!   --index KIND     MlsDisk index: lsm (default) or mem
-//!   --no-refill      read phases run on the layout the random writes left
-//!                    (default: rewrite the set sequentially first, untimed,
-//!                    as when each fio job runs on a freshly filled disk)
+//!   --steady         run all phases back to back on one disk, so random
+//!                    writes overwrite a full disk and the cleaner runs
+//!                    (default: each random-write phase starts on a fresh
+//!                    disk filled sequentially, untimed, and the reads on a
+//!                    sequential refill, as when each fio job runs alone)
 //! ```
 
 use std::path::PathBuf;
@@ -39,7 +41,7 @@ struct Opts {
     file: PathBuf,
     targets: Vec<String>,
     index: String,
-    refill: bool,
+    steady: bool,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -53,7 +55,7 @@ fn parse() -> Result<Opts, String> {
         file: default_image(),
         targets: vec!["raw".into(), "crypt".into(), "mls".into()],
         index: "lsm".into(),
-        refill: true,
+        steady: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -70,7 +72,7 @@ fn parse() -> Result<Opts, String> {
             "--file" => o.file = PathBuf::from(val()?),
             "--targets" => o.targets = val()?.split(',').map(String::from).collect(),
             "--index" => o.index = val()?,
-            "--no-refill" => o.refill = false,
+            "--steady" => o.steady = true,
             "-h" | "--help" => {
                 println!(
                     "{}",
@@ -169,7 +171,7 @@ fn main() {
     let ws = o.size_mib * 256;
     let rnd = (o.rnd_mib * 256).max(64);
     println!(
-        "# mlsdisk-bench: working set {} MiB, {} MiB per random phase, {} reps, {}, device model: {}, reads {}",
+        "# mlsdisk-bench: working set {} MiB, {} MiB per random phase, {} reps, {}, device model: {}, mode {}",
         o.size_mib,
         o.rnd_mib,
         o.reps,
@@ -179,10 +181,10 @@ fn main() {
         } else {
             format!("{} IOPS, {} MiB/s", o.iops, o.bw_mib)
         },
-        if o.refill {
-            "after a sequential refill"
+        if o.steady {
+            "steady state: all phases on one disk, cleaner active"
         } else {
-            "after the random writes"
+            "fresh: each random-write phase on a freshly filled disk, reads after a sequential refill"
         }
     );
     // results[target][phase] = per-rep results
@@ -199,9 +201,19 @@ fn main() {
             };
             let mut rng = Rng::new(0x1234_5678 + rep as u64);
             for (pi, (name, phase)) in PHASES.iter().enumerate() {
-                if o.refill && matches!(phase, Phase::SeqRead) {
+                if !o.steady && matches!(phase, Phase::RndWrite(_)) {
+                    drop(target);
+                    target = match make(&o, t, ws, &crypto) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            eprintln!("{t}: create failed: {e:?}");
+                            std::process::exit(1)
+                        }
+                    };
+                }
+                if !o.steady && matches!(phase, Phase::RndWrite(_) | Phase::SeqRead) {
                     if let Err(e) = run_phase(&mut *target, Phase::SeqWrite, ws, rnd, &mut rng) {
-                        eprintln!("{t} refill: {e:?}");
+                        eprintln!("{t} fill: {e:?}");
                         std::process::exit(1)
                     }
                 }
