@@ -30,11 +30,11 @@ fn fault_case(backend: Backend, kind: IoKind, nth: u64) {
     // A workload that reads, writes and syncs until the fault hits.
     let mut err = None;
     let mut b = vec![0u8; BLOCK_SIZE];
-    'outer: for round in 0..4u64 {
+    'outer: for round in 0..200u64 {
         for l in 0..cap {
             let r = h
                 .disk()
-                .write(l, &blocks(l, 1, 2 + round))
+                .write(l, &blocks(l, 1, 2 + round % 4))
                 .and_then(|()| h.disk().read((l * 7) % cap, &mut b));
             if let Err(e) = r {
                 err = Some(e);
