@@ -15,7 +15,9 @@
 //! | [`Args`]        | the ctr's `argc`/`argv`             | device-mapper             |
 //! | [`DmDev`]       | `struct dm_dev` from `dm_get_device`| the target instance       |
 //! | [`Bio`]         | `struct bio` passed to `map`        | device-mapper (borrowed)  |
-//! | [`StatusWriter`]| the `status` result buffer          | device-mapper (borrowed)  |
+//! | [`StatusWriter`]| the `status`/`message` result buffer| device-mapper (borrowed)  |
+//! | [`DeferredBio`] | a `struct bio` taken over by `map`  | the target until it ends it |
+//! | [`Limits`]      | `struct queue_limits` in `io_hints` | device-mapper (borrowed)  |
 //!
 //! Life cycle of a target instance: device-mapper calls `ctr` with a
 //! `dm_target`; [`Target::new`] validates the arguments, opens devices
@@ -24,6 +26,15 @@
 //! drops it, which closes its devices ([`DmDev`]'s `Drop`). On a failed
 //! `ctr` the instance never exists: everything [`Target::new`] acquired is
 //! dropped before it returns, and the trampoline sets `ti->error`.
+//!
+//! Deferred I/O: a target with [`Target::WORKER`] gets its own bio queue,
+//! served by one work item on its own `WQ_MEM_RECLAIM` workqueue
+//! (`kplatform.c`). When `map` returns [`MapResult::Deferred`] the bio is
+//! queued and device-mapper is told `DM_MAPIO_SUBMITTED`; the worker then
+//! calls [`Target::process`] with a [`DeferredBio`], in process context and
+//! in submission order, and the target ends it exactly once (dropping it
+//! unended ends it with an I/O error). The queue is drained and freed in
+//! `dtr` before the target is dropped.
 //!
 //! The argument words listed in [`Target::SECRET_ARGS`] are overwritten
 //! after the constructor returns, whether it succeeded or not, so a key does
@@ -56,7 +67,7 @@ use kernel::{error::Error, prelude::*, types::Opaque, ThisModule};
     unsafe_op_in_unsafe_fn,
     unused_imports
 )]
-mod bindings {
+pub(crate) mod bindings {
     use kernel::bindings::*;
     use kernel::ffi;
     include!("mlsdisk_bindings_generated.rs");
@@ -101,6 +112,65 @@ pub(crate) trait Target: Sized + Send + Sync {
     /// Calls `devices` for each underlying device, so that device-mapper can
     /// combine their queue limits.
     fn iterate_devices(&self, devices: &mut Devices<'_>) -> i32;
+
+    /// Whether the target defers bios to a worker ([`MapResult::Deferred`]);
+    /// the instance then gets a bio queue.
+    const WORKER: bool = false;
+
+    /// Serves one deferred bio, in process context (may sleep and
+    /// allocate); must end it. Called in submission order, one at a time.
+    fn process(&self, bio: DeferredBio) {
+        bio.end(Err(BlkError::IoErr));
+    }
+
+    /// After device-mapper has stopped and drained I/O for a suspend (and
+    /// before a table swap or removal). Process context.
+    fn postsuspend(&self) {}
+
+    /// A `dmsetup message`. Returns whether it wrote output to `out`.
+    ///
+    /// # Errors
+    ///
+    /// The errno for device-mapper (`EINVAL` for an unknown message).
+    fn message(&self, _args: &Args<'_>, _out: &mut StatusWriter<'_>) -> Result<bool> {
+        Err(EINVAL)
+    }
+
+    /// Adjusts the queue limits of the mapped device.
+    fn io_hints(&self, _limits: &mut Limits<'_>) {}
+}
+
+/// Why a deferred bio failed: its `blk_status_t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlkError {
+    /// `BLK_STS_IOERR`.
+    IoErr,
+    /// `BLK_STS_NOSPC`.
+    NoSpc,
+    /// `BLK_STS_RESOURCE` (out of memory).
+    Resource,
+    /// `BLK_STS_NOTSUPP`.
+    NotSupp,
+}
+
+impl BlkError {
+    fn status(self) -> kernel::bindings::blk_status_t {
+        // SAFETY: the helpers only return constants.
+        unsafe {
+            match self {
+                Self::IoErr => bindings::mlsdisk_blk_sts_ioerr(),
+                Self::NoSpc => bindings::mlsdisk_blk_sts_nospc(),
+                Self::Resource => bindings::mlsdisk_blk_sts_resource(),
+                Self::NotSupp => bindings::mlsdisk_blk_sts_notsupp(),
+            }
+        }
+    }
+}
+
+/// Whether a per-bio message may be printed now (a shared rate limit).
+pub(crate) fn ratelimit() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { bindings::mlsdisk_ratelimit() }
 }
 
 /// A constructor failure: the errno to return and the message for
@@ -126,9 +196,9 @@ impl CtrError {
 /// What [`Target::map`] did with a bio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MapResult {
-    /// The bio was redirected (`bio_set_dev`, sector adjusted); device-mapper
-    /// submits it (`DM_MAPIO_REMAPPED`).
-    Remapped,
+    /// The bio goes to the target's worker ([`Target::process`]); only for
+    /// targets with [`Target::WORKER`] (others see it killed).
+    Deferred,
 }
 
 /// Which text `status` must write.
@@ -186,6 +256,22 @@ impl Ctr<'_> {
         self.raw_mut().num_discard_bios = n;
     }
 
+    /// Prepares a worker target: flushes and discards reach it whatever the
+    /// backing device supports, and bios are split at `max_io_len` sectors.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for a bad length.
+    pub(crate) fn setup_worker(&mut self, max_io_len: u64) -> Result {
+        // SAFETY: `ti` is valid and exclusively ours (type invariant).
+        let ret = unsafe { bindings::mlsdisk_ti_setup_worker(self.ti.as_ptr(), max_io_len) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(Error::from_errno(ret))
+        }
+    }
+
     /// Opens a device for this target with the table's mode
     /// (`dm_get_device`). The device is closed when the returned handle is
     /// dropped.
@@ -241,6 +327,12 @@ impl DmDev {
     pub(crate) fn nr_sectors(&self) -> u64 {
         // SAFETY: `bdev` of a held `dm_dev` is a valid, open block device.
         unsafe { bindings::mlsdisk_bdev_nr_sectors(self.raw().bdev) }
+    }
+
+    /// The open block device, for the I/O helpers (`kbio.rs`). It stays
+    /// valid while this handle is held.
+    pub(crate) fn bdev(&self) -> *mut kernel::bindings::block_device {
+        self.raw().bdev
     }
 
     /// The device's name in `major:minor` form, as `dmsetup table` shows it.
@@ -347,12 +439,6 @@ impl Bio {
         unsafe { bindings::mlsdisk_bio_sector(self.as_ptr()) }
     }
 
-    /// Sets the first sector.
-    pub(crate) fn set_sector(&mut self, sector: u64) {
-        // SAFETY: the bio is valid and ours to change during `map`.
-        unsafe { bindings::mlsdisk_bio_set_sector(self.as_ptr(), sector) }
-    }
-
     /// The size in 512-byte sectors (0 for an empty flush).
     pub(crate) fn sectors(&self) -> u32 {
         // SAFETY: the bio is valid (type invariant).
@@ -383,13 +469,6 @@ impl Bio {
     pub(crate) fn is_fua(&self) -> bool {
         // SAFETY: the bio is valid (type invariant).
         unsafe { bindings::mlsdisk_bio_fua(self.as_ptr()) }
-    }
-
-    /// Points the bio at `dev`.
-    pub(crate) fn set_dev(&mut self, dev: &DmDev) {
-        // SAFETY: the bio is valid and ours to change during `map`; `bdev`
-        // of a held `dm_dev` is a valid, open block device.
-        unsafe { bindings::mlsdisk_bio_set_dev(self.as_ptr(), dev.raw().bdev) }
     }
 }
 
@@ -427,6 +506,105 @@ impl fmt::Write for StatusWriter<'_> {
         } else {
             Ok(())
         }
+    }
+}
+
+/// A bio that `map` deferred to the worker: owned by the target until
+/// [`DeferredBio::end`] (or drop, which ends it with an I/O error).
+///
+/// # Invariants
+///
+/// `bio` is a valid bio that device-mapper handed to `map`, which returned
+/// `DM_MAPIO_SUBMITTED` for it, and that has not been ended.
+pub(crate) struct DeferredBio {
+    bio: NonNull<kernel::bindings::bio>,
+}
+
+// SAFETY: a submitted bio may be completed from any thread; the handle is
+// its only owner.
+unsafe impl Send for DeferredBio {}
+
+impl DeferredBio {
+    fn as_bio(&self) -> &Bio {
+        // SAFETY: valid and owned by us (type invariant); `Bio` only reads
+        // through a shared reference.
+        unsafe { Bio::from_raw(self.bio.as_ptr()) }
+    }
+
+    /// The first sector in the mapped device (`bi_iter.bi_sector`).
+    pub(crate) fn sector(&self) -> u64 {
+        self.as_bio().sector()
+    }
+
+    /// The size in 512-byte sectors.
+    pub(crate) fn sectors(&self) -> u32 {
+        self.as_bio().sectors()
+    }
+
+    /// The operation.
+    pub(crate) fn op(&self) -> BioOp {
+        self.as_bio().op()
+    }
+
+    /// `REQ_PREFLUSH`: flush before the data.
+    pub(crate) fn is_preflush(&self) -> bool {
+        self.as_bio().is_preflush()
+    }
+
+    /// `REQ_FUA`: durable on completion.
+    pub(crate) fn is_fua(&self) -> bool {
+        self.as_bio().is_fua()
+    }
+
+    /// Copies the bio's data into `buf` (for a write); returns the bytes
+    /// copied (less than `buf.len()` only if the bio is shorter).
+    pub(crate) fn copy_out(&self, buf: &mut [u8]) -> usize {
+        // SAFETY: the bio is valid (type invariant); `buf` is valid for
+        // `buf.len()` bytes of writes; the helper copies at most that.
+        unsafe {
+            bindings::mlsdisk_bio_copy(self.bio.as_ptr(), buf.as_mut_ptr(), buf.len(), false)
+        }
+    }
+
+    /// Copies `buf` into the bio's pages (for a read); returns the bytes
+    /// copied.
+    pub(crate) fn copy_in(&mut self, buf: &[u8]) -> usize {
+        // SAFETY: as in `copy_out`; the helper only reads `buf` here.
+        unsafe {
+            bindings::mlsdisk_bio_copy(self.bio.as_ptr(), buf.as_ptr().cast_mut(), buf.len(), true)
+        }
+    }
+
+    /// Ends the bio: success, or the given error status.
+    pub(crate) fn end(self, result: core::result::Result<(), BlkError>) {
+        let status = match result {
+            Ok(()) => 0,
+            Err(e) => e.status(),
+        };
+        let bio = self.bio;
+        core::mem::forget(self);
+        // SAFETY: the bio is valid and not yet ended (type invariant); the
+        // handle is gone, so it is ended exactly once.
+        unsafe { bindings::mlsdisk_bio_end(bio.as_ptr(), status) };
+    }
+}
+
+impl Drop for DeferredBio {
+    fn drop(&mut self) {
+        // SAFETY: not ended yet (`end` forgets the handle); ended once here.
+        unsafe { bindings::mlsdisk_bio_end(self.bio.as_ptr(), BlkError::IoErr.status()) };
+    }
+}
+
+/// The queue limits of the mapped device, during `io_hints`.
+pub(crate) struct Limits<'a>(&'a mut kernel::bindings::queue_limits);
+
+impl Limits<'_> {
+    /// 4 KiB logical and physical blocks, discards in 4 KiB granules of at
+    /// most `max_discard_sectors` sectors.
+    pub(crate) fn set_4k_blocks(&mut self, max_discard_sectors: u32) {
+        // SAFETY: a valid, exclusively borrowed `queue_limits`.
+        unsafe { bindings::mlsdisk_limits_4k(self.0, max_discard_sectors) }
     }
 }
 
@@ -484,6 +662,9 @@ impl<T: Target> Registration<T> {
             map: Some(map_callback::<T>),
             status: Some(status_callback::<T>),
             iterate_devices: Some(iterate_devices_callback::<T>),
+            postsuspend: Some(postsuspend_callback::<T>),
+            message: Some(message_callback::<T>),
+            io_hints: Some(io_hints_callback::<T>),
             ..Default::default()
         };
         let tt = KBox::new(Opaque::new(tt), GFP_KERNEL)?;
@@ -540,10 +721,16 @@ unsafe extern "C" fn ctr_callback<T: Target>(
     for &i in T::SECRET_ARGS {
         args.wipe(i);
     }
+    let result = result.and_then(|target| {
+        Instance::new(target).map_err(|err| {
+            pr_err!("cannot allocate the target's bio queue\n");
+            CtrError::new(c"out of memory", err)
+        })
+    });
     match result {
-        Ok(target) => {
+        Ok(instance) => {
             // SAFETY: `ti` is valid; `private` is the target's to set.
-            unsafe { (*ti).private = KBox::into_raw(target).cast() };
+            unsafe { (*ti).private = KBox::into_raw(instance).cast() };
             0
         }
         Err(e) => {
@@ -560,22 +747,97 @@ unsafe extern "C" fn ctr_callback<T: Target>(
 /// `ti` must be a target constructed by `ctr_callback::<T>`, with no other
 /// callback running or to come.
 unsafe extern "C" fn dtr_callback<T: Target>(ti: *mut dm_target) {
-    // SAFETY: `ti` is valid; `private` holds the `KBox<T>` that
+    // SAFETY: `ti` is valid; `private` holds the `KBox<Instance<T>>` that
     // `ctr_callback` leaked, and nothing uses it after `dtr`.
-    unsafe {
-        let target = KBox::from_raw((*ti).private.cast::<T>());
-        (*ti).private = core::ptr::null_mut();
-        drop(target);
+    let instance = unsafe { KBox::from_raw((*ti).private.cast::<Instance<T>>()) };
+    // The queue first (it drains into the still live target), then the
+    // target itself.
+    drop(instance);
+    // SAFETY: `ti` is valid.
+    unsafe { (*ti).private = core::ptr::null_mut() };
+}
+
+/// A target instance with its bio queue (`ti->private`).
+///
+/// # Invariants
+///
+/// `queue`, if set, was made by `mlsdisk_bioq_new` with this instance's
+/// address as context and `process_callback::<T>`, and is freed only by
+/// `drop`, before `target`.
+struct Instance<T: Target> {
+    queue: Option<NonNull<bindings::mlsdisk_bioq>>,
+    target: KBox<T>,
+}
+
+impl<T: Target> Instance<T> {
+    fn new(target: KBox<T>) -> Result<KBox<Self>> {
+        let mut instance = KBox::new(
+            Self {
+                queue: None,
+                target,
+            },
+            GFP_KERNEL,
+        )?;
+        if T::WORKER {
+            let ctx: *mut Self = &mut *instance;
+            // SAFETY: `ctx` is the boxed instance, which stays at this
+            // address until dropped, and `drop` frees the queue first;
+            // `T::NAME` is a static string. Process context.
+            let queue = unsafe {
+                bindings::mlsdisk_bioq_new(
+                    T::NAME.as_char_ptr(),
+                    Some(process_callback::<T>),
+                    ctx.cast(),
+                )
+            };
+            // INVARIANT: made just now with this instance as context.
+            instance.queue = Some(NonNull::new(queue).ok_or(ENOMEM)?);
+        }
+        Ok(instance)
     }
+}
+
+impl<T: Target> Drop for Instance<T> {
+    fn drop(&mut self) {
+        if let Some(queue) = self.queue.take() {
+            // SAFETY: the queue is live (type invariant) and freed once;
+            // it drains into `target`, which is still alive.
+            unsafe { bindings::mlsdisk_bioq_free(queue.as_ptr()) };
+        }
+    }
+}
+
+/// # Safety
+///
+/// Called by the bio queue of an `Instance<T>` (its context) with a bio
+/// that `map_callback::<T>` deferred.
+unsafe extern "C" fn process_callback<T: Target>(ctx: *mut c_void, bio: *mut kernel::bindings::bio) {
+    // SAFETY: the queue's context is its live instance (`Instance`
+    // invariant: the queue is freed before the instance is).
+    let instance = unsafe { &*ctx.cast::<Instance<T>>() };
+    let Some(bio) = NonNull::new(bio) else {
+        return;
+    };
+    // INVARIANT: a deferred bio that nobody has ended yet.
+    instance.target.process(DeferredBio { bio });
+}
+
+/// # Safety
+///
+/// `ti` must be a live target constructed by `ctr_callback::<T>`.
+unsafe fn instance_of<'a, T: Target>(ti: *mut dm_target) -> &'a Instance<T> {
+    // SAFETY: the caller promises a live target; `private` holds its
+    // `KBox<Instance<T>>`, which `dtr` frees only after all other callbacks
+    // are done.
+    unsafe { &*(*ti).private.cast::<Instance<T>>() }
 }
 
 /// # Safety
 ///
 /// `ti` must be a live target constructed by `ctr_callback::<T>`.
 unsafe fn target_of<'a, T: Target>(ti: *mut dm_target) -> &'a T {
-    // SAFETY: the caller promises a live target; `private` holds its
-    // `KBox<T>`, which `dtr` frees only after all other callbacks are done.
-    unsafe { &*(*ti).private.cast::<T>() }
+    // SAFETY: the caller's promise.
+    unsafe { &instance_of::<T>(ti).target }
 }
 
 /// # Safety
@@ -586,11 +848,84 @@ unsafe extern "C" fn map_callback<T: Target>(
     bio: *mut kernel::bindings::bio,
 ) -> c_int {
     // SAFETY: live target (callback contract).
-    let target = unsafe { target_of::<T>(ti) };
+    let instance = unsafe { instance_of::<T>(ti) };
     // SAFETY: device-mapper lends the bio for the call.
-    let bio = unsafe { Bio::from_raw(bio) };
-    match target.map(bio) {
-        MapResult::Remapped => bindings::DM_MAPIO_REMAPPED as c_int,
+    let lent = unsafe { Bio::from_raw(bio) };
+    match instance.target.map(lent) {
+        MapResult::Deferred => match instance.queue {
+            Some(queue) => {
+                // SAFETY: a live queue (`Instance` invariant); the bio is
+                // ours to keep once we return DM_MAPIO_SUBMITTED.
+                unsafe { bindings::mlsdisk_bioq_push(queue.as_ptr(), bio) };
+                bindings::DM_MAPIO_SUBMITTED as c_int
+            }
+            None => bindings::DM_MAPIO_KILL as c_int,
+        },
+    }
+}
+
+/// # Safety
+///
+/// A `dm_postsuspend_fn` call: live target.
+unsafe extern "C" fn postsuspend_callback<T: Target>(ti: *mut dm_target) {
+    // SAFETY: live target (callback contract).
+    let instance = unsafe { instance_of::<T>(ti) };
+    if let Some(queue) = instance.queue {
+        // SAFETY: a live queue; device-mapper has drained I/O, so this
+        // returns at once, but makes sure the worker is idle.
+        unsafe { bindings::mlsdisk_bioq_drain(queue.as_ptr()) };
+    }
+    instance.target.postsuspend();
+}
+
+/// # Safety
+///
+/// A `dm_message_fn` call: live target, `argv` with `argc` C strings,
+/// `result` writable for `maxlen` bytes.
+unsafe extern "C" fn message_callback<T: Target>(
+    ti: *mut dm_target,
+    argc: c_uint,
+    argv: *mut *mut c_char,
+    result: *mut c_char,
+    maxlen: c_uint,
+) -> c_int {
+    // SAFETY: live target (callback contract).
+    let target = unsafe { target_of::<T>(ti) };
+    let argv: &[*mut c_char] = if argv.is_null() || argc == 0 {
+        &[]
+    } else {
+        // SAFETY: device-mapper passes `argc` valid pointers, alive for the
+        // call.
+        unsafe { core::slice::from_raw_parts(argv, argc as usize) }
+    };
+    // INVARIANT: valid, writable words, ours for this call.
+    let args = Args { argv };
+    let mut empty = [0u8; 1];
+    let buf: &mut [u8] = if result.is_null() || maxlen == 0 {
+        &mut empty
+    } else {
+        // SAFETY: device-mapper lends `maxlen` writable bytes at `result`.
+        unsafe { core::slice::from_raw_parts_mut(result.cast::<u8>(), maxlen as usize) }
+    };
+    match target.message(&args, &mut StatusWriter::new(buf)) {
+        Ok(true) => 1,
+        Ok(false) => 0,
+        Err(e) => e.to_errno(),
+    }
+}
+
+/// # Safety
+///
+/// A `dm_io_hints_fn` call: live target, `limits` valid and ours.
+unsafe extern "C" fn io_hints_callback<T: Target>(
+    ti: *mut dm_target,
+    limits: *mut kernel::bindings::queue_limits,
+) {
+    // SAFETY: live target (callback contract).
+    let target = unsafe { target_of::<T>(ti) };
+    // SAFETY: device-mapper lends the limits for the call.
+    if let Some(limits) = unsafe { limits.as_mut() } {
+        target.io_hints(&mut Limits(limits));
     }
 }
 

@@ -8,9 +8,27 @@
 //!
 //! The constructor validates the table line exactly as the real target will
 //! (see `table.rs` for the grammar), opens the backing device and checks that
-//! the target fits on it. Every bio is then remapped to the backing device
-//! at the same offset: no encryption yet. `dmsetup status` says so
-//! (`passthrough ...`), so nobody mistakes this stage for a secure disk.
+//! the target fits on it. The I/O path is already the real target's:
+//!
+//! - `map` only counts the bio and defers it ([`MapResult::Deferred`]): it
+//!   may run in atomic context, and the engine sleeps and allocates;
+//! - the worker ([`dm::Target::process`], one bio at a time, in order, in a
+//!   `GFP_NOIO` scope) copies the bio's data through a reusable buffer and
+//!   runs it against an [`Engine`] behind a sleeping mutex: `REQ_PREFLUSH`
+//!   syncs before the data, `REQ_FUA` after it, a discard discards; errors
+//!   end the bio with `BLK_STS_IOERR` (`NOSPC`, `RESOURCE` where they fit)
+//!   and are named in the kernel log, rate-limited;
+//! - the mapped device has 4 KiB logical blocks (`io_hints`), so every bio
+//!   is whole blocks; bios are split at [`MAX_IO_SECTORS`];
+//! - suspend (postsuspend) and removal sync the engine; `dmsetup message
+//!   <dev> 0 sync` and `stats`.
+//!
+//! The engine at this stage is [`PassThrough`]: whole blocks read and
+//! written at the same offset of the backing device through
+//! [`BdevBlockSet`], and sync is a cache flush of it. No encryption yet;
+//! `dmsetup status` says so (`passthrough ...`), so nobody mistakes this
+//! stage for a secure disk. The core's `disk::MlsDisk` takes its place
+//! behind the same [`Engine`] seam.
 //!
 //! Every constructor failure logs a detailed `mlsdisk: <cause>` line and
 //! sets `ti->error` to a fixed summary (device-mapper logs it after the
@@ -18,15 +36,176 @@
 //! released before the constructor returns. No message ever contains the
 //! key, and `dmsetup table` shows `-` in its place.
 
+use alloc::vec::Vec;
 use core::fmt::{self, Write as _};
+use core::pin::Pin;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use kernel::new_mutex;
 use kernel::prelude::*;
+use kernel::sync::{Arc, Mutex};
+use mlsdisk_core::bio::{BlockSet, BLOCK_SIZE};
+use mlsdisk_core::{Error as CoreError, ErrorKind};
 
 use crate::dm::{
-    self, Args, Bio, BioOp, Ctr, CtrError, Devices, DmDev, MapResult, StatusType, StatusWriter,
+    self, Args, Bio, BioOp, BlkError, Ctr, CtrError, DeferredBio, Devices, DmDev, Limits,
+    MapResult, StatusType, StatusWriter,
 };
+use crate::kbio::{BdevBlockSet, NoIoScope};
 use crate::table::{self, Escaped, Options, RawKey};
+
+/// Sectors per 4 KiB block.
+const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
+
+/// Largest bio the target takes, in sectors (device-mapper splits larger
+/// ones): 1 MiB, the size of the worker's reusable buffer.
+pub(crate) const MAX_IO_SECTORS: u64 = 2048;
+
+/// Largest discard bio, in sectors.
+const MAX_DISCARD_SECTORS: u32 = MAX_IO_SECTORS as u32;
+
+/// What the worker runs bios against. Addresses are 4 KiB blocks of the
+/// target; buffers are whole blocks. Every method may sleep.
+pub(crate) trait Engine: Send {
+    /// Reads blocks starting at `lba`.
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()>;
+    /// Writes blocks starting at `lba`.
+    fn write(&mut self, lba: u64, buf: &[u8]) -> mlsdisk_core::Result<()>;
+    /// Makes every completed write durable.
+    fn sync(&mut self) -> mlsdisk_core::Result<()>;
+    /// Unmaps `nblocks` blocks starting at `lba`.
+    fn discard(&mut self, lba: u64, nblocks: u64) -> mlsdisk_core::Result<()>;
+}
+
+/// The pass-through engine: the backing device's blocks at the same
+/// offset, no encryption (see the module documentation).
+pub(crate) struct PassThrough {
+    dev: BdevBlockSet,
+    /// Blocks of the target.
+    nblocks: u64,
+}
+
+impl PassThrough {
+    fn check(&self, lba: u64, nblocks: u64) -> mlsdisk_core::Result<()> {
+        match lba.checked_add(nblocks) {
+            Some(end) if end <= self.nblocks => Ok(()),
+            _ => Err(CoreError::new(
+                ErrorKind::InvalidArgument,
+                "request past the end of the target",
+            )),
+        }
+    }
+}
+
+impl Engine for PassThrough {
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()> {
+        self.check(lba, (buf.len() / BLOCK_SIZE) as u64)?;
+        self.dev.read(lba, buf)
+    }
+
+    fn write(&mut self, lba: u64, buf: &[u8]) -> mlsdisk_core::Result<()> {
+        self.check(lba, (buf.len() / BLOCK_SIZE) as u64)?;
+        self.dev.write(lba, buf)
+    }
+
+    fn sync(&mut self) -> mlsdisk_core::Result<()> {
+        self.dev.flush()
+    }
+
+    fn discard(&mut self, lba: u64, nblocks: u64) -> mlsdisk_core::Result<()> {
+        // Nothing to unmap on a pass-through device; the range is checked.
+        self.check(lba, nblocks)
+    }
+}
+
+/// The worker's state, behind the target's mutex.
+struct Worker {
+    engine: PassThrough,
+    /// Bounce buffer for one bio ([`MAX_IO_SECTORS`]), reused.
+    buf: Vec<u8>,
+}
+
+/// One failed request: what was being done, and the engine's error.
+struct Failure {
+    what: &'static str,
+    lba: u64,
+    err: CoreError,
+}
+
+impl Failure {
+    fn status(&self) -> BlkError {
+        match self.err.kind() {
+            ErrorKind::NoSpace => BlkError::NoSpc,
+            ErrorKind::OutOfMemory => BlkError::Resource,
+            ErrorKind::Unsupported => BlkError::NotSupp,
+            _ => BlkError::IoErr,
+        }
+    }
+}
+
+impl Worker {
+    /// Serves one bio whose first sector in the target is `rel`.
+    fn serve(&mut self, bio: &mut DeferredBio, rel: u64) -> Result<(), Failure> {
+        let fail = |what, lba, err| Failure { what, lba, err };
+        let sectors = u64::from(bio.sectors());
+        let lba = rel / SECTORS_PER_BLOCK;
+        if rel % SECTORS_PER_BLOCK != 0 || sectors % SECTORS_PER_BLOCK != 0 {
+            return Err(fail(
+                "request",
+                lba,
+                CoreError::new(ErrorKind::InvalidArgument, "bio is not whole 4 KiB blocks"),
+            ));
+        }
+        let bytes = (sectors * 512) as usize;
+        match bio.op() {
+            BioOp::Read => {
+                let buf = self.buf.get_mut(..bytes).ok_or(fail(
+                    "read",
+                    lba,
+                    CoreError::new(ErrorKind::InvalidArgument, "bio larger than max_io_len"),
+                ))?;
+                if bytes != 0 {
+                    self.engine.read(lba, buf).map_err(|e| fail("read", lba, e))?;
+                }
+                bio.copy_in(buf);
+                Ok(())
+            }
+            BioOp::Write | BioOp::Flush => {
+                if bio.is_preflush() || bio.op() == BioOp::Flush {
+                    self.engine.sync().map_err(|e| fail("flush", lba, e))?;
+                }
+                if bytes != 0 {
+                    let buf = self.buf.get_mut(..bytes).ok_or(fail(
+                        "write",
+                        lba,
+                        CoreError::new(ErrorKind::InvalidArgument, "bio larger than max_io_len"),
+                    ))?;
+                    if bio.copy_out(buf) != bytes {
+                        return Err(fail(
+                            "write",
+                            lba,
+                            CoreError::new(ErrorKind::InvalidArgument, "bio data shorter than its size"),
+                        ));
+                    }
+                    self.engine.write(lba, buf).map_err(|e| fail("write", lba, e))?;
+                }
+                if bio.is_fua() {
+                    self.engine.sync().map_err(|e| fail("FUA sync", lba, e))?;
+                }
+                Ok(())
+            }
+            BioOp::Discard => self
+                .engine
+                .discard(lba, sectors / SECTORS_PER_BLOCK)
+                .map_err(|e| fail("discard", lba, e)),
+            BioOp::Other(_) => Err(fail(
+                "request",
+                lba,
+                CoreError::new(ErrorKind::Unsupported, "operation not supported"),
+            )),
+        }
+    }
+}
 
 /// The checksum of the core self-test that ran at module load (it must have
 /// passed for the module to load at all).
@@ -46,6 +225,8 @@ struct Counters {
     flushes: AtomicU64,
     fua: AtomicU64,
     discards: AtomicU64,
+    /// Bios ended with an error.
+    errors: AtomicU64,
 }
 
 impl Counters {
@@ -74,8 +255,9 @@ impl Counters {
 
 /// One `mlsdisk` target instance.
 pub(crate) struct MlsDisk {
-    /// The backing device, closed on drop.
-    backing: DmDev,
+    /// The backing device, closed when the last reference (here and in the
+    /// engine) is dropped.
+    backing: Arc<DmDev>,
     /// The first sector of the target in the mapped device.
     begin: u64,
     /// The length of the target in sectors.
@@ -86,11 +268,47 @@ pub(crate) struct MlsDisk {
     options: Options,
     /// Bio counters for `dmsetup status`.
     counters: Counters,
+    /// The engine and the worker's buffer, behind a sleeping lock.
+    worker: Pin<KBox<Mutex<Worker>>>,
 }
 
 impl MlsDisk {
     fn fail(msg: &'static CStr, err: Error) -> CtrError {
         CtrError::new(msg, err)
+    }
+
+    /// The bio counters: `reads=.. writes=.. flushes=.. fua=.. discards=..
+    /// errors=..`.
+    fn write_counters(&self, out: &mut StatusWriter<'_>) -> fmt::Result {
+        let c = &self.counters;
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        write!(
+            out,
+            "reads={} writes={} flushes={} fua={} discards={} errors={}",
+            n(&c.reads),
+            n(&c.writes),
+            n(&c.flushes),
+            n(&c.fua),
+            n(&c.discards),
+            n(&c.errors)
+        )
+    }
+
+    /// Syncs the engine, logging a failure; `why` names the occasion.
+    fn sync(&self, why: &str) -> mlsdisk_core::Result<()> {
+        let _noio = NoIoScope::enter();
+        let result = self.worker.lock().engine.sync();
+        if let Err(e) = result {
+            pr_err!("sync at {} failed: {:?}\n", why, e);
+        }
+        result
+    }
+}
+
+impl Drop for MlsDisk {
+    fn drop(&mut self) {
+        // Removal syncs (a suspend before it already did; this is cheap).
+        let _ = self.sync("removal");
     }
 }
 
@@ -128,6 +346,10 @@ impl dm::Target for MlsDisk {
             Self::fail(c"cannot open backing device", err)
         })?;
 
+        let backing = Arc::new(backing, GFP_KERNEL).map_err(|_| {
+            pr_err!("out of memory allocating the target\n");
+            Self::fail(c"out of memory", ENOMEM)
+        })?;
         let max = backing.nr_sectors();
         if ti.len() > max {
             pr_err!(
@@ -143,10 +365,41 @@ impl dm::Target for MlsDisk {
             ));
         }
 
-        // Flushes and discards must reach the target: at the encrypting stage
-        // they mean sync and unmap (DESIGN.md §5).
+        if ti.len() % SECTORS_PER_BLOCK != 0 {
+            pr_err!(
+                "target length {} sectors is not a whole number of 4 KiB blocks (a multiple of 8 sectors)\n",
+                ti.len()
+            );
+            return Err(Self::fail(
+                c"target length is not a multiple of 8 sectors (4 KiB blocks)",
+                EINVAL,
+            ));
+        }
+
+        // Flushes and discards must reach the target: they mean sync and
+        // unmap (DESIGN.md §5).
         ti.set_num_flush_bios(1);
         ti.set_num_discard_bios(1);
+        ti.setup_worker(MAX_IO_SECTORS).map_err(|err| {
+            pr_err!("cannot set max_io_len: error {}\n", err.to_errno());
+            Self::fail(c"cannot set max_io_len", err)
+        })?;
+
+        let mut buf = Vec::new();
+        buf.try_reserve_exact((MAX_IO_SECTORS * 512) as usize)
+            .map_err(|_| {
+                pr_err!("out of memory allocating the I/O buffer\n");
+                Self::fail(c"out of memory", ENOMEM)
+            })?;
+        buf.resize((MAX_IO_SECTORS * 512) as usize, 0);
+        let engine = PassThrough {
+            dev: BdevBlockSet::new(backing.clone()),
+            nblocks: ti.len() / SECTORS_PER_BLOCK,
+        };
+        let worker = KBox::pin_init(new_mutex!(Worker { engine, buf }), GFP_KERNEL).map_err(|_| {
+            pr_err!("out of memory allocating the target\n");
+            Self::fail(c"out of memory", ENOMEM)
+        })?;
 
         let target = KBox::new(
             Self {
@@ -156,6 +409,7 @@ impl dm::Target for MlsDisk {
                 key: line.key,
                 options: line.options,
                 counters: Counters::default(),
+                worker,
             },
             GFP_KERNEL,
         )
@@ -173,32 +427,79 @@ impl dm::Target for MlsDisk {
         Ok(target)
     }
 
+    const WORKER: bool = true;
+
     fn map(&self, bio: &mut Bio) -> MapResult {
+        // Atomic context possible: count and hand over, nothing else.
         self.counters.count(bio);
-        bio.set_dev(&self.backing);
-        // Empty bios (flushes) carry no meaningful sector.
-        if bio.sectors() != 0 {
-            // device-mapper only sends bios inside the target.
-            bio.set_sector(bio.sector().wrapping_sub(self.begin));
+        MapResult::Deferred
+    }
+
+    fn process(&self, mut bio: DeferredBio) {
+        // device-mapper only sends bios inside the target; empty flushes
+        // carry no meaningful sector.
+        let rel = if bio.sectors() == 0 {
+            0
+        } else {
+            bio.sector().wrapping_sub(self.begin)
+        };
+        let result = {
+            let _noio = NoIoScope::enter();
+            self.worker.lock().serve(&mut bio, rel)
+        };
+        match result {
+            Ok(()) => bio.end(Ok(())),
+            Err(f) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                if dm::ratelimit() {
+                    pr_err!(
+                        "{} at block {} failed: {:?}\n",
+                        f.what,
+                        f.lba,
+                        f.err
+                    );
+                }
+                bio.end(Err(f.status()));
+            }
         }
-        MapResult::Remapped
+    }
+
+    fn postsuspend(&self) {
+        let _ = self.sync("suspend");
+    }
+
+    fn message(&self, args: &Args<'_>, out: &mut StatusWriter<'_>) -> Result<bool> {
+        let word = args.get(0).map_or(&[][..], CStr::to_bytes);
+        match (word, args.len()) {
+            (b"sync", 1) => self.sync("message").map(|()| false).map_err(|_| EIO),
+            (b"stats", 1) => {
+                self.write_counters(out).map_err(|_| ENOSPC)?;
+                Ok(true)
+            }
+            _ => {
+                pr_err!(
+                    "unknown message '{}' ({} words): expected 'sync' or 'stats'\n",
+                    format_args!("{}", Escaped(word)),
+                    args.len()
+                );
+                Err(EINVAL)
+            }
+        }
+    }
+
+    fn io_hints(&self, limits: &mut Limits<'_>) {
+        limits.set_4k_blocks(MAX_DISCARD_SECTORS);
     }
 
     fn status(&self, kind: StatusType, out: &mut StatusWriter<'_>) -> fmt::Result {
         match kind {
             StatusType::Info => {
-                let c = &self.counters;
-                let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
                 write!(
                     out,
-                    "passthrough selftest=ok checksum={:016x} reads={} writes={} flushes={} fua={} discards={}",
-                    SELFTEST_CHECKSUM.load(Ordering::Relaxed),
-                    n(&c.reads),
-                    n(&c.writes),
-                    n(&c.flushes),
-                    n(&c.fua),
-                    n(&c.discards)
-                )
+                    "passthrough selftest=ok checksum={:016x} ",
+                    SELFTEST_CHECKSUM.load(Ordering::Relaxed)
+                )?;
+                self.write_counters(out)
             }
             StatusType::Table => {
                 // Never the key: `-` stands in its place.

@@ -43,4 +43,112 @@ void mlsdisk_bio_set_dev(struct bio *bio, struct block_device *bdev);
 /* bdev_nr_sectors(): the size of a block device in 512-byte sectors */
 sector_t mlsdisk_bdev_nr_sectors(struct block_device *bdev);
 
+/*
+ * Kernel platform for the core engine (linux/kplatform.c): the crypto
+ * provider and the backing-device block I/O. Unlike the accessors above,
+ * these hold a little logic of their own (scatterlists, bios); the Rust
+ * side (kcrypto.rs, kbio.rs) wraps them in safe types.
+ */
+
+/* One piece of a message for the hash helpers. */
+struct mlsdisk_part {
+	const u8 *data;
+	size_t len;
+};
+
+/*
+ * A pool of synchronous "gcm(aes)" AEAD transforms, allocated once: one
+ * slot per possible CPU (capped), each with its own mutex, request and
+ * scratch buffer. A caller takes the slot of the CPU it runs on (any slot
+ * works; the mutex makes it exclusive), sets the key, runs the request.
+ */
+struct mlsdisk_aead_pool;
+
+/* Allocates a pool of `nr` slots (0: one per possible CPU, at most 64).
+ * Returns NULL with *err set (-ENOMEM, or the crypto API's error such as
+ * -ENOENT when gcm(aes) is missing). Sleeps. */
+struct mlsdisk_aead_pool *mlsdisk_aead_pool_new(unsigned int nr, int *err);
+/* Frees the pool; no call may be running on it. */
+void mlsdisk_aead_pool_free(struct mlsdisk_aead_pool *pool);
+/* The number of slots. */
+unsigned int mlsdisk_aead_pool_slots(const struct mlsdisk_aead_pool *pool);
+/* The driver name of the transforms, e.g. "generic-gcm-aesni". */
+const char *mlsdisk_aead_pool_driver(const struct mlsdisk_aead_pool *pool);
+
+/*
+ * AES-GCM with a 12-byte IV and a detached 16-byte tag, in place on
+ * `data` (`len` bytes, any kernel address: linear map, vmalloc, vmap'd
+ * stack or module data). Encrypt writes `tag`; decrypt checks it and
+ * returns -EBADMSG on a mismatch. `key` is 16 or 32 bytes. Sleeps.
+ */
+int mlsdisk_aead_crypt(struct mlsdisk_aead_pool *pool, bool encrypt,
+		       const u8 *key, unsigned int key_len, const u8 *iv,
+		       const u8 *aad, unsigned int aad_len,
+		       u8 *data, unsigned int len, u8 *tag);
+
+/* SHA-256 over the concatenation of `n` parts (library sha256). */
+void mlsdisk_sha256(const struct mlsdisk_part *parts, size_t n, u8 *out);
+/* HMAC-SHA256 under `key` over the concatenation of `n` parts. */
+void mlsdisk_hmac_sha256(const u8 *key, size_t key_len,
+			 const struct mlsdisk_part *parts, size_t n, u8 *out);
+/* get_random_bytes() */
+void mlsdisk_random_bytes(void *out, size_t len);
+
+/*
+ * Synchronous I/O of `len` bytes (a multiple of 512) at `sector` of
+ * `bdev`, into or from `buf` (any kernel address, as above). Whole runs go
+ * out as multi-page bios (up to BIO_MAX_VECS pages each) and are waited
+ * for; a buffer that is not 512-byte aligned is bounced through a page.
+ * Writes are REQ_SYNC; durability comes from mlsdisk_bdev_flush. Returns 0
+ * or a negative errno. Sleeps.
+ */
+int mlsdisk_bdev_rw(struct block_device *bdev, bool write, sector_t sector,
+		    void *buf, size_t len);
+/* A cache flush (REQ_PREFLUSH) of `bdev`: blkdev_issue_flush(). */
+int mlsdisk_bdev_flush(struct block_device *bdev);
+/* memalloc_noio_save/restore: allocations in between do no I/O. */
+unsigned int mlsdisk_noio_save(void);
+void mlsdisk_noio_restore(unsigned int flags);
+
+/*
+ * Deferred bios (linux/kplatform.c): `map` hands a bio to a queue; one work
+ * item on the target's own WQ_MEM_RECLAIM workqueue pops them in order
+ * and calls `process(ctx, bio)` in process context, which must end each
+ * bio (mlsdisk_bio_end). The work item never runs on two CPUs at once.
+ */
+struct mlsdisk_bioq;
+typedef void (*mlsdisk_bioq_fn)(void *ctx, struct bio *bio);
+/* A queue with its workqueue `name`. NULL on allocation failure. Sleeps. */
+struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name, mlsdisk_bioq_fn process,
+				      void *ctx);
+/* Queues `bio` (any context, no sleeping). */
+void mlsdisk_bioq_push(struct mlsdisk_bioq *q, struct bio *bio);
+/* Waits until every bio queued before the call was processed. Sleeps. */
+void mlsdisk_bioq_drain(struct mlsdisk_bioq *q);
+/* Drains, then frees the queue and its workqueue. Sleeps. */
+void mlsdisk_bioq_free(struct mlsdisk_bioq *q);
+
+/* Ends `bio` with `status` (a BLK_STS_* value). */
+void mlsdisk_bio_end(struct bio *bio, blk_status_t status);
+/* BLK_STS_IOERR, BLK_STS_NOSPC, BLK_STS_RESOURCE, BLK_STS_NOTSUPP, BLK_STS_OK */
+blk_status_t mlsdisk_blk_sts_ioerr(void);
+blk_status_t mlsdisk_blk_sts_nospc(void);
+blk_status_t mlsdisk_blk_sts_resource(void);
+blk_status_t mlsdisk_blk_sts_notsupp(void);
+/* Copies the bio's data (its whole remaining iterator, `len` bytes) into
+ * `buf` (to_bio = false) or from `buf` into the bio (to_bio = true).
+ * Returns the bytes copied. */
+size_t mlsdisk_bio_copy(struct bio *bio, u8 *buf, size_t len, bool to_bio);
+
+/* Target setup for a worker-backed target: flushes and discards reach it
+ * whatever the backing device supports; bios are split at `max_io_len`
+ * sectors. Returns 0 or a negative errno. */
+int mlsdisk_ti_setup_worker(struct dm_target *ti, sector_t max_io_len);
+/* io_hints of a target of 4 KiB blocks: logical and physical block size
+ * and io_min 4096, discards in 4 KiB granules of at most
+ * `max_discard_sectors`. */
+void mlsdisk_limits_4k(struct queue_limits *limits, unsigned int max_discard_sectors);
+/* A shared printk rate limit for the target's per-bio errors. */
+bool mlsdisk_ratelimit(void);
+
 #endif /* MLSDISK_HELPERS_H */

@@ -15,4 +15,5 @@ pub mod crypto_log;
 pub mod mac_chain;
 
 pub use auth_blob::AuthBlob;
+pub use crypto_log::{BlockAlloc, CryptoLog, RootMeta};
 pub use mac_chain::{ChainPos, MacChain};

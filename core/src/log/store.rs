@@ -1,0 +1,912 @@
+//! `TxLogStore`: many append-only logs inside atomic transactions.
+
+use alloc::collections::btree_map::{BTreeMap, Entry as MapEntry};
+use alloc::vec::Vec;
+
+use super::chunk::{ChunkId, ChunkPool};
+use super::record::{self, Encoder, Header, Kind, LogFields, Record};
+use crate::bio::{BlockRange, BlockSet, BLOCK_SIZE};
+use crate::crypto::{mac_chain, BlockAlloc, ChainPos, CryptoLog, MacChain};
+use crate::platform::kdf_key;
+use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
+
+/// The name of a log in the store. Ids are never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogId(pub u64);
+
+/// Parameters of a store, fixed at format (kept in its journal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogStoreConfig {
+    /// Blocks per chunk (the unit of space a log takes from the region).
+    pub chunk_blocks: u32,
+    /// AES key length for the per-block keys of the logs: 16 or 32.
+    pub key_len: usize,
+    /// A commit writes a full snapshot instead of a delta at least every this
+    /// many commits (and whenever the journal is more than half full).
+    pub snapshot_every: u32,
+}
+
+impl Default for LogStoreConfig {
+    fn default() -> Self {
+        Self {
+            chunk_blocks: 256,
+            key_len: 16,
+            snapshot_every: 256,
+        }
+    }
+}
+
+/// Space statistics of a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Chunks in the chunk region.
+    pub chunks_total: u32,
+    /// Chunks owned by a log (committed or in the running transaction).
+    pub chunks_used: u32,
+    /// Chunks free for new appends.
+    pub chunks_free: u32,
+    /// Blocks per chunk.
+    pub chunk_blocks: u32,
+    /// Live logs (as of the last commit).
+    pub logs: usize,
+    /// Commit counter of the last commit.
+    pub commit_count: u64,
+    /// Free blocks of the journal ring.
+    pub journal_free_blocks: u64,
+}
+
+/// What the owner keeps (in its superblock) to find and verify the store:
+/// the journal key salt, the journal's start and its last trusted tail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreRoot {
+    salt: [u8; 16],
+    start: ChainPos,
+    tail: ChainPos,
+}
+
+const ROOT_MAGIC: [u8; 4] = *b"MDLS";
+const ROOT_VERSION: u8 = 1;
+const ROOT_TYPE: u8 = 1;
+
+impl StoreRoot {
+    /// Bytes of an encoded root.
+    pub const ENCODED_LEN: usize = 8 + 16 + 2 * ChainPos::ENCODED_LEN;
+
+    /// magic "MDLS" | version u8 | type u8 | reserved [2] | salt [16] |
+    /// start ChainPos | tail ChainPos.
+    pub fn encode(&self, out: &mut [u8]) -> Result<()> {
+        ensure!(
+            out.len() == Self::ENCODED_LEN,
+            InvalidArgument,
+            "store root buffer size"
+        );
+        let (h, rest) = out.split_at_mut(8);
+        h.copy_from_slice(&[
+            ROOT_MAGIC[0],
+            ROOT_MAGIC[1],
+            ROOT_MAGIC[2],
+            ROOT_MAGIC[3],
+            ROOT_VERSION,
+            ROOT_TYPE,
+            0,
+            0,
+        ]);
+        let (salt, rest) = rest.split_at_mut(16);
+        salt.copy_from_slice(&self.salt);
+        let (s, t) = rest.split_at_mut(ChainPos::ENCODED_LEN);
+        s.copy_from_slice(&self.start.encode());
+        t.copy_from_slice(&self.tail.encode());
+        Ok(())
+    }
+
+    /// The encoded root as a fixed-size array.
+    pub fn to_bytes(&self) -> Result<[u8; Self::ENCODED_LEN]> {
+        let mut b = [0u8; Self::ENCODED_LEN];
+        self.encode(&mut b)?;
+        Ok(b)
+    }
+
+    /// Parses a root written by [`Self::encode`].
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        ensure!(b.len() == Self::ENCODED_LEN, Corrupted, "store root length");
+        let (h, rest) = b.split_at(8);
+        ensure!(
+            h.get(..4) == Some(&ROOT_MAGIC[..]),
+            Corrupted,
+            "bad store root magic"
+        );
+        ensure!(
+            h.get(4) == Some(&ROOT_VERSION),
+            Corrupted,
+            "unknown store root version"
+        );
+        ensure!(h.get(5) == Some(&ROOT_TYPE), Corrupted, "not a store root");
+        ensure!(
+            h.get(6..8) == Some(&[0u8, 0][..]),
+            Corrupted,
+            "store root reserved bytes"
+        );
+        let (salt, rest) = rest.split_at(16);
+        let (s, t) = rest.split_at(ChainPos::ENCODED_LEN);
+        let start = ChainPos::decode(s)?;
+        let tail = ChainPos::decode(t)?;
+        ensure!(
+            tail.seq >= start.seq,
+            Corrupted,
+            "store root tail before start"
+        );
+        Ok(Self {
+            salt: salt
+                .try_into()
+                .map_err(|_| Error::new(ErrorKind::Corrupted, "salt"))?,
+            start,
+            tail,
+        })
+    }
+}
+
+/// One log's state.
+#[derive(Clone, Debug)]
+struct LogState {
+    tag: u64,
+    sealed: bool,
+    log: CryptoLog,
+    /// The chunks the log's blocks (data and nodes) live in, in order.
+    chunks: Vec<ChunkId>,
+    /// Blocks handed out so far inside `chunks`.
+    alloc_pos: u64,
+}
+
+/// The running transaction: copies of the logs it touched (`None` =
+/// deleted), the chunks it took and the chunks it frees at commit.
+struct Tx {
+    logs: BTreeMap<u64, Option<LogState>>,
+    new_chunks: Vec<ChunkId>,
+    freed: Vec<ChunkId>,
+    next_log_id: u64,
+    failed: bool,
+}
+
+/// Hands out the blocks of one log's chunks, taking chunks from the pool.
+struct LogAlloc<'a> {
+    pool: &'a mut ChunkPool,
+    chunks: &'a mut Vec<ChunkId>,
+    alloc_pos: &'a mut u64,
+    new_chunks: &'a mut Vec<ChunkId>,
+    chunk_blocks: u64,
+}
+
+impl BlockAlloc for LogAlloc<'_> {
+    fn alloc_block(&mut self) -> Result<u64> {
+        let cap = (self.chunks.len() as u64).saturating_mul(self.chunk_blocks);
+        if *self.alloc_pos >= cap {
+            self.chunks.try_reserve(1)?;
+            self.new_chunks.try_reserve(1)?;
+            let c = self.pool.alloc()?;
+            self.chunks.push(c);
+            self.new_chunks.push(c);
+        }
+        let idx = usize::try_from(*self.alloc_pos / self.chunk_blocks)
+            .map_err(|_| Error::new(ErrorKind::InvalidState, "log too long"))?;
+        let c = self
+            .chunks
+            .get(idx)
+            .ok_or(Error::new(ErrorKind::InvalidState, "chunk list too short"))?;
+        let addr = u64::from(*c) * self.chunk_blocks + *self.alloc_pos % self.chunk_blocks;
+        *self.alloc_pos += 1;
+        Ok(addr)
+    }
+}
+
+/// Many append-only logs in chunks of a region, changed only inside atomic
+/// transactions. See the module documentation of [`crate::log`].
+pub struct TxLogStore<D: BlockSet> {
+    crypto: CryptoRef,
+    chain: MacChain<BlockRange<D>>,
+    journal_blocks: u64,
+    chunks: BlockRange<D>,
+    salt: [u8; 16],
+    cfg: LogStoreConfig,
+    logs: BTreeMap<u64, LogState>,
+    pool: ChunkPool,
+    next_log_id: u64,
+    counter: u64,
+    since_snapshot: u32,
+    user_state: Vec<u8>,
+    tx: Option<Tx>,
+    broken: bool,
+}
+
+const JOURNAL_KEY_LABEL: &[u8] = b"mlsdisk/log-store/journal";
+/// Smallest journal region accepted.
+pub const MIN_JOURNAL_BLOCKS: u64 = 8;
+
+fn nchunks_of(chunks: u64, cfg: &LogStoreConfig) -> Result<u32> {
+    ensure!(cfg.chunk_blocks > 0, InvalidArgument, "chunk size is zero");
+    u32::try_from(chunks / u64::from(cfg.chunk_blocks))
+        .map_err(|_| Error::new(ErrorKind::InvalidArgument, "too many chunks"))
+}
+
+impl<D: BlockSet> TxLogStore<D> {
+    /// Makes a new, empty store: writes the first snapshot to the journal.
+    pub fn format(
+        journal: BlockRange<D>,
+        chunks: BlockRange<D>,
+        crypto: CryptoRef,
+        root_key: &[u8],
+        cfg: LogStoreConfig,
+    ) -> Result<Self> {
+        ensure!(
+            cfg.key_len == 16 || cfg.key_len == 32,
+            InvalidArgument,
+            "key length must be 16 or 32"
+        );
+        ensure!(
+            cfg.snapshot_every > 0,
+            InvalidArgument,
+            "snapshot_every is zero"
+        );
+        let nchunks = nchunks_of(chunks.nblocks(), &cfg)?;
+        ensure!(
+            nchunks > 0,
+            InvalidArgument,
+            "chunk region smaller than a chunk"
+        );
+        let journal_blocks = journal.nblocks();
+        ensure!(
+            journal_blocks >= MIN_JOURNAL_BLOCKS,
+            InvalidArgument,
+            "journal region too small"
+        );
+        let mut salt = [0u8; 16];
+        crypto.fill_random(&mut salt)?;
+        let key = kdf_key(&*crypto, root_key, JOURNAL_KEY_LABEL, &salt, 32)?;
+        let chain = MacChain::create(journal, crypto.clone(), key)?;
+        let mut store = Self {
+            crypto,
+            chain,
+            journal_blocks,
+            chunks,
+            salt,
+            cfg,
+            logs: BTreeMap::new(),
+            pool: ChunkPool::new(nchunks)?,
+            next_log_id: 0,
+            counter: 0,
+            since_snapshot: 0,
+            user_state: Vec::new(),
+            tx: None,
+            broken: false,
+        };
+        let rec = store.snapshot_record(None, 0, &[])?;
+        store.chain.append(&rec)?;
+        store.chain.commit()?;
+        Ok(store)
+    }
+
+    /// Opens a store and recovers the state of its last committed
+    /// transaction (which may be newer than `root`'s tail if a commit reached
+    /// the journal but the owner did not record the new root).
+    pub fn open(
+        journal: BlockRange<D>,
+        chunks: BlockRange<D>,
+        crypto: CryptoRef,
+        root_key: &[u8],
+        root: &StoreRoot,
+    ) -> Result<Self> {
+        let journal_blocks = journal.nblocks();
+        let key = kdf_key(&*crypto, root_key, JOURNAL_KEY_LABEL, &root.salt, 32)?;
+        let (chain, records) = MacChain::open(journal, crypto.clone(), key, root.start, root.tail)?;
+        let mut recs = records.iter();
+        let first = record::decode(recs.next().ok_or(Error::new(
+            ErrorKind::Corrupted,
+            "journal holds no snapshot",
+        ))?)?;
+        ensure!(
+            first.header.kind == Kind::Snapshot,
+            Corrupted,
+            "journal does not start with a snapshot"
+        );
+        let h = &first.header;
+        let cfg = LogStoreConfig {
+            chunk_blocks: h.chunk_blocks,
+            key_len: usize::from(h.key_len),
+            snapshot_every: LogStoreConfig::default().snapshot_every,
+        };
+        let nchunks = nchunks_of(chunks.nblocks(), &cfg)?;
+        ensure!(
+            nchunks == h.nchunks,
+            InvalidArgument,
+            "chunk region size differs from the formatted one"
+        );
+        let mut store = Self {
+            crypto,
+            chain,
+            journal_blocks,
+            chunks,
+            salt: root.salt,
+            cfg,
+            logs: BTreeMap::new(),
+            pool: ChunkPool::new(nchunks)?,
+            next_log_id: 0,
+            counter: h.counter,
+            since_snapshot: 0,
+            user_state: Vec::new(),
+            tx: None,
+            broken: false,
+        };
+        store.apply(first, true)?;
+        for r in recs {
+            store.apply(record::decode(r)?, false)?;
+        }
+        for st in store.logs.values() {
+            let cap = (st.chunks.len() as u64).saturating_mul(u64::from(cfg.chunk_blocks));
+            ensure!(
+                st.alloc_pos <= cap,
+                Corrupted,
+                "log allocation past its chunks"
+            );
+            for &c in &st.chunks {
+                store.pool.claim(c)?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// Replays one journal record onto the in-memory state.
+    fn apply(&mut self, rec: Record, first: bool) -> Result<()> {
+        let h = &rec.header;
+        if !first {
+            ensure!(
+                Some(h.counter) == self.counter.checked_add(1),
+                Corrupted,
+                "journal commit counters are not consecutive"
+            );
+            ensure!(
+                h.chunk_blocks == self.cfg.chunk_blocks
+                    && usize::from(h.key_len) == self.cfg.key_len
+                    && h.nchunks == self.pool.nchunks(),
+                Corrupted,
+                "journal record geometry differs"
+            );
+        }
+        ensure!(
+            h.next_log_id >= self.next_log_id,
+            Corrupted,
+            "log ids went back"
+        );
+        if h.kind == Kind::Snapshot {
+            self.logs.clear();
+            self.since_snapshot = 0;
+        } else {
+            self.since_snapshot = self.since_snapshot.saturating_add(1);
+        }
+        for id in &rec.deletes {
+            ensure!(
+                self.logs.remove(id).is_some(),
+                Corrupted,
+                "journal deletes an unknown log"
+            );
+        }
+        for e in rec.logs {
+            ensure!(
+                e.id < h.next_log_id,
+                Corrupted,
+                "log id beyond the id counter"
+            );
+            let log = CryptoLog::open(self.crypto.clone(), self.cfg.key_len, e.root)?;
+            match self.logs.get_mut(&e.id) {
+                Some(st) => {
+                    ensure!(st.tag == e.tag, Corrupted, "log tag changed");
+                    ensure!(
+                        st.chunks.len() + e.new_chunks.len() == e.chunks_total as usize,
+                        Corrupted,
+                        "journal chunk count mismatch"
+                    );
+                    st.chunks.try_reserve(e.new_chunks.len())?;
+                    st.chunks.extend_from_slice(&e.new_chunks);
+                    st.sealed = e.sealed;
+                    st.alloc_pos = e.alloc_pos;
+                    st.log = log;
+                }
+                None => {
+                    ensure!(
+                        e.new_chunks.len() == e.chunks_total as usize,
+                        Corrupted,
+                        "journal chunk count mismatch"
+                    );
+                    self.logs.insert(
+                        e.id,
+                        LogState {
+                            tag: e.tag,
+                            sealed: e.sealed,
+                            log,
+                            chunks: e.new_chunks,
+                            alloc_pos: e.alloc_pos,
+                        },
+                    );
+                }
+            }
+        }
+        self.next_log_id = h.next_log_id;
+        self.counter = h.counter;
+        self.user_state = rec.user_state;
+        Ok(())
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        ensure!(
+            !self.broken,
+            InvalidState,
+            "log store failed during a commit; reopen it"
+        );
+        Ok(())
+    }
+
+    /// Starts a transaction. Only one runs at a time.
+    pub fn begin(&mut self) -> Result<()> {
+        self.check_usable()?;
+        ensure!(
+            self.tx.is_none(),
+            InvalidState,
+            "a transaction is already active"
+        );
+        self.tx = Some(Tx {
+            logs: BTreeMap::new(),
+            new_chunks: Vec::new(),
+            freed: Vec::new(),
+            next_log_id: self.next_log_id,
+            failed: false,
+        });
+        Ok(())
+    }
+
+    /// Whether a transaction is active.
+    pub fn in_transaction(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    fn tx_mut(&mut self) -> Result<&mut Tx> {
+        self.check_usable()?;
+        self.tx
+            .as_mut()
+            .ok_or(Error::new(ErrorKind::InvalidState, "no active transaction"))
+    }
+
+    /// Creates an empty log with a tag (a number the owner chooses).
+    pub fn create_log(&mut self, tag: u64) -> Result<LogId> {
+        let log = CryptoLog::new(self.crypto.clone(), self.cfg.key_len)?;
+        let tx = self.tx_mut()?;
+        let id = tx.next_log_id;
+        tx.next_log_id = id
+            .checked_add(1)
+            .ok_or(Error::new(ErrorKind::NoSpace, "log ids exhausted"))?;
+        tx.logs.insert(
+            id,
+            Some(LogState {
+                tag,
+                sealed: false,
+                log,
+                chunks: Vec::new(),
+                alloc_pos: 0,
+            }),
+        );
+        Ok(LogId(id))
+    }
+
+    /// Appends whole blocks to a log that is not sealed.
+    pub fn append(&mut self, log: LogId, blocks: &[u8]) -> Result<()> {
+        ensure!(
+            !blocks.is_empty() && blocks.len() % BLOCK_SIZE == 0,
+            InvalidArgument,
+            "append needs whole blocks"
+        );
+        self.check_usable()?;
+        let Self {
+            tx,
+            logs,
+            pool,
+            chunks,
+            cfg,
+            ..
+        } = self;
+        let tx = tx
+            .as_mut()
+            .ok_or(Error::new(ErrorKind::InvalidState, "no active transaction"))?;
+        let Tx {
+            logs: tx_logs,
+            new_chunks,
+            failed,
+            ..
+        } = tx;
+        let st = tx_log(tx_logs, logs, log.0)?;
+        ensure!(!st.sealed, InvalidState, "log is sealed");
+        let LogState {
+            log: clog,
+            chunks: lchunks,
+            alloc_pos,
+            ..
+        } = st;
+        let mut alloc = LogAlloc {
+            pool,
+            chunks: lchunks,
+            alloc_pos,
+            new_chunks,
+            chunk_blocks: u64::from(cfg.chunk_blocks),
+        };
+        let r = clog.append(&*chunks, &mut alloc, blocks);
+        if r.is_err() {
+            *failed = true;
+        }
+        r
+    }
+
+    /// Seals a log: no more appends.
+    pub fn seal(&mut self, log: LogId) -> Result<()> {
+        let Self { tx, logs, .. } = self;
+        let tx = tx
+            .as_mut()
+            .ok_or(Error::new(ErrorKind::InvalidState, "no active transaction"))?;
+        tx_log(&mut tx.logs, logs, log.0)?.sealed = true;
+        Ok(())
+    }
+
+    /// Deletes a log. Its chunks become free when the transaction commits.
+    pub fn delete_log(&mut self, log: LogId) -> Result<()> {
+        self.check_usable()?;
+        let Self { tx, logs, .. } = self;
+        let tx = tx
+            .as_mut()
+            .ok_or(Error::new(ErrorKind::InvalidState, "no active transaction"))?;
+        let st = tx_log(&mut tx.logs, logs, log.0)?;
+        let chunks = core::mem::take(&mut st.chunks);
+        if let Err(e) = tx.freed.try_reserve(chunks.len()) {
+            st.chunks = chunks;
+            return Err(e.into());
+        }
+        tx.freed.extend_from_slice(&chunks);
+        tx.logs.insert(log.0, None);
+        Ok(())
+    }
+
+    /// Drops the running transaction's changes (no-op without one).
+    pub fn abort(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            for c in tx.new_chunks {
+                if self.pool.release(c).is_err() {
+                    self.broken = true;
+                }
+            }
+        }
+    }
+
+    /// Commits the running transaction atomically with `user_state`: all its
+    /// changes are durable on return. On an error before the journal write
+    /// the transaction stays active (abort it); on an error during the
+    /// journal write the store must be reopened (the commit may or may not
+    /// have reached the disk).
+    pub fn commit(&mut self, user_state: &[u8]) -> Result<()> {
+        self.check_usable()?;
+        let mut tx = self
+            .tx
+            .take()
+            .ok_or(Error::new(ErrorKind::InvalidState, "no active transaction"))?;
+        if tx.failed {
+            self.tx = Some(tx);
+            bail!(
+                InvalidState,
+                "an operation of the transaction failed; abort it"
+            );
+        }
+        let prepared = self.prepare_commit(&mut tx, user_state);
+        let (rec, snapshot, new_user_state) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                self.tx = Some(tx);
+                return Err(e);
+            }
+        };
+        // From here on the commit may reach the disk: any error means the
+        // in-memory state can no longer be trusted to match it.
+        let start = self.chain.tail();
+        let durable = self.chain.append(&rec).and_then(|_| self.chain.commit());
+        if let Err(e) = durable {
+            self.broken = true;
+            self.tx = Some(tx);
+            return Err(e);
+        }
+        if snapshot {
+            if let Err(e) = self.chain.reset_start(start) {
+                self.broken = true;
+                self.tx = Some(tx);
+                return Err(e);
+            }
+            self.since_snapshot = 0;
+        } else {
+            self.since_snapshot = self.since_snapshot.saturating_add(1);
+        }
+        for (id, st) in tx.logs {
+            match st {
+                Some(mut st) => {
+                    if st.sealed {
+                        st.log.release_frontier();
+                    }
+                    self.logs.insert(id, st);
+                }
+                None => {
+                    self.logs.remove(&id);
+                }
+            }
+        }
+        for c in tx.freed {
+            if let Err(e) = self.pool.release(c) {
+                self.broken = true;
+                return Err(e);
+            }
+        }
+        self.next_log_id = tx.next_log_id;
+        self.counter += 1;
+        self.user_state = new_user_state;
+        Ok(())
+    }
+
+    /// Writes the logs' partial nodes, flushes the chunk region and encodes
+    /// the journal record. Nothing here changes the committed state.
+    fn prepare_commit(
+        &mut self,
+        tx: &mut Tx,
+        user_state: &[u8],
+    ) -> Result<(Vec<u8>, bool, Vec<u8>)> {
+        let chunk_blocks = u64::from(self.cfg.chunk_blocks);
+        let Tx {
+            logs: tx_logs,
+            new_chunks,
+            ..
+        } = tx;
+        let mut wrote = false;
+        for st in tx_logs.values_mut().flatten() {
+            if !st.log.is_dirty() {
+                continue;
+            }
+            let LogState {
+                log,
+                chunks,
+                alloc_pos,
+                ..
+            } = st;
+            let mut alloc = LogAlloc {
+                pool: &mut self.pool,
+                chunks,
+                alloc_pos,
+                new_chunks,
+                chunk_blocks,
+            };
+            log.flush(&self.chunks, &mut alloc)?;
+            wrote = true;
+        }
+        if wrote || !tx.new_chunks.is_empty() {
+            // Every block a root names must be durable before the journal
+            // record that names it.
+            self.chunks.flush()?;
+        }
+        let mut us = Vec::new();
+        us.try_reserve_exact(user_state.len())?;
+        us.extend_from_slice(user_state);
+        let snapshot = self.since_snapshot.saturating_add(1) >= self.cfg.snapshot_every
+            || self.chain.free_blocks() < self.journal_blocks / 2;
+        let rec = if snapshot {
+            self.snapshot_record(Some(tx), self.counter + 1, user_state)?
+        } else {
+            self.delta_record(tx, user_state)?
+        };
+        // A record the ring cannot take fails here, before the chain is
+        // touched, so the transaction can still be aborted.
+        let need = mac_chain::blocks_for(rec.len().saturating_add(mac_chain::RECORD_HEADER_LEN));
+        ensure!(
+            need <= self.chain.free_blocks(),
+            NoSpace,
+            "log store journal is full"
+        );
+        Ok((rec, snapshot, us))
+    }
+
+    fn header(&self, kind: Kind, counter: u64, next_log_id: u64) -> Header {
+        Header {
+            kind,
+            key_len: self.cfg.key_len as u8,
+            counter,
+            next_log_id,
+            chunk_blocks: self.cfg.chunk_blocks,
+            nchunks: self.pool.nchunks(),
+        }
+    }
+
+    /// A snapshot of the committed state with `tx` applied.
+    fn snapshot_record(&self, tx: Option<&Tx>, counter: u64, user_state: &[u8]) -> Result<Vec<u8>> {
+        let next = tx.map_or(self.next_log_id, |t| t.next_log_id);
+        let mut enc = Encoder::new(&self.header(Kind::Snapshot, counter, next), user_state)?;
+        let overlay = tx.map(|t| &t.logs);
+        for (&id, st) in &self.logs {
+            if overlay.is_some_and(|o| o.contains_key(&id)) {
+                continue;
+            }
+            put_log(&mut enc, id, st, 0)?;
+        }
+        if let Some(o) = overlay {
+            for (&id, st) in o {
+                if let Some(st) = st {
+                    put_log(&mut enc, id, st, 0)?;
+                }
+            }
+        }
+        enc.finish()
+    }
+
+    /// The changes of `tx` against the committed state.
+    fn delta_record(&self, tx: &Tx, user_state: &[u8]) -> Result<Vec<u8>> {
+        let mut enc = Encoder::new(
+            &self.header(Kind::Delta, self.counter + 1, tx.next_log_id),
+            user_state,
+        )?;
+        for (&id, st) in &tx.logs {
+            if st.is_none() && self.logs.contains_key(&id) {
+                enc.delete(id)?;
+            }
+        }
+        for (&id, st) in &tx.logs {
+            if let Some(st) = st {
+                let old = self.logs.get(&id).map_or(0, |s| s.chunks.len());
+                put_log(&mut enc, id, st, old)?;
+            }
+        }
+        enc.finish()
+    }
+
+    /// Reads whole blocks of a log from block `pos`: its committed contents,
+    /// or, inside a transaction, as the transaction left it.
+    pub fn read(&self, log: LogId, pos: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_usable()?;
+        self.view(log)?.log.read(&self.chunks, pos, buf)
+    }
+
+    fn view(&self, log: LogId) -> Result<&LogState> {
+        if let Some(tx) = &self.tx {
+            if let Some(v) = tx.logs.get(&log.0) {
+                return v
+                    .as_ref()
+                    .ok_or(Error::new(ErrorKind::NotFound, "log was deleted"));
+            }
+        }
+        self.logs
+            .get(&log.0)
+            .ok_or(Error::new(ErrorKind::NotFound, "no such log"))
+    }
+
+    /// Number of blocks of a log.
+    pub fn log_len(&self, log: LogId) -> Result<u64> {
+        Ok(self.view(log)?.log.nblocks())
+    }
+
+    /// The tag a log was created with.
+    pub fn log_tag(&self, log: LogId) -> Result<u64> {
+        Ok(self.view(log)?.tag)
+    }
+
+    /// Whether a log is sealed.
+    pub fn is_sealed(&self, log: LogId) -> Result<bool> {
+        Ok(self.view(log)?.sealed)
+    }
+
+    /// The logs with `tag`, in id order (the transaction's view).
+    pub fn logs_with_tag(&self, tag: u64) -> Vec<LogId> {
+        let mut out = Vec::new();
+        let overlay = self.tx.as_ref().map(|t| &t.logs);
+        let mut ids: Vec<u64> = Vec::new();
+        for (&id, st) in &self.logs {
+            if overlay.is_some_and(|o| o.contains_key(&id)) {
+                continue;
+            }
+            if st.tag == tag && ids.try_reserve(1).is_ok() {
+                ids.push(id);
+            }
+        }
+        if let Some(o) = overlay {
+            for (&id, st) in o {
+                if st.as_ref().is_some_and(|s| s.tag == tag) && ids.try_reserve(1).is_ok() {
+                    ids.push(id);
+                }
+            }
+        }
+        ids.sort_unstable();
+        if out.try_reserve_exact(ids.len()).is_ok() {
+            out.extend(ids.into_iter().map(LogId));
+        }
+        out
+    }
+
+    /// The user state of the last commit.
+    pub fn user_state(&self) -> &[u8] {
+        &self.user_state
+    }
+
+    /// The commit counter of the last commit (0 = the format).
+    pub fn commit_count(&self) -> u64 {
+        self.counter
+    }
+
+    /// What the owner keeps to reopen the store. Record it after every
+    /// commit, before the next one (a snapshot commit frees journal space
+    /// that an older root still points into).
+    pub fn root(&self) -> StoreRoot {
+        StoreRoot {
+            salt: self.salt,
+            start: self.chain.start(),
+            tail: self.chain.tail(),
+        }
+    }
+
+    /// Space statistics.
+    pub fn stats(&self) -> StoreStats {
+        let total = self.pool.nchunks();
+        let free = self.pool.nfree();
+        StoreStats {
+            chunks_total: total,
+            chunks_used: total - free,
+            chunks_free: free,
+            chunk_blocks: self.cfg.chunk_blocks,
+            logs: self.logs.len(),
+            commit_count: self.counter,
+            journal_free_blocks: self.chain.free_blocks(),
+        }
+    }
+
+    /// The configuration the store was formatted with.
+    pub fn config(&self) -> LogStoreConfig {
+        self.cfg
+    }
+
+    /// Overrides how often a snapshot is written (not persisted).
+    pub fn set_snapshot_every(&mut self, n: u32) {
+        self.cfg.snapshot_every = n.max(1);
+    }
+}
+
+fn put_log(enc: &mut Encoder, id: u64, st: &LogState, old_chunks: usize) -> Result<()> {
+    let root = st.log.last_root();
+    let new = st
+        .chunks
+        .get(old_chunks..)
+        .ok_or(Error::new(ErrorKind::InvalidState, "log lost chunks"))?;
+    enc.log(&LogFields {
+        id,
+        tag: st.tag,
+        sealed: st.sealed,
+        alloc_pos: st.alloc_pos,
+        root,
+        chunks_total: st.chunks.len(),
+        new_chunks: new,
+    })
+}
+
+/// The transaction's copy of log `id`, made on first touch.
+fn tx_log<'a>(
+    tx_logs: &'a mut BTreeMap<u64, Option<LogState>>,
+    logs: &BTreeMap<u64, LogState>,
+    id: u64,
+) -> Result<&'a mut LogState> {
+    match tx_logs.entry(id) {
+        MapEntry::Occupied(o) => o
+            .into_mut()
+            .as_mut()
+            .ok_or(Error::new(ErrorKind::NotFound, "log was deleted")),
+        MapEntry::Vacant(v) => {
+            let st = logs
+                .get(&id)
+                .ok_or(Error::new(ErrorKind::NotFound, "no such log"))?;
+            let copy = st.clone();
+            v.insert(Some(copy))
+                .as_mut()
+                .ok_or(Error::new(ErrorKind::InvalidState, "log copy"))
+        }
+    }
+}
