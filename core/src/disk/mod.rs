@@ -73,6 +73,7 @@ pub use layout::{Geometry, LayoutConfig};
 pub use record::BlockRecord;
 
 use crate::bio::{BlockSet, BLOCK_SIZE};
+use crate::log::LogStoreConfig;
 use crate::platform::{AeadKey, Iv};
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
 use segment::{Head, Segments, NO_LBA};
@@ -93,6 +94,12 @@ pub struct DiskConfig {
     pub auto_sync: bool,
     /// Segments the cleaner tries to free in one round before syncing.
     pub clean_batch_segments: u32,
+    /// The log store under the index (chunk size, key length); used by
+    /// `create` only (the store keeps it in its journal).
+    pub store: LogStoreConfig,
+    /// Index compaction steps run after each write-buffer flush (the rest
+    /// is left to [`MlsDisk::background_step`]).
+    pub compact_steps_per_flush: u32,
 }
 
 impl Default for DiskConfig {
@@ -103,6 +110,11 @@ impl Default for DiskConfig {
             write_buffer_blocks: 256,
             auto_sync: true,
             clean_batch_segments: 32,
+            store: LogStoreConfig {
+                chunk_blocks: 64,
+                ..LogStoreConfig::default()
+            },
+            compact_steps_per_flush: 2,
         }
     }
 }
@@ -645,6 +657,11 @@ impl<D: BlockSet> MlsDisk<D> {
             }
         }
         self.wbuf.clear();
+        for _ in 0..self.cfg.compact_steps_per_flush {
+            if !self.index.background_step()? {
+                break;
+            }
+        }
         Ok(())
     }
 
