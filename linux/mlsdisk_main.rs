@@ -28,6 +28,8 @@ extern crate alloc;
 use kernel::prelude::*;
 
 mod dm;
+#[cfg(mlsdisk_engine)]
+mod engine_disk;
 mod kalloc;
 mod kbio;
 mod kcrypto;

@@ -36,6 +36,7 @@
 //! released before the constructor returns. No message ever contains the
 //! key, and `dmsetup table` shows `-` in its place.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt::{self, Write as _};
 use core::pin::Pin;
@@ -75,6 +76,9 @@ pub(crate) trait Engine: Send {
     fn sync(&mut self) -> mlsdisk_core::Result<()>;
     /// Unmaps `nblocks` blocks starting at `lba`.
     fn discard(&mut self, lba: u64, nblocks: u64) -> mlsdisk_core::Result<()>;
+    /// The engine's part of `dmsetup status` (health, sync counter, space,
+    /// anchor), before the target's bio counters.
+    fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result;
 }
 
 /// The pass-through engine: the backing device's blocks at the same
@@ -116,11 +120,19 @@ impl Engine for PassThrough {
         // Nothing to unmap on a pass-through device; the range is checked.
         self.check(lba, nblocks)
     }
+
+    fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
+        write!(
+            out,
+            "passthrough selftest=ok checksum={:016x}",
+            SELFTEST_CHECKSUM.load(Ordering::Relaxed)
+        )
+    }
 }
 
 /// The worker's state, behind the target's mutex.
 struct Worker {
-    engine: PassThrough,
+    engine: Box<dyn Engine>,
     /// Bounce buffer for one bio ([`MAX_IO_SECTORS`]), reused.
     buf: Vec<u8>,
 }
@@ -392,9 +404,49 @@ impl dm::Target for MlsDisk {
                 Self::fail(c"out of memory", ENOMEM)
             })?;
         buf.resize((MAX_IO_SECTORS * 512) as usize, 0);
-        let engine = PassThrough {
+        #[cfg(not(mlsdisk_engine))]
+        let engine: Box<dyn Engine> = Box::new(PassThrough {
             dev: BdevBlockSet::new(backing.clone()),
             nblocks: ti.len() / SECTORS_PER_BLOCK,
+        });
+        #[cfg(not(mlsdisk_engine))]
+        let options = line.options;
+        #[cfg(mlsdisk_engine)]
+        let (engine, options) = {
+            let mut options = line.options;
+            if let Some(anchor) = &options.anchor {
+                if anchor.as_bytes() != b"none" {
+                    pr_err!(
+                        "anchor '{}' is not available in the kernel yet: only anchor=none\n",
+                        format_args!("{}", Escaped(anchor.as_bytes()))
+                    );
+                    return Err(Self::fail(c"only anchor=none is available", EINVAL));
+                }
+            }
+            let (engine, capacity) = crate::engine_disk::start(
+                options.mode,
+                BdevBlockSet::new(backing.clone()),
+                line.key.as_bytes(),
+            )?;
+            let max = capacity.saturating_mul(SECTORS_PER_BLOCK);
+            if ti.len() > max {
+                pr_err!(
+                    "target length {} sectors exceeds the logical capacity of the disk on {}: the maximum is {} sectors\n",
+                    ti.len(),
+                    format_args!("{}", Escaped(line.device)),
+                    max
+                );
+                return Err(Self::fail(
+                    c"target length exceeds the disk's logical capacity",
+                    EINVAL,
+                ));
+            }
+            // A table line read back and loaded again must never reformat:
+            // once created, the disk is shown (and reloaded) as 'open'.
+            if options.mode.is_some() {
+                options.mode = Some(table::Mode::Open);
+            }
+            (engine, options)
         };
         let worker = KBox::pin_init(new_mutex!(Worker { engine, buf }), GFP_KERNEL).map_err(|_| {
             pr_err!("out of memory allocating the target\n");
@@ -407,7 +459,7 @@ impl dm::Target for MlsDisk {
                 begin: ti.begin(),
                 len: ti.len(),
                 key: line.key,
-                options: line.options,
+                options,
                 counters: Counters::default(),
                 worker,
             },
@@ -494,11 +546,8 @@ impl dm::Target for MlsDisk {
     fn status(&self, kind: StatusType, out: &mut StatusWriter<'_>) -> fmt::Result {
         match kind {
             StatusType::Info => {
-                write!(
-                    out,
-                    "passthrough selftest=ok checksum={:016x} ",
-                    SELFTEST_CHECKSUM.load(Ordering::Relaxed)
-                )?;
+                self.worker.lock().engine.status(out)?;
+                out.write_str(" ")?;
                 self.write_counters(out)
             }
             StatusType::Table => {

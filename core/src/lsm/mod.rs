@@ -1,1 +1,294 @@
-//! The `lsm` layer (being written; see the crate docs for its place in the stack).
+//! The transactional LSM-tree: the index of the disk, keyed by LBA (`u64`).
+//!
+//! [`TxLsmTree`] maps `u64` keys to fixed-size values ([`LsmValue`]) on top
+//! of the transactional log store ([`crate::log::TxLogStore`]):
+//!
+//! ```text
+//!   put/delete --> memtable (BTreeMap) + WAL block buffer --(full block)--> WAL log
+//!                      | full: freeze
+//!                  immutable memtable --(compact_step: flush)--> L0 table
+//!   L0 tables (overlapping, newest first) --(compact_step)--> L1 .. L6
+//!                                        (each level sorted, non-overlapping)
+//! ```
+//!
+//! - **Transactions.** Every change to the store (WAL blocks, table blocks,
+//!   sealing, deleting inputs of a flush or compaction) goes into one open
+//!   store transaction; [`TxLsmTree::sync`] commits it together with the
+//!   caller's `user_state` (one `TxLogStore::commit`). After a crash, `open`
+//!   sees exactly the last commit: its tables, and the WALs of its memtables,
+//!   which it replays. Tables whose log was committed before its footer was
+//!   written (a flush or compaction in progress at a sync) are orphans and
+//!   are deleted at open.
+//! - **Lookups** ([`TxLsmTree::get`]): memtable, immutable memtable, the L0
+//!   tables newest first, then one table per deeper level; in each table the
+//!   bloom filter block, the index block, one data block, through a bounded
+//!   LRU cache (index + bloom blocks and data blocks in separate caches).
+//! - **Compaction** runs in bounded steps ([`TxLsmTree::compact_step`]): each
+//!   step merges at most [`LsmConfig::step_records`] records. A flush of the
+//!   immutable memtable goes first; then leveled compaction (all of L0 into
+//!   L1 when L0 has [`LsmConfig::l0_max_tables`] tables; one table of Li into
+//!   Li+1 when Li holds more than its target). Tombstones are dropped when no
+//!   older table below can hold the key. If the mutable memtable fills while
+//!   the immutable one is still being flushed, `put` finishes that flush
+//!   first (back-pressure).
+//! - **Errors.** A failed read returns the error and changes nothing. A
+//!   failed store write, seal, delete or commit aborts the store transaction
+//!   and poisons the tree: every later call fails with `InvalidState` until it
+//!   is reopened (which recovers the last commit). Nothing panics.
+//!
+//! # Memory bound
+//!
+//! With `E = memtable_entries`, `C = meta_cache_blocks + data_cache_blocks`,
+//! `R = table_max_records`, `b = bloom_bits_per_key`, `L0 = l0_max_tables`:
+//!
+//! - memtables: at most `2 * E` entries (mutable + immutable), each
+//!   `size_of::<(u64, Option<V>)>()` plus B-tree node overhead (about
+//!   `16 + size_of::<V>() + 8` bytes amortised; ~100 bytes for a 56-byte
+//!   value, so ~6.4 MiB for E = 32 Ki);
+//! - block caches: at most `C` blocks of 4 KiB (plus ~64 bytes each of map
+//!   entries);
+//! - one WAL block buffer (4 KiB); replay at open reads one block at a
+//!   time (each memtable's WAL has at most `wal_max_blocks` blocks, and
+//!   replay fills the same two memtables);
+//! - one table builder at a time: one data block, 8 bytes per data block of
+//!   index, and `ceil(R * b / 32576)` bloom blocks of 4 KiB;
+//! - merge cursors: one 4 KiB block per merged source (at most L0 + 1 for
+//!   a compaction, L0 + levels + 2 for `for_each`);
+//! - per live table, its descriptor: ~120 bytes + 8 bytes per 509 data
+//!   blocks. The only part that grows with the index size: ~120 bytes per
+//!   `R` keys, i.e. ~0.04 bytes per mapped 4 KiB block at R = 64 Ki.
+//!
+//! # On disk
+//!
+//! Table and WAL block layouts are in `format`, `table` and `wal` (and in
+//! `docs/format.md`). Logs of the store are found by tag: tables of level `l`
+//! have tag [`table_tag`]`(l)`, WALs [`TAG_WAL`]; other users of the same
+//! store must not use tags with the top 40 bits of [`TAG_BASE`]. The tree's
+//! own header (32 bytes: magic `b"MLSMTREE"`, version, value size, next table
+//! sequence number, next WAL generation) is the first part of the store's
+//! `user_state`; the caller's user state follows it.
+//!
+//! # Nonces
+//!
+//! This layer does no encryption of its own: every block goes through the
+//! store, whose logs encrypt each block under a fresh random key.
+
+mod bloom;
+mod cache;
+mod format;
+mod merge;
+mod store_impl;
+mod table;
+mod tree;
+mod wal;
+
+#[cfg(test)]
+mod mem_store;
+#[cfg(test)]
+mod tree_tests;
+
+pub use table::BlockSource;
+pub use tree::{LogStore, LsmTree};
+
+/// The tree on the disk's transactional log store.
+pub type TxLsmTree<D, V> = LsmTree<crate::log::TxLogStore<D>, V>;
+
+use crate::Result;
+
+/// A value stored in the tree: fixed-size, encoded into exactly `SIZE`
+/// bytes.
+pub trait LsmValue: Clone {
+    /// The encoded size (at most [`MAX_VALUE_SIZE`]).
+    const SIZE: usize;
+    /// Encodes into `out` (exactly `SIZE` bytes, zeroed).
+    fn encode(&self, out: &mut [u8]);
+    /// Decodes `SIZE` bytes; an error for malformed bytes.
+    fn decode(b: &[u8]) -> Result<Self>;
+}
+
+/// The largest [`LsmValue::SIZE`] the tree accepts.
+pub const MAX_VALUE_SIZE: usize = format::MAX_VALUE_SIZE;
+
+/// The top bits shared by every tag of the tree's logs (`"LSM"` in the top
+/// three bytes).
+pub const TAG_BASE: u64 = 0x4C53_4D00_0000_0000;
+/// The tag of WAL logs.
+pub const TAG_WAL: u64 = TAG_BASE | 0xFF;
+/// Levels of the tree (L0 ..= L6).
+pub const MAX_LEVELS: usize = 7;
+
+/// The tag of the table logs of `level`.
+pub const fn table_tag(level: u8) -> u64 {
+    TAG_BASE | level as u64
+}
+
+/// Tuning of the tree. The defaults suit a disk index of a few GiB to TiB.
+/// None of it is stored on disk: it may change between opens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LsmConfig {
+    /// Distinct keys in the mutable memtable before it is frozen (and the
+    /// same again for the immutable one).
+    pub memtable_entries: usize,
+    /// WAL blocks of the mutable memtable before it is frozen. A sync
+    /// appends a partly filled block, so frequent syncs fill the WAL faster
+    /// than the memtable; this bounds the WAL and the replay at open.
+    pub wal_max_blocks: u64,
+    /// Cached index and bloom blocks (4 KiB each).
+    pub meta_cache_blocks: usize,
+    /// Cached data blocks (4 KiB each).
+    pub data_cache_blocks: usize,
+    /// Bloom filter bits per key (0: no filter).
+    pub bloom_bits_per_key: u32,
+    /// L0 tables that trigger a compaction into L1.
+    pub l0_max_tables: usize,
+    /// The record target of L1; each deeper level is `level_ratio` times
+    /// larger.
+    pub l1_max_records: u64,
+    /// Size ratio between levels.
+    pub level_ratio: u64,
+    /// Records per table written by compaction.
+    pub table_max_records: u64,
+    /// Records merged per `compact_step`.
+    pub step_records: usize,
+}
+
+impl Default for LsmConfig {
+    fn default() -> Self {
+        Self {
+            memtable_entries: 32 * 1024,
+            wal_max_blocks: 2048,
+            meta_cache_blocks: 1024,
+            data_cache_blocks: 512,
+            bloom_bits_per_key: 10,
+            l0_max_tables: 4,
+            l1_max_records: 256 * 1024,
+            level_ratio: 10,
+            table_max_records: 64 * 1024,
+            step_records: 4096,
+        }
+    }
+}
+
+impl LsmConfig {
+    /// A configuration with tiny limits, so that tests flush and compact all
+    /// the time.
+    pub fn tiny() -> Self {
+        Self {
+            memtable_entries: 8,
+            wal_max_blocks: 3,
+            meta_cache_blocks: 4,
+            data_cache_blocks: 2,
+            bloom_bits_per_key: 10,
+            l0_max_tables: 2,
+            l1_max_records: 16,
+            level_ratio: 2,
+            table_max_records: 12,
+            step_records: 5,
+        }
+    }
+
+    /// Checks the limits.
+    pub fn check(&self) -> Result<()> {
+        crate::ensure!(
+            self.memtable_entries >= 1 && self.memtable_entries <= 1 << 24,
+            InvalidArgument,
+            "lsm config: memtable_entries out of range"
+        );
+        crate::ensure!(
+            self.wal_max_blocks >= 1,
+            InvalidArgument,
+            "lsm config: wal_max_blocks must be positive"
+        );
+        crate::ensure!(
+            self.l0_max_tables >= 1 && self.l0_max_tables <= 64,
+            InvalidArgument,
+            "lsm config: l0_max_tables out of range"
+        );
+        crate::ensure!(
+            self.level_ratio >= 2 && self.l1_max_records >= 1,
+            InvalidArgument,
+            "lsm config: level sizes"
+        );
+        crate::ensure!(
+            self.table_max_records >= 1 && self.table_max_records <= 1 << 24,
+            InvalidArgument,
+            "lsm config: table_max_records out of range"
+        );
+        crate::ensure!(
+            self.bloom_bits_per_key <= 64,
+            InvalidArgument,
+            "lsm config: bloom_bits_per_key out of range"
+        );
+        crate::ensure!(
+            self.step_records >= 1,
+            InvalidArgument,
+            "lsm config: step_records must be positive"
+        );
+        Ok(())
+    }
+}
+
+/// Counters and sizes of a tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LsmStats {
+    /// Entries of the mutable memtable.
+    pub memtable_entries: usize,
+    /// Entries of the immutable memtable (being flushed).
+    pub imm_entries: usize,
+    /// Tables per level.
+    pub tables: [u32; MAX_LEVELS],
+    /// Records per level.
+    pub records: [u64; MAX_LEVELS],
+    /// Memtables flushed into L0 tables.
+    pub flushes: u64,
+    /// Compactions finished.
+    pub compactions: u64,
+    /// Compaction steps run.
+    pub compact_steps: u64,
+    /// Records written into tables (flushes and compactions).
+    pub records_written: u64,
+    /// WAL blocks appended.
+    pub wal_blocks: u64,
+    /// Syncs (store commits).
+    pub syncs: u64,
+    /// Table lookups answered "absent" by a bloom filter.
+    pub bloom_negatives: u64,
+    /// Block cache hits (index, bloom and data caches).
+    pub cache_hits: u64,
+    /// Block cache misses.
+    pub cache_misses: u64,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A value of 8 bytes for tests.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct TestVal(pub u64);
+
+    impl LsmValue for TestVal {
+        const SIZE: usize = 8;
+        fn encode(&self, out: &mut [u8]) {
+            out.copy_from_slice(&self.0.to_le_bytes());
+        }
+        fn decode(b: &[u8]) -> Result<Self> {
+            let a: [u8; 8] = b
+                .try_into()
+                .map_err(|_| crate::Error::new(crate::ErrorKind::Corrupted, "len"))?;
+            Ok(Self(u64::from_le_bytes(a)))
+        }
+    }
+
+    #[test]
+    fn config_checks() {
+        LsmConfig::default().check().unwrap();
+        LsmConfig::tiny().check().unwrap();
+        let mut c = LsmConfig::tiny();
+        c.memtable_entries = 0;
+        assert!(c.check().is_err());
+        assert_eq!(table_tag(3), TAG_BASE | 3);
+    }
+}

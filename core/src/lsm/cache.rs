@@ -1,0 +1,209 @@
+//! A bounded LRU cache of checked table blocks.
+//!
+//! Keyed by (table sequence number, block position). A block enters the
+//! cache only after its check passed, so a hit needs no re-check. At most
+//! `max(capacity, 1)` blocks of 4 KiB are held (one is always kept as the
+//! buffer a miss is read into, so capacity 0 still works, uncached).
+//! `alloc` has no hash map: both maps are B-trees, O(log n) per access.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use super::format::BlockKind;
+use super::table::{BlockFetch, BlockSource};
+use crate::bio::BLOCK_SIZE;
+use crate::{Error, ErrorKind, Result};
+
+type Key = (u64, u64);
+
+struct Entry {
+    tick: u64,
+    data: Vec<u8>,
+}
+
+/// An LRU cache of blocks.
+pub struct BlockCache {
+    cap: usize,
+    tick: u64,
+    map: BTreeMap<Key, Entry>,
+    lru: BTreeMap<u64, Key>,
+    hits: u64,
+    misses: u64,
+}
+
+impl BlockCache {
+    /// A cache of at most `max(cap, 1)` blocks.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            tick: 0,
+            map: BTreeMap::new(),
+            lru: BTreeMap::new(),
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// Blocks held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no block is held.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// (hits, misses) so far.
+    pub fn counters(&self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
+
+    /// Drops every block of table `table`.
+    pub fn remove_table(&mut self, table: u64) {
+        let keys: Vec<Key> = self
+            .map
+            .range((table, 0)..=(table, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some(e) = self.map.remove(&k) {
+                self.lru.remove(&e.tick);
+            }
+        }
+    }
+
+    /// Drops everything.
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.lru.clear();
+    }
+
+    /// Block `pos` of table `table`: from the cache, or read from `src`,
+    /// checked with `check` and cached. A failed read or check caches nothing.
+    pub fn get_or_load(
+        &mut self,
+        table: u64,
+        pos: u64,
+        src: &dyn BlockSource,
+        check: &dyn Fn(&[u8]) -> Result<()>,
+    ) -> Result<&[u8]> {
+        let key = (table, pos);
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(e) = self.map.get_mut(&key) {
+            self.hits += 1;
+            self.lru.remove(&e.tick);
+            e.tick = tick;
+            self.lru.insert(tick, key);
+        } else {
+            self.misses += 1;
+            // Reuse the least recently used buffer when full.
+            let mut data = if self.map.len() >= self.cap {
+                match self.lru.pop_first() {
+                    Some((_, old)) => self.map.remove(&old).map(|e| e.data),
+                    None => None,
+                }
+            } else {
+                None
+            }
+            .unwrap_or_default();
+            if data.len() != BLOCK_SIZE {
+                data.clear();
+                data.try_reserve_exact(BLOCK_SIZE)?;
+                data.resize(BLOCK_SIZE, 0);
+            }
+            src.read_block(pos, &mut data)?;
+            check(&data)?;
+            self.map.insert(key, Entry { tick, data });
+            self.lru.insert(tick, key);
+        }
+        self.map
+            .get(&key)
+            .map(|e| e.data.as_slice())
+            .ok_or(Error::new(ErrorKind::InvalidState, "cache: entry vanished"))
+    }
+}
+
+/// A [`BlockFetch`] for one table: index and bloom blocks through one
+/// cache, data blocks through another.
+pub struct CachedFetch<'a> {
+    /// The table's sequence number.
+    pub table: u64,
+    /// Where its blocks come from.
+    pub src: &'a dyn BlockSource,
+    /// Cache of index and bloom blocks.
+    pub meta: &'a mut BlockCache,
+    /// Cache of data blocks.
+    pub data: &'a mut BlockCache,
+    /// Counts lookups the bloom filter answered.
+    pub bloom_negatives: &'a mut u64,
+}
+
+impl BlockFetch for CachedFetch<'_> {
+    fn fetch(
+        &mut self,
+        pos: u64,
+        kind: BlockKind,
+        check: &dyn Fn(&[u8]) -> Result<()>,
+    ) -> Result<&[u8]> {
+        let cache = match kind {
+            BlockKind::Data => &mut *self.data,
+            _ => &mut *self.meta,
+        };
+        cache.get_or_load(self.table, pos, self.src, check)
+    }
+
+    fn bloom_negative(&mut self) {
+        *self.bloom_negatives += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use core::cell::Cell;
+
+    struct Counting<'a>(Vec<Vec<u8>>, &'a Cell<u32>);
+    impl BlockSource for Counting<'_> {
+        fn read_block(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+            self.1.set(self.1.get() + 1);
+            self.0.read_block(pos, buf)
+        }
+    }
+
+    #[test]
+    fn lru_order_and_bound() {
+        let reads = Cell::new(0);
+        let src = Counting((0..10u8).map(|i| vec![i; BLOCK_SIZE]).collect(), &reads);
+        let ok = |_: &[u8]| Ok(());
+        let mut c = BlockCache::new(3);
+        for p in [0, 1, 2, 0, 3] {
+            let b = c.get_or_load(7, p, &src, &ok).unwrap();
+            assert_eq!(b[0], p as u8);
+        }
+        // 1 was least recently used and got evicted; 0, 2, 3 stay.
+        assert_eq!(c.len(), 3);
+        assert_eq!(reads.get(), 4);
+        c.get_or_load(7, 0, &src, &ok).unwrap();
+        c.get_or_load(7, 2, &src, &ok).unwrap();
+        assert_eq!(reads.get(), 4);
+        c.get_or_load(7, 1, &src, &ok).unwrap();
+        assert_eq!(reads.get(), 5);
+        assert_eq!(c.counters(), (3, 5));
+        c.remove_table(7);
+        assert!(c.is_empty());
+        // A failed check caches nothing.
+        let bad = |_: &[u8]| Err(Error::new(ErrorKind::Corrupted, "x"));
+        assert!(c.get_or_load(7, 1, &src, &bad).is_err());
+        assert!(c.is_empty());
+        // Capacity 0 behaves as 1.
+        let mut c = BlockCache::new(0);
+        assert_eq!(c.get_or_load(1, 4, &src, &ok).unwrap()[0], 4);
+        assert_eq!(c.get_or_load(1, 5, &src, &ok).unwrap()[0], 5);
+        assert_eq!(c.len(), 1);
+    }
+}

@@ -1,0 +1,818 @@
+//! Sorted tables: the immutable, sorted runs of records of the tree.
+//!
+//! A table is one sealed log of the store, of 4 KiB blocks:
+//!
+//! ```text
+//!   [0, D)            data blocks: records sorted by key, strictly ascending
+//!   [D, D + I)        index blocks: the last key of each data block
+//!   [D + I, D + I + B) bloom filter blocks (blocked filter, see `bloom`)
+//!   D + I + B         footer: counts, key range, index directory
+//! ```
+//!
+//! Every block starts with the common header (`format`), owner = the table's
+//! sequence number. Index block `j` holds the last keys of data blocks
+//! `j * INDEX_ENTRIES ..`, `count` entries of u64. The footer, after the header:
+//!
+//! ```text
+//!   24..32  records u64        32..40  min key u64      40..48  max key u64
+//!   48..52  data blocks u32    52..56  index blocks u32 56..60  bloom blocks u32
+//!   60      level u8           61      bloom probes u8  62..64  reserved (0)
+//!   64..72  tombstones u64     72..    index directory: the last key of each
+//!                                      index block (header count = entries)
+//! ```
+//!
+//! A lookup reads the bloom block of the key, the index block (chosen with
+//! the directory, held in memory) and one data block; all through a cache.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::bloom::{self, BloomBuilder};
+use super::format::{
+    self, check_records, get_u32, get_u64, get_u8, put, record_at, records_per_block, BlockKind,
+    Header, FLAG_VALUE, HEADER_LEN, PAYLOAD_LEN,
+};
+use super::LsmValue;
+use crate::bio::BLOCK_SIZE;
+use crate::{bail, ensure, Error, ErrorKind, Result};
+
+/// Index entries (data blocks) per index block.
+pub const INDEX_ENTRIES: usize = PAYLOAD_LEN / 8;
+/// The fixed part of the footer.
+const FOOTER_FIXED: usize = 72;
+/// Index blocks a footer can list.
+pub const MAX_INDEX_BLOCKS: usize = (BLOCK_SIZE - FOOTER_FIXED) / 8;
+/// The most data blocks of one table.
+pub const MAX_DATA_BLOCKS: usize = MAX_INDEX_BLOCKS * INDEX_ENTRIES;
+
+/// "Read block `pos` of a log": what the table reader needs of storage.
+pub trait BlockSource {
+    /// Reads block `pos` into `buf` (one block).
+    fn read_block(&self, pos: u64, buf: &mut [u8]) -> Result<()>;
+}
+
+impl BlockSource for Vec<Vec<u8>> {
+    fn read_block(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+        let b = usize::try_from(pos)
+            .ok()
+            .and_then(|p| self.get(p))
+            .ok_or(Error::new(ErrorKind::InvalidArgument, "block past the log"))?;
+        ensure!(b.len() == buf.len(), InvalidArgument, "block size");
+        buf.copy_from_slice(b);
+        Ok(())
+    }
+}
+
+/// Fetches validated blocks of one table, possibly from a cache.
+pub trait BlockFetch {
+    /// Returns block `pos` of the table, of `kind`, after `check` accepted it
+    /// (a cached block was checked when it was loaded).
+    fn fetch(
+        &mut self,
+        pos: u64,
+        kind: BlockKind,
+        check: &dyn Fn(&[u8]) -> Result<()>,
+    ) -> Result<&[u8]>;
+
+    /// Called when the bloom filter answered "absent" (for statistics).
+    fn bloom_negative(&mut self) {}
+}
+
+/// A fetcher without a cache, over a block source (tests).
+#[cfg(test)]
+pub struct DirectFetch<'a> {
+    /// Where the blocks come from.
+    pub src: &'a dyn BlockSource,
+    /// The buffer of the last block read.
+    pub buf: Vec<u8>,
+}
+
+#[cfg(test)]
+impl BlockFetch for DirectFetch<'_> {
+    fn fetch(
+        &mut self,
+        pos: u64,
+        _kind: BlockKind,
+        check: &dyn Fn(&[u8]) -> Result<()>,
+    ) -> Result<&[u8]> {
+        self.buf.resize(BLOCK_SIZE, 0);
+        self.src.read_block(pos, &mut self.buf)?;
+        check(&self.buf)?;
+        Ok(&self.buf)
+    }
+}
+
+/// What is known of a table in memory: its footer, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableInfo {
+    /// The table's sequence number (unique among live tables; newer is larger).
+    pub seq: u64,
+    /// Its level.
+    pub level: u8,
+    /// Records (values and tombstones).
+    pub records: u64,
+    /// Tombstone records.
+    pub tombstones: u64,
+    /// The smallest key.
+    pub min_key: u64,
+    /// The largest key.
+    pub max_key: u64,
+    /// Data blocks.
+    pub n_data: u32,
+    /// Index blocks.
+    pub n_index: u32,
+    /// Bloom filter blocks.
+    pub n_bloom: u32,
+    /// Bloom probes per key.
+    pub bloom_k: u8,
+    /// The last key of each index block.
+    pub index_dir: Vec<u64>,
+    /// The value size of its records.
+    pub value_size: usize,
+}
+
+impl TableInfo {
+    /// The number of blocks of the table's log.
+    pub fn total_blocks(&self) -> u64 {
+        u64::from(self.n_data) + u64::from(self.n_index) + u64::from(self.n_bloom) + 1
+    }
+
+    /// Whether the key range of the table meets `[lo, hi]`.
+    pub fn overlaps(&self, lo: u64, hi: u64) -> bool {
+        self.min_key <= hi && lo <= self.max_key
+    }
+
+    /// Writes the footer block.
+    pub fn emit_footer(&self, out: &mut [u8]) -> Result<()> {
+        let out = out
+            .get_mut(..BLOCK_SIZE)
+            .ok_or(Error::new(ErrorKind::InvalidArgument, "block too short"))?;
+        out.fill(0);
+        ensure!(
+            self.index_dir.len() == self.n_index as usize
+                && self.index_dir.len() <= MAX_INDEX_BLOCKS,
+            InvalidArgument,
+            "table: index directory size"
+        );
+        Header {
+            kind: BlockKind::Footer,
+            count: self.n_index as u16,
+            value_size: self.value_size as u16,
+            owner: self.seq,
+        }
+        .emit(out)?;
+        put(out, 24, &self.records.to_le_bytes())?;
+        put(out, 32, &self.min_key.to_le_bytes())?;
+        put(out, 40, &self.max_key.to_le_bytes())?;
+        put(out, 48, &self.n_data.to_le_bytes())?;
+        put(out, 52, &self.n_index.to_le_bytes())?;
+        put(out, 56, &self.n_bloom.to_le_bytes())?;
+        put(out, 60, &[self.level, self.bloom_k])?;
+        put(out, 64, &self.tombstones.to_le_bytes())?;
+        for (i, k) in self.index_dir.iter().enumerate() {
+            put(out, FOOTER_FIXED + 8 * i, &k.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Parses and checks a footer block of a log of `log_len` blocks.
+    pub fn parse_footer(block: &[u8], value_size: usize, log_len: u64) -> Result<Self> {
+        let h = Header::parse(block)?;
+        ensure!(h.kind == BlockKind::Footer, Corrupted, "table: no footer");
+        ensure!(
+            usize::from(h.value_size) == value_size,
+            Corrupted,
+            "table: value size differs"
+        );
+        let info = Self {
+            seq: h.owner,
+            records: get_u64(block, 24)?,
+            min_key: get_u64(block, 32)?,
+            max_key: get_u64(block, 40)?,
+            n_data: get_u32(block, 48)?,
+            n_index: get_u32(block, 52)?,
+            n_bloom: get_u32(block, 56)?,
+            level: get_u8(block, 60)?,
+            bloom_k: get_u8(block, 61)?,
+            tombstones: get_u64(block, 64)?,
+            index_dir: Vec::new(),
+            value_size,
+        };
+        ensure!(
+            get_u16_pair_zero(block)?,
+            Corrupted,
+            "table: reserved footer bytes set"
+        );
+        let rpb = records_per_block(value_size) as u64;
+        let nd = u64::from(info.n_data);
+        ensure!(
+            info.n_data >= 1 && info.n_data as usize <= MAX_DATA_BLOCKS,
+            Corrupted,
+            "table: data block count"
+        );
+        ensure!(
+            info.records >= nd && info.records <= nd.saturating_mul(rpb),
+            Corrupted,
+            "table: record count"
+        );
+        ensure!(
+            info.tombstones <= info.records,
+            Corrupted,
+            "table: tombstones"
+        );
+        ensure!(
+            info.n_index as usize == (info.n_data as usize).div_ceil(INDEX_ENTRIES)
+                && u32::from(h.count) == info.n_index,
+            Corrupted,
+            "table: index block count"
+        );
+        ensure!(info.min_key <= info.max_key, Corrupted, "table: key range");
+        ensure!(
+            info.n_bloom == 0 || (1..=16).contains(&info.bloom_k),
+            Corrupted,
+            "table: bloom probes"
+        );
+        ensure!(
+            info.total_blocks() == log_len,
+            Corrupted,
+            "table: length differs from its log"
+        );
+        let n = info.n_index as usize;
+        let mut dir = Vec::new();
+        dir.try_reserve_exact(n)?;
+        for i in 0..n {
+            dir.push(get_u64(block, FOOTER_FIXED + 8 * i)?);
+        }
+        ensure!(
+            dir.windows(2).all(|w| w.first() < w.get(1)),
+            Corrupted,
+            "table: index directory out of order"
+        );
+        ensure!(
+            dir.last() == Some(&info.max_key) && dir.first() >= Some(&info.min_key),
+            Corrupted,
+            "table: index directory range"
+        );
+        ensure!(
+            block
+                .get(FOOTER_FIXED + 8 * n..)
+                .is_some_and(|t| t.iter().all(|&b| b == 0)),
+            Corrupted,
+            "table: footer tail bytes set"
+        );
+        Ok(Self {
+            index_dir: dir,
+            ..info
+        })
+    }
+
+    /// Checks data block `i` (already read).
+    pub fn check_data(&self, block: &[u8]) -> Result<()> {
+        let h = Header::expect(block, BlockKind::Data, self.value_size, self.seq)?;
+        ensure!(h.count >= 1, Corrupted, "table: empty data block");
+        check_records(block, usize::from(h.count), self.value_size, true)?;
+        let (first, _, _) = record_at(block, 0, self.value_size)?;
+        let (last, _, _) = record_at(block, usize::from(h.count) - 1, self.value_size)?;
+        ensure!(
+            first >= self.min_key && last <= self.max_key,
+            Corrupted,
+            "table: data block outside the table's range"
+        );
+        Ok(())
+    }
+
+    /// The number of records of a checked data block.
+    pub fn data_count(block: &[u8]) -> Result<usize> {
+        format::get_u16(block, 6).map(usize::from)
+    }
+
+    /// Checks index block `j`.
+    fn check_index(&self, j: usize, block: &[u8]) -> Result<()> {
+        let h = Header::expect(block, BlockKind::Index, self.value_size, self.seq)?;
+        let expect = (self.n_data as usize)
+            .saturating_sub(j * INDEX_ENTRIES)
+            .min(INDEX_ENTRIES);
+        ensure!(
+            usize::from(h.count) == expect && expect > 0,
+            Corrupted,
+            "table: index entry count"
+        );
+        let mut prev = None;
+        for e in 0..expect {
+            let k = get_u64(block, HEADER_LEN + 8 * e)?;
+            ensure!(prev < Some(k), Corrupted, "table: index out of order");
+            prev = Some(k);
+        }
+        ensure!(
+            prev == self.index_dir.get(j).copied(),
+            Corrupted,
+            "table: index differs from the directory"
+        );
+        ensure!(
+            block
+                .get(HEADER_LEN + 8 * expect..)
+                .is_some_and(|t| t.iter().all(|&b| b == 0)),
+            Corrupted,
+            "table: index tail bytes set"
+        );
+        Ok(())
+    }
+
+    /// Looks `key` up: `None` if the table has no record of it, `Some(None)`
+    /// for a tombstone, `Some(Some(v))` for a value.
+    pub fn get<V: LsmValue>(&self, key: u64, f: &mut dyn BlockFetch) -> Result<Option<Option<V>>> {
+        if key < self.min_key || key > self.max_key {
+            return Ok(None);
+        }
+        if self.n_bloom > 0 {
+            let b = bloom::block_of(key, self.n_bloom);
+            let pos = u64::from(self.n_data) + u64::from(self.n_index) + u64::from(b);
+            let (vs, seq, k) = (self.value_size, self.seq, self.bloom_k);
+            let blk = f.fetch(pos, BlockKind::Bloom, &|blk| {
+                bloom::check_block(blk, vs, seq, k)
+            })?;
+            if !bloom::may_contain(blk, key, self.n_bloom, self.bloom_k) {
+                f.bloom_negative();
+                return Ok(None);
+            }
+        }
+        let j = self.index_dir.partition_point(|&k| k < key);
+        if j >= self.index_dir.len() {
+            return Ok(None);
+        }
+        let pos = u64::from(self.n_data) + j as u64;
+        let blk = f.fetch(pos, BlockKind::Index, &|blk| self.check_index(j, blk))?;
+        let cnt = usize::from(format::get_u16(blk, 6)?);
+        let (mut lo, mut hi) = (0usize, cnt);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if get_u64(blk, HEADER_LEN + 8 * mid)? < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        ensure!(lo < cnt, Corrupted, "table: index search");
+        // The data block must span exactly (prev entry, entry]: a misrouted
+        // lookup is an error, never a silent miss.
+        let entry = get_u64(blk, HEADER_LEN + 8 * lo)?;
+        let prev = if lo > 0 {
+            Some(get_u64(blk, HEADER_LEN + 8 * (lo - 1))?)
+        } else {
+            j.checked_sub(1)
+                .and_then(|p| self.index_dir.get(p).copied())
+        };
+        let d = j * INDEX_ENTRIES + lo;
+        ensure!(
+            d < self.n_data as usize,
+            Corrupted,
+            "table: index past data"
+        );
+        let blk = f.fetch(d as u64, BlockKind::Data, &|blk| self.check_data(blk))?;
+        let cnt = Self::data_count(blk)?;
+        let (first, _, _) = record_at(blk, 0, self.value_size)?;
+        let (last, _, _) = record_at(blk, cnt.saturating_sub(1), self.value_size)?;
+        ensure!(
+            last == entry && prev.is_none_or(|p| first > p),
+            Corrupted,
+            "table: data block differs from the index"
+        );
+        let (mut lo, mut hi) = (0usize, cnt);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if record_at(blk, mid, self.value_size)?.0 < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo >= cnt {
+            return Ok(None);
+        }
+        let (k, flag, val) = record_at(blk, lo, self.value_size)?;
+        if k != key {
+            return Ok(None);
+        }
+        if flag == FLAG_VALUE {
+            Ok(Some(Some(V::decode(val)?)))
+        } else {
+            Ok(Some(None))
+        }
+    }
+}
+
+fn get_u16_pair_zero(block: &[u8]) -> Result<bool> {
+    Ok(format::get_u16(block, 62)? == 0)
+}
+
+/// Writes a table block by block, through a sink that appends each block to
+/// the table's log. Memory: one data block, the index (8 bytes per data
+/// block) and the bloom filter (sized for `expected` records).
+pub struct TableBuilder {
+    value_size: usize,
+    seq: u64,
+    level: u8,
+    block: Vec<u8>,
+    count: usize,
+    last_key: Option<u64>,
+    min_key: u64,
+    index: Vec<u64>,
+    bloom: BloomBuilder,
+    records: u64,
+    tombstones: u64,
+}
+
+impl TableBuilder {
+    /// A builder of table `seq` at `level` for about `expected` records.
+    pub fn new(
+        value_size: usize,
+        seq: u64,
+        level: u8,
+        expected: u64,
+        bloom_bits: u32,
+    ) -> Result<Self> {
+        ensure!(
+            value_size <= format::MAX_VALUE_SIZE,
+            InvalidArgument,
+            "value too large"
+        );
+        let nb = bloom::blocks_for(expected, bloom_bits);
+        let mut block = Vec::new();
+        block.try_reserve_exact(BLOCK_SIZE)?;
+        block.resize(BLOCK_SIZE, 0);
+        Ok(Self {
+            value_size,
+            seq,
+            level,
+            block,
+            count: 0,
+            last_key: None,
+            min_key: 0,
+            index: Vec::new(),
+            bloom: BloomBuilder::new(nb, bloom::probes(bloom_bits))?,
+            records: 0,
+            tombstones: 0,
+        })
+    }
+
+    /// Records added so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Adds a record; keys must come strictly ascending.
+    pub fn add<V: LsmValue>(
+        &mut self,
+        key: u64,
+        val: Option<&V>,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        if let Some(last) = self.last_key {
+            ensure!(key > last, InvalidArgument, "table: keys not ascending");
+        } else {
+            self.min_key = key;
+        }
+        if self.count == records_per_block(self.value_size) {
+            self.flush_data(sink)?;
+        }
+        let enc = val.map(|v| move |o: &mut [u8]| v.encode(o));
+        format::emit_record(
+            &mut self.block,
+            self.count,
+            self.value_size,
+            key,
+            enc.as_ref().map(|e| e as &dyn Fn(&mut [u8])),
+        )?;
+        self.count += 1;
+        self.records += 1;
+        if val.is_none() {
+            self.tombstones += 1;
+        }
+        self.last_key = Some(key);
+        self.bloom.add(key);
+        Ok(())
+    }
+
+    fn flush_data(&mut self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        ensure!(
+            self.index.len() < MAX_DATA_BLOCKS,
+            InvalidArgument,
+            "table: too many data blocks"
+        );
+        Header {
+            kind: BlockKind::Data,
+            count: self.count as u16,
+            value_size: self.value_size as u16,
+            owner: self.seq,
+        }
+        .emit(&mut self.block)?;
+        sink(&self.block)?;
+        self.index.try_reserve(1)?;
+        let last = self
+            .last_key
+            .ok_or(Error::new(ErrorKind::InvalidState, "table: no last key"))?;
+        self.index.push(last);
+        self.block.fill(0);
+        self.count = 0;
+        Ok(())
+    }
+
+    /// Writes the rest of the table but its footer (last data block, index,
+    /// filter). `None` if no record was added (and nothing was written). The
+    /// caller appends the footer ([`TableInfo::emit_footer`]) when the table
+    /// is to become part of the tree: a log without one is an orphan.
+    pub fn finish(
+        mut self,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Option<TableInfo>> {
+        if self.records == 0 {
+            return Ok(None);
+        }
+        self.flush_data(sink)?;
+        let mut dir = Vec::new();
+        let mut blk = vec![0u8; BLOCK_SIZE];
+        for chunk in self.index.chunks(INDEX_ENTRIES) {
+            blk.fill(0);
+            Header {
+                kind: BlockKind::Index,
+                count: chunk.len() as u16,
+                value_size: self.value_size as u16,
+                owner: self.seq,
+            }
+            .emit(&mut blk)?;
+            for (i, k) in chunk.iter().enumerate() {
+                put(&mut blk, HEADER_LEN + 8 * i, &k.to_le_bytes())?;
+            }
+            sink(&blk)?;
+            dir.try_reserve(1)?;
+            dir.push(*chunk.last().unwrap_or(&0));
+        }
+        for i in 0..self.bloom.nblocks() {
+            self.bloom
+                .emit_block(i, self.value_size as u16, self.seq, &mut blk)?;
+            sink(&blk)?;
+        }
+        let info = TableInfo {
+            seq: self.seq,
+            level: self.level,
+            records: self.records,
+            tombstones: self.tombstones,
+            min_key: self.min_key,
+            max_key: self
+                .last_key
+                .ok_or(Error::new(ErrorKind::InvalidState, "table: no last key"))?,
+            n_data: self.index.len() as u32,
+            n_index: dir.len() as u32,
+            n_bloom: self.bloom.nblocks(),
+            bloom_k: self.bloom.k(),
+            index_dir: dir,
+            value_size: self.value_size,
+        };
+        if info.n_index as usize > MAX_INDEX_BLOCKS {
+            bail!(InvalidArgument, "table: too many index blocks");
+        }
+        Ok(Some(info))
+    }
+}
+
+/// Reads the records of a table in key order, one data block at a time,
+/// without holding a borrow of the storage between calls.
+pub struct TableCursor {
+    block: u32,
+    rec: usize,
+    count: usize,
+    buf: Vec<u8>,
+}
+
+impl TableCursor {
+    /// A cursor before the first record.
+    pub fn new() -> Result<Self> {
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(BLOCK_SIZE)?;
+        buf.resize(BLOCK_SIZE, 0);
+        Ok(Self {
+            block: 0,
+            rec: 0,
+            count: 0,
+            buf,
+        })
+    }
+
+    /// Moves to the start of another table.
+    pub fn reset(&mut self) {
+        self.block = 0;
+        self.rec = 0;
+        self.count = 0;
+    }
+
+    /// The next record of `info` (read from `src`), or `None` at its end.
+    pub fn next<V: LsmValue>(
+        &mut self,
+        info: &TableInfo,
+        src: &dyn BlockSource,
+    ) -> Result<Option<(u64, Option<V>)>> {
+        if self.rec >= self.count {
+            if self.block >= info.n_data {
+                return Ok(None);
+            }
+            src.read_block(u64::from(self.block), &mut self.buf)?;
+            info.check_data(&self.buf)?;
+            self.count = TableInfo::data_count(&self.buf)?;
+            self.rec = 0;
+            self.block += 1;
+        }
+        let (k, flag, val) = record_at(&self.buf, self.rec, info.value_size)?;
+        self.rec += 1;
+        let v = if flag == FLAG_VALUE {
+            Some(V::decode(val)?)
+        } else {
+            None
+        };
+        Ok(Some((k, v)))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::lsm::tests::TestVal;
+
+    pub fn build(
+        recs: &[(u64, Option<TestVal>)],
+        seq: u64,
+        bloom_bits: u32,
+    ) -> (Vec<Vec<u8>>, Option<TableInfo>) {
+        build_of(recs, seq, bloom_bits)
+    }
+
+    fn build_of<V: LsmValue>(
+        recs: &[(u64, Option<V>)],
+        seq: u64,
+        bloom_bits: u32,
+    ) -> (Vec<Vec<u8>>, Option<TableInfo>) {
+        let mut blocks = Vec::new();
+        let mut b = TableBuilder::new(V::SIZE, seq, 1, recs.len() as u64, bloom_bits).unwrap();
+        let mut sink = |blk: &[u8]| {
+            blocks.push(blk.to_vec());
+            Ok(())
+        };
+        for (k, v) in recs {
+            b.add(*k, v.as_ref(), &mut sink).unwrap();
+        }
+        let info = b.finish(&mut sink).unwrap();
+        if let Some(info) = &info {
+            let mut f = vec![0u8; BLOCK_SIZE];
+            info.emit_footer(&mut f).unwrap();
+            blocks.push(f);
+        }
+        (blocks, info)
+    }
+
+    #[allow(clippy::ptr_arg)]
+    fn lookup<V: LsmValue>(
+        blocks: &Vec<Vec<u8>>,
+        info: &TableInfo,
+        key: u64,
+    ) -> Result<Option<Option<V>>> {
+        let mut f = DirectFetch {
+            src: blocks,
+            buf: Vec::new(),
+        };
+        info.get(key, &mut f)
+    }
+
+    /// A large value: few records per block, so tables get several index
+    /// blocks cheaply.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct Big(u64);
+    impl LsmValue for Big {
+        const SIZE: usize = 400;
+        fn encode(&self, out: &mut [u8]) {
+            out[..8].copy_from_slice(&self.0.to_le_bytes());
+            out[392..].copy_from_slice(&self.0.to_le_bytes());
+        }
+        fn decode(b: &[u8]) -> Result<Self> {
+            let v = u64::from_le_bytes(b[..8].try_into().unwrap());
+            ensure!(b[392..] == v.to_le_bytes(), Corrupted, "big");
+            Ok(Self(v))
+        }
+    }
+
+    fn round_trip<V: LsmValue + PartialEq + core::fmt::Debug>(
+        n: u64,
+        bits: u32,
+        val: impl Fn(u64) -> V,
+        stride: usize,
+    ) {
+        let recs: Vec<_> = (0..n)
+            .map(|i| {
+                let v = if i % 5 == 3 { None } else { Some(val(i)) };
+                (i * 3 + 1, v)
+            })
+            .collect();
+        let (blocks, info) = build_of(&recs, 42, bits);
+        let info = info.unwrap();
+        assert_eq!(info.total_blocks(), blocks.len() as u64);
+        let parsed =
+            TableInfo::parse_footer(blocks.last().unwrap(), V::SIZE, blocks.len() as u64).unwrap();
+        assert_eq!(parsed, info);
+        assert_eq!(info.records, n);
+        for (k, v) in recs.iter().step_by(stride) {
+            assert_eq!(
+                lookup::<V>(&blocks, &info, *k).unwrap(),
+                Some(v.clone()),
+                "key {k}"
+            );
+            assert_eq!(lookup::<V>(&blocks, &info, k + 1).unwrap(), None);
+        }
+        assert_eq!(lookup::<V>(&blocks, &info, 0).unwrap(), None);
+        assert_eq!(lookup::<V>(&blocks, &info, u64::MAX).unwrap(), None);
+        let mut c = TableCursor::new().unwrap();
+        let mut all = Vec::new();
+        while let Some(r) = c.next::<V>(&info, &blocks).unwrap() {
+            all.push(r);
+        }
+        assert_eq!(all, recs);
+    }
+
+    #[test]
+    fn build_and_read_back() {
+        for (n, bits) in [(1u64, 10), (7, 0), (300, 10), (3000, 8)] {
+            round_trip(n, bits, TestVal, 1);
+        }
+    }
+
+    #[test]
+    fn several_index_blocks() {
+        // 9 records per block: 6000 records = 667 data blocks = 2 index blocks.
+        round_trip(6000, 10, Big, 7);
+        let recs: Vec<_> = (0..6000u64).map(|i| (i, Some(Big(i)))).collect();
+        let (_, info) = build_of(&recs, 1, 10);
+        assert_eq!(info.unwrap().n_index, 2);
+    }
+
+    #[test]
+    fn empty_builder_writes_nothing() {
+        let (blocks, info) = build(&[], 1, 10);
+        assert!(blocks.is_empty());
+        assert!(info.is_none());
+    }
+
+    #[test]
+    fn keys_must_ascend() {
+        let mut b = TableBuilder::new(TestVal::SIZE, 1, 0, 2, 10).unwrap();
+        let mut sink = |_: &[u8]| Ok(());
+        b.add(5, Some(&TestVal(1)), &mut sink).unwrap();
+        assert!(b.add(5, Some(&TestVal(1)), &mut sink).is_err());
+        assert!(b.add(4, Some(&TestVal(1)), &mut sink).is_err());
+    }
+
+    /// Flipping any byte of any block of a table either makes the lookup of
+    /// an affected key fail, or (inside the value bytes or a bloom bit, which
+    /// only the store's MAC can catch) changes nothing structural.
+    #[test]
+    fn flipped_structure_is_rejected() {
+        let recs: Vec<_> = (0..2000u64).map(|i| (i * 2, Some(TestVal(i)))).collect();
+        let (blocks, info) = build(&recs, 9, 10);
+        let info = info.unwrap();
+        let n = blocks.len();
+        // Footer: every flip is rejected or changes the parsed footer.
+        let footer = &blocks[n - 1];
+        for i in 0..BLOCK_SIZE {
+            let mut f = footer.clone();
+            f[i] ^= 1;
+            if let Ok(p) = TableInfo::parse_footer(&f, TestVal::SIZE, n as u64) {
+                assert_ne!(p, info, "footer flip at {i}");
+            }
+        }
+        // Header and record-structure bytes of data/index blocks.
+        for b in 0..n - 1 {
+            for i in (0..HEADER_LEN).chain([HEADER_LEN + 8, BLOCK_SIZE - 1]) {
+                let mut bl = blocks.clone();
+                bl[b][i] ^= 0x10;
+                let kind = Header::parse(&blocks[b]).unwrap().kind;
+                if kind == BlockKind::Bloom && i >= HEADER_LEN {
+                    continue; // filter bits: a flip gives a false positive/negative only
+                }
+                // Look up a key that reads this block.
+                let key = if (b as u32) < info.n_data {
+                    let (k, _, _) = record_at(&blocks[b], 0, TestVal::SIZE).unwrap();
+                    k
+                } else {
+                    recs[(b * 37) % recs.len()].0
+                };
+                let mut any_err = false;
+                for k in [key, recs[0].0, recs[recs.len() - 1].0] {
+                    match lookup::<TestVal>(&bl, &info, k) {
+                        Err(_) => any_err = true,
+                        Ok(r) => assert_eq!(r, Some(Some(TestVal(k / 2))), "block {b} byte {i}"),
+                    }
+                }
+                assert!(any_err, "block {b} byte {i} ({kind:?}) unnoticed");
+            }
+        }
+    }
+}

@@ -1,0 +1,953 @@
+//! [`LsmTree`]: memtables, WAL, tables, flush and compaction, on a store.
+
+use alloc::vec::Vec;
+use core::mem;
+
+use super::cache::{BlockCache, CachedFetch};
+use super::format::{self, get_u16, get_u32, get_u64, put, BlockKind, Header};
+use super::merge::{Ctx, MemRef, MemTable, Merger, Source};
+use super::table::{BlockSource, TableBuilder, TableInfo};
+use super::wal::{self, WalBuf};
+use super::{table_tag, LsmConfig, LsmStats, LsmValue, MAX_LEVELS, TAG_WAL};
+use crate::bio::BLOCK_SIZE;
+use crate::{bail, ensure, Error, ErrorKind, Result};
+
+/// What the tree needs of its store: the transactional log store's API
+/// (see [`crate::log::TxLogStore`], which implements it). At most one
+/// transaction is open at a time; reads see committed data and the open
+/// transaction's own changes.
+pub trait LogStore {
+    /// Names a log.
+    type LogId: Copy + Eq + core::fmt::Debug;
+    /// Starts a transaction.
+    fn begin(&mut self) -> Result<()>;
+    /// Creates an empty log with `tag`.
+    fn create_log(&mut self, tag: u64) -> Result<Self::LogId>;
+    /// Appends whole blocks to an unsealed log.
+    fn append(&mut self, log: Self::LogId, blocks: &[u8]) -> Result<()>;
+    /// Seals a log (no more appends).
+    fn seal(&mut self, log: Self::LogId) -> Result<()>;
+    /// Deletes a log.
+    fn delete_log(&mut self, log: Self::LogId) -> Result<()>;
+    /// Commits the transaction with `user_state`, durably.
+    fn commit(&mut self, user_state: &[u8]) -> Result<()>;
+    /// Drops the transaction's changes.
+    fn abort(&mut self);
+    /// Reads blocks of a log from block `pos`.
+    fn read(&self, log: Self::LogId, pos: u64, buf: &mut [u8]) -> Result<()>;
+    /// The length of a log in blocks.
+    fn log_len(&self, log: Self::LogId) -> Result<u64>;
+    /// The logs with `tag`.
+    fn logs_with_tag(&self, tag: u64) -> Result<Vec<Self::LogId>>;
+    /// The user state of the last commit.
+    fn user_state(&self) -> &[u8];
+}
+
+/// "Block `pos` of log `log`" for the table reader.
+pub struct LogSource<'a, S: LogStore> {
+    /// The store.
+    pub store: &'a S,
+    /// The log.
+    pub log: S::LogId,
+}
+
+impl<S: LogStore> BlockSource for LogSource<'_, S> {
+    fn read_block(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+        self.store.read(self.log, pos, buf)
+    }
+}
+
+const TREE_MAGIC: [u8; 8] = *b"MLSMTREE";
+const TREE_VERSION: u16 = 1;
+/// The length of the tree's header at the start of the store's user state.
+const TREE_HEADER_LEN: usize = 32;
+
+#[derive(Clone)]
+struct Table<Id> {
+    id: Id,
+    info: TableInfo,
+}
+
+struct Imm<Id, V> {
+    map: MemTable<V>,
+    wal: Option<Id>,
+}
+
+struct Output<Id> {
+    builder: TableBuilder,
+    log: Option<Id>,
+}
+
+/// A flush (of the immutable memtable into L0) or a compaction, in progress.
+struct Job<Id, V> {
+    merger: Merger<Id, V>,
+    out_level: u8,
+    drop_tombstones: bool,
+    /// (level, seq) of the input tables, removed when the job ends.
+    inputs: Vec<(u8, u64)>,
+    out: Option<Output<Id>>,
+    outputs: Vec<Table<Id>>,
+    /// Input records not yet consumed (sizes the bloom filters).
+    remaining: u64,
+}
+
+/// A transactional LSM-tree over a [`LogStore`]; see the module docs.
+pub struct LsmTree<S: LogStore, V: LsmValue> {
+    store: S,
+    cfg: LsmConfig,
+    in_tx: bool,
+    poisoned: bool,
+    mem: MemTable<V>,
+    mem_gen: u64,
+    mem_wal: Option<S::LogId>,
+    /// Blocks in the mutable memtable's WAL log.
+    mem_wal_blocks: u64,
+    wal: WalBuf,
+    imm: Option<Imm<S::LogId, V>>,
+    /// L0 newest first; deeper levels ascending by key.
+    levels: Vec<Vec<Table<S::LogId>>>,
+    flush: Option<Job<S::LogId, V>>,
+    job: Option<Job<S::LogId, V>>,
+    next_seq: u64,
+    next_gen: u64,
+    compact_ptr: [u64; MAX_LEVELS],
+    meta_cache: BlockCache,
+    data_cache: BlockCache,
+    user_state: Vec<u8>,
+    stats: LsmStats,
+}
+
+fn check_value_size<V: LsmValue>() -> Result<()> {
+    ensure!(
+        V::SIZE >= 1 && V::SIZE <= format::MAX_VALUE_SIZE,
+        InvalidArgument,
+        "lsm: value size out of range"
+    );
+    Ok(())
+}
+
+fn level_u8(l: usize) -> u8 {
+    l as u8
+}
+
+impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
+    fn empty(store: S, cfg: LsmConfig) -> Result<Self> {
+        cfg.check()?;
+        check_value_size::<V>()?;
+        let mut levels = Vec::new();
+        levels.try_reserve_exact(MAX_LEVELS)?;
+        levels.resize_with(MAX_LEVELS, Vec::new);
+        Ok(Self {
+            wal: WalBuf::new(V::SIZE)?,
+            meta_cache: BlockCache::new(cfg.meta_cache_blocks),
+            data_cache: BlockCache::new(cfg.data_cache_blocks),
+            store,
+            cfg,
+            in_tx: false,
+            poisoned: false,
+            mem: MemTable::new(),
+            mem_gen: 0,
+            mem_wal: None,
+            mem_wal_blocks: 0,
+            imm: None,
+            levels,
+            flush: None,
+            job: None,
+            next_seq: 1,
+            next_gen: 1,
+            compact_ptr: [0; MAX_LEVELS],
+            user_state: Vec::new(),
+            stats: LsmStats::default(),
+        })
+    }
+
+    /// Creates an empty tree in a fresh store (which must hold no log of the
+    /// tree's tags) and commits it, with an empty user state.
+    pub fn format(store: S, cfg: LsmConfig) -> Result<Self> {
+        let mut t = Self::empty(store, cfg)?;
+        ensure!(
+            t.store.logs_with_tag(TAG_WAL)?.is_empty(),
+            InvalidState,
+            "lsm: store already holds a tree"
+        );
+        for l in 0..MAX_LEVELS {
+            ensure!(
+                t.store.logs_with_tag(table_tag(level_u8(l)))?.is_empty(),
+                InvalidState,
+                "lsm: store already holds a tree"
+            );
+        }
+        t.mem_gen = t.next_gen;
+        t.next_gen += 1;
+        t.sync(&[])?;
+        Ok(t)
+    }
+
+    /// Opens the tree of the store's last commit: loads the table footers,
+    /// replays the WALs into the memtables, and deletes orphan logs (of a
+    /// flush or compaction that was in progress) in the next transaction.
+    pub fn open(store: S, cfg: LsmConfig) -> Result<Self> {
+        let mut t = Self::empty(store, cfg)?;
+        let (next_seq, next_gen) = t.parse_header()?;
+        t.next_seq = next_seq;
+        t.next_gen = next_gen;
+        let mut orphans = Vec::new();
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(BLOCK_SIZE)?;
+        buf.resize(BLOCK_SIZE, 0);
+        for l in 0..MAX_LEVELS {
+            for id in t.store.logs_with_tag(table_tag(level_u8(l)))? {
+                let len = t.store.log_len(id)?;
+                if len == 0 {
+                    orphans.try_reserve(1)?;
+                    orphans.push(id);
+                    continue;
+                }
+                t.store.read(id, len - 1, &mut buf)?;
+                if Header::parse(&buf)?.kind != BlockKind::Footer {
+                    orphans.try_reserve(1)?;
+                    orphans.push(id);
+                    continue;
+                }
+                let info = TableInfo::parse_footer(&buf, V::SIZE, len)?;
+                ensure!(
+                    usize::from(info.level) == l,
+                    Corrupted,
+                    "lsm: table level differs from its tag"
+                );
+                t.next_seq = t.next_seq.max(info.seq.saturating_add(1));
+                let lv = t
+                    .levels
+                    .get_mut(l)
+                    .ok_or(Error::new(ErrorKind::Corrupted, "lsm: level"))?;
+                lv.try_reserve(1)?;
+                lv.push(Table { id, info });
+            }
+        }
+        t.sort_and_check_levels()?;
+        // WALs: at most two generations (immutable + mutable memtable).
+        let mut wals: Vec<(u64, S::LogId)> = Vec::new();
+        for id in t.store.logs_with_tag(TAG_WAL)? {
+            let len = t.store.log_len(id)?;
+            if len == 0 {
+                orphans.try_reserve(1)?;
+                orphans.push(id);
+                continue;
+            }
+            t.store.read(id, 0, &mut buf)?;
+            let gen = Header::parse(&buf)?.owner;
+            wals.try_reserve(1)?;
+            wals.push((gen, id));
+        }
+        wals.sort_by_key(|w| w.0);
+        ensure!(wals.len() <= 2, Corrupted, "lsm: more than two WALs");
+        ensure!(
+            wals.windows(2)
+                .all(|w| w.first().map(|a| a.0) != w.get(1).map(|b| b.0)),
+            Corrupted,
+            "lsm: two WALs of one generation"
+        );
+        let n = wals.len();
+        for (i, (gen, id)) in wals.into_iter().enumerate() {
+            let mut map = MemTable::new();
+            let blocks = t.replay(id, gen, &mut map, &mut buf)?;
+            t.next_gen = t.next_gen.max(gen.saturating_add(1));
+            if i + 1 < n {
+                t.imm = Some(Imm { map, wal: Some(id) });
+            } else {
+                t.mem = map;
+                t.mem_wal = Some(id);
+                t.mem_gen = gen;
+                t.mem_wal_blocks = blocks;
+            }
+        }
+        if t.mem_wal.is_none() {
+            t.mem_gen = t.next_gen;
+            t.next_gen += 1;
+        }
+        if !orphans.is_empty() {
+            t.guarded(|t| {
+                t.ensure_tx()?;
+                for id in orphans {
+                    t.store.delete_log(id)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(t)
+    }
+
+    fn parse_header(&mut self) -> Result<(u64, u64)> {
+        let us = self.store.user_state();
+        let (h, rest) = us
+            .split_at_checked(TREE_HEADER_LEN)
+            .ok_or(Error::new(ErrorKind::Corrupted, "lsm: no tree header"))?;
+        ensure!(
+            h.get(..8) == Some(&TREE_MAGIC[..]),
+            Corrupted,
+            "lsm: bad tree magic"
+        );
+        ensure!(
+            get_u16(h, 8)? == TREE_VERSION,
+            Unsupported,
+            "lsm: unknown tree version"
+        );
+        ensure!(
+            usize::from(get_u16(h, 10)?) == V::SIZE,
+            InvalidArgument,
+            "lsm: tree has another value size"
+        );
+        ensure!(
+            get_u32(h, 12)? == 0,
+            Corrupted,
+            "lsm: reserved header bytes"
+        );
+        let seq = get_u64(h, 16)?;
+        let gen = get_u64(h, 24)?;
+        let mut us = Vec::new();
+        us.try_reserve_exact(rest.len())?;
+        us.extend_from_slice(rest);
+        self.user_state = us;
+        Ok((seq, gen))
+    }
+
+    fn sort_and_check_levels(&mut self) -> Result<()> {
+        for (l, lv) in self.levels.iter_mut().enumerate() {
+            if l == 0 {
+                lv.sort_by_key(|t| core::cmp::Reverse(t.info.seq));
+            } else {
+                lv.sort_by_key(|t| t.info.min_key);
+                ensure!(
+                    lv.windows(2).all(|w| match (w.first(), w.get(1)) {
+                        (Some(a), Some(b)) => a.info.max_key < b.info.min_key,
+                        _ => true,
+                    }),
+                    Corrupted,
+                    "lsm: overlapping tables in a level"
+                );
+            }
+        }
+        let mut seqs: Vec<u64> = Vec::new();
+        for lv in &self.levels {
+            seqs.try_reserve(lv.len())?;
+            seqs.extend(lv.iter().map(|t| t.info.seq));
+        }
+        seqs.sort_unstable();
+        ensure!(
+            seqs.windows(2).all(|w| w.first() != w.get(1)),
+            Corrupted,
+            "lsm: two tables with one sequence number"
+        );
+        Ok(())
+    }
+
+    /// Replays a WAL log into `map`; returns its length in blocks.
+    fn replay(
+        &mut self,
+        id: S::LogId,
+        gen: u64,
+        map: &mut MemTable<V>,
+        buf: &mut [u8],
+    ) -> Result<u64> {
+        let len = self.store.log_len(id)?;
+        for pos in 0..len {
+            self.store.read(id, pos, buf)?;
+            let g = wal::parse_block::<V>(buf, V::SIZE, &mut |k, v| {
+                map.insert(k, v);
+                Ok(())
+            })?;
+            ensure!(g == gen, Corrupted, "lsm: WAL block of another generation");
+        }
+        Ok(len)
+    }
+
+    fn header(&self, user_state: &[u8]) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(TREE_HEADER_LEN + user_state.len())?;
+        v.resize(TREE_HEADER_LEN, 0);
+        put(&mut v, 0, &TREE_MAGIC)?;
+        put(&mut v, 8, &TREE_VERSION.to_le_bytes())?;
+        put(&mut v, 10, &(V::SIZE as u16).to_le_bytes())?;
+        put(&mut v, 16, &self.next_seq.to_le_bytes())?;
+        put(&mut v, 24, &self.next_gen.to_le_bytes())?;
+        v.extend_from_slice(user_state);
+        Ok(v)
+    }
+
+    /// Runs a mutating operation; on error, aborts the store transaction and
+    /// poisons the tree.
+    fn guarded<T>(&mut self, op: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.check_alive()?;
+        match op(self) {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                if self.in_tx {
+                    self.store.abort();
+                    self.in_tx = false;
+                }
+                self.poisoned = true;
+                self.meta_cache.clear();
+                self.data_cache.clear();
+                Err(e)
+            }
+        }
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        ensure!(
+            !self.poisoned,
+            InvalidState,
+            "lsm: an earlier store update failed; reopen the tree"
+        );
+        Ok(())
+    }
+
+    fn ensure_tx(&mut self) -> Result<()> {
+        if !self.in_tx {
+            self.store.begin()?;
+            self.in_tx = true;
+        }
+        Ok(())
+    }
+
+    /// Appends the buffered WAL block (if any) to the mutable memtable's WAL.
+    fn append_wal(&mut self) -> Result<()> {
+        if self.wal.is_empty() {
+            return Ok(());
+        }
+        self.ensure_tx()?;
+        let id = match self.mem_wal {
+            Some(id) => id,
+            None => {
+                let id = self.store.create_log(TAG_WAL)?;
+                self.mem_wal = Some(id);
+                id
+            }
+        };
+        let blk = self.wal.block(self.mem_gen)?;
+        self.store.append(id, blk)?;
+        self.mem_wal_blocks += 1;
+        self.wal.clear();
+        self.stats.wal_blocks += 1;
+        Ok(())
+    }
+
+    /// The value of `key`, if it has one.
+    pub fn get(&mut self, key: u64) -> Result<Option<V>> {
+        self.check_alive()?;
+        if let Some(v) = self.mem.get(&key) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = self.imm.as_ref().and_then(|i| i.map.get(&key)) {
+            return Ok(v.clone());
+        }
+        for (l, lv) in self.levels.iter().enumerate() {
+            let cands: &[Table<S::LogId>] = if l == 0 {
+                lv
+            } else {
+                let i = lv.partition_point(|t| t.info.max_key < key);
+                lv.get(i..i + 1).unwrap_or_default()
+            };
+            for t in cands {
+                if !t.info.overlaps(key, key) {
+                    continue;
+                }
+                let src = LogSource {
+                    store: &self.store,
+                    log: t.id,
+                };
+                let mut f = CachedFetch {
+                    table: t.info.seq,
+                    src: &src,
+                    meta: &mut self.meta_cache,
+                    data: &mut self.data_cache,
+                    bloom_negatives: &mut self.stats.bloom_negatives,
+                };
+                if let Some(r) = t.info.get::<V>(key, &mut f)? {
+                    return Ok(r);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sets the value of `key` (in the memtable and the WAL buffer).
+    pub fn put(&mut self, key: u64, v: V) -> Result<()> {
+        self.update(key, Some(v))
+    }
+
+    /// Deletes `key` (a tombstone).
+    pub fn delete(&mut self, key: u64) -> Result<()> {
+        self.update(key, None)
+    }
+
+    fn update(&mut self, key: u64, v: Option<V>) -> Result<()> {
+        self.guarded(|t| {
+            t.wal.push(key, v.as_ref())?;
+            if t.wal.is_full() {
+                t.append_wal()?;
+            }
+            t.mem.insert(key, v);
+            if t.mem.len() >= t.cfg.memtable_entries || t.mem_wal_blocks >= t.cfg.wal_max_blocks {
+                t.freeze()?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Turns the mutable memtable into the immutable one (finishing the
+    /// flush of the previous one first).
+    fn freeze(&mut self) -> Result<()> {
+        while self.imm.is_some() {
+            self.flush_step(usize::MAX)?;
+        }
+        self.append_wal()?;
+        let map = mem::take(&mut self.mem);
+        self.imm = Some(Imm {
+            map,
+            wal: self.mem_wal.take(),
+        });
+        self.mem_gen = self.next_gen;
+        self.next_gen += 1;
+        self.mem_wal_blocks = 0;
+        Ok(())
+    }
+
+    /// Makes every update so far durable, atomically with `user_state`
+    /// (one store commit).
+    pub fn sync(&mut self, user_state: &[u8]) -> Result<()> {
+        let mut us = Vec::new();
+        us.try_reserve_exact(user_state.len())?;
+        us.extend_from_slice(user_state);
+        self.guarded(|t| {
+            t.ensure_tx()?;
+            t.append_wal()?;
+            let h = t.header(user_state)?;
+            t.store.commit(&h)?;
+            t.in_tx = false;
+            t.stats.syncs += 1;
+            Ok(())
+        })?;
+        self.user_state = us;
+        Ok(())
+    }
+
+    /// The caller's user state as of the last sync (or open).
+    pub fn user_state(&self) -> &[u8] {
+        &self.user_state
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Gives the store back, dropping everything not synced.
+    pub fn into_store(mut self) -> S {
+        if self.in_tx {
+            self.store.abort();
+        }
+        self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LsmConfig {
+        &self.cfg
+    }
+
+    /// Calls `f` for every live entry, in key order.
+    pub fn for_each(&mut self, f: &mut dyn FnMut(u64, &V) -> Result<()>) -> Result<()> {
+        self.check_alive()?;
+        let mut sources = Vec::new();
+        sources.try_reserve(3 + self.levels.iter().map(Vec::len).sum::<usize>())?;
+        sources.push(Source::Mem {
+            which: MemRef::Mutable,
+            last: None,
+        });
+        sources.push(Source::Mem {
+            which: MemRef::Imm,
+            last: None,
+        });
+        for (l, lv) in self.levels.iter().enumerate() {
+            if l == 0 {
+                for t in lv {
+                    sources.push(Source::tables(single(t)?)?);
+                }
+            } else if !lv.is_empty() {
+                sources.push(Source::tables(tables_of(lv.iter())?)?);
+            }
+        }
+        let mut m = Merger::<S::LogId, V>::new(sources)?;
+        let ctx = Ctx {
+            store: &self.store,
+            mem: &self.mem,
+            imm: self.imm.as_ref().map(|i| &i.map),
+        };
+        while let Some((k, v)) = m.next(&ctx)? {
+            if let Some(v) = v {
+                f(k, &v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one bounded unit of background work: a step of the flush of the
+    /// immutable memtable, else a step of a compaction (planning one if
+    /// needed). Returns whether more work remains. The work becomes durable
+    /// with the next [`Self::sync`].
+    pub fn compact_step(&mut self) -> Result<bool> {
+        self.guarded(|t| {
+            let budget = t.cfg.step_records;
+            if t.imm.is_some() {
+                t.flush_step(budget)?;
+            } else {
+                if t.job.is_none() {
+                    t.job = t.plan_compaction()?;
+                }
+                if let Some(mut job) = t.job.take() {
+                    t.stats.compact_steps += 1;
+                    if t.run_job(&mut job, budget)? {
+                        t.install_compaction(job)?;
+                    } else {
+                        t.job = Some(job);
+                    }
+                }
+            }
+            Ok(t.imm.is_some() || t.job.is_some() || t.compaction_needed())
+        })
+    }
+
+    fn flush_step(&mut self, budget: usize) -> Result<()> {
+        if self.flush.is_none() {
+            self.flush = Some(self.plan_flush()?);
+        }
+        let Some(mut job) = self.flush.take() else {
+            return Ok(());
+        };
+        self.stats.compact_steps += 1;
+        if !self.run_job(&mut job, budget)? {
+            self.flush = Some(job);
+            return Ok(());
+        }
+        // Done: the tables go to L0 (newest first), the WAL goes away.
+        self.seal_outputs(&job)?;
+        let imm = self.imm.take().ok_or(Error::new(
+            ErrorKind::InvalidState,
+            "lsm: flush without memtable",
+        ))?;
+        if let Some(w) = imm.wal {
+            self.store.delete_log(w)?;
+        }
+        let l0 = self
+            .levels
+            .get_mut(0)
+            .ok_or(Error::new(ErrorKind::InvalidState, "lsm: no L0"))?;
+        l0.try_reserve(job.outputs.len())?;
+        for t in job.outputs {
+            l0.insert(0, t);
+        }
+        l0.sort_by_key(|t| core::cmp::Reverse(t.info.seq));
+        self.stats.flushes += 1;
+        Ok(())
+    }
+
+    fn plan_flush(&self) -> Result<Job<S::LogId, V>> {
+        let imm = self
+            .imm
+            .as_ref()
+            .ok_or(Error::new(ErrorKind::InvalidState, "lsm: nothing to flush"))?;
+        let lo = imm.map.first_key_value().map_or(0, |(k, _)| *k);
+        let hi = imm.map.last_key_value().map_or(0, |(k, _)| *k);
+        let mut sources = Vec::new();
+        sources.try_reserve(1)?;
+        sources.push(Source::Mem {
+            which: MemRef::Imm,
+            last: None,
+        });
+        Ok(Job {
+            merger: Merger::new(sources)?,
+            out_level: 0,
+            drop_tombstones: !self.any_table_overlaps(0, lo, hi, &[]),
+            inputs: Vec::new(),
+            out: None,
+            outputs: Vec::new(),
+            remaining: imm.map.len() as u64,
+        })
+    }
+
+    /// Whether a table at a level >= `from`, other than `except`, meets
+    /// `[lo, hi]`.
+    fn any_table_overlaps(&self, from: usize, lo: u64, hi: u64, except: &[(u8, u64)]) -> bool {
+        self.levels.iter().enumerate().skip(from).any(|(l, lv)| {
+            lv.iter()
+                .any(|t| t.info.overlaps(lo, hi) && !except.contains(&(level_u8(l), t.info.seq)))
+        })
+    }
+
+    fn level_target(&self, l: usize) -> u64 {
+        let mut t = self.cfg.l1_max_records;
+        for _ in 1..l {
+            t = t.saturating_mul(self.cfg.level_ratio);
+        }
+        t
+    }
+
+    fn level_records(&self, l: usize) -> u64 {
+        self.levels
+            .get(l)
+            .map_or(0, |lv| lv.iter().map(|t| t.info.records).sum())
+    }
+
+    fn compaction_needed(&self) -> bool {
+        self.levels.first().map_or(0, Vec::len) >= self.cfg.l0_max_tables
+            || (1..MAX_LEVELS - 1).any(|l| self.level_records(l) > self.level_target(l))
+    }
+
+    fn plan_compaction(&mut self) -> Result<Option<Job<S::LogId, V>>> {
+        let mut sources = Vec::new();
+        let mut inputs = Vec::new();
+        let (from, lo, hi);
+        let l0 = self.levels.first().map(Vec::as_slice).unwrap_or_default();
+        if l0.len() >= self.cfg.l0_max_tables {
+            from = 0;
+            lo = l0.iter().map(|t| t.info.min_key).min().unwrap_or(0);
+            hi = l0.iter().map(|t| t.info.max_key).max().unwrap_or(0);
+            sources.try_reserve(l0.len() + 1)?;
+            inputs.try_reserve(l0.len())?;
+            for t in l0 {
+                sources.push(Source::tables(single(t)?)?);
+                inputs.push((0u8, t.info.seq));
+            }
+        } else {
+            let Some(l) =
+                (1..MAX_LEVELS - 1).find(|&l| self.level_records(l) > self.level_target(l))
+            else {
+                return Ok(None);
+            };
+            let lv = self.levels.get(l).map(Vec::as_slice).unwrap_or_default();
+            let ptr = self.compact_ptr.get(l).copied().unwrap_or(0);
+            let Some(t) = lv
+                .iter()
+                .find(|t| t.info.min_key > ptr)
+                .or_else(|| lv.first())
+            else {
+                return Ok(None);
+            };
+            from = l;
+            lo = t.info.min_key;
+            hi = t.info.max_key;
+            if let Some(p) = self.compact_ptr.get_mut(l) {
+                *p = hi;
+            }
+            sources.try_reserve(2)?;
+            sources.push(Source::tables(single(t)?)?);
+            inputs.try_reserve(1)?;
+            inputs.push((level_u8(l), t.info.seq));
+        }
+        let out_level = from + 1;
+        let next: Vec<&Table<S::LogId>> = self
+            .levels
+            .get(out_level)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter(|t| t.info.overlaps(lo, hi))
+            .collect();
+        // The job's key range grows to the overlapped tables of the next level.
+        let lo = next.iter().map(|t| t.info.min_key).fold(lo, u64::min);
+        let hi = next.iter().map(|t| t.info.max_key).fold(hi, u64::max);
+        inputs.try_reserve(next.len())?;
+        for t in &next {
+            inputs.push((level_u8(out_level), t.info.seq));
+        }
+        if !next.is_empty() {
+            sources.push(Source::tables(tables_of(next.iter().copied())?)?);
+        }
+        let remaining = self
+            .levels
+            .iter()
+            .enumerate()
+            .flat_map(|(l, lv)| lv.iter().map(move |t| (l, t)))
+            .filter(|(l, t)| inputs.contains(&(level_u8(*l), t.info.seq)))
+            .map(|(_, t)| t.info.records)
+            .sum();
+        Ok(Some(Job {
+            merger: Merger::new(sources)?,
+            out_level: level_u8(out_level),
+            drop_tombstones: !self.any_table_overlaps(out_level, lo, hi, &inputs),
+            inputs,
+            out: None,
+            outputs: Vec::new(),
+            remaining,
+        }))
+    }
+
+    /// Merges up to `budget` records of a job into its outputs; true when the
+    /// job has consumed all its input (and its last table is sealed).
+    fn run_job(&mut self, job: &mut Job<S::LogId, V>, budget: usize) -> Result<bool> {
+        self.ensure_tx()?;
+        for _ in 0..budget {
+            let rec = {
+                let ctx = Ctx {
+                    store: &self.store,
+                    mem: &self.mem,
+                    imm: self.imm.as_ref().map(|i| &i.map),
+                };
+                job.merger.next(&ctx)?
+            };
+            let Some((key, val)) = rec else {
+                self.finish_output(job)?;
+                return Ok(true);
+            };
+            job.remaining = job.remaining.saturating_sub(1);
+            if val.is_none() && job.drop_tombstones {
+                continue;
+            }
+            if job.out.is_none() {
+                let expected = job
+                    .remaining
+                    .saturating_add(1)
+                    .min(self.cfg.table_max_records);
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                job.out = Some(Output {
+                    builder: TableBuilder::new(
+                        V::SIZE,
+                        seq,
+                        job.out_level,
+                        expected,
+                        self.cfg.bloom_bits_per_key,
+                    )?,
+                    log: None,
+                });
+            }
+            let full = {
+                let out = job
+                    .out
+                    .as_mut()
+                    .ok_or(Error::new(ErrorKind::InvalidState, "lsm: no output"))?;
+                let store = &mut self.store;
+                let level = job.out_level;
+                let log = &mut out.log;
+                let mut sink = |blk: &[u8]| append_block(store, log, level, blk);
+                out.builder.add(key, val.as_ref(), &mut sink)?;
+                out.builder.records() >= self.cfg.table_max_records
+            };
+            self.stats.records_written += 1;
+            if full {
+                self.finish_output(job)?;
+            }
+        }
+        Ok(false)
+    }
+
+    fn finish_output(&mut self, job: &mut Job<S::LogId, V>) -> Result<()> {
+        let Some(out) = job.out.take() else {
+            return Ok(());
+        };
+        let mut log = out.log;
+        let level = job.out_level;
+        let store = &mut self.store;
+        let info = out
+            .builder
+            .finish(&mut |blk: &[u8]| append_block(store, &mut log, level, blk))?;
+        if let (Some(info), Some(id)) = (info, log) {
+            job.outputs.try_reserve(1)?;
+            job.outputs.push(Table { id, info });
+        }
+        Ok(())
+    }
+
+    /// Writes the footers of a finished job's outputs and seals them: only
+    /// now (in the transaction that also drops the inputs) do they become
+    /// tables that `open` loads.
+    fn seal_outputs(&mut self, job: &Job<S::LogId, V>) -> Result<()> {
+        let mut blk = Vec::new();
+        blk.try_reserve_exact(BLOCK_SIZE)?;
+        blk.resize(BLOCK_SIZE, 0);
+        for t in &job.outputs {
+            t.info.emit_footer(&mut blk)?;
+            self.store.append(t.id, &blk)?;
+            self.store.seal(t.id)?;
+        }
+        Ok(())
+    }
+
+    fn install_compaction(&mut self, job: Job<S::LogId, V>) -> Result<()> {
+        self.seal_outputs(&job)?;
+        for (l, seq) in &job.inputs {
+            let lv = self
+                .levels
+                .get_mut(usize::from(*l))
+                .ok_or(Error::new(ErrorKind::InvalidState, "lsm: level"))?;
+            let Some(i) = lv.iter().position(|t| t.info.seq == *seq) else {
+                bail!(InvalidState, "lsm: compaction input vanished");
+            };
+            let t = lv.remove(i);
+            self.store.delete_log(t.id)?;
+            self.meta_cache.remove_table(*seq);
+            self.data_cache.remove_table(*seq);
+        }
+        let lv = self
+            .levels
+            .get_mut(usize::from(job.out_level))
+            .ok_or(Error::new(ErrorKind::InvalidState, "lsm: level"))?;
+        lv.try_reserve(job.outputs.len())?;
+        lv.extend(job.outputs);
+        lv.sort_by_key(|t| t.info.min_key);
+        self.stats.compactions += 1;
+        Ok(())
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> LsmStats {
+        let mut s = self.stats.clone();
+        s.memtable_entries = self.mem.len();
+        s.imm_entries = self.imm.as_ref().map_or(0, |i| i.map.len());
+        for (l, lv) in self.levels.iter().enumerate() {
+            if let Some(n) = s.tables.get_mut(l) {
+                *n = lv.len() as u32;
+            }
+            if let Some(r) = s.records.get_mut(l) {
+                *r = lv.iter().map(|t| t.info.records).sum();
+            }
+        }
+        let (h1, m1) = self.meta_cache.counters();
+        let (h2, m2) = self.data_cache.counters();
+        s.cache_hits = h1 + h2;
+        s.cache_misses = m1 + m2;
+        s
+    }
+}
+
+fn append_block<S: LogStore>(
+    store: &mut S,
+    log: &mut Option<S::LogId>,
+    level: u8,
+    blk: &[u8],
+) -> Result<()> {
+    let id = match *log {
+        Some(id) => id,
+        None => {
+            let id = store.create_log(table_tag(level))?;
+            *log = Some(id);
+            id
+        }
+    };
+    store.append(id, blk)
+}
+
+fn single<Id: Copy>(t: &Table<Id>) -> Result<Vec<(Id, TableInfo)>> {
+    tables_of(core::iter::once(t))
+}
+
+fn tables_of<'a, Id: Copy + 'a>(
+    ts: impl Iterator<Item = &'a Table<Id>>,
+) -> Result<Vec<(Id, TableInfo)>> {
+    let mut v = Vec::new();
+    for t in ts {
+        v.try_reserve(1)?;
+        v.push((t.id, t.info.clone()));
+    }
+    Ok(v)
+}

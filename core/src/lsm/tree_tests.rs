@@ -1,0 +1,402 @@
+//! Unit and model tests of the tree over the in-memory store.
+
+use alloc::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::mem_store::MemStore;
+use super::tests::TestVal;
+use super::{table_tag, LsmConfig, LsmTree, TAG_WAL};
+use crate::ErrorKind;
+
+type Tree = LsmTree<MemStore, TestVal>;
+
+fn contents(t: &mut Tree) -> BTreeMap<u64, u64> {
+    let mut m = BTreeMap::new();
+    t.for_each(&mut |k, v| {
+        m.insert(k, v.0);
+        Ok(())
+    })
+    .unwrap();
+    m
+}
+
+fn check(t: &mut Tree, model: &BTreeMap<u64, u64>, keys: u64) {
+    for k in 0..keys {
+        assert_eq!(
+            t.get(k).unwrap().map(|v| v.0),
+            model.get(&k).copied(),
+            "key {k}"
+        );
+    }
+    assert_eq!(&contents(t), model);
+}
+
+#[test]
+fn put_get_sync_reopen() {
+    let mut t = Tree::format(MemStore::default(), LsmConfig::tiny()).unwrap();
+    let mut model = BTreeMap::new();
+    for i in 0..500u64 {
+        let k = (i * 37) % 101;
+        if i % 7 == 3 {
+            t.delete(k).unwrap();
+            model.remove(&k);
+        } else {
+            t.put(k, TestVal(i)).unwrap();
+            model.insert(k, i);
+        }
+        if i % 3 == 0 {
+            t.compact_step().unwrap();
+        }
+    }
+    check(&mut t, &model, 110);
+    while t.compact_step().unwrap() {}
+    check(&mut t, &model, 110);
+    let st = t.stats();
+    assert!(st.flushes > 5 && st.compactions > 2, "{st:?}");
+    assert!(
+        st.tables[0] < 2 && st.tables.iter().skip(2).any(|&n| n > 0),
+        "{st:?}"
+    );
+    t.sync(b"hello").unwrap();
+    let s = t.into_store();
+    let mut t = Tree::open(s, LsmConfig::tiny()).unwrap();
+    assert_eq!(t.user_state(), b"hello");
+    check(&mut t, &model, 110);
+}
+
+#[test]
+fn unsynced_updates_vanish_at_crash() {
+    let mut t = Tree::format(MemStore::default(), LsmConfig::tiny()).unwrap();
+    for k in 0..20 {
+        t.put(k, TestVal(k)).unwrap();
+    }
+    t.sync(b"one").unwrap();
+    for k in 0..40 {
+        t.put(k, TestVal(k + 100)).unwrap();
+        t.compact_step().unwrap();
+    }
+    let s = t.store().crashed();
+    let mut t = Tree::open(s, LsmConfig::tiny()).unwrap();
+    assert_eq!(t.user_state(), b"one");
+    let model: BTreeMap<u64, u64> = (0..20).map(|k| (k, k)).collect();
+    check(&mut t, &model, 45);
+}
+
+#[test]
+fn store_failure_poisons() {
+    let mut t = Tree::format(MemStore::default(), LsmConfig::tiny()).unwrap();
+    for k in 0..5 {
+        t.put(k, TestVal(k)).unwrap();
+    }
+    t.sync(b"a").unwrap();
+    let mut s = t.into_store();
+    s.fail_in = Some(2);
+    let mut t = Tree::open(s, LsmConfig::tiny()).unwrap();
+    let mut failed = false;
+    for k in 0..100 {
+        if t.put(k, TestVal(9)).is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed);
+    assert_eq!(t.get(1).unwrap_err().kind(), ErrorKind::InvalidState);
+    assert!(t.sync(b"b").is_err());
+    let s = t.into_store();
+    let mut t = Tree::open(s, LsmConfig::tiny()).unwrap();
+    assert_eq!(t.user_state(), b"a");
+    let model: BTreeMap<u64, u64> = (0..5).map(|k| (k, k)).collect();
+    check(&mut t, &model, 10);
+}
+
+#[test]
+fn tampered_table_or_wal_fails() {
+    let cfg = LsmConfig::tiny();
+    let mut t = Tree::format(MemStore::default(), cfg.clone()).unwrap();
+    for k in 0..30 {
+        t.put(k, TestVal(k)).unwrap();
+    }
+    while t.compact_step().unwrap() {}
+    t.put(99, TestVal(99)).unwrap();
+    t.sync(b"x").unwrap();
+    let s = t.into_store();
+    let tables = s.logs_with_tag_count(table_tag(1)) + s.logs_with_tag_count(table_tag(0));
+    assert!(tables > 0);
+    // The WAL: a flipped record flag byte -> open fails.
+    let mut s2 = s.clone();
+    s2.tamper(TAG_WAL, 0, 0, 24 + 8);
+    assert!(Tree::open(s2, cfg.clone()).is_err());
+    // A table data block: a flipped header byte -> open or get fails.
+    for lvl in 0..3u8 {
+        if s.logs_with_tag_count(table_tag(lvl)) == 0 {
+            continue;
+        }
+        for byte in [0usize, 5, 17, 4095] {
+            let mut s2 = s.clone();
+            s2.tamper(table_tag(lvl), 0, 0, byte);
+            if let Ok(mut t) = Tree::open(s2, cfg.clone()) {
+                let errs = (0..30).filter(|&k| t.get(k).is_err()).count();
+                assert!(errs > 0, "level {lvl} byte {byte}");
+                for k in 0..30 {
+                    if let Ok(v) = t.get(k) {
+                        assert_eq!(v, Some(TestVal(k)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u64, u64),
+    Del(u64),
+    Get(u64),
+    Sync,
+    Compact(u8),
+    Crash,
+    ForEach,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        10 => (0..24u64, any::<u64>()).prop_map(|(k, v)| Op::Put(k, v)),
+        3 => (0..24u64).prop_map(Op::Del),
+        4 => (0..24u64).prop_map(Op::Get),
+        2 => Just(Op::Sync),
+        3 => (1..6u8).prop_map(Op::Compact),
+        1 => Just(Op::Crash),
+        1 => Just(Op::ForEach),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #[test]
+    fn model(ops in proptest::collection::vec(op(), 1..160)) {
+        let cfg = LsmConfig::tiny();
+        let mut t = Tree::format(MemStore::default(), cfg.clone()).unwrap();
+        let mut cur: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut synced = cur.clone();
+        let mut nsync = 0u64;
+        for op in ops {
+            match op {
+                Op::Put(k, v) => { t.put(k, TestVal(v)).unwrap(); cur.insert(k, v); }
+                Op::Del(k) => { t.delete(k).unwrap(); cur.remove(&k); }
+                Op::Get(k) => prop_assert_eq!(t.get(k).unwrap().map(|v| v.0), cur.get(&k).copied()),
+                Op::Sync => {
+                    nsync += 1;
+                    t.sync(&nsync.to_le_bytes()).unwrap();
+                    synced = cur.clone();
+                }
+                Op::Compact(n) => { for _ in 0..n { t.compact_step().unwrap(); } }
+                Op::Crash => {
+                    let s = t.store().crashed();
+                    t = Tree::open(s, cfg.clone()).unwrap();
+                    cur = synced.clone();
+                    if nsync == 0 {
+                        prop_assert!(t.user_state().is_empty());
+                    } else {
+                        prop_assert_eq!(t.user_state(), &nsync.to_le_bytes()[..]);
+                    }
+                }
+                Op::ForEach => prop_assert_eq!(contents(&mut t), cur.clone()),
+            }
+        }
+        check(&mut t, &cur, 24);
+        let s = t.store().crashed();
+        let mut t = Tree::open(s, cfg).unwrap();
+        check(&mut t, &synced, 24);
+    }
+}
+
+/// All logs of the tree's tags, for leak checks.
+fn tree_logs(s: &MemStore) -> usize {
+    (0..7u8)
+        .map(|l| s.logs_with_tag_count(table_tag(l)))
+        .sum::<usize>()
+        + s.logs_with_tag_count(TAG_WAL)
+}
+
+#[test]
+fn no_leaked_logs_after_compaction() {
+    let cfg = LsmConfig::tiny();
+    let mut t = Tree::format(MemStore::default(), cfg.clone()).unwrap();
+    for i in 0..2000u64 {
+        t.put(i % 50, TestVal(i)).unwrap();
+        if i % 2 == 0 {
+            t.compact_step().unwrap();
+        }
+        if i % 97 == 0 {
+            t.sync(b"").unwrap();
+        }
+    }
+    while t.compact_step().unwrap() {}
+    t.sync(b"").unwrap();
+    let st = t.stats();
+    let tables: u32 = st.tables.iter().sum();
+    let s = t.into_store();
+    // tables + at most two WALs
+    assert!(
+        tree_logs(&s) <= tables as usize + 2,
+        "{} logs, {st:?}",
+        tree_logs(&s)
+    );
+    // A sync in the middle of a flush or compaction commits output logs
+    // without footers: open deletes them (with the next sync).
+    let mut t = Tree::open(s, cfg.clone()).unwrap();
+    for i in 0..300u64 {
+        t.put(1000 + i, TestVal(i)).unwrap();
+    }
+    let mut orphans_seen = false;
+    for i in 0..50 {
+        for _ in 0..(i % 5 + 1) {
+            t.compact_step().unwrap();
+        }
+        t.sync(b"mid").unwrap();
+        let s = t.into_store();
+        let before = tree_logs(&s);
+        t = Tree::open(s, cfg.clone()).unwrap();
+        t.sync(b"mid").unwrap();
+        let st = t.stats();
+        let tables: u32 = st.tables.iter().sum();
+        let after = tree_logs(t.store());
+        assert!(after <= tables as usize + 2, "{after} logs, {st:?}");
+        orphans_seen |= after < before;
+    }
+    assert!(orphans_seen);
+    let model: BTreeMap<u64, u64> = (0..50)
+        .map(|k| (k, 1950 + k))
+        .chain((0..300).map(|i| (1000 + i, i)))
+        .collect();
+    check(&mut t, &model, 1300);
+}
+
+/// A failure of the Nth store call, for every N of a workload: the call
+/// returns the error, the tree refuses further work, and a reopen gives the
+/// last synced state (or the one whose commit failed, if it got through).
+#[test]
+fn store_failure_at_every_call() {
+    let cfg = LsmConfig::tiny();
+    let mut cases = 0;
+    for n in 1..400u32 {
+        let mut t = Tree::format(MemStore::default(), cfg.clone()).unwrap();
+        let mut s = t.into_store();
+        s.fail_in = Some(n);
+        t = Tree::open(s, cfg.clone()).unwrap();
+        let mut cur = BTreeMap::new();
+        let mut synced = BTreeMap::new();
+        let mut in_flight = None;
+        let mut failed = false;
+        for i in 0..120u64 {
+            let k = (i * 11) % 29;
+            let r = (|| {
+                if i % 6 == 5 {
+                    t.delete(k)?;
+                    cur.remove(&k);
+                } else {
+                    t.put(k, TestVal(i))?;
+                    cur.insert(k, i);
+                }
+                if i % 2 == 0 {
+                    t.compact_step()?;
+                }
+                if i % 10 == 9 {
+                    in_flight = Some(cur.clone());
+                    t.sync(b"s")?;
+                    in_flight = None;
+                    synced = cur.clone();
+                }
+                Ok::<(), crate::Error>(())
+            })();
+            if r.is_err() {
+                failed = true;
+                assert_eq!(
+                    t.put(1, TestVal(1)).unwrap_err().kind(),
+                    ErrorKind::InvalidState
+                );
+                break;
+            }
+        }
+        let s = t.store().crashed();
+        let mut t = Tree::open(s, cfg.clone()).unwrap();
+        let got = contents(&mut t);
+        assert!(
+            got == synced || Some(&got) == in_flight.as_ref(),
+            "n={n}: reopened to an unsynced state"
+        );
+        cases += 1;
+        if !failed {
+            break;
+        }
+    }
+    assert!(cases > 50, "{cases}");
+}
+
+/// The configuration may change between opens (a smaller memtable than the
+/// replayed WAL holds is frozen at the next update).
+#[test]
+fn config_change_between_opens() {
+    let mut big = LsmConfig::tiny();
+    big.memtable_entries = 64;
+    let mut t = Tree::format(MemStore::default(), big).unwrap();
+    let model: BTreeMap<u64, u64> = (0..50).map(|k| (k, k + 7)).collect();
+    for (k, v) in &model {
+        t.put(*k, TestVal(*v)).unwrap();
+    }
+    t.sync(b"").unwrap();
+    let mut t = Tree::open(t.into_store(), LsmConfig::tiny()).unwrap();
+    assert_eq!(t.stats().memtable_entries, 50);
+    t.put(3, TestVal(10)).unwrap();
+    let mut model = model;
+    model.insert(3, 10);
+    while t.compact_step().unwrap() {}
+    check(&mut t, &model, 60);
+    t.sync(b"").unwrap();
+    let mut t = Tree::open(t.into_store(), LsmConfig::tiny()).unwrap();
+    check(&mut t, &model, 60);
+}
+
+/// A sync per update appends a partly filled WAL block each time: the WAL
+/// still stays bounded (the memtable freezes after `wal_max_blocks`).
+#[test]
+fn wal_bounded_under_frequent_syncs() {
+    let cfg = LsmConfig::tiny();
+    let mut t = Tree::format(MemStore::default(), cfg.clone()).unwrap();
+    for i in 0..200u64 {
+        t.put(i % 3, TestVal(i)).unwrap();
+        t.sync(b"").unwrap();
+        t.compact_step().unwrap();
+        let s = t.store();
+        let wal_blocks: u64 = s.wal_blocks();
+        assert!(
+            wal_blocks <= 2 * cfg.wal_max_blocks,
+            "{wal_blocks} WAL blocks"
+        );
+    }
+    let model: BTreeMap<u64, u64> = [(0, 198), (1, 199), (2, 197)].into_iter().collect();
+    let mut t = Tree::open(t.into_store(), cfg).unwrap();
+    check(&mut t, &model, 5);
+}
+
+#[test]
+fn bloom_filters_and_cache_answer_lookups() {
+    let mut cfg = LsmConfig::tiny();
+    cfg.meta_cache_blocks = 64;
+    cfg.data_cache_blocks = 64;
+    let mut t = Tree::format(MemStore::default(), cfg).unwrap();
+    for k in 0..64u64 {
+        t.put(k * 2, TestVal(k)).unwrap();
+    }
+    while t.compact_step().unwrap() {}
+    for _ in 0..2 {
+        for k in 0..128u64 {
+            let want = (k % 2 == 0).then_some(TestVal(k / 2));
+            assert_eq!(t.get(k).unwrap(), want);
+        }
+    }
+    let st = t.stats();
+    assert!(st.bloom_negatives > 32, "{st:?}");
+    assert!(st.cache_hits > st.cache_misses, "{st:?}");
+}

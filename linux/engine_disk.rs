@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
+
+//! The core engine, `mlsdisk_core::disk::MlsDisk`, as the target's
+//! [`Engine`]: encrypted, authenticated, log-structured.
+//!
+//! Built only with `MLSDISK_ENGINE=1` (`--cfg mlsdisk_engine`, see
+//! `Kbuild`) until the disk layer is on main; the default build keeps the
+//! pass-through engine.
+//!
+//! - `create` formats the backing device; the default (`open`) opens it and
+//!   fails with a message naming the `create` option when there is no disk.
+//! - The key is the root key (16 or 32 bytes); the engine derives every
+//!   key it uses from it.
+//! - Rollback anchor: none in the kernel yet (`anchor=none`, the default);
+//!   the status line says the disk is unprotected against whole-image
+//!   rollback.
+
+use alloc::boxed::Box;
+use core::fmt;
+
+use kernel::prelude::*;
+use mlsdisk_core::disk::{DiskConfig, MlsDisk, NoAnchor};
+use mlsdisk_core::{CryptoRef, Error as CoreError, ErrorKind};
+
+use crate::dm::CtrError;
+use crate::kbio::{BdevBlockSet, NoIoScope};
+use crate::kcrypto::KernelCrypto;
+use crate::table::Mode;
+use crate::target::Engine;
+
+impl Engine for MlsDisk<BdevBlockSet> {
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()> {
+        MlsDisk::read(self, lba, buf)
+    }
+
+    fn write(&mut self, lba: u64, buf: &[u8]) -> mlsdisk_core::Result<()> {
+        MlsDisk::write(self, lba, buf)
+    }
+
+    fn sync(&mut self) -> mlsdisk_core::Result<()> {
+        MlsDisk::sync(self)
+    }
+
+    fn discard(&mut self, lba: u64, nblocks: u64) -> mlsdisk_core::Result<()> {
+        MlsDisk::discard(self, lba, nblocks)
+    }
+
+    fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
+        out.write_str(&self.status_line())
+    }
+}
+
+/// Why the constructor could not create or open the disk, for `ti->error`,
+/// with the detail in the kernel log.
+fn ctr_error(e: CoreError, creating: bool) -> CtrError {
+    let msg: &'static CStr = match (e.kind(), creating) {
+        (ErrorKind::WrongKey, _) => c"wrong key",
+        (ErrorKind::Corrupted, false) => {
+            c"no mlsdisk on the backing device (give the 'create' option to format it)"
+        }
+        (ErrorKind::Corrupted, true) => c"cannot format the backing device",
+        (ErrorKind::Integrity, _) => c"the backing device fails authentication (tampered or damaged)",
+        (ErrorKind::Rollback, _) => c"the backing device was rolled back to an older state",
+        (ErrorKind::Io, _) => c"I/O error on the backing device",
+        (ErrorKind::OutOfMemory, _) => c"out of memory",
+        (ErrorKind::NoSpace | ErrorKind::InvalidArgument, true) => {
+            c"the backing device is too small for an mlsdisk"
+        }
+        _ => c"cannot open the disk",
+    };
+    pr_err!(
+        "cannot {} the disk: {:?}\n",
+        if creating { "create" } else { "open" },
+        e
+    );
+    let err = match e.kind() {
+        ErrorKind::OutOfMemory => ENOMEM,
+        ErrorKind::Io => EIO,
+        _ => EINVAL,
+    };
+    CtrError::new(msg, err)
+}
+
+/// Creates (`Mode::Create`) or opens the disk on `dev` with `root_key`.
+/// Returns the engine and its logical capacity in 4 KiB blocks.
+pub(crate) fn start(
+    mode: Option<Mode>,
+    dev: BdevBlockSet,
+    root_key: &[u8],
+) -> Result<(Box<dyn Engine>, u64), CtrError> {
+    let creating = matches!(mode, Some(Mode::Create));
+    let crypto = KernelCrypto::new().map_err(|err| {
+        pr_err!(
+            "cannot allocate gcm(aes) transforms: error {}\n",
+            err.to_errno()
+        );
+        CtrError::new(c"cannot allocate crypto transforms", err)
+    })?;
+    let crypto: CryptoRef = alloc::sync::Arc::new(crypto);
+    let _noio = NoIoScope::enter();
+    let cfg = DiskConfig::default();
+    let anchor = Box::new(NoAnchor);
+    let disk = if creating {
+        MlsDisk::create(dev, crypto, root_key, cfg, anchor)
+    } else {
+        MlsDisk::open(dev, crypto, root_key, cfg, anchor)
+    }
+    .map_err(|e| ctr_error(e, creating))?;
+    let capacity = disk.nblocks();
+    Ok((Box::new(disk), capacity))
+}
