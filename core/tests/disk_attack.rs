@@ -37,9 +37,8 @@ fn sweep(h: &mut Harness, tag: impl Fn(u64) -> u64) -> Vec<u64> {
     bad
 }
 
-#[test]
-fn data_block_flip_is_detected_at_every_offset_class() {
-    let mut h = setup(Backend::MemIndex);
+fn data_block_flip_is_detected_at_every_offset_class_on(backend: Backend) {
+    let mut h = setup(backend);
     let adv = h.adversary();
     for (i, off) in [0usize, 1, 100, 2048, 4095].into_iter().enumerate() {
         let l = i as u64 * 3;
@@ -52,9 +51,8 @@ fn data_block_flip_is_detected_at_every_offset_class() {
     assert!(sweep(&mut h, |_| 1).is_empty());
 }
 
-#[test]
-fn data_block_swap_and_move_are_detected() {
-    let mut h = setup(Backend::MemIndex);
+fn data_block_swap_and_move_are_detected_on(backend: Backend) {
+    let mut h = setup(backend);
     let adv = h.adversary();
     let a = h.disk().locate(2).unwrap().unwrap();
     let b = h.disk().locate(9).unwrap().unwrap();
@@ -71,9 +69,8 @@ fn data_block_swap_and_move_are_detected() {
     assert!(sweep(&mut h, |_| 1).is_empty());
 }
 
-#[test]
-fn data_block_replay_of_an_old_version_is_detected() {
-    let mut h = setup(Backend::MemIndex);
+fn data_block_replay_of_an_old_version_is_detected_on(backend: Backend) {
+    let mut h = setup(backend);
     let adv = h.adversary();
     // Version 1 of LBA 7 lives at p1; overwrite LBA 7 (tag 2) and clean
     // enough that p1 gets reused; then put the old ciphertext back where
@@ -96,11 +93,50 @@ fn data_block_replay_of_an_old_version_is_detected() {
     assert_eq!(bad.len() as u64, N);
 }
 
-#[test]
-fn zeroed_data_block_is_not_read_as_zeros() {
-    let mut h = setup(Backend::MemIndex);
+fn zeroed_data_block_is_not_read_as_zeros_on(backend: Backend) {
+    let mut h = setup(backend);
     let adv = h.adversary();
     let p = h.disk().locate(3).unwrap().unwrap();
     adv.write_block(p, &vec![0u8; BLOCK_SIZE]).unwrap();
     assert_eq!(sweep(&mut h, |_| 1), vec![3]);
+}
+
+#[test]
+fn data_block_flip_is_detected_at_every_offset_class_mem_index() {
+    data_block_flip_is_detected_at_every_offset_class_on(Backend::MemIndex);
+}
+
+#[test]
+fn data_block_flip_is_detected_at_every_offset_class_lsm_index() {
+    data_block_flip_is_detected_at_every_offset_class_on(Backend::Lsm);
+}
+
+#[test]
+fn data_block_swap_and_move_are_detected_mem_index() {
+    data_block_swap_and_move_are_detected_on(Backend::MemIndex);
+}
+
+#[test]
+fn data_block_swap_and_move_are_detected_lsm_index() {
+    data_block_swap_and_move_are_detected_on(Backend::Lsm);
+}
+
+#[test]
+fn data_block_replay_of_an_old_version_is_detected_mem_index() {
+    data_block_replay_of_an_old_version_is_detected_on(Backend::MemIndex);
+}
+
+#[test]
+fn data_block_replay_of_an_old_version_is_detected_lsm_index() {
+    data_block_replay_of_an_old_version_is_detected_on(Backend::Lsm);
+}
+
+#[test]
+fn zeroed_data_block_is_not_read_as_zeros_mem_index() {
+    zeroed_data_block_is_not_read_as_zeros_on(Backend::MemIndex);
+}
+
+#[test]
+fn zeroed_data_block_is_not_read_as_zeros_lsm_index() {
+    zeroed_data_block_is_not_read_as_zeros_on(Backend::Lsm);
 }

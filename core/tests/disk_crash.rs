@@ -166,3 +166,10 @@ fn crash_points_with_cleaning_and_forced_syncs_mem_index() {
         total - base + 1
     );
 }
+
+#[test]
+fn every_crash_point_opens_to_a_synced_state_lsm_index() {
+    let n = crash_all_points(Backend::Lsm, small_cfg(), &workload());
+    eprintln!("crash cases (lsm index): {n}");
+    assert!(n > 100);
+}

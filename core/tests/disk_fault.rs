@@ -58,22 +58,40 @@ fn fault_case(backend: Backend, kind: IoKind, nth: u64) {
     verify(&mut h, cap, |l, b| (1..6).any(|t| check(b, l, t)));
 }
 
-#[test]
-fn read_write_and_flush_faults_surface_and_recover() {
+fn read_write_and_flush_faults_surface_and_recover_on(backend: Backend) {
     let n = if long() { 60 } else { 16 };
     for nth in 0..n {
         for kind in [IoKind::Read, IoKind::Write, IoKind::Flush] {
-            fault_case(Backend::MemIndex, kind, nth);
+            fault_case(backend, kind, nth);
         }
     }
 }
 
-#[test]
-fn single_read_fault_is_an_error_not_zeros() {
-    let (mut h, _) = synced(Backend::MemIndex);
+fn single_read_fault_is_an_error_not_zeros_on(backend: Backend) {
+    let (mut h, _) = synced(backend);
     h.fault.fail_nth(IoKind::Read, 0, false).unwrap();
     let mut b = vec![0x77u8; BLOCK_SIZE];
     let e = h.disk().read(3, &mut b).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Io);
     assert!(b.iter().all(|&x| x == 0), "no partial data on error");
+}
+
+#[test]
+fn read_write_and_flush_faults_surface_and_recover_mem_index() {
+    read_write_and_flush_faults_surface_and_recover_on(Backend::MemIndex);
+}
+
+#[test]
+fn read_write_and_flush_faults_surface_and_recover_lsm_index() {
+    read_write_and_flush_faults_surface_and_recover_on(Backend::Lsm);
+}
+
+#[test]
+fn single_read_fault_is_an_error_not_zeros_mem_index() {
+    single_read_fault_is_an_error_not_zeros_on(Backend::MemIndex);
+}
+
+#[test]
+fn single_read_fault_is_an_error_not_zeros_lsm_index() {
+    single_read_fault_is_an_error_not_zeros_on(Backend::Lsm);
 }

@@ -32,13 +32,12 @@ fn verify_all(h: &mut Harness, model: &[u64]) {
     }
 }
 
-#[test]
-fn endless_overwrites_of_a_full_disk_keep_working() {
+fn endless_overwrites_of_a_full_disk_keep_working_on(backend: Backend) {
     let _ = (
         Config::default(),
         TestRng::deterministic_rng(RngAlgorithm::ChaCha),
     );
-    let mut h = Harness::new(Backend::MemIndex, small_cfg());
+    let mut h = Harness::new(backend, small_cfg());
     let cap = h.disk().nblocks();
     let mut model = vec![0u64; cap as usize];
     let mut tag = 1;
@@ -68,9 +67,8 @@ fn endless_overwrites_of_a_full_disk_keep_working() {
     verify_all(&mut h, &model);
 }
 
-#[test]
-fn discard_reads_zeros_frees_space_and_is_durable() {
-    let mut h = Harness::new(Backend::MemIndex, small_cfg());
+fn discard_reads_zeros_frees_space_and_is_durable_on(backend: Backend) {
+    let mut h = Harness::new(backend, small_cfg());
     let cap = h.disk().nblocks();
     h.disk().write(0, &blocks(0, cap, 5)).unwrap();
     h.disk().sync().unwrap();
@@ -111,9 +109,8 @@ fn discard_reads_zeros_frees_space_and_is_durable() {
     assert_eq!(st.free_blocks, st.data_region_blocks);
 }
 
-#[test]
-fn bad_requests_fail_cleanly() {
-    let mut h = Harness::new(Backend::MemIndex, small_cfg());
+fn bad_requests_fail_cleanly_on(backend: Backend) {
+    let mut h = Harness::new(backend, small_cfg());
     let cap = h.disk().nblocks();
     let mut b = vec![0u8; BLOCK_SIZE];
     let k = |r: mlsdisk_core::Result<()>| r.unwrap_err().kind();
@@ -130,13 +127,12 @@ fn bad_requests_fail_cleanly() {
     assert!(h.disk().failure().is_none());
 }
 
-#[test]
-fn without_auto_sync_a_full_log_says_nospace_until_sync() {
+fn without_auto_sync_a_full_log_says_nospace_until_sync_on(backend: Backend) {
     let cfg = DiskConfig {
         auto_sync: false,
         ..small_cfg()
     };
-    let mut h = Harness::new(Backend::MemIndex, cfg);
+    let mut h = Harness::new(backend, cfg);
     let cap = h.disk().nblocks();
     h.disk().write(0, &blocks(0, cap, 1)).unwrap();
     h.disk().sync().unwrap();
@@ -169,17 +165,66 @@ fn without_auto_sync_a_full_log_says_nospace_until_sync() {
     }
 }
 
-#[test]
-fn status_line_reports_anchor_state() {
-    let mut h = Harness::with(Backend::MemIndex, small_cfg(), SMALL_TOTAL, false);
+fn status_line_reports_anchor_state_on(backend: Backend) {
+    let mut h = Harness::with(backend, small_cfg(), SMALL_TOTAL, false);
     let s = h.disk().status_line();
     assert!(
         s.contains("unprotected against whole-image rollback"),
         "{s}"
     );
     assert!(!h.disk().stats().rollback_protected);
-    let mut h = Harness::new(Backend::MemIndex, small_cfg());
+    let mut h = Harness::new(backend, small_cfg());
     let s = h.disk().status_line();
     assert!(!s.contains("unprotected"), "{s}");
     assert!(s.starts_with("ok "), "{s}");
+}
+
+#[test]
+fn endless_overwrites_of_a_full_disk_keep_working_mem_index() {
+    endless_overwrites_of_a_full_disk_keep_working_on(Backend::MemIndex);
+}
+
+#[test]
+fn endless_overwrites_of_a_full_disk_keep_working_lsm_index() {
+    endless_overwrites_of_a_full_disk_keep_working_on(Backend::Lsm);
+}
+
+#[test]
+fn discard_reads_zeros_frees_space_and_is_durable_mem_index() {
+    discard_reads_zeros_frees_space_and_is_durable_on(Backend::MemIndex);
+}
+
+#[test]
+fn discard_reads_zeros_frees_space_and_is_durable_lsm_index() {
+    discard_reads_zeros_frees_space_and_is_durable_on(Backend::Lsm);
+}
+
+#[test]
+fn bad_requests_fail_cleanly_mem_index() {
+    bad_requests_fail_cleanly_on(Backend::MemIndex);
+}
+
+#[test]
+fn bad_requests_fail_cleanly_lsm_index() {
+    bad_requests_fail_cleanly_on(Backend::Lsm);
+}
+
+#[test]
+fn without_auto_sync_a_full_log_says_nospace_until_sync_mem_index() {
+    without_auto_sync_a_full_log_says_nospace_until_sync_on(Backend::MemIndex);
+}
+
+#[test]
+fn without_auto_sync_a_full_log_says_nospace_until_sync_lsm_index() {
+    without_auto_sync_a_full_log_says_nospace_until_sync_on(Backend::Lsm);
+}
+
+#[test]
+fn status_line_reports_anchor_state_mem_index() {
+    status_line_reports_anchor_state_on(Backend::MemIndex);
+}
+
+#[test]
+fn status_line_reports_anchor_state_lsm_index() {
+    status_line_reports_anchor_state_on(Backend::Lsm);
 }

@@ -170,3 +170,12 @@ proptest! {
         run(ops, Backend::MemIndex)?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
+
+    #[test]
+    fn model_lsm_index(ops in proptest::collection::vec(op(small_cap()), 1..300)) {
+        run(ops, Backend::Lsm)?;
+    }
+}

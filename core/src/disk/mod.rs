@@ -51,6 +51,7 @@ mod codec;
 pub mod counted;
 pub mod index;
 pub mod layout;
+mod lsm_index;
 pub mod record;
 mod segment;
 pub mod state;
@@ -74,6 +75,7 @@ pub use record::BlockRecord;
 
 use crate::bio::{BlockSet, BLOCK_SIZE};
 use crate::log::LogStoreConfig;
+use crate::lsm::LsmConfig;
 use crate::platform::{AeadKey, Iv};
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
 use segment::{Head, Segments, NO_LBA};
@@ -100,6 +102,8 @@ pub struct DiskConfig {
     /// Index compaction steps run after each write-buffer flush (the rest
     /// is left to [`MlsDisk::background_step`]).
     pub compact_steps_per_flush: u32,
+    /// Tuning of the LSM-tree index (memtable, caches, levels).
+    pub lsm: LsmConfig,
 }
 
 impl Default for DiskConfig {
@@ -115,6 +119,7 @@ impl Default for DiskConfig {
                 ..LogStoreConfig::default()
             },
             compact_steps_per_flush: 2,
+            lsm: LsmConfig::default(),
         }
     }
 }

@@ -12,6 +12,8 @@ use mlsdisk_core::bio::{Adversary, CrashDisk, FaultDisk, MemDisk, BLOCK_SIZE};
 use mlsdisk_core::disk::{
     DiskConfig, LayoutConfig, MemAnchor, MemIndexStore, MlsDisk, NoAnchor, RollbackAnchor,
 };
+use mlsdisk_core::log::LogStoreConfig;
+use mlsdisk_core::lsm::LsmConfig;
 use mlsdisk_core::platform::StdCrypto;
 use mlsdisk_core::{CryptoRef, Result};
 
@@ -27,6 +29,8 @@ pub enum Backend {
     /// The in-memory index (data path only; its "durable" copy lives
     /// outside the device).
     MemIndex,
+    /// The real index: TxLsmTree on TxLogStore, with the superblock.
+    Lsm,
 }
 
 pub fn long() -> bool {
@@ -46,9 +50,25 @@ pub fn crypto() -> CryptoRef {
     Arc::new(StdCrypto)
 }
 
-/// A tiny disk: 16 segments of 8 blocks.
+/// A tiny disk: 16 segments of 8 blocks; a tiny LSM (memtables of 16
+/// entries, small tables) so flushes and compactions happen constantly.
 pub fn small_cfg() -> DiskConfig {
+    let mut lsm = LsmConfig::default();
+    lsm.memtable_entries = 16;
+    lsm.wal_max_blocks = 8;
+    lsm.meta_cache_blocks = 16;
+    lsm.data_cache_blocks = 16;
+    lsm.l0_max_tables = 2;
+    lsm.l1_max_records = 64;
+    lsm.level_ratio = 4;
+    lsm.table_max_records = 64;
+    lsm.step_records = 32;
     DiskConfig {
+        store: LogStoreConfig {
+            chunk_blocks: 4,
+            ..LogStoreConfig::default()
+        },
+        lsm,
         layout: LayoutConfig {
             seg_blocks: 8,
             op_percent: 10,
@@ -151,6 +171,13 @@ impl Harness {
                 self.anchor_box(),
                 self.store.clone(),
             ),
+            Backend::Lsm => MlsDisk::create(
+                self.fault.clone(),
+                crypto(),
+                &KEY,
+                self.cfg.clone(),
+                self.anchor_box(),
+            ),
         }
     }
 
@@ -158,7 +185,7 @@ impl Harness {
         self.open_with_key(&KEY)
     }
 
-    pub fn open_with_key(&self, _key: &[u8]) -> Result<Disk> {
+    pub fn open_with_key(&self, key: &[u8]) -> Result<Disk> {
         match self.backend {
             Backend::MemIndex => MlsDisk::open_with_mem_index(
                 self.fault.clone(),
@@ -167,7 +194,18 @@ impl Harness {
                 self.anchor_box(),
                 self.store.clone(),
             ),
+            Backend::Lsm => MlsDisk::open(
+                self.fault.clone(),
+                crypto(),
+                key,
+                self.cfg.clone(),
+                self.anchor_box(),
+            ),
         }
+    }
+
+    pub fn geometry(&self) -> mlsdisk_core::disk::Geometry {
+        *self.disk.as_ref().unwrap().geometry()
     }
 
     pub fn adversary(&self) -> Adversary {
