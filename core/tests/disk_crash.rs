@@ -126,6 +126,15 @@ fn every_crash_point_opens_to_a_synced_state_mem_index() {
 
 #[test]
 fn crash_points_with_cleaning_and_forced_syncs_mem_index() {
+    cleaning_crashes(Backend::MemIndex);
+}
+
+#[test]
+fn crash_points_with_cleaning_and_forced_syncs_lsm_index() {
+    cleaning_crashes(Backend::Lsm);
+}
+
+fn cleaning_crashes(backend: Backend) {
     // Overwrite the whole small disk a few times: the cleaner runs and the
     // disk syncs on its own; every crash point must still open to some
     // whole synced state (a forced sync is a sync).
@@ -137,15 +146,15 @@ fn crash_points_with_cleaning_and_forced_syncs_mem_index() {
         steps.push(Step::Sync);
     }
     let want = states(&steps);
-    let mut h = Harness::new(Backend::MemIndex, small_cfg());
+    let mut h = Harness::new(backend, small_cfg());
     let base = h.crash.op_count();
     run(&mut h, &steps);
     let total = h.crash.op_count();
-    let step = if long() { 1 } else { 2 };
+    let step = if long() { 1 } else { 4 };
     let mut cases = 0;
     for n in (0..=(total - base)).step_by(step) {
         cases += 1;
-        let mut h = Harness::new(Backend::MemIndex, small_cfg());
+        let mut h = Harness::new(backend, small_cfg());
         h.crash.crash_after_ops(n).unwrap();
         let synced = run(&mut h, &steps);
         h.crash_and_reopen_keep(&|i| i % 3 != 0).unwrap();
