@@ -133,15 +133,16 @@ fn make(
                 total += ws / 16 + 256;
             }
             let dev = device(o, total);
-            // The LSM index is wired in once the lower layers are merged.
-            let _ = &o.index;
-            let disk = MlsDisk::create_with_mem_index(
-                dev,
-                crypto.clone(),
-                cfg,
-                Box::new(NoAnchor),
-                mlsdisk_core::disk::MemIndexStore::new(),
-            )?;
+            let disk = match o.index.as_str() {
+                "mem" => MlsDisk::create_with_mem_index(
+                    dev,
+                    crypto.clone(),
+                    cfg,
+                    Box::new(NoAnchor),
+                    mlsdisk_core::disk::MemIndexStore::new(),
+                )?,
+                _ => MlsDisk::create(dev, crypto.clone(), &key, cfg, Box::new(NoAnchor))?,
+            };
             Box::new(Mls(disk))
         }
         _ => {
