@@ -5,6 +5,7 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
+use super::coalesce::Coalesce;
 use super::counted::Counted;
 use super::index::DiskIndex;
 use super::layout::Geometry;
@@ -19,8 +20,9 @@ use crate::platform::{kdf, wipe};
 use crate::{ensure, CryptoRef, Error, ErrorKind, Result};
 
 type Dev<D> = Arc<Counted<D>>;
-type Tree<D> = LsmTree<TxLogStore<Dev<D>>, BlockRecord>;
-type Region<D> = BlockRange<Dev<D>>;
+type Meta<D> = Arc<Coalesce<Dev<D>>>;
+type Tree<D> = LsmTree<TxLogStore<Meta<D>>, BlockRecord>;
+type Region<D> = BlockRange<Meta<D>>;
 
 impl LsmValue for BlockRecord {
     const SIZE: usize = BlockRecord::SIZE;
@@ -83,10 +85,19 @@ fn store_key(crypto: &CryptoRef, root_key: &[u8], uuid: &[u8; 16]) -> Result<[u8
     kdf(&**crypto, root_key, b"mlsdisk/disk/store/v1", uuid)
 }
 
-fn regions<D: BlockSet>(dev: &Dev<D>, geo: &Geometry) -> Result<(Region<D>, Region<D>)> {
+/// The journal and chunk regions, both behind one write-combining buffer.
+fn regions<D: BlockSet>(
+    dev: &Dev<D>,
+    geo: &Geometry,
+    cfg: &DiskConfig,
+) -> Result<(Region<D>, Region<D>)> {
+    let meta = Arc::new(Coalesce::new(
+        dev.clone(),
+        cfg.meta_write_buffer_blocks as usize,
+    )?);
     Ok((
-        BlockRange::new(dev.clone(), geo.journal_start, geo.journal_len)?,
-        BlockRange::new(dev.clone(), geo.chunk_start, geo.chunk_len)?,
+        BlockRange::new(meta.clone(), geo.journal_start, geo.journal_len)?,
+        BlockRange::new(meta, geo.chunk_start, geo.chunk_len)?,
     ))
 }
 
@@ -118,7 +129,7 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
         let mut uuid = [0u8; 16];
         crypto.fill_random(&mut uuid)?;
         let mut sk = store_key(&crypto, root_key, &uuid)?;
-        let (journal, chunks) = regions(&dev, &geo)?;
+        let (journal, chunks) = regions(&dev, &geo, &cfg)?;
         let store = TxLogStore::format(journal, chunks, crypto.clone(), &sk, cfg.store);
         wipe(&mut sk);
         let tree = LsmTree::format(store?, cfg.lsm.clone())?;
@@ -159,7 +170,7 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
         let sp = SuperPayload::decode(&payload, dev.nblocks())?;
         let root = StoreRoot::decode(&sp.root)?;
         let mut sk = store_key(&crypto, root_key, &sp.uuid)?;
-        let (journal, chunks) = regions(&dev, &sp.geo)?;
+        let (journal, chunks) = regions(&dev, &sp.geo, &cfg)?;
         let store = TxLogStore::open(journal, chunks, crypto.clone(), &sk, &root);
         wipe(&mut sk);
         let tree = LsmTree::open(store?, cfg.lsm.clone())?;

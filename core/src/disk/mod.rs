@@ -47,6 +47,7 @@
 //! region. The index brings its own bound (memtable and caches).
 
 pub mod anchor;
+pub mod coalesce;
 mod codec;
 pub mod counted;
 pub mod index;
@@ -104,6 +105,9 @@ pub struct DiskConfig {
     pub compact_steps_per_flush: u32,
     /// Tuning of the LSM-tree index (memtable, caches, levels).
     pub lsm: LsmConfig,
+    /// Metadata blocks (index and journal) buffered and combined into
+    /// larger writes until the next flush (see [`coalesce`]).
+    pub meta_write_buffer_blocks: u32,
 }
 
 impl Default for DiskConfig {
@@ -120,6 +124,7 @@ impl Default for DiskConfig {
             },
             compact_steps_per_flush: 2,
             lsm: LsmConfig::default(),
+            meta_write_buffer_blocks: 1024,
         }
     }
 }

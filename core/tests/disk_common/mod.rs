@@ -77,6 +77,7 @@ pub fn small_cfg() -> DiskConfig {
         },
         write_buffer_blocks: 8,
         clean_batch_segments: 2,
+        meta_write_buffer_blocks: 8,
         ..DiskConfig::default()
     }
 }
