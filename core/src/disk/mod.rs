@@ -41,10 +41,13 @@
 //!
 //! # Memory
 //!
-//! The write buffer (`write_buffer_blocks` x 4 KiB, default 1 MiB), one
-//! segment of scratch for the cleaner, and the segment table: 4 bytes per
-//! data block (reverse map) + 8 bytes per segment, i.e. 0.1% of the data
-//! region. The index brings its own bound (memtable and caches).
+//! The write buffer (`write_buffer_blocks` x 4 KiB, default 1 MiB), the
+//! metadata write-combining buffer (`meta_write_buffer_blocks` x 4 KiB,
+//! default 4 MiB), one segment of scratch for the cleaner, and the segment
+//! table: 4 bytes per data block (reverse map), 4 bytes per logical block
+//! (forward map) and 8 bytes per segment, i.e. about 0.2% of the device
+//! (2 MiB per GiB): the one part that grows with the disk size. The index
+//! brings its own bound (memtables and block caches, see `lsm`).
 
 pub mod anchor;
 pub mod coalesce;
@@ -281,7 +284,7 @@ impl<D: BlockSet> MlsDisk<D> {
             InvalidArgument,
             "write buffer must be 1..=65536 blocks"
         );
-        let segs = Segments::new(geo.nseg, geo.seg_blocks)?;
+        let segs = Segments::new(geo.nseg, geo.seg_blocks, geo.capacity)?;
         let wbuf = WriteBuffer::new(cfg.write_buffer_blocks as usize)?;
         let mut scratch = Vec::new();
         scratch.try_reserve_exact(geo.seg_blocks as usize * BLOCK_SIZE)?;
@@ -562,8 +565,8 @@ impl<D: BlockSet> MlsDisk<D> {
         self.guarded(|d| {
             for l in lba..lba + nblocks {
                 d.wbuf.remove(l)?;
-                if let Some(rec) = d.index.get(l)? {
-                    d.segs.invalidate(rec.hba)?;
+                if let Some(hba) = d.segs.hba_of(l) {
+                    d.segs.invalidate(hba)?;
                     d.index.delete(l)?;
                     d.mapped -= 1;
                     d.stats.discarded_blocks += 1;
@@ -716,8 +719,8 @@ impl<D: BlockSet> MlsDisk<D> {
         self.dev.write(self.geo.data_start + hba, data)?;
         self.stats.data_blocks_written += count as u64;
         for (l, rec) in recs {
-            match self.index.get(l)? {
-                Some(old) => self.segs.invalidate(old.hba)?,
+            match self.segs.hba_of(l) {
+                Some(old) => self.segs.invalidate(old)?,
                 None => self.mapped += 1,
             }
             self.segs.set_valid(rec.hba, l as u32)?;

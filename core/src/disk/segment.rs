@@ -18,6 +18,8 @@ use crate::{Error, ErrorKind, Result};
 
 /// `rmap` value of a data block that holds no live LBA.
 pub const NO_LBA: u32 = u32::MAX;
+/// `fwd` value of an unmapped LBA.
+const NO_HBA: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SegState {
@@ -30,6 +32,10 @@ pub(crate) enum SegState {
 pub(crate) struct Segments {
     seg_blocks: u32,
     rmap: Vec<u32>,
+    /// Forward map: `fwd[lba]` is the data block of `lba` or `NO_HBA`. It
+    /// spares the write path an index lookup per block (the index holds
+    /// the same mapping plus key and MAC, and rebuilds this at open).
+    fwd: Vec<u32>,
     valid: Vec<u32>,
     state: Vec<SegState>,
     free: Vec<u32>,
@@ -53,9 +59,19 @@ fn internal(msg: &'static str) -> Error {
 
 impl Segments {
     /// An empty table (every segment free).
-    pub(crate) fn new(nseg: u32, seg_blocks: u32) -> Result<Self> {
-        let nblocks =
-            usize::try_from(u64::from(nseg) * u64::from(seg_blocks)).map_err(|_| Error::oom())?;
+    pub(crate) fn new(nseg: u32, seg_blocks: u32, capacity: u64) -> Result<Self> {
+        let total = u64::from(nseg) * u64::from(seg_blocks);
+        if total >= u64::from(NO_HBA) || capacity >= u64::from(NO_LBA) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "data region or capacity above 2^32 - 1 blocks",
+            ));
+        }
+        let nblocks = usize::try_from(total).map_err(|_| Error::oom())?;
+        let mut fwd = Vec::new();
+        let cap = usize::try_from(capacity).map_err(|_| Error::oom())?;
+        fwd.try_reserve_exact(cap)?;
+        fwd.resize(cap, NO_HBA);
         let n = nseg as usize;
         let mut rmap = Vec::new();
         rmap.try_reserve_exact(nblocks)?;
@@ -73,6 +89,7 @@ impl Segments {
         Ok(Self {
             seg_blocks,
             rmap,
+            fwd,
             valid,
             state,
             free,
@@ -91,6 +108,15 @@ impl Segments {
             .and_then(|i| self.rmap.get(i))
             .copied()
             .unwrap_or(NO_LBA)
+    }
+
+    /// The data block of `lba`, if mapped.
+    pub(crate) fn hba_of(&self, lba: u64) -> Option<u64> {
+        usize::try_from(lba)
+            .ok()
+            .and_then(|i| self.fwd.get(i))
+            .filter(|&&h| h != NO_HBA)
+            .map(|&h| u64::from(h))
     }
 
     pub(crate) fn valid_in(&self, seg: u32) -> u32 {
@@ -114,6 +140,10 @@ impl Segments {
             ));
         }
         *slot = lba;
+        *self
+            .fwd
+            .get_mut(lba as usize)
+            .ok_or(Error::new(ErrorKind::Corrupted, "LBA past the capacity"))? = hba as u32;
         let v = self.valid.get_mut(seg).ok_or(internal("segment"))?;
         *v += 1;
         Ok(())
@@ -130,7 +160,13 @@ impl Segments {
         if *slot == NO_LBA {
             return Err(internal("invalidate of a block that is not valid"));
         }
+        let lba = *slot as usize;
         *slot = NO_LBA;
+        if let Some(f) = self.fwd.get_mut(lba) {
+            if u64::from(*f) == hba {
+                *f = NO_HBA;
+            }
+        }
         let v = self.valid.get_mut(seg).ok_or(internal("segment"))?;
         *v = v.saturating_sub(1);
         if *v == 0 {
@@ -283,7 +319,7 @@ mod tests {
 
     #[test]
     fn alloc_invalidate_pending_release() {
-        let mut s = Segments::new(4, 4).unwrap();
+        let mut s = Segments::new(4, 4, 16).unwrap();
         assert_eq!(s.free_blocks(), 16);
         let (h, n) = s.alloc_run(Head::User, 3).unwrap();
         assert_eq!((h, n), (0, 3));
@@ -293,6 +329,8 @@ mod tests {
         let (h, n) = s.alloc_run(Head::User, 3).unwrap();
         assert_eq!((h, n), (3, 1));
         s.set_valid(3, 9).unwrap();
+        assert_eq!(s.hba_of(9), Some(3));
+        assert_eq!(s.hba_of(8), None);
         let (h, _) = s.alloc_run(Head::User, 1).unwrap();
         assert_eq!(h, 4);
         assert!(s.set_valid(0, 5).is_err());
@@ -309,7 +347,7 @@ mod tests {
 
     #[test]
     fn victim_is_least_valid_sealed() {
-        let mut s = Segments::new(4, 4).unwrap();
+        let mut s = Segments::new(4, 4, 16).unwrap();
         for i in 0..12u64 {
             let (h, _) = s.alloc_run(Head::User, 1).unwrap();
             s.set_valid(h, i as u32).unwrap();
