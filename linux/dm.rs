@@ -33,8 +33,11 @@
 //! queued and device-mapper is told `DM_MAPIO_SUBMITTED`; the worker then
 //! calls [`Target::process`] with a [`DeferredBio`], in process context and
 //! in submission order, and the target ends it exactly once (dropping it
-//! unended ends it with an I/O error). The queue is drained and freed in
-//! `dtr` before the target is dropped.
+//! unended ends it with an I/O error). When no bio is queued and the
+//! target is not suspended, the worker runs [`Target::idle`] steps
+//! (background work); a new queue starts paused, `resume` starts it,
+//! `postsuspend` pauses it and waits for the worker. The queue is drained
+//! and freed in `dtr` before the target is dropped.
 //!
 //! The argument words listed in [`Target::SECRET_ARGS`] are overwritten
 //! after the constructor returns, whether it succeeded or not, so a key does
@@ -124,8 +127,16 @@ pub(crate) trait Target: Sized + Send + Sync {
     }
 
     /// After device-mapper has stopped and drained I/O for a suspend (and
-    /// before a table swap or removal). Process context.
+    /// before a table swap or removal); background work is stopped too.
+    /// Process context.
     fn postsuspend(&self) {}
+
+    /// One bounded step of background work, run by the worker when no bio
+    /// is queued and the target is not suspended; returns whether more is
+    /// to do.
+    fn idle(&self) -> bool {
+        false
+    }
 
     /// A `dmsetup message`. Returns whether it wrote output to `out`.
     ///
@@ -329,10 +340,10 @@ impl DmDev {
         unsafe { bindings::mlsdisk_bdev_nr_sectors(self.raw().bdev) }
     }
 
-    /// The open block device, for the I/O helpers (`kbio.rs`). It stays
-    /// valid while this handle is held.
-    pub(crate) fn bdev(&self) -> *mut kernel::bindings::block_device {
-        self.raw().bdev
+    /// The device number (`dev_t`) of the block device.
+    pub(crate) fn dev_t(&self) -> u32 {
+        // SAFETY: `bdev` of a held `dm_dev` is a valid, open block device.
+        unsafe { bindings::mlsdisk_bdev_dev(self.raw().bdev) }
     }
 
     /// The device's name in `major:minor` form, as `dmsetup table` shows it.
@@ -663,6 +674,7 @@ impl<T: Target> Registration<T> {
             status: Some(status_callback::<T>),
             iterate_devices: Some(iterate_devices_callback::<T>),
             postsuspend: Some(postsuspend_callback::<T>),
+            resume: Some(resume_callback::<T>),
             message: Some(message_callback::<T>),
             io_hints: Some(io_hints_callback::<T>),
             ..Default::default()
@@ -787,6 +799,7 @@ impl<T: Target> Instance<T> {
                 bindings::mlsdisk_bioq_new(
                     T::NAME.as_char_ptr(),
                     Some(process_callback::<T>),
+                    Some(idle_callback::<T>),
                     ctx.cast(),
                 )
             };
@@ -820,6 +833,15 @@ unsafe extern "C" fn process_callback<T: Target>(ctx: *mut c_void, bio: *mut ker
     };
     // INVARIANT: a deferred bio that nobody has ended yet.
     instance.target.process(DeferredBio { bio });
+}
+
+/// # Safety
+///
+/// Called by the bio queue of an `Instance<T>` (its context).
+unsafe extern "C" fn idle_callback<T: Target>(ctx: *mut c_void) -> bool {
+    // SAFETY: as in `process_callback`.
+    let instance = unsafe { &*ctx.cast::<Instance<T>>() };
+    instance.target.idle()
 }
 
 /// # Safety
@@ -871,11 +893,23 @@ unsafe extern "C" fn postsuspend_callback<T: Target>(ti: *mut dm_target) {
     // SAFETY: live target (callback contract).
     let instance = unsafe { instance_of::<T>(ti) };
     if let Some(queue) = instance.queue {
-        // SAFETY: a live queue; device-mapper has drained I/O, so this
-        // returns at once, but makes sure the worker is idle.
-        unsafe { bindings::mlsdisk_bioq_drain(queue.as_ptr()) };
+        // SAFETY: a live queue; device-mapper has drained I/O; this stops
+        // background work and waits for the worker.
+        unsafe { bindings::mlsdisk_bioq_pause(queue.as_ptr()) };
     }
     instance.target.postsuspend();
+}
+
+/// # Safety
+///
+/// A `dm_resume_fn` call: live target.
+unsafe extern "C" fn resume_callback<T: Target>(ti: *mut dm_target) {
+    // SAFETY: live target (callback contract).
+    let instance = unsafe { instance_of::<T>(ti) };
+    if let Some(queue) = instance.queue {
+        // SAFETY: a live queue.
+        unsafe { bindings::mlsdisk_bioq_resume(queue.as_ptr()) };
+    }
 }
 
 /// # Safety

@@ -48,6 +48,10 @@ impl Engine for MlsDisk<BdevBlockSet> {
     fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
         out.write_str(&self.status_line())
     }
+
+    fn background_step(&mut self) -> mlsdisk_core::Result<bool> {
+        MlsDisk::background_step(self)
+    }
 }
 
 /// Why the constructor could not create or open the disk, for `ti->error`,

@@ -13,25 +13,85 @@
 //!
 //! Every method sleeps: process context only.
 
+use core::ptr::NonNull;
+
 use kernel::prelude::*;
-use kernel::sync::Arc;
 use mlsdisk_core::bio::{check_range, BlockSet, BLOCK_SIZE};
 use mlsdisk_core::{Error as CoreError, ErrorKind, Result as CoreResult};
 
-use crate::dm::{bindings, DmDev};
+use crate::dm::bindings;
 
 /// 512-byte sectors per 4 KiB block.
 const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
 
-/// The first `nblocks` 4 KiB blocks of a device held by a target.
+/// The engine's own open reference to a block device (non-exclusive, read
+/// and write, by device number), closed on drop. Independent of any
+/// `dm_target`, so a disk can outlive the table that opened it.
+///
+/// # Invariants
+///
+/// `file` came from `mlsdisk_bdev_open` and is closed only by `drop`;
+/// `bdev` is its block device.
+pub(crate) struct OpenBdev {
+    file: NonNull<kernel::bindings::file>,
+    bdev: NonNull<kernel::bindings::block_device>,
+}
+
+// SAFETY: an open block device file may be used and closed from any thread.
+unsafe impl Send for OpenBdev {}
+// SAFETY: I/O on a block device needs no exclusive access; the handle's
+// fields never change.
+unsafe impl Sync for OpenBdev {}
+
+impl OpenBdev {
+    /// Opens device `dev` (`dev_t`) for reading and writing. Sleeps.
+    ///
+    /// # Errors
+    ///
+    /// The errno of the open (`ENXIO`, `EACCES`, ...).
+    pub(crate) fn open(dev: u32) -> Result<Self> {
+        let mut err: c_int = 0;
+        // SAFETY: `err` is a valid out-pointer; process context.
+        let file = unsafe { bindings::mlsdisk_bdev_open(dev, &mut err) };
+        let Some(file) = NonNull::new(file) else {
+            return Err(if err < 0 { Error::from_errno(err) } else { ENXIO });
+        };
+        // SAFETY: a file just opened by `mlsdisk_bdev_open`.
+        let bdev = unsafe { bindings::mlsdisk_file_bdev(file.as_ptr()) };
+        match NonNull::new(bdev) {
+            // INVARIANT: the file and its block device.
+            Some(bdev) => Ok(Self { file, bdev }),
+            None => {
+                // SAFETY: opened above, closed once here.
+                unsafe { bindings::mlsdisk_bdev_close(file.as_ptr()) };
+                Err(ENXIO)
+            }
+        }
+    }
+
+    /// The size in 512-byte sectors.
+    pub(crate) fn nr_sectors(&self) -> u64 {
+        // SAFETY: an open block device (type invariant).
+        unsafe { bindings::mlsdisk_bdev_nr_sectors(self.bdev.as_ptr()) }
+    }
+}
+
+impl Drop for OpenBdev {
+    fn drop(&mut self) {
+        // SAFETY: open (type invariant), closed once here.
+        unsafe { bindings::mlsdisk_bdev_close(self.file.as_ptr()) };
+    }
+}
+
+/// A block device as 4 KiB blocks (a partial last block is unused).
 pub(crate) struct BdevBlockSet {
-    dev: Arc<DmDev>,
+    dev: OpenBdev,
     nblocks: u64,
 }
 
 impl BdevBlockSet {
-    /// The whole device, in whole blocks (a partial last block is unused).
-    pub(crate) fn new(dev: Arc<DmDev>) -> Self {
+    /// The whole device.
+    pub(crate) fn new(dev: OpenBdev) -> Self {
         let nblocks = dev.nr_sectors() / SECTORS_PER_BLOCK;
         Self { dev, nblocks }
     }
@@ -40,13 +100,13 @@ impl BdevBlockSet {
         check_range(self.nblocks, pos, len)?;
         // Cannot overflow: `pos < nblocks <= nr_sectors / 8`.
         let sector = pos * SECTORS_PER_BLOCK;
-        // SAFETY: `bdev()` is valid while the `DmDev` is held (its
-        // invariant), and we hold it; `buf` is valid for `len` bytes (reads
-        // write it, writes only read it) for the duration of the call, which
-        // waits for its bios; the range is inside the device
-        // (`check_range`). Process context (may sleep).
+        // SAFETY: the block device is open while `self.dev` lives (its
+        // invariant); `buf` is valid for `len` bytes (reads write it,
+        // writes only read it) for the duration of the call, which waits
+        // for its bios; the range is inside the device (`check_range`).
+        // Process context (may sleep).
         let ret = unsafe {
-            bindings::mlsdisk_bdev_rw(self.dev.bdev(), write, sector, buf.cast(), len)
+            bindings::mlsdisk_bdev_rw(self.dev.bdev.as_ptr(), write, sector, buf.cast(), len)
         };
         if ret == 0 {
             Ok(())
@@ -69,8 +129,8 @@ impl BlockSet for BdevBlockSet {
     }
 
     fn flush(&self) -> CoreResult<()> {
-        // SAFETY: as in `rw`: a held device; process context.
-        match unsafe { bindings::mlsdisk_bdev_flush(self.dev.bdev()) } {
+        // SAFETY: as in `rw`: an open device; process context.
+        match unsafe { bindings::mlsdisk_bdev_flush(self.dev.bdev.as_ptr()) } {
             0 => Ok(()),
             _ => Err(CoreError::new(
                 ErrorKind::Io,

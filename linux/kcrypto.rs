@@ -21,7 +21,8 @@ use kernel::prelude::*;
 use mlsdisk_core::platform::{AeadKey, Crypto, Hash, Iv, Mac, HASH_LEN, MAC_LEN};
 use mlsdisk_core::{Error as CoreError, ErrorKind, Result as CoreResult};
 
-use crate::dm::bindings;
+use crate::dm::{bindings, CtrError};
+use crate::table::{KeyRef, RawKey, KEY_DESC_MAX};
 
 /// The kernel's crypto provider. See the module documentation.
 ///
@@ -212,4 +213,55 @@ impl Crypto for KernelCrypto {
         unsafe { bindings::mlsdisk_random_bytes(out.as_mut_ptr().cast(), out.len()) };
         Ok(())
     }
+}
+
+/// Reads the key `r` refers to from the kernel keyring (a `logon` or `user`
+/// key of exactly `r.size` bytes). Sleeps.
+///
+/// # Errors
+///
+/// The constructor error naming why (not found, revoked or expired, not
+/// readable, another size), with the detail in the kernel log.
+pub(crate) fn keyring_key(r: &KeyRef) -> Result<RawKey, CtrError> {
+    let mut desc = [0u8; KEY_DESC_MAX + 1];
+    if let Some(d) = desc.get_mut(..r.desc().len()) {
+        d.copy_from_slice(r.desc());
+    }
+    let mut buf = [0u8; 32];
+    let size = r.size.min(buf.len());
+    // SAFETY: `desc` is NUL-terminated (one byte more than the longest
+    // description, zero-filled); `buf` has room for `size` bytes.
+    let ret = unsafe {
+        bindings::mlsdisk_keyring_read(
+            matches!(r.kind, crate::table::KeyKind::Logon),
+            desc.as_ptr().cast(),
+            buf.as_mut_ptr(),
+            size as u32,
+        )
+    };
+    let key = match ret {
+        0 => RawKey::from_bytes(buf.get(..size).unwrap_or(&[])),
+        _ => None,
+    };
+    crate::table::wipe(&mut buf);
+    if let Some(key) = key {
+        return Ok(key);
+    }
+    let (why, msg): (&str, &'static CStr) = match ret {
+        e if e == ENOKEY.to_errno() => ("not found", c"keyring key not found"),
+        e if e == EKEYREVOKED.to_errno() || e == EKEYEXPIRED.to_errno() => {
+            ("revoked or expired", c"keyring key revoked or expired")
+        }
+        e if e == EACCES.to_errno() => ("not readable", c"keyring key not readable"),
+        e if e == EMSGSIZE.to_errno() => ("not of the size given", c"keyring key has another size"),
+        _ => ("unreadable", c"cannot read the keyring key"),
+    };
+    pr_err!(
+        "keyring key '{}' {}: error {}\n",
+        format_args!("{}", r),
+        why,
+        ret
+    );
+    let err = if ret < 0 { Error::from_errno(ret) } else { EINVAL };
+    Err(CtrError::new(msg, err))
 }

@@ -22,19 +22,24 @@
 
 #include <crypto/aead.h>
 #include <crypto/sha2.h>
+#include <keys/user-type.h>
 #include <linux/bio.h>
 #include <linux/blkdev.h>
 #include <linux/cpumask.h>
+#include <linux/file.h>
 #include <linux/highmem.h>
+#include <linux/key.h>
 #include <linux/mm.h>
 #include <linux/mutex.h>
 #include <linux/overflow.h>
 #include <linux/random.h>
+#include <linux/ratelimit.h>
 #include <linux/scatterlist.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
 #include <linux/vmalloc.h>
+#include <linux/workqueue.h>
 
 #include "bindings/mlsdisk_helpers.h"
 
@@ -365,6 +370,34 @@ int mlsdisk_bdev_rw(struct block_device *bdev, bool write, sector_t sector,
 	return 0;
 }
 
+struct file *mlsdisk_bdev_open(dev_t dev, int *err)
+{
+	struct file *file = bdev_file_open_by_dev(dev, BLK_OPEN_READ | BLK_OPEN_WRITE,
+						  NULL, NULL);
+
+	if (IS_ERR(file)) {
+		*err = PTR_ERR(file);
+		return NULL;
+	}
+	*err = 0;
+	return file;
+}
+
+struct block_device *mlsdisk_file_bdev(struct file *file)
+{
+	return file_bdev(file);
+}
+
+void mlsdisk_bdev_close(struct file *file)
+{
+	fput(file);
+}
+
+dev_t mlsdisk_bdev_dev(struct block_device *bdev)
+{
+	return bdev->bd_dev;
+}
+
 int mlsdisk_bdev_flush(struct block_device *bdev)
 {
 	int ret = blkdev_issue_flush(bdev);
@@ -393,6 +426,8 @@ struct mlsdisk_bioq {
 	struct work_struct work;
 	struct workqueue_struct *wq;
 	mlsdisk_bioq_fn process;
+	mlsdisk_bioq_idle_fn idle;
+	bool paused;
 	void *ctx;
 };
 
@@ -402,22 +437,29 @@ static void mlsdisk_bioq_work(struct work_struct *work)
 	struct bio_list bios;
 	struct bio *bio;
 
+	bool run_idle;
+
 	for (;;) {
 		spin_lock_irq(&q->lock);
 		bios = q->bios;
 		bio_list_init(&q->bios);
+		run_idle = q->idle && !q->paused;
 		spin_unlock_irq(&q->lock);
 		if (bio_list_empty(&bios))
-			return;
+			break;
 		while ((bio = bio_list_pop(&bios))) {
 			q->process(q->ctx, bio);
 			cond_resched();
 		}
 	}
+	/* Nothing queued: one step of background work, then again if more is
+	 * to do (bios queued meanwhile go first). */
+	if (run_idle && q->idle(q->ctx))
+		queue_work(q->wq, &q->work);
 }
 
 struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name, mlsdisk_bioq_fn process,
-				      void *ctx)
+				      mlsdisk_bioq_idle_fn idle, void *ctx)
 {
 	struct mlsdisk_bioq *q = kzalloc(sizeof(*q), GFP_KERNEL);
 
@@ -427,6 +469,8 @@ struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name, mlsdisk_bioq_fn process,
 	bio_list_init(&q->bios);
 	INIT_WORK(&q->work, mlsdisk_bioq_work);
 	q->process = process;
+	q->idle = idle;
+	q->paused = true;
 	q->ctx = ctx;
 	/* Ordered and able to make progress under memory pressure: it serves
 	 * the I/O that reclaim may be waiting for. */
@@ -448,16 +492,29 @@ void mlsdisk_bioq_push(struct mlsdisk_bioq *q, struct bio *bio)
 	queue_work(q->wq, &q->work);
 }
 
-void mlsdisk_bioq_drain(struct mlsdisk_bioq *q)
+void mlsdisk_bioq_pause(struct mlsdisk_bioq *q)
 {
+	spin_lock_irq(&q->lock);
+	q->paused = true;
+	spin_unlock_irq(&q->lock);
+	/* A run that started before sees `paused` only next time: wait for
+	 * it; it does not queue itself again. */
 	flush_workqueue(q->wq);
+}
+
+void mlsdisk_bioq_resume(struct mlsdisk_bioq *q)
+{
+	spin_lock_irq(&q->lock);
+	q->paused = false;
+	spin_unlock_irq(&q->lock);
+	queue_work(q->wq, &q->work);
 }
 
 void mlsdisk_bioq_free(struct mlsdisk_bioq *q)
 {
 	if (!q)
 		return;
-	flush_workqueue(q->wq);
+	mlsdisk_bioq_pause(q);
 	destroy_workqueue(q->wq);
 	WARN_ON(!bio_list_empty(&q->bios));
 	kfree(q);
@@ -529,4 +586,30 @@ static DEFINE_RATELIMIT_STATE(mlsdisk_rs, DEFAULT_RATELIMIT_INTERVAL,
 bool mlsdisk_ratelimit(void)
 {
 	return __ratelimit(&mlsdisk_rs);
+}
+
+/* ---- Keyring keys ---------------------------------------------------- */
+
+int mlsdisk_keyring_read(bool logon, const char *desc, u8 *out, unsigned int size)
+{
+	const struct user_key_payload *ukp;
+	struct key *key;
+	int ret;
+
+	key = request_key(logon ? &key_type_logon : &key_type_user, desc, NULL);
+	if (IS_ERR(key))
+		return PTR_ERR(key);
+	down_read(&key->sem);
+	ukp = user_key_payload_locked(key);
+	if (!ukp) {
+		ret = -EKEYREVOKED;
+	} else if (ukp->datalen != size) {
+		ret = -EMSGSIZE;
+	} else {
+		memcpy(out, ukp->data, size);
+		ret = 0;
+	}
+	up_read(&key->sem);
+	key_put(key);
+	return ret;
 }

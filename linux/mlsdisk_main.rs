@@ -73,6 +73,7 @@ impl kernel::Module for MlsDiskModule {
         target::set_selftest_checksum(checksum);
         crypto_selftest()?;
 
+        target::init_registry();
         let registration = dm::Registration::new(module).inspect_err(|e| {
             pr_err!("cannot register the dm target: error {}\n", e.to_errno());
         })?;

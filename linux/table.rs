@@ -15,9 +15,10 @@
 //!
 //! Keys:
 //! - hex: exactly 32 or 64 hex digits (AES-128 / AES-256);
-//! - keyring: dm-crypt's `:<size>:<type>:<description>` form. It is parsed
-//!   and checked, then refused with [`TableError::KeyringNotSupported`]: the
-//!   pass-through stage has no keyring lookup yet.
+//! - keyring: dm-crypt's `:<size>:<type>:<description>` form with a
+//!   `logon` or `user` key of 16 or 32 bytes ([`KeyRef`]); the constructor
+//!   reads the key from the kernel keyring (`encrypted` and `trusted` keys
+//!   are refused with [`TableError::KeyringNotSupported`]).
 //!
 //! Options (`<#opts>` counts them; the count must match exactly):
 //! - `create`: format a new disk on the backing device;
@@ -54,7 +55,7 @@ pub(crate) enum TableError<'a> {
         /// Number of hex digits given.
         digits: usize,
     },
-    /// A well-formed keyring reference: not supported at this stage.
+    /// A well-formed keyring reference of a type other than `logon`/`user`.
     KeyringNotSupported,
     /// `<#opts>` is not a decimal number.
     BadOptionCount(&'a [u8]),
@@ -86,7 +87,7 @@ impl TableError<'_> {
             }
             Self::MalformedKey(_) => c"malformed key (expected 32 or 64 hex digits)",
             Self::KeyLength { .. } => c"bad key length (expected 32 or 64 hex digits)",
-            Self::KeyringNotSupported => c"keyring keys are not supported yet",
+            Self::KeyringNotSupported => c"only 'logon' and 'user' keyring keys are supported",
             Self::BadOptionCount(_) => c"<#opts> is not a number",
             Self::OptionCountMismatch { .. } => {
                 c"<#opts> does not match the number of optional arguments"
@@ -128,7 +129,7 @@ impl fmt::Display for TableError<'_> {
                 "bad key length: {digits} hex digits, expected 32 (AES-128) or 64 (AES-256)"
             ),
             Self::KeyringNotSupported => f.write_str(
-                "keyring keys (:<size>:<type>:<description>) are not supported yet; give the key as hex",
+                "only 'logon' and 'user' keyring keys (:<size>:logon:<description>) are supported, not 'encrypted' or 'trusted'",
             ),
             Self::BadOptionCount(s) => {
                 write!(f, "<#opts> '{}' is not a number", Escaped(s))
@@ -155,14 +156,21 @@ pub(crate) struct RawKey {
 }
 
 impl RawKey {
+    /// A key from its bytes, 16 or 32 of them.
+    #[cfg_attr(test, allow(dead_code))]
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != 16 && bytes.len() != KEY_MAX {
+            return None;
+        }
+        let mut key = Self {
+            bytes: [0; KEY_MAX],
+            len: bytes.len(),
+        };
+        key.bytes.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(key)
+    }
+
     /// The key bytes (16 or 32 of them).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the pass-through stage holds the key without using it"
-        )
-    )]
     pub(crate) fn as_bytes(&self) -> &[u8] {
         self.bytes.get(..self.len).unwrap_or(&[])
     }
@@ -224,6 +232,72 @@ impl fmt::Debug for Anchor {
     }
 }
 
+/// Longest keyring key description, in bytes.
+pub(crate) const KEY_DESC_MAX: usize = 128;
+
+/// The type of a keyring key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyKind {
+    /// `logon`: readable by the kernel only.
+    Logon,
+    /// `user`.
+    User,
+}
+
+/// A reference to a key in the kernel keyring (`:<size>:<type>:<desc>`),
+/// copied out of the argument vector. Not secret: `dmsetup table` shows it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyRef {
+    /// The key size in bytes (16 or 32).
+    pub(crate) size: usize,
+    /// The key type.
+    pub(crate) kind: KeyKind,
+    desc: [u8; KEY_DESC_MAX],
+    len: usize,
+}
+
+impl KeyRef {
+    /// The description (printable ASCII, no spaces).
+    pub(crate) fn desc(&self) -> &[u8] {
+        self.desc.get(..self.len).unwrap_or(&[])
+    }
+
+    /// The type name, as in the table line.
+    pub(crate) fn kind_name(&self) -> &'static str {
+        match self.kind {
+            KeyKind::Logon => "logon",
+            KeyKind::User => "user",
+        }
+    }
+}
+
+impl fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            ":{}:{}:{}",
+            self.size,
+            self.kind_name(),
+            Escaped(self.desc())
+        )
+    }
+}
+
+impl fmt::Debug for KeyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyRef({self})")
+    }
+}
+
+/// The key of a table line: the key itself, or where to find it.
+#[derive(Debug)]
+pub(crate) enum KeySpec {
+    /// A hex key.
+    Raw(RawKey),
+    /// A keyring reference, read by the constructor.
+    Keyring(KeyRef),
+}
+
 /// The optional arguments.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Options {
@@ -265,7 +339,7 @@ pub(crate) struct TableLine<'a> {
     /// The backing device path or `major:minor`, as given.
     pub(crate) device: &'a [u8],
     /// The key.
-    pub(crate) key: RawKey,
+    pub(crate) key: KeySpec,
     /// The optional arguments.
     pub(crate) options: Options,
 }
@@ -299,11 +373,16 @@ fn parse_decimal(s: &[u8]) -> Option<usize> {
 /// # Errors
 ///
 /// [`TableError::MalformedKey`], [`TableError::KeyLength`] or, for a
-/// well-formed keyring reference, [`TableError::KeyringNotSupported`].
-pub(crate) fn parse_key(arg: &[u8]) -> Result<RawKey, TableError<'static>> {
+/// keyring reference of another type than `logon`/`user`,
+/// [`TableError::KeyringNotSupported`].
+pub(crate) fn parse_key(arg: &[u8]) -> Result<KeySpec, TableError<'static>> {
     if arg.first() == Some(&b':') {
-        return Err(parse_keyring(arg));
+        return parse_keyring(arg).map(KeySpec::Keyring);
     }
+    parse_hex_key(arg).map(KeySpec::Raw)
+}
+
+fn parse_hex_key(arg: &[u8]) -> Result<RawKey, TableError<'static>> {
     if !arg.len().is_multiple_of(2) && arg.iter().all(|&c| hex_digit(c).is_some()) {
         return Err(TableError::KeyLength { digits: arg.len() });
     }
@@ -332,29 +411,51 @@ pub(crate) fn parse_key(arg: &[u8]) -> Result<RawKey, TableError<'static>> {
     }
 }
 
-/// Checks the `:<size>:<type>:<description>` form; returns the error to
-/// report (at this stage, a well-formed reference is "not supported yet").
-fn parse_keyring(arg: &[u8]) -> TableError<'static> {
+/// Parses the `:<size>:<type>:<description>` form.
+fn parse_keyring(arg: &[u8]) -> Result<KeyRef, TableError<'static>> {
+    let form = TableError::MalformedKey("keyring form is :<size>:<type>:<description>");
     let mut fields = arg.splitn(4, |&c| c == b':');
     let (Some(empty), Some(size), Some(kind), Some(desc)) =
         (fields.next(), fields.next(), fields.next(), fields.next())
     else {
-        return TableError::MalformedKey("keyring form is :<size>:<type>:<description>");
+        return Err(form);
     };
     if !empty.is_empty() {
-        return TableError::MalformedKey("keyring form is :<size>:<type>:<description>");
+        return Err(form);
     }
-    match parse_decimal(size) {
-        Some(16 | 32) => {}
-        _ => return TableError::MalformedKey("keyring key size must be 16 or 32 bytes"),
-    }
-    if !matches!(kind, b"logon" | b"user" | b"encrypted" | b"trusted") {
-        return TableError::MalformedKey("unknown keyring key type");
-    }
+    let size = match parse_decimal(size) {
+        Some(n @ (16 | 32)) => n,
+        _ => {
+            return Err(TableError::MalformedKey(
+                "keyring key size must be 16 or 32 bytes",
+            ))
+        }
+    };
+    let kind = match kind {
+        b"logon" => KeyKind::Logon,
+        b"user" => KeyKind::User,
+        b"encrypted" | b"trusted" => return Err(TableError::KeyringNotSupported),
+        _ => return Err(TableError::MalformedKey("unknown keyring key type")),
+    };
     if desc.is_empty() {
-        return TableError::MalformedKey("empty keyring key description");
+        return Err(TableError::MalformedKey("empty keyring key description"));
     }
-    TableError::KeyringNotSupported
+    if desc.len() > KEY_DESC_MAX || !desc.iter().all(u8::is_ascii_graphic) {
+        return Err(TableError::MalformedKey(
+            "keyring key description must be 1 to 128 printable characters",
+        ));
+    }
+    let mut r = KeyRef {
+        size,
+        kind,
+        desc: [0; KEY_DESC_MAX],
+        len: desc.len(),
+    };
+    r.desc
+        .get_mut(..desc.len())
+        .ok_or(form)?
+        .copy_from_slice(desc);
+    Ok(r)
 }
 
 fn parse_options<'a>(args: &[&'a [u8]]) -> Result<Options, TableError<'a>> {
@@ -439,17 +540,24 @@ mod tests {
         }
     }
 
+    fn raw<'a>(line: &'a TableLine<'_>) -> &'a RawKey {
+        match &line.key {
+            KeySpec::Raw(k) => k,
+            KeySpec::Keyring(r) => panic!("a keyring reference: {r:?}"),
+        }
+    }
+
     #[test]
     fn accepts_hex_keys_and_options() {
         let line = parse(&[b"/dev/vdb", KEY64]).unwrap();
         assert_eq!(line.device, b"/dev/vdb");
-        assert_eq!(line.key.bits(), 256);
-        assert_eq!(line.key.as_bytes()[31], 0x1f);
+        assert_eq!(raw(&line).bits(), 256);
+        assert_eq!(raw(&line).as_bytes()[31], 0x1f);
         assert_eq!(line.options, Options::default());
 
         let line = parse(&[b"253:1", KEY32, b"2", b"create", b"anchor=file:/boot/x"]).unwrap();
-        assert_eq!(line.key.bits(), 128);
-        assert_eq!(line.key.as_bytes()[10], 0xaa);
+        assert_eq!(raw(&line).bits(), 128);
+        assert_eq!(raw(&line).as_bytes()[10], 0xaa);
         assert_eq!(line.options.mode, Some(Mode::Create));
         assert_eq!(line.options.anchor.unwrap().as_bytes(), b"file:/boot/x");
         let mut s = String::new();
@@ -487,11 +595,22 @@ mod tests {
     }
 
     #[test]
-    fn keyring_form_is_checked_then_not_supported() {
+    fn keyring_references_are_checked_and_kept() {
+        let line = parse(&[b"/dev/vdb", b":32:logon:mlsdisk:test"]).unwrap();
+        let KeySpec::Keyring(r) = line.key else {
+            panic!("not a keyring reference");
+        };
+        assert_eq!((r.size, r.kind, r.desc()), (32, KeyKind::Logon, &b"mlsdisk:test"[..]));
+        assert_eq!(r.to_string(), ":32:logon:mlsdisk:test");
+        let line = parse(&[b"/dev/vdb", b":16:user:k"]).unwrap();
+        assert!(matches!(line.key, KeySpec::Keyring(KeyRef { size: 16, kind: KeyKind::User, .. })));
         assert_eq!(
-            parse(&[b"/dev/vdb", b":32:logon:mlsdisk:test"]).unwrap_err(),
+            parse(&[b"/dev/vdb", b":32:encrypted:x"]).unwrap_err(),
             TableError::KeyringNotSupported
         );
+        assert!(err(&[b"/dev/vdb", b":32:trusted:x"]).contains("only 'logon' and 'user'"));
+        assert!(err(&[b"/dev/vdb", &[b":32:logon:".as_slice(), &[b'a'; 129]].concat()]).contains("1 to 128"));
+        assert!(err(&[b"/dev/vdb", b":32:logon:a\x01"]).contains("printable"));
         assert!(err(&[b"/dev/vdb", b":31:logon:x"]).contains("16 or 32"));
         assert!(err(&[b"/dev/vdb", b":32:bogus:x"]).contains("unknown keyring"));
         assert!(err(&[b"/dev/vdb", b":32:logon:"]).contains("empty"));
@@ -503,6 +622,13 @@ mod tests {
         // A key that is one digit short: the message gives the count only.
         let e = err(&[b"/dev/vdb", &KEY64[1..]]);
         assert!(!e.contains("0102"), "{e}");
+    }
+
+    #[test]
+    fn raw_key_from_bytes() {
+        assert_eq!(RawKey::from_bytes(&[7; 16]).unwrap().bits(), 128);
+        assert_eq!(RawKey::from_bytes(&[7; 32]).unwrap().as_bytes(), &[7; 32]);
+        assert!(RawKey::from_bytes(&[7; 24]).is_none());
     }
 
     #[test]

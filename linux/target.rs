@@ -34,7 +34,8 @@
 //! sets `ti->error` to a fixed summary (device-mapper logs it after the
 //! target name); whatever was acquired (the backing device, the key) is
 //! released before the constructor returns. No message ever contains the
-//! key, and `dmsetup table` shows `-` in its place.
+//! key, and `dmsetup table` shows `-` in its place (or the keyring
+//! reference `:<size>:<type>:<description>` the key was read from).
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -52,8 +53,8 @@ use crate::dm::{
     self, Args, Bio, BioOp, BlkError, Ctr, CtrError, DeferredBio, Devices, DmDev, Limits,
     MapResult, StatusType, StatusWriter,
 };
-use crate::kbio::{BdevBlockSet, NoIoScope};
-use crate::table::{self, Escaped, Options, RawKey};
+use crate::kbio::{BdevBlockSet, NoIoScope, OpenBdev};
+use crate::table::{self, Escaped, KeyRef, KeySpec, Options, RawKey};
 
 /// Sectors per 4 KiB block.
 const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
@@ -79,13 +80,18 @@ pub(crate) trait Engine: Send {
     /// The engine's part of `dmsetup status` (health, sync counter, space,
     /// anchor), before the target's bio counters.
     fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result;
+    /// One bounded step of background work (compaction, cleaning); returns
+    /// whether more is to do.
+    fn background_step(&mut self) -> mlsdisk_core::Result<bool> {
+        Ok(false)
+    }
 }
 
 /// The pass-through engine: the backing device's blocks at the same
 /// offset, no encryption (see the module documentation).
 pub(crate) struct PassThrough {
     dev: BdevBlockSet,
-    /// Blocks of the target.
+    /// Blocks of the device.
     nblocks: u64,
 }
 
@@ -265,23 +271,87 @@ impl Counters {
     }
 }
 
+/// A disk: the engine on one backing device, with its own reference to
+/// that device ([`OpenBdev`]), shared by every target instance on the
+/// device. A table reload constructs the new table while the old one is
+/// still live: the new instance must take over the open disk, not open it
+/// a second time (two engines writing one device would destroy it). The
+/// registry [`DISKS`] maps device numbers to open disks while any instance
+/// uses them. Dropping the last reference syncs the engine.
+pub(crate) struct Shared {
+    /// The backing device's `dev_t`.
+    dev: u32,
+    /// The key the disk was opened with (a second table must give the same).
+    key: RawKey,
+    /// Logical capacity in 4 KiB blocks.
+    capacity: u64,
+    /// The engine and the worker's buffer, behind a sleeping lock.
+    worker: Pin<KBox<Mutex<Worker>>>,
+}
+
+impl Shared {
+    /// Syncs the engine, logging a failure; `why` names the occasion.
+    fn sync(&self, why: &str) -> mlsdisk_core::Result<()> {
+        let _noio = NoIoScope::enter();
+        let result = self.worker.lock().engine.sync();
+        if let Err(e) = result {
+            pr_err!("sync at {} failed: {:?}\n", why, e);
+        }
+        result
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = self.sync("close");
+    }
+}
+
+/// An entry of [`DISKS`]: an open disk and how many target instances use it.
+pub(crate) struct DiskEntry {
+    shared: Arc<Shared>,
+    users: usize,
+}
+
+kernel::global_lock! {
+    // SAFETY: `init_registry` runs in module init before the target type is
+    // registered, so before any other use.
+    unsafe(uninit) static DISKS: Mutex<KVec<DiskEntry>> = KVec::new();
+}
+
+/// Initialises the registry of open disks. Call once, from module init,
+/// before the target type is registered.
+pub(crate) fn init_registry() {
+    // SAFETY: called once (module init), before any use of `DISKS`.
+    unsafe { DISKS.init() };
+}
+
+/// Constant-time comparison of two keys.
+fn same_key(a: &RawKey, b: &RawKey) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// One `mlsdisk` target instance.
 pub(crate) struct MlsDisk {
-    /// The backing device, closed when the last reference (here and in the
-    /// engine) is dropped.
-    backing: Arc<DmDev>,
+    /// The table's claim on the backing device (for device-mapper's limits
+    /// and dependencies); the engine has its own reference.
+    backing: DmDev,
+    /// The disk (`None` only while dropping).
+    shared: Option<Arc<Shared>>,
     /// The first sector of the target in the mapped device.
     begin: u64,
     /// The length of the target in sectors.
     len: u64,
     /// The key, wiped on drop. Unused until the encrypting stage.
     key: RawKey,
+    /// Where the key came from, if from the keyring (shown by `dmsetup
+    /// table` in the key's place; it is not secret).
+    keyref: Option<KeyRef>,
     /// The optional arguments, for `dmsetup table`.
     options: Options,
     /// Bio counters for `dmsetup status`.
     counters: Counters,
-    /// The engine and the worker's buffer, behind a sleeping lock.
-    worker: Pin<KBox<Mutex<Worker>>>,
 }
 
 impl MlsDisk {
@@ -308,19 +378,101 @@ impl MlsDisk {
 
     /// Syncs the engine, logging a failure; `why` names the occasion.
     fn sync(&self, why: &str) -> mlsdisk_core::Result<()> {
-        let _noio = NoIoScope::enter();
-        let result = self.worker.lock().engine.sync();
-        if let Err(e) = result {
-            pr_err!("sync at {} failed: {:?}\n", why, e);
+        match &self.shared {
+            Some(shared) => shared.sync(why),
+            None => Ok(()),
         }
-        result
+    }
+
+    /// Finds the open disk on `dev` or opens one (`open_engine`), and
+    /// counts this instance as a user. Runs under the registry lock, so a
+    /// disk is never opened twice.
+    fn attach(
+        dev: u32,
+        key: &RawKey,
+        mode: Option<table::Mode>,
+        open_engine: impl FnOnce() -> Result<(Box<dyn Engine>, u64), CtrError>,
+    ) -> Result<Arc<Shared>, CtrError> {
+        let mut disks = DISKS.lock();
+        if let Some(entry) = disks.iter_mut().find(|e| e.shared.dev == dev) {
+            if mode == Some(table::Mode::Create) {
+                pr_err!(
+                    "the disk on device {}:{} is in use by a live table: 'create' would destroy it\n",
+                    dev >> 20,
+                    dev & 0xfffff
+                );
+                return Err(Self::fail(c"the disk is in use: refusing 'create'", EBUSY));
+            }
+            if !same_key(&entry.shared.key, key) {
+                pr_err!(
+                    "wrong key: the disk on device {}:{} is open with another key\n",
+                    dev >> 20,
+                    dev & 0xfffff
+                );
+                return Err(Self::fail(c"wrong key", EINVAL));
+            }
+            entry.users += 1;
+            return Ok(entry.shared.clone());
+        }
+        let (engine, capacity) = open_engine()?;
+        let oom = || {
+            pr_err!("out of memory allocating the disk\n");
+            Self::fail(c"out of memory", ENOMEM)
+        };
+        let mut buf = Vec::new();
+        buf.try_reserve_exact((MAX_IO_SECTORS * 512) as usize)
+            .map_err(|_| Self::fail(c"out of memory", ENOMEM))?;
+        buf.resize((MAX_IO_SECTORS * 512) as usize, 0);
+        let worker =
+            KBox::pin_init(new_mutex!(Worker { engine, buf }), GFP_KERNEL).map_err(|_| oom())?;
+        let key = RawKey::from_bytes(key.as_bytes()).ok_or(Self::fail(c"bad key", EINVAL))?;
+        let shared = Arc::new(
+            Shared {
+                dev,
+                key,
+                capacity,
+                worker,
+            },
+            GFP_KERNEL,
+        )
+        .map_err(|_| oom())?;
+        disks
+            .push(
+                DiskEntry {
+                    shared: shared.clone(),
+                    users: 1,
+                },
+                GFP_KERNEL,
+            )
+            .map_err(|_| Self::fail(c"out of memory", ENOMEM))?;
+        Ok(shared)
     }
 }
 
 impl Drop for MlsDisk {
     fn drop(&mut self) {
-        // Removal syncs (a suspend before it already did; this is cheap).
-        let _ = self.sync("removal");
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        let mut disks = DISKS.lock();
+        let mut last = false;
+        if let Some(i) = disks.iter().position(|e| Arc::ptr_eq(&e.shared, &shared)) {
+            if let Some(entry) = disks.get_mut(i) {
+                entry.users = entry.users.saturating_sub(1);
+                last = entry.users == 0;
+            }
+            if last {
+                let _ = disks.remove(i);
+            }
+        }
+        if !last {
+            // Another table still uses the disk; removal still syncs.
+            let _ = shared.sync("removal");
+        }
+        // The last user: dropping the disk syncs and closes it, still under
+        // the registry lock, so no new table can open it half-closed.
+        drop(shared);
+        drop(disks);
     }
 }
 
@@ -346,6 +498,10 @@ impl dm::Target for MlsDisk {
             pr_err!("{}\n", format_args!("{e}"));
             Self::fail(e.summary(), EINVAL)
         })?;
+        let (key, keyref) = match line.key {
+            KeySpec::Raw(key) => (key, None),
+            KeySpec::Keyring(r) => (crate::kcrypto::keyring_key(&r)?, Some(r)),
+        };
 
         // The path is argument 0; `get` gives it NUL-terminated.
         let path = args.get(0).unwrap_or(c"");
@@ -358,10 +514,6 @@ impl dm::Target for MlsDisk {
             Self::fail(c"cannot open backing device", err)
         })?;
 
-        let backing = Arc::new(backing, GFP_KERNEL).map_err(|_| {
-            pr_err!("out of memory allocating the target\n");
-            Self::fail(c"out of memory", ENOMEM)
-        })?;
         let max = backing.nr_sectors();
         if ti.len() > max {
             pr_err!(
@@ -397,22 +549,30 @@ impl dm::Target for MlsDisk {
             Self::fail(c"cannot set max_io_len", err)
         })?;
 
-        let mut buf = Vec::new();
-        buf.try_reserve_exact((MAX_IO_SECTORS * 512) as usize)
-            .map_err(|_| {
-                pr_err!("out of memory allocating the I/O buffer\n");
-                Self::fail(c"out of memory", ENOMEM)
-            })?;
-        buf.resize((MAX_IO_SECTORS * 512) as usize, 0);
+        let device = line.device;
+        let open_bdev = |dev: u32| {
+            OpenBdev::open(dev).map_err(|err| {
+                pr_err!(
+                    "cannot open backing device '{}' for the engine: error {}\n",
+                    format_args!("{}", Escaped(device)),
+                    err.to_errno()
+                );
+                Self::fail(c"cannot open backing device", err)
+            })
+        };
+        let dev = backing.dev_t();
         #[cfg(not(mlsdisk_engine))]
-        let engine: Box<dyn Engine> = Box::new(PassThrough {
-            dev: BdevBlockSet::new(backing.clone()),
-            nblocks: ti.len() / SECTORS_PER_BLOCK,
-        });
-        #[cfg(not(mlsdisk_engine))]
-        let options = line.options;
+        let (shared, options) = {
+            let open_engine = || -> Result<(Box<dyn Engine>, u64), CtrError> {
+                let dev = BdevBlockSet::new(open_bdev(dev)?);
+                let nblocks = dev.nblocks();
+                Ok((Box::new(PassThrough { dev, nblocks }), nblocks))
+            };
+            let shared = Self::attach(dev, &key, line.options.mode, open_engine)?;
+            (shared, line.options)
+        };
         #[cfg(mlsdisk_engine)]
-        let (engine, options) = {
+        let (shared, options) = {
             let mut options = line.options;
             if let Some(anchor) = &options.anchor {
                 if anchor.as_bytes() != b"none" {
@@ -423,45 +583,32 @@ impl dm::Target for MlsDisk {
                     return Err(Self::fail(c"only anchor=none is available", EINVAL));
                 }
             }
-            let (engine, capacity) = crate::engine_disk::start(
-                options.mode,
-                BdevBlockSet::new(backing.clone()),
-                line.key.as_bytes(),
-            )?;
-            let max = capacity.saturating_mul(SECTORS_PER_BLOCK);
-            if ti.len() > max {
-                pr_err!(
-                    "target length {} sectors exceeds the logical capacity of the disk on {}: the maximum is {} sectors\n",
-                    ti.len(),
-                    format_args!("{}", Escaped(line.device)),
-                    max
-                );
-                return Err(Self::fail(
-                    c"target length exceeds the disk's logical capacity",
-                    EINVAL,
-                ));
-            }
+            let open_engine = || {
+                crate::engine_disk::start(
+                    options.mode,
+                    BdevBlockSet::new(open_bdev(dev)?),
+                    key.as_bytes(),
+                )
+            };
+            let shared = Self::attach(dev, &key, options.mode, open_engine)?;
             // A table line read back and loaded again must never reformat:
             // once created, the disk is shown (and reloaded) as 'open'.
             if options.mode.is_some() {
                 options.mode = Some(table::Mode::Open);
             }
-            (engine, options)
+            (shared, options)
         };
-        let worker = KBox::pin_init(new_mutex!(Worker { engine, buf }), GFP_KERNEL).map_err(|_| {
-            pr_err!("out of memory allocating the target\n");
-            Self::fail(c"out of memory", ENOMEM)
-        })?;
-
+        let capacity = shared.capacity;
         let target = KBox::new(
             Self {
                 backing,
+                shared: Some(shared),
                 begin: ti.begin(),
                 len: ti.len(),
-                key: line.key,
+                key,
+                keyref,
                 options,
                 counters: Counters::default(),
-                worker,
             },
             GFP_KERNEL,
         )
@@ -469,6 +616,20 @@ impl dm::Target for MlsDisk {
             pr_err!("out of memory allocating the target\n");
             Self::fail(c"out of memory", ENOMEM)
         })?;
+        let max = capacity.saturating_mul(SECTORS_PER_BLOCK);
+        if ti.len() > max {
+            pr_err!(
+                "target length {} sectors exceeds the logical capacity of the disk on {}: the maximum is {} sectors\n",
+                ti.len(),
+                format_args!("{}", Escaped(device)),
+                max
+            );
+            // Dropping `target` detaches from the disk.
+            return Err(Self::fail(
+                c"target length exceeds the disk's logical capacity",
+                EINVAL,
+            ));
+        }
         pr_info!(
             "pass-through target on {} ({} of {} sectors, {}-bit key): NOT encrypted at this stage\n",
             format_args!("{}", Escaped(target.backing.name().to_bytes())),
@@ -495,9 +656,13 @@ impl dm::Target for MlsDisk {
         } else {
             bio.sector().wrapping_sub(self.begin)
         };
+        let Some(shared) = &self.shared else {
+            bio.end(Err(BlkError::IoErr));
+            return;
+        };
         let result = {
             let _noio = NoIoScope::enter();
-            self.worker.lock().serve(&mut bio, rel)
+            shared.worker.lock().serve(&mut bio, rel)
         };
         match result {
             Ok(()) => bio.end(Ok(())),
@@ -518,6 +683,22 @@ impl dm::Target for MlsDisk {
 
     fn postsuspend(&self) {
         let _ = self.sync("suspend");
+    }
+
+    fn idle(&self) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let _noio = NoIoScope::enter();
+        match shared.worker.lock().engine.background_step() {
+            Ok(more) => more,
+            Err(e) => {
+                if dm::ratelimit() {
+                    pr_err!("background work failed: {:?}\n", e);
+                }
+                false
+            }
+        }
     }
 
     fn message(&self, args: &Args<'_>, out: &mut StatusWriter<'_>) -> Result<bool> {
@@ -546,13 +727,20 @@ impl dm::Target for MlsDisk {
     fn status(&self, kind: StatusType, out: &mut StatusWriter<'_>) -> fmt::Result {
         match kind {
             StatusType::Info => {
-                self.worker.lock().engine.status(out)?;
+                if let Some(shared) = &self.shared {
+                    shared.worker.lock().engine.status(out)?;
+                }
                 out.write_str(" ")?;
                 self.write_counters(out)
             }
             StatusType::Table => {
-                // Never the key: `-` stands in its place.
-                write!(out, "{} -", Escaped(self.backing.name().to_bytes()))?;
+                // Never the key: `-` stands in its place, or the keyring
+                // reference it was read from.
+                write!(out, "{} ", Escaped(self.backing.name().to_bytes()))?;
+                match &self.keyref {
+                    Some(r) => write!(out, "{r}")?,
+                    None => out.write_str("-")?,
+                }
                 self.options.emit(out)
             }
             StatusType::Ima => write!(

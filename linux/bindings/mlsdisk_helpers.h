@@ -118,14 +118,20 @@ void mlsdisk_noio_restore(unsigned int flags);
  */
 struct mlsdisk_bioq;
 typedef void (*mlsdisk_bioq_fn)(void *ctx, struct bio *bio);
-/* A queue with its workqueue `name`. NULL on allocation failure. Sleeps. */
+/* Background work when no bio is queued: one bounded step; returns whether
+ * more is to do (the work item then runs again, bios first). */
+typedef bool (*mlsdisk_bioq_idle_fn)(void *ctx);
+/* A queue with its workqueue `name`; `idle` may be NULL. NULL on
+ * allocation failure. Starts paused (no background work). Sleeps. */
 struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name, mlsdisk_bioq_fn process,
-				      void *ctx);
+				      mlsdisk_bioq_idle_fn idle, void *ctx);
+/* Stops background work and waits for the worker to be idle (suspend). */
+void mlsdisk_bioq_pause(struct mlsdisk_bioq *q);
+/* Allows background work again and kicks the worker (resume). */
+void mlsdisk_bioq_resume(struct mlsdisk_bioq *q);
 /* Queues `bio` (any context, no sleeping). */
 void mlsdisk_bioq_push(struct mlsdisk_bioq *q, struct bio *bio);
-/* Waits until every bio queued before the call was processed. Sleeps. */
-void mlsdisk_bioq_drain(struct mlsdisk_bioq *q);
-/* Drains, then frees the queue and its workqueue. Sleeps. */
+/* Pauses, drains, then frees the queue and its workqueue. Sleeps. */
 void mlsdisk_bioq_free(struct mlsdisk_bioq *q);
 
 /* Ends `bio` with `status` (a BLK_STS_* value). */
@@ -150,5 +156,28 @@ int mlsdisk_ti_setup_worker(struct dm_target *ti, sector_t max_io_len);
 void mlsdisk_limits_4k(struct queue_limits *limits, unsigned int max_discard_sectors);
 /* A shared printk rate limit for the target's per-bio errors. */
 bool mlsdisk_ratelimit(void);
+
+/*
+ * Reads the payload of a "logon" (logon = true) or "user" key with
+ * description `desc` (NUL-terminated) from the caller's keyrings into
+ * `out`, which has `size` bytes; the payload must be exactly `size` bytes.
+ * Returns 0, -ENOKEY (not found), -EKEYREVOKED/-EKEYEXPIRED, -EACCES,
+ * -EMSGSIZE (other size), or another negative errno. Sleeps.
+ */
+int mlsdisk_keyring_read(bool logon, const char *desc, u8 *out, unsigned int size);
+
+/*
+ * The engine's own reference to the backing device, independent of any
+ * dm_target (a disk outlives the table that opened it when a reload hands
+ * it to the new table): a non-exclusive read/write open by device number.
+ * NULL with *err set on failure. Sleeps.
+ */
+struct file *mlsdisk_bdev_open(dev_t dev, int *err);
+/* The block device of a file from mlsdisk_bdev_open. */
+struct block_device *mlsdisk_file_bdev(struct file *file);
+/* Closes a file from mlsdisk_bdev_open. */
+void mlsdisk_bdev_close(struct file *file);
+/* bdev->bd_dev */
+dev_t mlsdisk_bdev_dev(struct block_device *bdev);
 
 #endif /* MLSDISK_HELPERS_H */

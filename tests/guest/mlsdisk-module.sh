@@ -1,7 +1,7 @@
 # Module-specific behaviour of mlsdisk.ko at the pass-through stage:
 # the core engine self-test at load (alloc + BTreeMap + kvmalloc bridge),
 # the kernel crypto provider's known-answer test and structure round trip,
-# status/table output (never the key), option parsing, the keyring form,
+# status/table output (never the key), option parsing, keyring references,
 # bio remapping with a non-zero target start, and the module reference
 # held by a live target.
 # shellcheck shell=sh
@@ -107,6 +107,18 @@ esac
 # A refused reload leaves the live table alone.
 must_fail dmsetup reload mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY 1 bogus"
 run dmsetup resume mlsdisk_mod
+# A reload takes over the live disk (one engine per backing device): it
+# must give the same key, and may not 'create' (reformat) it.
+n1=$(dmesg | wc -l)
+must_fail dmsetup reload mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY128 1 open"
+must_fail dmsetup reload mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY 1 create"
+new=$(dmesg | tail -n +$((n1 + 1)))
+echo "$new" | sed 's/^/    dmesg: /'
+echo "$new" | grep -q "mlsdisk: wrong key: the disk on device .* is open with another key" ||
+	fail "a reload with another key is not refused as 'wrong key'"
+echo "$new" | grep -q "mlsdisk: the disk on device .* is in use by a live table: 'create' would destroy it" ||
+	fail "a reload with 'create' on a live disk is not refused"
+run dmsetup resume mlsdisk_mod
 [ "$(dmsetup table mlsdisk_mod)" = "$tbl" ] || fail "a refused reload changed the live table"
 run dmsetup remove mlsdisk_mod
 
@@ -134,7 +146,8 @@ refused() {
 	echo "$new" | sed 's/^/    dmesg: /'
 	echo "$new" | grep -q "mlsdisk: .*$want" || fail "$label: no 'mlsdisk: ...$want' in dmesg"
 }
-refused "keyring key" "not supported yet" "0 $len mlsdisk $DISK :32:logon:mlsdisk:test"
+refused "keyring key missing" "keyring key ':32:logon:mlsdisk:test' not found" "0 $len mlsdisk $DISK :32:logon:mlsdisk:test"
+refused "keyring key type" "only 'logon' and 'user'" "0 $len mlsdisk $DISK :32:encrypted:mlsdisk:test"
 refused "conflicting options" "conflict" "0 $len mlsdisk $DISK $KEY 2 create open"
 refused "duplicate option" "twice" "0 $len mlsdisk $DISK $KEY 2 create create"
 refused "count not a number" "not a number" "0 $len mlsdisk $DISK $KEY create"
