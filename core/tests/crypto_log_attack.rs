@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use mlsdisk_core::bio::{BlockSet, MemDisk, BLOCK_SIZE};
+use mlsdisk_core::crypto::crypto_log::NodeCache;
 use mlsdisk_core::crypto::{CryptoLog, RootMeta};
 use mlsdisk_core::platform::StdCrypto;
 use mlsdisk_core::{CryptoRef, ErrorKind, Result};
@@ -142,6 +143,17 @@ fn round_trip_many_shapes() {
             assert_eq!(buf, block(n, p), "n {n} pos {p}");
         }
         assert!(log.read(&disk, n, &mut buf).is_err());
+        // Through a small node cache (evicting), in a scattered order.
+        let mut cache = NodeCache::new(2);
+        for k in 0..n {
+            let p = (k * 37) % n;
+            log.read_cached(&disk, p, &mut buf, Some(&mut cache))
+                .unwrap();
+            assert_eq!(buf, block(n, p), "cached: n {n} pos {p}");
+        }
+        if n > 72 {
+            assert!(cache.hits_misses().0 > 0);
+        }
         if n > 3 {
             let mut buf = vec![0u8; 3 * BLOCK_SIZE];
             log.read(&disk, n - 3, &mut buf).unwrap();

@@ -153,7 +153,8 @@ fn crash_at_every_write_and_flush() {
             .count();
         points += 1;
         for (v, keep) in subsets(pending, n as u64).into_iter().enumerate() {
-            let img = crash_image(&base, &ops, n, &|i| keep[i]);
+            // Every other subset lands in reverse order.
+            let img = crash_image_ordered(&base, &ops, n, &|i| keep[i], v % 2 == 1);
             let disk = Arc::new(MemDisk::new(DISK_BLOCKS).unwrap());
             disk.restore(&img).unwrap();
             let s = open(&disk, &states[k].root).unwrap_or_else(|e| {
@@ -193,6 +194,9 @@ fn crash_at_every_write_and_flush() {
         states.len() - 1
     );
     assert!(in_flight_seen > 0);
+    // The journal moved to a new key (and half) during the workload.
+    let halves: BTreeSet<u8> = states.iter().map(|s| s.root.journal_half()).collect();
+    assert_eq!(halves.len(), 2, "no key rotation in the workload");
 }
 
 #[test]
@@ -255,4 +259,77 @@ fn crash_disk_power_cut_during_the_workload() {
         points += 1;
     }
     eprintln!("log_crash (CrashDisk power cut): {points} crash points of {total}");
+}
+
+#[test]
+fn second_crash_during_the_first_commit_after_recovery() {
+    // Crash the workload at several points (keeping some unflushed writes),
+    // recover, then crash again at every op of the first commit after the
+    // recovery: the journal continues after a torn tail, so its blocks and
+    // the torn ones interleave. Each reopen gives the recovered state or the
+    // recovered state plus that commit.
+    let rec = Recorder::new(DISK_BLOCKS);
+    let store = format(&rec);
+    let base = rec.disk.snapshot().unwrap();
+    rec.ops.lock().unwrap().clear();
+    let mut states = vec![(Model::default(), store.root(), 0usize)];
+    let mut h = Harness::new(store, Model::default());
+    workload(&mut h, &mut |ev, h: &Harness<Arc<Recorder>>| {
+        if let Event::AfterCommit = ev {
+            states.push((h.committed.clone(), h.store.root(), rec.op_count()));
+        }
+    })
+    .unwrap();
+    let ops = rec.ops.lock().unwrap().clone();
+    let step = if long() { 1 } else { 8 };
+    let (mut firsts, mut seconds) = (0, 0);
+    for n in (1..ops.len()).step_by(step) {
+        let k = states.iter().rposition(|s| s.2 <= n).unwrap();
+        let img1 = crash_image(&base, &ops, n, &|i| i % 3 != 1);
+        // Recover, and run one commit on a recording disk.
+        let rec2 = Recorder::new(DISK_BLOCKS);
+        rec2.disk.restore(&img1).unwrap();
+        let s = open(&rec2, &states[k].1).unwrap();
+        let recovered = if check(&s, &states[k].0, true).is_ok() {
+            states[k].0.clone()
+        } else {
+            states[k + 1].0.clone()
+        };
+        check(&s, &recovered, true).unwrap();
+        let root1 = s.root();
+        rec2.ops.lock().unwrap().clear();
+        let mut h = Harness::new(s, recovered.clone());
+        h.begin().unwrap();
+        let l = h.create(1).unwrap();
+        h.append(l, 77, 3).unwrap();
+        if let Some(&first) = recovered.logs.keys().next() {
+            h.delete(mlsdisk_core::log::LogId(first)).unwrap();
+        }
+        h.commit(b"second").unwrap();
+        let after = h.committed.clone();
+        let root2 = h.store.root();
+        drop(h);
+        firsts += 1;
+        let ops2 = rec2.ops.lock().unwrap().clone();
+        for m in 0..=ops2.len() {
+            for keep in [false, true] {
+                let img2 = crash_image(&img1, &ops2, m, &|_| keep);
+                let disk = Arc::new(MemDisk::new(DISK_BLOCKS).unwrap());
+                disk.restore(&img2).unwrap();
+                // The owner has the new root only once the commit returned.
+                let root = if m == ops2.len() { &root2 } else { &root1 };
+                let s = open(&disk, root)
+                    .unwrap_or_else(|e| panic!("first crash {n}, second {m}: {e:?}"));
+                assert!(
+                    check(&s, &recovered, false).is_ok() || check(&s, &after, false).is_ok(),
+                    "first crash {n}, second {m}: {:?}",
+                    check(&s, &recovered, false)
+                );
+                seconds += 1;
+            }
+        }
+    }
+    eprintln!(
+        "log_crash (second crash after recovery): {firsts} first crashes, {seconds} second crashes"
+    );
 }

@@ -50,6 +50,7 @@
 //!
 //! Byte layouts: `docs/format.md`, section "CryptoLog".
 
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
 use crate::bio::{BlockSet, BLOCK_SIZE};
@@ -160,7 +161,7 @@ impl RootMeta {
     }
 
     /// Writes the root into `out` (exactly [`Self::ENCODED_LEN`] bytes):
-    /// nblocks u64 | key_len u8 | addr u64 | key [32] | mac [16].
+    /// `nblocks u64 | key_len u8 | addr u64 | key [32] | mac [16]`.
     pub fn encode(&self, out: &mut [u8]) -> Result<()> {
         ensure!(
             out.len() == Self::ENCODED_LEN,
@@ -250,6 +251,33 @@ impl core::fmt::Debug for CryptoLog {
 }
 
 impl CryptoLog {
+    /// A copy of the log's in-memory state, failing (rather than aborting)
+    /// when memory for the frontier cannot be had.
+    pub fn try_clone(&self) -> Result<Self> {
+        let frontier = match &self.frontier {
+            None => None,
+            Some(levels) => {
+                let mut f: Vec<Vec<Entry>> = Vec::new();
+                f.try_reserve_exact(levels.len())?;
+                for l in levels {
+                    let mut v = Vec::new();
+                    v.try_reserve_exact(FANOUT.max(l.len()))?;
+                    v.extend(l.iter().cloned());
+                    f.push(v);
+                }
+                Some(f)
+            }
+        };
+        Ok(Self {
+            crypto: self.crypto.clone(),
+            key_len: self.key_len,
+            nblocks: self.nblocks,
+            root: self.root.clone(),
+            frontier,
+            dirty: self.dirty,
+        })
+    }
+
     /// A new, empty log whose blocks get fresh keys of `key_len` bytes (16 or 32).
     pub fn new(crypto: CryptoRef, key_len: usize) -> Result<Self> {
         ensure!(
@@ -377,6 +405,18 @@ impl CryptoLog {
     /// Reads `buf.len() / BLOCK_SIZE` blocks from block `pos`, verifying each
     /// against the root (or, for blocks appended since, against the frontier).
     pub fn read<D: BlockSet + ?Sized>(&self, disk: &D, pos: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_cached(disk, pos, buf, None)
+    }
+
+    /// Like [`Self::read`], keeping the tree nodes it decrypts in `cache` and
+    /// taking them from there when they are in it.
+    pub fn read_cached<D: BlockSet + ?Sized>(
+        &self,
+        disk: &D,
+        pos: u64,
+        buf: &mut [u8],
+        mut cache: Option<&mut NodeCache>,
+    ) -> Result<()> {
         ensure!(
             !buf.is_empty() && buf.len() % BLOCK_SIZE == 0,
             InvalidArgument,
@@ -388,12 +428,18 @@ impl CryptoLog {
             _ => bail!(InvalidArgument, "read past the end of the log"),
         }
         for (i, out) in buf.chunks_exact_mut(BLOCK_SIZE).enumerate() {
-            self.read_one(disk, pos + i as u64, out)?;
+            self.read_one(disk, pos + i as u64, out, cache.as_deref_mut())?;
         }
         Ok(())
     }
 
-    fn read_one<D: BlockSet + ?Sized>(&self, disk: &D, pos: u64, out: &mut [u8]) -> Result<()> {
+    fn read_one<D: BlockSet + ?Sized>(
+        &self,
+        disk: &D,
+        pos: u64,
+        out: &mut [u8],
+        cache: Option<&mut NodeCache>,
+    ) -> Result<()> {
         let (entry, level, base) = match &self.frontier {
             None => {
                 let h = height(self.nblocks);
@@ -423,11 +469,12 @@ impl CryptoLog {
                 ))?
             }
         };
-        self.descend(disk, entry, level, base, pos, out)
+        self.descend(disk, entry, level, base, pos, out, cache)
     }
 
     /// Reads the block at `pos` below the level-`level` node named by `entry`
     /// that covers data blocks from `base`.
+    #[expect(clippy::too_many_arguments, reason = "a private walk helper")]
     fn descend<D: BlockSet + ?Sized>(
         &self,
         disk: &D,
@@ -436,19 +483,37 @@ impl CryptoLog {
         mut base: u64,
         pos: u64,
         out: &mut [u8],
+        mut cache: Option<&mut NodeCache>,
     ) -> Result<()> {
-        let mut node = alloc_block_buf()?;
+        let mut node: Option<Vec<u8>> = None;
         loop {
-            let entries = self.read_node(disk, &entry, level, &mut node)?;
-            let idx = (pos - base) / span(level);
-            let e = entries
-                .into_iter()
-                .nth(idx as usize)
-                .ok_or(Error::new(ErrorKind::Integrity, "tree node too short"))?;
+            let idx = ((pos - base) / span(level)) as usize;
+            let cached = match cache.as_deref_mut() {
+                Some(c) => c.child(&entry, level, idx)?,
+                None => None,
+            };
+            let e = match cached {
+                Some(e) => e,
+                None => {
+                    let buf = match &mut node {
+                        Some(b) => b,
+                        None => node.insert(alloc_block_buf()?),
+                    };
+                    let entries = self.read_node(disk, &entry, level, buf)?;
+                    let e = entries
+                        .get(idx)
+                        .cloned()
+                        .ok_or(Error::new(ErrorKind::Integrity, "tree node too short"))?;
+                    if let Some(c) = cache.as_deref_mut() {
+                        c.insert(&entry, level, entries)?;
+                    }
+                    e
+                }
+            };
             if level == 0 {
                 return self.open_block(disk, &e, AAD_DATA, out);
             }
-            base += idx * span(level);
+            base += idx as u64 * span(level);
             entry = e;
             level -= 1;
         }
@@ -588,6 +653,95 @@ impl CryptoLog {
     }
 }
 
+/// A bounded cache of decrypted tree nodes, shared by the logs of one owner.
+///
+/// Keyed by a node's address and MAC, and checked against its key, so a hit
+/// is exactly the node its parent names (a node rewritten at the same address
+/// has another key and MAC). Holds at most `capacity` nodes (about 4.5 KiB
+/// each), evicted oldest first.
+#[derive(Debug, Default)]
+pub struct NodeCache {
+    capacity: usize,
+    map: BTreeMap<(u64, Mac), CachedNode>,
+    order: VecDeque<(u64, Mac)>,
+    hits: u64,
+    misses: u64,
+}
+
+#[derive(Debug)]
+struct CachedNode {
+    key: AeadKey,
+    level: usize,
+    entries: Vec<Entry>,
+}
+
+impl NodeCache {
+    /// A cache of at most `capacity` nodes (0 disables it).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ..Self::default()
+        }
+    }
+
+    /// Lookups that found their node, and those that did not.
+    pub fn hits_misses(&self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
+
+    /// Forgets every node.
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+
+    fn child(&mut self, parent: &Entry, level: usize, idx: usize) -> Result<Option<Entry>> {
+        match self.map.get(&(parent.addr, parent.mac)) {
+            Some(n) if n.key == parent.key && n.level == level => {
+                self.hits += 1;
+                n.entries
+                    .get(idx)
+                    .cloned()
+                    .map(Some)
+                    .ok_or(Error::new(ErrorKind::Integrity, "tree node too short"))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn insert(&mut self, parent: &Entry, level: usize, entries: Vec<Entry>) -> Result<()> {
+        self.misses += 1;
+        if self.capacity == 0 {
+            return Ok(());
+        }
+        while self.map.len() >= self.capacity {
+            match self.order.pop_front() {
+                Some(k) => {
+                    self.map.remove(&k);
+                }
+                None => break,
+            }
+        }
+        self.order.try_reserve(1)?;
+        let k = (parent.addr, parent.mac);
+        if self
+            .map
+            .insert(
+                k,
+                CachedNode {
+                    key: parent.key.clone(),
+                    level,
+                    entries,
+                },
+            )
+            .is_none()
+        {
+            self.order.push_back(k);
+        }
+        Ok(())
+    }
+}
+
 fn aad(kind: u8, addr: u64) -> [u8; 9] {
     let mut a = [0u8; 9];
     let (k, rest) = a.split_at_mut(1);
@@ -661,6 +815,17 @@ fn decode_node(buf: &[u8], level: usize) -> Result<Vec<Entry>> {
     );
     let n = usize::from(u16::from_le_bytes([f(8), f(9)]));
     ensure!(n <= FANOUT, Corrupted, "node entry count");
+    ensure!(
+        hdr.get(10..).is_some_and(|r| r.iter().all(|&x| x == 0)),
+        Corrupted,
+        "node reserved bytes"
+    );
+    ensure!(
+        body.get(n * ENTRY_LEN..)
+            .is_some_and(|r| r.iter().all(|&x| x == 0)),
+        Corrupted,
+        "node padding"
+    );
     let mut out = Vec::new();
     out.try_reserve_exact(n)?;
     for chunk in body.chunks_exact(ENTRY_LEN).take(n) {
@@ -682,6 +847,21 @@ mod tests {
             *x = (i as usize * 31 + j) as u8;
         }
         b
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoders_never_panic(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4200), level in 0usize..4) {
+            let _ = decode_node(&b, level);
+            let mut n = b.clone();
+            n.resize(BLOCK_SIZE, 0);
+            if let Some(m) = n.get_mut(..4) {
+                m.copy_from_slice(&NODE_MAGIC);
+            }
+            let _ = decode_node(&n, level);
+            let _ = RootMeta::decode(&b);
+            let _ = RootMeta::decode(b.get(..RootMeta::ENCODED_LEN).unwrap_or(&b));
+        }
     }
 
     #[test]
@@ -716,6 +896,21 @@ mod tests {
         let mut rb = vec![0u8; RootMeta::ENCODED_LEN];
         r.encode(&mut rb).unwrap();
         assert_eq!(RootMeta::decode(&rb).unwrap(), r);
+        // Flip one byte anywhere: an error or another value, never the same.
+        for i in 0..rb.len() {
+            let mut b = rb.clone();
+            b[i] ^= 0x10;
+            if let Ok(d) = RootMeta::decode(&b) {
+                assert_ne!(d, r, "root byte {i}");
+            }
+        }
+        for i in 0..NODE_HEADER_LEN + 2 * ENTRY_LEN {
+            let mut b = buf.clone();
+            b[i] ^= 0x10;
+            if let Ok(d) = decode_node(&b, 2) {
+                assert_ne!(d, vec![e.clone(), e.clone()], "node byte {i}");
+            }
+        }
         rb[8] = 17;
         assert!(RootMeta::decode(&rb).is_err());
     }

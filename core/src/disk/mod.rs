@@ -1,1 +1,832 @@
-//! The `disk` layer (being written; see the crate docs for its place in the stack).
+//! MlsDisk: the secure block device on top of the engine's layers.
+//!
+//! # Data path
+//!
+//! - `write` puts blocks into a write buffer (newest version per LBA). A full
+//!   buffer, or `sync`, seals every buffered block with a **fresh random
+//!   AES-GCM key** (the IV is then all zero: each key encrypts exactly one
+//!   plaintext, once, so no (key, nonce) pair can repeat, across crashes
+//!   and replays included; the AAD binds the disk UUID and the LBA, so a
+//!   block moved to another LBA fails too), appends them to the data log as
+//!   long sequential runs and records `LBA -> (hba, key, MAC)` in the index.
+//! - `read` looks in the write buffer, then the index; a mapped block costs
+//!   one device read (contiguous blocks are read together) and one
+//!   authenticated decrypt; an unmapped or discarded block reads as zeros
+//!   and is counted in [`DiskStats::unmapped_blocks_read`].
+//! - The data log is a ring of segments. The segment cleaner picks the
+//!   sealed segment with the fewest valid blocks, moves its valid blocks
+//!   (ciphertext as is, so no re-encryption) to the head and points the
+//!   index at the new place. A segment emptied by cleaning or overwrites is
+//!   *pending* until the next sync: the last synced index may still point
+//!   into it, and reusing it earlier would break recovery.
+//! - The over-provisioning reserve (see [`layout`]) guarantees a victim with
+//!   invalid blocks whenever free space runs low, so cleaning always makes
+//!   progress; a write never blocks forever. When only pending space is
+//!   left, the disk syncs on its own (counted in
+//!   [`DiskStats::forced_syncs`]; [`DiskConfig::auto_sync`] = false turns
+//!   this into an [`ErrorKind::NoSpace`] error asking the caller to sync).
+//!
+//! # Sync
+//!
+//! 1. flush the write buffer to the data log, flush the device (data
+//!    durable before anything refers to it);
+//! 2. commit the index with the user state (UUID, sync counter + 1, mapped
+//!    count) in one log-store transaction;
+//! 3. pending segments become free; the superblock gets the new store root;
+//! 4. the rollback anchor is advanced to the new counter.
+//!
+//! After a crash the index reopens to the last commit; validity and the
+//! reverse map are rebuilt from it, so blocks written after that commit are
+//! simply free space.
+//!
+//! # Memory
+//!
+//! The write buffer (`write_buffer_blocks` x 4 KiB, default 1 MiB), the
+//! metadata write-combining buffer (`meta_write_buffer_blocks` x 4 KiB,
+//! default 4 MiB), one segment of scratch for the cleaner, and the segment
+//! table: 4 bytes per data block (reverse map), 4 bytes per logical block
+//! (forward map) and 8 bytes per segment, i.e. about 0.2% of the device
+//! (2 MiB per GiB): the one part that grows with the disk size. The index
+//! brings its own bound (memtables and block caches, see `lsm`).
+
+pub mod anchor;
+pub mod coalesce;
+mod codec;
+pub mod counted;
+pub mod index;
+pub mod layout;
+mod lsm_index;
+pub mod record;
+mod segment;
+pub mod state;
+mod wbuf;
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+#[cfg(feature = "std")]
+pub use anchor::FileAnchor;
+pub use anchor::{MemAnchor, NoAnchor, RollbackAnchor};
+pub use counted::Counted;
+pub use index::DiskIndex;
+#[cfg(feature = "std")]
+pub use index::{MemIndex, MemIndexStore};
+pub use layout::{Geometry, LayoutConfig};
+pub use record::BlockRecord;
+
+use crate::bio::{BlockSet, BLOCK_SIZE};
+use crate::log::LogStoreConfig;
+use crate::lsm::LsmConfig;
+use crate::platform::{AeadKey, Iv};
+use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
+use segment::{Head, Segments, NO_LBA};
+use state::UserState;
+use wbuf::WriteBuffer;
+
+/// Configuration of a disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Region sizes and over-provisioning (used by `create` only).
+    pub layout: LayoutConfig,
+    /// Length of the per-block data keys: 16 (AES-128-GCM) or 32.
+    pub data_key_len: u8,
+    /// Blocks held in the write buffer before they go to the data log.
+    pub write_buffer_blocks: u32,
+    /// Sync on its own when only space freed by a sync is left (see the
+    /// module documentation). Otherwise such a write fails with NoSpace.
+    pub auto_sync: bool,
+    /// Segments the cleaner tries to free in one round before syncing.
+    pub clean_batch_segments: u32,
+    /// The log store under the index (chunk size, key length); used by
+    /// `create` only (the store keeps it in its journal).
+    pub store: LogStoreConfig,
+    /// Index compaction steps run after each write-buffer flush (the rest
+    /// is left to [`MlsDisk::background_step`]).
+    pub compact_steps_per_flush: u32,
+    /// Tuning of the LSM-tree index (memtable, caches, levels).
+    pub lsm: LsmConfig,
+    /// Metadata blocks (index and journal) buffered and combined into
+    /// larger writes until the next flush (see [`coalesce`]).
+    pub meta_write_buffer_blocks: u32,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        Self {
+            layout: LayoutConfig::default(),
+            data_key_len: 16,
+            write_buffer_blocks: 256,
+            auto_sync: true,
+            clean_batch_segments: 32,
+            store: LogStoreConfig {
+                chunk_blocks: 64,
+                ..LogStoreConfig::default()
+            },
+            compact_steps_per_flush: 2,
+            lsm: LsmConfig::default(),
+            meta_write_buffer_blocks: 1024,
+        }
+    }
+}
+
+/// Counters and state of a disk. All sizes in 4 KiB blocks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    /// Logical capacity.
+    pub logical_blocks: u64,
+    /// Size of the backing device.
+    pub physical_blocks: u64,
+    /// Blocks of the data region (whole segments).
+    pub data_region_blocks: u64,
+    /// Logical blocks that hold data (not unmapped).
+    pub mapped_blocks: u64,
+    /// Data-log blocks writable without cleaning.
+    pub free_blocks: u64,
+    /// Data-log blocks freed by cleaning or overwrites, reusable after the
+    /// next sync.
+    pub pending_blocks: u64,
+    /// Blocks written by the user.
+    pub user_blocks_written: u64,
+    /// Blocks read by the user.
+    pub user_blocks_read: u64,
+    /// Of those, blocks that were unmapped (returned as zeros).
+    pub unmapped_blocks_read: u64,
+    /// Mapped blocks unmapped by discard.
+    pub discarded_blocks: u64,
+    /// Blocks appended to the data log (user data and cleaner moves).
+    pub data_blocks_written: u64,
+    /// Blocks moved by the segment cleaner.
+    pub cleaner_blocks_moved: u64,
+    /// Segments cleaned.
+    pub segments_cleaned: u64,
+    /// Every block written to the backing device, metadata included.
+    pub device_blocks_written: u64,
+    /// Every block read from the backing device.
+    pub device_blocks_read: u64,
+    /// Device flushes.
+    pub device_flushes: u64,
+    /// The sync counter (number of syncs since the disk was made).
+    pub sync_counter: u64,
+    /// Syncs the disk made on its own to reuse cleaned space.
+    pub forced_syncs: u64,
+    /// Name of the rollback anchor ("none", "file", ...).
+    pub anchor: &'static str,
+    /// Whether whole-image rollback is detected (an anchor is in use).
+    pub rollback_protected: bool,
+}
+
+impl DiskStats {
+    /// Device blocks written per user block written, times 1000.
+    pub fn write_amplification_milli(&self) -> u64 {
+        if self.user_blocks_written == 0 {
+            return 0;
+        }
+        self.device_blocks_written.saturating_mul(1000) / self.user_blocks_written
+    }
+
+    /// A one-line status (what `dmsetup status` shows).
+    pub fn status_line(&self, healthy: bool) -> String {
+        let mut s = String::new();
+        let wa = self.write_amplification_milli();
+        let _ = write!(
+            s,
+            "{} sync={} logical={} mapped={} free={} pending={} wa={}.{:03} cleaned={} anchor={}",
+            if healthy { "ok" } else { "failed" },
+            self.sync_counter,
+            self.logical_blocks,
+            self.mapped_blocks,
+            self.free_blocks,
+            self.pending_blocks,
+            wa / 1000,
+            wa % 1000,
+            self.segments_cleaned,
+            self.anchor,
+        );
+        if !self.rollback_protected {
+            s.push_str(" (unprotected against whole-image rollback)");
+        }
+        s
+    }
+}
+
+/// Writes the superblock payload after each sync (the AuthBlob slots).
+pub trait SuperblockSink: Send {
+    /// Stores `payload` durably (older slot, then flush).
+    fn write(&mut self, payload: &[u8]) -> Result<()>;
+}
+
+/// The secure disk. See the module documentation.
+pub struct MlsDisk<D: BlockSet> {
+    dev: Arc<Counted<D>>,
+    crypto: CryptoRef,
+    geo: Geometry,
+    uuid: [u8; 16],
+    cfg: DiskConfig,
+    index: Box<dyn DiskIndex>,
+    sb: Option<Box<dyn SuperblockSink>>,
+    anchor: Box<dyn RollbackAnchor>,
+    segs: Segments,
+    wbuf: WriteBuffer,
+    scratch: Vec<u8>,
+    sync_counter: u64,
+    mapped: u64,
+    stats: DiskStats,
+    broken: Option<Error>,
+    /// Inside `sync`: space pressure may commit without `auto_sync`.
+    in_sync: bool,
+}
+
+const ZERO_IV: Iv = [0u8; 12];
+const AAD_LABEL: &[u8; 12] = b"MLSD-DATA-v1";
+
+fn data_aad(uuid: &[u8; 16], lba: u64) -> [u8; 36] {
+    let mut a = [0u8; 36];
+    let (l, rest) = a.split_at_mut(12);
+    l.copy_from_slice(AAD_LABEL);
+    let (u, b) = rest.split_at_mut(16);
+    u.copy_from_slice(uuid);
+    b.copy_from_slice(&lba.to_le_bytes());
+    a
+}
+
+fn blocks_of(len: usize) -> Result<u64> {
+    ensure!(
+        len != 0 && len % BLOCK_SIZE == 0,
+        InvalidArgument,
+        "buffer is not a whole number of blocks"
+    );
+    Ok((len / BLOCK_SIZE) as u64)
+}
+
+impl<D: BlockSet> MlsDisk<D> {
+    /// Puts a disk together from its parts; `fresh` = nothing mapped yet.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        dev: Arc<Counted<D>>,
+        crypto: CryptoRef,
+        geo: Geometry,
+        uuid: [u8; 16],
+        cfg: DiskConfig,
+        index: Box<dyn DiskIndex>,
+        sb: Option<Box<dyn SuperblockSink>>,
+        anchor: Box<dyn RollbackAnchor>,
+    ) -> Result<Self> {
+        ensure!(
+            cfg.data_key_len == 16 || cfg.data_key_len == 32,
+            InvalidArgument,
+            "data key length must be 16 or 32"
+        );
+        ensure!(
+            cfg.write_buffer_blocks >= 1 && cfg.write_buffer_blocks <= 65536,
+            InvalidArgument,
+            "write buffer must be 1..=65536 blocks"
+        );
+        let segs = Segments::new(geo.nseg, geo.seg_blocks, geo.capacity)?;
+        let wbuf = WriteBuffer::new(cfg.write_buffer_blocks as usize)?;
+        let mut scratch = Vec::new();
+        scratch.try_reserve_exact(geo.seg_blocks as usize * BLOCK_SIZE)?;
+        scratch.resize(geo.seg_blocks as usize * BLOCK_SIZE, 0);
+        let stats = DiskStats {
+            logical_blocks: geo.capacity,
+            physical_blocks: geo.total_blocks,
+            data_region_blocks: geo.data_blocks(),
+            anchor: anchor.kind(),
+            rollback_protected: anchor.protects(),
+            ..DiskStats::default()
+        };
+        Ok(Self {
+            dev,
+            crypto,
+            geo,
+            uuid,
+            cfg,
+            index,
+            sb,
+            anchor,
+            segs,
+            wbuf,
+            scratch,
+            sync_counter: 0,
+            mapped: 0,
+            stats,
+            broken: None,
+            in_sync: false,
+        })
+    }
+
+    /// After the index is open: checks the user state and the anchor,
+    /// rebuilds validity and the reverse map from the index.
+    fn recover(&mut self) -> Result<()> {
+        let us = UserState::decode(self.index.user_state())?;
+        ensure!(
+            us.uuid == self.uuid,
+            Integrity,
+            "index belongs to another disk"
+        );
+        if let Some(a) = self.anchor.read()? {
+            if us.sync_counter < a {
+                bail!(Rollback, "disk image is older than its rollback anchor");
+            }
+        }
+        self.sync_counter = us.sync_counter;
+        let cap = self.geo.capacity;
+        let data_blocks = self.geo.data_blocks();
+        let segs = &mut self.segs;
+        let mut mapped = 0u64;
+        self.index.for_each(&mut |lba, rec| {
+            ensure!(lba < cap, Corrupted, "index maps an LBA past the capacity");
+            ensure!(
+                rec.hba < data_blocks,
+                Corrupted,
+                "index points past the data region"
+            );
+            segs.set_valid(rec.hba, lba as u32)?;
+            mapped += 1;
+            Ok(())
+        })?;
+        ensure!(
+            mapped == us.mapped,
+            Integrity,
+            "index entry count differs from the committed count"
+        );
+        self.mapped = mapped;
+        self.segs.settle_after_open();
+        self.anchor.advance(self.sync_counter)?;
+        self.refresh_stats();
+        Ok(())
+    }
+
+    /// Creates a disk whose index is a [`MemIndex`] over `store` and which
+    /// has no superblock (tests of the data path; geometry from `cfg`).
+    #[cfg(feature = "std")]
+    pub fn create_with_mem_index(
+        dev: D,
+        crypto: CryptoRef,
+        cfg: DiskConfig,
+        anchor: Box<dyn RollbackAnchor>,
+        store: MemIndexStore,
+    ) -> Result<Self> {
+        let geo = Geometry::compute(dev.nblocks(), &cfg.layout)?;
+        let mut uuid = [0u8; 16];
+        crypto.fill_random(&mut uuid)?;
+        let index = Box::new(MemIndex::open(store));
+        let dev = Arc::new(Counted::new(dev));
+        let mut d = Self::assemble(dev, crypto, geo, uuid, cfg, index, None, anchor)?;
+        d.commit(false)?;
+        Ok(d)
+    }
+
+    /// Opens a disk made by [`MlsDisk::create_with_mem_index`].
+    #[cfg(feature = "std")]
+    pub fn open_with_mem_index(
+        dev: D,
+        crypto: CryptoRef,
+        cfg: DiskConfig,
+        anchor: Box<dyn RollbackAnchor>,
+        store: MemIndexStore,
+    ) -> Result<Self> {
+        let geo = Geometry::compute(dev.nblocks(), &cfg.layout)?;
+        let index = Box::new(MemIndex::open(store));
+        let uuid = UserState::decode(index.user_state())?.uuid;
+        let dev = Arc::new(Counted::new(dev));
+        let mut d = Self::assemble(dev, crypto, geo, uuid, cfg, index, None, anchor)?;
+        d.recover()?;
+        Ok(d)
+    }
+
+    /// Logical capacity in blocks.
+    pub fn nblocks(&self) -> u64 {
+        self.geo.capacity
+    }
+
+    /// The disk's geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    /// The disk's UUID.
+    pub fn uuid(&self) -> [u8; 16] {
+        self.uuid
+    }
+
+    /// Where the current version of `lba` lives on the backing device
+    /// (`None`: unmapped or still in the write buffer). For tools and tests.
+    pub fn locate(&mut self, lba: u64) -> Result<Option<u64>> {
+        self.check_range(lba, 1)?;
+        self.check_ok()?;
+        if self.wbuf.contains(lba) {
+            return Ok(None);
+        }
+        Ok(self.index.get(lba)?.map(|r| self.geo.data_start + r.hba))
+    }
+
+    /// The backing device (with its counters).
+    pub fn device(&self) -> &Counted<D> {
+        &self.dev
+    }
+
+    /// The error that stopped the disk, if one did. A stopped disk refuses
+    /// every request; reopening recovers the last synced state.
+    pub fn failure(&self) -> Option<Error> {
+        self.broken
+    }
+
+    fn check_ok(&self) -> Result<()> {
+        match self.broken {
+            None => Ok(()),
+            Some(_) => Err(Error::new(
+                ErrorKind::InvalidState,
+                "disk stopped after an earlier failure; reopen it",
+            )),
+        }
+    }
+
+    /// Runs `f`; an error of a kind that can leave memory and disk apart
+    /// stops the disk.
+    fn guarded<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.check_ok()?;
+        let r = f(self);
+        if let Err(e) = r {
+            if !matches!(e.kind(), ErrorKind::InvalidArgument | ErrorKind::NoSpace) {
+                self.broken = Some(e);
+            }
+        }
+        r
+    }
+
+    fn check_range(&self, lba: u64, nblocks: u64) -> Result<()> {
+        match lba.checked_add(nblocks) {
+            Some(end) if end <= self.geo.capacity => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "request past the end of the disk",
+            )),
+        }
+    }
+
+    /// Reads `buf.len() / 4096` blocks starting at `lba`.
+    pub fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<()> {
+        let n = blocks_of(buf.len())?;
+        self.check_range(lba, n)?;
+        self.check_ok()?;
+        let r = self.read_inner(lba, buf);
+        if r.is_err() {
+            // Never hand out a partly filled or unauthenticated buffer.
+            buf.fill(0);
+            if let Err(e) = r {
+                if e.kind() != ErrorKind::Integrity {
+                    self.broken = Some(e);
+                }
+            }
+        }
+        r
+    }
+
+    fn read_inner(&mut self, lba: u64, buf: &mut [u8]) -> Result<()> {
+        let n = buf.len() / BLOCK_SIZE;
+        let mut plan: Vec<(usize, u64, BlockRecord)> = Vec::new();
+        plan.try_reserve(n)?;
+        for (i, blk) in buf.chunks_exact_mut(BLOCK_SIZE).enumerate() {
+            let l = lba + i as u64;
+            self.stats.user_blocks_read += 1;
+            if let Some(b) = self.wbuf.get(l) {
+                blk.copy_from_slice(b);
+                continue;
+            }
+            match self.index.get(l)? {
+                None => {
+                    blk.fill(0);
+                    self.stats.unmapped_blocks_read += 1;
+                }
+                Some(rec) => {
+                    ensure!(
+                        rec.hba < self.geo.data_blocks(),
+                        Corrupted,
+                        "index points past the data region"
+                    );
+                    plan.push((i, l, rec));
+                }
+            }
+        }
+        // Contiguous in the buffer and on the device: one device read.
+        let mut rest = plan.as_slice();
+        while let Some(((i0, _, r0), _)) = rest.split_first() {
+            let m = rest
+                .iter()
+                .enumerate()
+                .take_while(|(j, (i, _, r))| *i == i0 + j && r.hba == r0.hba + *j as u64)
+                .count();
+            let (group, tail) = rest.split_at(m);
+            rest = tail;
+            let dst = buf
+                .get_mut(i0 * BLOCK_SIZE..(i0 + m) * BLOCK_SIZE)
+                .ok_or(Error::new(ErrorKind::InvalidState, "read plan"))?;
+            self.dev.read(self.geo.data_start + r0.hba, dst)?;
+            for ((_, l, rec), blk) in group.iter().zip(dst.chunks_exact_mut(BLOCK_SIZE)) {
+                let aad = data_aad(&self.uuid, *l);
+                self.crypto
+                    .aead_open(&rec.key, &ZERO_IV, &aad, blk, &rec.mac)
+                    .map_err(|_| {
+                        Error::new(ErrorKind::Integrity, "data block failed authentication")
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `buf.len() / 4096` blocks starting at `lba`. Durable after
+    /// the next [`MlsDisk::sync`].
+    pub fn write(&mut self, lba: u64, buf: &[u8]) -> Result<()> {
+        let n = blocks_of(buf.len())?;
+        self.check_range(lba, n)?;
+        self.guarded(|d| {
+            for (i, blk) in buf.chunks_exact(BLOCK_SIZE).enumerate() {
+                let l = lba + i as u64;
+                if d.wbuf.is_full() && !d.wbuf.contains(l) {
+                    d.flush_wbuf()?;
+                }
+                d.wbuf.put(l, blk)?;
+                d.stats.user_blocks_written += 1;
+            }
+            Ok(())
+        })
+    }
+
+    /// Unmaps `nblocks` blocks from `lba`: they read as zeros and their
+    /// space goes to the cleaner. Durable after the next sync.
+    pub fn discard(&mut self, lba: u64, nblocks: u64) -> Result<()> {
+        if nblocks == 0 {
+            return Ok(());
+        }
+        self.check_range(lba, nblocks)?;
+        self.guarded(|d| {
+            for l in lba..lba + nblocks {
+                d.wbuf.remove(l)?;
+                if let Some(hba) = d.segs.hba_of(l) {
+                    d.segs.invalidate(hba)?;
+                    d.index.delete(l)?;
+                    d.mapped -= 1;
+                    d.stats.discarded_blocks += 1;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Makes every write and discard so far durable and irreversible (see
+    /// the module documentation for the steps).
+    pub fn sync(&mut self) -> Result<()> {
+        self.guarded(|d| {
+            d.in_sync = true;
+            let r = d.flush_wbuf().and_then(|()| d.commit(false));
+            d.in_sync = false;
+            r
+        })
+    }
+
+    /// Syncs and closes the disk.
+    pub fn close(mut self) -> Result<()> {
+        self.sync()
+    }
+
+    /// Statistics and state.
+    pub fn stats(&mut self) -> DiskStats {
+        self.refresh_stats();
+        self.stats.clone()
+    }
+
+    /// The one-line status (health, counters, anchor).
+    pub fn status_line(&mut self) -> String {
+        let healthy = self.broken.is_none();
+        self.stats().status_line(healthy)
+    }
+
+    /// One bounded unit of the index's background work (compaction); true
+    /// if more is to do. The platform calls it when idle.
+    pub fn background_step(&mut self) -> Result<bool> {
+        self.guarded(|d| d.index.background_step())
+    }
+
+    fn refresh_stats(&mut self) {
+        let (r, w, f) = self.dev.counts();
+        let s = &mut self.stats;
+        s.mapped_blocks = self.mapped;
+        s.free_blocks = self.segs.free_blocks();
+        s.pending_blocks = self.segs.pending_blocks();
+        s.device_blocks_read = r;
+        s.device_blocks_written = w;
+        s.device_flushes = f;
+        s.sync_counter = self.sync_counter;
+    }
+
+    /// Commits the index (data must already be on the device).
+    fn commit(&mut self, forced: bool) -> Result<()> {
+        self.dev.flush()?;
+        let next = self.sync_counter + 1;
+        let us = UserState {
+            uuid: self.uuid,
+            sync_counter: next,
+            mapped: self.mapped,
+        };
+        self.index.sync(&us.encode())?;
+        self.sync_counter = next;
+        self.segs.release_pending()?;
+        if forced {
+            self.stats.forced_syncs += 1;
+        }
+        if self.sb.is_some() {
+            let payload = state::SuperPayload {
+                uuid: self.uuid,
+                geo: self.geo,
+                data_key_len: self.cfg.data_key_len,
+                sync_counter: next,
+                root: self.index.root()?,
+            }
+            .encode()?;
+            if let Some(sb) = self.sb.as_mut() {
+                sb.write(&payload)?;
+            }
+        }
+        self.anchor.advance(next)?;
+        Ok(())
+    }
+
+    /// Seals and appends the write buffer to the data log.
+    fn flush_wbuf(&mut self) -> Result<()> {
+        let n = self.wbuf.len() as u64;
+        let seg = u64::from(self.geo.seg_blocks);
+        let mut done = 0u64;
+        while done < n {
+            let portion = (n - done).min(seg);
+            self.ensure_space(portion)?;
+            let end = done + portion;
+            while done < end {
+                let (hba, run) = self.segs.alloc_run(Head::User, end - done)?;
+                self.seal_and_write(done as usize, run as usize, hba)?;
+                done += run;
+            }
+        }
+        self.wbuf.clear();
+        for _ in 0..self.cfg.compact_steps_per_flush {
+            if !self.index.background_step()? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals buffer slots `first..first + count` into data blocks
+    /// `hba..hba + count`, writes them, and updates index and validity.
+    fn seal_and_write(&mut self, first: usize, count: usize, hba: u64) -> Result<()> {
+        let mut recs: Vec<(u64, BlockRecord)> = Vec::new();
+        recs.try_reserve_exact(count)?;
+        let (lbas, data) = self.wbuf.parts_mut();
+        let lbas = lbas
+            .get(first..first + count)
+            .ok_or(Error::new(ErrorKind::InvalidState, "write buffer range"))?;
+        let data = data
+            .get_mut(first * BLOCK_SIZE..(first + count) * BLOCK_SIZE)
+            .ok_or(Error::new(ErrorKind::InvalidState, "write buffer range"))?;
+        // One call to the RNG for every key of the run (wiped after use).
+        let klen = usize::from(self.cfg.data_key_len);
+        let mut keys: Vec<u8> = Vec::new();
+        keys.try_reserve_exact(count * klen)?;
+        keys.resize(count * klen, 0);
+        self.crypto.fill_random(&mut keys)?;
+        for (k, ((l, blk), kb)) in lbas
+            .iter()
+            .zip(data.chunks_exact_mut(BLOCK_SIZE))
+            .zip(keys.chunks_exact(klen))
+            .enumerate()
+        {
+            let key = AeadKey::from_slice(kb)?;
+            let mac = self
+                .crypto
+                .aead_seal(&key, &ZERO_IV, &data_aad(&self.uuid, *l), blk)?;
+            recs.push((
+                *l,
+                BlockRecord {
+                    hba: hba + k as u64,
+                    key,
+                    mac,
+                },
+            ));
+        }
+        crate::platform::wipe(&mut keys);
+        self.dev.write(self.geo.data_start + hba, data)?;
+        self.stats.data_blocks_written += count as u64;
+        for (l, rec) in recs {
+            match self.segs.hba_of(l) {
+                Some(old) => self.segs.invalidate(old)?,
+                None => self.mapped += 1,
+            }
+            self.segs.set_valid(rec.hba, l as u32)?;
+            self.index.put(l, rec)?;
+        }
+        Ok(())
+    }
+
+    /// Blocks the cleaner tries to free per round (one sync per round).
+    fn clean_batch_blocks(&self) -> u64 {
+        let seg = u64::from(self.geo.seg_blocks);
+        let op_space = self.geo.data_blocks() - self.geo.capacity;
+        (u64::from(self.cfg.clean_batch_segments.max(1)) * seg).min(op_space / 4)
+    }
+
+    /// Makes `need` blocks writable, keeping one segment in reserve for the
+    /// cleaner. Cleaning starts when free space falls under
+    /// `need + segment + batch` and runs in rounds of one sync each (moved
+    /// and emptied segments are reusable only after a sync). Every round
+    /// frees at least one block or the call returns, so it never loops
+    /// without progress.
+    fn ensure_space(&mut self, need: u64) -> Result<()> {
+        let seg = u64::from(self.geo.seg_blocks);
+        let batch = self.clean_batch_blocks();
+        loop {
+            let user = |s: &Segments| s.free_for(Head::User);
+            if user(&self.segs) >= need + seg + batch {
+                return Ok(());
+            }
+            let goal = need + seg + 2 * batch;
+            while user(&self.segs) + self.segs.pending_blocks() < goal {
+                match self.segs.pick_victim() {
+                    Some((v, valid)) if u64::from(valid) <= self.segs.free_for(Head::Cleaner) => {
+                        self.clean(v)?
+                    }
+                    _ => break,
+                }
+            }
+            let enough_now = user(&self.segs) >= need + seg;
+            if self.segs.pending_blocks() == 0 {
+                if enough_now {
+                    return Ok(());
+                }
+                bail!(NoSpace, "data log full: no segment can be cleaned");
+            }
+            if !self.cfg.auto_sync && !self.in_sync {
+                if enough_now {
+                    return Ok(());
+                }
+                bail!(NoSpace, "data log full until the next sync");
+            }
+            self.commit(true)?;
+        }
+    }
+
+    /// Moves the valid blocks of segment `v` to the head of the data log.
+    fn clean(&mut self, v: u32) -> Result<()> {
+        let seg = u64::from(self.geo.seg_blocks);
+        let base = u64::from(v) * seg;
+        self.dev
+            .read(self.geo.data_start + base, &mut self.scratch)?;
+        let mut live: Vec<(u64, u32)> = Vec::new();
+        live.try_reserve(self.segs.valid_in(v) as usize)?;
+        for off in 0..seg {
+            let l = self.segs.lba_at(base + off);
+            if l != NO_LBA {
+                live.push((off, l));
+            }
+        }
+        let mut rest = live.as_slice();
+        let mut out: Vec<u8> = Vec::new();
+        while !rest.is_empty() {
+            let (hba, run) = self.segs.alloc_run(Head::Cleaner, rest.len() as u64)?;
+            let (now, later) = rest.split_at(run as usize);
+            rest = later;
+            out.clear();
+            out.try_reserve(now.len() * BLOCK_SIZE)?;
+            for (off, _) in now {
+                let o = *off as usize * BLOCK_SIZE;
+                let b = self
+                    .scratch
+                    .get(o..o + BLOCK_SIZE)
+                    .ok_or(Error::new(ErrorKind::InvalidState, "cleaner scratch"))?;
+                out.extend_from_slice(b);
+            }
+            self.dev.write(self.geo.data_start + hba, &out)?;
+            self.stats.data_blocks_written += run;
+            for (k, (off, l)) in now.iter().enumerate() {
+                let old = base + off;
+                let mut rec = self.index.get(u64::from(*l))?.ok_or(Error::new(
+                    ErrorKind::Corrupted,
+                    "cleaner: valid block without an index entry",
+                ))?;
+                ensure!(
+                    rec.hba == old,
+                    Corrupted,
+                    "cleaner: index and validity table disagree"
+                );
+                rec.hba = hba + k as u64;
+                self.segs.invalidate(old)?;
+                self.segs.set_valid(rec.hba, *l)?;
+                self.index.put(u64::from(*l), rec)?;
+            }
+            self.stats.cleaner_blocks_moved += run;
+        }
+        self.stats.segments_cleaned += 1;
+        Ok(())
+    }
+}

@@ -56,16 +56,60 @@
 //!   job (the disk's superblock and rollback anchor); `commit_count()` gives
 //!   it the counter to compare.
 //! - The owner must record `root()` after each commit and before the next:
-//!   a snapshot commit frees journal space that older roots point into.
+//!   a snapshot commit frees journal space that older roots point into, and
+//!   a commit that moved the journal to a new key is found only through the
+//!   new root (until the owner records it, the old root opens the state
+//!   before that commit, which is the in-flight state the contract allows).
 //! - Nonces: log blocks use a fresh random key per block (IV zero, each key
-//!   seals once); the journal key is derived from the root key with a random
-//!   per-store salt kept in the `StoreRoot`, and the chain uses a fresh
-//!   random 96-bit IV per block (about 2^32 blocks per key; at 4 KiB a block
-//!   that is 16 TiB of journal).
+//!   seals once). The journal chain uses a fresh random 96-bit IV per block
+//!   under a chain key `kdf(kdf(root_key, "mlsdisk/log-store/journal-base"),
+//!   "mlsdisk/log-store/journal", salt)` with a random `salt` per chain, kept
+//!   in the `StoreRoot`. A key is used for at most [`DEFAULT_ROTATE_AFTER`]
+//!   (2^30) block writes: then the commit starts a new chain, with a new
+//!   salt, in the other half of the journal region, whose first record is a
+//!   snapshot. The old chain stays intact, so the owner's previous root keeps
+//!   opening the previous state until it records the new one.
 //! - One transaction at a time, behind `&mut self`; the owner serialises
-//!   callers. Concurrency could be added later by giving each transaction
-//!   its own overlay (as `Tx` already is) and a lock around commit that
-//!   checks the overlays touch disjoint logs; not built.
+//!   callers. The store is `Send` but not `Sync` (reads share a node cache
+//!   through a `RefCell`).
+//!
+//! # Concurrency (not built)
+//!
+//! The issue asks for concurrent transactions from several threads; the core
+//! brief chose one at a time. The way there: a transaction is already an
+//! overlay (`Tx`: copies of the logs it touched, the chunks it took, the
+//! chunks it frees), so several could run at once if (1) the committed state
+//! sits behind a sleeping lock from the platform, with the chunk pool under
+//! its own short lock (allocation already happens per block); (2) each
+//! transaction records which logs it read-for-write, and commit takes the
+//! state lock, checks that no transaction committed since its begin touched
+//! the same logs (optimistic, first committer wins; logs are append-only, so
+//! disjoint logs never conflict), then appends its record to the journal,
+//! which is the serialisation point; (3) log ids come from an atomic counter
+//! (gaps after aborts are harmless). Group commit (several transactions'
+//! records behind one journal flush) would then amortise the two flushes.
+//! The node cache would move behind its own lock.
+//!
+//! # Memory
+//!
+//! Per log: its chunk list (4 bytes a chunk), its root, and for logs being
+//! appended to the frontier of its tree (at most 72 entries a level, about
+//! 4 KiB a level); sealed logs drop the frontier at commit. The chunk pool is
+//! a bitmap (1 bit a chunk). The node cache holds [`DEFAULT_NODE_CACHE`]
+//! nodes (about 4.5 KiB each; `set_node_cache` changes it). A transaction
+//! holds copies of the logs it touches.
+//!
+//! # Sizing the journal
+//!
+//! Each commit writes one record: 44 bytes + the user state + about 100
+//! bytes a changed log. A snapshot lists every log with all its chunks. The
+//! chain lives in one half of the journal region (the other half takes the
+//! next chain at a key rotation). When a record does not fit in the free
+//! part of the current ring, the commit moves the journal to the other half
+//! with a snapshot (a rotation). So the hard limit is one snapshot per half;
+//! a record larger than that fails with `NoSpace` before anything is written
+//! (the transaction can be aborted). For few rotations, make each half hold
+//! a few snapshots and many deltas.
 //! - An error inside a transaction marks it failed (commit refuses; abort).
 //!   An error while the commit record is written leaves the store refusing
 //!   every call until it is reopened, which recovers whichever state reached
@@ -79,4 +123,7 @@ mod record;
 mod store;
 
 pub use chunk::ChunkId;
-pub use store::{LogId, LogStoreConfig, StoreRoot, StoreStats, TxLogStore, MIN_JOURNAL_BLOCKS};
+pub use store::{
+    LogId, LogStoreConfig, StoreRoot, StoreStats, TxLogStore, DEFAULT_NODE_CACHE,
+    DEFAULT_ROTATE_AFTER, MIN_JOURNAL_BLOCKS,
+};

@@ -339,6 +339,21 @@ mod tests {
         (rec, bytes)
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = decode(&b);
+        }
+
+        #[test]
+        fn arbitrary_header_with_valid_magic_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 40..400)) {
+            let mut b = b;
+            b[..4].copy_from_slice(&MAGIC);
+            b[4] = VERSION;
+            let _ = decode(&b);
+        }
+    }
+
     #[test]
     fn round_trip() {
         let (rec, bytes) = sample();

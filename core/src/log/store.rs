@@ -1,20 +1,24 @@
 //! `TxLogStore`: many append-only logs inside atomic transactions.
 
 use alloc::collections::btree_map::{BTreeMap, Entry as MapEntry};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
 
 use super::chunk::{ChunkId, ChunkPool};
 use super::record::{self, Encoder, Header, Kind, LogFields, Record};
 use crate::bio::{BlockRange, BlockSet, BLOCK_SIZE};
+use crate::crypto::crypto_log::NodeCache;
 use crate::crypto::{mac_chain, BlockAlloc, ChainPos, CryptoLog, MacChain};
-use crate::platform::kdf_key;
+use crate::platform::{kdf_key, AeadKey};
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
 
 /// The name of a log in the store. Ids are never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LogId(pub u64);
 
-/// Parameters of a store, fixed at format (kept in its journal).
+/// Parameters of a store. `chunk_blocks` and `key_len` are fixed at format
+/// (kept in every journal record).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogStoreConfig {
     /// Blocks per chunk (the unit of space a log takes from the region).
@@ -22,7 +26,9 @@ pub struct LogStoreConfig {
     /// AES key length for the per-block keys of the logs: 16 or 32.
     pub key_len: usize,
     /// A commit writes a full snapshot instead of a delta at least every this
-    /// many commits (and whenever the journal is more than half full).
+    /// many commits (and whenever the journal is more than half full). A
+    /// run-time policy, not kept on disk: after `open` the default applies
+    /// until [`TxLogStore::set_snapshot_every`].
     pub snapshot_every: u32,
 }
 
@@ -60,6 +66,8 @@ pub struct StoreStats {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreRoot {
     salt: [u8; 16],
+    /// Which half of the journal region the chain lives in (0 or 1).
+    half: u8,
     start: ChainPos,
     tail: ChainPos,
 }
@@ -72,8 +80,8 @@ impl StoreRoot {
     /// Bytes of an encoded root.
     pub const ENCODED_LEN: usize = 8 + 16 + 2 * ChainPos::ENCODED_LEN;
 
-    /// magic "MDLS" | version u8 | type u8 | reserved [2] | salt [16] |
-    /// start ChainPos | tail ChainPos.
+    /// `magic "MDLS" | version u8 | type u8 | half u8 | reserved u8 |
+    /// salt [16] | start ChainPos | tail ChainPos`.
     pub fn encode(&self, out: &mut [u8]) -> Result<()> {
         ensure!(
             out.len() == Self::ENCODED_LEN,
@@ -88,7 +96,7 @@ impl StoreRoot {
             ROOT_MAGIC[3],
             ROOT_VERSION,
             ROOT_TYPE,
-            0,
+            self.half,
             0,
         ]);
         let (salt, rest) = rest.split_at_mut(16);
@@ -97,6 +105,12 @@ impl StoreRoot {
         s.copy_from_slice(&self.start.encode());
         t.copy_from_slice(&self.tail.encode());
         Ok(())
+    }
+
+    /// Which half of the journal region the journal's chain is in (0 or 1);
+    /// it changes when the journal moves to a new key.
+    pub fn journal_half(&self) -> u8 {
+        self.half
     }
 
     /// The encoded root as a fixed-size array.
@@ -121,11 +135,9 @@ impl StoreRoot {
             "unknown store root version"
         );
         ensure!(h.get(5) == Some(&ROOT_TYPE), Corrupted, "not a store root");
-        ensure!(
-            h.get(6..8) == Some(&[0u8, 0][..]),
-            Corrupted,
-            "store root reserved bytes"
-        );
+        let half = h.get(6).copied().unwrap_or(u8::MAX);
+        ensure!(half <= 1, Corrupted, "store root journal half");
+        ensure!(h.get(7) == Some(&0), Corrupted, "store root reserved byte");
         let (salt, rest) = rest.split_at(16);
         let (s, t) = rest.split_at(ChainPos::ENCODED_LEN);
         let start = ChainPos::decode(s)?;
@@ -139,6 +151,7 @@ impl StoreRoot {
             salt: salt
                 .try_into()
                 .map_err(|_| Error::new(ErrorKind::Corrupted, "salt"))?,
+            half,
             start,
             tail,
         })
@@ -146,7 +159,7 @@ impl StoreRoot {
 }
 
 /// One log's state.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct LogState {
     tag: u64,
     sealed: bool,
@@ -157,6 +170,21 @@ struct LogState {
     alloc_pos: u64,
 }
 
+impl LogState {
+    fn try_clone(&self) -> Result<Self> {
+        let mut chunks = Vec::new();
+        chunks.try_reserve_exact(self.chunks.len())?;
+        chunks.extend_from_slice(&self.chunks);
+        Ok(Self {
+            tag: self.tag,
+            sealed: self.sealed,
+            log: self.log.try_clone()?,
+            chunks,
+            alloc_pos: self.alloc_pos,
+        })
+    }
+}
+
 /// The running transaction: copies of the logs it touched (`None` =
 /// deleted), the chunks it took and the chunks it frees at commit.
 struct Tx {
@@ -165,6 +193,15 @@ struct Tx {
     freed: Vec<ChunkId>,
     next_log_id: u64,
     failed: bool,
+}
+
+/// What a commit writes to the journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    Delta,
+    Snapshot,
+    /// A snapshot as the first record of a new chain under a new key.
+    Rotate,
 }
 
 /// Hands out the blocks of one log's chunks, taking chunks from the pool.
@@ -202,8 +239,18 @@ impl BlockAlloc for LogAlloc<'_> {
 /// transactions. See the module documentation of [`crate::log`].
 pub struct TxLogStore<D: BlockSet> {
     crypto: CryptoRef,
-    chain: MacChain<BlockRange<D>>,
-    journal_blocks: u64,
+    chain: MacChain<BlockRange<Arc<BlockRange<D>>>>,
+    /// The journal region; the chain lives in one half of it and moves to
+    /// the other half, under a new key, when the key has been used enough.
+    journal: Arc<BlockRange<D>>,
+    /// Blocks of each half (the chain's ring size).
+    ring_blocks: u64,
+    half: u8,
+    /// Chain keys are derived from this (itself derived from the root key)
+    /// with each chain's random salt.
+    journal_base: AeadKey,
+    /// Rotate to a new chain key once the chain has written this many blocks.
+    rotate_after: u64,
     chunks: BlockRange<D>,
     salt: [u8; 16],
     cfg: LogStoreConfig,
@@ -215,11 +262,36 @@ pub struct TxLogStore<D: BlockSet> {
     user_state: Vec<u8>,
     tx: Option<Tx>,
     broken: bool,
+    /// Decrypted tree nodes of every log (interior mutability so that `read`
+    /// stays `&self`; the store is `Send`, not `Sync`: the owner serialises).
+    cache: RefCell<NodeCache>,
+    /// `logs_with_tag` could not allocate its answer: refuse the next commit.
+    list_failed: Cell<bool>,
 }
 
+/// Tree nodes the store keeps decrypted by default (about 4.5 KiB each).
+pub const DEFAULT_NODE_CACHE: usize = 256;
+
+const JOURNAL_BASE_LABEL: &[u8] = b"mlsdisk/log-store/journal-base";
 const JOURNAL_KEY_LABEL: &[u8] = b"mlsdisk/log-store/journal";
 /// Smallest journal region accepted.
 pub const MIN_JOURNAL_BLOCKS: u64 = 8;
+
+/// Chain blocks written under one journal key before the store moves to a
+/// new key: 2^30 random 96-bit IVs per key (collision chance below 2^-37).
+pub const DEFAULT_ROTATE_AFTER: u64 = 1 << 30;
+
+fn journal_base_key(crypto: &dyn crate::platform::Crypto, root_key: &[u8]) -> Result<AeadKey> {
+    kdf_key(crypto, root_key, JOURNAL_BASE_LABEL, b"", 32)
+}
+
+fn half_range<D: BlockSet>(
+    journal: &Arc<BlockRange<D>>,
+    half: u8,
+) -> Result<BlockRange<Arc<BlockRange<D>>>> {
+    let len = journal.nblocks() / 2;
+    BlockRange::new(journal.clone(), u64::from(half) * len, len)
+}
 
 fn nchunks_of(chunks: u64, cfg: &LogStoreConfig) -> Result<u32> {
     ensure!(cfg.chunk_blocks > 0, InvalidArgument, "chunk size is zero");
@@ -252,20 +324,32 @@ impl<D: BlockSet> TxLogStore<D> {
             InvalidArgument,
             "chunk region smaller than a chunk"
         );
-        let journal_blocks = journal.nblocks();
         ensure!(
-            journal_blocks >= MIN_JOURNAL_BLOCKS,
+            journal.nblocks() >= MIN_JOURNAL_BLOCKS,
             InvalidArgument,
             "journal region too small"
         );
+        let journal = Arc::new(journal);
+        let ring_blocks = journal.nblocks() / 2;
+        let journal_base = journal_base_key(&*crypto, root_key)?;
         let mut salt = [0u8; 16];
         crypto.fill_random(&mut salt)?;
-        let key = kdf_key(&*crypto, root_key, JOURNAL_KEY_LABEL, &salt, 32)?;
-        let chain = MacChain::create(journal, crypto.clone(), key)?;
+        let key = kdf_key(
+            &*crypto,
+            journal_base.as_bytes(),
+            JOURNAL_KEY_LABEL,
+            &salt,
+            32,
+        )?;
+        let chain = MacChain::create(half_range(&journal, 0)?, crypto.clone(), key)?;
         let mut store = Self {
             crypto,
             chain,
-            journal_blocks,
+            journal,
+            ring_blocks,
+            half: 0,
+            journal_base,
+            rotate_after: DEFAULT_ROTATE_AFTER,
             chunks,
             salt,
             cfg,
@@ -277,6 +361,8 @@ impl<D: BlockSet> TxLogStore<D> {
             user_state: Vec::new(),
             tx: None,
             broken: false,
+            cache: RefCell::new(NodeCache::new(DEFAULT_NODE_CACHE)),
+            list_failed: Cell::new(false),
         };
         let rec = store.snapshot_record(None, 0, &[])?;
         store.chain.append(&rec)?;
@@ -294,9 +380,23 @@ impl<D: BlockSet> TxLogStore<D> {
         root_key: &[u8],
         root: &StoreRoot,
     ) -> Result<Self> {
-        let journal_blocks = journal.nblocks();
-        let key = kdf_key(&*crypto, root_key, JOURNAL_KEY_LABEL, &root.salt, 32)?;
-        let (chain, records) = MacChain::open(journal, crypto.clone(), key, root.start, root.tail)?;
+        ensure!(
+            journal.nblocks() >= MIN_JOURNAL_BLOCKS,
+            InvalidArgument,
+            "journal region too small"
+        );
+        let journal = Arc::new(journal);
+        let ring_blocks = journal.nblocks() / 2;
+        let journal_base = journal_base_key(&*crypto, root_key)?;
+        let key = kdf_key(
+            &*crypto,
+            journal_base.as_bytes(),
+            JOURNAL_KEY_LABEL,
+            &root.salt,
+            32,
+        )?;
+        let region = half_range(&journal, root.half)?;
+        let (chain, records) = MacChain::open(region, crypto.clone(), key, root.start, root.tail)?;
         let mut recs = records.iter();
         let first = record::decode(recs.next().ok_or(Error::new(
             ErrorKind::Corrupted,
@@ -322,7 +422,11 @@ impl<D: BlockSet> TxLogStore<D> {
         let mut store = Self {
             crypto,
             chain,
-            journal_blocks,
+            journal,
+            ring_blocks,
+            half: root.half,
+            journal_base,
+            rotate_after: DEFAULT_ROTATE_AFTER,
             chunks,
             salt: root.salt,
             cfg,
@@ -334,6 +438,8 @@ impl<D: BlockSet> TxLogStore<D> {
             user_state: Vec::new(),
             tx: None,
             broken: false,
+            cache: RefCell::new(NodeCache::new(DEFAULT_NODE_CACHE)),
+            list_failed: Cell::new(false),
         };
         store.apply(first, true)?;
         for r in recs {
@@ -571,6 +677,7 @@ impl<D: BlockSet> TxLogStore<D> {
 
     /// Drops the running transaction's changes (no-op without one).
     pub fn abort(&mut self) {
+        self.list_failed.set(false);
         if let Some(tx) = self.tx.take() {
             for c in tx.new_chunks {
                 if self.pool.release(c).is_err() {
@@ -591,7 +698,8 @@ impl<D: BlockSet> TxLogStore<D> {
             .tx
             .take()
             .ok_or(Error::new(ErrorKind::InvalidState, "no active transaction"))?;
-        if tx.failed {
+        if tx.failed || self.list_failed.get() {
+            tx.failed = true;
             self.tx = Some(tx);
             bail!(
                 InvalidState,
@@ -599,32 +707,72 @@ impl<D: BlockSet> TxLogStore<D> {
             );
         }
         let prepared = self.prepare_commit(&mut tx, user_state);
-        let (rec, snapshot, new_user_state) = match prepared {
+        let (rec, plan, new_user_state) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 self.tx = Some(tx);
                 return Err(e);
             }
         };
-        // From here on the commit may reach the disk: any error means the
-        // in-memory state can no longer be trusted to match it.
-        let start = self.chain.tail();
-        let durable = self.chain.append(&rec).and_then(|_| self.chain.commit());
-        if let Err(e) = durable {
+        if plan == Plan::Rotate {
+            // A new chain under a new key in the other half, starting with
+            // a snapshot. The current chain is left intact: until the owner
+            // records the new root, its old root still opens the old state.
+            // So a failure here changes nothing the owner's root names.
+            if let Err(e) = self.rotate(&rec) {
+                self.tx = Some(tx);
+                return Err(e);
+            }
+        } else if let Err(e) = self.append_record(&rec, plan == Plan::Snapshot) {
+            // The commit may or may not have reached the disk.
             self.broken = true;
             self.tx = Some(tx);
             return Err(e);
         }
+        self.install(tx, new_user_state)
+    }
+
+    /// Moves the journal to a new chain (new salt, new key) in the other half
+    /// of the journal region, with `snapshot` as its first record.
+    fn rotate(&mut self, snapshot: &[u8]) -> Result<()> {
+        let mut salt = [0u8; 16];
+        self.crypto.fill_random(&mut salt)?;
+        let key = kdf_key(
+            &*self.crypto,
+            self.journal_base.as_bytes(),
+            JOURNAL_KEY_LABEL,
+            &salt,
+            32,
+        )?;
+        let other = 1 - self.half;
+        let mut chain =
+            MacChain::create(half_range(&self.journal, other)?, self.crypto.clone(), key)?;
+        chain.append(snapshot)?;
+        chain.commit()?;
+        self.chain = chain;
+        self.salt = salt;
+        self.half = other;
+        self.since_snapshot = 0;
+        Ok(())
+    }
+
+    /// Appends one commit record to the chain (moving its start to it if it
+    /// is a snapshot).
+    fn append_record(&mut self, rec: &[u8], snapshot: bool) -> Result<()> {
+        let start = self.chain.tail();
+        self.chain.append(rec)?;
+        self.chain.commit()?;
         if snapshot {
-            if let Err(e) = self.chain.reset_start(start) {
-                self.broken = true;
-                self.tx = Some(tx);
-                return Err(e);
-            }
+            self.chain.reset_start(start)?;
             self.since_snapshot = 0;
         } else {
             self.since_snapshot = self.since_snapshot.saturating_add(1);
         }
+        Ok(())
+    }
+
+    /// Makes a durable transaction the committed state in memory.
+    fn install(&mut self, tx: Tx, new_user_state: Vec<u8>) -> Result<()> {
         for (id, st) in tx.logs {
             match st {
                 Some(mut st) => {
@@ -645,7 +793,7 @@ impl<D: BlockSet> TxLogStore<D> {
             }
         }
         self.next_log_id = tx.next_log_id;
-        self.counter += 1;
+        self.counter = self.counter.saturating_add(1);
         self.user_state = new_user_state;
         Ok(())
     }
@@ -656,7 +804,7 @@ impl<D: BlockSet> TxLogStore<D> {
         &mut self,
         tx: &mut Tx,
         user_state: &[u8],
-    ) -> Result<(Vec<u8>, bool, Vec<u8>)> {
+    ) -> Result<(Vec<u8>, Plan, Vec<u8>)> {
         let chunk_blocks = u64::from(self.cfg.chunk_blocks);
         let Tx {
             logs: tx_logs,
@@ -692,22 +840,45 @@ impl<D: BlockSet> TxLogStore<D> {
         let mut us = Vec::new();
         us.try_reserve_exact(user_state.len())?;
         us.extend_from_slice(user_state);
-        let snapshot = self.since_snapshot.saturating_add(1) >= self.cfg.snapshot_every
-            || self.chain.free_blocks() < self.journal_blocks / 2;
-        let rec = if snapshot {
-            self.snapshot_record(Some(tx), self.counter + 1, user_state)?
+        let mut plan = if self.chain.tail().seq >= self.rotate_after {
+            Plan::Rotate
+        } else if self.since_snapshot.saturating_add(1) >= self.cfg.snapshot_every
+            || self.chain.free_blocks() < self.ring_blocks / 2
+        {
+            Plan::Snapshot
         } else {
-            self.delta_record(tx, user_state)?
+            Plan::Delta
         };
+        let mut rec = if plan == Plan::Delta {
+            self.delta_record(tx, user_state)?
+        } else {
+            self.snapshot_record(Some(tx), self.next_counter()?, user_state)?
+        };
+        let blocks =
+            |r: &[u8]| mac_chain::blocks_for(r.len().saturating_add(mac_chain::RECORD_HEADER_LEN));
+        if plan != Plan::Rotate && blocks(&rec) > self.chain.free_blocks() {
+            // No room left in this ring: start over in the other half, with
+            // a snapshot, under a new key.
+            if plan == Plan::Delta {
+                rec = self.snapshot_record(Some(tx), self.next_counter()?, user_state)?;
+            }
+            plan = Plan::Rotate;
+        }
         // A record the ring cannot take fails here, before the chain is
         // touched, so the transaction can still be aborted.
-        let need = mac_chain::blocks_for(rec.len().saturating_add(mac_chain::RECORD_HEADER_LEN));
-        ensure!(
-            need <= self.chain.free_blocks(),
-            NoSpace,
-            "log store journal is full"
-        );
-        Ok((rec, snapshot, us))
+        let room = if plan == Plan::Rotate {
+            self.ring_blocks
+        } else {
+            self.chain.free_blocks()
+        };
+        ensure!(blocks(&rec) <= room, NoSpace, "log store journal is full");
+        Ok((rec, plan, us))
+    }
+
+    fn next_counter(&self) -> Result<u64> {
+        self.counter
+            .checked_add(1)
+            .ok_or(Error::new(ErrorKind::NoSpace, "commit counter exhausted"))
     }
 
     fn header(&self, kind: Kind, counter: u64, next_log_id: u64) -> Header {
@@ -745,7 +916,7 @@ impl<D: BlockSet> TxLogStore<D> {
     /// The changes of `tx` against the committed state.
     fn delta_record(&self, tx: &Tx, user_state: &[u8]) -> Result<Vec<u8>> {
         let mut enc = Encoder::new(
-            &self.header(Kind::Delta, self.counter + 1, tx.next_log_id),
+            &self.header(Kind::Delta, self.next_counter()?, tx.next_log_id),
             user_state,
         )?;
         for (&id, st) in &tx.logs {
@@ -766,7 +937,21 @@ impl<D: BlockSet> TxLogStore<D> {
     /// or, inside a transaction, as the transaction left it.
     pub fn read(&self, log: LogId, pos: u64, buf: &mut [u8]) -> Result<()> {
         self.check_usable()?;
-        self.view(log)?.log.read(&self.chunks, pos, buf)
+        let st = self.view(log)?;
+        match self.cache.try_borrow_mut() {
+            Ok(mut c) => st.log.read_cached(&self.chunks, pos, buf, Some(&mut c)),
+            Err(_) => st.log.read(&self.chunks, pos, buf),
+        }
+    }
+
+    /// Sets how many decrypted tree nodes reads keep (0 disables the cache).
+    pub fn set_node_cache(&mut self, nodes: usize) {
+        *self.cache.get_mut() = NodeCache::new(nodes);
+    }
+
+    /// Node cache hits and misses so far.
+    pub fn node_cache_stats(&self) -> (u64, u64) {
+        self.cache.try_borrow().map_or((0, 0), |c| c.hits_misses())
     }
 
     fn view(&self, log: LogId) -> Result<&LogState> {
@@ -798,30 +983,43 @@ impl<D: BlockSet> TxLogStore<D> {
     }
 
     /// The logs with `tag`, in id order (the transaction's view).
+    ///
+    /// If memory for the list cannot be had, the list is empty and a
+    /// following `commit` fails (so a caller never acts on a partial list
+    /// unknowingly); [`Self::try_logs_with_tag`] reports it directly.
     pub fn logs_with_tag(&self, tag: u64) -> Vec<LogId> {
-        let mut out = Vec::new();
+        match self.try_logs_with_tag(tag) {
+            Ok(v) => v,
+            Err(_) => {
+                self.list_failed.set(true);
+                Vec::new()
+            }
+        }
+    }
+
+    /// The logs with `tag`, in id order (the transaction's view).
+    pub fn try_logs_with_tag(&self, tag: u64) -> Result<Vec<LogId>> {
         let overlay = self.tx.as_ref().map(|t| &t.logs);
-        let mut ids: Vec<u64> = Vec::new();
+        let mut ids: Vec<LogId> = Vec::new();
         for (&id, st) in &self.logs {
             if overlay.is_some_and(|o| o.contains_key(&id)) {
                 continue;
             }
-            if st.tag == tag && ids.try_reserve(1).is_ok() {
-                ids.push(id);
+            if st.tag == tag {
+                ids.try_reserve(1)?;
+                ids.push(LogId(id));
             }
         }
         if let Some(o) = overlay {
             for (&id, st) in o {
-                if st.as_ref().is_some_and(|s| s.tag == tag) && ids.try_reserve(1).is_ok() {
-                    ids.push(id);
+                if st.as_ref().is_some_and(|s| s.tag == tag) {
+                    ids.try_reserve(1)?;
+                    ids.push(LogId(id));
                 }
             }
         }
         ids.sort_unstable();
-        if out.try_reserve_exact(ids.len()).is_ok() {
-            out.extend(ids.into_iter().map(LogId));
-        }
-        out
+        Ok(ids)
     }
 
     /// The user state of the last commit.
@@ -840,6 +1038,7 @@ impl<D: BlockSet> TxLogStore<D> {
     pub fn root(&self) -> StoreRoot {
         StoreRoot {
             salt: self.salt,
+            half: self.half,
             start: self.chain.start(),
             tail: self.chain.tail(),
         }
@@ -863,6 +1062,12 @@ impl<D: BlockSet> TxLogStore<D> {
     /// The configuration the store was formatted with.
     pub fn config(&self) -> LogStoreConfig {
         self.cfg
+    }
+
+    /// Overrides after how many chain blocks the journal moves to a new key
+    /// (default [`DEFAULT_ROTATE_AFTER`]; tests use small values).
+    pub fn set_rotate_after(&mut self, blocks: u64) {
+        self.rotate_after = blocks.max(1);
     }
 
     /// Overrides how often a snapshot is written (not persisted).
@@ -903,7 +1108,7 @@ fn tx_log<'a>(
             let st = logs
                 .get(&id)
                 .ok_or(Error::new(ErrorKind::NotFound, "no such log"))?;
-            let copy = st.clone();
+            let copy = st.try_clone()?;
             v.insert(Some(copy))
                 .as_mut()
                 .ok_or(Error::new(ErrorKind::InvalidState, "log copy"))

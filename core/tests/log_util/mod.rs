@@ -41,14 +41,22 @@ pub fn regions<D: BlockSet + Clone>(d: &D) -> (BlockRange<D>, BlockRange<D>) {
     )
 }
 
+/// Chain blocks per journal key in the tests: small, so that the journal
+/// moves to a new key (and the other half of its region) every few commits.
+pub const ROTATE_AFTER: u64 = 10;
+
 pub fn format<D: BlockSet + Clone>(d: &D) -> TxLogStore<D> {
     let (j, c) = regions(d);
-    TxLogStore::format(j, c, crypto(), KEY, cfg()).unwrap()
+    let mut s = TxLogStore::format(j, c, crypto(), KEY, cfg()).unwrap();
+    s.set_rotate_after(ROTATE_AFTER);
+    s
 }
 
 pub fn open<D: BlockSet + Clone>(d: &D, root: &StoreRoot) -> Result<TxLogStore<D>> {
     let (j, c) = regions(d);
-    TxLogStore::open(j, c, crypto(), KEY, root)
+    let mut s = TxLogStore::open(j, c, crypto(), KEY, root)?;
+    s.set_rotate_after(ROTATE_AFTER);
+    Ok(s)
 }
 
 /// The contents of block `i` of a log appended with `seed`.
@@ -273,6 +281,18 @@ impl BlockSet for Recorder {
 /// write before the last flush among them, plus the unflushed writes after
 /// it that `keep` selects (in order).
 pub fn crash_image(base: &[u8], ops: &[Op], n: usize, keep: &dyn Fn(usize) -> bool) -> Vec<u8> {
+    crash_image_ordered(base, ops, n, keep, false)
+}
+
+/// Like [`crash_image`]; with `reverse`, the kept unflushed writes land in
+/// reverse order (a later write to a block may be overwritten by an earlier).
+pub fn crash_image_ordered(
+    base: &[u8],
+    ops: &[Op],
+    n: usize,
+    keep: &dyn Fn(usize) -> bool,
+    reverse: bool,
+) -> Vec<u8> {
     let mut img = base.to_vec();
     let ops = &ops[..n];
     let last_flush = ops
@@ -288,14 +308,21 @@ pub fn crash_image(base: &[u8], ops: &[Op], n: usize, keep: &dyn Fn(usize) -> bo
             put(*p, b);
         }
     }
+    let mut kept = Vec::new();
     let mut k = 0;
     for o in &ops[last_flush..] {
         if let Op::Write(p, b) = o {
             if keep(k) {
-                put(*p, b);
+                kept.push((*p, b));
             }
             k += 1;
         }
+    }
+    if reverse {
+        kept.reverse();
+    }
+    for (p, b) in kept {
+        put(p, b);
     }
     img
 }

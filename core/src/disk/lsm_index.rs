@@ -1,0 +1,213 @@
+//! The real index: the transactional LSM-tree on the log store, and the
+//! `create`/`open` of a disk with a superblock.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use super::coalesce::Coalesce;
+use super::counted::Counted;
+use super::index::DiskIndex;
+use super::layout::Geometry;
+use super::record::BlockRecord;
+use super::state::{SuperPayload, UserState};
+use super::{DiskConfig, MlsDisk, RollbackAnchor, SuperblockSink};
+use crate::bio::{BlockRange, BlockSet, BLOCK_SIZE};
+use crate::crypto::AuthBlob;
+use crate::log::{StoreRoot, TxLogStore};
+use crate::lsm::{LsmTree, LsmValue};
+use crate::platform::{kdf, wipe};
+use crate::{ensure, CryptoRef, Error, ErrorKind, Result};
+
+type Dev<D> = Arc<Counted<D>>;
+type Meta<D> = Arc<Coalesce<Dev<D>>>;
+type Tree<D> = LsmTree<TxLogStore<Meta<D>>, BlockRecord>;
+type Region<D> = BlockRange<Meta<D>>;
+
+impl LsmValue for BlockRecord {
+    const SIZE: usize = BlockRecord::SIZE;
+
+    fn encode(&self, out: &mut [u8]) {
+        // `out` is exactly SIZE bytes and `hba` fits 56 bits (the data
+        // region is far smaller); a failure leaves zeros, which decode
+        // rejects, so it cannot go unnoticed.
+        if self.encode_into(out).is_err() {
+            out.fill(0);
+        }
+    }
+
+    fn decode(b: &[u8]) -> Result<Self> {
+        BlockRecord::decode_from(b)
+    }
+}
+
+struct LsmIndex<D: BlockSet>(Tree<D>);
+
+impl<D: BlockSet> DiskIndex for LsmIndex<D> {
+    fn get(&mut self, lba: u64) -> Result<Option<BlockRecord>> {
+        self.0.get(lba)
+    }
+    fn put(&mut self, lba: u64, rec: BlockRecord) -> Result<()> {
+        self.0.put(lba, rec)
+    }
+    fn delete(&mut self, lba: u64) -> Result<()> {
+        self.0.delete(lba)
+    }
+    fn sync(&mut self, user_state: &[u8]) -> Result<()> {
+        self.0.sync(user_state)
+    }
+    fn user_state(&self) -> &[u8] {
+        self.0.user_state()
+    }
+    fn for_each(&mut self, f: &mut dyn FnMut(u64, &BlockRecord) -> Result<()>) -> Result<()> {
+        self.0.for_each(f)
+    }
+    fn background_step(&mut self) -> Result<bool> {
+        self.0.compact_step()
+    }
+    fn root(&self) -> Result<Vec<u8>> {
+        let r = self.0.store().root().to_bytes()?;
+        let mut v = Vec::new();
+        v.try_reserve_exact(r.len())?;
+        v.extend_from_slice(&r);
+        Ok(v)
+    }
+}
+
+impl<D: BlockSet> SuperblockSink for AuthBlob<Dev<D>> {
+    fn write(&mut self, payload: &[u8]) -> Result<()> {
+        AuthBlob::write(self, payload)
+    }
+}
+
+/// The key of the log store: derived from the root key and the disk UUID.
+fn store_key(crypto: &CryptoRef, root_key: &[u8], uuid: &[u8; 16]) -> Result<[u8; 32]> {
+    kdf(&**crypto, root_key, b"mlsdisk/disk/store/v1", uuid)
+}
+
+/// The journal and chunk regions, both behind one write-combining buffer.
+fn regions<D: BlockSet>(
+    dev: &Dev<D>,
+    geo: &Geometry,
+    cfg: &DiskConfig,
+) -> Result<(Region<D>, Region<D>)> {
+    let meta = Arc::new(Coalesce::new(
+        dev.clone(),
+        cfg.meta_write_buffer_blocks as usize,
+    )?);
+    Ok((
+        BlockRange::new(meta.clone(), geo.journal_start, geo.journal_len)?,
+        BlockRange::new(meta, geo.chunk_start, geo.chunk_len)?,
+    ))
+}
+
+impl<D: BlockSet + 'static> MlsDisk<D> {
+    /// Makes a new disk on `dev` (everything on it is lost) and returns it
+    /// open. The superblock is written last: a crash before `create`
+    /// returns leaves a device that does not open.
+    pub fn create(
+        dev: D,
+        crypto: CryptoRef,
+        root_key: &[u8],
+        cfg: DiskConfig,
+        anchor: Box<dyn RollbackAnchor>,
+    ) -> Result<Self> {
+        ensure!(
+            root_key.len() == 16 || root_key.len() == 32,
+            InvalidArgument,
+            "root key must be 16 or 32 bytes"
+        );
+        let dev = Arc::new(Counted::new(dev));
+        let geo = Geometry::compute(dev.nblocks(), &cfg.layout)?;
+        // Wipe the superblock slots first, so a crash during create never
+        // leaves an older disk's superblock pointing into new metadata.
+        let mut zero = Vec::new();
+        zero.try_reserve_exact(2 * BLOCK_SIZE)?;
+        zero.resize(2 * BLOCK_SIZE, 0);
+        dev.write(0, &zero)?;
+        dev.flush()?;
+        let mut uuid = [0u8; 16];
+        crypto.fill_random(&mut uuid)?;
+        let mut sk = store_key(&crypto, root_key, &uuid)?;
+        let (journal, chunks) = regions(&dev, &geo, &cfg)?;
+        let store = TxLogStore::format(journal, chunks, crypto.clone(), &sk, cfg.store);
+        wipe(&mut sk);
+        let tree = LsmTree::format(store?, cfg.lsm.clone())?;
+        let index = Box::new(LsmIndex::<D>(tree));
+        let mut d = Self::assemble(
+            dev.clone(),
+            crypto.clone(),
+            geo,
+            uuid,
+            cfg,
+            index,
+            None,
+            anchor,
+        )?;
+        d.commit(false)?;
+        let payload = d.super_payload()?;
+        let blob = AuthBlob::create(dev, 0, crypto, root_key, &payload)?;
+        d.sb = Some(Box::new(blob));
+        Ok(d)
+    }
+
+    /// Opens a disk made by [`MlsDisk::create`] and recovers its last synced
+    /// state. Errors: `WrongKey` (the key does not open the superblock),
+    /// `Rollback` (older than the anchor), `Integrity` / `Corrupted`
+    /// (tampered or not an MlsDisk), `Io`.
+    ///
+    /// Of `cfg`, the layout and data key length come from the superblock;
+    /// the rest (buffers, cleaning, LSM tuning) from the argument.
+    pub fn open(
+        dev: D,
+        crypto: CryptoRef,
+        root_key: &[u8],
+        cfg: DiskConfig,
+        anchor: Box<dyn RollbackAnchor>,
+    ) -> Result<Self> {
+        let dev = Arc::new(Counted::new(dev));
+        let (blob, payload) = AuthBlob::open(dev.clone(), 0, crypto.clone(), root_key)?;
+        let sp = SuperPayload::decode(&payload, dev.nblocks())?;
+        let root = StoreRoot::decode(&sp.root)?;
+        let mut sk = store_key(&crypto, root_key, &sp.uuid)?;
+        let (journal, chunks) = regions(&dev, &sp.geo, &cfg)?;
+        let store = TxLogStore::open(journal, chunks, crypto.clone(), &sk, &root);
+        wipe(&mut sk);
+        let tree = LsmTree::open(store?, cfg.lsm.clone())?;
+        let us = UserState::decode(tree.user_state())?;
+        if us.sync_counter < sp.sync_counter {
+            return Err(Error::new(
+                ErrorKind::Rollback,
+                "index is older than the superblock (journal rolled back)",
+            ));
+        }
+        let cfg = DiskConfig {
+            data_key_len: sp.data_key_len,
+            ..cfg
+        };
+        let index = Box::new(LsmIndex::<D>(tree));
+        let mut d = Self::assemble(
+            dev,
+            crypto,
+            sp.geo,
+            sp.uuid,
+            cfg,
+            index,
+            Some(Box::new(blob)),
+            anchor,
+        )?;
+        d.recover()?;
+        Ok(d)
+    }
+
+    fn super_payload(&self) -> Result<Vec<u8>> {
+        SuperPayload {
+            uuid: self.uuid,
+            geo: self.geo,
+            data_key_len: self.cfg.data_key_len,
+            sync_counter: self.sync_counter,
+            root: self.index.root()?,
+        }
+        .encode()
+    }
+}

@@ -1,0 +1,126 @@
+//! The write buffer: the newest version of recently written blocks, in
+//! memory, until they go to the data log as one sequential run.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::bio::BLOCK_SIZE;
+use crate::{Error, ErrorKind, Result};
+
+pub(crate) struct WriteBuffer {
+    cap: usize,
+    lbas: Vec<u64>,
+    data: Vec<u8>,
+    slot: BTreeMap<u64, usize>,
+}
+
+fn range(i: usize) -> core::ops::Range<usize> {
+    i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE
+}
+
+impl WriteBuffer {
+    pub(crate) fn new(cap: usize) -> Result<Self> {
+        let mut data = Vec::new();
+        data.try_reserve_exact(cap.checked_mul(BLOCK_SIZE).ok_or(Error::oom())?)?;
+        let mut lbas = Vec::new();
+        lbas.try_reserve_exact(cap)?;
+        Ok(Self {
+            cap,
+            lbas,
+            data,
+            slot: BTreeMap::new(),
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lbas.len()
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.lbas.len() >= self.cap
+    }
+
+    pub(crate) fn contains(&self, lba: u64) -> bool {
+        self.slot.contains_key(&lba)
+    }
+
+    pub(crate) fn get(&self, lba: u64) -> Option<&[u8]> {
+        let i = *self.slot.get(&lba)?;
+        self.data.get(range(i))
+    }
+
+    /// Stores a block; the caller made room first unless `lba` is present.
+    pub(crate) fn put(&mut self, lba: u64, block: &[u8]) -> Result<()> {
+        if let Some(&i) = self.slot.get(&lba) {
+            self.data
+                .get_mut(range(i))
+                .ok_or(Error::new(ErrorKind::InvalidState, "write buffer slot"))?
+                .copy_from_slice(block);
+            return Ok(());
+        }
+        if self.is_full() {
+            return Err(Error::new(ErrorKind::InvalidState, "write buffer full"));
+        }
+        self.slot.insert(lba, self.lbas.len());
+        self.lbas.push(lba);
+        self.data.extend_from_slice(block);
+        Ok(())
+    }
+
+    /// Drops the buffered version of `lba`, if any.
+    pub(crate) fn remove(&mut self, lba: u64) -> Result<bool> {
+        let Some(i) = self.slot.remove(&lba) else {
+            return Ok(false);
+        };
+        let last = self.lbas.len() - 1;
+        if i != last {
+            self.data.copy_within(range(last), i * BLOCK_SIZE);
+            let moved = *self
+                .lbas
+                .get(last)
+                .ok_or(Error::new(ErrorKind::InvalidState, "write buffer"))?;
+            if let Some(l) = self.lbas.get_mut(i) {
+                *l = moved;
+            }
+            self.slot.insert(moved, i);
+        }
+        self.lbas.pop();
+        self.data.truncate(last * BLOCK_SIZE);
+        Ok(true)
+    }
+
+    /// The buffered LBAs and block data (in the same order), for the flush.
+    pub(crate) fn parts_mut(&mut self) -> (&[u64], &mut [u8]) {
+        (&self.lbas, &mut self.data)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.lbas.clear();
+        self.data.clear();
+        self.slot.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_overwrite_remove() {
+        let mut w = WriteBuffer::new(3).unwrap();
+        w.put(5, &[1; BLOCK_SIZE]).unwrap();
+        w.put(6, &[2; BLOCK_SIZE]).unwrap();
+        w.put(7, &[3; BLOCK_SIZE]).unwrap();
+        assert!(w.is_full());
+        w.put(5, &[4; BLOCK_SIZE]).unwrap();
+        assert!(w.put(8, &[0; BLOCK_SIZE]).is_err());
+        assert!(w.remove(5).unwrap());
+        assert!(!w.remove(5).unwrap());
+        assert_eq!(w.get(7).unwrap()[0], 3);
+        assert_eq!(w.get(6).unwrap()[0], 2);
+        assert_eq!(w.len(), 2);
+        let (l, d) = w.parts_mut();
+        assert_eq!(l, &[7, 6]);
+        assert_eq!(d.len(), 2 * BLOCK_SIZE);
+    }
+}
