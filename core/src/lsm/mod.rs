@@ -57,15 +57,16 @@
 //! - merge cursors: one 4 KiB block per merged source (at most L0 + 1 for
 //!   a compaction, L0 + levels + 2 for `for_each`);
 //! - per live table, its descriptor: ~120 bytes + 8 bytes per 509 data
-//!   blocks. The only part that grows with the index size: ~120 bytes per
-//!   `R` keys, i.e. ~0.04 bytes per mapped 4 KiB block at R = 64 Ki.
+//!   blocks (L0 holds fewer than `2 * L0` tables plus one flush's output).
+//!   The only part that grows with the index size: ~120 bytes per `R` keys,
+//!   i.e. ~0.002 bytes per mapped 4 KiB block at R = 64 Ki.
 //!
 //! # On disk
 //!
 //! Table and WAL block layouts are in `format`, `table` and `wal` (and in
 //! `docs/format.md`). Logs of the store are found by tag: tables of level `l`
 //! have tag [`table_tag`]`(l)`, WALs [`TAG_WAL`]; other users of the same
-//! store must not use tags with the top 40 bits of [`TAG_BASE`]. The tree's
+//! store must not use tags in `TAG_BASE ..= TAG_BASE | 0xFF`. The tree's
 //! own header (32 bytes: magic `b"MLSMTREE"`, version, value size, next table
 //! sequence number, next WAL generation) is the first part of the store's
 //! `user_state`; the caller's user state follows it.
