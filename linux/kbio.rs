@@ -164,3 +164,42 @@ impl Drop for NoIoScope {
         unsafe { bindings::mlsdisk_noio_restore(self.0) };
     }
 }
+
+/// Runs `f` on a kernel worker (`system_dfl_long_wq`) and waits for its
+/// result: a fresh, shallow stack for the engine's deep calls (create,
+/// open, sync), which would otherwise sit on top of an ioctl path in a
+/// 16 KiB kernel stack. The worker runs in a `GFP_NOIO` scope. Sleeps.
+///
+/// `None` only if the work did not run, which the workqueue API rules out
+/// (`flush_work` returns after it ran).
+pub(crate) fn on_worker<F: FnOnce() -> R + Send, R: Send>(f: F) -> Option<R> {
+    struct Job<F, R> {
+        f: Option<F>,
+        r: Option<R>,
+    }
+
+    unsafe extern "C" fn run<F: FnOnce() -> R, R>(arg: *mut c_void) {
+        // SAFETY: `arg` is the `Job` on the caller's stack, which waits
+        // for this call to finish (`mlsdisk_run_on_worker` flushes the
+        // work) and touches the job only after that.
+        let job = unsafe { &mut *arg.cast::<Job<F, R>>() };
+        if let Some(f) = job.f.take() {
+            let _noio = NoIoScope::enter();
+            job.r = Some(f());
+        }
+    }
+
+    let mut job = Job {
+        f: Some(f),
+        r: None,
+    };
+    // SAFETY: `run::<F, R>` matches the job's type; the job outlives the
+    // call, which returns only after `run` finished; `F` and `R` are `Send`.
+    unsafe {
+        bindings::mlsdisk_run_on_worker(
+            Some(run::<F, R>),
+            core::ptr::from_mut(&mut job).cast(),
+        )
+    };
+    job.r
+}

@@ -613,3 +613,29 @@ int mlsdisk_keyring_read(bool logon, const char *desc, u8 *out, unsigned int siz
 	key_put(key);
 	return ret;
 }
+
+/* ---- Running on a fresh stack ------------------------------------------ */
+
+struct mlsdisk_onstack_work {
+	struct work_struct work;
+	void (*fn)(void *arg);
+	void *arg;
+};
+
+static void mlsdisk_onstack_fn(struct work_struct *work)
+{
+	struct mlsdisk_onstack_work *w =
+		container_of(work, struct mlsdisk_onstack_work, work);
+
+	w->fn(w->arg);
+}
+
+void mlsdisk_run_on_worker(void (*fn)(void *arg), void *arg)
+{
+	struct mlsdisk_onstack_work w = { .fn = fn, .arg = arg };
+
+	INIT_WORK_ONSTACK(&w.work, mlsdisk_onstack_fn);
+	queue_work(system_dfl_long_wq, &w.work);
+	flush_work(&w.work);
+	destroy_work_on_stack(&w.work);
+}

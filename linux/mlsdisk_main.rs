@@ -77,7 +77,10 @@ impl kernel::Module for MlsDiskModule {
         let registration = dm::Registration::new(module).inspect_err(|e| {
             pr_err!("cannot register the dm target: error {}\n", e.to_errno());
         })?;
+        #[cfg(not(mlsdisk_engine))]
         pr_info!("dm target registered (pass-through stage, data is NOT encrypted)\n");
+        #[cfg(mlsdisk_engine)]
+        pr_info!("dm target registered (engine: disk::MlsDisk)\n");
         Ok(Self {
             _target: registration,
         })

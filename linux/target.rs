@@ -53,7 +53,7 @@ use crate::dm::{
     self, Args, Bio, BioOp, BlkError, Ctr, CtrError, DeferredBio, Devices, DmDev, Limits,
     MapResult, StatusType, StatusWriter,
 };
-use crate::kbio::{BdevBlockSet, NoIoScope, OpenBdev};
+use crate::kbio::{on_worker, BdevBlockSet, NoIoScope, OpenBdev};
 use crate::table::{self, Escaped, KeyRef, KeySpec, Options, RawKey};
 
 /// Sectors per 4 KiB block.
@@ -290,10 +290,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Syncs the engine, logging a failure; `why` names the occasion.
+    /// Syncs the engine, logging a failure; `why` names the occasion. Runs
+    /// on a kernel worker (a fresh stack: callers are ioctl paths).
     fn sync(&self, why: &str) -> mlsdisk_core::Result<()> {
-        let _noio = NoIoScope::enter();
-        let result = self.worker.lock().engine.sync();
+        let result = on_worker(|| self.worker.lock().engine.sync()).unwrap_or(Err(
+            CoreError::new(ErrorKind::Io, "sync did not run"),
+        ));
         if let Err(e) = result {
             pr_err!("sync at {} failed: {:?}\n", why, e);
         }
@@ -301,9 +303,43 @@ impl Shared {
     }
 }
 
+/// The engine of a closed disk: refuses everything.
+struct Closed;
+
+impl Engine for Closed {
+    fn read(&mut self, _: u64, _: &mut [u8]) -> mlsdisk_core::Result<()> {
+        Err(CoreError::new(ErrorKind::InvalidState, "disk closed"))
+    }
+    fn write(&mut self, _: u64, _: &[u8]) -> mlsdisk_core::Result<()> {
+        Err(CoreError::new(ErrorKind::InvalidState, "disk closed"))
+    }
+    fn sync(&mut self) -> mlsdisk_core::Result<()> {
+        Ok(())
+    }
+    fn discard(&mut self, _: u64, _: u64) -> mlsdisk_core::Result<()> {
+        Err(CoreError::new(ErrorKind::InvalidState, "disk closed"))
+    }
+    fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
+        out.write_str("closed")
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
-        let _ = self.sync("close");
+        // The final sync and the engine's own teardown, on a fresh stack.
+        // (`Closed` is zero-sized: boxing it does not allocate.)
+        let engine = core::mem::replace(&mut self.worker.lock().engine, Box::new(Closed));
+        let result = on_worker(move || {
+            let mut engine = engine;
+            let result = engine.sync();
+            drop(engine);
+            result
+        });
+        match result {
+            Some(Ok(())) => {}
+            Some(Err(e)) => pr_err!("sync at close failed: {:?}\n", e),
+            None => pr_err!("sync at close did not run\n"),
+        }
     }
 }
 
@@ -391,7 +427,7 @@ impl MlsDisk {
         dev: u32,
         key: &RawKey,
         mode: Option<table::Mode>,
-        open_engine: impl FnOnce() -> Result<(Box<dyn Engine>, u64), CtrError>,
+        open_engine: impl FnOnce() -> Result<(Box<dyn Engine>, u64), CtrError> + Send,
     ) -> Result<Arc<Shared>, CtrError> {
         let mut disks = DISKS.lock();
         if let Some(entry) = disks.iter_mut().find(|e| e.shared.dev == dev) {
@@ -414,7 +450,12 @@ impl MlsDisk {
             entry.users += 1;
             return Ok(entry.shared.clone());
         }
-        let (engine, capacity) = open_engine()?;
+        // Creating or opening a disk goes deep into the engine: on a
+        // worker's fresh stack, not on top of the ioctl path.
+        let (engine, capacity) = on_worker(open_engine).unwrap_or(Err(Self::fail(
+            c"cannot open the disk",
+            EIO,
+        )))?;
         let oom = || {
             pr_err!("out of memory allocating the disk\n");
             Self::fail(c"out of memory", ENOMEM)
@@ -630,8 +671,17 @@ impl dm::Target for MlsDisk {
                 EINVAL,
             ));
         }
+        #[cfg(not(mlsdisk_engine))]
         pr_info!(
             "pass-through target on {} ({} of {} sectors, {}-bit key): NOT encrypted at this stage\n",
+            format_args!("{}", Escaped(target.backing.name().to_bytes())),
+            ti.len(),
+            max,
+            target.key.bits()
+        );
+        #[cfg(mlsdisk_engine)]
+        pr_info!(
+            "disk on {}: {} of {} sectors mapped, {}-bit root key, no rollback anchor\n",
             format_args!("{}", Escaped(target.backing.name().to_bytes())),
             ti.len(),
             max,

@@ -180,4 +180,11 @@ void mlsdisk_bdev_close(struct file *file);
 /* bdev->bd_dev */
 dev_t mlsdisk_bdev_dev(struct block_device *bdev);
 
+/*
+ * Runs fn(arg) on a kworker of system_dfl_long_wq and waits for it: a fresh,
+ * shallow stack for the engine's deep calls (create/open/sync) that would
+ * otherwise stack on top of an ioctl path. Sleeps.
+ */
+void mlsdisk_run_on_worker(void (*fn)(void *arg), void *arg);
+
 #endif /* MLSDISK_HELPERS_H */

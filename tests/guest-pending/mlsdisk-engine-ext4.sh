@@ -81,7 +81,15 @@ i=0
 while [ $i -lt 64 ]; do echo "$marker"; i=$((i + 1)); done >/tmp/marker
 run dd if=/tmp/marker of=/dev/mapper/mlsdisk_e bs=4096 seek=100 conv=sync,fsync
 run dmsetup remove mlsdisk_e
-if grep -q "$marker" "$DISK"; then
-	fail "the marker written through the target is readable on the backing device"
-fi
+# Scan the first 256 MiB (metadata and the start of the data log, where a
+# fresh disk's data goes) one MiB at a time, so that grep never holds more
+# than a MiB (unwritten space is zeros: one endless "line").
+i=0
+while [ $i -lt 256 ]; do
+	if dd if="$DISK" bs=1M skip=$i count=1 2>/dev/null | grep -a -q -F "$marker"; then
+		fail "the marker written through the target is readable on the backing device (MiB $i)"
+	fi
+	i=$((i + 1))
+done
+echo "  the marker is not on the backing device in plaintext"
 unload_module
