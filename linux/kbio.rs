@@ -178,6 +178,10 @@ pub(crate) fn on_worker<F: FnOnce() -> R + Send, R: Send>(f: F) -> Option<R> {
         r: Option<R>,
     }
 
+    /// # Safety
+    ///
+    /// `arg` points at a live `Job<F, R>` that nothing else touches until
+    /// this call returns.
     unsafe extern "C" fn run<F: FnOnce() -> R, R>(arg: *mut c_void) {
         // SAFETY: `arg` is the `Job` on the caller's stack, which waits
         // for this call to finish (`mlsdisk_run_on_worker` flushes the
