@@ -3,9 +3,8 @@
 //! The core engine, `mlsdisk_core::disk::MlsDisk`, as the target's
 //! [`Engine`]: encrypted, authenticated, log-structured.
 //!
-//! Built only with `MLSDISK_ENGINE=1` (`--cfg mlsdisk_engine`, see
-//! `Kbuild`) until the disk layer is on main; the default build keeps the
-//! pass-through engine.
+//! The default build; `MLSDISK_PASSTHROUGH=1` (`--cfg mlsdisk_passthrough`,
+//! see `Kbuild`) builds the pass-through engine instead.
 //!
 //! - `create` formats the backing device; the default (`open`) opens it and
 //!   fails with a message naming the `create` option when there is no disk.

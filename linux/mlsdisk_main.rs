@@ -18,8 +18,9 @@
 //!   bindgen reads.
 //! - `Kbuild`: how `alloc` and the core crate are built and linked in.
 //!
-//! At this stage the target passes bios through to the backing device; the
-//! engine is linked and proven by [`mlsdisk_core::selftest`] at load time.
+//! The target runs the core's `disk::MlsDisk` (`engine_disk.rs`); at load
+//! time [`mlsdisk_core::selftest`] proves the allocator bridge and the
+//! kernel crypto provider against userspace.
 
 // The `alloc` crate built by Kbuild (found through `-L`), for the engine's
 // own handle types (`CryptoRef` is an `alloc::sync::Arc`).
@@ -28,7 +29,7 @@ extern crate alloc;
 use kernel::prelude::*;
 
 mod dm;
-#[cfg(mlsdisk_engine)]
+#[cfg(not(mlsdisk_passthrough))]
 mod engine_disk;
 mod kalloc;
 mod kbio;
@@ -77,9 +78,9 @@ impl kernel::Module for MlsDiskModule {
         let registration = dm::Registration::new(module).inspect_err(|e| {
             pr_err!("cannot register the dm target: error {}\n", e.to_errno());
         })?;
-        #[cfg(not(mlsdisk_engine))]
+        #[cfg(mlsdisk_passthrough)]
         pr_info!("dm target registered (pass-through stage, data is NOT encrypted)\n");
-        #[cfg(mlsdisk_engine)]
+        #[cfg(not(mlsdisk_passthrough))]
         pr_info!("dm target registered (engine: disk::MlsDisk)\n");
         Ok(Self {
             _target: registration,

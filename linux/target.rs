@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
 
-//! The `mlsdisk` device-mapper target, pass-through stage.
+//! The `mlsdisk` device-mapper target.
 //!
 //! ```text
 //! <start> <len> mlsdisk <backing device> <key> [<#opts> <opt>...]
 //! ```
 //!
-//! The constructor validates the table line exactly as the real target will
-//! (see `table.rs` for the grammar), opens the backing device and checks that
-//! the target fits on it. The I/O path is already the real target's:
+//! The constructor validates the table line (see `table.rs` for the
+//! grammar), reads a keyring key if one is referenced, opens the backing
+//! device, creates (`create`) or opens the disk on it, and checks that the
+//! target fits in the disk's logical capacity. Then:
 //!
 //! - `map` only counts the bio and defers it ([`MapResult::Deferred`]): it
 //!   may run in atomic context, and the engine sleeps and allocates;
@@ -21,14 +22,13 @@
 //! - the mapped device has 4 KiB logical blocks (`io_hints`), so every bio
 //!   is whole blocks; bios are split at [`MAX_IO_SECTORS`];
 //! - suspend (postsuspend) and removal sync the engine; `dmsetup message
-//!   <dev> 0 sync` and `stats`.
+//!   <dev> 0 sync` and `stats`; background work between bios.
 //!
-//! The engine at this stage is [`PassThrough`]: whole blocks read and
-//! written at the same offset of the backing device through
-//! [`BdevBlockSet`], and sync is a cache flush of it. No encryption yet;
-//! `dmsetup status` says so (`passthrough ...`), so nobody mistakes this
-//! stage for a secure disk. The core's `disk::MlsDisk` takes its place
-//! behind the same [`Engine`] seam.
+//! The engine is the core's `disk::MlsDisk` over [`BdevBlockSet`] with
+//! [`crate::kcrypto::KernelCrypto`] (`engine_disk.rs`), one per backing
+//! device ([`Shared`]). `MLSDISK_PASSTHROUGH=1` builds a pass-through
+//! engine instead (blocks unencrypted at the same offset; `dmsetup status`
+//! then starts with `passthrough`), to measure the target's own path.
 //!
 //! Every constructor failure logs a detailed `mlsdisk: <cause>` line and
 //! sets `ti->error` to a fixed summary (device-mapper logs it after the
@@ -46,7 +46,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
-use mlsdisk_core::bio::{BlockSet, BLOCK_SIZE};
+#[cfg(mlsdisk_passthrough)]
+use mlsdisk_core::bio::BlockSet;
+use mlsdisk_core::bio::BLOCK_SIZE;
 use mlsdisk_core::{Error as CoreError, ErrorKind};
 
 use crate::dm::{
@@ -88,13 +90,15 @@ pub(crate) trait Engine: Send {
 }
 
 /// The pass-through engine: the backing device's blocks at the same
-/// offset, no encryption (see the module documentation).
+/// offset, no encryption (`MLSDISK_PASSTHROUGH=1` builds only).
+#[cfg(mlsdisk_passthrough)]
 pub(crate) struct PassThrough {
     dev: BdevBlockSet,
     /// Blocks of the device.
     nblocks: u64,
 }
 
+#[cfg(mlsdisk_passthrough)]
 impl PassThrough {
     fn check(&self, lba: u64, nblocks: u64) -> mlsdisk_core::Result<()> {
         match lba.checked_add(nblocks) {
@@ -107,6 +111,7 @@ impl PassThrough {
     }
 }
 
+#[cfg(mlsdisk_passthrough)]
 impl Engine for PassThrough {
     fn read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()> {
         self.check(lba, (buf.len() / BLOCK_SIZE) as u64)?;
@@ -602,7 +607,7 @@ impl dm::Target for MlsDisk {
             })
         };
         let dev = backing.dev_t();
-        #[cfg(not(mlsdisk_engine))]
+        #[cfg(mlsdisk_passthrough)]
         let (shared, options) = {
             let open_engine = || -> Result<(Box<dyn Engine>, u64), CtrError> {
                 let dev = BdevBlockSet::new(open_bdev(dev)?);
@@ -612,7 +617,7 @@ impl dm::Target for MlsDisk {
             let shared = Self::attach(dev, &key, line.options.mode, open_engine)?;
             (shared, line.options)
         };
-        #[cfg(mlsdisk_engine)]
+        #[cfg(not(mlsdisk_passthrough))]
         let (shared, options) = {
             let mut options = line.options;
             if let Some(anchor) = &options.anchor {
@@ -671,7 +676,7 @@ impl dm::Target for MlsDisk {
                 EINVAL,
             ));
         }
-        #[cfg(not(mlsdisk_engine))]
+        #[cfg(mlsdisk_passthrough)]
         pr_info!(
             "pass-through target on {} ({} of {} sectors, {}-bit key): NOT encrypted at this stage\n",
             format_args!("{}", Escaped(target.backing.name().to_bytes())),
@@ -679,7 +684,7 @@ impl dm::Target for MlsDisk {
             max,
             target.key.bits()
         );
-        #[cfg(mlsdisk_engine)]
+        #[cfg(not(mlsdisk_passthrough))]
         pr_info!(
             "disk on {}: {} of {} sectors mapped, {}-bit root key, no rollback anchor\n",
             format_args!("{}", Escaped(target.backing.name().to_bytes())),

@@ -1,48 +1,59 @@
-# A failing backing device: the target sits on a dm device whose second
-# half is device-mapper's "error" target. I/O to the good half works; I/O to
-# the failing half ends with EIO, the kernel log names the cause
-# (rate-limited), the status counts the errors, and nothing oopses or hangs.
+# A failing backing device: the disk sits on a dm device whose table is
+# swapped, while the disk is live, for device-mapper's "error" target.
+# Reads of blocks not in memory and syncs then fail with EIO, the kernel log
+# names the cause (rate-limited), the status counts the errors, nothing
+# oopses or hangs; with the device healthy again, the disk reopens to its
+# last synced state.
 # shellcheck shell=sh
 # shellcheck source=qemu/guest/lib.sh
 . /mlsdisk/lib.sh
 
 load_module
 sectors=$(disk_sectors "$DISK")
-half=$((sectors / 2 / 8 * 8))
-printf '0 %s linear %s 0\n%s %s error\n' "$half" "$DISK" "$half" "$half" |
-	dmsetup create mlsdisk_flaky || fail "cannot build the half-failing backing device"
-len=$((half * 2))
-run dmsetup create mlsdisk_f --table "0 $len mlsdisk /dev/mapper/mlsdisk_flaky $KEY"
+len=$((sectors / 2 / 8 * 8))
+run dmsetup create mlsdisk_flaky --table "0 $sectors linear $DISK 0"
+back=/dev/mapper/mlsdisk_flaky
+run dmsetup create mlsdisk_f --table "0 $len mlsdisk $back $KEY 1 create"
 dev=/dev/mapper/mlsdisk_f
 
-# The good half.
+# Data, synced.
 run dd if=/dev/urandom of=/tmp/good bs=4096 count=16
-run dd if=/tmp/good of=$dev bs=4096 seek=10 count=16 oflag=direct conv=fsync
+run dd if=/tmp/good of=$dev bs=4096 seek=10 count=16 oflag=direct
+run dmsetup message mlsdisk_f 0 sync
 run dd if=$dev of=/tmp/back bs=4096 skip=10 count=16 iflag=direct
-cmp -s /tmp/good /tmp/back || fail "data in the good half did not read back"
+cmp -s /tmp/good /tmp/back || fail "data did not read back"
 
-# The failing half: reads and writes fail with an I/O error.
+# The backing device fails from now on.
+run dmsetup suspend mlsdisk_flaky
+run dmsetup reload mlsdisk_flaky --table "0 $sectors error"
+run dmsetup resume mlsdisk_flaky
 n0=$(dmesg | wc -l)
-blk=$((half / 8 + 5))
-must_fail dd if=$dev of=/dev/null bs=4096 skip=$blk count=1 iflag=direct
-must_fail dd if=/tmp/good of=$dev bs=4096 seek=$blk count=1 oflag=direct
+must_fail dd if=$dev of=/dev/null bs=4096 skip=10 count=1 iflag=direct
+dd if=/tmp/good of=$dev bs=4096 seek=40 count=1 oflag=direct || echo "  (the write failed too: the disk stopped after the read error)"
+must_fail dmsetup message mlsdisk_f 0 sync
 new=$(dmesg | tail -n +$((n0 + 1)))
 echo "$new" | sed 's/^/    dmesg: /'
-echo "$new" | grep -q "mlsdisk: backing device .*: read of 4096 bytes at sector $((blk * 8)) failed" ||
+echo "$new" | grep -q "mlsdisk: backing device dm-0: read of .* bytes at sector .* failed: error -5" ||
 	fail "the failed backing read is not named in dmesg"
-echo "$new" | grep -q "mlsdisk: read at block $blk failed: Io" ||
+echo "$new" | grep -q "mlsdisk: read at block 10 failed: Io" ||
 	fail "the failed bio is not named in dmesg"
-echo "$new" | grep -q "mlsdisk: write at block $blk failed: Io" ||
-	fail "the failed write bio is not named in dmesg"
+echo "$new" | grep -q "mlsdisk: sync at message failed" ||
+	fail "the failed sync is not named in dmesg"
 st=$(dmsetup status mlsdisk_f)
 echo "+ dmsetup status: $st"
 case "$st" in
 *" errors=0"*) fail "status counts no errors: $st" ;;
 esac
 
-# The good half still works after the errors; removal is clean.
+# Healthy again: remove (its sync fails, logged) and reopen: the synced
+# data is there.
+run dmsetup suspend mlsdisk_flaky
+run dmsetup reload mlsdisk_flaky --table "0 $sectors linear $DISK 0"
+run dmsetup resume mlsdisk_flaky
+run dmsetup remove mlsdisk_f
+run dmsetup create mlsdisk_f --table "0 $len mlsdisk $back $KEY"
 run dd if=$dev of=/tmp/back bs=4096 skip=10 count=16 iflag=direct
-cmp -s /tmp/good /tmp/back || fail "the good half changed after errors"
+cmp -s /tmp/good /tmp/back || fail "the synced data did not survive the failure"
 run dmsetup remove mlsdisk_f
 run dmsetup remove mlsdisk_flaky
 unload_module

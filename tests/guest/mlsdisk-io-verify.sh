@@ -2,7 +2,7 @@
 # 4 KiB to 2 MiB (multi-page bios, bios split at the target's max_io_len,
 # several in flight), direct and buffered, each block's checksum read back;
 # then discards of random ranges; then all of it again after remove +
-# create (the data is on the backing device, not in a cache of the target).
+# open (the data is on the backing device, not in a cache of the target).
 # shellcheck shell=sh
 # shellcheck source=qemu/guest/lib.sh
 . /mlsdisk/lib.sh
@@ -12,7 +12,7 @@ sectors=$(disk_sectors "$DISK")
 len=$((sectors / 2 / 8 * 8))
 name=mlsdisk_io
 dev=/dev/mapper/$name
-run dmsetup create $name --table "0 $len mlsdisk $DISK $KEY"
+run dmsetup create $name --table "0 $len mlsdisk $DISK $KEY 1 create"
 
 # Direct, several in flight (io_uring), sizes 4 KiB .. 2 MiB, verified
 # after each write phase; a second pass with buffered I/O.
