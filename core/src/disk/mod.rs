@@ -126,7 +126,12 @@ impl Default for DiskConfig {
                 ..LogStoreConfig::default()
             },
             compact_steps_per_flush: 2,
-            lsm: LsmConfig::default(),
+            // A larger record cache than the tree's default (8 MiB): every
+            // random read looks up the index first.
+            lsm: LsmConfig {
+                data_cache_blocks: 2048,
+                ..LsmConfig::default()
+            },
             meta_write_buffer_blocks: 1024,
         }
     }
