@@ -211,3 +211,38 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
         .encode()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bio::MemDisk;
+    use crate::disk::NoAnchor;
+    use crate::platform::StdCrypto;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn create_open_round_trip_and_send() {
+        let dev = Arc::new(MemDisk::new(8192).unwrap());
+        let crypto: CryptoRef = Arc::new(StdCrypto);
+        let key = [7u8; 16];
+        let mut d = MlsDisk::create(
+            dev.clone(),
+            crypto.clone(),
+            &key,
+            DiskConfig::default(),
+            Box::new(NoAnchor),
+        )
+        .unwrap();
+        assert_send(&d);
+        let blk = vec![0xabu8; BLOCK_SIZE];
+        d.write(5, &blk).unwrap();
+        d.close().unwrap();
+        let mut d =
+            MlsDisk::open(dev, crypto, &key, DiskConfig::default(), Box::new(NoAnchor)).unwrap();
+        let mut r = vec![0u8; BLOCK_SIZE];
+        d.read(5, &mut r).unwrap();
+        assert_eq!(r, blk);
+        assert_eq!(d.stats().sync_counter, 2);
+    }
+}
