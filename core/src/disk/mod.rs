@@ -501,7 +501,19 @@ impl<D: BlockSet> MlsDisk<D> {
                 blk.copy_from_slice(b);
                 continue;
             }
-            match self.index.get(l)? {
+            // The forward map knows unmapped blocks without an index lookup.
+            let rec = match self.segs.hba_of(l) {
+                None => None,
+                Some(hba) => {
+                    let r = self.index.get(l)?.ok_or(Error::new(
+                        ErrorKind::Integrity,
+                        "index lost the record of a mapped block",
+                    ))?;
+                    ensure!(r.hba == hba, Integrity, "index and forward map disagree");
+                    Some(r)
+                }
+            };
+            match rec {
                 None => {
                     blk.fill(0);
                     self.stats.unmapped_blocks_read += 1;
