@@ -182,3 +182,47 @@ fn every_crash_point_opens_to_a_synced_state_lsm_index() {
     eprintln!("crash cases (lsm index): {n}");
     assert!(n > 100);
 }
+
+#[test]
+fn crash_during_create_never_opens_to_garbage() {
+    use mlsdisk_core::bio::{CrashDisk, MemDisk};
+    use mlsdisk_core::disk::{MlsDisk, NoAnchor};
+    use mlsdisk_core::ErrorKind;
+    use std::sync::Arc;
+    let fresh = || Arc::new(CrashDisk::new(Arc::new(MemDisk::new(SMALL_TOTAL).unwrap())));
+    let dry = fresh();
+    MlsDisk::create(dry.clone(), crypto(), &KEY, small_cfg(), Box::new(NoAnchor)).unwrap();
+    let total = dry.op_count();
+    let mut cases = 0;
+    for n in 0..=total {
+        for keep_all in [false, true] {
+            let dev = fresh();
+            dev.crash_after_ops(n).unwrap();
+            let created =
+                MlsDisk::create(dev.clone(), crypto(), &KEY, small_cfg(), Box::new(NoAnchor))
+                    .is_ok();
+            dev.crash(&|_| keep_all).unwrap();
+            match MlsDisk::open(dev.clone(), crypto(), &KEY, small_cfg(), Box::new(NoAnchor)) {
+                Ok(mut d) => {
+                    // Only a finished create opens, and then as an empty disk.
+                    let mut b = vec![1u8; BLOCK_SIZE];
+                    for l in 0..d.nblocks() {
+                        d.read(l, &mut b).unwrap();
+                        assert!(b.iter().all(|&x| x == 0), "op {n}: lba {l} not empty");
+                    }
+                }
+                Err(e) => {
+                    assert!(!created, "op {n}: a created disk must open: {e:?}");
+                    assert!(
+                        matches!(e.kind(), ErrorKind::Corrupted | ErrorKind::Integrity),
+                        "op {n}: {e:?}"
+                    );
+                }
+            }
+            // Creating again over the wreck works.
+            MlsDisk::create(dev.clone(), crypto(), &KEY, small_cfg(), Box::new(NoAnchor)).unwrap();
+            cases += 1;
+        }
+    }
+    eprintln!("crash-during-create cases: {cases}");
+}
