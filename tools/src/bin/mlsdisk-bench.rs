@@ -78,8 +78,9 @@ fn parse() -> Result<Opts, String> {
                     "{}",
                     include_str!("mlsdisk-bench.rs")
                         .lines()
-                        .skip(4)
-                        .take(12)
+                        .skip_while(|l| !l.contains("```text"))
+                        .skip(1)
+                        .take_while(|l| !l.contains("```"))
                         .map(|l| l.trim_start_matches("//! "))
                         .collect::<Vec<_>>()
                         .join("\n")

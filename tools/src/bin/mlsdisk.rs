@@ -36,8 +36,9 @@ fn usage() -> ! {
         "{}",
         include_str!("mlsdisk.rs")
             .lines()
-            .skip(2)
-            .take(6)
+            .skip_while(|l| !l.contains("```text"))
+            .skip(1)
+            .take_while(|l| !l.contains("```"))
             .map(|l| l.trim_start_matches("//! "))
             .collect::<Vec<_>>()
             .join("\n")
