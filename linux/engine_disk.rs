@@ -56,7 +56,10 @@ impl Engine for MlsDisk<BdevBlockSet> {
 /// Why the constructor could not create or open the disk, for `ti->error`,
 /// with the detail in the kernel log.
 fn ctr_error(e: CoreError, creating: bool) -> CtrError {
+    // The geometry check of a superblock that verifies names truncation.
+    let truncated = e.kind() == ErrorKind::Corrupted && e.msg().contains("smaller than the disk");
     let msg: &'static CStr = match (e.kind(), creating) {
+        _ if truncated && !creating => c"the backing device is smaller than the disk on it (truncated)",
         (ErrorKind::WrongKey, _) => c"wrong key",
         (ErrorKind::Corrupted, false) => {
             c"no mlsdisk on the backing device (give the 'create' option to format it)"
