@@ -56,4 +56,6 @@ echo "  rolled-back image: sync counter $s2 -> $s1, block 5 reads '$got'"
 [ "$s1" -lt "$s2" ] || fail "the sync counter did not go back with the image ($s2 -> $s1)"
 run dmsetup remove mlsdisk_r
 rm -f /tmp/image-v1 /tmp/sb-v1
+# Leave the spare disk blank for the tests after this one.
+run dd if=/dev/zero of=$back bs=1M count=8 conv=fsync
 unload_module
