@@ -12,6 +12,8 @@
 //!   engine: [`kcrypto::KernelCrypto`] (crypto API `gcm(aes)` transform
 //!   pool, SHA-256/HMAC library, kernel RNG) and [`kbio::BdevBlockSet`]
 //!   (bios on the backing device, real cache flushes).
+//! - `blkdev.rs`, `blk_helpers.c`: the blk-mq disk `/dev/mlsdisk0` on the
+//!   same engine, made from module parameters.
 //! - `target.rs`: the `mlsdisk` target, safe Rust; `table.rs`: table-line
 //!   grammar, plain `core` Rust, unit-tested in userspace.
 //! - `helpers.c`, `bindings/mlsdisk_helpers.h`: C helpers and the header
@@ -28,6 +30,7 @@ extern crate alloc;
 
 use kernel::prelude::*;
 
+mod blkdev;
 mod dm;
 #[cfg(not(mlsdisk_passthrough))]
 mod engine_disk;
@@ -46,6 +49,9 @@ module! {
 }
 
 struct MlsDiskModule {
+    /// `/dev/mlsdisk0` when the module parameters ask for it (see
+    /// `blkdev.rs`); dropped (synced, closed) before the target goes.
+    _disk: Option<blkdev::BlkDisk>,
     _target: dm::Registration<target::MlsDisk>,
 }
 
@@ -82,7 +88,9 @@ impl kernel::Module for MlsDiskModule {
         pr_info!("dm target registered (pass-through stage, data is NOT encrypted)\n");
         #[cfg(not(mlsdisk_passthrough))]
         pr_info!("dm target registered (engine: disk::MlsDisk)\n");
+        let disk = blkdev::BlkDisk::from_params()?;
         Ok(Self {
+            _disk: disk,
             _target: registration,
         })
     }

@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: MPL-2.0 OR GPL-2.0 */
+/*
+ * C side of the blk-mq disk /dev/mlsdisk<N> (blk_helpers.c). blkdev.rs
+ * declares the same functions in an `extern "C"` block by hand (the module's
+ * bindgen run covers only mlsdisk_helpers.h): keep the two in step.
+ */
+#ifndef MLSDISK_BLK_HELPERS_H
+#define MLSDISK_BLK_HELPERS_H
+
+#include <linux/blk-mq.h>
+#include <linux/blkdev.h>
+#include <linux/types.h>
+
+/* Module parameters (perms 0: not in sysfs). NULL when not given. */
+const char *mlsdisk_blk_param_backing(void);
+const char *mlsdisk_blk_param_key(void);
+const char *mlsdisk_blk_param_mode(void);
+/* Overwrites the disk_key parameter's string with zeros. */
+void mlsdisk_blk_wipe_key_param(void);
+
+/* The dev_t of the block device at `path` (lookup_bdev), or a -errno. */
+int mlsdisk_blk_lookup(const char *path, u32 *dev);
+
+/*
+ * Allocates the disk on `set` with `queuedata`, 4 KiB blocks, a volatile
+ * write cache with FUA (so flushes reach the driver), discard, requests of
+ * at most `max_sectors`, capacity `sectors`; names it mlsdisk<index> and
+ * adds it. Returns the disk or an ERR_PTR; on error nothing is left behind
+ * (the caller still owns `queuedata`).
+ */
+struct gendisk *mlsdisk_blk_add_disk(struct blk_mq_tag_set *set, void *queuedata,
+				     int index, u64 sectors, u32 max_sectors,
+				     u32 max_discard_sectors);
+/* del_gendisk + put_disk. Waits for every request to end. */
+void mlsdisk_blk_del_disk(struct gendisk *disk);
+
+/* Operation classes of mlsdisk_blk_rq_op. */
+enum {
+	MLSDISK_RQ_READ = 0,
+	MLSDISK_RQ_WRITE = 1,
+	MLSDISK_RQ_FLUSH = 2,
+	MLSDISK_RQ_DISCARD = 3,
+	MLSDISK_RQ_OTHER = 4,
+};
+u64 mlsdisk_blk_rq_pos(struct request *rq);
+u32 mlsdisk_blk_rq_bytes(struct request *rq);
+u32 mlsdisk_blk_rq_op(struct request *rq);
+bool mlsdisk_blk_rq_fua(struct request *rq);
+bool mlsdisk_blk_rq_preflush(struct request *rq);
+/*
+ * Copies the request's data segments into `buf` (to_rq false) or from it
+ * (to_rq true). Returns the bytes copied; less than the request's size
+ * only if `len` is too small (then nothing past `len` is touched).
+ */
+size_t mlsdisk_blk_rq_copy(struct request *rq, void *buf, size_t len, bool to_rq);
+/* Ends a request the driver owns with errno_to_blk_status(err). */
+void mlsdisk_blk_rq_end(struct request *rq, int err);
+
+/* An ordered WQ_MEM_RECLAIM workqueue with one work item running fn(arg). */
+struct mlsdisk_blk_work;
+struct mlsdisk_blk_work *mlsdisk_blk_work_new(void (*fn)(void *), int index);
+void mlsdisk_blk_work_set_arg(struct mlsdisk_blk_work *w, void *arg);
+void mlsdisk_blk_work_queue(struct mlsdisk_blk_work *w);
+/* Waits for the work item, then frees the workqueue. */
+void mlsdisk_blk_work_free(struct mlsdisk_blk_work *w);
+
+/* Runs fn(arg) on a kernel worker (a fresh stack) and waits for it. */
+void mlsdisk_blk_call_on_worker(void (*fn)(void *), void *arg);
+
+/* printk_ratelimit() */
+bool mlsdisk_blk_ratelimit(void);
+
+#endif

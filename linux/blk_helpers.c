@@ -1,0 +1,245 @@
+// SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
+/*
+ * C side of the blk-mq disk /dev/mlsdisk<N> (blkdev.rs): the module
+ * parameters, the gendisk (queue limits and a block_device_operations with
+ * .owner = THIS_MODULE, which the Rust GenDiskBuilder of 7.3 cannot set:
+ * without it an open disk would not pin the module), request accessors for
+ * what the Rust Request does not expose (sector, length, operation, data
+ * segments, ending with an error), and the disk's workqueue.
+ */
+#include <linux/bio.h>
+#include <linux/bvec.h>
+#include <linux/err.h>
+#include <linux/module.h>
+#include <linux/moduleparam.h>
+#include <linux/printk.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/workqueue.h>
+
+#include "bindings/blk_helpers.h"
+
+/*
+ * Permissions 0: none of these appears under /sys/module/mlsdisk/parameters,
+ * so the key is never readable back; blkdev.rs wipes it after use.
+ */
+static char *disk_backing;
+module_param(disk_backing, charp, 0);
+MODULE_PARM_DESC(disk_backing,
+		 "backing block device of /dev/mlsdisk0 (path or major:minor); none: no disk");
+static char *disk_key;
+module_param(disk_key, charp, 0);
+MODULE_PARM_DESC(disk_key,
+		 "root key of /dev/mlsdisk0: 32 or 64 hex digits, or :<size>:logon:<description>");
+static char *disk_mode;
+module_param(disk_mode, charp, 0);
+MODULE_PARM_DESC(disk_mode, "create (format the backing device) or open (the default)");
+
+const char *mlsdisk_blk_param_backing(void)
+{
+	return disk_backing;
+}
+
+const char *mlsdisk_blk_param_key(void)
+{
+	return disk_key;
+}
+
+const char *mlsdisk_blk_param_mode(void)
+{
+	return disk_mode;
+}
+
+void mlsdisk_blk_wipe_key_param(void)
+{
+	if (disk_key)
+		memzero_explicit(disk_key, strlen(disk_key));
+}
+
+int mlsdisk_blk_lookup(const char *path, u32 *dev)
+{
+	dev_t d;
+	int err = lookup_bdev(path, &d);
+
+	if (err)
+		return err;
+	*dev = d;
+	return 0;
+}
+
+static const struct block_device_operations mlsdisk_blk_fops = {
+	.owner = THIS_MODULE,
+};
+
+struct gendisk *mlsdisk_blk_add_disk(struct blk_mq_tag_set *set, void *queuedata,
+				     int index, u64 sectors, u32 max_sectors,
+				     u32 max_discard_sectors)
+{
+	struct queue_limits lim = {
+		.logical_block_size = 4096,
+		.physical_block_size = 4096,
+		.io_min = 4096,
+		.max_hw_sectors = max_sectors,
+		.max_hw_discard_sectors = max_discard_sectors,
+		.discard_granularity = 4096,
+		/* Flushes and FUA writes must reach the driver: they mean sync. */
+		.features = BLK_FEAT_WRITE_CACHE | BLK_FEAT_FUA,
+	};
+	struct gendisk *disk;
+	int err;
+
+	disk = blk_mq_alloc_disk(set, &lim, queuedata);
+	if (IS_ERR(disk))
+		return disk;
+	disk->fops = &mlsdisk_blk_fops;
+	disk->flags |= GENHD_FL_NO_PART;
+	snprintf(disk->disk_name, DISK_NAME_LEN, "mlsdisk%d", index);
+	set_capacity(disk, sectors);
+	err = device_add_disk(NULL, disk, NULL);
+	if (err) {
+		put_disk(disk);
+		return ERR_PTR(err);
+	}
+	return disk;
+}
+
+void mlsdisk_blk_del_disk(struct gendisk *disk)
+{
+	del_gendisk(disk);
+	put_disk(disk);
+}
+
+u64 mlsdisk_blk_rq_pos(struct request *rq)
+{
+	return blk_rq_pos(rq);
+}
+
+u32 mlsdisk_blk_rq_bytes(struct request *rq)
+{
+	return blk_rq_bytes(rq);
+}
+
+u32 mlsdisk_blk_rq_op(struct request *rq)
+{
+	switch (req_op(rq)) {
+	case REQ_OP_READ:
+		return MLSDISK_RQ_READ;
+	case REQ_OP_WRITE:
+		return MLSDISK_RQ_WRITE;
+	case REQ_OP_FLUSH:
+		return MLSDISK_RQ_FLUSH;
+	case REQ_OP_DISCARD:
+		return MLSDISK_RQ_DISCARD;
+	default:
+		return MLSDISK_RQ_OTHER;
+	}
+}
+
+bool mlsdisk_blk_rq_fua(struct request *rq)
+{
+	return rq->cmd_flags & REQ_FUA;
+}
+
+bool mlsdisk_blk_rq_preflush(struct request *rq)
+{
+	return rq->cmd_flags & REQ_PREFLUSH;
+}
+
+size_t mlsdisk_blk_rq_copy(struct request *rq, void *buf, size_t len, bool to_rq)
+{
+	struct req_iterator iter;
+	struct bio_vec bv;
+	size_t done = 0;
+
+	rq_for_each_segment(bv, rq, iter) {
+		if (bv.bv_len > len - done)
+			break;
+		if (to_rq)
+			memcpy_to_bvec(&bv, (char *)buf + done);
+		else
+			memcpy_from_bvec((char *)buf + done, &bv);
+		done += bv.bv_len;
+	}
+	return done;
+}
+
+void mlsdisk_blk_rq_end(struct request *rq, int err)
+{
+	blk_mq_end_request(rq, errno_to_blk_status(err));
+}
+
+struct mlsdisk_blk_work {
+	struct work_struct work;
+	struct workqueue_struct *wq;
+	void (*fn)(void *arg);
+	void *arg;
+};
+
+static void mlsdisk_blk_work_fn(struct work_struct *work)
+{
+	struct mlsdisk_blk_work *w = container_of(work, struct mlsdisk_blk_work, work);
+
+	w->fn(w->arg);
+}
+
+struct mlsdisk_blk_work *mlsdisk_blk_work_new(void (*fn)(void *), int index)
+{
+	struct mlsdisk_blk_work *w = kzalloc(sizeof(*w), GFP_KERNEL);
+
+	if (!w)
+		return NULL;
+	/* Ordered (one work at a time) and able to make progress under memory
+	 * pressure: the disk may be where reclaim writes. */
+	w->wq = alloc_ordered_workqueue("mlsdisk%d", WQ_MEM_RECLAIM, index);
+	if (!w->wq) {
+		kfree(w);
+		return NULL;
+	}
+	INIT_WORK(&w->work, mlsdisk_blk_work_fn);
+	w->fn = fn;
+	return w;
+}
+
+void mlsdisk_blk_work_set_arg(struct mlsdisk_blk_work *w, void *arg)
+{
+	w->arg = arg;
+}
+
+void mlsdisk_blk_work_queue(struct mlsdisk_blk_work *w)
+{
+	queue_work(w->wq, &w->work);
+}
+
+void mlsdisk_blk_work_free(struct mlsdisk_blk_work *w)
+{
+	destroy_workqueue(w->wq);
+	kfree(w);
+}
+
+struct mlsdisk_blk_call {
+	struct work_struct work;
+	void (*fn)(void *arg);
+	void *arg;
+};
+
+static void mlsdisk_blk_call_fn(struct work_struct *work)
+{
+	struct mlsdisk_blk_call *c = container_of(work, struct mlsdisk_blk_call, work);
+
+	c->fn(c->arg);
+}
+
+void mlsdisk_blk_call_on_worker(void (*fn)(void *), void *arg)
+{
+	struct mlsdisk_blk_call c = { .fn = fn, .arg = arg };
+
+	INIT_WORK_ONSTACK(&c.work, mlsdisk_blk_call_fn);
+	queue_work(system_unbound_wq, &c.work);
+	flush_work(&c.work);
+	destroy_work_on_stack(&c.work);
+}
+
+bool mlsdisk_blk_ratelimit(void)
+{
+	return printk_ratelimit();
+}

@@ -1,0 +1,855 @@
+// SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
+
+//! The blk-mq disk `/dev/mlsdisk0`: the same engine as the dm target,
+//! set up by module parameters instead of `dmsetup`.
+//!
+//! ```text
+//! insmod mlsdisk.ko disk_backing=/dev/vda disk_key=<64 hex digits> disk_mode=create
+//! ```
+//!
+//! - `disk_backing`: the backing block device (path or `major:minor`);
+//!   without it no disk is made (the dm target works as always).
+//! - `disk_key`: the root key as for the table line: 32 or 64 hex digits,
+//!   or a keyring reference `:<size>:logon:<description>`. The parameters
+//!   have permissions 0 (nothing under `/sys/module/mlsdisk/parameters`),
+//!   and the key's string is overwritten with zeros once parsed, whether
+//!   the disk came up or not.
+//! - `disk_mode`: `create` formats the device, `open` (the default) opens
+//!   an existing disk. A wrong key, a device without an mlsdisk, or a
+//!   tampered one fails `insmod` with the cause in the kernel log.
+//!
+//! The disk has 4 KiB logical and physical blocks and the engine's logical
+//! capacity. It declares a volatile write cache with FUA, so that the block
+//! layer sends flushes (`REQ_OP_FLUSH`) and FUA writes: a flush syncs the
+//! engine, a FUA write syncs after the data. Discards unmap. An engine error
+//! ends the request with an error status (`BLK_STS_IOERR`, `NOSPC`,
+//! `RESOURCE`, `NOTSUPP`) and a rate-limited
+//! `mlsdisk: mlsdisk0: <op> at block <n> failed: ...` line.
+//!
+//! # Where the engine runs
+//!
+//! `queue_rq` never calls the engine. The tag set of `kernel::block::mq` is
+//! not `BLK_MQ_F_BLOCKING`, so `queue_rq` runs under RCU and must not sleep,
+//! while the engine allocates (`GFP_KERNEL`, vmalloc) and waits for bios.
+//! Rather than a blocking queue (whose dispatch would then run the engine on
+//! whatever task submitted the I/O, on that task's stack), `queue_rq`
+//! appends the request to a preallocated FIFO and kicks the disk's ordered
+//! `WQ_MEM_RECLAIM` workqueue; its one work item ends the requests in order,
+//! in a `GFP_NOIO` scope, and when the FIFO is empty runs the engine's
+//! background work (compaction, cleaning) a bounded step at a time.
+//!
+//! # Lifetime
+//!
+//! The disk's `block_device_operations` name this module as owner, so an
+//! open (mounted) disk pins the module: `rmmod` fails with `EBUSY`. Module
+//! exit deletes the disk (waiting for its requests), stops the workqueue,
+//! then syncs and closes the engine.
+//!
+//! The blk-mq disk and a dm table must not use the same backing device: the
+//! dm target's registry of open disks does not cover this disk.
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use kernel::ffi::{c_char, c_int, c_void};
+use core::fmt;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use kernel::block::mq::{self, Operations, TagSet};
+use kernel::prelude::*;
+use kernel::sync::aref::ARef;
+use kernel::sync::{Arc, ArcBorrow, Mutex, SpinLockIrq};
+use kernel::types::ForeignOwnable;
+use kernel::{bindings, new_mutex, new_spinlock_irq};
+use mlsdisk_core::bio::BLOCK_SIZE;
+use mlsdisk_core::{Error as CoreError, ErrorKind};
+
+use crate::kbio::{BdevBlockSet, NoIoScope, OpenBdev};
+use crate::table::{self, KeySpec, RawKey};
+use crate::target::Engine;
+
+/// The C side (`blk_helpers.c`, prototypes in `bindings/blk_helpers.h`).
+mod ffi {
+    use super::{bindings, c_char, c_int, c_void};
+
+    /// `struct mlsdisk_blk_work`, opaque.
+    #[repr(C)]
+    pub(super) struct BlkWork {
+        _private: [u8; 0],
+    }
+
+    pub(super) const RQ_READ: u32 = 0;
+    pub(super) const RQ_WRITE: u32 = 1;
+    pub(super) const RQ_FLUSH: u32 = 2;
+    pub(super) const RQ_DISCARD: u32 = 3;
+
+    // The kernel structs behind these pointers contain zero-sized members
+    // when lockdep is off (`lock_class_key`), which the lint calls not
+    // FFI-safe; only pointers to them cross, as in the kernel's bindings.
+    #[allow(improper_ctypes)]
+    extern "C" {
+        pub(super) fn mlsdisk_blk_param_backing() -> *const c_char;
+        pub(super) fn mlsdisk_blk_param_key() -> *const c_char;
+        pub(super) fn mlsdisk_blk_param_mode() -> *const c_char;
+        pub(super) fn mlsdisk_blk_wipe_key_param();
+        pub(super) fn mlsdisk_blk_lookup(path: *const c_char, dev: *mut u32) -> c_int;
+        pub(super) fn mlsdisk_blk_add_disk(
+            set: *mut bindings::blk_mq_tag_set,
+            queuedata: *mut c_void,
+            index: c_int,
+            sectors: u64,
+            max_sectors: u32,
+            max_discard_sectors: u32,
+        ) -> *mut bindings::gendisk;
+        pub(super) fn mlsdisk_blk_del_disk(disk: *mut bindings::gendisk);
+        pub(super) fn mlsdisk_blk_rq_pos(rq: *mut bindings::request) -> u64;
+        pub(super) fn mlsdisk_blk_rq_bytes(rq: *mut bindings::request) -> u32;
+        pub(super) fn mlsdisk_blk_rq_op(rq: *mut bindings::request) -> u32;
+        pub(super) fn mlsdisk_blk_rq_fua(rq: *mut bindings::request) -> bool;
+        pub(super) fn mlsdisk_blk_rq_preflush(rq: *mut bindings::request) -> bool;
+        pub(super) fn mlsdisk_blk_rq_copy(
+            rq: *mut bindings::request,
+            buf: *mut c_void,
+            len: usize,
+            to_rq: bool,
+        ) -> usize;
+        pub(super) fn mlsdisk_blk_rq_end(rq: *mut bindings::request, err: c_int);
+        pub(super) fn mlsdisk_blk_work_new(
+            f: Option<unsafe extern "C" fn(*mut c_void)>,
+            index: c_int,
+        ) -> *mut BlkWork;
+        pub(super) fn mlsdisk_blk_work_set_arg(w: *mut BlkWork, arg: *mut c_void);
+        pub(super) fn mlsdisk_blk_work_queue(w: *mut BlkWork);
+        pub(super) fn mlsdisk_blk_work_free(w: *mut BlkWork);
+        pub(super) fn mlsdisk_blk_call_on_worker(
+            f: Option<unsafe extern "C" fn(*mut c_void)>,
+            arg: *mut c_void,
+        );
+    }
+}
+
+/// Sectors per 4 KiB block.
+const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
+
+/// Largest request in sectors (1 MiB, the worker's buffer).
+const MAX_IO_SECTORS: u32 = 2048;
+
+/// Largest discard in sectors (64 MiB).
+const MAX_DISCARD_SECTORS: u32 = 1 << 17;
+
+/// Tags of the one hardware queue.
+const QUEUE_DEPTH: u32 = 64;
+
+/// The FIFO holds every request the driver owns: at most one per tag, plus
+/// the flush machinery's own request (which borrows a tag); the rest is
+/// margin.
+const FIFO_CAPACITY: usize = QUEUE_DEPTH as usize + 8;
+
+/// The only disk index (one disk, from the module parameters).
+const INDEX: c_int = 0;
+
+/// Runs `f` on a kernel worker (a fresh stack, `GFP_NOIO` scope) and waits
+/// for its result: the engine's create, open and close go deep, and module
+/// init and exit run on top of the `insmod`/`rmmod` system call.
+fn on_worker<F: FnOnce() -> R + Send, R: Send>(f: F) -> Option<R> {
+    struct Job<F, R> {
+        f: Option<F>,
+        r: Option<R>,
+    }
+
+    /// # Safety
+    ///
+    /// `arg` is a `Job<F, R>` that nothing else uses during the call.
+    unsafe extern "C" fn run<F: FnOnce() -> R, R>(arg: *mut c_void) {
+        // SAFETY: `arg` is the `Job` on the caller's stack; the caller waits
+        // in `mlsdisk_blk_call_on_worker` until this call returned and does
+        // not touch the job meanwhile.
+        let job = unsafe { &mut *arg.cast::<Job<F, R>>() };
+        if let Some(f) = job.f.take() {
+            let _noio = NoIoScope::enter();
+            job.r = Some(f());
+        }
+    }
+
+    let mut job = Job {
+        f: Some(f),
+        r: None,
+    };
+    // SAFETY: `run::<F, R>` matches the job's type; the job outlives the
+    // call, which returns only after `run` finished (flush_work); `F` and
+    // `R` are `Send`. Process context.
+    unsafe {
+        ffi::mlsdisk_blk_call_on_worker(Some(run::<F, R>), core::ptr::from_mut(&mut job).cast())
+    };
+    job.r
+}
+
+/// The engine of the `MLSDISK_PASSTHROUGH=1` build: the backing device's
+/// blocks at the same offset, like the dm target's pass-through engine. Not
+/// encrypted; the default build puts the disk on `disk::MlsDisk`.
+#[cfg(mlsdisk_passthrough)]
+struct Plain(BdevBlockSet);
+
+#[cfg(mlsdisk_passthrough)]
+impl Engine for Plain {
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()> {
+        use mlsdisk_core::bio::BlockSet;
+        self.0.read(lba, buf)
+    }
+
+    fn write(&mut self, lba: u64, buf: &[u8]) -> mlsdisk_core::Result<()> {
+        use mlsdisk_core::bio::BlockSet;
+        self.0.write(lba, buf)
+    }
+
+    fn sync(&mut self) -> mlsdisk_core::Result<()> {
+        use mlsdisk_core::bio::BlockSet;
+        self.0.flush()
+    }
+
+    fn discard(&mut self, lba: u64, nblocks: u64) -> mlsdisk_core::Result<()> {
+        use mlsdisk_core::bio::BlockSet;
+        match lba.checked_add(nblocks) {
+            Some(end) if end <= self.0.nblocks() => Ok(()),
+            _ => Err(CoreError::new(
+                ErrorKind::InvalidArgument,
+                "discard past the end of the disk",
+            )),
+        }
+    }
+
+    fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
+        out.write_str("passthrough")
+    }
+}
+
+/// Stands in for the engine once it was taken out to be closed.
+struct Closed;
+
+impl Engine for Closed {
+    fn read(&mut self, _: u64, _: &mut [u8]) -> mlsdisk_core::Result<()> {
+        Err(CoreError::new(ErrorKind::InvalidState, "disk closed"))
+    }
+    fn write(&mut self, _: u64, _: &[u8]) -> mlsdisk_core::Result<()> {
+        Err(CoreError::new(ErrorKind::InvalidState, "disk closed"))
+    }
+    fn sync(&mut self) -> mlsdisk_core::Result<()> {
+        Ok(())
+    }
+    fn discard(&mut self, _: u64, _: u64) -> mlsdisk_core::Result<()> {
+        Err(CoreError::new(ErrorKind::InvalidState, "disk closed"))
+    }
+    fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
+        out.write_str("closed")
+    }
+}
+
+/// The engine and the worker's bounce buffer.
+struct Io {
+    engine: Box<dyn Engine>,
+    /// [`MAX_IO_SECTORS`] bytes, reused for every request.
+    buf: Vec<u8>,
+}
+
+/// One failed request: what was being done, where, and the engine's error.
+struct Failure {
+    what: &'static str,
+    lba: u64,
+    err: CoreError,
+}
+
+impl Failure {
+    /// The errno whose block status ends the request.
+    fn errno(&self) -> c_int {
+        match self.err.kind() {
+            ErrorKind::NoSpace => ENOSPC,
+            ErrorKind::OutOfMemory => ENOMEM,
+            ErrorKind::Unsupported => EOPNOTSUPP,
+            _ => EIO,
+        }
+        .to_errno()
+    }
+}
+
+/// What the worker needs to know about a request.
+struct Rq {
+    raw: *mut bindings::request,
+    op: u32,
+    /// First sector.
+    pos: u64,
+    bytes: usize,
+    fua: bool,
+    preflush: bool,
+}
+
+impl Io {
+    /// Serves one request against the engine.
+    fn serve(&mut self, rq: &Rq) -> Result<(), Failure> {
+        // A request without data (a flush) has no meaningful position.
+        let lba = if rq.bytes == 0 {
+            0
+        } else {
+            rq.pos / SECTORS_PER_BLOCK
+        };
+        let fail = |what, err| Failure { what, lba, err };
+        let invalid = |what, why| fail(what, CoreError::new(ErrorKind::InvalidArgument, why));
+        if rq.bytes == 0 {
+            // Empty flushes (REQ_OP_FLUSH, or a write with only
+            // REQ_PREFLUSH/REQ_FUA): a sync.
+            return match rq.op {
+                ffi::RQ_FLUSH | ffi::RQ_WRITE => {
+                    self.engine.sync().map_err(|e| fail("flush", e))
+                }
+                ffi::RQ_READ | ffi::RQ_DISCARD => Ok(()),
+                _ => Err(fail(
+                    "request",
+                    CoreError::new(ErrorKind::Unsupported, "operation not supported"),
+                )),
+            };
+        }
+        if rq.pos % SECTORS_PER_BLOCK != 0 || rq.bytes % BLOCK_SIZE != 0 {
+            return Err(invalid("request", "not whole 4 KiB blocks"));
+        }
+        match rq.op {
+            ffi::RQ_READ => {
+                let buf = self
+                    .buf
+                    .get_mut(..rq.bytes)
+                    .ok_or_else(|| invalid("read", "request larger than max_hw_sectors"))?;
+                self.engine.read(lba, buf).map_err(|e| fail("read", e))?;
+                // SAFETY: the worker owns the request (not ended yet); `buf`
+                // is valid for `rq.bytes` bytes.
+                let n = unsafe {
+                    ffi::mlsdisk_blk_rq_copy(rq.raw, buf.as_mut_ptr().cast(), buf.len(), true)
+                };
+                if n != rq.bytes {
+                    return Err(invalid("read", "request data shorter than its size"));
+                }
+                Ok(())
+            }
+            ffi::RQ_WRITE => {
+                if rq.preflush {
+                    self.engine.sync().map_err(|e| fail("flush", e))?;
+                }
+                let buf = self
+                    .buf
+                    .get_mut(..rq.bytes)
+                    .ok_or_else(|| invalid("write", "request larger than max_hw_sectors"))?;
+                // SAFETY: as for reads; the copy only writes `buf`.
+                let n = unsafe {
+                    ffi::mlsdisk_blk_rq_copy(rq.raw, buf.as_mut_ptr().cast(), buf.len(), false)
+                };
+                if n != rq.bytes {
+                    return Err(invalid("write", "request data shorter than its size"));
+                }
+                self.engine.write(lba, buf).map_err(|e| fail("write", e))?;
+                if rq.fua {
+                    self.engine.sync().map_err(|e| fail("FUA sync", e))?;
+                }
+                Ok(())
+            }
+            ffi::RQ_FLUSH => self.engine.sync().map_err(|e| fail("flush", e)),
+            ffi::RQ_DISCARD => self
+                .engine
+                .discard(lba, (rq.bytes / BLOCK_SIZE) as u64)
+                .map_err(|e| fail("discard", e)),
+            _ => Err(fail(
+                "request",
+                CoreError::new(ErrorKind::Unsupported, "operation not supported"),
+            )),
+        }
+    }
+}
+
+/// The disk's state, shared by `queue_rq` (as the queue's data) and the
+/// worker.
+#[pin_data]
+struct DiskState {
+    /// Requests handed over by `queue_rq`, oldest first. Allocated with
+    /// [`FIFO_CAPACITY`] up front: `queue_rq` never makes it grow.
+    #[pin]
+    pending: SpinLockIrq<VecDeque<ARef<mq::Request<BlkOps>>>>,
+    /// The engine, used by the worker (and at close).
+    #[pin]
+    io: Mutex<Io>,
+    /// The disk's workqueue; valid from before the disk is added until
+    /// after it is deleted (see [`BlkDisk`]).
+    work: WorkPtr,
+    /// Set at teardown: no more background work.
+    closing: AtomicBool,
+}
+
+/// The C work item, owned by [`BlkDisk`].
+struct WorkPtr(NonNull<ffi::BlkWork>);
+
+// SAFETY: queue_work may be called from any context and thread.
+unsafe impl Send for WorkPtr {}
+// SAFETY: as above; the pointer itself never changes.
+unsafe impl Sync for WorkPtr {}
+
+impl DiskState {
+    /// Kicks the worker.
+    fn kick(&self) {
+        // SAFETY: the workqueue lives while the disk can take requests
+        // (`BlkDisk` frees it only after deleting the disk). Any context.
+        unsafe { ffi::mlsdisk_blk_work_queue(self.work.0.as_ptr()) };
+    }
+
+    /// The work item: serves every queued request, in order, then runs
+    /// background steps while nothing is queued.
+    fn run(&self) {
+        let _noio = NoIoScope::enter();
+        loop {
+            // A statement of its own: the lock is released before `serve`.
+            let next = self.pending.lock().pop_front();
+            let Some(rq) = next else { break };
+            self.serve(rq);
+        }
+        while !self.closing.load(Ordering::Relaxed) && self.pending.lock().is_empty() {
+            match self.io.lock().engine.background_step() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    if crate::dm::ratelimit() {
+                        pr_err!("mlsdisk{}: background work failed: {:?}\n", INDEX, e);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    fn serve(&self, rq: ARef<mq::Request<BlkOps>>) {
+        // `Request` is `#[repr(transparent)]` over the C `struct request`
+        // (through `Opaque`), so its address is the C request's.
+        let raw = core::ptr::from_ref::<mq::Request<BlkOps>>(&rq)
+            .cast_mut()
+            .cast::<bindings::request>();
+        // SAFETY: the worker owns `raw` until it ends it below.
+        let req = unsafe {
+            Rq {
+                raw,
+                op: ffi::mlsdisk_blk_rq_op(raw),
+                pos: ffi::mlsdisk_blk_rq_pos(raw),
+                bytes: ffi::mlsdisk_blk_rq_bytes(raw) as usize,
+                fua: ffi::mlsdisk_blk_rq_fua(raw),
+                preflush: ffi::mlsdisk_blk_rq_preflush(raw),
+            }
+        };
+        let result = self.io.lock().serve(&req);
+        match result {
+            Ok(()) => {
+                if let Err(rq) = mq::Request::end_ok(rq) {
+                    // Only if another reference existed, which this driver
+                    // never makes; end it anyway.
+                    end_with(rq, 0);
+                }
+            }
+            Err(f) => {
+                if crate::dm::ratelimit() {
+                    pr_err!(
+                        "mlsdisk{}: {} at block {} failed: {:?}\n",
+                        INDEX,
+                        f.what,
+                        f.lba,
+                        f.err
+                    );
+                }
+                end_with(rq, f.errno());
+            }
+        }
+    }
+}
+
+/// Ends a request the driver owns with `errno` (0: success). The Rust
+/// `Request` has no way to end with an error status.
+fn end_with(rq: ARef<mq::Request<BlkOps>>, errno: c_int) {
+    // The reference is given up without being dropped: the request's
+    // reference count (private to `kernel::block::mq`) stays as
+    // `queue_rq` set it, and `queue_rq` sets it afresh the next time the
+    // request is used; nothing reads it in between.
+    let raw = ARef::into_raw(rq).as_ptr().cast::<bindings::request>();
+    // SAFETY: the driver owns the request (started by `queue_rq`, not ended
+    // yet) and holds no other reference to it; it is ended exactly once,
+    // here, and not touched afterwards.
+    unsafe { ffi::mlsdisk_blk_rq_end(raw, errno) };
+}
+
+/// The blk-mq operations of the disk.
+struct BlkOps;
+
+#[vtable]
+impl Operations for BlkOps {
+    type QueueData = Arc<DiskState>;
+
+    fn queue_rq(
+        state: ArcBorrow<'_, DiskState>,
+        rq: ARef<mq::Request<Self>>,
+        _is_last: bool,
+    ) -> Result {
+        // No engine here (it sleeps and allocates; this runs under RCU):
+        // hand the request to the worker. See the module documentation.
+        let refused = {
+            let mut pending = state.pending.lock();
+            if pending.len() < pending.capacity() {
+                // Within the capacity: no allocation.
+                pending.push_back(rq);
+                None
+            } else {
+                Some(rq)
+            }
+        };
+        match refused {
+            // Cannot happen (the FIFO holds every request the driver can
+            // own); never sleep or allocate here, so fail the request.
+            Some(rq) => end_with(rq, EIO.to_errno()),
+            None => state.kick(),
+        }
+        Ok(())
+    }
+
+    fn commit_rqs(_state: ArcBorrow<'_, DiskState>) {}
+
+    fn complete(rq: ARef<mq::Request<Self>>) {
+        // Requests are ended by the worker, never completed remotely; end
+        // one that gets here anyway.
+        if let Err(rq) = mq::Request::end_ok(rq) {
+            end_with(rq, 0);
+        }
+    }
+}
+
+/// The work item's entry point.
+///
+/// # Safety
+///
+/// `arg` is the [`DiskState`] set by [`BlkDisk::start`], alive until the
+/// workqueue is freed.
+unsafe extern "C" fn work_fn(arg: *mut c_void) {
+    // SAFETY: see the function's safety section; `BlkDisk` holds a
+    // reference to the state until after it freed the workqueue.
+    let state = unsafe { &*arg.cast::<DiskState>() };
+    state.run();
+}
+
+/// A live `/dev/mlsdisk<N>`.
+///
+/// # Invariants
+///
+/// `disk` was added by `mlsdisk_blk_add_disk` with `queuedata` (from
+/// `Arc<DiskState>::into_foreign`) on `tagset`; `work` is the workqueue of
+/// `state`, whose argument is `state`. All are released only by `drop`.
+pub(crate) struct BlkDisk {
+    disk: NonNull<bindings::gendisk>,
+    queuedata: *mut c_void,
+    work: NonNull<ffi::BlkWork>,
+    state: Arc<DiskState>,
+    /// Kept for the disk, which uses it until `drop` deleted it.
+    _tagset: Arc<TagSet<BlkOps>>,
+    /// Logical capacity in 4 KiB blocks.
+    capacity: u64,
+}
+
+// SAFETY: the gendisk, the workqueue and the tag set are kernel objects that
+// may be used and released from any thread; `BlkDisk` is only dropped (at
+// module exit), never used through a shared reference.
+unsafe impl Send for BlkDisk {}
+// SAFETY: `BlkDisk` has no methods taking `&self`.
+unsafe impl Sync for BlkDisk {}
+
+/// A parameter as bytes (empty when not given).
+fn param(p: *const c_char) -> &'static [u8] {
+    if p.is_null() {
+        return &[];
+    }
+    // SAFETY: a module parameter's string (NUL-terminated), which lives
+    // while the module does; only `mlsdisk_blk_wipe_key_param` writes it,
+    // after the last use of the key's bytes.
+    unsafe { CStr::from_char_ptr(p) }.to_bytes()
+}
+
+/// The root key from the `disk_key` parameter, which is wiped whether or
+/// not it parses.
+fn take_key() -> Result<RawKey> {
+    // SAFETY: no preconditions.
+    let arg = param(unsafe { ffi::mlsdisk_blk_param_key() });
+    let spec = table::parse_key(arg);
+    // SAFETY: no preconditions; `arg` is not used after this.
+    unsafe { ffi::mlsdisk_blk_wipe_key_param() };
+    match spec {
+        Ok(KeySpec::Raw(key)) => Ok(key),
+        Ok(KeySpec::Keyring(r)) => crate::kcrypto::keyring_key(&r).map_err(|e| {
+            pr_err!("mlsdisk{}: disk_key: {}\n", INDEX, e.msg);
+            e.err
+        }),
+        Err(e) => {
+            pr_err!("mlsdisk{}: disk_key: {}\n", INDEX, format_args!("{e}"));
+            Err(EINVAL)
+        }
+    }
+}
+
+/// The `dev_t` of `disk_backing`: `major:minor`, or a path.
+fn backing_dev(path: *const c_char) -> Result<u32> {
+    let bytes = param(path);
+    let num = |s: &[u8]| -> Option<u32> {
+        if s.is_empty() || s.len() > 7 || !s.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(s.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')))
+    };
+    if let Some(i) = bytes.iter().position(|&c| c == b':') {
+        if let (Some(major), Some(minor)) = (num(&bytes[..i]), num(&bytes[i + 1..])) {
+            if major < (1 << 12) && minor < (1 << 20) {
+                return Ok((major << 20) | minor);
+            }
+        }
+    }
+    let mut dev = 0u32;
+    // SAFETY: `path` is a NUL-terminated parameter string; `dev` is a valid
+    // out-pointer. Process context.
+    let ret = unsafe { ffi::mlsdisk_blk_lookup(path, &mut dev) };
+    if ret < 0 {
+        return Err(Error::from_errno(ret));
+    }
+    Ok(dev)
+}
+
+/// Creates or opens the engine on `dev` (on a worker). Returns it and its
+/// logical capacity in blocks.
+fn start_engine(dev: u32, create: bool, key: &RawKey) -> Result<(Box<dyn Engine>, u64)> {
+    let opened = on_worker(|| -> Result<(Box<dyn Engine>, u64)> {
+        let bdev = OpenBdev::open(dev).inspect_err(|e| {
+            pr_err!(
+                "mlsdisk{}: cannot open the backing device: error {}\n",
+                INDEX,
+                e.to_errno()
+            );
+        })?;
+        let set = BdevBlockSet::new(bdev);
+        #[cfg(not(mlsdisk_passthrough))]
+        {
+            let mode = Some(if create {
+                table::Mode::Create
+            } else {
+                table::Mode::Open
+            });
+            crate::engine_disk::start(mode, set, key.as_bytes()).map_err(|e| {
+                pr_err!("mlsdisk{}: {}\n", INDEX, e.msg);
+                e.err
+            })
+        }
+        #[cfg(mlsdisk_passthrough)]
+        {
+            let _ = (create, key);
+            use mlsdisk_core::bio::BlockSet;
+            let nblocks = set.nblocks();
+            Ok((Box::new(Plain(set)) as Box<dyn Engine>, nblocks))
+        }
+    });
+    opened.unwrap_or(Err(EIO))
+}
+
+impl BlkDisk {
+    /// The disk the module parameters ask for, if any. Process context
+    /// (module init).
+    pub(crate) fn from_params() -> Result<Option<Self>> {
+        // SAFETY: no preconditions.
+        let backing = unsafe { ffi::mlsdisk_blk_param_backing() };
+        if param(backing).is_empty() {
+            if !param(
+                // SAFETY: no preconditions.
+                unsafe { ffi::mlsdisk_blk_param_key() },
+            )
+            .is_empty()
+            {
+                // SAFETY: no preconditions.
+                unsafe { ffi::mlsdisk_blk_wipe_key_param() };
+                pr_err!("mlsdisk{}: disk_key given without disk_backing\n", INDEX);
+                return Err(EINVAL);
+            }
+            return Ok(None);
+        }
+        let key = take_key()?;
+        // SAFETY: no preconditions.
+        let create = match param(unsafe { ffi::mlsdisk_blk_param_mode() }) {
+            b"" | b"open" => false,
+            b"create" => true,
+            other => {
+                pr_err!(
+                    "mlsdisk{}: disk_mode '{}': expected 'create' or 'open'\n",
+                    INDEX,
+                    format_args!("{}", table::Escaped(other))
+                );
+                return Err(EINVAL);
+            }
+        };
+        let dev = backing_dev(backing).inspect_err(|e| {
+            pr_err!(
+                "mlsdisk{}: cannot find the backing device '{}': error {}\n",
+                INDEX,
+                format_args!("{}", table::Escaped(param(backing))),
+                e.to_errno()
+            );
+        })?;
+        let disk = Self::start(dev, create, &key)?;
+        pr_info!(
+            "mlsdisk{}: {} on {} ({} blocks of 4 KiB, {}-bit root key){}\n",
+            INDEX,
+            if create { "created" } else { "opened" },
+            format_args!("{}", table::Escaped(param(backing))),
+            disk.capacity_blocks(),
+            key.bits(),
+            if cfg!(not(mlsdisk_passthrough)) {
+                ""
+            } else {
+                ", pass-through stage: NOT encrypted"
+            }
+        );
+        Ok(Some(disk))
+    }
+
+    fn capacity_blocks(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Opens the engine and adds the disk.
+    fn start(dev: u32, create: bool, key: &RawKey) -> Result<Self> {
+        let (engine, capacity) = start_engine(dev, create, key)?;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(MAX_IO_SECTORS as usize * 512)
+            .map_err(|_| ENOMEM)?;
+        buf.resize(MAX_IO_SECTORS as usize * 512, 0);
+        let mut fifo = VecDeque::new();
+        fifo.try_reserve_exact(FIFO_CAPACITY).map_err(|_| ENOMEM)?;
+        // SAFETY: `work_fn` matches the callback type; process context.
+        let work = unsafe { ffi::mlsdisk_blk_work_new(Some(work_fn), INDEX) };
+        let work = NonNull::new(work).ok_or(ENOMEM)?;
+        // From here on, a failure must close what was opened: the engine
+        // (synced and dropped on a worker by `close`) and the workqueue.
+        let free_work = |work: NonNull<ffi::BlkWork>| {
+            // SAFETY: created above, not queued yet or drained here, freed
+            // once.
+            unsafe { ffi::mlsdisk_blk_work_free(work.as_ptr()) };
+        };
+        let state = match Arc::pin_init(
+            pin_init!(DiskState {
+                pending <- new_spinlock_irq!(fifo),
+                io <- new_mutex!(Io { engine, buf }),
+                work: WorkPtr(work),
+                closing: AtomicBool::new(false),
+            }),
+            GFP_KERNEL,
+        ) {
+            Ok(state) => state,
+            Err(e) => {
+                // The engine was moved into the failed initializer and is
+                // dropped with it (on this stack: an out-of-memory path).
+                free_work(work);
+                return Err(e);
+            }
+        };
+        // SAFETY: the state outlives the workqueue (`BlkDisk::drop` frees
+        // the workqueue before dropping its reference to the state).
+        unsafe {
+            ffi::mlsdisk_blk_work_set_arg(work.as_ptr(), Arc::as_ptr(&state).cast_mut().cast())
+        };
+        let tagset = match Arc::pin_init(TagSet::new(1, QUEUE_DEPTH, 1), GFP_KERNEL) {
+            Ok(t) => t,
+            Err(e) => {
+                free_work(work);
+                close(&state);
+                return Err(e);
+            }
+        };
+        let queuedata = state.clone().into_foreign();
+        // `TagSet` is `#[repr(transparent)]` over `Opaque<blk_mq_tag_set>`,
+        // so its address is the C tag set's.
+        let set = Arc::as_ptr(&tagset).cast_mut().cast::<bindings::blk_mq_tag_set>();
+        // SAFETY: `set` is an initialized tag set (kept alive by `tagset`
+        // for as long as the disk); `queuedata` is an `Arc<DiskState>`
+        // from `into_foreign`, as `BlkOps::QueueData` expects; process
+        // context.
+        let disk = unsafe {
+            ffi::mlsdisk_blk_add_disk(
+                set,
+                queuedata,
+                INDEX,
+                capacity.saturating_mul(SECTORS_PER_BLOCK),
+                MAX_IO_SECTORS,
+                MAX_DISCARD_SECTORS,
+            )
+        };
+        let disk = match kernel::error::from_err_ptr(disk) {
+            Ok(disk) => disk,
+            Err(err) => {
+                pr_err!(
+                    "mlsdisk{}: cannot add the disk: error {}\n",
+                    INDEX,
+                    err.to_errno()
+                );
+                // SAFETY: the failed add left nothing behind and gave
+                // `queuedata` back (see blk_helpers.h).
+                drop(unsafe { Arc::<DiskState>::from_foreign(queuedata) });
+                free_work(work);
+                close(&state);
+                return Err(err);
+            }
+        };
+        let Some(disk) = NonNull::new(disk) else {
+            // `mlsdisk_blk_add_disk` never returns NULL; treat it as a
+            // failure without touching anything.
+            free_work(work);
+            return Err(EIO);
+        };
+        // INVARIANT: added above with `queuedata` on `tagset`; `work` is
+        // the state's workqueue.
+        Ok(Self {
+            disk,
+            queuedata,
+            work,
+            state,
+            _tagset: tagset,
+            capacity,
+        })
+    }
+}
+
+/// Takes the engine out of `state`, then syncs and drops it on a worker,
+/// logging a failure. The state's engine is [`Closed`] afterwards.
+fn close(state: &DiskState) {
+    state.closing.store(true, Ordering::Relaxed);
+    // `Closed` is zero-sized: boxing it does not allocate.
+    let engine = core::mem::replace(&mut state.io.lock().engine, Box::new(Closed));
+    let result = on_worker(move || {
+        let mut engine = engine;
+        let result = engine.sync();
+        drop(engine);
+        result
+    });
+    match result {
+        Some(Ok(())) => {}
+        Some(Err(e)) => pr_err!("mlsdisk{}: sync at close failed: {:?}\n", INDEX, e),
+        None => pr_err!("mlsdisk{}: sync at close did not run\n", INDEX),
+    }
+}
+
+impl Drop for BlkDisk {
+    fn drop(&mut self) {
+        // No background work from now on.
+        self.state.closing.store(true, Ordering::Relaxed);
+        // SAFETY: a live disk (type invariant), deleted once. Waits for
+        // every request (the worker ends them); no `queue_rq` afterwards.
+        unsafe { ffi::mlsdisk_blk_del_disk(self.disk.as_ptr()) };
+        // SAFETY: the disk is gone, so nothing queues the work any more;
+        // this waits for a running work item and frees the workqueue, once.
+        unsafe { ffi::mlsdisk_blk_work_free(self.work.as_ptr()) };
+        // SAFETY: `queuedata` came from `into_foreign` and the disk that
+        // borrowed it is released.
+        drop(unsafe { Arc::<DiskState>::from_foreign(self.queuedata) });
+        close(&self.state);
+        pr_info!("mlsdisk{}: removed (synced and closed)\n", INDEX);
+        // The tag set and the state go after this, with the fields.
+    }
+}
