@@ -12,7 +12,6 @@
 #include <linux/err.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
-#include <linux/printk.h>
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/workqueue.h>
@@ -237,9 +236,4 @@ void mlsdisk_blk_call_on_worker(void (*fn)(void *), void *arg)
 	queue_work(system_unbound_wq, &c.work);
 	flush_work(&c.work);
 	destroy_work_on_stack(&c.work);
-}
-
-bool mlsdisk_blk_ratelimit(void)
-{
-	return printk_ratelimit();
 }
