@@ -1,17 +1,19 @@
 # MlsDisk top-level targets. See README.md.
 #   make demo   toolchain + kernel + module + guest: fio table, mlsdisk vs dm-crypt
 #   make test   toolchain + kernel + cargo-test + module + guest-test
+#   make bench  toolchain + kernel + module + the full guest benchmark (~20 min under TCG)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 
 GUEST_ARGS ?=
 
-.PHONY: help toolchain kernel module initramfs cargo-test guest-test guest-demo test demo
+.PHONY: help toolchain kernel module initramfs cargo-test guest-test guest-demo guest-bench test demo bench
 
 help:
 	@echo "make demo        install toolchain, build kernel + module, run the fio demo in the guest"
 	@echo "make test        install toolchain, build kernel, cargo tests, module, guest e2e tests"
+	@echo "make bench       the full fio benchmark in the guest: tables + build/bench/{results.md,chart.svg}"
 	@echo "make toolchain | kernel | module | initramfs | cargo-test | guest-test"
 
 toolchain:
@@ -39,8 +41,12 @@ guest-test:
 	tests/harness/judge-log-test.sh
 	qemu/run-guest.sh --mode test $(GUEST_ARGS)
 
+# The benchmark (scripts/guest-bench.sh): the demo is its short version.
 guest-demo:
-	qemu/run-guest.sh --mode demo $(GUEST_ARGS)
+	scripts/guest-bench.sh --quick $(GUEST_ARGS)
+
+guest-bench:
+	scripts/guest-bench.sh $(GUEST_ARGS)
 
 # Sequential on purpose: each step needs the previous one.
 test:
@@ -55,3 +61,9 @@ demo:
 	$(MAKE) kernel
 	$(MAKE) module
 	$(MAKE) guest-demo
+
+bench:
+	$(MAKE) toolchain
+	$(MAKE) kernel
+	$(MAKE) module
+	$(MAKE) guest-bench

@@ -4,6 +4,12 @@
 #   qemu/run-guest.sh [--mode test|demo] [--module PATH|--no-module]
 #                     [--tests "name ..."] [--kvm] [--timeout SECONDS]
 #                     [--disk-size SIZE] [--run-dir DIR]
+#                     [--throttle IOPS:BYTES_PER_S] [--bench-env "K=V ..."]
+#
+# demo mode runs qemu/guest/demo.sh, the fio benchmark (BENCH_* variables
+# from --bench-env, see demo.sh); scripts/guest-bench.sh drives it per
+# device model and makes the tables. --throttle puts QEMU's I/O throttling
+# on the test disk (a per-request and a per-byte limit: an SSD model).
 #
 # The guest gets the cached base initramfs plus a small per-run cpio with
 # /init, the guest runner, the tests (tests/guest/*.sh) and mlsdisk.ko.
@@ -35,6 +41,8 @@ accel="${MLSDISK_ACCEL:-tcg}"
 timeout_s=""
 disk_size=1G
 run_dir=""
+throttle=""
+bench_env=""
 while (($#)); do
 	case "$1" in
 	--mode) mode="${2:?}"; shift 2 ;;
@@ -46,12 +54,22 @@ while (($#)); do
 	--timeout) timeout_s="${2:?}"; shift 2 ;;
 	--disk-size) disk_size="${2:?}"; shift 2 ;;
 	--run-dir) run_dir="${2:?}"; shift 2 ;;
+	--throttle) throttle="${2:?}"; shift 2 ;;
+	--bench-env) bench_env="${2?}"; shift 2 ;;
 	-h | --help) usage ;;
 	*) die "unknown argument: $1 (see --help)" ;;
 	esac
 done
 case "$mode" in test | demo) ;; *) die "--mode must be test or demo, not $mode" ;; esac
 timeout_s="${timeout_s:-${MLSDISK_GUEST_TIMEOUT:-900}}"
+disk_opts=""
+if [[ -n "$throttle" ]]; then
+	[[ "$throttle" =~ ^([0-9]+):([0-9]+)$ ]] || die "--throttle wants IOPS:BYTES_PER_S, not $throttle"
+	disk_opts=",throttling.iops-total=${BASH_REMATCH[1]},throttling.bps-total=${BASH_REMATCH[2]}"
+fi
+for kv in $bench_env; do
+	[[ "$kv" =~ ^BENCH_[A-Z_]+=[A-Za-z0-9._:-]*$ ]] || die "--bench-env: not a BENCH_NAME=value word: $kv"
+done
 run_dir="${run_dir:-$MLSDISK_ROOT/build/guest-$mode}"
 
 bzimage="$KDIR/arch/x86/boot/bzImage"
@@ -93,6 +111,16 @@ done
 	printf 'TESTS="%s"\n' "$tests"
 	printf 'ACCEL=%s\n' "$accel_name"
 	printf 'export ACCEL\n'
+	for kv in $bench_env; do
+		printf 'export %s\n' "$kv"
+	done
+	if [[ -n "$throttle" ]]; then
+		printf 'export BENCH_THROTTLE=%s\n' "$throttle"
+	fi
+	# The benchmark is one long "test": give it the whole guest budget.
+	if [[ "$mode" == demo ]]; then
+		printf 'TEST_TIMEOUT=%s\n' "$((timeout_s > 120 ? timeout_s - 60 : timeout_s))"
+	fi
 } >"$ov/mlsdisk/run.conf"
 if [[ -n "$module" ]]; then
 	install -m 0644 "$module" "$ov/mlsdisk.ko"
@@ -108,6 +136,7 @@ log="$run_dir/console.log"
 echo "[guest] mode=$mode accel=$accel_name kernel=$bzimage"
 echo "[guest] module: ${module:-none (tests that need mlsdisk.ko will FAIL)}"
 echo "[guest] console log: $log (timeout ${timeout_s}s)"
+[[ -z "$throttle" ]] || echo "[guest] test disk throttled: iops-total=${throttle%%:*} bps-total=${throttle##*:}"
 if [[ "$accel_name" == TCG ]]; then
 	echo "[guest] TCG: the CPU is emulated in software; timings are for comparison within one run only"
 fi
@@ -119,7 +148,7 @@ timeout -k 10 "$timeout_s" qemu-system-x86_64 "${accel_args[@]}" -m 1G -smp 2 \
 	-kernel "$bzimage" -initrd "$run_dir/initramfs.cpio" \
 	-append "console=ttyS0 panic=-1 loglevel=4" \
 	-drive "file=$run_dir/spare.img,if=virtio,format=raw" \
-	-drive "file=$run_dir/disk.img,if=virtio,format=raw" \
+	-drive "file=$run_dir/disk.img,if=virtio,format=raw$disk_opts" \
 	</dev/null >"$run_dir/qemu.out" 2>&1 &
 qpid=$!
 # Show the guest's output live, without the final kernel log dump.
@@ -134,9 +163,9 @@ elapsed=$((SECONDS - t0))
 
 tr -d '\r' <"$log" >"$run_dir/console.txt"
 txt="$run_dir/console.txt"
-if [[ "$mode" == demo ]]; then
+if [[ "$mode" == demo ]] && grep -q '^  | BENCH ' "$txt"; then
 	echo
-	sed -n '/=== demo table begin/,/=== demo table end/p' "$txt" | sed '1d;$d; s/^  | //'
+	python3 "$MLSDISK_ROOT/scripts/bench-report.py" --text-only "run=$txt" || true
 	echo
 fi
 echo "[guest] ---- results ($accel_name, ${elapsed}s wall) ----"

@@ -1,86 +1,166 @@
-# The main job inside the guest: the same fio jobs on an ext4 file system
-# over dm-crypt and over mlsdisk, on the same virtual disk, then a table.
+# The benchmark inside the guest (make demo, make bench): fio with
+# direct=1 on raw block devices (no file system) for three targets on the
+# same virtual disk, each on its own region of it:
+#   raw       dm-linear (the device itself, through device-mapper)
+#   dm-crypt  aes-xts-plain64, the encrypt-only baseline
+#   mlsdisk   the mlsdisk target (on a dm-linear region as its backing device;
+#             a larger region: the engine keeps metadata and a reserve, and
+#             needs free space for its log over three repetitions)
+# The eight columns of the seed's table, each a fixed-size working set at
+# the start of the mapped device, time-based, repeated; the repetitions
+# interleave the targets (rep 1: raw, dm-crypt, mlsdisk; rep 2: ...) so a
+# change in the host's load hits all of them alike. Between its turns a
+# target is removed (mlsdisk syncs and stops its background work) and opened
+# again, so nothing of one target runs during another's jobs.
+#
+# Prints one line per measurement, parsed on the host by
+# scripts/bench-report.py:
+#   BENCH <target> <column> <rep> <MiB/s> <IOPS> dev_r=.. dev_r_kib=.. dev_w=.. dev_w_kib=..
+# (the dev_* fields: requests and KiB the virtual disk served during the job,
+# ramp included: the backing-device traffic behind the target's I/O)
+#   BENCHINFO <key> <value...>
 # shellcheck shell=sh
 # shellcheck source=qemu/guest/lib.sh
 . /mlsdisk/lib.sh
 
 ACCEL=${ACCEL:-unknown}
-RUNTIME=${FIO_RUNTIME:-3}
-FILE_SIZE=${FIO_SIZE:-128M}
-JOBS="seq-read-4k seq-read-256k seq-write-4k seq-write-256k rand-read-4k rand-read-256k rand-write-4k rand-write-256k"
+RUNTIME=${BENCH_RUNTIME:-5}     # seconds measured per job
+RAMP=${BENCH_RAMP:-1}           # seconds of warm-up per job, not measured
+SIZE_MB=${BENCH_SIZE_MB:-256}   # working set per target
+REPEATS=${BENCH_REPEATS:-3}
+IODEPTH=${BENCH_IODEPTH:-16}
+SEQ_BS=${BENCH_SEQ_BS:-256k}
+REGION_MB=${BENCH_REGION_MB:-1024}         # disk space of raw and dm-crypt
+MLS_REGION_MB=${BENCH_MLS_REGION_MB:-2048} # disk space of mlsdisk
+MODEL=${BENCH_MODEL:-plain}
+TARGETS="raw dm-crypt mlsdisk"
+COLUMNS="seq-write rnd-write-4k rnd-write-32k rnd-write-256k seq-read rnd-read-4k rnd-read-32k rnd-read-256k"
 
 sectors=$(disk_sectors "$DISK")
-len=$((sectors / 2 / 8 * 8))
+region=$((REGION_MB * 2048))
+mls_region=$((MLS_REGION_MB * 2048))
+[ $((2 * region + mls_region)) -le "$sectors" ] ||
+	fail "$DISK has $sectors sectors; regions of ${REGION_MB}+${REGION_MB}+${MLS_REGION_MB} MiB do not fit"
+[ "$SIZE_MB" -lt "$REGION_MB" ] || fail "working set ${SIZE_MB} MiB must be smaller than the region ${REGION_MB} MiB"
 
-# bench TARGET TABLE: mkfs.ext4 + mount on a fresh device, run every job.
-bench() {
-	target=$1
-	table=$2
-	mnt=/mnt/bench
-	run mkdir -p "$mnt"
-	run dmsetup create bench --table "$table"
-	run mkfs.ext4 -q -F /dev/mapper/bench
-	run mount -t ext4 /dev/mapper/bench "$mnt"
-	for job in $JOBS; do
-		pattern=${job%-*}
-		bs=${job##*-}
-		case "$pattern" in
-		seq-read) rw="read" ;;
-		seq-write) rw="write" ;;
-		rand-read) rw=randread ;;
-		rand-write) rw=randwrite ;;
-		esac
-		out=$(fio --name="$job" --filename="$mnt/fio.dat" --size="$FILE_SIZE" --rw="$rw" --bs="$bs" \
-			--direct=1 --ioengine=libaio --iodepth=16 --runtime="$RUNTIME" --time_based \
-			--minimal 2>&1) || fail "fio $job on $target failed: $out"
-		# terse v3: field 7/8 = read KiB/s / IOPS, 48/49 = write KiB/s / IOPS
-		case "$rw" in
-		*read) res=$(echo "$out" | awk -F';' '$1 == "3" {printf "%.1f %d", $7 / 1024, $8}') ;;
-		*) res=$(echo "$out" | awk -F';' '$1 == "3" {printf "%.1f %d", $48 / 1024, $49}') ;;
-		esac
-		[ -n "$res" ] || fail "no fio result for $job on $target: $out"
-		echo "$res" >"/tmp/bench.$target.$job"
-		echo "  $target $job: $res (MiB/s IOPS)"
-	done
-	run rm -f "$mnt/fio.dat"
-	run umount "$mnt"
+echo "BENCHINFO model $MODEL"
+echo "BENCHINFO accel $ACCEL"
+echo "BENCHINFO throttle ${BENCH_THROTTLE:-none}"
+echo "BENCHINFO params runtime=${RUNTIME}s ramp=${RAMP}s size=${SIZE_MB}MiB repeats=$REPEATS iodepth=$IODEPTH seq_bs=$SEQ_BS regions=${REGION_MB}/${REGION_MB}/${MLS_REGION_MB}MiB"
+echo "BENCHINFO guest $(uname -r) $(nproc) CPUs"
+
+have_mls=0
+if [ -f /mlsdisk.ko ]; then
+	load_module
+	have_mls=1
+else
+	echo "BENCHINFO note mlsdisk.ko not provided: no mlsdisk column"
+	TARGETS="raw dm-crypt"
+fi
+
+# The mlsdisk backing device: the third region of the disk.
+if [ $have_mls = 1 ]; then
+	run dmsetup create bench_mls_backing --table "0 $mls_region linear $DISK $((2 * region))"
+fi
+mls_backing=/dev/mapper/bench_mls_backing
+mls_created=0
+
+# The mlsdisk's logical capacity: a length beyond it is refused with the
+# maximum in dmesg (the pass-through takes the whole backing device).
+if [ $have_mls = 1 ]; then
+	n0=$(dmesg | wc -l)
+	if dmsetup create bench --table "0 $mls_region mlsdisk $mls_backing $KEY 1 create" >/dev/null 2>&1; then
+		mls_len=$mls_region
+		run dmsetup remove bench
+	else
+		max=$(dmesg | tail -n +$((n0 + 1)) | sed -n 's/.*the maximum is \([0-9]*\) sectors.*/\1/p' | tail -n 1)
+		[ -n "$max" ] || fail "mlsdisk refused the table and named no maximum: $(dmesg | tail -n 3)"
+		mls_len=$((max / 8 * 8))
+	fi
+	echo "BENCHINFO mlsdisk_capacity_mib $((mls_len / 2048)) of $MLS_REGION_MB"
+	[ $((mls_len / 2048)) -gt "$SIZE_MB" ] || fail "mlsdisk capacity $((mls_len / 2048)) MiB is below the working set ${SIZE_MB} MiB"
+fi
+
+# setup TARGET: create /dev/mapper/bench for TARGET.
+setup() {
+	case "$1" in
+	raw) run dmsetup create bench --table "0 $region linear $DISK 0" ;;
+	dm-crypt) run dmsetup create bench --table "0 $region crypt aes-xts-plain64 $XTS_KEY 0 $DISK $region" ;;
+	mlsdisk)
+		opts=""
+		[ $mls_created = 1 ] || opts=" 1 create"
+		run dmsetup create bench --table "0 $mls_len mlsdisk $mls_backing $KEY$opts"
+		mls_created=1
+		echo "BENCHINFO mlsdisk_status_open $(dmsetup status bench)"
+		;;
+	esac
+}
+
+teardown() {
+	if [ "$1" = mlsdisk ]; then
+		echo "BENCHINFO mlsdisk_status $(dmsetup status bench)"
+	fi
 	run dmsetup remove bench
 }
 
-bench linear "0 $len linear $DISK 0"
-bench dm-crypt "0 $len crypt aes-xts-plain64 $XTS_KEY 0 $DISK 0"
-mls_status=""
-if [ -f /mlsdisk.ko ]; then
-	load_module
-	# Record the target's own account of itself (e.g. its stage) for the table.
-	run dmsetup create bench --table "0 $len mlsdisk $DISK $KEY"
-	mls_status=$(dmsetup status bench)
-	run dmsetup remove bench
-	bench mlsdisk "0 $len mlsdisk $DISK $KEY"
+# fio_job NAME RW BS: one measured job on /dev/mapper/bench; prints "MiB/s IOPS".
+fio_job() {
+	out=$(timeout $((RUNTIME + RAMP + 120)) fio --name="$1" --filename=/dev/mapper/bench \
+		--size="${SIZE_MB}m" --rw="$2" --bs="$3" --direct=1 --ioengine=libaio \
+		--iodepth="$IODEPTH" --runtime="$RUNTIME" --ramp_time="$RAMP" --time_based \
+		--norandommap --randrepeat=0 --minimal 2>&1) || fail "fio $1 failed: $out"
+	# terse v3: fields 7/8 = read KiB/s / IOPS, 48/49 = write KiB/s / IOPS
+	case "$2" in
+	*read) res=$(echo "$out" | awk -F';' '$1 == "3" {printf "%.2f %d", $7 / 1024, $8}') ;;
+	*) res=$(echo "$out" | awk -F';' '$1 == "3" {printf "%.2f %d", $48 / 1024, $49}') ;;
+	esac
+	[ -n "$res" ] || fail "no fio result for $1: $out"
+	echo "$res"
+}
+
+# What the virtual disk itself saw: "<read requests> <read KiB> <write
+# requests> <write KiB>" from /sys/block/<disk>/stat (the requests QEMU
+# serves, which its throttling counts).
+disk_stat() {
+	awk '{print $1, $3 / 2, $5, $7 / 2}' "/sys/block/${DISK#/dev/}/stat"
+}
+disk_stat_delta() {
+	echo "$1 $2" | awk '{printf "dev_r=%d dev_r_kib=%d dev_w=%d dev_w_kib=%d", $5 - $1, $6 - $2, $7 - $3, $8 - $4}'
+}
+
+# Precondition: every target's working set written once (sequential, not
+# measured), so that the reads read written data everywhere.
+t0=$(date +%s)
+for target in $TARGETS; do
+	setup "$target"
+	run timeout 600 fio --name=fill --filename=/dev/mapper/bench --size="${SIZE_MB}m" \
+		--rw=write --bs=1m --direct=1 --ioengine=libaio --iodepth=8 --minimal >/dev/null
+	teardown "$target"
+done
+echo "BENCHINFO fill_seconds $(($(date +%s) - t0))"
+
+rep=1
+while [ $rep -le "$REPEATS" ]; do
+	for target in $TARGETS; do
+		setup "$target"
+		for col in $COLUMNS; do
+			case "$col" in
+			seq-write) rw=write bs=$SEQ_BS ;;
+			seq-read) rw=read bs=$SEQ_BS ;;
+			rnd-write-*) rw=randwrite bs=${col#rnd-write-} ;;
+			rnd-read-*) rw=randread bs=${col#rnd-read-} ;;
+			esac
+			s0=$(disk_stat)
+			r=$(fio_job "$col" "$rw" "$bs")
+			echo "BENCH $target $col $rep $r $(disk_stat_delta "$s0" "$(disk_stat)")"
+		done
+		teardown "$target"
+	done
+	rep=$((rep + 1))
+done
+echo "BENCHINFO total_seconds $(($(date +%s) - t0))"
+
+if [ $have_mls = 1 ]; then
+	run dmsetup remove bench_mls_backing
 	unload_module
 fi
-
-echo "=== demo table begin"
-echo "fio on ext4, O_DIRECT, libaio QD16, ${RUNTIME}s per job, ${FILE_SIZE} file; each target in turn on the same"
-echo "virtual disk ($((len / 2048)) MiB mapped); linear = no encryption (the raw disk through device-mapper)"
-echo
-printf '%-16s %10s %7s %10s %7s %10s %7s\n' "" linear "" dm-crypt "" mlsdisk ""
-printf '%-16s %10s %7s %10s %7s %10s %7s\n' job MiB/s IOPS MiB/s IOPS MiB/s IOPS
-for job in $JOBS; do
-	# shellcheck disable=SC2046  # two words per file: MiB/s and IOPS
-	set -- $(cat "/tmp/bench.linear.$job") $(cat "/tmp/bench.dm-crypt.$job") \
-		$(cat "/tmp/bench.mlsdisk.$job" 2>/dev/null || echo "n/a n/a")
-	printf '%-16s %10s %7s %10s %7s %10s %7s\n' "$job" "$1" "$2" "$3" "$4" "$5" "$6"
-done
-echo
-echo "mlsdisk status: ${mls_status:-module not provided}"
-case "$mls_status" in
-*passthrough*) echo "NOTE: mlsdisk is at its pass-through stage: it does not encrypt yet, so its column is not a like-for-like comparison with dm-crypt." ;;
-esac
-case "$ACCEL" in
-TCG) echo "Accelerator: TCG (software CPU emulation, AES-NI emulated): compare the columns of this run only; these are not absolute performance numbers." ;;
-KVM) echo "Accelerator: KVM (hardware virtualization): closer to native, but still a file-backed virtual disk: compare the columns, not absolute numbers." ;;
-*) echo "Accelerator: $ACCEL" ;;
-esac
-echo "=== demo table end"
-need_module
