@@ -250,6 +250,31 @@ struct Io {
     engine: Box<dyn Engine>,
     /// [`MAX_IO_SECTORS`] bytes, reused for every request.
     buf: Vec<u8>,
+    /// What reached the engine, logged at removal.
+    counts: Counts,
+}
+
+/// Requests served, logged when the disk is removed (and checked by the
+/// guest test: flushes and discards must reach the engine).
+#[derive(Default)]
+struct Counts {
+    reads: u64,
+    writes: u64,
+    /// Engine syncs: flushes, preflushes and FUA writes.
+    syncs: u64,
+    discards: u64,
+    /// Requests ended with an error.
+    errors: u64,
+}
+
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "reads={} writes={} syncs={} discards={} errors={}",
+            self.reads, self.writes, self.syncs, self.discards, self.errors
+        )
+    }
 }
 
 /// One failed request: what was being done, where, and the engine's error.
@@ -284,6 +309,26 @@ struct Rq {
 }
 
 impl Io {
+    /// Serves one request against the engine, counting it.
+    fn serve_counted(&mut self, rq: &Rq) -> Result<(), Failure> {
+        let result = self.serve(rq);
+        let c = &mut self.counts;
+        match (&result, rq.op) {
+            (Err(_), _) => c.errors += 1,
+            (Ok(()), ffi::RQ_READ) => c.reads += 1,
+            (Ok(()), ffi::RQ_WRITE) if rq.bytes != 0 => c.writes += 1,
+            (Ok(()), ffi::RQ_DISCARD) => c.discards += 1,
+            _ => {}
+        }
+        result
+    }
+
+    /// Syncs the engine, counting it.
+    fn sync(&mut self) -> mlsdisk_core::Result<()> {
+        self.counts.syncs += 1;
+        self.engine.sync()
+    }
+
     /// Serves one request against the engine.
     fn serve(&mut self, rq: &Rq) -> Result<(), Failure> {
         // A request without data (a flush) has no meaningful position.
@@ -298,9 +343,7 @@ impl Io {
             // Empty flushes (REQ_OP_FLUSH, or a write with only
             // REQ_PREFLUSH/REQ_FUA): a sync.
             return match rq.op {
-                ffi::RQ_FLUSH | ffi::RQ_WRITE => {
-                    self.engine.sync().map_err(|e| fail("flush", e))
-                }
+                ffi::RQ_FLUSH | ffi::RQ_WRITE => self.sync().map_err(|e| fail("flush", e)),
                 ffi::RQ_READ | ffi::RQ_DISCARD => Ok(()),
                 _ => Err(fail(
                     "request",
@@ -330,7 +373,7 @@ impl Io {
             }
             ffi::RQ_WRITE => {
                 if rq.preflush {
-                    self.engine.sync().map_err(|e| fail("flush", e))?;
+                    self.sync().map_err(|e| fail("flush", e))?;
                 }
                 let buf = self
                     .buf
@@ -345,11 +388,11 @@ impl Io {
                 }
                 self.engine.write(lba, buf).map_err(|e| fail("write", e))?;
                 if rq.fua {
-                    self.engine.sync().map_err(|e| fail("FUA sync", e))?;
+                    self.sync().map_err(|e| fail("FUA sync", e))?;
                 }
                 Ok(())
             }
-            ffi::RQ_FLUSH => self.engine.sync().map_err(|e| fail("flush", e)),
+            ffi::RQ_FLUSH => self.sync().map_err(|e| fail("flush", e)),
             ffi::RQ_DISCARD => self
                 .engine
                 .discard(lba, (rq.bytes / BLOCK_SIZE) as u64)
@@ -437,7 +480,7 @@ impl DiskState {
                 preflush: ffi::mlsdisk_blk_rq_preflush(raw),
             }
         };
-        let result = self.io.lock().serve(&req);
+        let result = self.io.lock().serve_counted(&req);
         match result {
             Ok(()) => {
                 if let Err(rq) = mq::Request::end_ok(rq) {
@@ -736,7 +779,11 @@ impl BlkDisk {
         let state = match Arc::pin_init(
             pin_init!(DiskState {
                 pending <- new_spinlock_irq!(fifo),
-                io <- new_mutex!(Io { engine, buf }),
+                io <- new_mutex!(Io {
+                    engine,
+                    buf,
+                    counts: Counts::default(),
+                }),
                 work: WorkPtr(work),
                 closing: AtomicBool::new(false),
             }),
@@ -821,7 +868,11 @@ impl BlkDisk {
 fn close(state: &DiskState) {
     state.closing.store(true, Ordering::Relaxed);
     // `Closed` is zero-sized: boxing it does not allocate.
-    let engine = core::mem::replace(&mut state.io.lock().engine, Box::new(Closed));
+    let engine = {
+        let mut io = state.io.lock();
+        pr_info!("mlsdisk{}: closing: {}\n", INDEX, format_args!("{}", io.counts));
+        core::mem::replace(&mut io.engine, Box::new(Closed))
+    };
     let result = on_worker(move || {
         let mut engine = engine;
         let result = engine.sync();

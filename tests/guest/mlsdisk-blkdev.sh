@@ -2,7 +2,8 @@
 # the second virtual disk: create, 4 KiB blocks, write cache + FUA and
 # discard advertised, the key not readable back; mkfs.ext4, mount, write,
 # sync, fstrim, unload refused while mounted, umount, e2fsck -fn clean,
-# rmmod; insmod again with disk_mode=open, mount, checksums match, rmmod.
+# rmmod (flushes and discards reached the engine, no request failed);
+# insmod again with disk_mode=open, mount, checksums match, rmmod.
 # Bad parameters fail insmod with a message; with the engine built in, a
 # wrong key on open fails insmod with "wrong key" and no disk appears.
 # shellcheck shell=sh
@@ -88,6 +89,20 @@ run e2fsck -fn $BDEV
 run rmmod mlsdisk
 [ ! -e $BDEV ] || fail "$BDEV still exists after rmmod"
 dmesg | grep -q 'mlsdisk: mlsdisk0: removed (synced and closed)' || fail "no 'removed (synced and closed)' at rmmod"
+# Flushes (sync, umount, journal commits) and fstrim's discards reached
+# the engine, and nothing failed.
+counts=$(dmesg | grep 'mlsdisk: mlsdisk0: closing: ' | tail -n 1)
+echo "+ dmesg: $counts"
+for field in syncs discards writes reads; do
+	n=$(echo "$counts" | sed -n "s/.* $field=\([0-9]*\).*/\1/p")
+	if [ -z "$n" ] || [ "$n" -le 0 ]; then
+		fail "no $field reached the engine: '$counts'"
+	fi
+done
+case "$counts" in
+*" errors=0"*) ;;
+*) fail "requests failed: '$counts'" ;;
+esac
 
 # 5. Open again (disk_mode=open): the same files.
 run insmod /mlsdisk.ko disk_backing=$BDISK disk_key=$KEY disk_mode=open
