@@ -51,10 +51,10 @@
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use kernel::ffi::{c_char, c_int, c_void};
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
+use kernel::ffi::{c_char, c_int, c_void};
 
 use kernel::block::mq::{self, Operations, TagSet};
 use kernel::prelude::*;
@@ -813,7 +813,9 @@ impl BlkDisk {
         let queuedata = state.clone().into_foreign();
         // `TagSet` is `#[repr(transparent)]` over `Opaque<blk_mq_tag_set>`,
         // so its address is the C tag set's.
-        let set = Arc::as_ptr(&tagset).cast_mut().cast::<bindings::blk_mq_tag_set>();
+        let set = Arc::as_ptr(&tagset)
+            .cast_mut()
+            .cast::<bindings::blk_mq_tag_set>();
         // SAFETY: `set` is an initialized tag set (kept alive by `tagset`
         // for as long as the disk); `queuedata` is an `Arc<DiskState>`
         // from `into_foreign`, as `BlkOps::QueueData` expects; process
@@ -870,7 +872,11 @@ fn close(state: &DiskState) {
     // `Closed` is zero-sized: boxing it does not allocate.
     let engine = {
         let mut io = state.io.lock();
-        pr_info!("mlsdisk{}: closing: {}\n", INDEX, format_args!("{}", io.counts));
+        pr_info!(
+            "mlsdisk{}: closing: {}\n",
+            INDEX,
+            format_args!("{}", io.counts)
+        );
         core::mem::replace(&mut io.engine, Box::new(Closed))
     };
     let result = on_worker(move || {
