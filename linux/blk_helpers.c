@@ -214,26 +214,3 @@ void mlsdisk_blk_work_free(struct mlsdisk_blk_work *w)
 	destroy_workqueue(w->wq);
 	kfree(w);
 }
-
-struct mlsdisk_blk_call {
-	struct work_struct work;
-	void (*fn)(void *arg);
-	void *arg;
-};
-
-static void mlsdisk_blk_call_fn(struct work_struct *work)
-{
-	struct mlsdisk_blk_call *c = container_of(work, struct mlsdisk_blk_call, work);
-
-	c->fn(c->arg);
-}
-
-void mlsdisk_blk_call_on_worker(void (*fn)(void *), void *arg)
-{
-	struct mlsdisk_blk_call c = { .fn = fn, .arg = arg };
-
-	INIT_WORK_ONSTACK(&c.work, mlsdisk_blk_call_fn);
-	queue_work(system_unbound_wq, &c.work);
-	flush_work(&c.work);
-	destroy_work_on_stack(&c.work);
-}

@@ -65,7 +65,7 @@ use kernel::{bindings, new_mutex, new_spinlock_irq};
 use mlsdisk_core::bio::BLOCK_SIZE;
 use mlsdisk_core::{Error as CoreError, ErrorKind};
 
-use crate::kbio::{BdevBlockSet, NoIoScope, OpenBdev};
+use crate::kbio::{on_worker, BdevBlockSet, NoIoScope, OpenBdev};
 use crate::table::{self, KeySpec, RawKey};
 use crate::target::Engine;
 
@@ -122,10 +122,6 @@ mod ffi {
         pub(super) fn mlsdisk_blk_work_set_arg(w: *mut BlkWork, arg: *mut c_void);
         pub(super) fn mlsdisk_blk_work_queue(w: *mut BlkWork);
         pub(super) fn mlsdisk_blk_work_free(w: *mut BlkWork);
-        pub(super) fn mlsdisk_blk_call_on_worker(
-            f: Option<unsafe extern "C" fn(*mut c_void)>,
-            arg: *mut c_void,
-        );
     }
 }
 
@@ -148,42 +144,6 @@ const FIFO_CAPACITY: usize = QUEUE_DEPTH as usize + 8;
 
 /// The only disk index (one disk, from the module parameters).
 const INDEX: c_int = 0;
-
-/// Runs `f` on a kernel worker (a fresh stack, `GFP_NOIO` scope) and waits
-/// for its result: the engine's create, open and close go deep, and module
-/// init and exit run on top of the `insmod`/`rmmod` system call.
-fn on_worker<F: FnOnce() -> R + Send, R: Send>(f: F) -> Option<R> {
-    struct Job<F, R> {
-        f: Option<F>,
-        r: Option<R>,
-    }
-
-    /// # Safety
-    ///
-    /// `arg` is a `Job<F, R>` that nothing else uses during the call.
-    unsafe extern "C" fn run<F: FnOnce() -> R, R>(arg: *mut c_void) {
-        // SAFETY: `arg` is the `Job` on the caller's stack; the caller waits
-        // in `mlsdisk_blk_call_on_worker` until this call returned and does
-        // not touch the job meanwhile.
-        let job = unsafe { &mut *arg.cast::<Job<F, R>>() };
-        if let Some(f) = job.f.take() {
-            let _noio = NoIoScope::enter();
-            job.r = Some(f());
-        }
-    }
-
-    let mut job = Job {
-        f: Some(f),
-        r: None,
-    };
-    // SAFETY: `run::<F, R>` matches the job's type; the job outlives the
-    // call, which returns only after `run` finished (flush_work); `F` and
-    // `R` are `Send`. Process context.
-    unsafe {
-        ffi::mlsdisk_blk_call_on_worker(Some(run::<F, R>), core::ptr::from_mut(&mut job).cast())
-    };
-    job.r
-}
 
 /// The engine of the `MLSDISK_PASSTHROUGH=1` build: the backing device's
 /// blocks at the same offset, like the dm target's pass-through engine. Not

@@ -65,6 +65,5 @@ void mlsdisk_blk_work_queue(struct mlsdisk_blk_work *w);
 void mlsdisk_blk_work_free(struct mlsdisk_blk_work *w);
 
 /* Runs fn(arg) on a kernel worker (a fresh stack) and waits for it. */
-void mlsdisk_blk_call_on_worker(void (*fn)(void *), void *arg);
 
 #endif
