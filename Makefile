@@ -1,6 +1,6 @@
 # MlsDisk top-level targets. See README.md.
 #   make demo   toolchain + kernel + module + guest: fio table, mlsdisk vs dm-crypt
-#   make test   toolchain + kernel + cargo-test + module + guest-test
+#   make test   toolchain + kernel + cargo-test + module + guest-test + host-test
 #   make bench  toolchain + kernel + module + the full guest benchmark (~20 min under TCG)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -8,13 +8,13 @@ SHELL := /bin/bash
 
 GUEST_ARGS ?=
 
-.PHONY: help toolchain kernel module initramfs cargo-test guest-test guest-demo guest-bench test demo bench
+.PHONY: help toolchain kernel module initramfs cargo-test guest-test host-test guest-demo guest-bench test demo bench
 
 help:
 	@echo "make demo        install toolchain, build kernel + module, run the fio demo in the guest"
 	@echo "make test        install toolchain, build kernel, cargo tests, module, guest e2e tests"
 	@echo "make bench       the full fio benchmark in the guest: tables + build/bench/{results.md,chart.svg}"
-	@echo "make toolchain | kernel | module | initramfs | cargo-test | guest-test"
+	@echo "make toolchain | kernel | module | initramfs | cargo-test | guest-test | host-test"
 
 toolchain:
 	scripts/install-toolchain.sh
@@ -41,6 +41,10 @@ guest-test:
 	tests/harness/judge-log-test.sh
 	qemu/run-guest.sh --mode test $(GUEST_ARGS)
 
+# Power cuts and between-boots tampering: one image over several boots.
+host-test:
+	tests/host/powercut.sh
+
 # The benchmark (scripts/guest-bench.sh): the demo is its short version.
 guest-demo:
 	scripts/guest-bench.sh --quick $(GUEST_ARGS)
@@ -55,6 +59,7 @@ test:
 	$(MAKE) cargo-test
 	$(MAKE) module
 	$(MAKE) guest-test
+	$(MAKE) host-test
 
 demo:
 	$(MAKE) toolchain

@@ -5,6 +5,12 @@
 #                     [--tests "name ..."] [--kvm] [--timeout SECONDS]
 #                     [--disk-size SIZE] [--run-dir DIR]
 #                     [--throttle IOPS:BYTES_PER_S] [--bench-env "K=V ..."]
+#                     [--disk-image FILE] [--guest-script FILE]
+#
+# --disk-image uses an existing FILE as the test disk vdb (kept, not
+# recreated: tests/host/powercut.sh boots one image several times);
+# --guest-script runs only FILE as the guest's one test instead of
+# tests/guest/*.sh. QEMU's pid is in <run-dir>/qemu.pid while it runs.
 #
 # demo mode runs qemu/guest/demo.sh, the fio benchmark (BENCH_* variables
 # from --bench-env, see demo.sh); scripts/guest-bench.sh drives it per
@@ -29,7 +35,7 @@ die() {
 	exit 2
 }
 usage() {
-	sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 	exit 2
 }
 
@@ -43,6 +49,8 @@ disk_size=1G
 run_dir=""
 throttle=""
 bench_env=""
+disk_image=""
+guest_script=""
 while (($#)); do
 	case "$1" in
 	--mode) mode="${2:?}"; shift 2 ;;
@@ -56,6 +64,8 @@ while (($#)); do
 	--run-dir) run_dir="${2:?}"; shift 2 ;;
 	--throttle) throttle="${2:?}"; shift 2 ;;
 	--bench-env) bench_env="${2?}"; shift 2 ;;
+	--disk-image) disk_image="${2:?}"; shift 2 ;;
+	--guest-script) guest_script="${2:?}"; shift 2 ;;
 	-h | --help) usage ;;
 	*) die "unknown argument: $1 (see --help)" ;;
 	esac
@@ -103,9 +113,14 @@ mkdir -p "$run_dir/overlay/mlsdisk/tests"
 ov="$run_dir/overlay"
 install -m 0755 "$here/guest/init" "$ov/init"
 install -m 0644 "$here/guest/runner.sh" "$here/guest/lib.sh" "$here/guest/demo.sh" "$ov/mlsdisk/"
-for t in "$MLSDISK_ROOT"/tests/guest/*.sh; do
-	install -m 0644 "$t" "$ov/mlsdisk/tests/"
-done
+if [[ -n "$guest_script" ]]; then
+	[[ -f "$guest_script" ]] || die "--guest-script $guest_script does not exist"
+	install -m 0644 "$guest_script" "$ov/mlsdisk/tests/"
+else
+	for t in "$MLSDISK_ROOT"/tests/guest/*.sh; do
+		install -m 0644 "$t" "$ov/mlsdisk/tests/"
+	done
+fi
 {
 	printf 'MODE=%s\n' "$mode"
 	printf 'TESTS="%s"\n' "$tests"
@@ -129,7 +144,13 @@ fi
 cat "$base" "$run_dir/overlay.cpio" >"$run_dir/initramfs.cpio"
 
 truncate -s 64M "$run_dir/spare.img"
-truncate -s "$disk_size" "$run_dir/disk.img"
+disk="$run_dir/disk.img"
+if [[ -n "$disk_image" ]]; then
+	[[ -f "$disk_image" ]] || die "--disk-image $disk_image does not exist"
+	disk="$disk_image"
+else
+	truncate -s "$disk_size" "$disk"
+fi
 
 log="$run_dir/console.log"
 : >"$log"
@@ -148,7 +169,8 @@ timeout -k 10 "$timeout_s" qemu-system-x86_64 "${accel_args[@]}" -m 1G -smp 2 \
 	-kernel "$bzimage" -initrd "$run_dir/initramfs.cpio" \
 	-append "console=ttyS0 panic=-1 loglevel=4" \
 	-drive "file=$run_dir/spare.img,if=virtio,format=raw" \
-	-drive "file=$run_dir/disk.img,if=virtio,format=raw$disk_opts" \
+	-drive "file=$disk,if=virtio,format=raw$disk_opts" \
+	-pidfile "$run_dir/qemu.pid" \
 	</dev/null >"$run_dir/qemu.out" 2>&1 &
 qpid=$!
 # Show the guest's output live, without the final kernel log dump.
