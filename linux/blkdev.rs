@@ -67,7 +67,7 @@ use mlsdisk_core::{Error as CoreError, ErrorKind};
 
 use crate::kbio::{on_worker, BdevBlockSet, NoIoScope, OpenBdev};
 use crate::table::{self, KeySpec, RawKey};
-use crate::target::Engine;
+use crate::target::{Closed, Engine};
 
 /// The C side (`blk_helpers.c`, prototypes in `bindings/blk_helpers.h`).
 mod ffi {
@@ -181,27 +181,6 @@ impl Engine for Plain {
 
     fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
         out.write_str("passthrough")
-    }
-}
-
-/// Stands in for the engine once it was taken out to be closed.
-struct Closed;
-
-impl Engine for Closed {
-    fn read(&mut self, _: u64, _: &mut [u8]) -> mlsdisk_core::Result<()> {
-        Err(CoreError::new(ErrorKind::InvalidState, "disk closed"))
-    }
-    fn write(&mut self, _: u64, _: &[u8]) -> mlsdisk_core::Result<()> {
-        Err(CoreError::new(ErrorKind::InvalidState, "disk closed"))
-    }
-    fn sync(&mut self) -> mlsdisk_core::Result<()> {
-        Ok(())
-    }
-    fn discard(&mut self, _: u64, _: u64) -> mlsdisk_core::Result<()> {
-        Err(CoreError::new(ErrorKind::InvalidState, "disk closed"))
-    }
-    fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
-        out.write_str("closed")
     }
 }
 

@@ -308,8 +308,9 @@ impl Shared {
     }
 }
 
-/// The engine of a closed disk: refuses everything.
-struct Closed;
+/// The engine of a closed disk: refuses everything (also stands in for
+/// the blk-mq disk's engine once it was taken out to be closed).
+pub(crate) struct Closed;
 
 impl Engine for Closed {
     fn read(&mut self, _: u64, _: &mut [u8]) -> mlsdisk_core::Result<()> {
