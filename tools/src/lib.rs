@@ -5,3 +5,17 @@
 pub mod bench;
 pub mod cryptdisk;
 pub mod throttle;
+
+/// The usage text of a binary: the ```` ```text ```` block of its own
+/// module documentation (`source` = `include_str!` of the binary's file),
+/// so `--help` and the docs never disagree.
+pub fn usage_from_doc(source: &str) -> String {
+    source
+        .lines()
+        .skip_while(|l| !l.contains("```text"))
+        .skip(1)
+        .take_while(|l| !l.contains("```"))
+        .map(|l| l.trim_start_matches("//! ").trim_start_matches("//!"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

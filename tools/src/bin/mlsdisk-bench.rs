@@ -76,14 +76,7 @@ fn parse() -> Result<Opts, String> {
             "-h" | "--help" => {
                 println!(
                     "{}",
-                    include_str!("mlsdisk-bench.rs")
-                        .lines()
-                        .skip_while(|l| !l.contains("```text"))
-                        .skip(1)
-                        .take_while(|l| !l.contains("```"))
-                        .map(|l| l.trim_start_matches("//! "))
-                        .collect::<Vec<_>>()
-                        .join("\n")
+                    mlsdisk_tools::usage_from_doc(include_str!("mlsdisk-bench.rs"))
                 );
                 std::process::exit(0);
             }

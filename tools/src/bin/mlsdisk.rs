@@ -34,14 +34,7 @@ struct Args {
 fn usage() -> ! {
     eprintln!(
         "{}",
-        include_str!("mlsdisk.rs")
-            .lines()
-            .skip_while(|l| !l.contains("```text"))
-            .skip(1)
-            .take_while(|l| !l.contains("```"))
-            .map(|l| l.trim_start_matches("//! "))
-            .collect::<Vec<_>>()
-            .join("\n")
+        mlsdisk_tools::usage_from_doc(include_str!("mlsdisk.rs"))
     );
     exit(2)
 }
