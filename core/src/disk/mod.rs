@@ -56,6 +56,7 @@ pub mod counted;
 pub mod index;
 pub mod layout;
 mod lsm_index;
+pub mod reader;
 pub mod record;
 mod segment;
 pub mod state;
@@ -75,6 +76,7 @@ pub use index::DiskIndex;
 #[cfg(feature = "std")]
 pub use index::{MemIndex, MemIndexStore};
 pub use layout::{Geometry, LayoutConfig};
+pub use reader::{DataReader, ReadPlan};
 pub use record::BlockRecord;
 
 use crate::bio::{BlockSet, BLOCK_SIZE};
@@ -474,26 +476,48 @@ impl<D: BlockSet> MlsDisk<D> {
 
     /// Reads `buf.len() / 4096` blocks starting at `lba`.
     pub fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<()> {
-        let n = blocks_of(buf.len())?;
-        self.check_range(lba, n)?;
-        self.check_ok()?;
-        let r = self.read_inner(lba, buf);
-        if r.is_err() {
+        let plan = self.plan_read(lba, buf)?;
+        let r = self.reader().fetch(&plan, buf);
+        if let Err(e) = r {
             // Never hand out a partly filled or unauthenticated buffer.
             buf.fill(0);
-            if let Err(e) = r {
-                if e.kind() != ErrorKind::Integrity {
-                    self.broken = Some(e);
-                }
+            if e.kind() != ErrorKind::Integrity {
+                self.broken = Some(e);
             }
         }
         r
     }
 
-    fn read_inner(&mut self, lba: u64, buf: &mut [u8]) -> Result<()> {
+    /// The first half of a read (see the `reader` module): fills the blocks of `buf`
+    /// that come from the write buffer or are unmapped (zeros), and returns
+    /// what is left to fetch from the device with [`DataReader::fetch`],
+    /// which needs no access to the disk. On error `buf` is zeroed.
+    pub fn plan_read(&mut self, lba: u64, buf: &mut [u8]) -> Result<ReadPlan> {
+        let n = blocks_of(buf.len())?;
+        self.check_range(lba, n)?;
+        self.check_ok()?;
+        let r = self.plan_read_inner(lba, buf);
+        if let Err(e) = &r {
+            buf.fill(0);
+            if e.kind() != ErrorKind::Integrity {
+                self.broken = Some(*e);
+            }
+        }
+        r
+    }
+
+    /// A handle that fetches planned reads without the disk (see the `reader` module).
+    pub fn reader(&self) -> DataReader<D> {
+        DataReader {
+            dev: self.dev.clone(),
+            crypto: self.crypto.clone(),
+            uuid: self.uuid,
+        }
+    }
+
+    fn plan_read_inner(&mut self, lba: u64, buf: &mut [u8]) -> Result<ReadPlan> {
         let n = buf.len() / BLOCK_SIZE;
-        let mut plan: Vec<(usize, u64, BlockRecord)> = Vec::new();
-        plan.try_reserve(n)?;
+        let mut plan = ReadPlan::with_capacity(n)?;
         for (i, blk) in buf.chunks_exact_mut(BLOCK_SIZE).enumerate() {
             let l = lba + i as u64;
             self.stats.user_blocks_read += 1;
@@ -524,34 +548,11 @@ impl<D: BlockSet> MlsDisk<D> {
                         Corrupted,
                         "index points past the data region"
                     );
-                    plan.push((i, l, rec));
+                    plan.push(i, self.geo.data_start + rec.hba, l, rec)?;
                 }
             }
         }
-        // Contiguous in the buffer and on the device: one device read.
-        let mut rest = plan.as_slice();
-        while let Some(((i0, _, r0), _)) = rest.split_first() {
-            let m = rest
-                .iter()
-                .enumerate()
-                .take_while(|(j, (i, _, r))| *i == i0 + j && r.hba == r0.hba + *j as u64)
-                .count();
-            let (group, tail) = rest.split_at(m);
-            rest = tail;
-            let dst = buf
-                .get_mut(i0 * BLOCK_SIZE..(i0 + m) * BLOCK_SIZE)
-                .ok_or(Error::new(ErrorKind::InvalidState, "read plan"))?;
-            self.dev.read(self.geo.data_start + r0.hba, dst)?;
-            for ((_, l, rec), blk) in group.iter().zip(dst.chunks_exact_mut(BLOCK_SIZE)) {
-                let aad = data_aad(&self.uuid, *l);
-                self.crypto
-                    .aead_open(&rec.key, &ZERO_IV, &aad, blk, &rec.mac)
-                    .map_err(|_| {
-                        Error::new(ErrorKind::Integrity, "data block failed authentication")
-                    })?;
-            }
-        }
-        Ok(())
+        Ok(plan)
     }
 
     /// Writes `buf.len() / 4096` blocks starting at `lba`. Durable after
