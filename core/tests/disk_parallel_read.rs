@@ -198,3 +198,63 @@ fn parallel_readers_race_writes_cleaning_and_syncs_without_wrong_or_old_data() {
         assert_eq!(tag_of(&b, l), Some(done[l as usize].load(Ordering::SeqCst)));
     }
 }
+
+/// A runner that counts the jobs it ran.
+struct Counting(mlsdisk_core::platform::StdParallel, AtomicU64);
+impl mlsdisk_core::platform::Parallel for Counting {
+    fn width(&self) -> usize {
+        self.0.width()
+    }
+    fn run(&self, jobs: &mut [mlsdisk_core::platform::Job<'_>]) {
+        self.1.fetch_add(jobs.len() as u64, Ordering::SeqCst);
+        self.0.run(jobs)
+    }
+}
+
+#[test]
+fn write_buffers_sealed_on_several_threads_read_back_and_reopen() {
+    use mlsdisk_core::disk::DiskConfig;
+    use mlsdisk_core::platform::StdParallel;
+    // A write buffer of 128 blocks: sealed as up to 4 jobs of 32.
+    let mut cfg = DiskConfig {
+        write_buffer_blocks: 128,
+        ..small_cfg()
+    };
+    cfg.layout.index_blocks = 1024;
+    cfg.layout.seg_blocks = 64;
+    let total = 2 + 64 + 1024 + 16 * 64;
+    let mut h = Harness::with(Backend::Lsm, cfg, total, true);
+    let runner = Arc::new(Counting(StdParallel::new(4), AtomicU64::new(0)));
+    h.disk().set_parallel(runner.clone());
+    let cap = h.disk().nblocks();
+    let mut model = vec![0u64; cap as usize];
+    let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+    let rounds = if long() { 40 } else { 6 };
+    for tag in 1..=rounds * 100 {
+        let l = rng.below(cap);
+        let n = (1 + rng.below(32)).min(cap - l);
+        h.disk().write(l, &blocks(l, n, tag)).unwrap();
+        for k in l..l + n {
+            model[k as usize] = tag;
+        }
+        if tag % 150 == 0 {
+            h.disk().sync().unwrap();
+        }
+    }
+    let mut b = vec![0u8; BLOCK_SIZE];
+    for (l, &t) in model.iter().enumerate() {
+        h.disk().read(l as u64, &mut b).unwrap();
+        assert!(check(&b, l as u64, t), "lba {l}");
+    }
+    let st = h.disk().stats();
+    assert!(st.data_blocks_written > 10 * 128, "{st:?}");
+    let jobs = runner.1.load(Ordering::SeqCst);
+    eprintln!("{jobs} sealing jobs ran on the runner");
+    assert!(jobs >= 20, "the write path did not use the runner");
+    // Reopened without a runner: the blocks sealed in parallel authenticate.
+    h.close_and_reopen().unwrap();
+    for (l, &t) in model.iter().enumerate() {
+        h.disk().read(l as u64, &mut b).unwrap();
+        assert!(check(&b, l as u64, t), "lba {l} after reopen");
+    }
+}

@@ -82,7 +82,7 @@ pub use record::BlockRecord;
 use crate::bio::{BlockSet, BLOCK_SIZE};
 use crate::log::LogStoreConfig;
 use crate::lsm::LsmConfig;
-use crate::platform::{AeadKey, Iv};
+use crate::platform::{AeadKey, Crypto, Iv, Job, Mac, Parallel, MAC_LEN};
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
 use segment::{Head, Segments, NO_LBA};
 use state::UserState;
@@ -244,6 +244,8 @@ pub struct MlsDisk<D: BlockSet> {
     broken: Option<Error>,
     /// Inside `sync`: space pressure may commit without `auto_sync`.
     in_sync: bool,
+    /// Runs the sealing of a write buffer on several CPUs, if set.
+    parallel: Option<Arc<dyn Parallel>>,
 }
 
 const ZERO_IV: Iv = [0u8; 12];
@@ -266,6 +268,69 @@ fn blocks_of(len: usize) -> Result<u64> {
         "buffer is not a whole number of blocks"
     );
     Ok((len / BLOCK_SIZE) as u64)
+}
+
+/// Blocks per sealing job below which a write buffer is sealed on one CPU.
+const MIN_BLOCKS_PER_JOB: usize = 16;
+
+/// Seals `data` (blocks of `lbas`, block `i` under key `i` of `keys`) in
+/// place, the MACs into `macs`; on several CPUs when `parallel` is given
+/// and the run is long enough.
+#[allow(clippy::too_many_arguments)]
+fn seal_blocks(
+    parallel: Option<&Arc<dyn Parallel>>,
+    crypto: &dyn Crypto,
+    uuid: &[u8; 16],
+    lbas: &[u64],
+    data: &mut [u8],
+    keys: &[u8],
+    klen: usize,
+    macs: &mut [Mac],
+) -> Result<()> {
+    let seal = |lbas: &[u64], data: &mut [u8], keys: &[u8], macs: &mut [Mac]| -> Result<()> {
+        for (((l, blk), kb), mac) in lbas
+            .iter()
+            .zip(data.chunks_exact_mut(BLOCK_SIZE))
+            .zip(keys.chunks_exact(klen))
+            .zip(macs.iter_mut())
+        {
+            let key = AeadKey::from_slice(kb)?;
+            *mac = crypto.aead_seal(&key, &ZERO_IV, &data_aad(uuid, *l), blk)?;
+        }
+        Ok(())
+    };
+    let n = lbas.len();
+    let width = parallel
+        .map_or(1, |p| p.width())
+        .min(n / MIN_BLOCKS_PER_JOB);
+    let Some(p) = parallel.filter(|_| width > 1) else {
+        return seal(lbas, data, keys, macs);
+    };
+    let per = n.div_ceil(width);
+    let mut results: Vec<Result<()>> = Vec::new();
+    results.try_reserve_exact(width)?;
+    results.resize(width, Ok(()));
+    let mut closures = Vec::new();
+    closures.try_reserve_exact(width)?;
+    for ((((l, d), k), m), r) in lbas
+        .chunks(per)
+        .zip(data.chunks_mut(per * BLOCK_SIZE))
+        .zip(keys.chunks(per * klen))
+        .zip(macs.chunks_mut(per))
+        .zip(results.iter_mut())
+    {
+        let seal = &seal;
+        closures.push(move || *r = seal(l, d, k, m));
+    }
+    let mut jobs: Vec<Job<'_>> = Vec::new();
+    jobs.try_reserve_exact(closures.len())?;
+    for c in closures.iter_mut() {
+        jobs.push(c);
+    }
+    p.run(&mut jobs);
+    drop(jobs);
+    drop(closures);
+    results.into_iter().collect()
 }
 
 impl<D: BlockSet> MlsDisk<D> {
@@ -321,6 +386,7 @@ impl<D: BlockSet> MlsDisk<D> {
             stats,
             broken: None,
             in_sync: false,
+            parallel: None,
         })
     }
 
@@ -513,6 +579,12 @@ impl<D: BlockSet> MlsDisk<D> {
             crypto: self.crypto.clone(),
             uuid: self.uuid,
         }
+    }
+
+    /// Seals write-buffer blocks on several CPUs through `parallel` (by
+    /// default they are sealed on the calling thread).
+    pub fn set_parallel(&mut self, parallel: Arc<dyn Parallel>) {
+        self.parallel = Some(parallel);
     }
 
     fn plan_read_inner(&mut self, lba: u64, buf: &mut [u8]) -> Result<ReadPlan> {
@@ -714,21 +786,30 @@ impl<D: BlockSet> MlsDisk<D> {
         keys.try_reserve_exact(count * klen)?;
         keys.resize(count * klen, 0);
         self.crypto.fill_random(&mut keys)?;
-        for (k, ((l, blk), kb)) in lbas
+        let mut macs: Vec<Mac> = Vec::new();
+        macs.try_reserve_exact(count)?;
+        macs.resize(count, [0u8; MAC_LEN]);
+        seal_blocks(
+            self.parallel.as_ref(),
+            &*self.crypto,
+            &self.uuid,
+            lbas,
+            data,
+            &keys,
+            klen,
+            &mut macs,
+        )?;
+        for (k, ((l, kb), mac)) in lbas
             .iter()
-            .zip(data.chunks_exact_mut(BLOCK_SIZE))
             .zip(keys.chunks_exact(klen))
+            .zip(macs)
             .enumerate()
         {
-            let key = AeadKey::from_slice(kb)?;
-            let mac = self
-                .crypto
-                .aead_seal(&key, &ZERO_IV, &data_aad(&self.uuid, *l), blk)?;
             recs.push((
                 *l,
                 BlockRecord {
                     hba: hba + k as u64,
-                    key,
+                    key: AeadKey::from_slice(kb)?,
                     mac,
                 },
             ));

@@ -19,8 +19,12 @@
 //! Key derivation is built here on top of HMAC ([`kdf`]), so every platform
 //! derives the same keys from the same root key.
 
+mod parallel;
 #[cfg(feature = "std")]
 mod std_crypto;
+#[cfg(feature = "std")]
+pub use parallel::StdParallel;
+pub use parallel::{Job, Parallel, Serial};
 #[cfg(feature = "std")]
 pub use std_crypto::StdCrypto;
 
