@@ -10,15 +10,20 @@
 //!   fails with a message naming the `create` option when there is no disk.
 //! - The key is the root key (16 or 32 bytes); the engine derives every
 //!   key it uses from it.
-//! - Rollback anchor: none in the kernel yet (`anchor=none`, the default);
-//!   the status line says the disk is unprotected against whole-image
-//!   rollback.
+//! - Rollback anchor: `anchor=none` (the default: the status line says the
+//!   disk is unprotected against whole-image rollback) or `anchor=dev:<device>`:
+//!   the core's `BlockAnchor` over a second block device that the guest
+//!   trusts (the host must not be able to roll it back), blocks 0 and 1 of
+//!   it. `create` writes a new anchor there; `open` refuses an image older
+//!   than the anchor, another disk's anchor and a damaged anchor, each with
+//!   its own `ti->error`.
 
 use alloc::boxed::Box;
 use core::fmt;
 
 use kernel::prelude::*;
-use mlsdisk_core::disk::{DiskConfig, MlsDisk, NoAnchor};
+use mlsdisk_core::disk::block_anchor::is_anchor_error;
+use mlsdisk_core::disk::{BlockAnchor, DiskConfig, MlsDisk, NoAnchor, RollbackAnchor};
 use mlsdisk_core::{CryptoRef, Error as CoreError, ErrorKind};
 
 use crate::dm::CtrError;
@@ -59,6 +64,7 @@ fn ctr_error(e: CoreError, creating: bool) -> CtrError {
     // The geometry check of a superblock that verifies names truncation.
     let truncated = e.kind() == ErrorKind::Corrupted && e.msg().contains("smaller than the disk");
     let msg: &'static CStr = match (e.kind(), creating) {
+        _ if is_anchor_error(&e) => anchor_error(e.kind()),
         _ if truncated && !creating => c"the backing device is smaller than the disk on it (truncated)",
         (ErrorKind::WrongKey, _) => c"wrong key",
         (ErrorKind::Corrupted, false) => {
@@ -87,12 +93,40 @@ fn ctr_error(e: CoreError, creating: bool) -> CtrError {
     CtrError::new(msg, err)
 }
 
-/// Creates (`Mode::Create`) or opens the disk on `dev` with `root_key`.
-/// Returns the engine and its logical capacity in 4 KiB blocks.
+/// `ti->error` for an error that concerns the rollback anchor.
+fn anchor_error(kind: ErrorKind) -> &'static CStr {
+    match kind {
+        ErrorKind::Rollback => {
+            c"the disk image is older than its rollback anchor (whole-image rollback)"
+        }
+        ErrorKind::WrongKey => c"the anchor device holds another disk's anchor (or another key's)",
+        ErrorKind::Integrity => c"the anchor device fails authentication (tampered or damaged)",
+        ErrorKind::Corrupted => c"the anchor device holds no anchor and is not blank",
+        ErrorKind::InvalidArgument => c"the anchor device is too small (needs 8 KiB)",
+        ErrorKind::Io => c"I/O error on the anchor device",
+        ErrorKind::OutOfMemory => c"out of memory",
+        _ => c"rollback anchor error",
+    }
+}
+
+/// Creates (`Mode::Create`) or opens the disk on `dev` with `root_key`,
+/// without a rollback anchor. Returns the engine and its logical capacity
+/// in 4 KiB blocks.
 pub(crate) fn start(
     mode: Option<Mode>,
     dev: BdevBlockSet,
     root_key: &[u8],
+) -> Result<(Box<dyn Engine>, u64), CtrError> {
+    start_with_anchor(mode, dev, root_key, None)
+}
+
+/// As [`start`], with the rollback anchor on `anchor` (blocks 0 and 1 of
+/// that device) if given.
+pub(crate) fn start_with_anchor(
+    mode: Option<Mode>,
+    dev: BdevBlockSet,
+    root_key: &[u8],
+    anchor: Option<BdevBlockSet>,
 ) -> Result<(Box<dyn Engine>, u64), CtrError> {
     let creating = matches!(mode, Some(Mode::Create));
     let crypto = KernelCrypto::new().map_err(|err| {
@@ -105,7 +139,13 @@ pub(crate) fn start(
     let crypto: CryptoRef = alloc::sync::Arc::new(crypto);
     let _noio = NoIoScope::enter();
     let cfg = DiskConfig::default();
-    let anchor = Box::new(NoAnchor);
+    let anchor: Box<dyn RollbackAnchor> = match anchor {
+        None => Box::new(NoAnchor),
+        Some(adev) => Box::new(
+            BlockAnchor::new(adev, crypto.clone(), root_key)
+                .map_err(|e| ctr_error(e, creating))?,
+        ),
+    };
     let mut disk = if creating {
         MlsDisk::create(dev, crypto, root_key, cfg, anchor)
     } else {

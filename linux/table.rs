@@ -24,7 +24,9 @@
 //! - `create`: format a new disk on the backing device;
 //! - `open`: open an existing disk (the default); conflicts with `create`;
 //! - `anchor=<spec>`: the trusted rollback anchor (at most
-//!   [`ANCHOR_MAX`] printable bytes).
+//!   [`ANCHOR_MAX`] printable bytes), one of [`AnchorKind`]: `none` (the
+//!   default) or `dev:<device>` (path or `major:minor` of a small block
+//!   device the guest trusts).
 //!
 //! The key never leaves this module in printable form: [`RawKey`] has a
 //! redacting `Debug`, no `Display`, and wipes itself on drop.
@@ -74,6 +76,8 @@ pub(crate) enum TableError<'a> {
     ConflictingOptions,
     /// `anchor=` with an empty, overlong or unprintable value.
     BadAnchor,
+    /// `anchor=` of a kind other than `none` and `dev:<device>`.
+    UnknownAnchor(&'a [u8]),
 }
 
 impl TableError<'_> {
@@ -96,6 +100,7 @@ impl TableError<'_> {
             Self::DuplicateOption(_) => c"option given twice",
             Self::ConflictingOptions => c"options 'create' and 'open' conflict",
             Self::BadAnchor => c"bad anchor specification",
+            Self::UnknownAnchor(_) => c"unknown anchor (expected 'none' or 'dev:<device>')",
         }
     }
 }
@@ -144,6 +149,11 @@ impl fmt::Display for TableError<'_> {
             Self::BadAnchor => write!(
                 f,
                 "bad anchor: 'anchor=<spec>' needs 1 to {ANCHOR_MAX} printable characters"
+            ),
+            Self::UnknownAnchor(s) => write!(
+                f,
+                "unknown anchor '{}': expected 'none' or 'dev:<device>' (a path or major:minor)",
+                Escaped(s)
             ),
         }
     }
@@ -223,6 +233,33 @@ impl Anchor {
     /// The specification as given (printable ASCII).
     pub(crate) fn as_bytes(&self) -> &[u8] {
         self.spec.get(..self.len).unwrap_or(&[])
+    }
+
+    /// What kind of anchor the specification names (checked by `parse`).
+    pub(crate) fn kind(&self) -> AnchorKind<'_> {
+        anchor_kind(self.as_bytes()).unwrap_or(AnchorKind::None)
+    }
+}
+
+/// The kinds of rollback anchor the module knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AnchorKind<'a> {
+    /// `none`: no anchor; the status says the disk is unprotected against
+    /// whole-image rollback.
+    None,
+    /// `dev:<device>`: the sync counter on a block device the guest
+    /// trusts, given by path or `major:minor` (the device, as given).
+    Dev(&'a [u8]),
+}
+
+/// Parses an `anchor=` value into its kind.
+pub(crate) fn anchor_kind(spec: &[u8]) -> Result<AnchorKind<'_>, TableError<'_>> {
+    match spec {
+        b"none" => Ok(AnchorKind::None),
+        _ => match spec.strip_prefix(b"dev:") {
+            Some(dev) if !dev.is_empty() => Ok(AnchorKind::Dev(dev)),
+            _ => Err(TableError::UnknownAnchor(spec)),
+        },
     }
 }
 
@@ -479,6 +516,7 @@ fn parse_options<'a>(args: &[&'a [u8]]) -> Result<Options, TableError<'a>> {
             {
                 return Err(TableError::BadAnchor);
             }
+            anchor_kind(spec)?;
             let mut anchor = Anchor {
                 spec: [0; ANCHOR_MAX],
                 len: spec.len(),
@@ -555,17 +593,27 @@ mod tests {
         assert_eq!(raw(&line).as_bytes()[31], 0x1f);
         assert_eq!(line.options, Options::default());
 
-        let line = parse(&[b"253:1", KEY32, b"2", b"create", b"anchor=file:/boot/x"]).unwrap();
+        let line = parse(&[b"253:1", KEY32, b"2", b"create", b"anchor=dev:/dev/vdc"]).unwrap();
         assert_eq!(raw(&line).bits(), 128);
         assert_eq!(raw(&line).as_bytes()[10], 0xaa);
         assert_eq!(line.options.mode, Some(Mode::Create));
-        assert_eq!(line.options.anchor.unwrap().as_bytes(), b"file:/boot/x");
+        assert_eq!(line.options.anchor.unwrap().as_bytes(), b"dev:/dev/vdc");
+        assert_eq!(line.options.anchor.unwrap().kind(), AnchorKind::Dev(b"/dev/vdc"));
         let mut s = String::new();
         line.options.emit(&mut s).unwrap();
-        assert_eq!(s, " 2 create anchor=file:/boot/x");
+        assert_eq!(s, " 2 create anchor=dev:/dev/vdc");
 
         let line = parse(&[b"/dev/vdb", KEY64, b"0"]).unwrap();
         assert_eq!(line.options.count(), 0);
+    }
+
+    #[test]
+    fn anchor_kinds() {
+        let kind = |a: &[u8]| parse(&[b"/dev/vdb", KEY64, b"1", a]).unwrap().options.anchor.unwrap();
+        assert_eq!(kind(b"anchor=none").kind(), AnchorKind::None);
+        assert_eq!(kind(b"anchor=dev:252:32").kind(), AnchorKind::Dev(b"252:32"));
+        assert_eq!(anchor_kind(b"dev:/dev/vdc"), Ok(AnchorKind::Dev(b"/dev/vdc")));
+        assert_eq!(anchor_kind(b"tpm"), Err(TableError::UnknownAnchor(b"tpm")));
     }
 
     #[test]
@@ -591,6 +639,12 @@ mod tests {
         assert!(err(&[b"/dev/vdb", KEY64, b"2", b"create", b"open"]).contains("conflict"));
         assert!(err(&[b"/dev/vdb", KEY64, b"2", b"open", b"open"]).contains("twice"));
         assert!(err(&[b"/dev/vdb", KEY64, b"1", b"anchor="]).contains("bad anchor"));
+        assert!(err(&[b"/dev/vdb", KEY64, b"1", b"anchor=file:/x"])
+            .contains("unknown anchor 'file:/x'"));
+        assert!(err(&[b"/dev/vdb", KEY64, b"1", b"anchor=dev:"]).contains("unknown anchor"));
+        assert!(err(&[b"/dev/vdb", KEY64, b"1", b"anchor=NONE"]).contains("unknown anchor"));
+        assert!(err(&[b"/dev/vdb", KEY64, b"2", b"anchor=none", b"anchor=dev:8:0"])
+            .contains("twice"));
         assert!(err(&[b"/dev/vdb", KEY64, b"1", b"\x01\xff"]).contains("'\\x01\\xff'"));
     }
 

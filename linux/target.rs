@@ -57,6 +57,8 @@ use crate::dm::{
 };
 use crate::kbio::{on_worker, BdevBlockSet, NoIoScope, OpenBdev};
 use crate::table::{self, Escaped, KeyRef, KeySpec, Options, RawKey};
+#[cfg(not(mlsdisk_passthrough))]
+use crate::table::AnchorKind;
 
 /// Sectors per 4 KiB block.
 const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
@@ -401,6 +403,61 @@ impl MlsDisk {
         CtrError::new(msg, err)
     }
 
+    /// The `dev_t` of the anchor device `name` (`anchor=dev:<name>`, a path
+    /// or `major:minor`), looked up like the backing device
+    /// (`dm_get_device`, released again: the engine opens its own
+    /// reference). It must be another device than the backing device
+    /// `backing`, with room for the anchor (8 KiB).
+    #[cfg(not(mlsdisk_passthrough))]
+    fn anchor_device(ti: &mut Ctr<'_>, name: &[u8], backing: u32) -> Result<u32, CtrError> {
+        let shown = || Escaped(name);
+        let mut path = KVec::with_capacity(name.len() + 1, GFP_KERNEL)
+            .map_err(|_| Self::fail(c"out of memory", ENOMEM))?;
+        path.extend_from_slice(name, GFP_KERNEL)
+            .map_err(|_| Self::fail(c"out of memory", ENOMEM))?;
+        path.push(0, GFP_KERNEL)
+            .map_err(|_| Self::fail(c"out of memory", ENOMEM))?;
+        // `name` is printable ASCII without NUL (checked by the parser).
+        let path = CStr::from_bytes_with_nul(&path).map_err(|_| {
+            pr_err!("bad anchor device name '{}'\n", format_args!("{}", shown()));
+            Self::fail(c"bad anchor specification", EINVAL)
+        })?;
+        let adev = ti.get_device(path).map_err(|err| {
+            pr_err!(
+                "cannot open the anchor device '{}': error {}\n",
+                format_args!("{}", shown()),
+                err.to_errno()
+            );
+            Self::fail(c"cannot open the anchor device", err)
+        })?;
+        let (dev, sectors) = (adev.dev_t(), adev.nr_sectors());
+        drop(adev);
+        if dev == backing {
+            pr_err!(
+                "the anchor device '{}' is the backing device: the anchor must live outside the image\n",
+                format_args!("{}", shown())
+            );
+            return Err(Self::fail(
+                c"the anchor device must not be the backing device",
+                EINVAL,
+            ));
+        }
+        let need = mlsdisk_core::disk::block_anchor::ANCHOR_BLOCKS * SECTORS_PER_BLOCK;
+        if sectors < need {
+            pr_err!(
+                "the anchor device '{}' has {} sectors: the anchor needs {} (8 KiB)\n",
+                format_args!("{}", shown()),
+                sectors,
+                need
+            );
+            return Err(Self::fail(
+                c"the anchor device is too small (needs 8 KiB)",
+                EINVAL,
+            ));
+        }
+        Ok(dev)
+    }
+
     /// The bio counters: `reads=.. writes=.. flushes=.. fua=.. discards=..
     /// errors=..`.
     fn write_counters(&self, out: &mut StatusWriter<'_>) -> fmt::Result {
@@ -608,6 +665,9 @@ impl dm::Target for MlsDisk {
             })
         };
         let dev = backing.dev_t();
+        // The rollback anchor's device (`anchor=dev:<device>`), if any.
+        #[cfg(not(mlsdisk_passthrough))]
+        let anchor_dev: Option<u32>;
         #[cfg(mlsdisk_passthrough)]
         let (shared, options) = {
             let open_engine = || -> Result<(Box<dyn Engine>, u64), CtrError> {
@@ -621,20 +681,31 @@ impl dm::Target for MlsDisk {
         #[cfg(not(mlsdisk_passthrough))]
         let (shared, options) = {
             let mut options = line.options;
-            if let Some(anchor) = &options.anchor {
-                if anchor.as_bytes() != b"none" {
+            anchor_dev = match options.anchor.as_ref().map(table::Anchor::kind) {
+                None | Some(AnchorKind::None) => None,
+                Some(AnchorKind::Dev(name)) => Some(Self::anchor_device(ti, name, dev)?),
+            };
+            let open_anchor = |adev: u32| {
+                OpenBdev::open(adev).map_err(|err| {
                     pr_err!(
-                        "anchor '{}' is not available in the kernel yet: only anchor=none\n",
-                        format_args!("{}", Escaped(anchor.as_bytes()))
+                        "cannot open the anchor device {}:{} for the engine: error {}\n",
+                        adev >> 20,
+                        adev & 0xfffff,
+                        err.to_errno()
                     );
-                    return Err(Self::fail(c"only anchor=none is available", EINVAL));
-                }
-            }
+                    Self::fail(c"cannot open the anchor device", err)
+                })
+            };
             let open_engine = || {
-                crate::engine_disk::start(
+                let anchor = match anchor_dev {
+                    Some(adev) => Some(BdevBlockSet::new(open_anchor(adev)?)),
+                    None => None,
+                };
+                crate::engine_disk::start_with_anchor(
                     options.mode,
                     BdevBlockSet::new(open_bdev(dev)?),
                     key.as_bytes(),
+                    anchor,
                 )
             };
             let shared = Self::attach(dev, &key, options.mode, open_engine)?;
@@ -686,13 +757,24 @@ impl dm::Target for MlsDisk {
             target.key.bits()
         );
         #[cfg(not(mlsdisk_passthrough))]
-        pr_info!(
-            "disk on {}: {} of {} sectors mapped, {}-bit root key, no rollback anchor\n",
-            format_args!("{}", Escaped(target.backing.name().to_bytes())),
-            ti.len(),
-            max,
-            target.key.bits()
-        );
+        match anchor_dev {
+            Some(adev) => pr_info!(
+                "disk on {}: {} of {} sectors mapped, {}-bit root key, rollback anchor on {}:{}\n",
+                format_args!("{}", Escaped(target.backing.name().to_bytes())),
+                ti.len(),
+                max,
+                target.key.bits(),
+                adev >> 20,
+                adev & 0xfffff
+            ),
+            None => pr_info!(
+                "disk on {}: {} of {} sectors mapped, {}-bit root key, no rollback anchor\n",
+                format_args!("{}", Escaped(target.backing.name().to_bytes())),
+                ti.len(),
+                max,
+                target.key.bits()
+            ),
+        }
         Ok(target)
     }
 

@@ -157,7 +157,7 @@ refused "duplicate option" "twice" "0 $len mlsdisk $DISK $KEY 2 create create"
 refused "count not a number" "not a number" "0 $len mlsdisk $DISK $KEY create"
 refused "length beyond the device" "maximum is $sectors sectors" "0 $((sectors + 8)) mlsdisk $DISK $KEY"
 refused "empty anchor" "bad anchor" "0 $len mlsdisk $DISK $KEY 1 anchor="
-refused "file anchor" "only anchor=none" "0 $len mlsdisk $DISK $KEY 1 anchor=file:/run/anchor"
+refused "file anchor" "unknown anchor 'file:/run/anchor'" "0 $len mlsdisk $DISK $KEY 1 anchor=file:/run/anchor"
 run dd if=/dev/zero of=/dev/vda bs=1M count=8 conv=fsync
 refused "open a blank device" "give the 'create' option" "0 8 mlsdisk /dev/vda $KEY"
 refused "length not whole 4 KiB blocks" "not a whole number of 4 KiB blocks" "0 $((len - 1)) mlsdisk $DISK $KEY"

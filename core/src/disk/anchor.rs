@@ -13,10 +13,20 @@
 //! of the anchor: `open` accepts an image counter at or above the anchor and
 //! brings the anchor up to it.
 //!
+//! Before any `read` or `advance` the disk calls [`RollbackAnchor::bind`]
+//! with its UUID (and whether it is being created), so an anchor that keeps
+//! one counter per disk can refuse another disk's.
+//!
 //! Implementations: [`NoAnchor`] (no protection; the disk reports
 //! "unprotected against whole-image rollback"), [`MemAnchor`] (shared memory
 //! counter for tests), [`FileAnchor`] (a file on storage the guest trusts,
-//! `std`). A vTPM NV counter or an attestation service fit the same trait.
+//! `std`), [`super::BlockAnchor`] (authenticated, on a small block device
+//! the guest trusts; no_std, used by the kernel module). A vTPM NV counter
+//! or an attestation service fit the same trait.
+//!
+//! Every anchor assumes that its storage is outside the host's reach: a
+//! host that can roll the anchor back together with the disk image defeats
+//! it.
 
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +35,18 @@ use crate::{Error, ErrorKind, Result};
 
 /// A trusted monotonic counter. See the module documentation.
 pub trait RollbackAnchor: Send + Sync {
-    /// A short name for status lines ("none", "memory", "file", ...).
+    /// A short name for status lines ("none", "memory", "file", "dev").
     fn kind(&self) -> &'static str;
+    /// Ties the anchor to the disk with `uuid`; the disk calls it once,
+    /// before any `read` or `advance`. `fresh`: the disk is being created,
+    /// and an anchor of an earlier disk may be replaced; otherwise an
+    /// anchor of another disk is an error (at `bind` or at `read`).
+    ///
+    /// The default keeps one counter whatever the disk (no binding).
+    fn bind(&mut self, uuid: &[u8; 16], fresh: bool) -> Result<()> {
+        let _ = (uuid, fresh);
+        Ok(())
+    }
     /// The last counter stored, or `None` if the anchor was never advanced.
     fn read(&self) -> Result<Option<u64>>;
     /// Stores `counter` durably. Never lowers the stored value.

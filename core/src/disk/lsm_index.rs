@@ -144,6 +144,7 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
             None,
             anchor,
         )?;
+        d.anchor.bind(&uuid, true)?;
         d.commit(false)?;
         let payload = d.super_payload()?;
         let blob = AuthBlob::create(dev, 0, crypto, root_key, &payload)?;

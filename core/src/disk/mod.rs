@@ -50,6 +50,7 @@
 //! brings its own bound (memtables and block caches, see `lsm`).
 
 pub mod anchor;
+pub mod block_anchor;
 pub mod coalesce;
 mod codec;
 pub mod counted;
@@ -71,6 +72,7 @@ use core::fmt::Write as _;
 #[cfg(feature = "std")]
 pub use anchor::FileAnchor;
 pub use anchor::{MemAnchor, NoAnchor, RollbackAnchor};
+pub use block_anchor::BlockAnchor;
 pub use counted::Counted;
 pub use index::DiskIndex;
 #[cfg(feature = "std")]
@@ -399,6 +401,7 @@ impl<D: BlockSet> MlsDisk<D> {
             Integrity,
             "index belongs to another disk"
         );
+        self.anchor.bind(&self.uuid, false)?;
         if let Some(a) = self.anchor.read()? {
             if us.sync_counter < a {
                 bail!(Rollback, "disk image is older than its rollback anchor");
@@ -448,6 +451,7 @@ impl<D: BlockSet> MlsDisk<D> {
         let index = Box::new(MemIndex::open(store));
         let dev = Arc::new(Counted::new(dev));
         let mut d = Self::assemble(dev, crypto, geo, uuid, cfg, index, None, anchor)?;
+        d.anchor.bind(&uuid, true)?;
         d.commit(false)?;
         Ok(d)
     }

@@ -1,11 +1,16 @@
 //! `mlsdisk`: make, inspect and check MlsDisk images in userspace.
 //!
 //! ```text
-//! mlsdisk format IMAGE --size-mib N --key HEX [--anchor FILE] [--seg-blocks N] [--op PCT]
-//! mlsdisk info   IMAGE --key HEX [--anchor FILE]
-//! mlsdisk check  IMAGE --key HEX [--anchor FILE]
-//! mlsdisk write  IMAGE --key HEX [--anchor FILE] LBA FILE   (whole 4 KiB blocks)
-//! mlsdisk read   IMAGE --key HEX [--anchor FILE] LBA COUNT OUTFILE
+//! mlsdisk format IMAGE --size-mib N --key HEX [ANCHOR] [--seg-blocks N] [--op PCT]
+//! mlsdisk info   IMAGE --key HEX [ANCHOR]
+//! mlsdisk check  IMAGE --key HEX [ANCHOR]
+//! mlsdisk write  IMAGE --key HEX [ANCHOR] LBA FILE   (whole 4 KiB blocks)
+//! mlsdisk read   IMAGE --key HEX [ANCHOR] LBA COUNT OUTFILE
+//!
+//! ANCHOR: --anchor FILE       the counter in a file (FileAnchor)
+//!         --anchor-dev DEV    the kernel's anchor=dev:<device> format on a
+//!                             device or image file of at least 8 KiB
+//!                             (BlockAnchor; format makes a missing file)
 //! ```
 //!
 //! The key is 32 or 64 hex digits (AES-128 / AES-256 root key). Exit
@@ -16,7 +21,7 @@ use std::process::exit;
 use std::sync::Arc;
 
 use mlsdisk_core::bio::{FileDisk, BLOCK_SIZE};
-use mlsdisk_core::disk::{DiskConfig, FileAnchor, MlsDisk, NoAnchor, RollbackAnchor};
+use mlsdisk_core::disk::{BlockAnchor, DiskConfig, FileAnchor, MlsDisk, NoAnchor, RollbackAnchor};
 use mlsdisk_core::platform::StdCrypto;
 use mlsdisk_core::{CryptoRef, Error};
 
@@ -25,6 +30,7 @@ struct Args {
     image: PathBuf,
     key: Vec<u8>,
     anchor: Option<PathBuf>,
+    anchor_dev: Option<PathBuf>,
     size_mib: u64,
     seg_blocks: Option<u32>,
     op: Option<u8>,
@@ -58,6 +64,7 @@ fn parse() -> Args {
         image,
         key: vec![],
         anchor: None,
+        anchor_dev: None,
         size_mib: 0,
         seg_blocks: None,
         op: None,
@@ -68,6 +75,7 @@ fn parse() -> Args {
         match x.as_str() {
             "--key" => a.key = hex(&val()).unwrap_or_else(|| usage()),
             "--anchor" => a.anchor = Some(PathBuf::from(val())),
+            "--anchor-dev" => a.anchor_dev = Some(PathBuf::from(val())),
             "--size-mib" => a.size_mib = val().parse().unwrap_or_else(|_| usage()),
             "--seg-blocks" => a.seg_blocks = Some(val().parse().unwrap_or_else(|_| usage())),
             "--op" => a.op = Some(val().parse().unwrap_or_else(|_| usage())),
@@ -78,6 +86,10 @@ fn parse() -> Args {
         eprintln!("mlsdisk: --key must be 32 or 64 hex digits");
         exit(2)
     }
+    if a.anchor.is_some() && a.anchor_dev.is_some() {
+        eprintln!("mlsdisk: --anchor and --anchor-dev exclude each other");
+        exit(2)
+    }
     a
 }
 
@@ -86,7 +98,19 @@ fn die(what: &str, e: Error) -> ! {
     exit(1)
 }
 
-fn anchor(a: &Args) -> Box<dyn RollbackAnchor> {
+fn anchor(a: &Args, crypto: &CryptoRef) -> Box<dyn RollbackAnchor> {
+    if let Some(p) = &a.anchor_dev {
+        let dev = match FileDisk::open(p, false) {
+            Ok(d) => d,
+            Err(_) if a.cmd == "format" && !p.exists() => {
+                FileDisk::create(p, 2, false).unwrap_or_else(|e| die("create anchor", e))
+            }
+            Err(e) => die("open anchor", e),
+        };
+        return Box::new(
+            BlockAnchor::new(dev, crypto.clone(), &a.key).unwrap_or_else(|e| die("anchor", e)),
+        );
+    }
     match &a.anchor {
         Some(p) => Box::new(FileAnchor::new(p)),
         None => Box::new(NoAnchor),
@@ -100,7 +124,7 @@ fn open(a: &Args, crypto: &CryptoRef) -> MlsDisk<FileDisk> {
         crypto.clone(),
         &a.key,
         DiskConfig::default(),
-        anchor(a),
+        anchor(a, crypto),
     )
     .unwrap_or_else(|e| die("open", e))
 }
@@ -122,7 +146,8 @@ fn main() {
             if let Some(o) = a.op {
                 cfg.layout.op_percent = o;
             }
-            let d = MlsDisk::create(dev, crypto, &a.key, cfg, anchor(&a))
+            let anchor = anchor(&a, &crypto);
+            let d = MlsDisk::create(dev, crypto, &a.key, cfg, anchor)
                 .unwrap_or_else(|e| die("format", e));
             let g = *d.geometry();
             println!(
