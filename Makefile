@@ -43,6 +43,7 @@ guest-test:
 
 # Power cuts and between-boots tampering: one image over several boots.
 host-test:
+	tests/host/anchor-tool.sh
 	tests/host/powercut.sh
 
 # The benchmark (scripts/guest-bench.sh): the demo is its short version.
