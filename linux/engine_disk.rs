@@ -106,12 +106,14 @@ pub(crate) fn start(
     let _noio = NoIoScope::enter();
     let cfg = DiskConfig::default();
     let anchor = Box::new(NoAnchor);
-    let disk = if creating {
+    let mut disk = if creating {
         MlsDisk::create(dev, crypto, root_key, cfg, anchor)
     } else {
         MlsDisk::open(dev, crypto, root_key, cfg, anchor)
     }
     .map_err(|e| ctr_error(e, creating))?;
+    // Write buffers are sealed on several CPUs (kparallel.rs).
+    disk.set_parallel(alloc::sync::Arc::new(crate::kparallel::KernelParallel));
     let capacity = disk.nblocks();
     Ok((Box::new(disk), capacity))
 }

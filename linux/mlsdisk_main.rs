@@ -37,6 +37,7 @@ mod engine_disk;
 mod kalloc;
 mod kbio;
 mod kcrypto;
+mod kparallel;
 mod table;
 mod target;
 
@@ -53,6 +54,8 @@ struct MlsDiskModule {
     /// `blkdev.rs`); dropped (synced, closed) before the target goes.
     _disk: Option<blkdev::BlkDisk>,
     _target: dm::Registration<target::MlsDisk>,
+    /// The workers that seal write buffers on several CPUs; dropped last.
+    _parallel: kparallel::ParallelWorkqueue,
 }
 
 impl kernel::Module for MlsDiskModule {
@@ -80,6 +83,9 @@ impl kernel::Module for MlsDiskModule {
         target::set_selftest_checksum(checksum);
         crypto_selftest()?;
 
+        let parallel = kparallel::ParallelWorkqueue::new().inspect_err(|e| {
+            pr_err!("cannot allocate the parallel workqueue: error {}\n", e.to_errno());
+        })?;
         target::init_registry();
         let registration = dm::Registration::new(module).inspect_err(|e| {
             pr_err!("cannot register the dm target: error {}\n", e.to_errno());
@@ -92,6 +98,7 @@ impl kernel::Module for MlsDiskModule {
         Ok(Self {
             _disk: disk,
             _target: registration,
+            _parallel: parallel,
         })
     }
 }

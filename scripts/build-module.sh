@@ -68,7 +68,14 @@ ends_in_missed_noreturn() {
 	local sym last
 	sym="$(sed -n 's/.*objtool: \(_R[A-Za-z0-9_]*\)() falls through to next function.*/\1/p' <<<"$1")"
 	[ -n "$sym" ] && [ -n "$objdump_bin" ] || return 1
-	last="$("$objdump_bin" -dr --disassemble="$sym" "$ROOT/linux/mlsdisk.o" 2>/dev/null |
+	# By address range from nm: objdump's --disassemble=<symbol> misses
+	# some long mangled names.
+	local start size
+	read -r start size < <(nm -S "$ROOT/linux/mlsdisk.o" 2>/dev/null |
+		awk -v s="$sym" '$4 == s { print $1, $2; exit }')
+	[ -n "${start:-}" ] && [ -n "${size:-}" ] || return 1
+	last="$("$objdump_bin" -dr --start-address=$((16#$start)) \
+		--stop-address=$((16#$start + 16#$size)) "$ROOT/linux/mlsdisk.o" 2>/dev/null |
 		grep -E 'R_X86_64_[A-Z0-9]+' | tail -n 1)"
 	[[ "$last" =~ R_X86_64_PLT32[[:space:]]+_R[A-Za-z0-9_]*4core9panicking11panic_const23panic_const_(div|rem)_by_zero ]]
 }

@@ -56,6 +56,7 @@ pub mod counted;
 pub mod index;
 pub mod layout;
 mod lsm_index;
+pub mod reader;
 pub mod record;
 mod segment;
 pub mod state;
@@ -75,12 +76,13 @@ pub use index::DiskIndex;
 #[cfg(feature = "std")]
 pub use index::{MemIndex, MemIndexStore};
 pub use layout::{Geometry, LayoutConfig};
+pub use reader::{DataReader, ReadPlan};
 pub use record::BlockRecord;
 
 use crate::bio::{BlockSet, BLOCK_SIZE};
 use crate::log::LogStoreConfig;
 use crate::lsm::LsmConfig;
-use crate::platform::{AeadKey, Iv};
+use crate::platform::{AeadKey, Crypto, Iv, Job, Mac, Parallel, MAC_LEN};
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
 use segment::{Head, Segments, NO_LBA};
 use state::UserState;
@@ -242,6 +244,8 @@ pub struct MlsDisk<D: BlockSet> {
     broken: Option<Error>,
     /// Inside `sync`: space pressure may commit without `auto_sync`.
     in_sync: bool,
+    /// Runs the sealing of a write buffer on several CPUs, if set.
+    parallel: Option<Arc<dyn Parallel>>,
 }
 
 const ZERO_IV: Iv = [0u8; 12];
@@ -264,6 +268,69 @@ fn blocks_of(len: usize) -> Result<u64> {
         "buffer is not a whole number of blocks"
     );
     Ok((len / BLOCK_SIZE) as u64)
+}
+
+/// Blocks per sealing job below which a write buffer is sealed on one CPU.
+const MIN_BLOCKS_PER_JOB: usize = 16;
+
+/// Seals `data` (blocks of `lbas`, block `i` under key `i` of `keys`) in
+/// place, the MACs into `macs`; on several CPUs when `parallel` is given
+/// and the run is long enough.
+#[allow(clippy::too_many_arguments)]
+fn seal_blocks(
+    parallel: Option<&Arc<dyn Parallel>>,
+    crypto: &dyn Crypto,
+    uuid: &[u8; 16],
+    lbas: &[u64],
+    data: &mut [u8],
+    keys: &[u8],
+    klen: usize,
+    macs: &mut [Mac],
+) -> Result<()> {
+    let seal = |lbas: &[u64], data: &mut [u8], keys: &[u8], macs: &mut [Mac]| -> Result<()> {
+        for (((l, blk), kb), mac) in lbas
+            .iter()
+            .zip(data.chunks_exact_mut(BLOCK_SIZE))
+            .zip(keys.chunks_exact(klen))
+            .zip(macs.iter_mut())
+        {
+            let key = AeadKey::from_slice(kb)?;
+            *mac = crypto.aead_seal(&key, &ZERO_IV, &data_aad(uuid, *l), blk)?;
+        }
+        Ok(())
+    };
+    let n = lbas.len();
+    let width = parallel
+        .map_or(1, |p| p.width())
+        .min(n / MIN_BLOCKS_PER_JOB);
+    let Some(p) = parallel.filter(|_| width > 1) else {
+        return seal(lbas, data, keys, macs);
+    };
+    let per = n.div_ceil(width);
+    let mut results: Vec<Result<()>> = Vec::new();
+    results.try_reserve_exact(width)?;
+    results.resize(width, Ok(()));
+    let mut closures = Vec::new();
+    closures.try_reserve_exact(width)?;
+    for ((((l, d), k), m), r) in lbas
+        .chunks(per)
+        .zip(data.chunks_mut(per * BLOCK_SIZE))
+        .zip(keys.chunks(per * klen))
+        .zip(macs.chunks_mut(per))
+        .zip(results.iter_mut())
+    {
+        let seal = &seal;
+        closures.push(move || *r = seal(l, d, k, m));
+    }
+    let mut jobs: Vec<Job<'_>> = Vec::new();
+    jobs.try_reserve_exact(closures.len())?;
+    for c in closures.iter_mut() {
+        jobs.push(c);
+    }
+    p.run(&mut jobs);
+    drop(jobs);
+    drop(closures);
+    results.into_iter().collect()
 }
 
 impl<D: BlockSet> MlsDisk<D> {
@@ -319,6 +386,7 @@ impl<D: BlockSet> MlsDisk<D> {
             stats,
             broken: None,
             in_sync: false,
+            parallel: None,
         })
     }
 
@@ -474,26 +542,54 @@ impl<D: BlockSet> MlsDisk<D> {
 
     /// Reads `buf.len() / 4096` blocks starting at `lba`.
     pub fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<()> {
-        let n = blocks_of(buf.len())?;
-        self.check_range(lba, n)?;
-        self.check_ok()?;
-        let r = self.read_inner(lba, buf);
-        if r.is_err() {
+        let plan = self.plan_read(lba, buf)?;
+        let r = self.reader().fetch(&plan, buf);
+        if let Err(e) = r {
             // Never hand out a partly filled or unauthenticated buffer.
             buf.fill(0);
-            if let Err(e) = r {
-                if e.kind() != ErrorKind::Integrity {
-                    self.broken = Some(e);
-                }
+            if e.kind() != ErrorKind::Integrity {
+                self.broken = Some(e);
             }
         }
         r
     }
 
-    fn read_inner(&mut self, lba: u64, buf: &mut [u8]) -> Result<()> {
+    /// The first half of a read (see the `reader` module): fills the blocks of `buf`
+    /// that come from the write buffer or are unmapped (zeros), and returns
+    /// what is left to fetch from the device with [`DataReader::fetch`],
+    /// which needs no access to the disk. On error `buf` is zeroed.
+    pub fn plan_read(&mut self, lba: u64, buf: &mut [u8]) -> Result<ReadPlan> {
+        let n = blocks_of(buf.len())?;
+        self.check_range(lba, n)?;
+        self.check_ok()?;
+        let r = self.plan_read_inner(lba, buf);
+        if let Err(e) = &r {
+            buf.fill(0);
+            if e.kind() != ErrorKind::Integrity {
+                self.broken = Some(*e);
+            }
+        }
+        r
+    }
+
+    /// A handle that fetches planned reads without the disk (see the `reader` module).
+    pub fn reader(&self) -> DataReader<D> {
+        DataReader {
+            dev: self.dev.clone(),
+            crypto: self.crypto.clone(),
+            uuid: self.uuid,
+        }
+    }
+
+    /// Seals write-buffer blocks on several CPUs through `parallel` (by
+    /// default they are sealed on the calling thread).
+    pub fn set_parallel(&mut self, parallel: Arc<dyn Parallel>) {
+        self.parallel = Some(parallel);
+    }
+
+    fn plan_read_inner(&mut self, lba: u64, buf: &mut [u8]) -> Result<ReadPlan> {
         let n = buf.len() / BLOCK_SIZE;
-        let mut plan: Vec<(usize, u64, BlockRecord)> = Vec::new();
-        plan.try_reserve(n)?;
+        let mut plan = ReadPlan::with_capacity(n)?;
         for (i, blk) in buf.chunks_exact_mut(BLOCK_SIZE).enumerate() {
             let l = lba + i as u64;
             self.stats.user_blocks_read += 1;
@@ -524,34 +620,11 @@ impl<D: BlockSet> MlsDisk<D> {
                         Corrupted,
                         "index points past the data region"
                     );
-                    plan.push((i, l, rec));
+                    plan.push(i, self.geo.data_start + rec.hba, l, rec)?;
                 }
             }
         }
-        // Contiguous in the buffer and on the device: one device read.
-        let mut rest = plan.as_slice();
-        while let Some(((i0, _, r0), _)) = rest.split_first() {
-            let m = rest
-                .iter()
-                .enumerate()
-                .take_while(|(j, (i, _, r))| *i == i0 + j && r.hba == r0.hba + *j as u64)
-                .count();
-            let (group, tail) = rest.split_at(m);
-            rest = tail;
-            let dst = buf
-                .get_mut(i0 * BLOCK_SIZE..(i0 + m) * BLOCK_SIZE)
-                .ok_or(Error::new(ErrorKind::InvalidState, "read plan"))?;
-            self.dev.read(self.geo.data_start + r0.hba, dst)?;
-            for ((_, l, rec), blk) in group.iter().zip(dst.chunks_exact_mut(BLOCK_SIZE)) {
-                let aad = data_aad(&self.uuid, *l);
-                self.crypto
-                    .aead_open(&rec.key, &ZERO_IV, &aad, blk, &rec.mac)
-                    .map_err(|_| {
-                        Error::new(ErrorKind::Integrity, "data block failed authentication")
-                    })?;
-            }
-        }
-        Ok(())
+        Ok(plan)
     }
 
     /// Writes `buf.len() / 4096` blocks starting at `lba`. Durable after
@@ -713,21 +786,30 @@ impl<D: BlockSet> MlsDisk<D> {
         keys.try_reserve_exact(count * klen)?;
         keys.resize(count * klen, 0);
         self.crypto.fill_random(&mut keys)?;
-        for (k, ((l, blk), kb)) in lbas
+        let mut macs: Vec<Mac> = Vec::new();
+        macs.try_reserve_exact(count)?;
+        macs.resize(count, [0u8; MAC_LEN]);
+        seal_blocks(
+            self.parallel.as_ref(),
+            &*self.crypto,
+            &self.uuid,
+            lbas,
+            data,
+            &keys,
+            klen,
+            &mut macs,
+        )?;
+        for (k, ((l, kb), mac)) in lbas
             .iter()
-            .zip(data.chunks_exact_mut(BLOCK_SIZE))
             .zip(keys.chunks_exact(klen))
+            .zip(macs)
             .enumerate()
         {
-            let key = AeadKey::from_slice(kb)?;
-            let mac = self
-                .crypto
-                .aead_seal(&key, &ZERO_IV, &data_aad(&self.uuid, *l), blk)?;
             recs.push((
                 *l,
                 BlockRecord {
                     hba: hba + k as u64,
-                    key,
+                    key: AeadKey::from_slice(kb)?,
                     mac,
                 },
             ));

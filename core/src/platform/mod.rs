@@ -29,11 +29,15 @@
 //! Key derivation is built here on top of HMAC ([`kdf`]), so every platform
 //! derives the same keys from the same root key.
 
+mod parallel;
 #[cfg(feature = "std")]
 mod std_crypto;
 #[cfg(feature = "std")]
 mod std_sync;
 pub mod sync;
+#[cfg(feature = "std")]
+pub use parallel::StdParallel;
+pub use parallel::{Job, Parallel, Serial};
 #[cfg(feature = "std")]
 pub use std_crypto::StdCrypto;
 #[cfg(feature = "std")]

@@ -12,6 +12,8 @@
 //!   --file PATH      image file (default $TMPDIR/mlsdisk-bench.img)
 //!   --targets LIST   comma list of raw,crypt,mls (default all)
 //!   --index KIND     MlsDisk index: lsm (default) or mem
+//!   --threads N      MlsDisk seals each write buffer on N threads
+//!                    (default 1; CryptDisk always uses one)
 //!   --steady         run all phases back to back on one disk, so random
 //!                    writes overwrite a full disk and the cleaner runs
 //!                    (default: each random-write phase starts on a fresh
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use mlsdisk_core::bio::FileDisk;
 use mlsdisk_core::bio::BLOCK_SIZE;
 use mlsdisk_core::disk::{Counted, DiskConfig, MlsDisk, NoAnchor};
-use mlsdisk_core::platform::StdCrypto;
+use mlsdisk_core::platform::{StdCrypto, StdParallel};
 use mlsdisk_core::CryptoRef;
 use mlsdisk_tools::bench::*;
 use mlsdisk_tools::cryptdisk::CryptDisk;
@@ -42,6 +44,7 @@ struct Opts {
     targets: Vec<String>,
     index: String,
     steady: bool,
+    threads: usize,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -56,6 +59,7 @@ fn parse() -> Result<Opts, String> {
         targets: vec!["raw".into(), "crypt".into(), "mls".into()],
         index: "lsm".into(),
         steady: false,
+        threads: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -73,6 +77,7 @@ fn parse() -> Result<Opts, String> {
             "--targets" => o.targets = val()?.split(',').map(String::from).collect(),
             "--index" => o.index = val()?,
             "--steady" => o.steady = true,
+            "--threads" => o.threads = num(val()?)?.max(1) as usize,
             "-h" | "--help" => {
                 println!(
                     "{}",
@@ -127,7 +132,7 @@ fn make(
                 total += ws / 16 + 256;
             }
             let dev = device(o, total);
-            let disk = match o.index.as_str() {
+            let mut disk = match o.index.as_str() {
                 "mem" => MlsDisk::create_with_mem_index(
                     dev,
                     crypto.clone(),
@@ -137,6 +142,9 @@ fn make(
                 )?,
                 _ => MlsDisk::create(dev, crypto.clone(), &key, cfg, Box::new(NoAnchor))?,
             };
+            if o.threads > 1 {
+                disk.set_parallel(Arc::new(StdParallel::new(o.threads)));
+            }
             Box::new(Mls(disk))
         }
         _ => {

@@ -1,0 +1,169 @@
+//! Reads that fetch and decrypt without holding the disk.
+//!
+//! A read has two halves. Resolving each LBA (write buffer, forward map,
+//! index) needs the disk's state and runs under `&mut MlsDisk`
+//! ([`super::MlsDisk::plan_read`]); it is short: a few memory lookups and,
+//! on an index cache miss, a metadata read. Fetching the ciphertext and
+//! authenticating it is the expensive half and needs nothing but the device,
+//! the crypto provider and the disk's UUID: a [`DataReader`] does it through
+//! `&self`, so a platform can run many reads at once on several CPUs while
+//! writes, syncs and the cleaner hold the disk.
+//!
+//! # Why a plan may go stale, and why that is safe
+//!
+//! Between planning and fetching, the disk may move on: a write may give
+//! the LBA a newer version, the cleaner may move the block, and after the
+//! next sync the segment it sat in may be reused for other data. The fetch
+//! then reads either the old ciphertext (still intact: a segment is reused
+//! only after a sync, never under a read that started before it) or bytes
+//! that were written since. Each data block is sealed under its own random
+//! key with the LBA in the associated data, and the plan carries that key
+//! and MAC: anything but the planned ciphertext fails authentication. So a
+//! stale fetch returns either the version that was current when the read
+//! was planned (a read that raced with a write may return either version,
+//! as on any disk) or [`crate::ErrorKind::Integrity`]. The platform then
+//! repeats the read under the disk ([`super::MlsDisk::read`]), which cannot
+//! race; an integrity error there is a real attack or corruption. A fetch
+//! never returns wrong data.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use super::{data_aad, BlockRecord, Counted, ZERO_IV};
+use crate::bio::{BlockSet, BLOCK_SIZE};
+use crate::{Error, ErrorKind, Result};
+
+/// One contiguous device read: `count` blocks at device block `dev_block`
+/// into buffer blocks `buf_block..`, records `first..first + count` of the
+/// plan.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    buf_block: usize,
+    dev_block: u64,
+    first: usize,
+    count: usize,
+}
+
+/// What a read still has to fetch from the device, made by
+/// [`super::MlsDisk::plan_read`]. Holds the blocks' keys (wiped on drop).
+#[derive(Default)]
+pub struct ReadPlan {
+    blocks: Vec<(u64, BlockRecord)>,
+    runs: Vec<Run>,
+}
+
+impl ReadPlan {
+    /// Reserves room for `n` blocks.
+    pub(super) fn with_capacity(n: usize) -> Result<Self> {
+        let mut p = Self::default();
+        p.blocks.try_reserve_exact(n)?;
+        Ok(p)
+    }
+
+    /// Adds buffer block `buf_block` = `lba`, stored at device block
+    /// `dev_block` under `rec`; joins the previous run when contiguous in
+    /// the buffer and on the device.
+    pub(super) fn push(
+        &mut self,
+        buf_block: usize,
+        dev_block: u64,
+        lba: u64,
+        rec: BlockRecord,
+    ) -> Result<()> {
+        let first = self.blocks.len();
+        self.blocks.try_reserve(1)?;
+        self.blocks.push((lba, rec));
+        if let Some(r) = self.runs.last_mut() {
+            let next_buf = r.buf_block + r.count;
+            let next_dev = r.dev_block + r.count as u64;
+            if next_buf == buf_block && next_dev == dev_block {
+                r.count += 1;
+                return Ok(());
+            }
+        }
+        self.runs.try_reserve(1)?;
+        self.runs.push(Run {
+            buf_block,
+            dev_block,
+            first,
+            count: 1,
+        });
+        Ok(())
+    }
+
+    /// Blocks the plan reads from the device.
+    pub fn device_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Device reads the plan makes (contiguous blocks are read together).
+    pub fn device_reads(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Whether nothing is left to fetch (every block came from the write
+    /// buffer or was unmapped).
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+}
+
+/// Fetches and authenticates planned reads; cheap to clone, `Send + Sync`.
+/// See the module documentation.
+pub struct DataReader<D> {
+    pub(super) dev: Arc<Counted<D>>,
+    pub(super) crypto: crate::CryptoRef,
+    pub(super) uuid: [u8; 16],
+}
+
+impl<D> Clone for DataReader<D> {
+    fn clone(&self) -> Self {
+        Self {
+            dev: self.dev.clone(),
+            crypto: self.crypto.clone(),
+            uuid: self.uuid,
+        }
+    }
+}
+
+impl<D: BlockSet> DataReader<D> {
+    /// Reads and decrypts the blocks of `plan` into `buf` (the buffer the
+    /// plan was made for; the blocks the plan does not name were filled by
+    /// `plan_read` and are left alone). On error the blocks of the plan
+    /// hold no plaintext: they are zeroed.
+    pub fn fetch(&self, plan: &ReadPlan, buf: &mut [u8]) -> Result<()> {
+        let r = self.fetch_inner(plan, buf);
+        if r.is_err() {
+            for run in &plan.runs {
+                let s = run.buf_block * BLOCK_SIZE;
+                if let Some(b) = buf.get_mut(s..s + run.count * BLOCK_SIZE) {
+                    b.fill(0);
+                }
+            }
+        }
+        r
+    }
+
+    fn fetch_inner(&self, plan: &ReadPlan, buf: &mut [u8]) -> Result<()> {
+        for run in &plan.runs {
+            let s = run.buf_block * BLOCK_SIZE;
+            let dst = buf
+                .get_mut(s..s + run.count * BLOCK_SIZE)
+                .ok_or(Error::new(ErrorKind::InvalidArgument, "read plan buffer"))?;
+            let recs = plan
+                .blocks
+                .get(run.first..run.first + run.count)
+                .ok_or(Error::new(ErrorKind::InvalidState, "read plan"))?;
+            self.dev.read(run.dev_block, dst)?;
+            for ((lba, rec), blk) in recs.iter().zip(dst.chunks_exact_mut(BLOCK_SIZE)) {
+                let aad = data_aad(&self.uuid, *lba);
+                self.crypto
+                    .aead_open(&rec.key, &ZERO_IV, &aad, blk, &rec.mac)
+                    .map_err(|_| {
+                        Error::new(ErrorKind::Integrity, "data block failed authentication")
+                    })?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+/* SPDX-License-Identifier: MPL-2.0 OR GPL-2.0 */
+/* par_helpers.c: parallel jobs on the module's workqueue (kparallel.rs). */
+#ifndef MLSDISK_PAR_HELPERS_H
+#define MLSDISK_PAR_HELPERS_H
+
+int mlsdisk_par_init(void);
+void mlsdisk_par_exit(void);
+unsigned int mlsdisk_par_width(void);
+void mlsdisk_par_run(void (*fn)(void *ctx, unsigned int idx), void *ctx, unsigned int n);
+
+#endif
