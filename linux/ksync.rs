@@ -171,12 +171,9 @@ impl<T: Send> Mutex<T> for KMutex<T> {
 
     fn new(value: T, class: LockClass) -> CoreResult<Self> {
         let (name, key) = mutex_class(class);
-        KBox::pin_init(
-            kernel::sync::Mutex::new(Slot(value), name, key),
-            GFP_KERNEL,
-        )
-        .map(Self)
-        .map_err(|_| oom("cannot allocate a mutex"))
+        KBox::pin_init(kernel::sync::Mutex::new(Slot(value), name, key), GFP_KERNEL)
+            .map(Self)
+            .map_err(|_| oom("cannot allocate a mutex"))
     }
 
     fn lock(&self) -> KMutexGuard<'_, T> {
@@ -346,6 +343,10 @@ fn run(sync: KernelSync) -> CoreResult<Report> {
         GFP_KERNEL,
     )
     .map_err(|_| oom("cannot allocate the shared state"))?;
+    // The loader holds the lock while it queues the jobs, so none can
+    // finish before it waits: the wait must release the lock (or the jobs
+    // never run) and the loader must be woken (or it never returns).
+    let mut g = shared.counter.lock();
     let mut spawned = 0;
     for _ in 0..JOBS {
         let shared = shared.clone();
@@ -354,7 +355,6 @@ fn run(sync: KernelSync) -> CoreResult<Report> {
         }
         spawned += 1;
     }
-    let mut g = shared.counter.lock();
     let mut waits = 0u32;
     while g.finished < spawned {
         g = shared.done.wait(g);
@@ -375,7 +375,10 @@ fn run(sync: KernelSync) -> CoreResult<Report> {
         total == u64::from(JOBS) * ROUNDS,
         "increments under the mutex were lost",
     )?;
-    check(waits > 0, "the loader never slept on the condition variable")?;
+    check(
+        waits > 0,
+        "the loader never slept on the condition variable",
+    )?;
 
     // A task's result, computed on a worker.
     let task = Task::spawn(&sync, move || {
@@ -416,7 +419,10 @@ fn run(sync: KernelSync) -> CoreResult<Report> {
             .extend_from_slice(&[1; 24], GFP_KERNEL)
             .map_err(|_| oom("cannot allocate"))?;
         let mut buf = PageBuf::new(n)?;
-        check(buf.len() == n * PAGE_SIZE, "a page buffer has the wrong size")?;
+        check(
+            buf.len() == n * PAGE_SIZE,
+            "a page buffer has the wrong size",
+        )?;
         check(
             (buf.as_ptr() as usize) % PAGE_SIZE == 0,
             "a page buffer is not page-aligned",
