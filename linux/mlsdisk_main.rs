@@ -16,6 +16,8 @@
 //!   same engine, made from module parameters.
 //! - `target.rs`: the `mlsdisk` target, safe Rust; `table.rs`: table-line
 //!   grammar, plain `core` Rust, unit-tested in userspace.
+//! - `ksync.rs`: [`ksync::KernelSync`], the core's `SyncPlatform` (kernel
+//!   mutexes, condition variables, jobs on a workqueue), self-tested at load.
 //! - `helpers.c`, `bindings/mlsdisk_helpers.h`: C helpers and the header
 //!   bindgen reads.
 //! - `Kbuild`: how `alloc` and the core crate are built and linked in.
@@ -38,6 +40,7 @@ mod kalloc;
 mod kbio;
 mod kcrypto;
 mod kparallel;
+mod ksync;
 mod table;
 mod target;
 
@@ -82,6 +85,7 @@ impl kernel::Module for MlsDiskModule {
         );
         target::set_selftest_checksum(checksum);
         crypto_selftest()?;
+        ksync::selftest()?;
 
         let parallel = kparallel::ParallelWorkqueue::new().inspect_err(|e| {
             pr_err!("cannot allocate the parallel workqueue: error {}\n", e.to_errno());

@@ -9,12 +9,22 @@
 //!   SHA-256, HMAC-SHA256 and random bytes. Userspace gets it from RustCrypto
 //!   ([`StdCrypto`], feature `std`); the kernel from its crypto API with
 //!   transforms allocated once, never per call.
+//! - [`SyncPlatform`]: sleeping locks ([`Mutex`]), condition variables
+//!   ([`Condvar`]) and background workers ([`SyncPlatform::spawn`], and
+//!   [`Task`] for a job whose result is waited for). Userspace gets them from
+//!   `std` ([`StdSync`], feature `std`); the kernel from `kernel::sync` and
+//!   workqueues. The [`sync`] module doc maps each method to its kernel
+//!   counterpart.
+//! - Page-aligned buffers: [`PageBuf`], a core type (no platform code and no
+//!   `unsafe`) over the global allocator.
 //! - Block devices come through [`crate::bio::BlockSet`].
 //!
-//! The engine itself is single-threaded per disk (`&mut self` APIs): the
+//! Most of the engine is single-threaded per disk (`&mut self` APIs): the
 //! platform shim serialises callers with its own sleeping lock and runs the
-//! engine only in process context. Every method here may sleep and may fail;
-//! failures come back as [`crate::Error`], never as a panic.
+//! engine only in process context. The log layer's
+//! [`crate::log::SharedLogStore`] runs transactions from several threads on
+//! a [`SyncPlatform`]. Every method here may sleep and may fail; failures come
+//! back as [`crate::Error`], never as a panic.
 //!
 //! Key derivation is built here on top of HMAC ([`kdf`]), so every platform
 //! derives the same keys from the same root key.
@@ -23,10 +33,16 @@ mod parallel;
 #[cfg(feature = "std")]
 mod std_crypto;
 #[cfg(feature = "std")]
+mod std_sync;
+pub mod sync;
+#[cfg(feature = "std")]
 pub use parallel::StdParallel;
 pub use parallel::{Job, Parallel, Serial};
 #[cfg(feature = "std")]
 pub use std_crypto::StdCrypto;
+#[cfg(feature = "std")]
+pub use std_sync::{StdCondvar, StdMutex, StdSync};
+pub use sync::{Condvar, LockClass, Mutex, MutexGuard, PageBuf, SyncPlatform, Task, PAGE_SIZE};
 
 use crate::{Error, ErrorKind, Result};
 
