@@ -105,4 +105,26 @@ if [ "${1:-}" = clean ]; then
 fi
 ko="$ROOT/linux/mlsdisk.ko"
 [ -f "$ko" ] || die "Kbuild finished but $ko is missing"
+# Stack frames: the kernel's stacks are 16 KiB and the engine's open and
+# read paths nest a dozen calls deep under a worker, so no single function
+# may take more than MLSDISK_MAX_FRAME bytes (rustc has no -Wframe-larger-than
+# for Rust code; this reads each function's `sub $N,%rsp` instead).
+max_frame="${MLSDISK_MAX_FRAME:-4096}"
+if [ -n "$objdump_bin" ]; then
+	big="$("$objdump_bin" -d --no-show-raw-insn "$ROOT/linux/mlsdisk.o" | awk -v max="$max_frame" '
+		/^[0-9a-f]+ <.*>:$/ { fn = $2; next }
+		/sub +\$0x[0-9a-f]+,%rsp/ {
+			match($0, /\$0x[0-9a-f]+/)
+			hex = substr($0, RSTART + 3, RLENGTH - 3)
+			n = 0
+			for (i = 1; i <= length(hex); i++) n = n * 16 + index("0123456789abcdef", substr(hex, i, 1)) - 1
+			if (n > max) print n, fn
+		}')"
+	if [ -n "$big" ]; then
+		echo "build-module: stack frames larger than $max_frame bytes:" >&2
+		echo "$big" >&2
+		die "a function's stack frame is too large for a kernel stack (box the large values)"
+	fi
+	echo "build-module: largest stack frame within $max_frame bytes"
+fi
 echo "build-module: built $ko ($(stat -c %s "$ko") bytes)"

@@ -41,7 +41,8 @@ impl LsmValue for BlockRecord {
     }
 }
 
-struct LsmIndex<D: BlockSet>(Tree<D>);
+/// The tree lives on the heap (see [`LsmTree::open_boxed`]).
+struct LsmIndex<D: BlockSet>(Box<Tree<D>>);
 
 impl<D: BlockSet> DiskIndex for LsmIndex<D> {
     fn get(&mut self, lba: u64) -> Result<Option<BlockRecord>> {
@@ -101,6 +102,13 @@ fn regions<D: BlockSet>(
     ))
 }
 
+/// What `open` has read before the disk is put together.
+struct Opened<D: BlockSet> {
+    blob: AuthBlob<Dev<D>>,
+    sp: SuperPayload,
+    index: Box<dyn DiskIndex>,
+}
+
 impl<D: BlockSet + 'static> MlsDisk<D> {
     /// Makes a new disk on `dev` (everything on it is lost) and returns it
     /// open. The superblock is written last: a crash before `create`
@@ -118,6 +126,19 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
             "root key must be 16 or 32 bytes"
         );
         let dev = Arc::new(Counted::new(dev));
+        // In stages with frames of their own (see `open`).
+        let (geo, uuid, index) = Self::create_index(&dev, &crypto, root_key, &cfg)?;
+        Self::create_finish(dev, crypto, root_key, cfg, anchor, geo, uuid, index)
+    }
+
+    /// Wipes the superblock slots and formats an empty index.
+    #[inline(never)]
+    fn create_index(
+        dev: &Dev<D>,
+        crypto: &CryptoRef,
+        root_key: &[u8],
+        cfg: &DiskConfig,
+    ) -> Result<(Geometry, [u8; 16], Box<dyn DiskIndex>)> {
         let geo = Geometry::compute(dev.nblocks(), &cfg.layout)?;
         // Wipe the superblock slots first, so a crash during create never
         // leaves an older disk's superblock pointing into new metadata.
@@ -128,12 +149,28 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
         dev.flush()?;
         let mut uuid = [0u8; 16];
         crypto.fill_random(&mut uuid)?;
-        let mut sk = store_key(&crypto, root_key, &uuid)?;
-        let (journal, chunks) = regions(&dev, &geo, &cfg)?;
+        let mut sk = store_key(crypto, root_key, &uuid)?;
+        let (journal, chunks) = regions(dev, &geo, cfg)?;
         let store = TxLogStore::format(journal, chunks, crypto.clone(), &sk, cfg.store);
         wipe(&mut sk);
-        let tree = LsmTree::format(store?, cfg.lsm.clone())?;
-        let index = Box::new(LsmIndex::<D>(tree));
+        let tree = LsmTree::format_boxed(store?, cfg.lsm.clone())?;
+        Ok((geo, uuid, Box::new(LsmIndex::<D>(tree))))
+    }
+
+    /// Puts the new disk together, makes its first commit and writes the
+    /// superblock (last).
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn create_finish(
+        dev: Dev<D>,
+        crypto: CryptoRef,
+        root_key: &[u8],
+        cfg: DiskConfig,
+        anchor: Box<dyn RollbackAnchor>,
+        geo: Geometry,
+        uuid: [u8; 16],
+        index: Box<dyn DiskIndex>,
+    ) -> Result<Self> {
         let mut d = Self::assemble(
             dev.clone(),
             crypto.clone(),
@@ -166,15 +203,29 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
         cfg: DiskConfig,
         anchor: Box<dyn RollbackAnchor>,
     ) -> Result<Self> {
+        // In stages, each its own (small) stack frame: in the kernel this
+        // runs on a worker's 16 KiB stack, under the index's deep read path.
         let dev = Arc::new(Counted::new(dev));
+        let opened = Self::open_index(&dev, &crypto, root_key, &cfg)?;
+        Self::open_finish(dev, crypto, cfg, anchor, opened)
+    }
+
+    /// Opens the superblock and the index under it.
+    #[inline(never)]
+    fn open_index(
+        dev: &Dev<D>,
+        crypto: &CryptoRef,
+        root_key: &[u8],
+        cfg: &DiskConfig,
+    ) -> Result<Box<Opened<D>>> {
         let (blob, payload) = AuthBlob::open(dev.clone(), 0, crypto.clone(), root_key)?;
         let sp = SuperPayload::decode(&payload, dev.nblocks())?;
         let root = StoreRoot::decode(&sp.root)?;
-        let mut sk = store_key(&crypto, root_key, &sp.uuid)?;
-        let (journal, chunks) = regions(&dev, &sp.geo, &cfg)?;
+        let mut sk = store_key(crypto, root_key, &sp.uuid)?;
+        let (journal, chunks) = regions(dev, &sp.geo, cfg)?;
         let store = TxLogStore::open(journal, chunks, crypto.clone(), &sk, &root);
         wipe(&mut sk);
-        let tree = LsmTree::open(store?, cfg.lsm.clone())?;
+        let tree = LsmTree::open_boxed(store?, cfg.lsm.clone())?;
         let us = UserState::decode(tree.user_state())?;
         if us.sync_counter < sp.sync_counter {
             return Err(Error::new(
@@ -182,11 +233,27 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
                 "index is older than the superblock (journal rolled back)",
             ));
         }
+        Ok(Box::new(Opened {
+            blob,
+            sp,
+            index: Box::new(LsmIndex::<D>(tree)),
+        }))
+    }
+
+    /// Puts the disk together around an open index and recovers its state.
+    #[inline(never)]
+    fn open_finish(
+        dev: Dev<D>,
+        crypto: CryptoRef,
+        cfg: DiskConfig,
+        anchor: Box<dyn RollbackAnchor>,
+        opened: Box<Opened<D>>,
+    ) -> Result<Self> {
+        let Opened { blob, sp, index } = *opened;
         let cfg = DiskConfig {
             data_key_len: sp.data_key_len,
             ..cfg
         };
-        let index = Box::new(LsmIndex::<D>(tree));
         let mut d = Self::assemble(
             dev,
             crypto,

@@ -338,6 +338,7 @@ fn seal_blocks(
 impl<D: BlockSet> MlsDisk<D> {
     /// Puts a disk together from its parts; `fresh` = nothing mapped yet.
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     fn assemble(
         dev: Arc<Counted<D>>,
         crypto: CryptoRef,

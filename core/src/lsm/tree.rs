@@ -1,5 +1,6 @@
 //! [`LsmTree`]: memtables, WAL, tables, flush and compaction, on a store.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::mem;
 
@@ -172,10 +173,24 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         })
     }
 
+    /// [`Self::empty`] moved to the heap, in a frame of its own.
+    #[inline(never)]
+    fn empty_boxed(store: S, cfg: LsmConfig) -> Result<Box<Self>> {
+        Ok(Box::new(Self::empty(store, cfg)?))
+    }
+
     /// Creates an empty tree in a fresh store (which must hold no log of the
     /// tree's tags) and commits it, with an empty user state.
     pub fn format(store: S, cfg: LsmConfig) -> Result<Self> {
-        let mut t = Self::empty(store, cfg)?;
+        Self::format_boxed(store, cfg).map(|t| *t)
+    }
+
+    /// [`LsmTree::format`], the tree on the heap: the tree is large (about
+    /// 2 KiB), and building it in place keeps it out of the callers' stack
+    /// frames (the kernel's stacks are 16 KiB).
+    #[inline(never)]
+    pub fn format_boxed(store: S, cfg: LsmConfig) -> Result<Box<Self>> {
+        let mut t = Self::empty_boxed(store, cfg)?;
         ensure!(
             t.store.logs_with_tag(TAG_WAL)?.is_empty(),
             InvalidState,
@@ -198,7 +213,13 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     /// replays the WALs into the memtables, and deletes orphan logs (of a
     /// flush or compaction that was in progress) in the next transaction.
     pub fn open(store: S, cfg: LsmConfig) -> Result<Self> {
-        let mut t = Self::empty(store, cfg)?;
+        Self::open_boxed(store, cfg).map(|t| *t)
+    }
+
+    /// [`LsmTree::open`], the tree on the heap (see [`LsmTree::format_boxed`]).
+    #[inline(never)]
+    pub fn open_boxed(store: S, cfg: LsmConfig) -> Result<Box<Self>> {
+        let mut t = Self::empty_boxed(store, cfg)?;
         let (next_seq, next_gen) = t.parse_header()?;
         t.next_seq = next_seq;
         t.next_gen = next_gen;
@@ -250,7 +271,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             wals.try_reserve(1)?;
             wals.push((gen, id));
         }
-        wals.sort_by_key(|w| w.0);
+        sort_small_by_key(&mut wals, |w| w.0);
         ensure!(wals.len() <= 2, Corrupted, "lsm: more than two WALs");
         ensure!(
             wals.windows(2)
@@ -325,9 +346,9 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     fn sort_and_check_levels(&mut self) -> Result<()> {
         for (l, lv) in self.levels.iter_mut().enumerate() {
             if l == 0 {
-                lv.sort_by_key(|t| core::cmp::Reverse(t.info.seq));
+                sort_small_by_key(lv, |t| core::cmp::Reverse(t.info.seq));
             } else {
-                lv.sort_by_key(|t| t.info.min_key);
+                sort_small_by_key(lv, |t| t.info.min_key);
                 ensure!(
                     lv.windows(2).all(|w| match (w.first(), w.get(1)) {
                         (Some(a), Some(b)) => a.info.max_key < b.info.min_key,
@@ -676,7 +697,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         for t in job.outputs {
             l0.insert(0, t);
         }
-        l0.sort_by_key(|t| core::cmp::Reverse(t.info.seq));
+        sort_small_by_key(l0, |t| core::cmp::Reverse(t.info.seq));
         self.stats.flushes += 1;
         Ok(())
     }
@@ -924,7 +945,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             .ok_or(Error::new(ErrorKind::InvalidState, "lsm: level"))?;
         lv.try_reserve(job.outputs.len())?;
         lv.extend(job.outputs);
-        lv.sort_by_key(|t| t.info.min_key);
+        sort_small_by_key(lv, |t| t.info.min_key);
         self.stats.compactions += 1;
         Ok(())
     }
@@ -965,6 +986,24 @@ fn append_block<S: LogStore>(
         }
     };
     store.append(id, blk)
+}
+
+/// Sorts `v` by `key` in place: an insertion sort (stable), with no scratch
+/// on the stack. The library's sorts keep up to about 4 KiB of scratch in
+/// their stack frame, too much under the kernel's 16 KiB stacks; the lists
+/// sorted here (the tables of a level, the WALs) are short.
+fn sort_small_by_key<T, K: Ord>(v: &mut [T], key: impl Fn(&T) -> K) {
+    for i in 1..v.len() {
+        let mut j = i;
+        while j > 0 {
+            let (a, b) = v.split_at_mut(j);
+            match (a.last_mut(), b.first_mut()) {
+                (Some(x), Some(y)) if key(x) > key(y) => core::mem::swap(x, y),
+                _ => break,
+            }
+            j -= 1;
+        }
+    }
 }
 
 fn single<Id: Copy>(t: &Table<Id>) -> Result<Vec<(Id, TableInfo)>> {
