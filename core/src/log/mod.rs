@@ -120,9 +120,11 @@
 
 mod chunk;
 mod record;
+mod shared;
 mod store;
 
 pub use chunk::ChunkId;
+pub use shared::{CommitInfo, SharedLogStore, SharedStats, TxHandle};
 pub use store::{
     LogId, LogStoreConfig, StoreRoot, StoreStats, TxLogStore, DEFAULT_NODE_CACHE,
     DEFAULT_ROTATE_AFTER, MIN_JOURNAL_BLOCKS,

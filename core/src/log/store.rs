@@ -672,6 +672,11 @@ impl<D: BlockSet> TxLogStore<D> {
         Ok(())
     }
 
+    /// The crypto provider the store was made with.
+    pub(super) fn crypto(&self) -> CryptoRef {
+        self.crypto.clone()
+    }
+
     pub(super) fn check_usable(&self) -> Result<()> {
         ensure!(
             !self.broken,
