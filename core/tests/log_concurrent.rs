@@ -456,8 +456,9 @@ fn conflicting_transactions_one_wins() {
     eprintln!("conflicts: {conflicts} conflicting commits refused, {rounds} four-way delete races each with one winner");
 }
 
-/// Four threads append to one shared log in racing transactions; the log
-/// ends up as the successful appends in commit order.
+/// Four threads append to one shared log in racing transactions, each at
+/// the length it read: exactly one commits per round, and the log ends up
+/// as the successful appends in commit order.
 #[test]
 fn racing_appends_follow_commit_order() {
     let rounds = if long() { 100 } else { 25 };
@@ -481,12 +482,16 @@ fn racing_appends_follow_commit_order() {
                     let Ok(mut h) = s.begin() else {
                         odd.lock().unwrap().push("begin failed".into());
                         barrier.wait();
+                        barrier.wait();
                         continue;
                     };
                     barrier.wait();
-                    // Read the length, append the block for that position:
-                    // the transaction acts on what it read.
-                    let res = h.log_len(log).and_then(|len| {
+                    // Every thread reads the length, then all append the
+                    // block for that position: the transactions act on what
+                    // they read, so exactly one may commit.
+                    let len = h.log_len(log);
+                    barrier.wait();
+                    let res = len.and_then(|len| {
                         h.append(log, &content(seed, len))?;
                         let now = h.log_len(log)?;
                         if now != len + 1 {
@@ -515,6 +520,7 @@ fn racing_appends_follow_commit_order() {
         THREADS * rounds,
         "every attempt accounted for"
     );
+    assert_eq!(done.len(), rounds, "not exactly one commit per round");
     let seeds: Vec<u64> = done.iter().map(|&(_, s)| s).collect();
     assert!(!seeds.is_empty());
     // A block's content depends on its position: the append at position p
