@@ -33,6 +33,9 @@ pub enum ErrorKind {
     Unsupported,
     /// The object is in a state that does not allow the operation.
     InvalidState,
+    /// A concurrent transaction changed what this one changes: it cannot
+    /// commit (abort it and retry).
+    Conflict,
 }
 
 /// An error: a kind and a short static description of the cause.

@@ -53,6 +53,16 @@ impl ChunkPool {
         Ok((w, 1u64 << (c % 64)))
     }
 
+    /// Whether `c` is in use.
+    pub(crate) fn is_used(&self, c: ChunkId) -> Result<bool> {
+        ensure!(c < self.nchunks, Corrupted, "chunk index out of range");
+        let w = self
+            .used
+            .get((c / 64) as usize)
+            .ok_or(Error::new(ErrorKind::Corrupted, "chunk index out of range"))?;
+        Ok(*w & (1u64 << (c % 64)) != 0)
+    }
+
     /// Marks `c` used; an error if it already is (two owners).
     pub(crate) fn claim(&mut self, c: ChunkId) -> Result<()> {
         let (w, bit) = self.word(c)?;

@@ -1,5 +1,6 @@
 //! The `log` layer: [`TxLogStore`], a transactional store of many
-//! append-only logs.
+//! append-only logs, and [`SharedLogStore`], the same store with
+//! transactions from several threads at once.
 //!
 //! # What it gives the layer above
 //!
@@ -69,26 +70,79 @@
 //!   salt, in the other half of the journal region, whose first record is a
 //!   snapshot. The old chain stays intact, so the owner's previous root keeps
 //!   opening the previous state until it records the new one.
-//! - One transaction at a time, behind `&mut self`; the owner serialises
-//!   callers. The store is `Send` but not `Sync` (reads share a node cache
-//!   through a `RefCell`).
+//! - [`TxLogStore`] runs one transaction at a time, behind `&mut self`; the
+//!   owner serialises callers. It is `Send` but not `Sync` (reads share a
+//!   node cache through a `RefCell`). The LSM-tree uses it.
 //!
-//! # Concurrency (not built)
+//! # Concurrency: [`SharedLogStore`]
 //!
-//! The issue asks for concurrent transactions from several threads; the core
-//! brief chose one at a time. The way there: a transaction is already an
-//! overlay (`Tx`: copies of the logs it touched, the chunks it took, the
-//! chunks it frees), so several could run at once if (1) the committed state
-//! sits behind a sleeping lock from the platform, with the chunk pool under
-//! its own short lock (allocation already happens per block); (2) each
-//! transaction records which logs it read-for-write, and commit takes the
-//! state lock, checks that no transaction committed since its begin touched
-//! the same logs (optimistic, first committer wins; logs are append-only, so
-//! disjoint logs never conflict), then appends its record to the journal,
-//! which is the serialisation point; (3) log ids come from an atomic counter
-//! (gaps after aborts are harmless). Group commit (several transactions'
-//! records behind one journal flush) would then amortise the two flushes.
-//! The node cache would move behind its own lock.
+//! `SharedLogStore::new(store)` takes a formatted or opened [`TxLogStore`]
+//! and runs any number of transactions ([`TxHandle`], from
+//! `begin(&self)`) from any threads, on the locks of a
+//! [`crate::platform::SyncPlatform`]. The journal format is the same: a
+//! store written through it reopens with [`TxLogStore::open`].
+//!
+//! How: a transaction is an overlay (`Tx`: copies of the logs it changes,
+//! the chunks it took, the chunks it frees at commit). Appends and reads run
+//! outside every lock (CryptoLog encryption and block I/O in parallel); a
+//! new chunk comes from the chunk pool under its own short lock; log ids
+//! come from an atomic counter (ids of aborted transactions are skipped).
+//! A commit (1) writes its logs' partial tree nodes and flushes the chunk
+//! region, outside the lock; (2) takes the state lock, checks for
+//! conflicts, encodes its record as a delta against the committed state as
+//! it is *now* (or a snapshot, by the usual policy), appends it to the
+//! journal and flushes it; (3) installs its copies, frees its deleted logs'
+//! chunks, and releases the lock. The journal write under the state lock is
+//! the serialisation point: commit counters number the commits in journal
+//! order.
+//!
+//! Isolation (optimistic, first committer wins; the loser gets
+//! [`crate::ErrorKind::Conflict`], stays open and must be aborted; a new
+//! error kind, so callers can tell "retry" from "broken"):
+//! - each committed log carries a version (the counter of the commit that
+//!   last changed it, in memory only). A transaction that sealed, deleted
+//!   or appended to a log fails to commit if the log changed or was deleted
+//!   since it copied it;
+//! - reads (`read`, `log_len`, `is_sealed`, `log_tag`) of a log the
+//!   transaction has not copied see the latest commit, and record the
+//!   version they saw: the transaction's appends to it and its commit fail
+//!   if it changed since, so a transaction never commits on a stale read.
+//!   So committed transactions are serialisable in commit order (over the
+//!   logs they touched or looked at; `logs_with_tag` lists are not
+//!   validated: a log created meanwhile by another commit may be missing
+//!   from the list);
+//! - appending to a committed log also takes that log's *append right*
+//!   (two appenders would write the same blocks after the log's allocation
+//!   position): if another running transaction holds it, the append fails
+//!   at once with `Conflict` (so for appends the first appender, not the
+//!   first committer, wins). A delete cannot commit while another running
+//!   transaction holds the log's append right (its writes would land in
+//!   chunks the delete frees). Logs a transaction created are its own and
+//!   never conflict; transactions on disjoint logs never conflict.
+//!
+//! Guarantees: every commit is atomic and durable on return, exactly as for
+//! [`TxLogStore`]; after a crash the store opens to the state of a prefix
+//! of the commit order that contains every commit that returned (and
+//! possibly the one whose journal write was in flight). An aborted or
+//! dropped transaction leaves no trace and gives back its chunks. A chunk
+//! is owned by at most one log or running transaction
+//! ([`SharedLogStore::check_chunks`] verifies it). An error of a journal
+//! write makes the store refuse every call until reopened, as before.
+//!
+//! The owner's root: [`TxHandle::commit_with`] runs a closure under the
+//! state lock right after the commit, before any later commit, with the new
+//! root ([`CommitInfo`]): the place to record it, as the root rule above
+//! asks.
+//!
+//! Lock order: state lock, then pool lock (taken inside the state lock to
+//! free a committed delete's chunks and to check accounting); the pool lock
+//! alone while appending. No lock is held across block I/O except the
+//! state lock across a commit's journal write. A read of a committed log
+//! holds the state lock only to copy its root.
+//!
+//! Not done: group commit (each commit flushes the chunk region and the
+//! journal once; concurrent commits queue on the state lock), and a node
+//! cache for shared reads (each read verifies its path from the root).
 //!
 //! # Memory
 //!
@@ -97,7 +151,11 @@
 //! 4 KiB a level); sealed logs drop the frontier at commit. The chunk pool is
 //! a bitmap (1 bit a chunk). The node cache holds [`DEFAULT_NODE_CACHE`]
 //! nodes (about 4.5 KiB each; `set_node_cache` changes it). A transaction
-//! holds copies of the logs it touches.
+//! holds copies of the logs it touches (a log's chunk list and frontier).
+//! A [`SharedLogStore`] adds per running transaction its copies, the
+//! versions of the logs it read (16 bytes a log) and its append rights (16
+//! bytes a log); a read of a committed log makes a temporary reader of about
+//! 100 bytes.
 //!
 //! # Sizing the journal
 //!
@@ -120,9 +178,11 @@
 
 mod chunk;
 mod record;
+mod shared;
 mod store;
 
 pub use chunk::ChunkId;
+pub use shared::{CommitInfo, SharedLogStore, SharedStats, TxHandle};
 pub use store::{
     LogId, LogStoreConfig, StoreRoot, StoreStats, TxLogStore, DEFAULT_NODE_CACHE,
     DEFAULT_ROTATE_AFTER, MIN_JOURNAL_BLOCKS,

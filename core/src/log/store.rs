@@ -160,14 +160,17 @@ impl StoreRoot {
 
 /// One log's state.
 #[derive(Debug)]
-struct LogState {
-    tag: u64,
-    sealed: bool,
-    log: CryptoLog,
+pub(super) struct LogState {
+    pub(super) tag: u64,
+    pub(super) sealed: bool,
+    pub(super) log: CryptoLog,
     /// The chunks the log's blocks (data and nodes) live in, in order.
-    chunks: Vec<ChunkId>,
+    pub(super) chunks: Vec<ChunkId>,
     /// Blocks handed out so far inside `chunks`.
-    alloc_pos: u64,
+    pub(super) alloc_pos: u64,
+    /// Commit counter of the commit that last changed the log (memory only:
+    /// concurrent transactions compare it to detect conflicts).
+    pub(super) version: u64,
 }
 
 impl LogState {
@@ -181,23 +184,142 @@ impl LogState {
             log: self.log.try_clone()?,
             chunks,
             alloc_pos: self.alloc_pos,
+            version: self.version,
         })
     }
 }
 
-/// The running transaction: copies of the logs it touched (`None` =
-/// deleted), the chunks it took and the chunks it frees at commit.
-struct Tx {
-    logs: BTreeMap<u64, Option<LogState>>,
-    new_chunks: Vec<ChunkId>,
-    freed: Vec<ChunkId>,
-    next_log_id: u64,
-    failed: bool,
+/// A running transaction: copies of the logs it touched (`None` =
+/// deleted), the version each copied log had when it was copied, the chunks
+/// it took and the chunks it frees at commit.
+pub(super) struct Tx {
+    pub(super) logs: BTreeMap<u64, Option<LogState>>,
+    /// Log id -> the committed version the copy was made from (logs the
+    /// transaction created are not here).
+    pub(super) base: BTreeMap<u64, u64>,
+    pub(super) new_chunks: Vec<ChunkId>,
+    pub(super) freed: Vec<ChunkId>,
+    pub(super) next_log_id: u64,
+    pub(super) failed: bool,
+}
+
+impl Tx {
+    pub(super) fn new(next_log_id: u64) -> Self {
+        Self {
+            logs: BTreeMap::new(),
+            base: BTreeMap::new(),
+            new_chunks: Vec::new(),
+            freed: Vec::new(),
+            next_log_id,
+            failed: false,
+        }
+    }
+
+    /// Deletes log `id`, whose copy the transaction holds (made with
+    /// [`tx_log`]). Its chunks become free when the transaction commits.
+    pub(super) fn delete(&mut self, id: u64) -> Result<()> {
+        let st = self
+            .logs
+            .get_mut(&id)
+            .and_then(|s| s.as_mut())
+            .ok_or(Error::new(ErrorKind::NotFound, "log was deleted"))?;
+        let chunks = core::mem::take(&mut st.chunks);
+        if let Err(e) = self.freed.try_reserve(chunks.len()) {
+            st.chunks = chunks;
+            return Err(e.into());
+        }
+        self.freed.extend_from_slice(&chunks);
+        self.logs.insert(id, None);
+        Ok(())
+    }
+
+    /// Appends whole blocks to log `id`, whose copy the transaction holds,
+    /// taking new chunks with `take`. A failure marks the transaction failed.
+    pub(super) fn append<B: BlockSet + ?Sized>(
+        &mut self,
+        id: u64,
+        blocks: &[u8],
+        region: &B,
+        chunk_blocks: u32,
+        take: &mut dyn FnMut() -> Result<ChunkId>,
+    ) -> Result<()> {
+        let Tx {
+            logs,
+            new_chunks,
+            failed,
+            ..
+        } = self;
+        let st = logs
+            .get_mut(&id)
+            .and_then(|s| s.as_mut())
+            .ok_or(Error::new(ErrorKind::NotFound, "log was deleted"))?;
+        ensure!(!st.sealed, InvalidState, "log is sealed");
+        let LogState {
+            log,
+            chunks,
+            alloc_pos,
+            ..
+        } = st;
+        let mut alloc = LogAlloc {
+            take,
+            chunks,
+            alloc_pos,
+            new_chunks,
+            chunk_blocks: u64::from(chunk_blocks),
+        };
+        let r = log.append(region, &mut alloc, blocks);
+        if r.is_err() {
+            *failed = true;
+        }
+        r
+    }
+
+    /// First half of a commit: writes the partial tree nodes of the logs the
+    /// transaction appended to, then flushes the chunk region so that every
+    /// block a new root names is durable. Touches only the transaction's
+    /// copies and chunks, never the committed state.
+    pub(super) fn write_nodes<B: BlockSet + ?Sized>(
+        &mut self,
+        region: &B,
+        chunk_blocks: u32,
+        take: &mut dyn FnMut() -> Result<ChunkId>,
+    ) -> Result<()> {
+        let Tx {
+            logs, new_chunks, ..
+        } = self;
+        let mut wrote = false;
+        for st in logs.values_mut().flatten() {
+            if !st.log.is_dirty() {
+                continue;
+            }
+            let LogState {
+                log,
+                chunks,
+                alloc_pos,
+                ..
+            } = st;
+            let mut alloc = LogAlloc {
+                take: &mut *take,
+                chunks,
+                alloc_pos,
+                new_chunks: &mut *new_chunks,
+                chunk_blocks: u64::from(chunk_blocks),
+            };
+            log.flush(region, &mut alloc)?;
+            wrote = true;
+        }
+        if wrote || !self.new_chunks.is_empty() {
+            // Every block a root names must be durable before the journal
+            // record that names it.
+            region.flush()?;
+        }
+        Ok(())
+    }
 }
 
 /// What a commit writes to the journal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Plan {
+pub(super) enum Plan {
     Delta,
     Snapshot,
     /// A snapshot as the first record of a new chain under a new key.
@@ -206,7 +328,7 @@ enum Plan {
 
 /// Hands out the blocks of one log's chunks, taking chunks from the pool.
 struct LogAlloc<'a> {
-    pool: &'a mut ChunkPool,
+    take: &'a mut dyn FnMut() -> Result<ChunkId>,
     chunks: &'a mut Vec<ChunkId>,
     alloc_pos: &'a mut u64,
     new_chunks: &'a mut Vec<ChunkId>,
@@ -219,7 +341,7 @@ impl BlockAlloc for LogAlloc<'_> {
         if *self.alloc_pos >= cap {
             self.chunks.try_reserve(1)?;
             self.new_chunks.try_reserve(1)?;
-            let c = self.pool.alloc()?;
+            let c = (self.take)()?;
             self.chunks.push(c);
             self.new_chunks.push(c);
         }
@@ -251,17 +373,23 @@ pub struct TxLogStore<D: BlockSet> {
     journal_base: AeadKey,
     /// Rotate to a new chain key once the chain has written this many blocks.
     rotate_after: u64,
-    chunks: BlockRange<D>,
+    /// The chunk region (shared with a [`super::SharedLogStore`]'s
+    /// transactions, which append outside the state lock).
+    pub(super) chunks: Arc<BlockRange<D>>,
     salt: [u8; 16],
-    cfg: LogStoreConfig,
-    logs: BTreeMap<u64, LogState>,
-    pool: ChunkPool,
-    next_log_id: u64,
-    counter: u64,
+    pub(super) cfg: LogStoreConfig,
+    pub(super) logs: BTreeMap<u64, LogState>,
+    /// The chunk pool. Inside a `SharedLogStore` the pool lives under its
+    /// own lock and this one is an empty placeholder, never used.
+    pub(super) pool: ChunkPool,
+    /// Chunks in the chunk region (what the journal records carry).
+    nchunks: u32,
+    pub(super) next_log_id: u64,
+    pub(super) counter: u64,
     since_snapshot: u32,
-    user_state: Vec<u8>,
+    pub(super) user_state: Vec<u8>,
     tx: Option<Tx>,
-    broken: bool,
+    pub(super) broken: bool,
     /// Decrypted tree nodes of every log (interior mutability so that `read`
     /// stays `&self`; the store is `Send`, not `Sync`: the owner serialises).
     cache: RefCell<NodeCache>,
@@ -350,11 +478,12 @@ impl<D: BlockSet> TxLogStore<D> {
             half: 0,
             journal_base,
             rotate_after: DEFAULT_ROTATE_AFTER,
-            chunks,
+            chunks: Arc::new(chunks),
             salt,
             cfg,
             logs: BTreeMap::new(),
             pool: ChunkPool::new(nchunks)?,
+            nchunks,
             next_log_id: 0,
             counter: 0,
             since_snapshot: 0,
@@ -427,11 +556,12 @@ impl<D: BlockSet> TxLogStore<D> {
             half: root.half,
             journal_base,
             rotate_after: DEFAULT_ROTATE_AFTER,
-            chunks,
+            chunks: Arc::new(chunks),
             salt: root.salt,
             cfg,
             logs: BTreeMap::new(),
             pool: ChunkPool::new(nchunks)?,
+            nchunks,
             next_log_id: 0,
             counter: h.counter,
             since_snapshot: 0,
@@ -471,7 +601,7 @@ impl<D: BlockSet> TxLogStore<D> {
             ensure!(
                 h.chunk_blocks == self.cfg.chunk_blocks
                     && usize::from(h.key_len) == self.cfg.key_len
-                    && h.nchunks == self.pool.nchunks(),
+                    && h.nchunks == self.nchunks,
                 Corrupted,
                 "journal record geometry differs"
             );
@@ -514,6 +644,7 @@ impl<D: BlockSet> TxLogStore<D> {
                     st.sealed = e.sealed;
                     st.alloc_pos = e.alloc_pos;
                     st.log = log;
+                    st.version = h.counter;
                 }
                 None => {
                     ensure!(
@@ -529,6 +660,7 @@ impl<D: BlockSet> TxLogStore<D> {
                             log,
                             chunks: e.new_chunks,
                             alloc_pos: e.alloc_pos,
+                            version: h.counter,
                         },
                     );
                 }
@@ -540,7 +672,12 @@ impl<D: BlockSet> TxLogStore<D> {
         Ok(())
     }
 
-    fn check_usable(&self) -> Result<()> {
+    /// The crypto provider the store was made with.
+    pub(super) fn crypto(&self) -> CryptoRef {
+        self.crypto.clone()
+    }
+
+    pub(super) fn check_usable(&self) -> Result<()> {
         ensure!(
             !self.broken,
             InvalidState,
@@ -557,13 +694,7 @@ impl<D: BlockSet> TxLogStore<D> {
             InvalidState,
             "a transaction is already active"
         );
-        self.tx = Some(Tx {
-            logs: BTreeMap::new(),
-            new_chunks: Vec::new(),
-            freed: Vec::new(),
-            next_log_id: self.next_log_id,
-            failed: false,
-        });
+        self.tx = Some(Tx::new(self.next_log_id));
         Ok(())
     }
 
@@ -595,6 +726,7 @@ impl<D: BlockSet> TxLogStore<D> {
                 log,
                 chunks: Vec::new(),
                 alloc_pos: 0,
+                version: 0,
             }),
         );
         Ok(LogId(id))
@@ -619,32 +751,10 @@ impl<D: BlockSet> TxLogStore<D> {
         let tx = tx
             .as_mut()
             .ok_or(Error::new(ErrorKind::InvalidState, "no active transaction"))?;
-        let Tx {
-            logs: tx_logs,
-            new_chunks,
-            failed,
-            ..
-        } = tx;
-        let st = tx_log(tx_logs, logs, log.0)?;
-        ensure!(!st.sealed, InvalidState, "log is sealed");
-        let LogState {
-            log: clog,
-            chunks: lchunks,
-            alloc_pos,
-            ..
-        } = st;
-        let mut alloc = LogAlloc {
-            pool,
-            chunks: lchunks,
-            alloc_pos,
-            new_chunks,
-            chunk_blocks: u64::from(cfg.chunk_blocks),
-        };
-        let r = clog.append(&*chunks, &mut alloc, blocks);
-        if r.is_err() {
-            *failed = true;
-        }
-        r
+        tx_log(tx, logs, log.0)?;
+        tx.append(log.0, blocks, &**chunks, cfg.chunk_blocks, &mut || {
+            pool.alloc()
+        })
     }
 
     /// Seals a log: no more appends.
@@ -653,7 +763,7 @@ impl<D: BlockSet> TxLogStore<D> {
         let tx = tx
             .as_mut()
             .ok_or(Error::new(ErrorKind::InvalidState, "no active transaction"))?;
-        tx_log(&mut tx.logs, logs, log.0)?.sealed = true;
+        tx_log(tx, logs, log.0)?.sealed = true;
         Ok(())
     }
 
@@ -664,15 +774,8 @@ impl<D: BlockSet> TxLogStore<D> {
         let tx = tx
             .as_mut()
             .ok_or(Error::new(ErrorKind::InvalidState, "no active transaction"))?;
-        let st = tx_log(&mut tx.logs, logs, log.0)?;
-        let chunks = core::mem::take(&mut st.chunks);
-        if let Err(e) = tx.freed.try_reserve(chunks.len()) {
-            st.chunks = chunks;
-            return Err(e.into());
-        }
-        tx.freed.extend_from_slice(&chunks);
-        tx.logs.insert(log.0, None);
-        Ok(())
+        tx_log(tx, logs, log.0)?;
+        tx.delete(log.0)
     }
 
     /// Drops the running transaction's changes (no-op without one).
@@ -714,22 +817,44 @@ impl<D: BlockSet> TxLogStore<D> {
                 return Err(e);
             }
         };
+        if let Err(e) = self.write_record(&rec, plan) {
+            self.tx = Some(tx);
+            return Err(e);
+        }
+        let freed = self.install(tx, new_user_state);
+        self.release_all(&freed)
+    }
+
+    /// Gives the chunks of logs a commit deleted back to the pool (an error
+    /// means the pool disagrees with the state: the store is then broken).
+    fn release_all(&mut self, freed: &[ChunkId]) -> Result<()> {
+        for &c in freed {
+            if let Err(e) = self.pool.release(c) {
+                self.broken = true;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a commit record to the journal. On an error of a rotation
+    /// nothing the owner's root names changed (the transaction can be
+    /// aborted); on an error of an append the commit may or may not have
+    /// reached the disk and the store is marked broken.
+    pub(super) fn write_record(&mut self, rec: &[u8], plan: Plan) -> Result<()> {
         if plan == Plan::Rotate {
             // A new chain under a new key in the other half, starting with
             // a snapshot. The current chain is left intact: until the owner
             // records the new root, its old root still opens the old state.
             // So a failure here changes nothing the owner's root names.
-            if let Err(e) = self.rotate(&rec) {
-                self.tx = Some(tx);
-                return Err(e);
-            }
-        } else if let Err(e) = self.append_record(&rec, plan == Plan::Snapshot) {
+            self.rotate(rec)
+        } else if let Err(e) = self.append_record(rec, plan == Plan::Snapshot) {
             // The commit may or may not have reached the disk.
             self.broken = true;
-            self.tx = Some(tx);
-            return Err(e);
+            Err(e)
+        } else {
+            Ok(())
         }
-        self.install(tx, new_user_state)
     }
 
     /// Moves the journal to a new chain (new salt, new key) in the other half
@@ -771,14 +896,18 @@ impl<D: BlockSet> TxLogStore<D> {
         Ok(())
     }
 
-    /// Makes a durable transaction the committed state in memory.
-    fn install(&mut self, tx: Tx, new_user_state: Vec<u8>) -> Result<()> {
+    /// Makes a durable transaction the committed state in memory. Returns
+    /// the chunks of the logs it deleted: the caller gives them back to the
+    /// pool.
+    pub(super) fn install(&mut self, tx: Tx, new_user_state: Vec<u8>) -> Vec<ChunkId> {
+        let version = self.counter.saturating_add(1);
         for (id, st) in tx.logs {
             match st {
                 Some(mut st) => {
                     if st.sealed {
                         st.log.release_frontier();
                     }
+                    st.version = version;
                     self.logs.insert(id, st);
                 }
                 None => {
@@ -786,16 +915,10 @@ impl<D: BlockSet> TxLogStore<D> {
                 }
             }
         }
-        for c in tx.freed {
-            if let Err(e) = self.pool.release(c) {
-                self.broken = true;
-                return Err(e);
-            }
-        }
         self.next_log_id = tx.next_log_id;
-        self.counter = self.counter.saturating_add(1);
+        self.counter = version;
         self.user_state = new_user_state;
-        Ok(())
+        tx.freed
     }
 
     /// Writes the logs' partial nodes, flushes the chunk region and encodes
@@ -805,38 +928,21 @@ impl<D: BlockSet> TxLogStore<D> {
         tx: &mut Tx,
         user_state: &[u8],
     ) -> Result<(Vec<u8>, Plan, Vec<u8>)> {
-        let chunk_blocks = u64::from(self.cfg.chunk_blocks);
-        let Tx {
-            logs: tx_logs,
-            new_chunks,
-            ..
-        } = tx;
-        let mut wrote = false;
-        for st in tx_logs.values_mut().flatten() {
-            if !st.log.is_dirty() {
-                continue;
-            }
-            let LogState {
-                log,
-                chunks,
-                alloc_pos,
-                ..
-            } = st;
-            let mut alloc = LogAlloc {
-                pool: &mut self.pool,
-                chunks,
-                alloc_pos,
-                new_chunks,
-                chunk_blocks,
-            };
-            log.flush(&self.chunks, &mut alloc)?;
-            wrote = true;
-        }
-        if wrote || !tx.new_chunks.is_empty() {
-            // Every block a root names must be durable before the journal
-            // record that names it.
-            self.chunks.flush()?;
-        }
+        let Self {
+            chunks, pool, cfg, ..
+        } = self;
+        tx.write_nodes(&**chunks, cfg.chunk_blocks, &mut || pool.alloc())?;
+        self.plan_record(tx, user_state)
+    }
+
+    /// Second half of a commit: chooses delta, snapshot or rotation and
+    /// encodes the record of `tx` against the committed state. Returns the
+    /// record, the plan and a copy of `user_state`. Changes nothing.
+    pub(super) fn plan_record(
+        &self,
+        tx: &Tx,
+        user_state: &[u8],
+    ) -> Result<(Vec<u8>, Plan, Vec<u8>)> {
         let mut us = Vec::new();
         us.try_reserve_exact(user_state.len())?;
         us.extend_from_slice(user_state);
@@ -888,7 +994,7 @@ impl<D: BlockSet> TxLogStore<D> {
             counter,
             next_log_id,
             chunk_blocks: self.cfg.chunk_blocks,
-            nchunks: self.pool.nchunks(),
+            nchunks: self.nchunks,
         }
     }
 
@@ -1093,13 +1199,14 @@ fn put_log(enc: &mut Encoder, id: u64, st: &LogState, old_chunks: usize) -> Resu
     })
 }
 
-/// The transaction's copy of log `id`, made on first touch.
-fn tx_log<'a>(
-    tx_logs: &'a mut BTreeMap<u64, Option<LogState>>,
+/// The transaction's copy of log `id`, made on first touch (recording the
+/// version it was made from).
+pub(super) fn tx_log<'a>(
+    tx: &'a mut Tx,
     logs: &BTreeMap<u64, LogState>,
     id: u64,
 ) -> Result<&'a mut LogState> {
-    match tx_logs.entry(id) {
+    match tx.logs.entry(id) {
         MapEntry::Occupied(o) => o
             .into_mut()
             .as_mut()
@@ -1109,6 +1216,7 @@ fn tx_log<'a>(
                 .get(&id)
                 .ok_or(Error::new(ErrorKind::NotFound, "no such log"))?;
             let copy = st.try_clone()?;
+            tx.base.insert(id, st.version);
             v.insert(Some(copy))
                 .as_mut()
                 .ok_or(Error::new(ErrorKind::InvalidState, "log copy"))

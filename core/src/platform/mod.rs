@@ -12,7 +12,7 @@
 //! - [`SyncPlatform`]: sleeping locks ([`Mutex`]), condition variables
 //!   ([`Condvar`]) and background workers ([`SyncPlatform::spawn`], and
 //!   [`Task`] for a job whose result is waited for). Userspace gets them from
-//!   `std` ([`StdSync`], feature `std`); the kernel from `kernel::sync` and
+//!   `std` (`StdSync`, feature `std`); the kernel from `kernel::sync` and
 //!   workqueues. The [`sync`] module doc maps each method to its kernel
 //!   counterpart.
 //! - Page-aligned buffers: [`PageBuf`], a core type (no platform code and no

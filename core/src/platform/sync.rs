@@ -3,7 +3,7 @@
 //!
 //! The engine asks for these through [`SyncPlatform`], passed in explicitly
 //! like [`super::Crypto`] (no global). Userspace gets them from `std`
-//! ([`super::StdSync`], feature `std`); the kernel module implements the same
+//! (`StdSync`, feature `std`); the kernel module implements the same
 //! traits on the `kernel` crate. Everything here may sleep, so it is for
 //! process context only (the dm map callback and blk-mq `queue_rq` already
 //! hand their work to a kernel worker before the engine runs).
