@@ -14,7 +14,9 @@ use super::state::{SuperPayload, UserState};
 use super::{DiskConfig, MlsDisk, RollbackAnchor, SuperblockSink};
 use crate::bio::{BlockRange, BlockSet, BLOCK_SIZE};
 use crate::crypto::AuthBlob;
+use crate::log::LogStoreConfig;
 use crate::log::{StoreRoot, TxLogStore};
+use crate::lsm::LsmConfig;
 use crate::lsm::{LsmTree, LsmValue};
 use crate::platform::{kdf, wipe};
 use crate::{ensure, CryptoRef, Error, ErrorKind, Result};
@@ -56,6 +58,11 @@ impl<D: BlockSet> DiskIndex for LsmIndex<D> {
     }
     fn sync(&mut self, user_state: &[u8]) -> Result<()> {
         self.0.sync(user_state)
+    }
+    fn needs_sync(&self) -> bool {
+        // Under a quarter of the chunks free, and a commit would free some.
+        let s = self.0.store().stats();
+        s.chunks_free < s.chunks_total / 4 && s.chunks_freed_at_commit > 0
     }
     fn user_state(&self) -> &[u8] {
         self.0.user_state()
@@ -100,6 +107,43 @@ fn regions<D: BlockSet>(
         BlockRange::new(meta.clone(), geo.journal_start, geo.journal_len)?,
         BlockRange::new(meta, geo.chunk_start, geo.chunk_len)?,
     ))
+}
+
+/// The log store's configuration for a new disk, with chunks small enough
+/// that the index region has at least 256 of them: every log (each table,
+/// each WAL generation) takes whole chunks, and a small disk's region of
+/// 64-block chunks held too few logs for the tree (found by sustained
+/// random writes on a 64 MiB disk). Chunks shrink in powers of two, to 4
+/// blocks at least.
+fn store_fitted(store: &LogStoreConfig, geo: &Geometry) -> LogStoreConfig {
+    let mut chunk = store.chunk_blocks;
+    while chunk >= 8 && geo.chunk_len / u64::from(chunk) < 256 {
+        chunk /= 2;
+    }
+    LogStoreConfig {
+        chunk_blocks: chunk,
+        ..*store
+    }
+}
+
+/// The LSM tuning, with the write-ahead log and the memtables capped to the
+/// index region: until a memtable is flushed, its WAL (two generations)
+/// holds every update since, and a WAL larger than the region would fill it
+/// (the default cap of 2048 blocks is most of a small disk's region). Each
+/// WAL generation may take a sixteenth of the region, and a memtable four
+/// entries per region block (a flushed memtable is then a table of about a
+/// sixteenth of the region too).
+fn lsm_fitted(lsm: &LsmConfig, geo: &Geometry) -> LsmConfig {
+    let region = geo.chunk_len;
+    let wal_cap = (region / 16).max(8);
+    let mem_cap = usize::try_from(region.saturating_mul(4))
+        .unwrap_or(usize::MAX)
+        .max(256);
+    LsmConfig {
+        wal_max_blocks: lsm.wal_max_blocks.min(wal_cap),
+        memtable_entries: lsm.memtable_entries.min(mem_cap),
+        ..lsm.clone()
+    }
 }
 
 /// What `open` has read before the disk is put together.
@@ -151,9 +195,15 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
         crypto.fill_random(&mut uuid)?;
         let mut sk = store_key(crypto, root_key, &uuid)?;
         let (journal, chunks) = regions(dev, &geo, cfg)?;
-        let store = TxLogStore::format(journal, chunks, crypto.clone(), &sk, cfg.store);
+        let store = TxLogStore::format(
+            journal,
+            chunks,
+            crypto.clone(),
+            &sk,
+            store_fitted(&cfg.store, &geo),
+        );
         wipe(&mut sk);
-        let tree = LsmTree::format_boxed(store?, cfg.lsm.clone())?;
+        let tree = LsmTree::format_boxed(store?, lsm_fitted(&cfg.lsm, &geo))?;
         Ok((geo, uuid, Box::new(LsmIndex::<D>(tree))))
     }
 
@@ -225,7 +275,7 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
         let (journal, chunks) = regions(dev, &sp.geo, cfg)?;
         let store = TxLogStore::open(journal, chunks, crypto.clone(), &sk, &root);
         wipe(&mut sk);
-        let tree = LsmTree::open_boxed(store?, cfg.lsm.clone())?;
+        let tree = LsmTree::open_boxed(store?, lsm_fitted(&cfg.lsm, &sp.geo))?;
         let us = UserState::decode(tree.user_state())?;
         if us.sync_counter < sp.sync_counter {
             return Err(Error::new(
