@@ -18,7 +18,7 @@ use alloc::boxed::Box;
 use core::fmt;
 
 use kernel::prelude::*;
-use mlsdisk_core::disk::{DiskConfig, MlsDisk, NoAnchor};
+use mlsdisk_core::disk::{DataReader, DiskConfig, MlsDisk, NoAnchor, ReadPlan};
 use mlsdisk_core::{CryptoRef, Error as CoreError, ErrorKind};
 
 use crate::dm::CtrError;
@@ -50,6 +50,14 @@ impl Engine for MlsDisk<BdevBlockSet> {
 
     fn background_step(&mut self) -> mlsdisk_core::Result<bool> {
         MlsDisk::background_step(self)
+    }
+
+    fn plan_read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<ReadPlan> {
+        MlsDisk::plan_read(self, lba, buf)
+    }
+
+    fn reader(&self) -> Option<DataReader<BdevBlockSet>> {
+        Some(MlsDisk::reader(self))
     }
 }
 
