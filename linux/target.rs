@@ -61,7 +61,9 @@
 //!   counted (`reread=` in `dmsetup status`).
 //! - Background work never holds back a read by more than one step: a
 //!   step is not started while a read waits for the mutex (or holds it);
-//!   the last such read wakes the ordered worker again.
+//!   the last such read wakes the ordered worker again. A step is put off
+//!   at most once in a row, though, so that compaction keeps up with the
+//!   writes under a steady stream of reads.
 //! - Memory: each read allocates its bounce buffer (bio-sized, in a
 //!   `GFP_NOIO` scope); if that fails it is served whole under the mutex
 //!   with the ordered worker's preallocated buffer, so reads still make
@@ -155,6 +157,9 @@ pub(crate) struct Reads {
     /// Background work was put off for a planning read; the last planning
     /// read wakes the ordered worker.
     deferred: AtomicBool,
+    /// The last background step was put off (only the ordered worker
+    /// reads and writes this).
+    put_off: AtomicBool,
     /// Fetches that failed and were repeated under the mutex.
     rereads: AtomicU64,
 }
@@ -166,6 +171,7 @@ impl Reads {
             reader,
             planning: AtomicUsize::new(0),
             deferred: AtomicBool::new(false),
+            put_off: AtomicBool::new(false),
             rereads: AtomicU64::new(0),
         }
     }
@@ -213,20 +219,27 @@ impl Reads {
         (reread, wake)
     }
 
-    /// Whether background work may take the engine's mutex now: not while
-    /// a read waits for it or plans (the step is then put off, and the
-    /// last planning read wakes the ordered worker). A read that arrives
-    /// after this returned `true` waits for one step at most.
+    /// Whether the ordered worker may run a background step now. Not
+    /// while a read waits for the engine's mutex or plans: the step is put
+    /// off, and the last planning read wakes the worker. But never twice in
+    /// a row: under a steady stream of reads, compaction must still keep
+    /// up with the writes (its debt fills the metadata region otherwise).
+    /// So a read waits for one step at most: the one running when it
+    /// arrived (the next one is put off for it).
     pub(crate) fn background_may_run(&self) -> bool {
-        if self.planning.load(Ordering::SeqCst) == 0 {
+        if self.planning.load(Ordering::SeqCst) == 0 || self.put_off.load(Ordering::Relaxed) {
+            self.put_off.store(false, Ordering::Relaxed);
             return true;
         }
         self.deferred.store(true, Ordering::SeqCst);
-        if self.planning.load(Ordering::SeqCst) == 0 {
-            // The reads finished meanwhile: unless one of them took the
-            // deferred work over (and will wake the worker), run it now.
-            return self.deferred.swap(false, Ordering::SeqCst);
+        if self.planning.load(Ordering::SeqCst) == 0 && self.deferred.swap(false, Ordering::SeqCst)
+        {
+            // The reads finished meanwhile and none of them took the
+            // deferred work over: run it now.
+            return true;
         }
+        // Put off; a planning read wakes the worker when it is done.
+        self.put_off.store(true, Ordering::Relaxed);
         false
     }
 
