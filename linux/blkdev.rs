@@ -32,18 +32,28 @@
 //! not `BLK_MQ_F_BLOCKING`, so `queue_rq` runs under RCU and must not sleep,
 //! while the engine allocates (`GFP_KERNEL`, vmalloc) and waits for bios.
 //! Rather than a blocking queue (whose dispatch would then run the engine on
-//! whatever task submitted the I/O, on that task's stack), `queue_rq`
-//! appends the request to a preallocated FIFO and kicks the disk's ordered
-//! `WQ_MEM_RECLAIM` workqueue; its one work item ends the requests in order,
-//! in a `GFP_NOIO` scope, and when the FIFO is empty runs the engine's
-//! background work (compaction, cleaning) a bounded step at a time.
+//! whatever task submitted the I/O, on that task's stack), `queue_rq` hands
+//! each request to a workqueue, as the dm target does (see "Threads" in
+//! `target.rs`):
+//!
+//! - reads go to the disk's read workqueue (`mlsdisk0_rd`,
+//!   `WQ_MEM_RECLAIM | WQ_UNBOUND`, one work item per tag, so up to
+//!   [`QUEUE_DEPTH`] at once and no allocation in `queue_rq`); each plans
+//!   under the engine's mutex, then fetches and decrypts into a bounce
+//!   buffer of its own without it ([`Reads`]), copies into the request and
+//!   ends it;
+//! - everything else is appended to a preallocated FIFO served by the
+//!   disk's ordered `WQ_MEM_RECLAIM` workqueue: its one work item ends the
+//!   requests in order, in a `GFP_NOIO` scope, and when the FIFO is empty
+//!   runs the engine's background work (compaction, cleaning) a bounded
+//!   step at a time, never while a read waits for the engine.
 //!
 //! # Lifetime
 //!
 //! The disk's `block_device_operations` name this module as owner, so an
 //! open (mounted) disk pins the module: `rmmod` fails with `EBUSY`. Module
-//! exit deletes the disk (waiting for its requests), stops the workqueue,
-//! then syncs and closes the engine.
+//! exit deletes the disk (waiting for its requests), drains and frees the
+//! read workqueue, then the ordered one, then syncs and closes the engine.
 //!
 //! The blk-mq disk and a dm table must not use the same backing device: the
 //! dm target's registry of open disks does not cover this disk.
@@ -53,7 +63,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::ffi::{c_char, c_int, c_void};
 
 use kernel::block::mq::{self, Operations, TagSet};
@@ -67,7 +77,7 @@ use mlsdisk_core::{Error as CoreError, ErrorKind};
 
 use crate::kbio::{on_worker, BdevBlockSet, NoIoScope, OpenBdev};
 use crate::table::{self, KeySpec, RawKey};
-use crate::target::{Closed, Engine};
+use crate::target::{Closed, Engine, Reads};
 
 /// The C side (`blk_helpers.c`, prototypes in `bindings/blk_helpers.h`).
 mod ffi {
@@ -76,6 +86,12 @@ mod ffi {
     /// `struct mlsdisk_blk_work`, opaque.
     #[repr(C)]
     pub(super) struct BlkWork {
+        _private: [u8; 0],
+    }
+
+    /// `struct mlsdisk_blk_reads`, opaque.
+    #[repr(C)]
+    pub(super) struct BlkReads {
         _private: [u8; 0],
     }
 
@@ -122,6 +138,15 @@ mod ffi {
         pub(super) fn mlsdisk_blk_work_set_arg(w: *mut BlkWork, arg: *mut c_void);
         pub(super) fn mlsdisk_blk_work_queue(w: *mut BlkWork);
         pub(super) fn mlsdisk_blk_work_free(w: *mut BlkWork);
+        pub(super) fn mlsdisk_blk_reads_new(
+            f: Option<unsafe extern "C" fn(*mut c_void, *mut bindings::request)>,
+            index: c_int,
+            depth: u32,
+        ) -> *mut BlkReads;
+        pub(super) fn mlsdisk_blk_reads_set_arg(r: *mut BlkReads, arg: *mut c_void);
+        pub(super) fn mlsdisk_blk_reads_queue(r: *mut BlkReads, rq: *mut bindings::request)
+            -> bool;
+        pub(super) fn mlsdisk_blk_reads_free(r: *mut BlkReads);
     }
 }
 
@@ -184,34 +209,55 @@ impl Engine for Plain {
     }
 }
 
-/// The engine and the worker's bounce buffer.
+/// The engine and the ordered worker's bounce buffer.
 struct Io {
     engine: Box<dyn Engine>,
-    /// [`MAX_IO_SECTORS`] bytes, reused for every request.
+    /// [`MAX_IO_SECTORS`] bytes, reused for every request (and for a read
+    /// whose own bounce buffer could not be allocated).
     buf: Vec<u8>,
-    /// What reached the engine, logged at removal.
-    counts: Counts,
 }
 
 /// Requests served, logged when the disk is removed (and checked by the
 /// guest test: flushes and discards must reach the engine).
 #[derive(Default)]
 struct Counts {
-    reads: u64,
-    writes: u64,
+    reads: AtomicU64,
+    writes: AtomicU64,
     /// Engine syncs: flushes, preflushes and FUA writes.
-    syncs: u64,
-    discards: u64,
+    syncs: AtomicU64,
+    discards: AtomicU64,
     /// Requests ended with an error.
-    errors: u64,
+    errors: AtomicU64,
+}
+
+impl Counts {
+    fn one(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a served request.
+    fn count(&self, op: u32, bytes: usize, ok: bool) {
+        match (ok, op) {
+            (false, _) => Self::one(&self.errors),
+            (true, ffi::RQ_READ) => Self::one(&self.reads),
+            (true, ffi::RQ_WRITE) if bytes != 0 => Self::one(&self.writes),
+            (true, ffi::RQ_DISCARD) => Self::one(&self.discards),
+            _ => {}
+        }
+    }
 }
 
 impl fmt::Display for Counts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         write!(
             f,
             "reads={} writes={} syncs={} discards={} errors={}",
-            self.reads, self.writes, self.syncs, self.discards, self.errors
+            n(&self.reads),
+            n(&self.writes),
+            n(&self.syncs),
+            n(&self.discards),
+            n(&self.errors)
         )
     }
 }
@@ -247,29 +293,51 @@ struct Rq {
     preflush: bool,
 }
 
-impl Io {
-    /// Serves one request against the engine, counting it.
-    fn serve_counted(&mut self, rq: &Rq) -> Result<(), Failure> {
-        let result = self.serve(rq);
-        let c = &mut self.counts;
-        match (&result, rq.op) {
-            (Err(_), _) => c.errors += 1,
-            (Ok(()), ffi::RQ_READ) => c.reads += 1,
-            (Ok(()), ffi::RQ_WRITE) if rq.bytes != 0 => c.writes += 1,
-            (Ok(()), ffi::RQ_DISCARD) => c.discards += 1,
-            _ => {}
+impl Rq {
+    /// What the driver needs of `raw`.
+    ///
+    /// # Safety
+    ///
+    /// The driver owns `raw` (started by `queue_rq`, not ended yet).
+    unsafe fn new(raw: *mut bindings::request) -> Self {
+        // SAFETY: the caller's promise: a live request the driver owns.
+        unsafe {
+            Self {
+                raw,
+                op: ffi::mlsdisk_blk_rq_op(raw),
+                pos: ffi::mlsdisk_blk_rq_pos(raw),
+                bytes: ffi::mlsdisk_blk_rq_bytes(raw) as usize,
+                fua: ffi::mlsdisk_blk_rq_fua(raw),
+                preflush: ffi::mlsdisk_blk_rq_preflush(raw),
+            }
         }
-        result
     }
 
+    /// Copies `buf` into the request's pages; `Err` if the request's data
+    /// is shorter than `buf`.
+    fn copy_in(&self, buf: &mut [u8]) -> Result<(), ()> {
+        // SAFETY: the driver owns the request (`Rq::new`'s promise, until it
+        // is ended, after the last use of this `Rq`); `buf` is valid for
+        // `buf.len()` bytes, which the copy only reads.
+        let n =
+            unsafe { ffi::mlsdisk_blk_rq_copy(self.raw, buf.as_mut_ptr().cast(), buf.len(), true) };
+        if n == buf.len() {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+}
+
+impl Io {
     /// Syncs the engine, counting it.
-    fn sync(&mut self) -> mlsdisk_core::Result<()> {
-        self.counts.syncs += 1;
+    fn sync(&mut self, counts: &Counts) -> mlsdisk_core::Result<()> {
+        Counts::one(&counts.syncs);
         self.engine.sync()
     }
 
     /// Serves one request against the engine.
-    fn serve(&mut self, rq: &Rq) -> Result<(), Failure> {
+    fn serve(&mut self, rq: &Rq, counts: &Counts) -> Result<(), Failure> {
         // A request without data (a flush) has no meaningful position.
         let lba = if rq.bytes == 0 {
             0
@@ -282,7 +350,7 @@ impl Io {
             // Empty flushes (REQ_OP_FLUSH, or a write with only
             // REQ_PREFLUSH/REQ_FUA): a sync.
             return match rq.op {
-                ffi::RQ_FLUSH | ffi::RQ_WRITE => self.sync().map_err(|e| fail("flush", e)),
+                ffi::RQ_FLUSH | ffi::RQ_WRITE => self.sync(counts).map_err(|e| fail("flush", e)),
                 ffi::RQ_READ | ffi::RQ_DISCARD => Ok(()),
                 _ => Err(fail(
                     "request",
@@ -300,19 +368,12 @@ impl Io {
                     .get_mut(..rq.bytes)
                     .ok_or_else(|| invalid("read", "request larger than max_hw_sectors"))?;
                 self.engine.read(lba, buf).map_err(|e| fail("read", e))?;
-                // SAFETY: the worker owns the request (not ended yet); `buf`
-                // is valid for `rq.bytes` bytes.
-                let n = unsafe {
-                    ffi::mlsdisk_blk_rq_copy(rq.raw, buf.as_mut_ptr().cast(), buf.len(), true)
-                };
-                if n != rq.bytes {
-                    return Err(invalid("read", "request data shorter than its size"));
-                }
-                Ok(())
+                rq.copy_in(buf)
+                    .map_err(|()| invalid("read", "request data shorter than its size"))
             }
             ffi::RQ_WRITE => {
                 if rq.preflush {
-                    self.sync().map_err(|e| fail("flush", e))?;
+                    self.sync(counts).map_err(|e| fail("flush", e))?;
                 }
                 let buf = self
                     .buf
@@ -327,11 +388,11 @@ impl Io {
                 }
                 self.engine.write(lba, buf).map_err(|e| fail("write", e))?;
                 if rq.fua {
-                    self.sync().map_err(|e| fail("FUA sync", e))?;
+                    self.sync(counts).map_err(|e| fail("FUA sync", e))?;
                 }
                 Ok(())
             }
-            ffi::RQ_FLUSH => self.sync().map_err(|e| fail("flush", e)),
+            ffi::RQ_FLUSH => self.sync(counts).map_err(|e| fail("flush", e)),
             ffi::RQ_DISCARD => self
                 .engine
                 .discard(lba, (rq.bytes / BLOCK_SIZE) as u64)
@@ -352,12 +413,18 @@ struct DiskState {
     /// [`FIFO_CAPACITY`] up front: `queue_rq` never makes it grow.
     #[pin]
     pending: SpinLockIrq<VecDeque<ARef<mq::Request<BlkOps>>>>,
-    /// The engine, used by the worker (and at close).
+    /// The engine, used by the workers (and at close).
     #[pin]
     io: Mutex<Io>,
-    /// The disk's workqueue; valid from before the disk is added until
-    /// after it is deleted (see [`BlkDisk`]).
+    /// The parallel read path on the engine.
+    reads: Reads,
+    /// What reached the engine.
+    counts: Counts,
+    /// The disk's ordered workqueue; valid from before the disk is added
+    /// until after it is deleted (see [`BlkDisk`]).
     work: WorkPtr,
+    /// The disk's read workqueue; valid as long as `work`.
+    rworks: ReadsPtr,
     /// Set at teardown: no more background work.
     closing: AtomicBool,
 }
@@ -369,6 +436,14 @@ struct WorkPtr(NonNull<ffi::BlkWork>);
 unsafe impl Send for WorkPtr {}
 // SAFETY: as above; the pointer itself never changes.
 unsafe impl Sync for WorkPtr {}
+
+/// The C read work items, owned by [`BlkDisk`].
+struct ReadsPtr(NonNull<ffi::BlkReads>);
+
+// SAFETY: queue_work may be called from any context and thread.
+unsafe impl Send for ReadsPtr {}
+// SAFETY: as above; the pointer itself never changes.
+unsafe impl Sync for ReadsPtr {}
 
 impl DiskState {
     /// Kicks the worker.
@@ -389,6 +464,10 @@ impl DiskState {
             self.serve(rq);
         }
         while !self.closing.load(Ordering::Relaxed) && self.pending.lock().is_empty() {
+            // Not while a read waits for the engine (it kicks us afterwards).
+            if !self.reads.background_may_run() {
+                break;
+            }
             match self.io.lock().engine.background_step() {
                 Ok(true) => {}
                 Ok(false) => break,
@@ -403,43 +482,86 @@ impl DiskState {
     }
 
     fn serve(&self, rq: ARef<mq::Request<BlkOps>>) {
-        // `Request` is `#[repr(transparent)]` over the C `struct request`
-        // (through `Opaque`), so its address is the C request's.
-        let raw = core::ptr::from_ref::<mq::Request<BlkOps>>(&rq)
-            .cast_mut()
-            .cast::<bindings::request>();
-        // SAFETY: the worker owns `raw` until it ends it below.
-        let req = unsafe {
-            Rq {
-                raw,
-                op: ffi::mlsdisk_blk_rq_op(raw),
-                pos: ffi::mlsdisk_blk_rq_pos(raw),
-                bytes: ffi::mlsdisk_blk_rq_bytes(raw) as usize,
-                fua: ffi::mlsdisk_blk_rq_fua(raw),
-                preflush: ffi::mlsdisk_blk_rq_preflush(raw),
-            }
+        // SAFETY: the worker owns `rq` until it ends it below.
+        let req = unsafe { Rq::new(raw_of(&rq)) };
+        let result = self.io.lock().serve(&req, &self.counts);
+        self.counts.count(req.op, req.bytes, result.is_ok());
+        finish(rq, result);
+    }
+
+    /// Serves a read request on the read workqueue ([`Reads`]: planned
+    /// under the engine's mutex, fetched without it), with a bounce buffer
+    /// of its own.
+    fn serve_read(&self, rq: ARef<mq::Request<BlkOps>>) {
+        let _noio = NoIoScope::enter();
+        // SAFETY: this worker owns `rq` until it ends it below.
+        let req = unsafe { Rq::new(raw_of(&rq)) };
+        let lba = req.pos / SECTORS_PER_BLOCK;
+        let fail = |err| Failure {
+            what: "read",
+            lba,
+            err,
         };
-        let result = self.io.lock().serve_counted(&req);
-        match result {
-            Ok(()) => {
-                if let Err(rq) = mq::Request::end_ok(rq) {
-                    // Only if another reference existed, which this driver
-                    // never makes; end it anyway.
-                    end_with(rq, 0);
-                }
+        let mut buf = Vec::new();
+        let whole_blocks = req.pos % SECTORS_PER_BLOCK == 0 && req.bytes % BLOCK_SIZE == 0;
+        let result = if !whole_blocks || req.bytes == 0 || buf.try_reserve_exact(req.bytes).is_err()
+        {
+            // Not for this path (the ordered checks name it), or no memory
+            // for a bounce buffer: whole, under the mutex, with the
+            // preallocated buffer.
+            self.io.lock().serve(&req, &self.counts)
+        } else {
+            buf.resize(req.bytes, 0);
+            let (result, wake) = self
+                .reads
+                .read(lba, &mut buf, |f| f(&mut *self.io.lock().engine));
+            if wake && !self.closing.load(Ordering::Relaxed) {
+                self.kick();
             }
-            Err(f) => {
-                if crate::dm::ratelimit() {
-                    pr_err!(
-                        "mlsdisk{}: {} at block {} failed: {:?}\n",
-                        INDEX,
-                        f.what,
-                        f.lba,
-                        f.err
-                    );
-                }
-                end_with(rq, f.errno());
+            result.map_err(fail).and_then(|()| {
+                req.copy_in(&mut buf).map_err(|()| {
+                    fail(CoreError::new(
+                        ErrorKind::InvalidArgument,
+                        "request data shorter than its size",
+                    ))
+                })
+            })
+        };
+        self.counts.count(req.op, req.bytes, result.is_ok());
+        finish(rq, result);
+    }
+}
+
+/// The C request behind `rq`.
+fn raw_of(rq: &ARef<mq::Request<BlkOps>>) -> *mut bindings::request {
+    // `Request` is `#[repr(transparent)]` over the C `struct request`
+    // (through `Opaque`), so its address is the C request's.
+    core::ptr::from_ref::<mq::Request<BlkOps>>(rq)
+        .cast_mut()
+        .cast::<bindings::request>()
+}
+
+/// Ends `rq` with `result`, logging a failure (rate-limited).
+fn finish(rq: ARef<mq::Request<BlkOps>>, result: Result<(), Failure>) {
+    match result {
+        Ok(()) => {
+            if let Err(rq) = mq::Request::end_ok(rq) {
+                // Only if another reference existed, which this driver
+                // never makes; end it anyway.
+                end_with(rq, 0);
             }
+        }
+        Err(f) => {
+            if crate::dm::ratelimit() {
+                pr_err!(
+                    "mlsdisk{}: {} at block {} failed: {:?}\n",
+                    INDEX,
+                    f.what,
+                    f.lba,
+                    f.err
+                );
+            }
+            end_with(rq, f.errno());
         }
     }
 }
@@ -471,7 +593,27 @@ impl Operations for BlkOps {
         _is_last: bool,
     ) -> Result {
         // No engine here (it sleeps and allocates; this runs under RCU):
-        // hand the request to the worker. See the module documentation.
+        // hand the request to a worker. See the module documentation.
+        let raw = raw_of(&rq);
+        // SAFETY: `queue_rq` owns the request (started, not ended).
+        let read = unsafe {
+            ffi::mlsdisk_blk_rq_op(raw) == ffi::RQ_READ && ffi::mlsdisk_blk_rq_bytes(raw) != 0
+        };
+        let rq = if read {
+            let ptr = ARef::into_raw(rq);
+            // SAFETY: the read workqueue lives while the disk takes
+            // requests (`BlkDisk` frees it only after deleting the disk);
+            // the request is the driver's, and its reference goes with it
+            // (`read_fn` takes it back). Any context, no sleeping.
+            if unsafe { ffi::mlsdisk_blk_reads_queue(state.rworks.0.as_ptr(), raw) } {
+                return Ok(());
+            }
+            // Not queued (a tag out of range): the reference is still ours.
+            // SAFETY: from `into_raw` above, not used since.
+            unsafe { ARef::from_raw(ptr) }
+        } else {
+            rq
+        };
         let refused = {
             let mut pending = state.pending.lock();
             if pending.len() < pending.capacity() {
@@ -515,17 +657,39 @@ unsafe extern "C" fn work_fn(arg: *mut c_void) {
     state.run();
 }
 
+/// The read work items' entry point.
+///
+/// # Safety
+///
+/// `arg` is the [`DiskState`] set by [`BlkDisk::start`], alive until the
+/// read workqueue is freed; `rq` is a read request that `queue_rq` handed
+/// over with its reference (`ARef::into_raw`).
+unsafe extern "C" fn read_fn(arg: *mut c_void, rq: *mut bindings::request) {
+    // SAFETY: as in `work_fn`, for the read workqueue.
+    let state = unsafe { &*arg.cast::<DiskState>() };
+    let Some(rq) = NonNull::new(rq.cast::<mq::Request<BlkOps>>()) else {
+        return;
+    };
+    // SAFETY: the reference `queue_rq` gave up with `into_raw` (see the
+    // function's safety section); `Request` is transparent over the C
+    // request.
+    let rq = unsafe { ARef::from_raw(rq) };
+    state.serve_read(rq);
+}
+
 /// A live `/dev/mlsdisk<N>`.
 ///
 /// # Invariants
 ///
 /// `disk` was added by `mlsdisk_blk_add_disk` with `queuedata` (from
-/// `Arc<DiskState>::into_foreign`) on `tagset`; `work` is the workqueue of
-/// `state`, whose argument is `state`. All are released only by `drop`.
+/// `Arc<DiskState>::into_foreign`) on `tagset`; `work` and `rworks` are
+/// the ordered and the read workqueue of `state`, whose argument is
+/// `state`. All are released only by `drop`.
 pub(crate) struct BlkDisk {
     disk: NonNull<bindings::gendisk>,
     queuedata: *mut c_void,
     work: NonNull<ffi::BlkWork>,
+    rworks: NonNull<ffi::BlkReads>,
     state: Arc<DiskState>,
     /// Kept for the disk, which uses it until `drop` deleted it.
     _tagset: Arc<TagSet<BlkOps>>,
@@ -705,25 +869,38 @@ impl BlkDisk {
         buf.resize(MAX_IO_SECTORS as usize * 512, 0);
         let mut fifo = VecDeque::new();
         fifo.try_reserve_exact(FIFO_CAPACITY).map_err(|_| ENOMEM)?;
+        let reads = Reads::new(engine.reader());
         // SAFETY: `work_fn` matches the callback type; process context.
         let work = unsafe { ffi::mlsdisk_blk_work_new(Some(work_fn), INDEX) };
-        let work = NonNull::new(work).ok_or(ENOMEM)?;
+        let Some(work) = NonNull::new(work) else {
+            // The engine is dropped on this stack (an out-of-memory path).
+            return Err(ENOMEM);
+        };
+        // SAFETY: `read_fn` matches the callback type; process context.
+        let rworks = unsafe { ffi::mlsdisk_blk_reads_new(Some(read_fn), INDEX, QUEUE_DEPTH) };
+        let Some(rworks) = NonNull::new(rworks) else {
+            // SAFETY: created above, never queued, freed once.
+            unsafe { ffi::mlsdisk_blk_work_free(work.as_ptr()) };
+            return Err(ENOMEM);
+        };
         // From here on, a failure must close what was opened: the engine
-        // (synced and dropped on a worker by `close`) and the workqueue.
+        // (synced and dropped on a worker by `close`) and the workqueues.
         let free_work = |work: NonNull<ffi::BlkWork>| {
             // SAFETY: created above, not queued yet or drained here, freed
-            // once.
-            unsafe { ffi::mlsdisk_blk_work_free(work.as_ptr()) };
+            // once; the read workqueue (which may kick `work`) first.
+            unsafe {
+                ffi::mlsdisk_blk_reads_free(rworks.as_ptr());
+                ffi::mlsdisk_blk_work_free(work.as_ptr());
+            }
         };
         let state = match Arc::pin_init(
             pin_init!(DiskState {
                 pending <- new_spinlock_irq!(fifo),
-                io <- new_mutex!(Io {
-                    engine,
-                    buf,
-                    counts: Counts::default(),
-                }),
+                io <- new_mutex!(Io { engine, buf }),
+                reads,
+                counts: Counts::default(),
                 work: WorkPtr(work),
+                rworks: ReadsPtr(rworks),
                 closing: AtomicBool::new(false),
             }),
             GFP_KERNEL,
@@ -736,10 +913,12 @@ impl BlkDisk {
                 return Err(e);
             }
         };
-        // SAFETY: the state outlives the workqueue (`BlkDisk::drop` frees
-        // the workqueue before dropping its reference to the state).
+        // SAFETY: the state outlives both workqueues (`BlkDisk::drop` frees
+        // them before dropping its reference to the state).
         unsafe {
-            ffi::mlsdisk_blk_work_set_arg(work.as_ptr(), Arc::as_ptr(&state).cast_mut().cast())
+            let arg = Arc::as_ptr(&state).cast_mut().cast();
+            ffi::mlsdisk_blk_work_set_arg(work.as_ptr(), arg);
+            ffi::mlsdisk_blk_reads_set_arg(rworks.as_ptr(), arg);
         };
         let tagset = match Arc::pin_init(TagSet::new(1, QUEUE_DEPTH, 1), GFP_KERNEL) {
             Ok(t) => t,
@@ -791,12 +970,13 @@ impl BlkDisk {
             free_work(work);
             return Err(EIO);
         };
-        // INVARIANT: added above with `queuedata` on `tagset`; `work` is
-        // the state's workqueue.
+        // INVARIANT: added above with `queuedata` on `tagset`; `work` and
+        // `rworks` are the state's workqueues.
         Ok(Self {
             disk,
             queuedata,
             work,
+            rworks,
             state,
             _tagset: tagset,
             capacity,
@@ -809,15 +989,13 @@ impl BlkDisk {
 fn close(state: &DiskState) {
     state.closing.store(true, Ordering::Relaxed);
     // `Closed` is zero-sized: boxing it does not allocate.
-    let engine = {
-        let mut io = state.io.lock();
-        pr_info!(
-            "mlsdisk{}: closing: {}\n",
-            INDEX,
-            format_args!("{}", io.counts)
-        );
-        core::mem::replace(&mut io.engine, Box::new(Closed))
-    };
+    pr_info!(
+        "mlsdisk{}: closing: {} reread={}\n",
+        INDEX,
+        format_args!("{}", state.counts),
+        state.reads.rereads()
+    );
+    let engine = core::mem::replace(&mut state.io.lock().engine, Box::new(Closed));
     let result = on_worker(move || {
         let mut engine = engine;
         let result = engine.sync();
@@ -838,8 +1016,12 @@ impl Drop for BlkDisk {
         // SAFETY: a live disk (type invariant), deleted once. Waits for
         // every request (the worker ends them); no `queue_rq` afterwards.
         unsafe { ffi::mlsdisk_blk_del_disk(self.disk.as_ptr()) };
-        // SAFETY: the disk is gone, so nothing queues the work any more;
-        // this waits for a running work item and frees the workqueue, once.
+        // SAFETY: the disk is gone, so nothing queues a read any more; this
+        // waits for the read work items (which may still kick the ordered
+        // one after ending their request) and frees their workqueue, once.
+        unsafe { ffi::mlsdisk_blk_reads_free(self.rworks.as_ptr()) };
+        // SAFETY: nothing queues the work any more; this waits for a
+        // running work item and frees the workqueue, once.
         unsafe { ffi::mlsdisk_blk_work_free(self.work.as_ptr()) };
         // SAFETY: `queuedata` came from `into_foreign` and the disk that
         // borrowed it is released.

@@ -27,17 +27,30 @@
 //! `ctr` the instance never exists: everything [`Target::new`] acquired is
 //! dropped before it returns, and the trampoline sets `ti->error`.
 //!
-//! Deferred I/O: a target with [`Target::WORKER`] gets its own bio queue,
-//! served by one work item on its own `WQ_MEM_RECLAIM` workqueue
-//! (`kplatform.c`). When `map` returns [`MapResult::Deferred`] the bio is
-//! queued and device-mapper is told `DM_MAPIO_SUBMITTED`; the worker then
-//! calls [`Target::process`] with a [`DeferredBio`], in process context and
-//! in submission order, and the target ends it exactly once (dropping it
-//! unended ends it with an I/O error). When no bio is queued and the
-//! target is not suspended, the worker runs [`Target::idle`] steps
-//! (background work); a new queue starts paused, `resume` starts it,
-//! `postsuspend` pauses it and waits for the worker. The queue is drained
-//! and freed in `dtr` before the target is dropped.
+//! Deferred I/O: a target with [`Target::WORKER`] gets two bio queues
+//! (`kplatform.c`); `map` picks one, device-mapper is told
+//! `DM_MAPIO_SUBMITTED`, and the target later ends the bio exactly once
+//! through a [`DeferredBio`] (dropping it unended ends it with an I/O
+//! error), in process context.
+//!
+//! - [`MapResult::Deferred`]: the ordered queue. One work item on the
+//!   target's own `WQ_MEM_RECLAIM` workqueue (max_active 1) calls
+//!   [`Target::process`] for each bio, one at a time, in submission order.
+//!   When no bio is queued and the target is not suspended, it runs
+//!   [`Target::idle`] steps (background work).
+//! - [`MapResult::Parallel`]: the parallel queue. Each bio is its own work
+//!   item, kept in the bio's per-bio data (`ti->per_io_data_size`, as
+//!   dm-crypt does, so `map` allocates nothing), on a second
+//!   `WQ_MEM_RECLAIM | WQ_UNBOUND` workqueue (`<name>_rd`, max_active
+//!   `max(16, 4 x CPUs)`): [`Target::process_parallel`] runs for many bios
+//!   at once, on any CPU, in any order. It may ask for the ordered worker
+//!   to be woken (background work it had put off).
+//!
+//! A new instance starts paused (no background work); `resume` starts it;
+//! `postsuspend` pauses it and waits until both queues are idle (every
+//! parallel work item finished, not only its bio ended) before calling
+//! [`Target::postsuspend`]. In `dtr` both queues are drained and freed
+//! before the target is dropped.
 //!
 //! The argument words listed in [`Target::SECRET_ARGS`] are overwritten
 //! after the constructor returns, whether it succeeded or not, so a key does
@@ -126,6 +139,16 @@ pub(crate) trait Target: Sized + Send + Sync {
         bio.end(Err(BlkError::IoErr));
     }
 
+    /// Serves one bio that `map` sent to the parallel queue
+    /// ([`MapResult::Parallel`]), in process context; must end it. Runs
+    /// concurrently with other calls of this method and with
+    /// [`Target::process`] and [`Target::idle`], in any order. Returns
+    /// whether the ordered worker should be woken (for background work).
+    fn process_parallel(&self, bio: DeferredBio) -> bool {
+        bio.end(Err(BlkError::IoErr));
+        false
+    }
+
     /// After device-mapper has stopped and drained I/O for a suspend (and
     /// before a table swap or removal); background work is stopped too.
     /// Process context.
@@ -207,9 +230,13 @@ impl CtrError {
 /// What [`Target::map`] did with a bio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MapResult {
-    /// The bio goes to the target's worker ([`Target::process`]); only for
-    /// targets with [`Target::WORKER`] (others see it killed).
+    /// The bio goes to the target's ordered worker ([`Target::process`]);
+    /// only for targets with [`Target::WORKER`] (others see it killed).
     Deferred,
+    /// The bio goes to the target's parallel workers
+    /// ([`Target::process_parallel`]); only for targets with
+    /// [`Target::WORKER`] (others see it killed).
+    Parallel,
 }
 
 /// Which text `status` must write.
@@ -739,6 +766,11 @@ unsafe extern "C" fn ctr_callback<T: Target>(
             CtrError::new(c"out of memory", err)
         })
     });
+    if result.is_ok() && T::WORKER {
+        // SAFETY: `ti` is valid and ours during the constructor, where
+        // device-mapper reads `per_io_data_size` afterwards.
+        unsafe { bindings::mlsdisk_ti_set_per_bio_data(ti) };
+    }
     match result {
         Ok(instance) => {
             // SAFETY: `ti` is valid; `private` is the target's to set.
@@ -769,13 +801,15 @@ unsafe extern "C" fn dtr_callback<T: Target>(ti: *mut dm_target) {
     unsafe { (*ti).private = core::ptr::null_mut() };
 }
 
-/// A target instance with its bio queue (`ti->private`).
+/// A target instance with its bio queues (`ti->private`).
 ///
 /// # Invariants
 ///
 /// `queue`, if set, was made by `mlsdisk_bioq_new` with this instance's
-/// address as context and `process_callback::<T>`, and is freed only by
-/// `drop`, before `target`.
+/// address as context, `process_callback::<T>` and
+/// `parallel_callback::<T>`, and is freed only by `drop`, before `target`;
+/// then the target's `per_io_data_size` was set by
+/// `mlsdisk_ti_set_per_bio_data`.
 struct Instance<T: Target> {
     queue: Option<NonNull<bindings::mlsdisk_bioq>>,
     target: KBox<T>,
@@ -799,6 +833,7 @@ impl<T: Target> Instance<T> {
                 bindings::mlsdisk_bioq_new(
                     T::NAME.as_char_ptr(),
                     Some(process_callback::<T>),
+                    Some(parallel_callback::<T>),
                     Some(idle_callback::<T>),
                     ctx.cast(),
                 )
@@ -833,6 +868,24 @@ unsafe extern "C" fn process_callback<T: Target>(ctx: *mut c_void, bio: *mut ker
     };
     // INVARIANT: a deferred bio that nobody has ended yet.
     instance.target.process(DeferredBio { bio });
+}
+
+/// # Safety
+///
+/// Called by the parallel queue of an `Instance<T>` (its context) with a
+/// bio that `map_callback::<T>` sent there.
+unsafe extern "C" fn parallel_callback<T: Target>(
+    ctx: *mut c_void,
+    bio: *mut kernel::bindings::bio,
+) -> bool {
+    // SAFETY: as in `process_callback`: the queue is freed (after waiting
+    // for every parallel work item) before the instance is.
+    let instance = unsafe { &*ctx.cast::<Instance<T>>() };
+    let Some(bio) = NonNull::new(bio) else {
+        return false;
+    };
+    // INVARIANT: a deferred bio that nobody has ended yet.
+    instance.target.process_parallel(DeferredBio { bio })
 }
 
 /// # Safety
@@ -883,6 +936,16 @@ unsafe extern "C" fn map_callback<T: Target>(
             }
             None => bindings::DM_MAPIO_KILL as c_int,
         },
+        MapResult::Parallel => match instance.queue {
+            Some(queue) => {
+                // SAFETY: a live queue (`Instance` invariant), whose target
+                // set `per_io_data_size` for the work item (invariant); the
+                // bio is ours to keep once we return DM_MAPIO_SUBMITTED.
+                unsafe { bindings::mlsdisk_bioq_push_parallel(queue.as_ptr(), bio) };
+                bindings::DM_MAPIO_SUBMITTED as c_int
+            }
+            None => bindings::DM_MAPIO_KILL as c_int,
+        },
     }
 }
 
@@ -894,7 +957,7 @@ unsafe extern "C" fn postsuspend_callback<T: Target>(ti: *mut dm_target) {
     let instance = unsafe { instance_of::<T>(ti) };
     if let Some(queue) = instance.queue {
         // SAFETY: a live queue; device-mapper has drained I/O; this stops
-        // background work and waits for the worker.
+        // background work and waits for both queues' work items.
         unsafe { bindings::mlsdisk_bioq_pause(queue.as_ptr()) };
     }
     instance.target.postsuspend();

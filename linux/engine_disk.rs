@@ -23,7 +23,9 @@ use core::fmt;
 
 use kernel::prelude::*;
 use mlsdisk_core::disk::block_anchor::is_anchor_error;
-use mlsdisk_core::disk::{BlockAnchor, DiskConfig, MlsDisk, NoAnchor, RollbackAnchor};
+use mlsdisk_core::disk::{
+    BlockAnchor, DataReader, DiskConfig, MlsDisk, NoAnchor, ReadPlan, RollbackAnchor,
+};
 use mlsdisk_core::{CryptoRef, Error as CoreError, ErrorKind};
 
 use crate::dm::CtrError;
@@ -55,6 +57,14 @@ impl Engine for MlsDisk<BdevBlockSet> {
 
     fn background_step(&mut self) -> mlsdisk_core::Result<bool> {
         MlsDisk::background_step(self)
+    }
+
+    fn plan_read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<ReadPlan> {
+        MlsDisk::plan_read(self, lba, buf)
+    }
+
+    fn reader(&self) -> Option<DataReader<BdevBlockSet>> {
+        Some(MlsDisk::reader(self))
     }
 }
 

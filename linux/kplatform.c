@@ -420,15 +420,30 @@ void mlsdisk_noio_restore(unsigned int flags)
 
 /* ---- Deferred bios -------------------------------------------------- */
 
+/*
+ * Two queues per target. The ordered one: a bio list served by one work
+ * item on a max_active = 1 workqueue (writes, flushes, discards, and
+ * background work when idle). The parallel one: each bio is its own work
+ * item, in the bio's per-bio data (ti->per_io_data_size, as dm-crypt
+ * does), on an unbound workqueue that runs several at once (reads).
+ */
 struct mlsdisk_bioq {
 	spinlock_t lock;
 	struct bio_list bios;
 	struct work_struct work;
 	struct workqueue_struct *wq;
+	struct workqueue_struct *pwq;
 	mlsdisk_bioq_fn process;
+	mlsdisk_bioq_parallel_fn parallel;
 	mlsdisk_bioq_idle_fn idle;
 	bool paused;
 	void *ctx;
+};
+
+/* The per-bio data of a worker target: a parallel bio's work item. */
+struct mlsdisk_pio {
+	struct work_struct work;
+	struct mlsdisk_bioq *q;
 };
 
 static void mlsdisk_bioq_work(struct work_struct *work)
@@ -458,10 +473,25 @@ static void mlsdisk_bioq_work(struct work_struct *work)
 		queue_work(q->wq, &q->work);
 }
 
+static void mlsdisk_pio_work(struct work_struct *work)
+{
+	struct mlsdisk_pio *pio = container_of(work, struct mlsdisk_pio, work);
+	struct mlsdisk_bioq *q = pio->q;
+	struct bio *bio = dm_bio_from_per_bio_data(pio, sizeof(*pio));
+
+	/* Ends the bio, which may free it with `pio` (the clone's front pad):
+	 * neither is touched afterwards. The workqueue allows a work item to
+	 * be freed by its own function. */
+	if (q->parallel(q->ctx, bio))
+		mlsdisk_bioq_kick(q);
+}
+
 struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name, mlsdisk_bioq_fn process,
+				      mlsdisk_bioq_parallel_fn parallel,
 				      mlsdisk_bioq_idle_fn idle, void *ctx)
 {
 	struct mlsdisk_bioq *q = kzalloc(sizeof(*q), GFP_KERNEL);
+	int active;
 
 	if (!q)
 		return NULL;
@@ -469,17 +499,32 @@ struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name, mlsdisk_bioq_fn process,
 	bio_list_init(&q->bios);
 	INIT_WORK(&q->work, mlsdisk_bioq_work);
 	q->process = process;
+	q->parallel = parallel;
 	q->idle = idle;
 	q->paused = true;
 	q->ctx = ctx;
 	/* Ordered and able to make progress under memory pressure: it serves
 	 * the I/O that reclaim may be waiting for. */
 	q->wq = alloc_workqueue("%s", WQ_MEM_RECLAIM | WQ_UNBOUND, 1, name);
-	if (!q->wq) {
+	/* Parallel bios wait for the backing device most of their time: let
+	 * several per CPU be in flight, so that the device sees a queue and
+	 * the decryption runs on every CPU. */
+	active = clamp_t(int, 4 * num_possible_cpus(), 16, WQ_MAX_ACTIVE);
+	q->pwq = alloc_workqueue("%s_rd", WQ_MEM_RECLAIM | WQ_UNBOUND, active, name);
+	if (!q->wq || !q->pwq) {
+		if (q->wq)
+			destroy_workqueue(q->wq);
+		if (q->pwq)
+			destroy_workqueue(q->pwq);
 		kfree(q);
 		return NULL;
 	}
 	return q;
+}
+
+void mlsdisk_ti_set_per_bio_data(struct dm_target *ti)
+{
+	ti->per_io_data_size = sizeof(struct mlsdisk_pio);
 }
 
 void mlsdisk_bioq_push(struct mlsdisk_bioq *q, struct bio *bio)
@@ -492,13 +537,35 @@ void mlsdisk_bioq_push(struct mlsdisk_bioq *q, struct bio *bio)
 	queue_work(q->wq, &q->work);
 }
 
+void mlsdisk_bioq_push_parallel(struct mlsdisk_bioq *q, struct bio *bio)
+{
+	struct mlsdisk_pio *pio = dm_per_bio_data(bio, sizeof(*pio));
+
+	pio->q = q;
+	INIT_WORK(&pio->work, mlsdisk_pio_work);
+	queue_work(q->pwq, &pio->work);
+}
+
+void mlsdisk_bioq_kick(struct mlsdisk_bioq *q)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&q->lock, flags);
+	if (!q->paused)
+		queue_work(q->wq, &q->work);
+	spin_unlock_irqrestore(&q->lock, flags);
+}
+
 void mlsdisk_bioq_pause(struct mlsdisk_bioq *q)
 {
 	spin_lock_irq(&q->lock);
 	q->paused = true;
 	spin_unlock_irq(&q->lock);
-	/* A run that started before sees `paused` only next time: wait for
-	 * it; it does not queue itself again. */
+	/* Parallel bios first: one that finishes may kick the worker (which
+	 * `paused` now refuses). Then a run of the worker that started before
+	 * sees `paused` only next time: wait for it; it does not queue itself
+	 * again. */
+	flush_workqueue(q->pwq);
 	flush_workqueue(q->wq);
 }
 
@@ -515,6 +582,7 @@ void mlsdisk_bioq_free(struct mlsdisk_bioq *q)
 	if (!q)
 		return;
 	mlsdisk_bioq_pause(q);
+	destroy_workqueue(q->pwq);
 	destroy_workqueue(q->wq);
 	WARN_ON(!bio_list_empty(&q->bios));
 	kfree(q);

@@ -11,14 +11,17 @@
 //! device, creates (`create`) or opens the disk on it, and checks that the
 //! target fits in the disk's logical capacity. Then:
 //!
-//! - `map` only counts the bio and defers it ([`MapResult::Deferred`]): it
-//!   may run in atomic context, and the engine sleeps and allocates;
-//! - the worker ([`dm::Target::process`], one bio at a time, in order, in a
-//!   `GFP_NOIO` scope) copies the bio's data through a reusable buffer and
-//!   runs it against an [`Engine`] behind a sleeping mutex: `REQ_PREFLUSH`
-//!   syncs before the data, `REQ_FUA` after it, a discard discards; errors
-//!   end the bio with `BLK_STS_IOERR` (`NOSPC`, `RESOURCE` where they fit)
-//!   and are named in the kernel log, rate-limited;
+//! - `map` only counts the bio and defers it: it may run in atomic
+//!   context, and the engine sleeps and allocates. Reads go to the
+//!   parallel workers ([`MapResult::Parallel`]), everything else to the
+//!   ordered worker ([`MapResult::Deferred`]); see "Threads" below;
+//! - the ordered worker ([`dm::Target::process`], one bio at a time, in
+//!   order, in a `GFP_NOIO` scope) copies the bio's data through a
+//!   reusable buffer and runs it against an [`Engine`] behind a sleeping
+//!   mutex: `REQ_PREFLUSH` syncs before the data, `REQ_FUA` after it, a
+//!   discard discards; errors end the bio with `BLK_STS_IOERR` (`NOSPC`,
+//!   `RESOURCE` where they fit) and are named in the kernel log,
+//!   rate-limited;
 //! - the mapped device has 4 KiB logical blocks (`io_hints`), so every bio
 //!   is whole blocks; bios are split at [`MAX_IO_SECTORS`];
 //! - suspend (postsuspend) and removal sync the engine; `dmsetup message
@@ -29,6 +32,46 @@
 //! device ([`Shared`]). `MLSDISK_PASSTHROUGH=1` builds a pass-through
 //! engine instead (blocks unencrypted at the same offset; `dmsetup status`
 //! then starts with `passthrough`), to measure the target's own path.
+//!
+//! # Threads
+//!
+//! Writes, flushes, FUA and discards keep their order: one ordered worker
+//! serves them, and runs the engine's background work (compaction) one
+//! bounded step at a time when it has nothing else to do. Reads run on
+//! the parallel workers ([`dm::Target::process_parallel`], many at once):
+//! each read bio takes the engine's mutex only to *plan* (`plan_read`:
+//! write buffer, forward map, index lookups; no data I/O), then, without
+//! the lock, reads the ciphertext from the backing device and decrypts it
+//! into a bounce buffer of its own ([`Reads`], the core's `DataReader`),
+//! copies it into the bio and ends it. So several reads are in flight to
+//! the backing device at once and AES-GCM runs on every CPU, while a
+//! write or a sync holds the engine.
+//!
+//! - Ordering: a read that arrives after a write *completed* sees it. The
+//!   write was done under the engine's mutex before its bio ended, and the
+//!   read's plan is made under the same mutex afterwards, so the plan
+//!   names the new version (in the write buffer or the index). A read that
+//!   overlaps a write may return either version, as on any disk.
+//! - A plan may go stale before its fetch (a write, the cleaner, a sync
+//!   that frees the segment). The fetch then returns the planned version
+//!   or fails authentication, never other data (core `disk::reader`); on
+//!   any fetch error the read is repeated whole under the mutex
+//!   (`Engine::read`, which cannot race), and that result is final: a
+//!   tampered block still ends the bio with an I/O error. Such repeats are
+//!   counted (`reread=` in `dmsetup status`).
+//! - Background work never holds back a read by more than one step: a
+//!   step is not started while a read waits for the mutex (or holds it);
+//!   the last such read wakes the ordered worker again. A step is put off
+//!   at most once in a row, though, so that compaction keeps up with the
+//!   writes under a steady stream of reads.
+//! - Memory: each read allocates its bounce buffer (bio-sized, in a
+//!   `GFP_NOIO` scope); if that fails it is served whole under the mutex
+//!   with the ordered worker's preallocated buffer, so reads still make
+//!   progress under memory pressure.
+//! - Suspend (postsuspend) and removal wait for every parallel work item
+//!   before syncing or dropping the engine.
+//! - The pass-through engine does not split its reads (its `plan_read`
+//!   reads whole under the mutex).
 //!
 //! Every constructor failure logs a detailed `mlsdisk: <cause>` line and
 //! sets `ti->error` to a fixed summary (device-mapper logs it after the
@@ -41,7 +84,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt::{self, Write as _};
 use core::pin::Pin;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use kernel::new_mutex;
 use kernel::prelude::*;
@@ -49,6 +92,7 @@ use kernel::sync::{Arc, Mutex};
 #[cfg(mlsdisk_passthrough)]
 use mlsdisk_core::bio::BlockSet;
 use mlsdisk_core::bio::BLOCK_SIZE;
+use mlsdisk_core::disk::{DataReader, ReadPlan};
 use mlsdisk_core::{Error as CoreError, ErrorKind};
 
 use crate::dm::{
@@ -88,6 +132,122 @@ pub(crate) trait Engine: Send {
     /// whether more is to do.
     fn background_step(&mut self) -> mlsdisk_core::Result<bool> {
         Ok(false)
+    }
+    /// The first half of a read ([`Reads`]): fills what needs no device
+    /// read and returns what is left for [`Engine::reader`] to fetch. The
+    /// default reads everything here (an empty plan): an engine without a
+    /// reader does not split its reads.
+    fn plan_read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<ReadPlan> {
+        self.read(lba, buf)?;
+        Ok(ReadPlan::default())
+    }
+    /// What fetches this engine's read plans without the engine (`None`:
+    /// its plans are always empty).
+    fn reader(&self) -> Option<DataReader<BdevBlockSet>> {
+        None
+    }
+}
+
+/// Reads that run on many threads at once: the engine's mutex is held only
+/// to plan; fetching and decrypting run without it (see "Threads" in the
+/// module documentation). Shared by the dm target and the blk-mq disk.
+pub(crate) struct Reads {
+    /// Fetches planned reads (`None`: the engine does not split reads).
+    reader: Option<DataReader<BdevBlockSet>>,
+    /// Reads waiting for the engine's mutex or holding it to plan.
+    planning: AtomicUsize,
+    /// Background work was put off for a planning read; the last planning
+    /// read wakes the ordered worker.
+    deferred: AtomicBool,
+    /// The last background step was put off (only the ordered worker
+    /// reads and writes this).
+    put_off: AtomicBool,
+    /// Fetches that failed and were repeated under the mutex.
+    rereads: AtomicU64,
+}
+
+impl Reads {
+    /// The reads of an engine whose fetches `reader` makes.
+    pub(crate) fn new(reader: Option<DataReader<BdevBlockSet>>) -> Self {
+        Self {
+            reader,
+            planning: AtomicUsize::new(0),
+            deferred: AtomicBool::new(false),
+            put_off: AtomicBool::new(false),
+            rereads: AtomicU64::new(0),
+        }
+    }
+
+    /// Reads `buf.len() / 4096` blocks at `lba`. `locked` runs its
+    /// argument on the engine under the engine's mutex. Returns the result
+    /// and whether the ordered worker must be woken (background work was
+    /// put off for this read). On error `buf` holds no plaintext.
+    pub(crate) fn read(
+        &self,
+        lba: u64,
+        buf: &mut [u8],
+        locked: impl Fn(&mut dyn FnMut(&mut dyn Engine)),
+    ) -> (mlsdisk_core::Result<()>, bool) {
+        self.planning.fetch_add(1, Ordering::SeqCst);
+        let mut planned = Err(CoreError::new(ErrorKind::InvalidState, "read not planned"));
+        locked(&mut |engine| planned = engine.plan_read(lba, buf));
+        // The last planning read takes over background work put off for it.
+        let wake = self.planning.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.deferred.swap(false, Ordering::SeqCst);
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(e) => return (Err(e), wake),
+        };
+        if plan.is_empty() {
+            return (Ok(()), wake);
+        }
+        let fetched = match &self.reader {
+            Some(reader) => reader.fetch(&plan, buf),
+            None => Err(CoreError::new(
+                ErrorKind::InvalidState,
+                "read plan without a reader",
+            )),
+        };
+        drop(plan);
+        if fetched.is_ok() {
+            return (Ok(()), wake);
+        }
+        // A stale plan (authentication failed because the block moved or
+        // was rewritten meanwhile), or a device error: the read again,
+        // whole, under the mutex, where it cannot race. Its result is final.
+        self.rereads.fetch_add(1, Ordering::Relaxed);
+        let mut reread = Err(CoreError::new(ErrorKind::InvalidState, "read not run"));
+        locked(&mut |engine| reread = engine.read(lba, buf));
+        (reread, wake)
+    }
+
+    /// Whether the ordered worker may run a background step now. Not
+    /// while a read waits for the engine's mutex or plans: the step is put
+    /// off, and the last planning read wakes the worker. But never twice in
+    /// a row: under a steady stream of reads, compaction must still keep
+    /// up with the writes (its debt fills the metadata region otherwise).
+    /// So a read waits for one step at most: the one running when it
+    /// arrived (the next one is put off for it).
+    pub(crate) fn background_may_run(&self) -> bool {
+        if self.planning.load(Ordering::SeqCst) == 0 || self.put_off.load(Ordering::Relaxed) {
+            self.put_off.store(false, Ordering::Relaxed);
+            return true;
+        }
+        self.deferred.store(true, Ordering::SeqCst);
+        if self.planning.load(Ordering::SeqCst) == 0 && self.deferred.swap(false, Ordering::SeqCst)
+        {
+            // The reads finished meanwhile and none of them took the
+            // deferred work over: run it now.
+            return true;
+        }
+        // Put off; a planning read wakes the worker when it is done.
+        self.put_off.store(true, Ordering::Relaxed);
+        false
+    }
+
+    /// Fetches repeated under the mutex so far.
+    pub(crate) fn rereads(&self) -> u64 {
+        self.rereads.load(Ordering::Relaxed)
     }
 }
 
@@ -294,9 +454,52 @@ pub(crate) struct Shared {
     capacity: u64,
     /// The engine and the worker's buffer, behind a sleeping lock.
     worker: Pin<KBox<Mutex<Worker>>>,
+    /// The parallel read path on this engine.
+    reads: Reads,
 }
 
 impl Shared {
+    /// Serves a read bio whose first sector in the target is `rel` on the
+    /// parallel path ([`Reads`]), with a bounce buffer of its own. Returns
+    /// whether the ordered worker must be woken.
+    fn read(&self, bio: &mut DeferredBio, rel: u64) -> (Result<(), Failure>, bool) {
+        let fail = |lba, err| Failure {
+            what: "read",
+            lba,
+            err,
+        };
+        let sectors = u64::from(bio.sectors());
+        let lba = rel / SECTORS_PER_BLOCK;
+        if rel % SECTORS_PER_BLOCK != 0 || sectors % SECTORS_PER_BLOCK != 0 || sectors == 0 {
+            // Not for this path: the ordered worker's checks name it.
+            return (self.worker.lock().serve(bio, rel), false);
+        }
+        let bytes = (sectors * 512) as usize;
+        // kmalloc'ed (or vmalloc'ed) whole pages are page-aligned, so the
+        // backing device reads straight into it.
+        let mut buf = Vec::new();
+        if buf.try_reserve_exact(bytes).is_err() {
+            // No memory for a bounce buffer: served whole under the mutex
+            // with the worker's preallocated one, as before.
+            return (self.worker.lock().serve(bio, rel), false);
+        }
+        buf.resize(bytes, 0);
+        let (result, wake) = self
+            .reads
+            .read(lba, &mut buf, |f| f(&mut *self.worker.lock().engine));
+        let result = result.map_err(|e| fail(lba, e)).and_then(|()| {
+            if bio.copy_in(&buf) == bytes {
+                Ok(())
+            } else {
+                Err(fail(
+                    lba,
+                    CoreError::new(ErrorKind::InvalidArgument, "bio data shorter than its size"),
+                ))
+            }
+        });
+        (result, wake)
+    }
+
     /// Syncs the engine, logging a failure; `why` names the occasion. Runs
     /// on a kernel worker (a fresh stack: callers are ioctl paths).
     fn sync(&self, why: &str) -> mlsdisk_core::Result<()> {
@@ -475,6 +678,37 @@ impl MlsDisk {
         )
     }
 
+    /// The first sector of `bio` relative to the target. device-mapper only
+    /// sends bios inside the target; empty flushes carry no meaningful
+    /// sector.
+    fn rel(&self, bio: &DeferredBio) -> u64 {
+        if bio.sectors() == 0 {
+            0
+        } else {
+            bio.sector().wrapping_sub(self.begin)
+        }
+    }
+
+    /// Ends `bio` with `result`, counting and logging (rate-limited) a
+    /// failure.
+    fn end(&self, bio: DeferredBio, result: Result<(), Failure>) {
+        match result {
+            Ok(()) => bio.end(Ok(())),
+            Err(f) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                if dm::ratelimit() {
+                    pr_err!(
+                        "{} at block {} failed: {:?}\n",
+                        f.what,
+                        f.lba,
+                        f.err
+                    );
+                }
+                bio.end(Err(f.status()));
+            }
+        }
+    }
+
     /// Syncs the engine, logging a failure; `why` names the occasion.
     fn sync(&self, why: &str) -> mlsdisk_core::Result<()> {
         match &self.shared {
@@ -519,6 +753,7 @@ impl MlsDisk {
             c"cannot open the disk",
             EIO,
         )))?;
+        let reads = Reads::new(engine.reader());
         let oom = || {
             pr_err!("out of memory allocating the disk\n");
             Self::fail(c"out of memory", ENOMEM)
@@ -536,6 +771,7 @@ impl MlsDisk {
                 key,
                 capacity,
                 worker,
+                reads,
             },
             GFP_KERNEL,
         )
@@ -783,17 +1019,16 @@ impl dm::Target for MlsDisk {
     fn map(&self, bio: &mut Bio) -> MapResult {
         // Atomic context possible: count and hand over, nothing else.
         self.counters.count(bio);
-        MapResult::Deferred
+        // Reads on many threads, the rest in order (see "Threads").
+        if bio.op() == BioOp::Read && bio.sectors() != 0 {
+            MapResult::Parallel
+        } else {
+            MapResult::Deferred
+        }
     }
 
     fn process(&self, mut bio: DeferredBio) {
-        // device-mapper only sends bios inside the target; empty flushes
-        // carry no meaningful sector.
-        let rel = if bio.sectors() == 0 {
-            0
-        } else {
-            bio.sector().wrapping_sub(self.begin)
-        };
+        let rel = self.rel(&bio);
         let Some(shared) = &self.shared else {
             bio.end(Err(BlkError::IoErr));
             return;
@@ -802,21 +1037,21 @@ impl dm::Target for MlsDisk {
             let _noio = NoIoScope::enter();
             shared.worker.lock().serve(&mut bio, rel)
         };
-        match result {
-            Ok(()) => bio.end(Ok(())),
-            Err(f) => {
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                if dm::ratelimit() {
-                    pr_err!(
-                        "{} at block {} failed: {:?}\n",
-                        f.what,
-                        f.lba,
-                        f.err
-                    );
-                }
-                bio.end(Err(f.status()));
-            }
-        }
+        self.end(bio, result);
+    }
+
+    fn process_parallel(&self, mut bio: DeferredBio) -> bool {
+        let rel = self.rel(&bio);
+        let Some(shared) = &self.shared else {
+            bio.end(Err(BlkError::IoErr));
+            return false;
+        };
+        let (result, wake) = {
+            let _noio = NoIoScope::enter();
+            shared.read(&mut bio, rel)
+        };
+        self.end(bio, result);
+        wake
     }
 
     fn postsuspend(&self) {
@@ -827,6 +1062,10 @@ impl dm::Target for MlsDisk {
         let Some(shared) = &self.shared else {
             return false;
         };
+        // Not while a read waits for the engine (it wakes us afterwards).
+        if !shared.reads.background_may_run() {
+            return false;
+        }
         let _noio = NoIoScope::enter();
         match shared.worker.lock().engine.background_step() {
             Ok(more) => more,
@@ -869,7 +1108,11 @@ impl dm::Target for MlsDisk {
                     shared.worker.lock().engine.status(out)?;
                 }
                 out.write_str(" ")?;
-                self.write_counters(out)
+                self.write_counters(out)?;
+                if let Some(shared) = &self.shared {
+                    write!(out, " reread={}", shared.reads.rereads())?;
+                }
+                Ok(())
             }
             StatusType::Table => {
                 // Never the key: `-` stands in its place, or the keyring

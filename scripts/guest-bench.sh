@@ -11,13 +11,17 @@
 # <out>/results.md and <out>/chart.svg.
 #
 #   scripts/guest-bench.sh [--quick] [--models "plain ssd"] [--out DIR]
-#                          [--throttle IOPS:BYTES_PER_S] [run-guest.sh args, e.g. --kvm]
+#                          [--throttle IOPS:BYTES_PER_S] [--module FILE.ko]
+#                          [run-guest.sh args, e.g. --kvm]
 #
 # Full (make bench): 256 MiB working set, 5 s + 1 s warm-up per job, 3
 # repetitions, about 10 min per model under TCG. --quick (make demo):
 # 128 MiB, 2 s + 1 s, one repetition, about 2 min per model.
 # Environment: BENCH_RUNTIME, BENCH_RAMP, BENCH_SIZE_MB, BENCH_REPEATS,
-# BENCH_IODEPTH override the chosen profile.
+# BENCH_IODEPTH override the chosen profile; BENCH_TARGETS and BENCH_COLUMNS
+# (words separated by spaces or ':') run a subset, e.g.
+#   BENCH_TARGETS="dm-crypt mlsdisk" BENCH_COLUMNS="seq-read rnd-read-4k" \
+#     scripts/guest-bench.sh --models ssd
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -38,6 +42,8 @@ out=""
 # the engine ~10-20 MiB/s. Small requests are bound by the request limit,
 # large ones by the byte limit (break-even at 40 KB, as on the real device).
 throttle="250:10000000"
+# The module to measure (default: linux/mlsdisk.ko), e.g. an older build.
+module="$root/linux/mlsdisk.ko"
 pass=()
 while (($#)); do
 	case "$1" in
@@ -45,7 +51,8 @@ while (($#)); do
 	--models) models="${2:?}"; shift 2 ;;
 	--out) out="${2:?}"; shift 2 ;;
 	--throttle) throttle="${2:?}"; shift 2 ;;
-	-h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--module) module="${2:?}"; shift 2 ;;
+	-h | --help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) pass+=("$1"); shift ;;
 	esac
 done
@@ -58,13 +65,20 @@ else
 	out="${out:-$root/build/bench}"
 fi
 iodepth=${BENCH_IODEPTH:-16}
+subset=""
+if [[ -n "${BENCH_TARGETS:-}" ]]; then
+	subset+=" BENCH_TARGETS=$(tr ' ' ':' <<<"$BENCH_TARGETS")"
+fi
+if [[ -n "${BENCH_COLUMNS:-}" ]]; then
+	subset+=" BENCH_COLUMNS=$(tr ' ' ':' <<<"$BENCH_COLUMNS")"
+fi
 command -v python3 >/dev/null || die "python3 not found (needed for the report)"
 
 mkdir -p "$out"
 # One module for every model, even if linux/ is rebuilt meanwhile.
 mod_args=()
-if [[ -f "$root/linux/mlsdisk.ko" ]]; then
-	cp "$root/linux/mlsdisk.ko" "$out/mlsdisk.ko"
+if [[ -f "$module" ]]; then
+	cp "$module" "$out/mlsdisk.ko"
 	mod_args=(--module "$out/mlsdisk.ko")
 else
 	echo "[bench] no linux/mlsdisk.ko (make module): the table will have no mlsdisk row"
@@ -89,7 +103,7 @@ for model in $models; do
 	rc=0
 	"$root/qemu/run-guest.sh" --mode demo "${mod_args[@]}" --run-dir "$out/$model" \
 		--disk-size 4G --timeout "$timeout_s" "${thr[@]}" \
-		--bench-env "BENCH_MODEL=$model BENCH_RUNTIME=$runtime BENCH_RAMP=$ramp BENCH_SIZE_MB=$size BENCH_REPEATS=$reps BENCH_IODEPTH=$iodepth" \
+		--bench-env "BENCH_MODEL=$model BENCH_RUNTIME=$runtime BENCH_RAMP=$ramp BENCH_SIZE_MB=$size BENCH_REPEATS=$reps BENCH_IODEPTH=$iodepth$subset" \
 		"${pass[@]}" || rc=$?
 	echo "[bench] model $model: $((SECONDS - t0)) s, run-guest.sh status $rc"
 	((rc == 0)) || die "the $model run failed (see $out/$model/console.txt)"

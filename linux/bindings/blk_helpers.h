@@ -64,6 +64,19 @@ void mlsdisk_blk_work_queue(struct mlsdisk_blk_work *w);
 /* Waits for the work item, then frees the workqueue. */
 void mlsdisk_blk_work_free(struct mlsdisk_blk_work *w);
 
-/* Runs fn(arg) on a kernel worker (a fresh stack) and waits for it. */
+/*
+ * Parallel reads: a WQ_MEM_RECLAIM | WQ_UNBOUND workqueue (max_active
+ * `depth`) with one work item per tag (0..depth). mlsdisk_blk_reads_queue
+ * runs fn(arg, rq) on it for a request the driver owns, concurrently with
+ * the others; it returns false (and does nothing) if the request's tag is
+ * out of range. fn must end the request.
+ */
+struct mlsdisk_blk_reads;
+struct mlsdisk_blk_reads *mlsdisk_blk_reads_new(void (*fn)(void *, struct request *),
+						int index, unsigned int depth);
+void mlsdisk_blk_reads_set_arg(struct mlsdisk_blk_reads *r, void *arg);
+bool mlsdisk_blk_reads_queue(struct mlsdisk_blk_reads *r, struct request *rq);
+/* Waits for every queued read, then frees the workqueue. */
+void mlsdisk_blk_reads_free(struct mlsdisk_blk_reads *r);
 
 #endif

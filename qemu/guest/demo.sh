@@ -33,8 +33,10 @@ SEQ_BS=${BENCH_SEQ_BS:-256k}
 REGION_MB=${BENCH_REGION_MB:-1024}         # disk space of raw and dm-crypt
 MLS_REGION_MB=${BENCH_MLS_REGION_MB:-2048} # disk space of mlsdisk
 MODEL=${BENCH_MODEL:-plain}
-TARGETS="raw dm-crypt mlsdisk"
-COLUMNS="seq-write rnd-write-4k rnd-write-32k rnd-write-256k seq-read rnd-read-4k rnd-read-32k rnd-read-256k"
+# A subset of targets or columns (words separated by ':', as --bench-env
+# carries them), e.g. BENCH_COLUMNS=seq-read:rnd-read-4k; the default is all.
+TARGETS=$(echo "${BENCH_TARGETS:-raw:dm-crypt:mlsdisk}" | tr ':' ' ')
+COLUMNS=$(echo "${BENCH_COLUMNS:-seq-write:rnd-write-4k:rnd-write-32k:rnd-write-256k:seq-read:rnd-read-4k:rnd-read-32k:rnd-read-256k}" | tr ':' ' ')
 
 sectors=$(disk_sectors "$DISK")
 region=$((REGION_MB * 2048))
@@ -48,6 +50,7 @@ echo "BENCHINFO accel $ACCEL"
 echo "BENCHINFO throttle ${BENCH_THROTTLE:-none}"
 echo "BENCHINFO params runtime=${RUNTIME}s ramp=${RAMP}s size=${SIZE_MB}MiB repeats=$REPEATS iodepth=$IODEPTH seq_bs=$SEQ_BS regions=${REGION_MB}/${REGION_MB}/${MLS_REGION_MB}MiB"
 echo "BENCHINFO guest $(uname -r) $(nproc) CPUs"
+echo "BENCHINFO subset targets=$(echo "$TARGETS" | tr ' ' ':') columns=$(echo "$COLUMNS" | tr ' ' ':')"
 
 have_mls=0
 if [ -f /mlsdisk.ko ]; then
@@ -55,7 +58,7 @@ if [ -f /mlsdisk.ko ]; then
 	have_mls=1
 else
 	echo "BENCHINFO note mlsdisk.ko not provided: no mlsdisk column"
-	TARGETS="raw dm-crypt"
+	TARGETS=$(echo "$TARGETS" | tr ' ' '\n' | grep -vx mlsdisk | tr '\n' ' ')
 fi
 
 # The mlsdisk backing device: the third region of the disk.
