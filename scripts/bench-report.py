@@ -171,7 +171,7 @@ def text_table(m):
     out = []
     out.append(f"[{m.label}] {m.describe()}")
     out.append(
-        f"  {first(m.info, 'accel')}; {first(m.info, 'params')}; median of {m.reps}; MiB/s"
+        f"  {first(m.info, 'accel')}; {first(m.info, 'params')}; reads on a {first(m.info, 'read_layout')} layout; median of {m.reps}; MiB/s"
     )
     out.append("  " + "".ljust(w0) + "".join(HEAD[c].rjust(w) for c in COLUMNS))
     for t in m.targets:
@@ -192,7 +192,7 @@ def md_table(m):
     out = []
     out.append(f"### {m.label}: {m.describe()}")
     out.append("")
-    out.append(f"{first(m.info, 'accel')}; fio {first(m.info, 'params')}; median of {m.reps} run{'s' if m.reps != 1 else ''}; MiB/s.")
+    out.append(f"{first(m.info, 'accel')}; fio {first(m.info, 'params')}; reads on a {first(m.info, 'read_layout')} layout; median of {m.reps} run{'s' if m.reps != 1 else ''}; MiB/s.")
     out.append("")
     out.append("| MiB/s | " + " | ".join(HEAD[c] for c in COLUMNS) + " |")
     out.append("|---|" + "---:|" * len(COLUMNS))

@@ -18,7 +18,9 @@
 # repetitions, about 10 min per model under TCG. --quick (make demo):
 # 128 MiB, 2 s + 1 s, one repetition, about 2 min per model.
 # Environment: BENCH_RUNTIME, BENCH_RAMP, BENCH_SIZE_MB, BENCH_REPEATS,
-# BENCH_IODEPTH override the chosen profile; BENCH_TARGETS and BENCH_COLUMNS
+# BENCH_IODEPTH override the chosen profile; BENCH_READ_LAYOUT=as-written
+# reads what the write columns left instead of a sequential refill
+# (qemu/guest/demo.sh); BENCH_TARGETS and BENCH_COLUMNS
 # (words separated by spaces or ':') run a subset, e.g.
 #   BENCH_TARGETS="dm-crypt mlsdisk" BENCH_COLUMNS="seq-read rnd-read-4k" \
 #     scripts/guest-bench.sh --models ssd
@@ -68,6 +70,9 @@ iodepth=${BENCH_IODEPTH:-16}
 subset=""
 if [[ -n "${BENCH_TARGETS:-}" ]]; then
 	subset+=" BENCH_TARGETS=$(tr ' ' ':' <<<"$BENCH_TARGETS")"
+fi
+if [[ -n "${BENCH_READ_LAYOUT:-}" ]]; then
+	subset+=" BENCH_READ_LAYOUT=$BENCH_READ_LAYOUT"
 fi
 if [[ -n "${BENCH_COLUMNS:-}" ]]; then
 	subset+=" BENCH_COLUMNS=$(tr ' ' ':' <<<"$BENCH_COLUMNS")"

@@ -33,6 +33,12 @@ SEQ_BS=${BENCH_SEQ_BS:-256k}
 REGION_MB=${BENCH_REGION_MB:-1024}         # disk space of raw and dm-crypt
 MLS_REGION_MB=${BENCH_MLS_REGION_MB:-2048} # disk space of mlsdisk
 MODEL=${BENCH_MODEL:-plain}
+# The layout the read columns read: "sequential" (default) rewrites the
+# working set sequentially, unmeasured, before a target's first read column,
+# so reads find the data as a sequential write leaves it (as when each of
+# the seed's fio jobs runs on its own); "as-written" reads what the random
+# write columns left (on mlsdisk: scattered over the log).
+READ_LAYOUT=${BENCH_READ_LAYOUT:-sequential}
 # A subset of targets or columns (words separated by ':', as --bench-env
 # carries them), e.g. BENCH_COLUMNS=seq-read:rnd-read-4k; the default is all.
 TARGETS=$(echo "${BENCH_TARGETS:-raw:dm-crypt:mlsdisk}" | tr ':' ' ')
@@ -50,6 +56,7 @@ echo "BENCHINFO accel $ACCEL"
 echo "BENCHINFO throttle ${BENCH_THROTTLE:-none}"
 echo "BENCHINFO params runtime=${RUNTIME}s ramp=${RAMP}s size=${SIZE_MB}MiB repeats=$REPEATS iodepth=$IODEPTH seq_bs=$SEQ_BS regions=${REGION_MB}/${REGION_MB}/${MLS_REGION_MB}MiB"
 echo "BENCHINFO guest $(uname -r) $(nproc) CPUs"
+echo "BENCHINFO read_layout $READ_LAYOUT"
 echo "BENCHINFO subset targets=$(echo "$TARGETS" | tr ' ' ':') columns=$(echo "$COLUMNS" | tr ' ' ':')"
 
 have_mls=0
@@ -146,7 +153,19 @@ rep=1
 while [ $rep -le "$REPEATS" ]; do
 	for target in $TARGETS; do
 		setup "$target"
+		wrote=0
 		for col in $COLUMNS; do
+			case "$col" in
+			*write*) wrote=1 ;;
+			*read*)
+				if [ "$READ_LAYOUT" = sequential ] && [ $wrote = 1 ]; then
+					run timeout 600 fio --name=refill --filename=/dev/mapper/bench \
+						--size="${SIZE_MB}m" --rw=write --bs=1m --direct=1 \
+						--ioengine=libaio --iodepth=8 --minimal >/dev/null
+					wrote=0
+				fi
+				;;
+			esac
 			case "$col" in
 			seq-write) rw=write bs=$SEQ_BS ;;
 			seq-read) rw=read bs=$SEQ_BS ;;
