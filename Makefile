@@ -8,13 +8,13 @@ SHELL := /bin/bash
 
 GUEST_ARGS ?=
 
-.PHONY: help toolchain kernel module initramfs cargo-test guest-test host-test guest-demo guest-bench test demo bench
+.PHONY: help toolchain kernel module initramfs cargo-test guest-test guest-test-kmemleak host-test guest-demo guest-bench test demo bench
 
 help:
 	@echo "make demo        install toolchain, build kernel + module, run the fio demo in the guest"
 	@echo "make test        install toolchain, build kernel, cargo tests, module, guest e2e tests"
 	@echo "make bench       the full fio benchmark in the guest: tables + build/bench/{results.md,chart.svg}"
-	@echo "make toolchain | kernel | module | initramfs | cargo-test | guest-test | host-test"
+	@echo "make toolchain | kernel | module | initramfs | cargo-test | guest-test | guest-test-kmemleak | host-test"
 
 toolchain:
 	scripts/install-toolchain.sh
@@ -40,6 +40,12 @@ cargo-test:
 guest-test:
 	tests/harness/judge-log-test.sh
 	qemu/run-guest.sh --mode test $(GUEST_ARGS)
+
+# The kmemleak test in its own boot with kmemleak=on (guest-test SKIPs it).
+# Not part of make test yet: it fails on the module's registry leak (see
+# README "Guest tests").
+guest-test-kmemleak:
+	qemu/run-guest.sh --mode test --kmemleak on --tests mlsdisk-unload-leaks --run-dir build/guest-test-kmemleak $(GUEST_ARGS)
 
 # Power cuts and between-boots tampering: one image over several boots.
 host-test:

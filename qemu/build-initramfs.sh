@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the base guest initramfs (uncompressed newc cpio) from the host's
 # Debian packages: busybox-static for the shell and small tools, plus dmsetup,
-# mke2fs/e2fsck and fio with the shared libraries ldd lists.
+# mke2fs/e2fsck, fio and keyctl (keyutils) with the shared libraries ldd lists.
 # Cached under $MLSDISK_CACHE/initramfs/, rebuilt only when its inputs change
 # (this script, the package versions). The per-run files (/init, the test
 # scripts, mlsdisk.ko) go into a second small cpio appended by run-guest.sh.
@@ -19,11 +19,14 @@ die() {
 }
 
 # binary in the guest <- binary on the host
-BINARIES=(/sbin/dmsetup /sbin/mke2fs /sbin/e2fsck /usr/bin/fio)
-PACKAGES=(busybox-static dmsetup e2fsprogs fio libc6)
+BINARIES=(/sbin/dmsetup /sbin/mke2fs /sbin/e2fsck /usr/bin/fio /usr/bin/keyctl)
+# The Debian package of each binary (for the message when one is missing).
+declare -A PACKAGE_OF=([/bin/busybox]=busybox-static [/sbin/dmsetup]=dmsetup [/sbin/mke2fs]=e2fsprogs
+	[/sbin/e2fsck]=e2fsprogs [/usr/bin/fio]=fio [/usr/bin/keyctl]=keyutils)
+PACKAGES=(busybox-static dmsetup e2fsprogs fio keyutils libkeyutils1 libc6)
 
 for b in /bin/busybox "${BINARIES[@]}"; do
-	[[ -x "$b" ]] || die "$b not found; run scripts/install-toolchain.sh (make toolchain)"
+	[[ -x "$b" ]] || die "$b not found (Debian package ${PACKAGE_OF[$b]}); run scripts/install-toolchain.sh (make toolchain), or apt-get install ${PACKAGE_OF[$b]}"
 done
 command -v cpio >/dev/null || die "cpio not found; run scripts/install-toolchain.sh"
 

@@ -40,7 +40,7 @@ if grep -qE '^FAIL ' "$txt" && ! printf '%s\n' "${problems[@]}" | grep -q 'faile
 	problems+=("FAIL lines in the log")
 fi
 
-grep -E '^(PASS|FAIL) ' "$txt" || true
+grep -E '^(PASS|FAIL|SKIP) ' "$txt" || true
 [[ -z "$final" ]] || echo "$final"
 if ((${#problems[@]})); then
 	printf '[judge] FAILED: %s\n' "${problems[0]}"

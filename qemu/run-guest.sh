@@ -6,11 +6,16 @@
 #                     [--disk-size SIZE] [--run-dir DIR]
 #                     [--throttle IOPS:BYTES_PER_S] [--bench-env "K=V ..."]
 #                     [--disk-image FILE] [--guest-script FILE]
+#                     [--kmemleak on|off]
 #
 # --disk-image uses an existing FILE as the test disk vdb (kept, not
 # recreated: tests/host/powercut.sh boots one image several times);
 # --guest-script runs only FILE as the guest's one test instead of
 # tests/guest/*.sh. QEMU's pid is in <run-dir>/qemu.pid while it runs.
+# --kmemleak on boots with kmemleak=on (the kernel has kmemleak built in
+# but off by default; MLSDISK_KMEMLEAK=on sets the default), for the tests
+# marked "# needs: kmemleak=on" (make guest-test-kmemleak); the guest runner
+# reports those as SKIP in a boot without it.
 #
 # demo mode runs qemu/guest/demo.sh, the fio benchmark (BENCH_* variables
 # from --bench-env, see demo.sh); scripts/guest-bench.sh drives it per
@@ -35,7 +40,7 @@ die() {
 	exit 2
 }
 usage() {
-	sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 	exit 2
 }
 
@@ -51,6 +56,7 @@ throttle=""
 bench_env=""
 disk_image=""
 guest_script=""
+kmemleak=""
 while (($#)); do
 	case "$1" in
 	--mode) mode="${2:?}"; shift 2 ;;
@@ -66,11 +72,16 @@ while (($#)); do
 	--bench-env) bench_env="${2?}"; shift 2 ;;
 	--disk-image) disk_image="${2:?}"; shift 2 ;;
 	--guest-script) guest_script="${2:?}"; shift 2 ;;
+	--kmemleak) kmemleak="${2:?}"; shift 2 ;;
 	-h | --help) usage ;;
 	*) die "unknown argument: $1 (see --help)" ;;
 	esac
 done
 case "$mode" in test | demo) ;; *) die "--mode must be test or demo, not $mode" ;; esac
+kmemleak="${kmemleak:-${MLSDISK_KMEMLEAK:-off}}"
+case "$kmemleak" in on | off) ;; *) die "--kmemleak (or MLSDISK_KMEMLEAK) must be on or off, not $kmemleak" ;; esac
+kernel_args="console=ttyS0 panic=-1 loglevel=4"
+[[ "$kmemleak" == off ]] || kernel_args+=" kmemleak=on"
 timeout_s="${timeout_s:-${MLSDISK_GUEST_TIMEOUT:-900}}"
 disk_opts=""
 if [[ -n "$throttle" ]]; then
@@ -154,7 +165,7 @@ fi
 
 log="$run_dir/console.log"
 : >"$log"
-echo "[guest] mode=$mode accel=$accel_name kernel=$bzimage"
+echo "[guest] mode=$mode accel=$accel_name kmemleak=$kmemleak kernel=$bzimage"
 echo "[guest] module: ${module:-none (tests that need mlsdisk.ko will FAIL)}"
 echo "[guest] console log: $log (timeout ${timeout_s}s)"
 [[ -z "$throttle" ]] || echo "[guest] test disk throttled: iops-total=${throttle%%:*} bps-total=${throttle##*:}"
@@ -167,7 +178,7 @@ set +e
 timeout -k 10 "$timeout_s" qemu-system-x86_64 "${accel_args[@]}" -m 1G -smp 2 \
 	-nographic -no-reboot -monitor none -serial "file:$log" \
 	-kernel "$bzimage" -initrd "$run_dir/initramfs.cpio" \
-	-append "console=ttyS0 panic=-1 loglevel=4" \
+	-append "$kernel_args" \
 	-drive "file=$run_dir/spare.img,if=virtio,format=raw" \
 	-drive "file=$disk,if=virtio,format=raw$disk_opts" \
 	-pidfile "$run_dir/qemu.pid" \

@@ -29,7 +29,7 @@ MLSDISK_LLVM_MAJOR=19
 
 # Host packages from the configured bookworm suites (versions: whatever bookworm ships).
 MLSDISK_HOST_PACKAGES=(
-	qemu-system-x86 busybox-static e2fsprogs fio dmsetup
+	qemu-system-x86 busybox-static e2fsprogs fio dmsetup keyutils
 	"clang-${MLSDISK_LLVM_MAJOR}" "lld-${MLSDISK_LLVM_MAJOR}" "llvm-${MLSDISK_LLVM_MAJOR}"
 	"libclang-${MLSDISK_LLVM_MAJOR}-dev"
 	make gcc libc6-dev flex bison bc cpio libelf-dev libssl-dev kmod xz-utils

@@ -1,6 +1,8 @@
 # Guest-side runner: runs each test in /mlsdisk/tests (or the demo), prints
 #   PASS <name>
 #   FAIL <name> <reason>
+#   SKIP <name> <why>    (neither passed nor failed: a test whose header
+#                         has "# needs: kmemleak=on" in a boot without it)
 # then the kernel log between markers, then the final line
 #   <N> passed, <N> failed
 # which the host (qemu/run-guest.sh) parses.
@@ -86,6 +88,10 @@ test)
 			*" $n "*) ;;
 			*) continue ;;
 			esac
+		fi
+		if grep -q '^# needs: kmemleak=on' "$f" && ! grep -qw 'kmemleak=on' /proc/cmdline; then
+			echo "SKIP $n needs a boot with kmemleak=on (make guest-test-kmemleak)"
+			continue
 		fi
 		run_one "$f"
 	done

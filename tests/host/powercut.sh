@@ -4,8 +4,17 @@
 #
 #   tests/host/powercut.sh            (make host-test; part of make test)
 #
-# Env: POWERCUT_DELAYS  cut delays in seconds after the marker (default "1 3 6")
+# Env: POWERCUT_SEED    seed of the random cut delays (default: a fresh one;
+#                       printed at the start, with the delays, for replay)
+#      POWERCUT_DELAYS  cut delays in seconds after the marker, e.g. "1 3 6"
+#                       (overrides the random ones)
 #      POWERCUT_DIR     work directory (default build/powercut)
+#
+# The random delays: three, one early (0-1.9 s), one middle (2-4.4 s), one
+# late (4.5-7.4 s), in 0.1 s steps and in a random order (10 s in all on
+# average, as the former fixed "1 3 6"), from a small LCG so that one seed
+# gives the same delays on any host: POWERCUT_SEED=<seed> make host-test
+# replays a run.
 #
 # 1. Power cut, once per delay: the guest opens the disk (creates it and
 #    runs mkfs.ext4 on the first boot), checks everything synced so far
@@ -29,7 +38,51 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 . "$root/scripts/env.sh"
 guest_side="$root/tests/guest-host/powercut.sh"
 work="${POWERCUT_DIR:-$root/build/powercut}"
-read -r -a delays <<<"${POWERCUT_DELAYS:-1 3 6}"
+
+# rand_below N: the next number of the seeded LCG in 0..N-1, in $r.
+rand_below() {
+	rng=$(((rng * 1103515245 + 12345) % 2147483648))
+	r=$(((rng >> 8) % $1))
+}
+# random_delays SEED: three delays (seconds, one decimal) in $delays.
+random_delays() {
+	local bins=(0:20 20:45 45:75) t=() i lo hi tmp
+	rng=$(($1 % 2147483648))
+	for i in "${!bins[@]}"; do
+		lo=${bins[i]%%:*}
+		hi=${bins[i]##*:}
+		rand_below $((hi - lo))
+		t+=($((lo + r)))
+	done
+	for ((i = ${#t[@]} - 1; i > 0; i--)); do
+		rand_below $((i + 1))
+		tmp=${t[i]}
+		t[i]=${t[r]}
+		t[r]=$tmp
+	done
+	delays=()
+	for i in "${t[@]}"; do
+		delays+=("$((i / 10)).$((i % 10))")
+	done
+}
+if [[ -n "${POWERCUT_DELAYS:-}" ]]; then
+	read -r -a delays <<<"$POWERCUT_DELAYS"
+	for d in "${delays[@]}"; do
+		[[ "$d" =~ ^[0-9]+(\.[0-9]+)?$ ]] || {
+			echo "powercut: POWERCUT_DELAYS: '$d' is not a number of seconds" >&2
+			exit 2
+		}
+	done
+	echo "powercut: cut delays ${delays[*]} s (from POWERCUT_DELAYS)"
+else
+	seed=${POWERCUT_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
+	[[ "$seed" =~ ^[0-9]+$ ]] || {
+		echo "powercut: POWERCUT_SEED must be a non-negative integer, not '$seed'" >&2
+		exit 2
+	}
+	random_delays "$seed"
+	echo "powercut: seed $seed, cut delays ${delays[*]} s (replay: POWERCUT_SEED=$seed make host-test)"
+fi
 img_size=512M
 kernel_bad='BUG:|WARNING:|Oops|[Pp]anic([^=]|$)|Call Trace'
 
