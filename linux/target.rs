@@ -573,6 +573,17 @@ pub(crate) fn init_registry() {
     unsafe { DISKS.init() };
 }
 
+/// Frees the registry's buffer at module unload (a static is never dropped;
+/// the buffer would leak). Every disk is gone by then: device-mapper keeps
+/// the module while a target exists, and the blk-mq disk is dropped first.
+pub(crate) fn free_registry() {
+    let old = core::mem::replace(&mut *DISKS.lock(), KVec::new());
+    if !old.is_empty() {
+        pr_err!("{} open disk(s) still registered at unload\n", old.len());
+    }
+    drop(old);
+}
+
 /// Constant-time comparison of two keys.
 fn same_key(a: &RawKey, b: &RawKey) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
