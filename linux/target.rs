@@ -577,7 +577,7 @@ pub(crate) fn init_registry() {
 /// the buffer would leak). Every disk is gone by then: device-mapper keeps
 /// the module while a target exists, and the blk-mq disk is dropped first.
 pub(crate) fn free_registry() {
-    let old = core::mem::replace(&mut *DISKS.lock(), KVec::new());
+    let old = core::mem::take(&mut *DISKS.lock());
     if !old.is_empty() {
         pr_err!("{} open disk(s) still registered at unload\n", old.len());
     }
