@@ -975,11 +975,11 @@ impl BlkDisks {
             if !param(unsafe { ffi::mlsdisk_blk_param_key() }).is_empty() {
                 // SAFETY: no preconditions.
                 unsafe { ffi::mlsdisk_blk_wipe_key_param() };
-                pr_err!("mlsdisk: disk_key given without disk_backing\n");
+                pr_err!("disk_key given without disk_backing\n");
                 return Err(EINVAL);
             }
             if !anchors.is_empty() {
-                pr_err!("mlsdisk: disk_anchor given without disk_backing\n");
+                pr_err!("disk_anchor given without disk_backing\n");
                 return Err(EINVAL);
             }
             return Ok(Self(KVec::new()));
@@ -988,7 +988,7 @@ impl BlkDisks {
         let keys = take_keys(n)?;
         if n > MAX_DISKS {
             pr_err!(
-                "mlsdisk: disk_backing names {} devices, at most {}\n",
+                "disk_backing names {} devices, at most {}\n",
                 n,
                 MAX_DISKS
             );
