@@ -1,22 +1,35 @@
 // SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
 
-//! The blk-mq disk `/dev/mlsdisk0`: the same engine as the dm target,
-//! set up by module parameters instead of `dmsetup`.
+//! The blk-mq disks `/dev/mlsdisk0`, `/dev/mlsdisk1`, ...: the same engine
+//! as the dm target, set up by module parameters instead of `dmsetup`.
 //!
 //! ```text
-//! insmod mlsdisk.ko disk_backing=/dev/vda disk_key=<64 hex digits> disk_mode=create
+//! insmod mlsdisk.ko disk_backing=/dev/vda,/dev/vdb disk_key=<hex>,<hex> \
+//!     disk_mode=create disk_anchor=none,/dev/vdc
 //! ```
 //!
-//! - `disk_backing`: the backing block device (path or `major:minor`);
-//!   without it no disk is made (the dm target works as always).
-//! - `disk_key`: the root key as for the table line: 32 or 64 hex digits,
-//!   or a keyring reference `:<size>:logon:<description>`. The parameters
-//!   have permissions 0 (nothing under `/sys/module/mlsdisk/parameters`),
-//!   and the key's string is overwritten with zeros once parsed, whether
-//!   the disk came up or not.
+//! Each parameter is a comma list; `disk_key`, `disk_mode` and
+//! `disk_anchor` give either one item for every disk or one per disk.
+//!
+//! - `disk_backing`: the backing block devices (path or `major:minor`), at
+//!   most [`MAX_DISKS`]; the Nth makes `/dev/mlsdisk<N-1>`. Without it no
+//!   disk is made (the dm target works as always).
+//! - `disk_key`: the root keys as for the table line: 32 or 64 hex digits,
+//!   or a keyring reference `:<size>:logon:<description>` (no comma in the
+//!   description). The parameters have permissions 0 (nothing under
+//!   `/sys/module/mlsdisk/parameters`), and the key string is overwritten
+//!   with zeros once parsed, whether the disks came up or not.
 //! - `disk_mode`: `create` formats the device, `open` (the default) opens
-//!   an existing disk. A wrong key, a device without an mlsdisk, or a
-//!   tampered one fails `insmod` with the cause in the kernel log.
+//!   an existing disk.
+//! - `disk_anchor`: `none` (the default) or the device of the disk's
+//!   rollback anchor (`engine_disk::start_with_anchor`, as the table's
+//!   `anchor=dev:<device>`).
+//!
+//! No device may serve two disks (as backing or anchor), nor be a disk's
+//! backing and anchor. All or nothing: the disks are opened in order, and
+//! if one fails (a wrong key, a device without an mlsdisk, a tampered one,
+//! a rollback its anchor catches) the ones already made are removed again
+//! and `insmod` fails, with the disk and the cause in the kernel log.
 //!
 //! The disk has 4 KiB logical and physical blocks and the engine's logical
 //! capacity. It declares a volatile write cache with FUA, so that the block
@@ -24,7 +37,7 @@
 //! engine, a FUA write syncs after the data. Discards unmap. An engine error
 //! ends the request with an error status (`BLK_STS_IOERR`, `NOSPC`,
 //! `RESOURCE`, `NOTSUPP`) and a rate-limited
-//! `mlsdisk: mlsdisk0: <op> at block <n> failed: ...` line.
+//! `mlsdisk: mlsdisk<N>: <op> at block <n> failed: ...` line.
 //!
 //! # Where the engine runs
 //!
@@ -36,7 +49,7 @@
 //! each request to a workqueue, as the dm target does (see "Threads" in
 //! `target.rs`):
 //!
-//! - reads go to the disk's read workqueue (`mlsdisk0_rd`,
+//! - reads go to the disk's read workqueue (`mlsdisk<N>_rd`,
 //!   `WQ_MEM_RECLAIM | WQ_UNBOUND`, one work item per tag, so up to
 //!   [`QUEUE_DEPTH`] at once and no allocation in `queue_rq`); each plans
 //!   under the engine's mutex, then fetches and decrypts into a bounce
@@ -52,11 +65,13 @@
 //!
 //! The disk's `block_device_operations` name this module as owner, so an
 //! open (mounted) disk pins the module: `rmmod` fails with `EBUSY`. Module
-//! exit deletes the disk (waiting for its requests), drains and frees the
-//! read workqueue, then the ordered one, then syncs and closes the engine.
+//! exit, for each disk (the last first), deletes the disk (waiting for its
+//! requests), drains and frees the read workqueue, then the ordered one,
+//! then syncs and closes the engine.
 //!
-//! The blk-mq disk and a dm table must not use the same backing device: the
-//! dm target's registry of open disks does not cover this disk.
+//! Each disk has its own engine, workqueues and tag set. A blk-mq disk and
+//! a dm table must not use the same backing device: the dm target's
+//! registry of open disks does not cover these disks.
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -798,10 +813,9 @@ fn device(name: &[u8]) -> Result<u32> {
         Some(s.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')))
     };
     if let Some(i) = name.iter().position(|&c| c == b':') {
-        if let (Some(major), Some(minor)) = (
-            name.get(..i).and_then(num),
-            name.get(i + 1..).and_then(num),
-        ) {
+        if let (Some(major), Some(minor)) =
+            (name.get(..i).and_then(num), name.get(i + 1..).and_then(num))
+        {
             if major < (1 << 12) && minor < (1 << 20) {
                 return Ok((major << 20) | minor);
             }
@@ -924,7 +938,10 @@ fn disk_params<'a>(
         b"none" => None,
         name => {
             if cfg!(mlsdisk_passthrough) {
-                pr_err!("mlsdisk{}: disk_anchor needs the engine (not the pass-through build)\n", i);
+                pr_err!(
+                    "mlsdisk{}: disk_anchor needs the engine (not the pass-through build)\n",
+                    i
+                );
                 return Err(EINVAL);
             }
             let adev = device(name).inspect_err(|e| {
@@ -987,11 +1004,7 @@ impl BlkDisks {
         // The keys first: the parameter is wiped whatever happens next.
         let keys = take_keys(n)?;
         if n > MAX_DISKS {
-            pr_err!(
-                "disk_backing names {} devices, at most {}\n",
-                n,
-                MAX_DISKS
-            );
+            pr_err!("disk_backing names {} devices, at most {}\n", n, MAX_DISKS);
             return Err(EINVAL);
         }
         check_count("disk_mode", mode, n)?;
