@@ -28,14 +28,19 @@
 static char *disk_backing;
 module_param(disk_backing, charp, 0);
 MODULE_PARM_DESC(disk_backing,
-		 "backing block device of /dev/mlsdisk0 (path or major:minor); none: no disk");
+		 "backing block devices of /dev/mlsdisk0, 1, ... (comma list of paths or major:minor, at most 8); none: no disk");
 static char *disk_key;
 module_param(disk_key, charp, 0);
 MODULE_PARM_DESC(disk_key,
-		 "root key of /dev/mlsdisk0: 32 or 64 hex digits, or :<size>:logon:<description>");
+		 "root keys (one for all disks or a comma list): 32 or 64 hex digits, or :<size>:logon:<description>");
 static char *disk_mode;
 module_param(disk_mode, charp, 0);
-MODULE_PARM_DESC(disk_mode, "create (format the backing device) or open (the default)");
+MODULE_PARM_DESC(disk_mode,
+		 "create (format the backing device) or open (the default); one for all disks or a comma list");
+static char *disk_anchor;
+module_param(disk_anchor, charp, 0);
+MODULE_PARM_DESC(disk_anchor,
+		 "rollback anchor device per disk (comma list of none, a path or major:minor); default none");
 
 const char *mlsdisk_blk_param_backing(void)
 {
@@ -50,6 +55,11 @@ const char *mlsdisk_blk_param_key(void)
 const char *mlsdisk_blk_param_mode(void)
 {
 	return disk_mode;
+}
+
+const char *mlsdisk_blk_param_anchor(void)
+{
+	return disk_anchor;
 }
 
 void mlsdisk_blk_wipe_key_param(void)

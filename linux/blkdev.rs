@@ -1,22 +1,35 @@
 // SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
 
-//! The blk-mq disk `/dev/mlsdisk0`: the same engine as the dm target,
-//! set up by module parameters instead of `dmsetup`.
+//! The blk-mq disks `/dev/mlsdisk0`, `/dev/mlsdisk1`, ...: the same engine
+//! as the dm target, set up by module parameters instead of `dmsetup`.
 //!
 //! ```text
-//! insmod mlsdisk.ko disk_backing=/dev/vda disk_key=<64 hex digits> disk_mode=create
+//! insmod mlsdisk.ko disk_backing=/dev/vda,/dev/vdb disk_key=<hex>,<hex> \
+//!     disk_mode=create disk_anchor=none,/dev/vdc
 //! ```
 //!
-//! - `disk_backing`: the backing block device (path or `major:minor`);
-//!   without it no disk is made (the dm target works as always).
-//! - `disk_key`: the root key as for the table line: 32 or 64 hex digits,
-//!   or a keyring reference `:<size>:logon:<description>`. The parameters
-//!   have permissions 0 (nothing under `/sys/module/mlsdisk/parameters`),
-//!   and the key's string is overwritten with zeros once parsed, whether
-//!   the disk came up or not.
+//! Each parameter is a comma list; `disk_key`, `disk_mode` and
+//! `disk_anchor` give either one item for every disk or one per disk.
+//!
+//! - `disk_backing`: the backing block devices (path or `major:minor`), at
+//!   most [`MAX_DISKS`]; the Nth makes `/dev/mlsdisk<N-1>`. Without it no
+//!   disk is made (the dm target works as always).
+//! - `disk_key`: the root keys as for the table line: 32 or 64 hex digits,
+//!   or a keyring reference `:<size>:logon:<description>` (no comma in the
+//!   description). The parameters have permissions 0 (nothing under
+//!   `/sys/module/mlsdisk/parameters`), and the key string is overwritten
+//!   with zeros once parsed, whether the disks came up or not.
 //! - `disk_mode`: `create` formats the device, `open` (the default) opens
-//!   an existing disk. A wrong key, a device without an mlsdisk, or a
-//!   tampered one fails `insmod` with the cause in the kernel log.
+//!   an existing disk.
+//! - `disk_anchor`: `none` (the default) or the device of the disk's
+//!   rollback anchor (`engine_disk::start_with_anchor`, as the table's
+//!   `anchor=dev:<device>`).
+//!
+//! No device may serve two disks (as backing or anchor), nor be a disk's
+//! backing and anchor. All or nothing: the disks are opened in order, and
+//! if one fails (a wrong key, a device without an mlsdisk, a tampered one,
+//! a rollback its anchor catches) the ones already made are removed again
+//! and `insmod` fails, with the disk and the cause in the kernel log.
 //!
 //! The disk has 4 KiB logical and physical blocks and the engine's logical
 //! capacity. It declares a volatile write cache with FUA, so that the block
@@ -24,7 +37,7 @@
 //! engine, a FUA write syncs after the data. Discards unmap. An engine error
 //! ends the request with an error status (`BLK_STS_IOERR`, `NOSPC`,
 //! `RESOURCE`, `NOTSUPP`) and a rate-limited
-//! `mlsdisk: mlsdisk0: <op> at block <n> failed: ...` line.
+//! `mlsdisk: mlsdisk<N>: <op> at block <n> failed: ...` line.
 //!
 //! # Where the engine runs
 //!
@@ -36,7 +49,7 @@
 //! each request to a workqueue, as the dm target does (see "Threads" in
 //! `target.rs`):
 //!
-//! - reads go to the disk's read workqueue (`mlsdisk0_rd`,
+//! - reads go to the disk's read workqueue (`mlsdisk<N>_rd`,
 //!   `WQ_MEM_RECLAIM | WQ_UNBOUND`, one work item per tag, so up to
 //!   [`QUEUE_DEPTH`] at once and no allocation in `queue_rq`); each plans
 //!   under the engine's mutex, then fetches and decrypts into a bounce
@@ -52,11 +65,13 @@
 //!
 //! The disk's `block_device_operations` name this module as owner, so an
 //! open (mounted) disk pins the module: `rmmod` fails with `EBUSY`. Module
-//! exit deletes the disk (waiting for its requests), drains and frees the
-//! read workqueue, then the ordered one, then syncs and closes the engine.
+//! exit, for each disk (the last first), deletes the disk (waiting for its
+//! requests), drains and frees the read workqueue, then the ordered one,
+//! then syncs and closes the engine.
 //!
-//! The blk-mq disk and a dm table must not use the same backing device: the
-//! dm target's registry of open disks does not cover this disk.
+//! Each disk has its own engine, workqueues and tag set. A blk-mq disk and
+//! a dm table must not use the same backing device: the dm target's
+//! registry of open disks does not cover these disks.
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -108,6 +123,7 @@ mod ffi {
         pub(super) fn mlsdisk_blk_param_backing() -> *const c_char;
         pub(super) fn mlsdisk_blk_param_key() -> *const c_char;
         pub(super) fn mlsdisk_blk_param_mode() -> *const c_char;
+        pub(super) fn mlsdisk_blk_param_anchor() -> *const c_char;
         pub(super) fn mlsdisk_blk_wipe_key_param();
         pub(super) fn mlsdisk_blk_lookup(path: *const c_char, dev: *mut u32) -> c_int;
         pub(super) fn mlsdisk_blk_add_disk(
@@ -167,8 +183,9 @@ const QUEUE_DEPTH: u32 = 64;
 /// margin.
 const FIFO_CAPACITY: usize = QUEUE_DEPTH as usize + 8;
 
-/// The only disk index (one disk, from the module parameters).
-const INDEX: c_int = 0;
+/// Most disks the module parameters may ask for (`/dev/mlsdisk0` to
+/// `/dev/mlsdisk7`).
+const MAX_DISKS: usize = 8;
 
 /// The engine of the `MLSDISK_PASSTHROUGH=1` build: the backing device's
 /// blocks at the same offset, like the dm target's pass-through engine. Not
@@ -427,6 +444,8 @@ struct DiskState {
     rworks: ReadsPtr,
     /// Set at teardown: no more background work.
     closing: AtomicBool,
+    /// N of `/dev/mlsdisk<N>`, for the log.
+    index: c_int,
 }
 
 /// The C work item, owned by [`BlkDisk`].
@@ -473,7 +492,7 @@ impl DiskState {
                 Ok(false) => break,
                 Err(e) => {
                     if crate::dm::ratelimit() {
-                        pr_err!("mlsdisk{}: background work failed: {:?}\n", INDEX, e);
+                        pr_err!("mlsdisk{}: background work failed: {:?}\n", self.index, e);
                     }
                     break;
                 }
@@ -486,7 +505,7 @@ impl DiskState {
         let req = unsafe { Rq::new(raw_of(&rq)) };
         let result = self.io.lock().serve(&req, &self.counts);
         self.counts.count(req.op, req.bytes, result.is_ok());
-        finish(rq, result);
+        finish(rq, result, self.index);
     }
 
     /// Serves a read request on the read workqueue ([`Reads`]: planned
@@ -528,7 +547,7 @@ impl DiskState {
             })
         };
         self.counts.count(req.op, req.bytes, result.is_ok());
-        finish(rq, result);
+        finish(rq, result, self.index);
     }
 }
 
@@ -541,8 +560,9 @@ fn raw_of(rq: &ARef<mq::Request<BlkOps>>) -> *mut bindings::request {
         .cast::<bindings::request>()
 }
 
-/// Ends `rq` with `result`, logging a failure (rate-limited).
-fn finish(rq: ARef<mq::Request<BlkOps>>, result: Result<(), Failure>) {
+/// Ends `rq` with `result`, logging a failure (rate-limited) for disk
+/// `index`.
+fn finish(rq: ARef<mq::Request<BlkOps>>, result: Result<(), Failure>, index: c_int) {
     match result {
         Ok(()) => {
             if let Err(rq) = mq::Request::end_ok(rq) {
@@ -555,7 +575,7 @@ fn finish(rq: ARef<mq::Request<BlkOps>>, result: Result<(), Failure>) {
             if crate::dm::ratelimit() {
                 pr_err!(
                     "mlsdisk{}: {} at block {} failed: {:?}\n",
-                    INDEX,
+                    index,
                     f.what,
                     f.lba,
                     f.err
@@ -715,80 +735,160 @@ fn param(p: *const c_char) -> &'static [u8] {
     unsafe { CStr::from_char_ptr(p) }.to_bytes()
 }
 
-/// The root key from the `disk_key` parameter, which is wiped whether or
-/// not it parses.
-fn take_key() -> Result<RawKey> {
-    // SAFETY: no preconditions.
-    let arg = param(unsafe { ffi::mlsdisk_blk_param_key() });
-    let spec = table::parse_key(arg);
-    // SAFETY: no preconditions; `arg` is not used after this.
-    unsafe { ffi::mlsdisk_blk_wipe_key_param() };
-    match spec {
+/// The items of a comma-separated list parameter (none when empty).
+fn items(p: &[u8]) -> impl Iterator<Item = &[u8]> {
+    p.split(|&c| c == b',').take_while(move |_| !p.is_empty())
+}
+
+/// The item of a list parameter for disk `i` of `n`: the list has either
+/// one item (for every disk) or `n`. `None` if not given (an empty list).
+/// The count was checked by [`check_count`].
+fn item_for(p: &[u8], i: usize) -> Option<&[u8]> {
+    let count = items(p).count();
+    match count {
+        0 => None,
+        1 => items(p).next(),
+        _ => items(p).nth(i),
+    }
+}
+
+/// Fails unless the list parameter `name` has 0, 1 or `n` items.
+fn check_count(name: &str, p: &[u8], n: usize) -> Result {
+    let count = items(p).count();
+    if count <= 1 || count == n {
+        return Ok(());
+    }
+    pr_err!(
+        "{}: {} items for {} disks in disk_backing (give one for all, or one per disk)\n",
+        name,
+        count,
+        n
+    );
+    Err(EINVAL)
+}
+
+/// Parses one key (hex or keyring reference) for disk `index`.
+fn parse_one_key(index: usize, arg: &[u8]) -> Result<RawKey> {
+    match table::parse_key(arg) {
         Ok(KeySpec::Raw(key)) => Ok(key),
         Ok(KeySpec::Keyring(r)) => crate::kcrypto::keyring_key(&r).map_err(|e| {
-            pr_err!("mlsdisk{}: disk_key: {}\n", INDEX, e.msg);
+            pr_err!("mlsdisk{}: disk_key: {}\n", index, e.msg);
             e.err
         }),
         Err(e) => {
-            pr_err!("mlsdisk{}: disk_key: {}\n", INDEX, format_args!("{e}"));
+            pr_err!("mlsdisk{}: disk_key: {}\n", index, format_args!("{e}"));
             Err(EINVAL)
         }
     }
 }
 
-/// The `dev_t` of `disk_backing`: `major:minor`, or a path.
-fn backing_dev(path: *const c_char) -> Result<u32> {
-    let bytes = param(path);
+/// The root keys of the `n` disks from the `disk_key` parameter (one for
+/// all, or one per disk), which is wiped whether or not it parses.
+fn take_keys(n: usize) -> Result<KVec<RawKey>> {
+    // SAFETY: no preconditions.
+    let arg = param(unsafe { ffi::mlsdisk_blk_param_key() });
+    let keys = (|| -> Result<KVec<RawKey>> {
+        check_count("disk_key", arg, n)?;
+        let mut keys = KVec::with_capacity(n, GFP_KERNEL)?;
+        for i in 0..n {
+            let Some(one) = item_for(arg, i) else {
+                pr_err!("mlsdisk{}: disk_key not given\n", i);
+                return Err(EINVAL);
+            };
+            keys.push(parse_one_key(i, one)?, GFP_KERNEL)?;
+        }
+        Ok(keys)
+    })();
+    // SAFETY: no preconditions; `arg` is not used after this.
+    unsafe { ffi::mlsdisk_blk_wipe_key_param() };
+    keys
+}
+
+/// The `dev_t` of a device named by `name`: `major:minor`, or a path.
+fn device(name: &[u8]) -> Result<u32> {
     let num = |s: &[u8]| -> Option<u32> {
         if s.is_empty() || s.len() > 7 || !s.iter().all(u8::is_ascii_digit) {
             return None;
         }
         Some(s.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')))
     };
-    if let Some(i) = bytes.iter().position(|&c| c == b':') {
-        if let (Some(major), Some(minor)) = (num(&bytes[..i]), num(&bytes[i + 1..])) {
+    if let Some(i) = name.iter().position(|&c| c == b':') {
+        if let (Some(major), Some(minor)) =
+            (name.get(..i).and_then(num), name.get(i + 1..).and_then(num))
+        {
             if major < (1 << 12) && minor < (1 << 20) {
                 return Ok((major << 20) | minor);
             }
         }
     }
+    if name.is_empty() || name.contains(&0) {
+        return Err(EINVAL);
+    }
+    let mut path = KVec::with_capacity(name.len() + 1, GFP_KERNEL)?;
+    path.extend_from_slice(name, GFP_KERNEL)?;
+    path.push(0, GFP_KERNEL)?;
     let mut dev = 0u32;
-    // SAFETY: `path` is a NUL-terminated parameter string; `dev` is a valid
-    // out-pointer. Process context.
-    let ret = unsafe { ffi::mlsdisk_blk_lookup(path, &mut dev) };
+    // SAFETY: `path` is NUL-terminated; `dev` is a valid out-pointer.
+    // Process context.
+    let ret = unsafe { ffi::mlsdisk_blk_lookup(path.as_ptr().cast(), &mut dev) };
     if ret < 0 {
         return Err(Error::from_errno(ret));
     }
     Ok(dev)
 }
 
-/// Creates or opens the engine on `dev` (on a worker). Returns it and its
-/// logical capacity in blocks.
-fn start_engine(dev: u32, create: bool, key: &RawKey) -> Result<(Box<dyn Engine>, u64)> {
+/// Creates or opens the engine of disk `index` on `dev`, with the rollback
+/// anchor on `anchor` if given (on a worker). Returns it and its logical
+/// capacity in blocks.
+fn start_engine(
+    index: c_int,
+    dev: u32,
+    create: bool,
+    key: &RawKey,
+    anchor: Option<u32>,
+) -> Result<(Box<dyn Engine>, u64)> {
     let opened = on_worker(|| -> Result<(Box<dyn Engine>, u64)> {
         let bdev = OpenBdev::open(dev).inspect_err(|e| {
             pr_err!(
                 "mlsdisk{}: cannot open the backing device: error {}\n",
-                INDEX,
+                index,
                 e.to_errno()
             );
         })?;
         let set = BdevBlockSet::new(bdev);
         #[cfg(not(mlsdisk_passthrough))]
         {
+            let anchor = match anchor {
+                Some(adev) => Some(BdevBlockSet::new(OpenBdev::open(adev).inspect_err(
+                    |e| {
+                        pr_err!(
+                            "mlsdisk{}: cannot open the anchor device: error {}\n",
+                            index,
+                            e.to_errno()
+                        );
+                    },
+                )?)),
+                None => None,
+            };
             let mode = Some(if create {
                 table::Mode::Create
             } else {
                 table::Mode::Open
             });
-            crate::engine_disk::start(mode, set, key.as_bytes()).map_err(|e| {
-                pr_err!("mlsdisk{}: {}\n", INDEX, e.msg);
+            match anchor {
+                Some(anchor) => {
+                    crate::engine_disk::start_with_anchor(mode, set, key.as_bytes(), Some(anchor))
+                }
+                None => crate::engine_disk::start(mode, set, key.as_bytes()),
+            }
+            .map_err(|e| {
+                pr_err!("mlsdisk{}: {}\n", index, e.msg);
                 e.err
             })
         }
         #[cfg(mlsdisk_passthrough)]
         {
-            let _ = (create, key);
+            let _ = (create, key, anchor, index);
             use mlsdisk_core::bio::BlockSet;
             let nblocks = set.nblocks();
             Ok((Box::new(Plain(set)) as Box<dyn Engine>, nblocks))
@@ -797,72 +897,214 @@ fn start_engine(dev: u32, create: bool, key: &RawKey) -> Result<(Box<dyn Engine>
     opened.unwrap_or(Err(EIO))
 }
 
-impl BlkDisk {
-    /// The disk the module parameters ask for, if any. Process context
-    /// (module init).
-    pub(crate) fn from_params() -> Result<Option<Self>> {
-        // SAFETY: no preconditions.
-        let backing = unsafe { ffi::mlsdisk_blk_param_backing() };
-        if param(backing).is_empty() {
-            if !param(
-                // SAFETY: no preconditions.
-                unsafe { ffi::mlsdisk_blk_param_key() },
-            )
-            .is_empty()
-            {
-                // SAFETY: no preconditions.
-                unsafe { ffi::mlsdisk_blk_wipe_key_param() };
-                pr_err!("mlsdisk{}: disk_key given without disk_backing\n", INDEX);
-                return Err(EINVAL);
-            }
-            return Ok(None);
+/// What the module parameters say about one disk.
+struct DiskParams<'a> {
+    backing: &'a [u8],
+    dev: u32,
+    create: bool,
+    /// The anchor's name and `dev_t`.
+    anchor: Option<(&'a [u8], u32)>,
+}
+
+/// The parameters of disk `i` of `n`, checked (mode, devices found, the
+/// anchor not the backing device).
+fn disk_params<'a>(
+    i: usize,
+    backing: &'a [u8],
+    mode: &'a [u8],
+    anchors: &'a [u8],
+) -> Result<DiskParams<'a>> {
+    let create = match item_for(mode, i).unwrap_or(b"") {
+        b"" | b"open" => false,
+        b"create" => true,
+        other => {
+            pr_err!(
+                "mlsdisk{}: disk_mode '{}': expected 'create' or 'open'\n",
+                i,
+                format_args!("{}", table::Escaped(other))
+            );
+            return Err(EINVAL);
         }
-        let key = take_key()?;
-        // SAFETY: no preconditions.
-        let create = match param(unsafe { ffi::mlsdisk_blk_param_mode() }) {
-            b"" | b"open" => false,
-            b"create" => true,
-            other => {
+    };
+    let dev = device(backing).inspect_err(|e| {
+        pr_err!(
+            "mlsdisk{}: cannot find the backing device '{}': error {}\n",
+            i,
+            format_args!("{}", table::Escaped(backing)),
+            e.to_errno()
+        );
+    })?;
+    let anchor = match item_for(anchors, i).unwrap_or(b"none") {
+        b"none" => None,
+        name => {
+            if cfg!(mlsdisk_passthrough) {
                 pr_err!(
-                    "mlsdisk{}: disk_mode '{}': expected 'create' or 'open'\n",
-                    INDEX,
-                    format_args!("{}", table::Escaped(other))
+                    "mlsdisk{}: disk_anchor needs the engine (not the pass-through build)\n",
+                    i
                 );
                 return Err(EINVAL);
             }
-        };
-        let dev = backing_dev(backing).inspect_err(|e| {
-            pr_err!(
-                "mlsdisk{}: cannot find the backing device '{}': error {}\n",
-                INDEX,
-                format_args!("{}", table::Escaped(param(backing))),
-                e.to_errno()
-            );
-        })?;
-        let disk = Self::start(dev, create, &key)?;
-        pr_info!(
-            "mlsdisk{}: {} on {} ({} blocks of 4 KiB, {}-bit root key){}\n",
-            INDEX,
-            if create { "created" } else { "opened" },
-            format_args!("{}", table::Escaped(param(backing))),
-            disk.capacity_blocks(),
-            key.bits(),
-            if cfg!(not(mlsdisk_passthrough)) {
-                ""
-            } else {
-                ", pass-through stage: NOT encrypted"
-            }
-        );
-        Ok(Some(disk))
-    }
+            let adev = device(name).inspect_err(|e| {
+                pr_err!(
+                    "mlsdisk{}: cannot find the anchor device '{}': error {}\n",
+                    i,
+                    format_args!("{}", table::Escaped(name)),
+                    e.to_errno()
+                );
+            })?;
+            Some((name, adev))
+        }
+    };
+    Ok(DiskParams {
+        backing,
+        dev,
+        create,
+        anchor,
+    })
+}
 
+/// The blk-mq disks the module parameters ask for (none, or
+/// `/dev/mlsdisk0` ... in order). Dropping it removes them, the last first.
+pub(crate) struct BlkDisks(KVec<BlkDisk>);
+
+impl Drop for BlkDisks {
+    fn drop(&mut self) {
+        while let Some(disk) = self.0.pop() {
+            drop(disk);
+        }
+    }
+}
+
+impl BlkDisks {
+    /// The disks the module parameters ask for: all of them or none (a
+    /// failure removes the ones already made). Process context (module
+    /// init).
+    pub(crate) fn from_params() -> Result<Self> {
+        // SAFETY: no preconditions.
+        let backing = param(unsafe { ffi::mlsdisk_blk_param_backing() });
+        // SAFETY: no preconditions.
+        let mode = param(unsafe { ffi::mlsdisk_blk_param_mode() });
+        // SAFETY: no preconditions.
+        let anchors = param(unsafe { ffi::mlsdisk_blk_param_anchor() });
+        let n = items(backing).count();
+        if n == 0 {
+            // SAFETY: no preconditions.
+            if !param(unsafe { ffi::mlsdisk_blk_param_key() }).is_empty() {
+                // SAFETY: no preconditions.
+                unsafe { ffi::mlsdisk_blk_wipe_key_param() };
+                pr_err!("disk_key given without disk_backing\n");
+                return Err(EINVAL);
+            }
+            if !anchors.is_empty() {
+                pr_err!("disk_anchor given without disk_backing\n");
+                return Err(EINVAL);
+            }
+            return Ok(Self(KVec::new()));
+        }
+        // The keys first: the parameter is wiped whatever happens next.
+        let keys = take_keys(n)?;
+        if n > MAX_DISKS {
+            pr_err!("disk_backing names {} devices, at most {}\n", n, MAX_DISKS);
+            return Err(EINVAL);
+        }
+        check_count("disk_mode", mode, n)?;
+        check_count("disk_anchor", anchors, n)?;
+        let mut all = KVec::<DiskParams<'_>>::with_capacity(n, GFP_KERNEL)?;
+        for (i, one) in items(backing).enumerate() {
+            all.push(disk_params(i, one, mode, anchors)?, GFP_KERNEL)?;
+        }
+        // No device twice: not two disks on one backing device, no anchor
+        // on a backing device or shared by two disks.
+        for (i, a) in all.iter().enumerate() {
+            let mut devs = [Some(a.dev), a.anchor.map(|(_, d)| d)];
+            if a.anchor.is_some_and(|(_, d)| d == a.dev) {
+                pr_err!(
+                    "mlsdisk{}: the anchor device is the backing device: the anchor must live outside the image\n",
+                    i
+                );
+                return Err(EINVAL);
+            }
+            for (j, b) in all.iter().enumerate().skip(i + 1) {
+                for d in devs.iter_mut().flatten() {
+                    if *d == b.dev || b.anchor.is_some_and(|(_, bd)| bd == *d) {
+                        pr_err!(
+                            "mlsdisk{} and mlsdisk{} use the same device {}:{} (each backing and anchor device serves one disk)\n",
+                            i,
+                            j,
+                            *d >> 20,
+                            *d & 0xfffff
+                        );
+                        return Err(EINVAL);
+                    }
+                }
+            }
+        }
+        let mut disks = Self(KVec::with_capacity(n, GFP_KERNEL)?);
+        for (i, (p, key)) in all.iter().zip(keys.iter()).enumerate() {
+            // `i < MAX_DISKS`, which fits.
+            let index = i as c_int;
+            let disk = match BlkDisk::start(index, p.dev, p.create, key, p.anchor.map(|(_, d)| d)) {
+                Ok(disk) => disk,
+                Err(e) => {
+                    pr_err!(
+                        "mlsdisk{}: cannot {} the disk on '{}' (error {}); removing the {} disk(s) made before it, insmod fails\n",
+                        i,
+                        if p.create { "create" } else { "open" },
+                        format_args!("{}", table::Escaped(p.backing)),
+                        e.to_errno(),
+                        disks.0.len()
+                    );
+                    // `disks` drops here: each is synced and removed.
+                    return Err(e);
+                }
+            };
+            pr_info!(
+                "mlsdisk{}: {} on {} ({} blocks of 4 KiB, {}-bit root key, {}){}\n",
+                i,
+                if p.create { "created" } else { "opened" },
+                format_args!("{}", table::Escaped(p.backing)),
+                disk.capacity_blocks(),
+                key.bits(),
+                format_args!("{}", AnchorShown(p.anchor.map(|(name, _)| name))),
+                if cfg!(not(mlsdisk_passthrough)) {
+                    ""
+                } else {
+                    ", pass-through stage: NOT encrypted"
+                }
+            );
+            // Reserved for `n` above: does not allocate.
+            disks.0.push(disk, GFP_KERNEL)?;
+        }
+        Ok(disks)
+    }
+}
+
+/// "rollback anchor on <device>" or "no rollback anchor".
+struct AnchorShown<'a>(Option<&'a [u8]>);
+
+impl fmt::Display for AnchorShown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(name) => write!(f, "rollback anchor on {}", table::Escaped(name)),
+            None => f.write_str("no rollback anchor"),
+        }
+    }
+}
+
+impl BlkDisk {
     fn capacity_blocks(&self) -> u64 {
         self.capacity
     }
 
-    /// Opens the engine and adds the disk.
-    fn start(dev: u32, create: bool, key: &RawKey) -> Result<Self> {
-        let (engine, capacity) = start_engine(dev, create, key)?;
+    /// Opens the engine and adds the disk `/dev/mlsdisk<index>`.
+    fn start(
+        index: c_int,
+        dev: u32,
+        create: bool,
+        key: &RawKey,
+        anchor: Option<u32>,
+    ) -> Result<Self> {
+        let (engine, capacity) = start_engine(index, dev, create, key, anchor)?;
         let mut buf = Vec::new();
         buf.try_reserve_exact(MAX_IO_SECTORS as usize * 512)
             .map_err(|_| ENOMEM)?;
@@ -871,13 +1113,13 @@ impl BlkDisk {
         fifo.try_reserve_exact(FIFO_CAPACITY).map_err(|_| ENOMEM)?;
         let reads = Reads::new(engine.reader());
         // SAFETY: `work_fn` matches the callback type; process context.
-        let work = unsafe { ffi::mlsdisk_blk_work_new(Some(work_fn), INDEX) };
+        let work = unsafe { ffi::mlsdisk_blk_work_new(Some(work_fn), index) };
         let Some(work) = NonNull::new(work) else {
             // The engine is dropped on this stack (an out-of-memory path).
             return Err(ENOMEM);
         };
         // SAFETY: `read_fn` matches the callback type; process context.
-        let rworks = unsafe { ffi::mlsdisk_blk_reads_new(Some(read_fn), INDEX, QUEUE_DEPTH) };
+        let rworks = unsafe { ffi::mlsdisk_blk_reads_new(Some(read_fn), index, QUEUE_DEPTH) };
         let Some(rworks) = NonNull::new(rworks) else {
             // SAFETY: created above, never queued, freed once.
             unsafe { ffi::mlsdisk_blk_work_free(work.as_ptr()) };
@@ -902,6 +1144,7 @@ impl BlkDisk {
                 work: WorkPtr(work),
                 rworks: ReadsPtr(rworks),
                 closing: AtomicBool::new(false),
+                index,
             }),
             GFP_KERNEL,
         ) {
@@ -942,7 +1185,7 @@ impl BlkDisk {
             ffi::mlsdisk_blk_add_disk(
                 set,
                 queuedata,
-                INDEX,
+                index,
                 capacity.saturating_mul(SECTORS_PER_BLOCK),
                 MAX_IO_SECTORS,
                 MAX_DISCARD_SECTORS,
@@ -953,7 +1196,7 @@ impl BlkDisk {
             Err(err) => {
                 pr_err!(
                     "mlsdisk{}: cannot add the disk: error {}\n",
-                    INDEX,
+                    index,
                     err.to_errno()
                 );
                 // SAFETY: the failed add left nothing behind and gave
@@ -989,9 +1232,10 @@ impl BlkDisk {
 fn close(state: &DiskState) {
     state.closing.store(true, Ordering::Relaxed);
     // `Closed` is zero-sized: boxing it does not allocate.
+    let index = state.index;
     pr_info!(
         "mlsdisk{}: closing: {} reread={}\n",
-        INDEX,
+        index,
         format_args!("{}", state.counts),
         state.reads.rereads()
     );
@@ -1004,8 +1248,8 @@ fn close(state: &DiskState) {
     });
     match result {
         Some(Ok(())) => {}
-        Some(Err(e)) => pr_err!("mlsdisk{}: sync at close failed: {:?}\n", INDEX, e),
-        None => pr_err!("mlsdisk{}: sync at close did not run\n", INDEX),
+        Some(Err(e)) => pr_err!("mlsdisk{}: sync at close failed: {:?}\n", index, e),
+        None => pr_err!("mlsdisk{}: sync at close did not run\n", index),
     }
 }
 
@@ -1027,7 +1271,7 @@ impl Drop for BlkDisk {
         // borrowed it is released.
         drop(unsafe { Arc::<DiskState>::from_foreign(self.queuedata) });
         close(&self.state);
-        pr_info!("mlsdisk{}: removed (synced and closed)\n", INDEX);
+        pr_info!("mlsdisk{}: removed (synced and closed)\n", self.state.index);
         // The tag set and the state go after this, with the fields.
     }
 }

@@ -12,8 +12,8 @@
 //!   engine: [`kcrypto::KernelCrypto`] (crypto API `gcm(aes)` transform
 //!   pool, SHA-256/HMAC library, kernel RNG) and [`kbio::BdevBlockSet`]
 //!   (bios on the backing device, real cache flushes).
-//! - `blkdev.rs`, `blk_helpers.c`: the blk-mq disk `/dev/mlsdisk0` on the
-//!   same engine, made from module parameters.
+//! - `blkdev.rs`, `blk_helpers.c`: the blk-mq disks `/dev/mlsdisk<N>` on
+//!   the same engine, made from module parameters.
 //! - `target.rs`: the `mlsdisk` target, safe Rust; `table.rs`: table-line
 //!   grammar, plain `core` Rust, unit-tested in userspace.
 //! - `ksync.rs`: [`ksync::KernelSync`], the core's `SyncPlatform` (kernel
@@ -53,9 +53,10 @@ module! {
 }
 
 struct MlsDiskModule {
-    /// `/dev/mlsdisk0` when the module parameters ask for it (see
-    /// `blkdev.rs`); dropped (synced, closed) before the target goes.
-    _disk: Option<blkdev::BlkDisk>,
+    /// `/dev/mlsdisk0`, `/dev/mlsdisk1`, ... as the module parameters ask
+    /// for them (see `blkdev.rs`); dropped (synced, closed) before the
+    /// target goes.
+    _disks: blkdev::BlkDisks,
     _target: dm::Registration<target::MlsDisk>,
     /// The workers that seal write buffers on several CPUs; dropped last.
     _parallel: kparallel::ParallelWorkqueue,
@@ -98,9 +99,9 @@ impl kernel::Module for MlsDiskModule {
         pr_info!("dm target registered (pass-through stage, data is NOT encrypted)\n");
         #[cfg(not(mlsdisk_passthrough))]
         pr_info!("dm target registered (engine: disk::MlsDisk)\n");
-        let disk = blkdev::BlkDisk::from_params()?;
+        let disks = blkdev::BlkDisks::from_params()?;
         Ok(Self {
-            _disk: disk,
+            _disks: disks,
             _target: registration,
             _parallel: parallel,
         })
