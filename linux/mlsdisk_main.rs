@@ -39,6 +39,8 @@ mod engine_disk;
 mod kalloc;
 mod kbio;
 mod kcrypto;
+// The pass-through build has no engine to seal for.
+#[cfg_attr(mlsdisk_passthrough, allow(dead_code))]
 mod kparallel;
 mod ksync;
 mod table;

@@ -236,6 +236,7 @@ impl Anchor {
     }
 
     /// What kind of anchor the specification names (checked by `parse`).
+    #[cfg_attr(mlsdisk_passthrough, allow(dead_code))]
     pub(crate) fn kind(&self) -> AnchorKind<'_> {
         anchor_kind(self.as_bytes()).unwrap_or(AnchorKind::None)
     }
