@@ -185,6 +185,8 @@ def text_table(m):
     out.append(
         "  " + "seed Mls/Crypt".ljust(w0) + "".join(f"{SEED_RATIO[c]:.2f}x".rjust(w) for c in COLUMNS)
     )
+    for line in m.info.get("ext4", []):
+        out.append(f"  ext4: {line}")
     return "\n".join(out)
 
 
@@ -220,6 +222,12 @@ def md_table(m):
                 + " | ".join(fmt(m.req_kib(t, c)) if m.req_kib(t, c) is not None else "n/a" for c in COLUMNS)
                 + " |"
             )
+    ext4 = m.info.get("ext4", [])
+    if ext4:
+        out.append("")
+        out.append("On ext4 (mkfs.ext4, mount, one fio job on a file, umount, e2fsck -fn):")
+        out.append("")
+        out.extend(f"- {line}" for line in ext4)
     spreads = sorted(
         (m.spread(t, c), t, c) for t in m.targets for c in COLUMNS if m.spread(t, c) is not None
     )
