@@ -92,7 +92,7 @@ use mlsdisk_core::{Error as CoreError, ErrorKind};
 
 use crate::kbio::{on_worker, BdevBlockSet, NoIoScope, OpenBdev};
 use crate::table::{self, KeySpec, RawKey};
-use crate::target::{Closed, Engine, Reads};
+use crate::target::{Closed, Engine, Failure, Reads};
 
 /// The C side (`blk_helpers.c`, prototypes in `bindings/blk_helpers.h`).
 mod ffi {
@@ -279,25 +279,6 @@ impl fmt::Display for Counts {
     }
 }
 
-/// One failed request: what was being done, where, and the engine's error.
-struct Failure {
-    what: &'static str,
-    lba: u64,
-    err: CoreError,
-}
-
-impl Failure {
-    /// The errno whose block status ends the request.
-    fn errno(&self) -> c_int {
-        match self.err.kind() {
-            ErrorKind::NoSpace => ENOSPC,
-            ErrorKind::OutOfMemory => ENOMEM,
-            ErrorKind::Unsupported => EOPNOTSUPP,
-            _ => EIO,
-        }
-        .to_errno()
-    }
-}
 
 /// What the worker needs to know about a request.
 struct Rq {

@@ -310,14 +310,26 @@ struct Worker {
     buf: Vec<u8>,
 }
 
-/// One failed request: what was being done, and the engine's error.
-struct Failure {
-    what: &'static str,
-    lba: u64,
-    err: CoreError,
+/// One failed request (a bio here, a request of the blk-mq disk): what was
+/// being done, where, and the engine's error.
+pub(crate) struct Failure {
+    pub(crate) what: &'static str,
+    pub(crate) lba: u64,
+    pub(crate) err: CoreError,
 }
 
 impl Failure {
+    /// The errno that ends a blk-mq request (the same mapping as `status`).
+    pub(crate) fn errno(&self) -> kernel::ffi::c_int {
+        match self.err.kind() {
+            ErrorKind::NoSpace => ENOSPC,
+            ErrorKind::OutOfMemory => ENOMEM,
+            ErrorKind::Unsupported => EOPNOTSUPP,
+            _ => EIO,
+        }
+        .to_errno()
+    }
+
     fn status(&self) -> BlkError {
         match self.err.kind() {
             ErrorKind::NoSpace => BlkError::NoSpc,
