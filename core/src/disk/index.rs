@@ -32,12 +32,6 @@ pub trait DiskIndex: Send {
     fn background_step(&mut self) -> Result<bool> {
         Ok(false)
     }
-    /// Whether the index is short of space that only [`DiskIndex::sync`]
-    /// gives back (space of data it replaced since the last sync): the
-    /// disk then syncs on its own rather than let the index run out.
-    fn needs_sync(&self) -> bool {
-        false
-    }
     /// The encoded root of the index's store, kept in the superblock
     /// (empty when the index needs none).
     fn root(&self) -> Result<Vec<u8>> {

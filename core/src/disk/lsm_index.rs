@@ -59,11 +59,6 @@ impl<D: BlockSet> DiskIndex for LsmIndex<D> {
     fn sync(&mut self, user_state: &[u8]) -> Result<()> {
         self.0.sync(user_state)
     }
-    fn needs_sync(&self) -> bool {
-        // Under a quarter of the chunks free, and a commit would free some.
-        let s = self.0.store().stats();
-        s.chunks_free < s.chunks_total / 4 && s.chunks_freed_at_commit > 0
-    }
     fn user_state(&self) -> &[u8] {
         self.0.user_state()
     }

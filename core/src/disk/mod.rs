@@ -770,12 +770,6 @@ impl<D: BlockSet> MlsDisk<D> {
                 break;
             }
         }
-        // The index's replaced tables and logs give their space back only
-        // at a commit: sync on our own before the index runs out (a sync in
-        // progress commits next anyway).
-        if self.index.needs_sync() && self.cfg.auto_sync && !self.in_sync {
-            self.commit(true)?;
-        }
         Ok(())
     }
 
@@ -862,11 +856,6 @@ impl<D: BlockSet> MlsDisk<D> {
             }
             let goal = need + seg + 2 * batch;
             while user(&self.segs) + self.segs.pending_blocks() < goal {
-                // Cleaning rewrites index entries too; stop for a commit
-                // when the index is short of space (below).
-                if self.index.needs_sync() {
-                    break;
-                }
                 match self.segs.pick_victim() {
                     Some((v, valid)) if u64::from(valid) <= self.segs.free_for(Head::Cleaner) => {
                         self.clean(v)?
@@ -875,10 +864,6 @@ impl<D: BlockSet> MlsDisk<D> {
                 }
             }
             let enough_now = user(&self.segs) >= need + seg;
-            if self.index.needs_sync() && (self.cfg.auto_sync || self.in_sync) {
-                self.commit(true)?;
-                continue;
-            }
             if self.segs.pending_blocks() == 0 {
                 if enough_now {
                     return Ok(());

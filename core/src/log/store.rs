@@ -59,9 +59,6 @@ pub struct StoreStats {
     pub commit_count: u64,
     /// Free blocks of the journal ring.
     pub journal_free_blocks: u64,
-    /// Chunks the running transaction frees when it commits (of the logs
-    /// it deleted): space only a commit gives back.
-    pub chunks_freed_at_commit: u32,
 }
 
 /// What the owner keeps (in its superblock) to find and verify the store:
@@ -1165,10 +1162,6 @@ impl<D: BlockSet> TxLogStore<D> {
             logs: self.logs.len(),
             commit_count: self.counter,
             journal_free_blocks: self.chain.free_blocks(),
-            chunks_freed_at_commit: self
-                .tx
-                .as_ref()
-                .map_or(0, |t| u32::try_from(t.freed.len()).unwrap_or(u32::MAX)),
         }
     }
 
