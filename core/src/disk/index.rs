@@ -10,6 +10,15 @@ use alloc::vec::Vec;
 use super::record::BlockRecord;
 use crate::Result;
 
+/// The answer of [`DiskIndex::room_for`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Room {
+    /// The updates fit in the space free now.
+    Now,
+    /// They fit only after the next commit frees pinned space.
+    AfterCommit,
+}
+
 /// The index of an [`super::MlsDisk`]: LBA -> [`BlockRecord`], transactional.
 ///
 /// `sync` makes every `put`/`delete` so far durable together with
@@ -31,6 +40,19 @@ pub trait DiskIndex: Send {
     /// One bounded unit of background work; true if more is to do.
     fn background_step(&mut self) -> Result<bool> {
         Ok(false)
+    }
+    /// Whether `updates` more `put`/`delete` calls, the background work
+    /// they may trigger and one `sync` after them fit in the index's space
+    /// as it is now. The disk asks before it changes anything, so a full
+    /// index surfaces as `NoSpace` before a request, never in its middle.
+    ///
+    /// `Ok(Room::Now)`: they fit. `Ok(Room::AfterCommit)`: they fit only
+    /// once space pinned until the next commit is freed; the disk commits
+    /// (or refuses the request) and asks again. `Err(NoSpace)`: they do not
+    /// fit even then. Nothing is changed by the call itself.
+    fn room_for(&mut self, updates: u64) -> Result<Room> {
+        let _ = updates;
+        Ok(Room::Now)
     }
     /// The encoded root of the index's store, kept in the superblock
     /// (empty when the index needs none).

@@ -74,7 +74,7 @@ pub use anchor::FileAnchor;
 pub use anchor::{MemAnchor, NoAnchor, RollbackAnchor};
 pub use block_anchor::BlockAnchor;
 pub use counted::Counted;
-pub use index::DiskIndex;
+pub use index::{DiskIndex, Room};
 #[cfg(feature = "std")]
 pub use index::{MemIndex, MemIndexStore};
 pub use layout::{Geometry, LayoutConfig};
