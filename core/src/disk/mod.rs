@@ -26,6 +26,32 @@
 //!   [`DiskStats::forced_syncs`]; [`DiskConfig::auto_sync`] = false turns
 //!   this into an [`ErrorKind::NoSpace`] error asking the caller to sync).
 //!
+//! # Errors
+//!
+//! A request either is refused before it changes anything, or runs its
+//! changes as steps that complete or stop the disk:
+//!
+//! - Refusals leave the disk usable: `InvalidArgument` (bad range or
+//!   buffer) and `NoSpace` from the checks made before a step starts (data
+//!   space for a whole write-buffer flush, index room for its updates and
+//!   the next sync, see [`DiskIndex::room_for`]). With `auto_sync` off,
+//!   `NoSpace` asks the caller to sync. A multi-block write or discard
+//!   refused this way may have taken a prefix of itself (whole blocks in
+//!   LBA order; discards in batches of [`DISCARD_BATCH`]); each such block
+//!   reads as its old or new content and the next sync makes it durable.
+//! - Steps (a flush's writes and index updates, a cleaner move, a commit,
+//!   an unmap batch, index background work): any error inside one, of any
+//!   kind, stops the disk ([`MlsDisk::failure`]); every later request
+//!   fails, and reopening recovers the last sync (or the one in flight).
+//!   A failed index (the tree marks itself failed) therefore always means
+//!   a failed disk.
+//! - The write buffer's plaintext is never modified: a flush seals into a
+//!   separate buffer, and the buffer is emptied only after every index
+//!   update of the flush succeeded.
+//! - Device read errors and failed authentication of user data fail the
+//!   read only (`Io` stops the disk, `Integrity` does not: the block is
+//!   reported, the rest of the disk still reads).
+//!
 //! # Sync
 //!
 //! 1. flush the write buffer to the data log, flush the device (data
@@ -239,6 +265,8 @@ pub struct MlsDisk<D: BlockSet> {
     anchor: Box<dyn RollbackAnchor>,
     segs: Segments,
     wbuf: WriteBuffer,
+    /// Where a flush seals the write buffer's blocks (never in place).
+    sealed: Vec<u8>,
     scratch: Vec<u8>,
     sync_counter: u64,
     mapped: u64,
@@ -272,41 +300,66 @@ fn blocks_of(len: usize) -> Result<u64> {
     Ok((len / BLOCK_SIZE) as u64)
 }
 
+/// The write buffer actually used on a disk of geometry `geo`: at most a
+/// quarter of the over-provisioning space, so that a whole buffer can
+/// always be made writable by cleaning before its flush starts (a larger
+/// buffer could only be flushed in parts, and a failure between two parts
+/// would leave a flush half done).
+fn effective_wbuf_blocks(geo: &Geometry, configured: u32) -> usize {
+    let op_space = geo.data_blocks().saturating_sub(geo.capacity);
+    let cap = usize::try_from(op_space / 4).unwrap_or(usize::MAX).max(1);
+    (configured as usize).min(cap).max(1)
+}
+
+/// Blocks unmapped per index-room check in a discard.
+pub const DISCARD_BATCH: u64 = 1024;
+
 /// Blocks per sealing job below which a write buffer is sealed on one CPU.
 const MIN_BLOCKS_PER_JOB: usize = 16;
 
-/// Seals `data` (blocks of `lbas`, block `i` under key `i` of `keys`) in
-/// place, the MACs into `macs`; on several CPUs when `parallel` is given
-/// and the run is long enough.
+/// Seals the plaintext blocks `plain` (blocks of `lbas`, block `i` under
+/// key `i` of `keys`) into `out` (same length), the MACs into `macs`; on
+/// several CPUs when `parallel` is given and the run is long enough.
+/// `plain` is never modified: the write buffer keeps serving reads of
+/// those blocks until their index updates succeeded.
 #[allow(clippy::too_many_arguments)]
 fn seal_blocks(
     parallel: Option<&Arc<dyn Parallel>>,
     crypto: &dyn Crypto,
     uuid: &[u8; 16],
     lbas: &[u64],
-    data: &mut [u8],
+    plain: &[u8],
+    out: &mut [u8],
     keys: &[u8],
     klen: usize,
     macs: &mut [Mac],
 ) -> Result<()> {
-    let seal = |lbas: &[u64], data: &mut [u8], keys: &[u8], macs: &mut [Mac]| -> Result<()> {
-        for (((l, blk), kb), mac) in lbas
-            .iter()
-            .zip(data.chunks_exact_mut(BLOCK_SIZE))
-            .zip(keys.chunks_exact(klen))
-            .zip(macs.iter_mut())
-        {
-            let key = AeadKey::from_slice(kb)?;
-            *mac = crypto.aead_seal(&key, &ZERO_IV, &data_aad(uuid, *l), blk)?;
-        }
-        Ok(())
-    };
+    ensure!(
+        plain.len() == out.len() && plain.len() == lbas.len() * BLOCK_SIZE,
+        InvalidState,
+        "sealing: buffer lengths differ"
+    );
+    let seal =
+        |lbas: &[u64], plain: &[u8], out: &mut [u8], keys: &[u8], macs: &mut [Mac]| -> Result<()> {
+            for ((((l, p), blk), kb), mac) in lbas
+                .iter()
+                .zip(plain.chunks_exact(BLOCK_SIZE))
+                .zip(out.chunks_exact_mut(BLOCK_SIZE))
+                .zip(keys.chunks_exact(klen))
+                .zip(macs.iter_mut())
+            {
+                blk.copy_from_slice(p);
+                let key = AeadKey::from_slice(kb)?;
+                *mac = crypto.aead_seal(&key, &ZERO_IV, &data_aad(uuid, *l), blk)?;
+            }
+            Ok(())
+        };
     let n = lbas.len();
     let width = parallel
         .map_or(1, |p| p.width())
         .min(n / MIN_BLOCKS_PER_JOB);
     let Some(p) = parallel.filter(|_| width > 1) else {
-        return seal(lbas, data, keys, macs);
+        return seal(lbas, plain, out, keys, macs);
     };
     let per = n.div_ceil(width);
     let mut results: Vec<Result<()>> = Vec::new();
@@ -314,15 +367,16 @@ fn seal_blocks(
     results.resize(width, Ok(()));
     let mut closures = Vec::new();
     closures.try_reserve_exact(width)?;
-    for ((((l, d), k), m), r) in lbas
+    for (((((l, p), d), k), m), r) in lbas
         .chunks(per)
-        .zip(data.chunks_mut(per * BLOCK_SIZE))
+        .zip(plain.chunks(per * BLOCK_SIZE))
+        .zip(out.chunks_mut(per * BLOCK_SIZE))
         .zip(keys.chunks(per * klen))
         .zip(macs.chunks_mut(per))
         .zip(results.iter_mut())
     {
         let seal = &seal;
-        closures.push(move || *r = seal(l, d, k, m));
+        closures.push(move || *r = seal(l, p, d, k, m));
     }
     let mut jobs: Vec<Job<'_>> = Vec::new();
     jobs.try_reserve_exact(closures.len())?;
@@ -360,7 +414,11 @@ impl<D: BlockSet> MlsDisk<D> {
             "write buffer must be 1..=65536 blocks"
         );
         let segs = Segments::new(geo.nseg, geo.seg_blocks, geo.capacity)?;
-        let wbuf = WriteBuffer::new(cfg.write_buffer_blocks as usize)?;
+        let wbuf_blocks = effective_wbuf_blocks(&geo, cfg.write_buffer_blocks);
+        let wbuf = WriteBuffer::new(wbuf_blocks)?;
+        let mut sealed = Vec::new();
+        sealed.try_reserve_exact(wbuf_blocks * BLOCK_SIZE)?;
+        sealed.resize(wbuf_blocks * BLOCK_SIZE, 0);
         let mut scratch = Vec::new();
         scratch.try_reserve_exact(geo.seg_blocks as usize * BLOCK_SIZE)?;
         scratch.resize(geo.seg_blocks as usize * BLOCK_SIZE, 0);
@@ -383,6 +441,7 @@ impl<D: BlockSet> MlsDisk<D> {
             anchor,
             segs,
             wbuf,
+            sealed,
             scratch,
             sync_counter: 0,
             mapped: 0,
@@ -522,17 +581,56 @@ impl<D: BlockSet> MlsDisk<D> {
         }
     }
 
-    /// Runs `f`; an error of a kind that can leave memory and disk apart
-    /// stops the disk.
+    /// Runs a request `f`. An error stops the disk unless it is a refusal
+    /// made before anything changed: `InvalidArgument`, or `NoSpace` from
+    /// the checks that run before a step starts (data space, index room).
+    /// A `NoSpace` raised inside a step has already stopped the disk
+    /// through [`Self::critical`].
     fn guarded<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.check_ok()?;
         let r = f(self);
         if let Err(e) = r {
             if !matches!(e.kind(), ErrorKind::InvalidArgument | ErrorKind::NoSpace) {
-                self.broken = Some(e);
+                self.broken.get_or_insert(e);
             }
         }
         r
+    }
+
+    /// Runs a step that changes memory and device together (a flush's
+    /// writes and index updates, a cleaner move, a commit, an unmap, index
+    /// background work). Any error in it, whatever its kind, stops the
+    /// disk: what is in memory may no longer match what the device and the
+    /// index hold, and only a reopen (to the last sync) is safe.
+    fn critical<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let r = f(self);
+        if let Err(e) = r {
+            self.broken.get_or_insert(e);
+        }
+        r
+    }
+
+    /// Makes sure `updates` index updates and a sync fit in the index
+    /// (see [`DiskIndex::room_for`]), committing first when only a commit
+    /// frees the room (or refusing with `NoSpace` when the disk may not
+    /// commit on its own). Changes nothing but that commit.
+    fn ensure_index_room(&mut self, updates: u64) -> Result<()> {
+        let mut committed = false;
+        loop {
+            match self.index.room_for(updates)? {
+                Room::Now => return Ok(()),
+                Room::AfterCommit if committed => {
+                    bail!(NoSpace, "index full: a commit freed no room")
+                }
+                Room::AfterCommit if !self.cfg.auto_sync && !self.in_sync => {
+                    bail!(NoSpace, "index full until the next sync")
+                }
+                Room::AfterCommit => {
+                    self.commit(true)?;
+                    committed = true;
+                }
+            }
+        }
     }
 
     fn check_range(&self, lba: u64, nblocks: u64) -> Result<()> {
@@ -634,6 +732,12 @@ impl<D: BlockSet> MlsDisk<D> {
 
     /// Writes `buf.len() / 4096` blocks starting at `lba`. Durable after
     /// the next [`MlsDisk::sync`].
+    ///
+    /// A write that fails with `NoSpace` (the disk stays usable) may have
+    /// taken a prefix of its blocks, in LBA order: each block of the
+    /// request then reads as its old or its new content, and the next sync
+    /// makes that durable, as with a failed write to a plain block device.
+    /// Any other failure stops the disk.
     pub fn write(&mut self, lba: u64, buf: &[u8]) -> Result<()> {
         let n = blocks_of(buf.len())?;
         self.check_range(lba, n)?;
@@ -652,23 +756,43 @@ impl<D: BlockSet> MlsDisk<D> {
 
     /// Unmaps `nblocks` blocks from `lba`: they read as zeros and their
     /// space goes to the cleaner. Durable after the next sync.
+    ///
+    /// Done in batches of [`DISCARD_BATCH`] blocks, each after its index
+    /// room is checked: a discard that fails with `NoSpace` may have
+    /// unmapped a prefix of its range (whole batches, in LBA order).
     pub fn discard(&mut self, lba: u64, nblocks: u64) -> Result<()> {
         if nblocks == 0 {
             return Ok(());
         }
         self.check_range(lba, nblocks)?;
         self.guarded(|d| {
-            for l in lba..lba + nblocks {
-                d.wbuf.remove(l)?;
-                if let Some(hba) = d.segs.hba_of(l) {
-                    d.segs.invalidate(hba)?;
-                    d.index.delete(l)?;
-                    d.mapped -= 1;
-                    d.stats.discarded_blocks += 1;
-                }
+            let end = lba + nblocks;
+            let mut at = lba;
+            while at < end {
+                let stop = end.min(at.saturating_add(DISCARD_BATCH));
+                d.ensure_index_room(stop - at)?;
+                d.critical(|d| d.unmap(at, stop))?;
+                at = stop;
             }
             Ok(())
         })
+    }
+
+    /// Unmaps `from..to` (room in the index already checked).
+    fn unmap(&mut self, from: u64, to: u64) -> Result<()> {
+        for l in from..to {
+            self.wbuf.remove(l)?;
+            if let Some(hba) = self.segs.hba_of(l) {
+                self.segs.invalidate(hba)?;
+                self.index.delete(l)?;
+                self.mapped = self.mapped.checked_sub(1).ok_or(Error::new(
+                    ErrorKind::InvalidState,
+                    "mapped-block count below zero",
+                ))?;
+                self.stats.discarded_blocks += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Makes every write and discard so far durable and irreversible (see
@@ -702,7 +826,7 @@ impl<D: BlockSet> MlsDisk<D> {
     /// One bounded unit of the index's background work (compaction); true
     /// if more is to do. The platform calls it when idle.
     pub fn background_step(&mut self) -> Result<bool> {
-        self.guarded(|d| d.index.background_step())
+        self.guarded(|d| d.critical(|d| d.index.background_step()))
     }
 
     fn refresh_stats(&mut self) {
@@ -717,8 +841,13 @@ impl<D: BlockSet> MlsDisk<D> {
         s.sync_counter = self.sync_counter;
     }
 
-    /// Commits the index (data must already be on the device).
+    /// Commits the index (data must already be on the device). Any error
+    /// stops the disk (see [`Self::critical`]).
     fn commit(&mut self, forced: bool) -> Result<()> {
+        self.critical(|d| d.commit_inner(forced))
+    }
+
+    fn commit_inner(&mut self, forced: bool) -> Result<()> {
         self.dev.flush()?;
         let next = self.sync_counter + 1;
         let us = UserState {
@@ -750,26 +879,42 @@ impl<D: BlockSet> MlsDisk<D> {
     }
 
     /// Seals and appends the write buffer to the data log.
+    ///
+    /// In two phases. First, before anything changes, the checks that may
+    /// refuse with `NoSpace`: data space for the whole buffer (cleaning and
+    /// forced commits are complete steps of their own) and index room for
+    /// its updates and the next sync. Then the writes and index updates,
+    /// as one [`Self::critical`] step: the buffer's blocks are sealed into
+    /// `sealed` (the buffered plaintext is never touched), and the buffer
+    /// is emptied only after every index update succeeded.
     fn flush_wbuf(&mut self) -> Result<()> {
         let n = self.wbuf.len() as u64;
-        let seg = u64::from(self.geo.seg_blocks);
+        if n > 0 {
+            self.ensure_space(n)?;
+            self.ensure_index_room(n)?;
+            self.critical(|d| d.write_wbuf(n))?;
+        }
+        let steps = self.cfg.compact_steps_per_flush;
+        self.critical(|d| {
+            for _ in 0..steps {
+                if !d.index.background_step()? {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The second phase of [`Self::flush_wbuf`] (space already made).
+    fn write_wbuf(&mut self, n: u64) -> Result<()> {
         let mut done = 0u64;
         while done < n {
-            let portion = (n - done).min(seg);
-            self.ensure_space(portion)?;
-            let end = done + portion;
-            while done < end {
-                let (hba, run) = self.segs.alloc_run(Head::User, end - done)?;
-                self.seal_and_write(done as usize, run as usize, hba)?;
-                done += run;
-            }
+            let (hba, run) = self.segs.alloc_run(Head::User, n - done)?;
+            ensure!(run > 0, InvalidState, "data log: empty run");
+            self.seal_and_write(done as usize, run as usize, hba)?;
+            done += run;
         }
         self.wbuf.clear();
-        for _ in 0..self.cfg.compact_steps_per_flush {
-            if !self.index.background_step()? {
-                break;
-            }
-        }
         Ok(())
     }
 
@@ -778,13 +923,16 @@ impl<D: BlockSet> MlsDisk<D> {
     fn seal_and_write(&mut self, first: usize, count: usize, hba: u64) -> Result<()> {
         let mut recs: Vec<(u64, BlockRecord)> = Vec::new();
         recs.try_reserve_exact(count)?;
-        let (lbas, data) = self.wbuf.parts_mut();
-        let lbas = lbas
-            .get(first..first + count)
-            .ok_or(Error::new(ErrorKind::InvalidState, "write buffer range"))?;
-        let data = data
-            .get_mut(first * BLOCK_SIZE..(first + count) * BLOCK_SIZE)
-            .ok_or(Error::new(ErrorKind::InvalidState, "write buffer range"))?;
+        let range = || Error::new(ErrorKind::InvalidState, "write buffer range");
+        let (lbas, plain) = self.wbuf.parts();
+        let lbas = lbas.get(first..first + count).ok_or_else(range)?;
+        let plain = plain
+            .get(first * BLOCK_SIZE..(first + count) * BLOCK_SIZE)
+            .ok_or_else(range)?;
+        let out = self
+            .sealed
+            .get_mut(..count * BLOCK_SIZE)
+            .ok_or_else(range)?;
         // One call to the RNG for every key of the run (wiped after use).
         let klen = usize::from(self.cfg.data_key_len);
         let mut keys: Vec<u8> = Vec::new();
@@ -794,16 +942,21 @@ impl<D: BlockSet> MlsDisk<D> {
         let mut macs: Vec<Mac> = Vec::new();
         macs.try_reserve_exact(count)?;
         macs.resize(count, [0u8; MAC_LEN]);
-        seal_blocks(
+        let sealed = seal_blocks(
             self.parallel.as_ref(),
             &*self.crypto,
             &self.uuid,
             lbas,
-            data,
+            plain,
+            out,
             &keys,
             klen,
             &mut macs,
-        )?;
+        );
+        if let Err(e) = sealed {
+            crate::platform::wipe(&mut keys);
+            return Err(e);
+        }
         for (k, ((l, kb), mac)) in lbas
             .iter()
             .zip(keys.chunks_exact(klen))
@@ -820,7 +973,7 @@ impl<D: BlockSet> MlsDisk<D> {
             ));
         }
         crate::platform::wipe(&mut keys);
-        self.dev.write(self.geo.data_start + hba, data)?;
+        self.dev.write(self.geo.data_start + hba, out)?;
         self.stats.data_blocks_written += count as u64;
         for (l, rec) in recs {
             match self.segs.hba_of(l) {
@@ -846,25 +999,38 @@ impl<D: BlockSet> MlsDisk<D> {
     /// and emptied segments are reusable only after a sync). Every round
     /// frees at least one block or the call returns, so it never loops
     /// without progress.
+    ///
+    /// Each cleaner move is a complete step (blocks copied, index and
+    /// validity updated); its index room is checked before it starts. A
+    /// `NoSpace` from here comes before any step started, or between two
+    /// complete ones: the disk stays consistent and usable.
     fn ensure_space(&mut self, need: u64) -> Result<()> {
         let seg = u64::from(self.geo.seg_blocks);
         let batch = self.clean_batch_blocks();
+        let mut stalled = false;
         loop {
             let user = |s: &Segments| s.free_for(Head::User);
             if user(&self.segs) >= need + seg + batch {
                 return Ok(());
             }
             let goal = need + seg + 2 * batch;
+            let mut index_full = false;
+            let mut moved = 0u32;
             while user(&self.segs) + self.segs.pending_blocks() < goal {
                 match self.segs.pick_victim() {
                     Some((v, valid)) if u64::from(valid) <= self.segs.free_for(Head::Cleaner) => {
-                        self.clean(v)?
+                        if self.index.room_for(u64::from(valid))? == Room::AfterCommit {
+                            index_full = true;
+                            break;
+                        }
+                        self.critical(|d| d.clean(v))?;
+                        moved += 1;
                     }
                     _ => break,
                 }
             }
             let enough_now = user(&self.segs) >= need + seg;
-            if self.segs.pending_blocks() == 0 {
+            if self.segs.pending_blocks() == 0 && !index_full {
                 if enough_now {
                     return Ok(());
                 }
@@ -875,6 +1041,20 @@ impl<D: BlockSet> MlsDisk<D> {
                     return Ok(());
                 }
                 bail!(NoSpace, "data log full until the next sync");
+            }
+            // The index asked for a commit before the cleaner could move
+            // anything, twice in a row: the commit did not free its room,
+            // and committing again would not either.
+            if index_full && moved == 0 {
+                if stalled {
+                    bail!(
+                        NoSpace,
+                        "index full: cleaning needs room a commit does not free"
+                    );
+                }
+                stalled = true;
+            } else {
+                stalled = false;
             }
             self.commit(true)?;
         }

@@ -89,9 +89,11 @@ impl WriteBuffer {
         Ok(true)
     }
 
-    /// The buffered LBAs and block data (in the same order), for the flush.
-    pub(crate) fn parts_mut(&mut self) -> (&[u64], &mut [u8]) {
-        (&self.lbas, &mut self.data)
+    /// The buffered LBAs and block data (in the same order), for the
+    /// flush, which seals them elsewhere: the buffer stays intact until
+    /// it is cleared.
+    pub(crate) fn parts(&self) -> (&[u64], &[u8]) {
+        (&self.lbas, &self.data)
     }
 
     pub(crate) fn clear(&mut self) {
@@ -119,7 +121,7 @@ mod tests {
         assert_eq!(w.get(7).unwrap()[0], 3);
         assert_eq!(w.get(6).unwrap()[0], 2);
         assert_eq!(w.len(), 2);
-        let (l, d) = w.parts_mut();
+        let (l, d) = w.parts();
         assert_eq!(l, &[7, 6]);
         assert_eq!(d.len(), 2 * BLOCK_SIZE);
     }
