@@ -904,7 +904,7 @@ impl dm::Target for MlsDisk {
         }
 
         // Flushes and discards must reach the target: they mean sync and
-        // unmap (DESIGN.md §5).
+        // unmap (docs/design.md, linux/README.md).
         ti.set_num_flush_bios(1);
         ti.set_num_discard_bios(1);
         ti.setup_worker(MAX_IO_SECTORS).map_err(|err| {

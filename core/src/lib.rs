@@ -3,7 +3,7 @@
 //! A multilayered, log-structured secure disk: it turns an untrusted block
 //! device (the host's virtual disk of a confidential VM) into one that keeps
 //! confidentiality, integrity, freshness, consistency, atomicity and
-//! irreversibility (see `DESIGN.md` §2 and `docs/format.md`).
+//! irreversibility (see `docs/security.md` and `docs/format.md`).
 //!
 //! The engine is a stack of layers; each talks only to the one below:
 //!

@@ -26,7 +26,7 @@
 //! older version. Replaying an older version of one slot while the other
 //! slot is newer changes nothing (the newer wins). Detecting rollback is the
 //! job of the trusted anchor, which keeps the newest version elsewhere (see
-//! `DESIGN.md` §2, guarantee 6); [`AuthBlob::version`] is what it compares.
+//! `docs/security.md`, promise 6); [`AuthBlob::version`] is what it compares.
 //!
 //! # Keys and nonces
 //!
