@@ -23,6 +23,8 @@ pub trait Target {
     fn sync(&mut self) -> Result<()>;
     /// Blocks written to the device so far.
     fn dev_written(&mut self) -> u64;
+    /// Blocks read from the device so far.
+    fn dev_read(&mut self) -> u64;
     /// A status line for verbose output.
     fn status(&mut self) -> String {
         String::new()
@@ -48,6 +50,9 @@ impl<D: BlockSet> Target for Raw<D> {
     fn dev_written(&mut self) -> u64 {
         self.0.counts().1
     }
+    fn dev_read(&mut self) -> u64 {
+        self.0.counts().0
+    }
 }
 
 /// The encrypt-only baseline.
@@ -68,6 +73,9 @@ impl<D: BlockSet> Target for Crypt<D> {
     }
     fn dev_written(&mut self) -> u64 {
         self.1.counts().1
+    }
+    fn dev_read(&mut self) -> u64 {
+        self.1.counts().0
     }
 }
 
@@ -91,6 +99,9 @@ impl<D: BlockSet> Target for Mls<D> {
     }
     fn dev_written(&mut self) -> u64 {
         self.0.stats().device_blocks_written
+    }
+    fn dev_read(&mut self) -> u64 {
+        self.0.stats().device_blocks_read
     }
     fn status(&mut self) -> String {
         let s = self.0.stats();
@@ -134,10 +145,55 @@ pub const PHASES: [(&str, Phase); 8] = [
 pub struct PhaseResult {
     /// Throughput in MiB/s.
     pub mib_s: f64,
+    /// Requests per second.
+    pub iops: f64,
+    /// Median request latency, microseconds (a sync at the end of a write
+    /// phase counts in the throughput, not in the latencies).
+    pub p50_us: f64,
+    /// 99th percentile request latency, microseconds.
+    pub p99_us: f64,
     /// Blocks the workload wrote (user view).
     pub user_blocks: u64,
     /// Blocks the device got.
     pub dev_blocks: u64,
+    /// Blocks the workload read (user view).
+    pub user_read_blocks: u64,
+    /// Blocks read from the device during the phase.
+    pub dev_read_blocks: u64,
+}
+
+impl PhaseResult {
+    /// Device blocks read per user block read (0 for a write phase).
+    pub fn reads_per_read(&self) -> f64 {
+        if self.user_read_blocks == 0 {
+            0.0
+        } else {
+            self.dev_read_blocks as f64 / self.user_read_blocks as f64
+        }
+    }
+}
+
+/// The `q`-quantile (0..=1) of some latencies (sorted in place).
+pub fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let i = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// Peak resident memory of this process in KiB (`VmHWM`), if known.
+pub fn peak_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resets the peak resident memory to the current one (Linux: `5` to
+/// `/proc/self/clear_refs`); false if that is not possible.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// A small deterministic generator (xorshift64*).
@@ -169,6 +225,14 @@ pub fn run_phase(
 ) -> Result<PhaseResult> {
     const SEQ: u64 = 256;
     let dev0 = t.dev_written();
+    let rd0 = t.dev_read();
+    let mut lat: Vec<f64> = Vec::new();
+    let mut timed = |t: &mut dyn Target, f: &mut dyn FnMut(&mut dyn Target) -> Result<()>| {
+        let s = Instant::now();
+        let r = f(t);
+        lat.push(s.elapsed().as_secs_f64() * 1e6);
+        r
+    };
     let mut buf = vec![0u8; SEQ as usize * BLOCK_SIZE];
     for (i, b) in buf.iter_mut().enumerate() {
         *b = (i * 7 + 13) as u8 ^ (rng.next_u64() as u8 & 1);
@@ -181,7 +245,8 @@ pub fn run_phase(
             let mut lba = 0;
             while lba < ws {
                 let n = SEQ.min(ws - lba);
-                t.write(lba, &buf[..n as usize * BLOCK_SIZE])?;
+                let b = &buf[..n as usize * BLOCK_SIZE];
+                timed(t, &mut |t| t.write(lba, b))?;
                 lba += n;
             }
             t.sync()?;
@@ -194,7 +259,8 @@ pub fn run_phase(
                 let lba = rng.next_u64() % slots * bs;
                 let off = (rng.next_u64() % 8) as usize * BLOCK_SIZE;
                 buf[off] = buf[off].wrapping_add(1);
-                t.write(lba, &buf[off..off + bs as usize * BLOCK_SIZE])?;
+                let b = &buf[off..off + bs as usize * BLOCK_SIZE];
+                timed(t, &mut |t| t.write(lba, b))?;
                 moved += bs;
             }
             t.sync()?;
@@ -204,7 +270,8 @@ pub fn run_phase(
             let mut lba = 0;
             while lba < ws {
                 let n = SEQ.min(ws - lba);
-                t.read(lba, &mut buf[..n as usize * BLOCK_SIZE])?;
+                let b = &mut buf[..n as usize * BLOCK_SIZE];
+                timed(t, &mut |t| t.read(lba, b))?;
                 lba += n;
             }
             moved = ws;
@@ -213,16 +280,23 @@ pub fn run_phase(
             let slots = ws / bs;
             while moved < rnd_blocks {
                 let lba = rng.next_u64() % slots * bs;
-                t.read(lba, &mut buf[..bs as usize * BLOCK_SIZE])?;
+                let b = &mut buf[..bs as usize * BLOCK_SIZE];
+                timed(t, &mut |t| t.read(lba, b))?;
                 moved += bs;
             }
         }
     }
     let secs = start.elapsed().as_secs_f64().max(1e-9);
+    let n = lat.len() as f64;
     Ok(PhaseResult {
         mib_s: moved as f64 * BLOCK_SIZE as f64 / (1024.0 * 1024.0) / secs,
+        iops: n / secs,
+        p50_us: quantile(&mut lat, 0.5),
+        p99_us: quantile(&mut lat, 0.99),
         user_blocks: written,
         dev_blocks: t.dev_written() - dev0,
+        user_read_blocks: moved - written,
+        dev_read_blocks: t.dev_read() - rd0,
     })
 }
 

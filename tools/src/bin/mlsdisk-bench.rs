@@ -3,7 +3,14 @@
 //!
 //! ```text
 //! cargo run --release -p mlsdisk-tools --bin mlsdisk-bench -- [options]
-//!   --size-mib N     working set (default 128)
+//!   --size-mib N     working set (default 128): the random and read
+//!                    phases use its blocks, at the start of the disk
+//!   --disk-gib N     logical disk size in GiB (default: the working set);
+//!                    the image file is sparse, so 100-1024 GiB is cheap
+//!   --fill-pct P     before the phases, write P percent of the disk
+//!                    sequentially, untimed (default 0; with --steady and
+//!                    P >= 80 the random writes run on a full disk)
+//!   --json FILE      also write every measurement as JSON to FILE
 //!   --rnd-mib N      data moved by each random phase (default 32)
 //!   --reps N         repetitions; medians are reported (default 3)
 //!   --no-direct      use the page cache (default: O_DIRECT)
@@ -19,7 +26,16 @@
 //!                    (default: each random-write phase starts on a fresh
 //!                    disk filled sequentially, untimed, and the reads on a
 //!                    sequential refill, as when each fio job runs alone)
+//!   --no-open-times  skip MlsDisk's create / clean-open / crash-recovery
+//!                    timing (default: measured once per rep on a disk of
+//!                    the same size and fill, after the phases)
 //! ```
+//!
+//! Besides MiB/s per phase (the seed's eight columns), it prints per target
+//! and phase IOPS, p50/p99 request latency and device blocks read per user
+//! block read; the peak resident memory of the process while each target
+//! ran (VmHWM, reset before each); for MlsDisk the create, clean open and
+//! crash recovery times and the device blocks each open read.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +61,10 @@ struct Opts {
     index: String,
     steady: bool,
     threads: usize,
+    disk_blocks: u64,
+    fill_pct: u64,
+    json: Option<PathBuf>,
+    open_times: bool,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -60,6 +80,10 @@ fn parse() -> Result<Opts, String> {
         index: "lsm".into(),
         steady: false,
         threads: 1,
+        disk_blocks: 0,
+        fill_pct: 0,
+        json: None,
+        open_times: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -78,6 +102,21 @@ fn parse() -> Result<Opts, String> {
             "--index" => o.index = val()?,
             "--steady" => o.steady = true,
             "--threads" => o.threads = num(val()?)?.max(1) as usize,
+            "--disk-gib" => {
+                let g = num(val()?)?;
+                if g == 0 || g > 16 * 1024 {
+                    return Err("--disk-gib must be 1..=16384".into());
+                }
+                o.disk_blocks = g * 256 * 1024;
+            }
+            "--fill-pct" => {
+                o.fill_pct = num(val()?)?;
+                if o.fill_pct > 100 {
+                    return Err("--fill-pct must be 0..=100".into());
+                }
+            }
+            "--json" => o.json = Some(PathBuf::from(val()?)),
+            "--no-open-times" => o.open_times = false,
             "-h" | "--help" => {
                 println!(
                     "{}",
@@ -90,6 +129,16 @@ fn parse() -> Result<Opts, String> {
     }
     if o.size_mib == 0 || o.reps == 0 {
         return Err("size and reps must be positive".into());
+    }
+    if o.size_mib > (1 << 24) {
+        return Err("--size-mib too large".into());
+    }
+    let ws = o.size_mib * 256;
+    if o.disk_blocks == 0 {
+        o.disk_blocks = ws;
+    }
+    if o.disk_blocks < ws {
+        return Err("--disk-gib is smaller than the working set".into());
     }
     Ok(o)
 }
@@ -104,17 +153,28 @@ fn device(o: &Opts, nblocks: u64) -> Dev {
     Throttle::new(f, o.iops, o.bw_mib)
 }
 
-fn make(
-    o: &Opts,
-    name: &str,
-    ws: u64,
-    crypto: &CryptoRef,
-) -> mlsdisk_core::Result<Box<dyn Target>> {
-    let key = [0x42u8; 32];
+const KEY: [u8; 32] = [0x42u8; 32];
+
+/// Backing blocks an MlsDisk needs for a logical capacity of `want`.
+fn mls_device_blocks(cfg: &DiskConfig, want: u64) -> mlsdisk_core::Result<u64> {
+    // Grow the device until the logical capacity covers the disk.
+    let mut total = want + want / 4 + 8192;
+    loop {
+        let g = mlsdisk_core::disk::Geometry::compute(total, &cfg.layout)?;
+        if g.capacity >= want {
+            return Ok(total);
+        }
+        total += want / 16 + 256;
+    }
+}
+
+fn make(o: &Opts, name: &str, crypto: &CryptoRef) -> mlsdisk_core::Result<Box<dyn Target>> {
+    let key = KEY;
+    let disk = o.disk_blocks;
     Ok(match name {
-        "raw" => Box::new(Raw(Arc::new(Counted::new(device(o, ws))))),
+        "raw" => Box::new(Raw(Arc::new(Counted::new(device(o, disk))))),
         "crypt" => {
-            let dev = Arc::new(Counted::new(device(o, ws / 127 * 128 + 256)));
+            let dev = Arc::new(Counted::new(device(o, disk / 127 * 128 + 256)));
             Box::new(Crypt(
                 CryptDisk::create(dev.clone(), crypto.clone(), &key)?,
                 dev,
@@ -122,16 +182,7 @@ fn make(
         }
         "mls" => {
             let cfg = DiskConfig::default();
-            // Grow the device until the logical capacity covers the set.
-            let mut total = ws + ws / 4 + 8192;
-            loop {
-                let g = mlsdisk_core::disk::Geometry::compute(total, &cfg.layout)?;
-                if g.capacity >= ws {
-                    break;
-                }
-                total += ws / 16 + 256;
-            }
-            let dev = device(o, total);
+            let dev = device(o, mls_device_blocks(&cfg, disk)?);
             let mut disk = match o.index.as_str() {
                 "mem" => MlsDisk::create_with_mem_index(
                     dev,
@@ -172,9 +223,12 @@ fn main() {
     };
     let crypto: CryptoRef = Arc::new(StdCrypto);
     let ws = o.size_mib * 256;
+    let fill = o.disk_blocks / 100 * o.fill_pct;
     let rnd = (o.rnd_mib * 256).max(64);
     println!(
-        "# mlsdisk-bench: working set {} MiB, {} MiB per random phase, {} reps, {}, device model: {}, mode {}",
+        "# mlsdisk-bench: disk {} MiB ({} % filled first), working set {} MiB, {} MiB per random phase, {} reps, {}, device model: {}, mode {}",
+        o.disk_blocks / 256,
+        o.fill_pct,
         o.size_mib,
         o.rnd_mib,
         o.reps,
@@ -193,26 +247,32 @@ fn main() {
     // results[target][phase] = per-rep results
     let mut results: Vec<Vec<Vec<PhaseResult>>> =
         vec![vec![Vec::new(); PHASES.len()]; o.targets.len()];
+    let mut peak_kib: Vec<Vec<u64>> = vec![Vec::new(); o.targets.len()];
+    let mut opens: Vec<OpenTimes> = Vec::new();
+    let fail = |what: &str, e: mlsdisk_core::Error| -> ! {
+        eprintln!("{what}: {e}");
+        std::process::exit(1)
+    };
+    let prefill = |target: &mut dyn Target, rng: &mut Rng, t: &str| {
+        if fill > 0 {
+            if let Err(e) = run_phase(target, Phase::SeqWrite, fill, 0, rng) {
+                fail(&format!("{t} fill"), e)
+            }
+        }
+    };
     for rep in 0..o.reps {
         for (ti, t) in o.targets.iter().enumerate() {
-            let mut target = match make(&o, t, ws, &crypto) {
-                Ok(x) => x,
-                Err(e) => {
-                    eprintln!("{t}: create failed: {e:?}");
-                    std::process::exit(1)
-                }
-            };
+            reset_peak_rss();
             let mut rng = Rng::new(0x1234_5678 + rep as u64);
+            let mut target =
+                make(&o, t, &crypto).unwrap_or_else(|e| fail(&format!("{t}: create"), e));
+            prefill(&mut *target, &mut rng, t);
             for (pi, (name, phase)) in PHASES.iter().enumerate() {
                 if !o.steady && matches!(phase, Phase::RndWrite(_)) {
                     drop(target);
-                    target = match make(&o, t, ws, &crypto) {
-                        Ok(x) => x,
-                        Err(e) => {
-                            eprintln!("{t}: create failed: {e:?}");
-                            std::process::exit(1)
-                        }
-                    };
+                    target =
+                        make(&o, t, &crypto).unwrap_or_else(|e| fail(&format!("{t}: create"), e));
+                    prefill(&mut *target, &mut rng, t);
                 }
                 if !o.steady && matches!(phase, Phase::RndWrite(_) | Phase::SeqRead) {
                     if let Err(e) = run_phase(&mut *target, Phase::SeqWrite, ws, rnd, &mut rng) {
@@ -223,8 +283,11 @@ fn main() {
                 match run_phase(&mut *target, *phase, ws, rnd, &mut rng) {
                     Ok(r) => {
                         eprintln!(
-                            "rep {rep} {t:5} {name:15} {:9.1} MiB/s {}",
+                            "rep {rep} {t:5} {name:15} {:9.1} MiB/s {:9.0} IOPS p50 {:.0} us p99 {:.0} us {}",
                             r.mib_s,
+                            r.iops,
+                            r.p50_us,
+                            r.p99_us,
                             target.status()
                         );
                         results[ti][pi].push(r);
@@ -236,6 +299,18 @@ fn main() {
                 }
             }
             drop(target);
+            if let Some(k) = peak_rss_kib() {
+                peak_kib[ti].push(k);
+            }
+            if t == "mls" && o.open_times {
+                let r = open_times(&o, &crypto, fill.max(ws), rep as u64)
+                    .unwrap_or_else(|e| fail("mls open times", e));
+                eprintln!(
+                    "rep {rep} mls   create {:.3} s, clean open {:.3} s ({} device reads), crash recovery {:.3} s ({} device reads)",
+                    r.create_s, r.open_s, r.open_reads, r.recover_s, r.recover_reads
+                );
+                opens.push(r);
+            }
         }
     }
     let _ = std::fs::remove_file(&o.file);
@@ -281,5 +356,194 @@ fn main() {
             }
         }
     }
-    let _ = BLOCK_SIZE;
+    print_details(&o, &results, &peak_kib, &opens);
+    if let Some(path) = &o.json {
+        let j = to_json(&o, &results, &peak_kib, &opens);
+        if let Err(e) = std::fs::write(path, j) {
+            eprintln!("mlsdisk-bench: {}: {e}", path.display());
+            std::process::exit(1)
+        }
+    }
+}
+
+/// MlsDisk's create, open and recovery, on a disk of the bench's size.
+#[derive(Clone, Copy, Debug, Default)]
+struct OpenTimes {
+    create_s: f64,
+    open_s: f64,
+    open_reads: u64,
+    recover_s: f64,
+    recover_reads: u64,
+    mapped: u64,
+}
+
+/// Creates an MlsDisk of the bench's size, writes `written` blocks
+/// sequentially, closes it and times a clean open; then writes 4 MiB at
+/// random places without a sync, drops the disk (a crash) and times the
+/// recovery.
+fn open_times(
+    o: &Opts,
+    crypto: &CryptoRef,
+    written: u64,
+    seed: u64,
+) -> mlsdisk_core::Result<OpenTimes> {
+    let cfg = DiskConfig::default();
+    let total = mls_device_blocks(&cfg, o.disk_blocks)?;
+    let mut r = OpenTimes::default();
+    let t0 = std::time::Instant::now();
+    let dev = device(o, total);
+    let mut d = MlsDisk::create(dev, crypto.clone(), &KEY, cfg.clone(), Box::new(NoAnchor))?;
+    r.create_s = t0.elapsed().as_secs_f64();
+    let mut m = Mls(d);
+    let mut rng = Rng::new(seed ^ 0x0be7);
+    run_phase(
+        &mut m,
+        Phase::SeqWrite,
+        written.min(o.disk_blocks),
+        0,
+        &mut rng,
+    )?;
+    m.0.close()?;
+    let reopen = || -> mlsdisk_core::Result<(MlsDisk<Dev>, f64, u64)> {
+        let f = FileDisk::open(&o.file, o.direct)?;
+        let t0 = std::time::Instant::now();
+        let d = MlsDisk::open(
+            Throttle::new(f, o.iops, o.bw_mib),
+            crypto.clone(),
+            &KEY,
+            cfg.clone(),
+            Box::new(NoAnchor),
+        )?;
+        let s = t0.elapsed().as_secs_f64();
+        let reads = d.device().counts().0;
+        Ok((d, s, reads))
+    };
+    (d, r.open_s, r.open_reads) = reopen()?;
+    r.mapped = d.stats().mapped_blocks;
+    let block = vec![0x5au8; BLOCK_SIZE];
+    for _ in 0..1024 {
+        let lba = rng.next_u64() % d.nblocks();
+        d.write(lba, &block)?;
+    }
+    drop(d);
+    let (_d, s, reads) = reopen()?;
+    r.recover_s = s;
+    r.recover_reads = reads;
+    Ok(r)
+}
+
+fn print_details(
+    o: &Opts,
+    results: &[Vec<Vec<PhaseResult>>],
+    peak_kib: &[Vec<u64>],
+    opens: &[OpenTimes],
+) {
+    println!();
+    println!("| target | phase | IOPS | p50 us | p99 us | dev reads / read |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (ti, t) in o.targets.iter().enumerate() {
+        for (pi, (name, _)) in PHASES.iter().enumerate() {
+            let rs = &results[ti][pi];
+            let m = |f: fn(&PhaseResult) -> f64| median(&rs.iter().map(f).collect::<Vec<_>>());
+            println!(
+                "| {} | {name} | {:.0} | {:.0} | {:.0} | {:.2} |",
+                label(t),
+                m(|r| r.iops),
+                m(|r| r.p50_us),
+                m(|r| r.p99_us),
+                m(|r| r.reads_per_read())
+            );
+        }
+    }
+    println!();
+    for (ti, t) in o.targets.iter().enumerate() {
+        let p = &peak_kib[ti];
+        if let Some(max) = p.iter().max() {
+            println!(
+                "peak memory while {} ran: {:.1} MiB (max of {} reps)",
+                label(t),
+                *max as f64 / 1024.0,
+                p.len()
+            );
+        }
+    }
+    if !opens.is_empty() {
+        let m = |f: fn(&OpenTimes) -> f64| median(&opens.iter().map(f).collect::<Vec<_>>());
+        println!(
+            "MlsDisk, {} blocks mapped: create {:.3} s, clean open {:.3} s ({:.0} device reads), crash recovery {:.3} s ({:.0} device reads) (medians of {})",
+            opens[0].mapped,
+            m(|r| r.create_s),
+            m(|r| r.open_s),
+            m(|r| r.open_reads as f64),
+            m(|r| r.recover_s),
+            m(|r| r.recover_reads as f64),
+            opens.len()
+        );
+    }
+}
+
+/// Every measurement as JSON (no dependency: the values are numbers and
+/// fixed names).
+fn to_json(
+    o: &Opts,
+    results: &[Vec<Vec<PhaseResult>>],
+    peak_kib: &[Vec<u64>],
+    opens: &[OpenTimes],
+) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "{{\"disk_mib\":{},\"fill_pct\":{},\"working_set_mib\":{},\"random_mib\":{},\"reps\":{},\"direct\":{},\"steady\":{},\"iops_cap\":{},\"bw_mib_cap\":{},\"targets\":[",
+        o.disk_blocks / 256,
+        o.fill_pct,
+        o.size_mib,
+        o.rnd_mib,
+        o.reps,
+        o.direct,
+        o.steady,
+        o.iops,
+        o.bw_mib
+    );
+    for (ti, t) in o.targets.iter().enumerate() {
+        if ti > 0 {
+            s.push(',');
+        }
+        let _ = write!(
+            s,
+            "{{\"name\":\"{t}\",\"peak_rss_kib\":{},\"phases\":[",
+            peak_kib[ti].iter().max().copied().unwrap_or(0)
+        );
+        for (pi, (name, _)) in PHASES.iter().enumerate() {
+            if pi > 0 {
+                s.push(',');
+            }
+            let _ = write!(s, "{{\"phase\":\"{name}\",\"reps\":[");
+            for (k, r) in results[ti][pi].iter().enumerate() {
+                if k > 0 {
+                    s.push(',');
+                }
+                let _ = write!(
+                    s,
+                    "{{\"mib_s\":{:.3},\"iops\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"user_blocks_written\":{},\"device_blocks_written\":{},\"user_blocks_read\":{},\"device_blocks_read\":{}}}",
+                    r.mib_s, r.iops, r.p50_us, r.p99_us, r.user_blocks, r.dev_blocks, r.user_read_blocks, r.dev_read_blocks
+                );
+            }
+            s.push_str("]}");
+        }
+        s.push_str("]}");
+    }
+    s.push_str("],\"mlsdisk_open\":[");
+    for (k, r) in opens.iter().enumerate() {
+        if k > 0 {
+            s.push(',');
+        }
+        let _ = write!(
+            s,
+            "{{\"mapped_blocks\":{},\"create_s\":{:.4},\"open_s\":{:.4},\"open_device_reads\":{},\"recover_s\":{:.4},\"recover_device_reads\":{}}}",
+            r.mapped, r.create_s, r.open_s, r.open_reads, r.recover_s, r.recover_reads
+        );
+    }
+    s.push_str("]}\n");
+    s
 }
