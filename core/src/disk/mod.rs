@@ -83,6 +83,7 @@ pub mod counted;
 pub mod index;
 pub mod layout;
 mod lsm_index;
+mod paged_map;
 pub mod reader;
 pub mod record;
 mod segment;
@@ -211,6 +212,11 @@ pub struct DiskStats {
     pub anchor: &'static str,
     /// Whether whole-image rollback is detected (an anchor is in use).
     pub rollback_protected: bool,
+    /// Memory held by the disk layer: write buffer, sealing buffer,
+    /// cleaner scratch, segment table (its per-block maps grow with the
+    /// blocks written, see `segment`). The index's memtables and caches
+    /// come on top (bounded by `LsmConfig`).
+    pub disk_memory_bytes: u64,
 }
 
 impl DiskStats {
@@ -839,6 +845,10 @@ impl<D: BlockSet> MlsDisk<D> {
         s.device_blocks_written = w;
         s.device_flushes = f;
         s.sync_counter = self.sync_counter;
+        s.disk_memory_bytes = (self.wbuf.mem_bytes()
+            + self.sealed.capacity()
+            + self.scratch.capacity()
+            + self.segs.mem_bytes()) as u64;
     }
 
     /// Commits the index (data must already be on the device). Any error

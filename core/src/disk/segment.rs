@@ -4,8 +4,10 @@
 //! All of it lives in memory and is rebuilt at `open` from the index (which
 //! is authenticated), so nothing here is trusted from the disk:
 //! `rmap[hba]` is the LBA stored at data block `hba` or [`NO_LBA`];
-//! `valid[seg]` counts the valid blocks of a segment. Memory: 4 bytes per
-//! data block plus 8 bytes per segment (0.1% of the data region).
+//! `valid[seg]` counts the valid blocks of a segment. Memory: the two
+//! per-block maps are [`PagedMap`]s, 4 bytes per *written* block (and its
+//! 64 KiB page) rather than per block of the disk, plus 9 bytes per segment
+//! (0.001 % of the data region with 1 MiB segments).
 //!
 //! States: `Free` (may be written), `Active` (the open segment of the data
 //! log), `Used` (sealed), `Pending` (no valid block left, but the last synced
@@ -14,12 +16,13 @@
 
 use alloc::vec::Vec;
 
+use super::paged_map::{PagedMap, EMPTY};
 use crate::{Error, ErrorKind, Result};
 
 /// `rmap` value of a data block that holds no live LBA.
-pub const NO_LBA: u32 = u32::MAX;
+pub const NO_LBA: u32 = EMPTY;
 /// `fwd` value of an unmapped LBA.
-const NO_HBA: u32 = u32::MAX;
+const NO_HBA: u32 = EMPTY;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SegState {
@@ -31,11 +34,11 @@ pub(crate) enum SegState {
 
 pub(crate) struct Segments {
     seg_blocks: u32,
-    rmap: Vec<u32>,
+    rmap: PagedMap,
     /// Forward map: `fwd[lba]` is the data block of `lba` or `NO_HBA`. It
     /// spares the write path an index lookup per block (the index holds
     /// the same mapping plus key and MAC, and rebuilds this at open).
-    fwd: Vec<u32>,
+    fwd: PagedMap,
     valid: Vec<u32>,
     state: Vec<SegState>,
     free: Vec<u32>,
@@ -67,15 +70,9 @@ impl Segments {
                 "data region or capacity above 2^32 - 1 blocks",
             ));
         }
-        let nblocks = usize::try_from(total).map_err(|_| Error::oom())?;
-        let mut fwd = Vec::new();
-        let cap = usize::try_from(capacity).map_err(|_| Error::oom())?;
-        fwd.try_reserve_exact(cap)?;
-        fwd.resize(cap, NO_HBA);
+        let fwd = PagedMap::new(capacity)?;
         let n = nseg as usize;
-        let mut rmap = Vec::new();
-        rmap.try_reserve_exact(nblocks)?;
-        rmap.resize(nblocks, NO_LBA);
+        let rmap = PagedMap::new(total)?;
         let mut valid = Vec::new();
         valid.try_reserve_exact(n)?;
         valid.resize(n, 0);
@@ -103,20 +100,22 @@ impl Segments {
     }
 
     pub(crate) fn lba_at(&self, hba: u64) -> u32 {
-        usize::try_from(hba)
-            .ok()
-            .and_then(|i| self.rmap.get(i))
-            .copied()
-            .unwrap_or(NO_LBA)
+        self.rmap.get(hba).unwrap_or(NO_LBA)
     }
 
     /// The data block of `lba`, if mapped.
     pub(crate) fn hba_of(&self, lba: u64) -> Option<u64> {
-        usize::try_from(lba)
-            .ok()
-            .and_then(|i| self.fwd.get(i))
-            .filter(|&&h| h != NO_HBA)
-            .map(|&h| u64::from(h))
+        self.fwd.get(lba).filter(|&h| h != NO_HBA).map(u64::from)
+    }
+
+    /// Bytes held by the table: the per-block maps (they grow with the
+    /// blocks written, not with the disk size) and the per-segment arrays.
+    pub(crate) fn mem_bytes(&self) -> usize {
+        self.fwd.bytes()
+            + self.rmap.bytes()
+            + self.valid.capacity() * 4
+            + self.state.capacity() * core::mem::size_of::<SegState>()
+            + self.free.capacity() * 4
     }
 
     pub(crate) fn valid_in(&self, seg: u32) -> u32 {
@@ -126,24 +125,21 @@ impl Segments {
     /// Marks `hba` as holding `lba` (a new write or a moved block).
     pub(crate) fn set_valid(&mut self, hba: u64, lba: u32) -> Result<()> {
         let seg = self.seg_of(hba) as usize;
-        let slot = usize::try_from(hba)
-            .ok()
-            .and_then(|i| self.rmap.get_mut(i))
-            .ok_or(Error::new(
-                ErrorKind::Corrupted,
-                "index points past the data region",
-            ))?;
-        if *slot != NO_LBA {
+        let cur = self.rmap.get(hba).ok_or(Error::new(
+            ErrorKind::Corrupted,
+            "index points past the data region",
+        ))?;
+        if cur != NO_LBA {
             return Err(Error::new(
                 ErrorKind::Corrupted,
                 "two logical blocks map to one data block",
             ));
         }
-        *slot = lba;
-        *self
-            .fwd
-            .get_mut(lba as usize)
-            .ok_or(Error::new(ErrorKind::Corrupted, "LBA past the capacity"))? = hba as u32;
+        if lba == NO_LBA || self.fwd.get(u64::from(lba)).is_none() {
+            return Err(Error::new(ErrorKind::Corrupted, "LBA past the capacity"));
+        }
+        self.rmap.set(hba, lba)?;
+        self.fwd.set(u64::from(lba), hba as u32)?;
         let v = self.valid.get_mut(seg).ok_or(internal("segment"))?;
         *v += 1;
         Ok(())
@@ -153,19 +149,20 @@ impl Segments {
     /// last valid block goes becomes `Pending`.
     pub(crate) fn invalidate(&mut self, hba: u64) -> Result<()> {
         let seg = self.seg_of(hba) as usize;
-        let slot = usize::try_from(hba)
-            .ok()
-            .and_then(|i| self.rmap.get_mut(i))
+        let lba = self
+            .rmap
+            .get(hba)
             .ok_or(internal("invalidate past the data region"))?;
-        if *slot == NO_LBA {
+        if lba == NO_LBA {
             return Err(internal("invalidate of a block that is not valid"));
         }
-        let lba = *slot as usize;
-        *slot = NO_LBA;
-        if let Some(f) = self.fwd.get_mut(lba) {
-            if u64::from(*f) == hba {
-                *f = NO_HBA;
-            }
+        self.rmap.set(hba, NO_LBA)?;
+        if self
+            .fwd
+            .get(u64::from(lba))
+            .is_some_and(|f| u64::from(f) == hba)
+        {
+            self.fwd.set(u64::from(lba), NO_HBA)?;
         }
         let v = self.valid.get_mut(seg).ok_or(internal("segment"))?;
         *v = v.saturating_sub(1);

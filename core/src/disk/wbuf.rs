@@ -32,6 +32,11 @@ impl WriteBuffer {
         })
     }
 
+    /// Bytes held (data, LBAs and the slot map's entries, roughly).
+    pub(crate) fn mem_bytes(&self) -> usize {
+        self.data.capacity() + self.lbas.capacity() * 8 + self.slot.len() * 48
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.lbas.len()
     }
