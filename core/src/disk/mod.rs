@@ -425,7 +425,7 @@ impl<D: BlockSet> MlsDisk<D> {
                 Rollback,
                 "disk image is a fork: another commit with the counter of its rollback anchor"
             ),
-            Some(a) if us.sync_counter - a.counter == 1 => ensure!(
+            Some(a) if a.counter.checked_add(1) == Some(us.sync_counter) => ensure!(
                 us.prev == a.digest,
                 Rollback,
                 "disk image is a fork: one sync ahead of its rollback anchor, but not from the anchored commit"
