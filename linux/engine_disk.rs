@@ -15,8 +15,8 @@
 //!   the core's `BlockAnchor` over a second block device that the guest
 //!   trusts (the host must not be able to roll it back), blocks 0 and 1 of
 //!   it. `create` writes a new anchor there; `open` refuses an image older
-//!   than the anchor, another disk's anchor and a damaged anchor, each with
-//!   its own `ti->error`.
+//!   than the anchor or forked from its commit, another disk's anchor and
+//!   a damaged anchor, each with its own `ti->error`.
 
 use alloc::boxed::Box;
 use core::fmt;
@@ -107,7 +107,7 @@ fn ctr_error(e: CoreError, creating: bool) -> CtrError {
 fn anchor_error(kind: ErrorKind) -> &'static CStr {
     match kind {
         ErrorKind::Rollback => {
-            c"the disk image is older than its rollback anchor (whole-image rollback)"
+            c"the disk image is older than its rollback anchor or forked from it (whole-image rollback)"
         }
         ErrorKind::WrongKey => c"the anchor device holds another disk's anchor (or another key's)",
         ErrorKind::Integrity => c"the anchor device fails authentication (tampered or damaged)",

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use disk_common::{blocks, check, crypto, small_cfg, KEY, SMALL_TOTAL};
 use mlsdisk_core::bio::{Adversary, BlockSet, FaultDisk, IoKind, MemDisk, BLOCK_SIZE};
 use mlsdisk_core::disk::block_anchor::{is_anchor_error, ANCHOR_BLOCKS};
-use mlsdisk_core::disk::{BlockAnchor, MlsDisk, RollbackAnchor};
+use mlsdisk_core::disk::{AnchorState, BlockAnchor, MlsDisk, RollbackAnchor};
 use mlsdisk_core::{Error, ErrorKind};
 
 type AnchorDev = Arc<FaultDisk<Arc<MemDisk>>>;
@@ -38,6 +38,13 @@ fn bound(dev: &AnchorDev, uuid: &[u8; 16], fresh: bool) -> BlockAnchor<AnchorDev
     a
 }
 
+/// A digest for the commit `counter` (the anchor stores whatever it is given).
+fn dig(counter: u64) -> [u8; 32] {
+    let mut d = [0u8; 32];
+    d[..8].copy_from_slice(&counter.to_le_bytes());
+    d
+}
+
 fn anchor_err(e: Error, kind: ErrorKind) {
     assert_eq!(e.kind(), kind, "{e:?}");
     assert!(is_anchor_error(&e), "not named as the anchor's: {e:?}");
@@ -49,21 +56,40 @@ fn advance_read_round_trip_reopen_and_monotonic() {
     let a = bound(&dev, &UUID_A, true);
     assert_eq!(a.kind(), "dev");
     assert!(a.protects());
-    assert_eq!(a.read().unwrap(), Some(0), "a fresh anchor starts at 0");
+    assert_eq!(
+        a.read().unwrap(),
+        Some(AnchorState::genesis()),
+        "a fresh anchor starts at the genesis state"
+    );
     for c in [1, 2, 7] {
-        a.advance(c).unwrap();
-        assert_eq!(a.read().unwrap(), Some(c));
+        a.advance(c, &dig(c)).unwrap();
+        let st = AnchorState {
+            counter: c,
+            digest: dig(c),
+        };
+        assert_eq!(a.read().unwrap(), Some(st));
     }
-    // Never lowered, not even by a stale caller.
-    a.advance(3).unwrap();
-    assert_eq!(a.read().unwrap(), Some(7));
-    a.advance(7).unwrap();
+    // Never lowered, and never another state with the same counter: a
+    // stale or forked caller gets an error.
+    anchor_err(a.advance(3, &dig(3)).unwrap_err(), ErrorKind::Rollback);
+    anchor_err(a.advance(7, &dig(8)).unwrap_err(), ErrorKind::Rollback);
+    assert_eq!(a.read().unwrap().map(|s| s.digest), Some(dig(7)));
+    a.advance(7, &dig(7)).unwrap();
     drop(a);
-    // A new handle on the same device (a reboot) reads the same counter.
+    // A new handle on the same device (a reboot) reads the same state.
     let b = bound(&dev, &UUID_A, false);
-    assert_eq!(b.read().unwrap(), Some(7));
-    b.advance(8).unwrap();
-    assert_eq!(bound(&dev, &UUID_A, false).read().unwrap(), Some(8));
+    assert_eq!(
+        b.read().unwrap().map(|s| (s.counter, s.digest)),
+        Some((7, dig(7)))
+    );
+    b.advance(8, &dig(8)).unwrap();
+    assert_eq!(
+        bound(&dev, &UUID_A, false)
+            .read()
+            .unwrap()
+            .map(|s| s.counter),
+        Some(8)
+    );
 }
 
 #[test]
@@ -72,10 +98,10 @@ fn each_advance_is_flushed() {
     let a = bound(&dev, &UUID_A, true);
     // A failing flush fails the advance: it never returns before durable.
     dev.fail_nth(IoKind::Flush, 0, false).unwrap();
-    anchor_err(a.advance(5).unwrap_err(), ErrorKind::Io);
+    anchor_err(a.advance(5, &dig(5)).unwrap_err(), ErrorKind::Io);
     dev.heal().unwrap();
-    a.advance(6).unwrap();
-    assert_eq!(a.read().unwrap(), Some(6));
+    a.advance(6, &dig(6)).unwrap();
+    assert_eq!(a.read().unwrap().map(|s| s.counter), Some(6));
 }
 
 #[test]
@@ -83,12 +109,18 @@ fn blank_device_starts_at_first_advance_and_other_content_is_refused() {
     let (mem, dev) = anchor_dev();
     let a = bound(&dev, &UUID_A, false);
     assert_eq!(
-        a.read().unwrap(),
+        a.read().unwrap().map(|s| s.counter),
         None,
         "an all-zero device holds no anchor yet"
     );
-    a.advance(4).unwrap();
-    assert_eq!(bound(&dev, &UUID_A, false).read().unwrap(), Some(4));
+    a.advance(4, &dig(4)).unwrap();
+    assert_eq!(
+        bound(&dev, &UUID_A, false)
+            .read()
+            .unwrap()
+            .map(|s| s.counter),
+        Some(4)
+    );
 
     // Anything else that is not an anchor (here: some file system's data)
     // is neither adopted nor overwritten by `read` or `advance`.
@@ -96,13 +128,13 @@ fn blank_device_starts_at_first_advance_and_other_content_is_refused() {
     mem.write(0, &junk).unwrap();
     let a = bound(&dev, &UUID_A, false);
     anchor_err(a.read().unwrap_err(), ErrorKind::Corrupted);
-    anchor_err(a.advance(9).unwrap_err(), ErrorKind::Corrupted);
+    anchor_err(a.advance(9, &dig(9)).unwrap_err(), ErrorKind::Corrupted);
     let mut back = vec![0u8; BLOCK_SIZE * 2];
     mem.read(0, &mut back).unwrap();
     assert_eq!(back, junk, "a non-anchor device was written to");
     // `create` (a fresh bind) formats it.
     let a = bound(&dev, &UUID_A, true);
-    assert_eq!(a.read().unwrap(), Some(0));
+    assert_eq!(a.read().unwrap().map(|s| s.counter), Some(0));
 }
 
 #[test]
@@ -110,8 +142,8 @@ fn tampered_anchor_is_an_error() {
     let (mem, dev) = anchor_dev();
     let adv = Adversary::new(mem);
     let a = bound(&dev, &UUID_A, true);
-    a.advance(10).unwrap();
-    a.advance(11).unwrap();
+    a.advance(10, &dig(10)).unwrap();
+    a.advance(11, &dig(11)).unwrap();
     let clean = adv.snapshot().unwrap();
 
     // One bit of the payload area of both slots: no slot verifies.
@@ -126,7 +158,10 @@ fn tampered_anchor_is_an_error() {
             "offset {offset}: {e:?}"
         );
         assert!(is_anchor_error(&e));
-        assert!(a.advance(12).is_err(), "advance over a tampered anchor");
+        assert!(
+            a.advance(12, &dig(12)).is_err(),
+            "advance over a tampered anchor"
+        );
     }
     adv.restore(&clean).unwrap();
     for slot in 0..ANCHOR_BLOCKS {
@@ -146,13 +181,13 @@ fn tampered_anchor_is_an_error() {
         .find(|&s| {
             adv.restore(&clean).unwrap();
             adv.flip_byte(s, 300, 0x01).unwrap();
-            a.read().unwrap() == Some(10)
+            a.read().unwrap().map(|s| s.counter) == Some(10)
         })
         .expect("damaging one slot must fall back to the other");
     adv.restore(&clean).unwrap();
     adv.flip_byte(1 - newest, 300, 0x01).unwrap();
     assert_eq!(
-        a.read().unwrap(),
+        a.read().unwrap().map(|s| s.counter),
         Some(11),
         "the older slot's damage hides the newest"
     );
@@ -162,17 +197,17 @@ fn tampered_anchor_is_an_error() {
 fn anchor_of_another_disk_or_key_is_refused() {
     let (_, dev) = anchor_dev();
     let a = bound(&dev, &UUID_A, true);
-    a.advance(3).unwrap();
+    a.advance(3, &dig(3)).unwrap();
     // Another UUID, same root key.
     let b = bound(&dev, &UUID_B, false);
     anchor_err(b.read().unwrap_err(), ErrorKind::WrongKey);
-    anchor_err(b.advance(4).unwrap_err(), ErrorKind::WrongKey);
+    anchor_err(b.advance(4, &dig(4)).unwrap_err(), ErrorKind::WrongKey);
     // Another root key, same UUID.
     let mut c = anchor(&dev, &[0x11; 32]);
     c.bind(&UUID_A, false).unwrap();
     anchor_err(c.read().unwrap_err(), ErrorKind::WrongKey);
     // Neither wrote anything: the rightful disk still reads its counter.
-    assert_eq!(a.read().unwrap(), Some(3));
+    assert_eq!(a.read().unwrap().map(|s| s.counter), Some(3));
 }
 
 #[test]
@@ -184,14 +219,17 @@ fn misuse_is_an_error_not_a_panic() {
     assert!(BlockAnchor::new(dev.clone(), crypto(), &[]).is_err());
     let a = anchor(&dev, &KEY);
     assert_eq!(a.read().unwrap_err().kind(), ErrorKind::InvalidState);
-    assert_eq!(a.advance(1).unwrap_err().kind(), ErrorKind::InvalidState);
+    assert_eq!(
+        a.advance(1, &dig(1)).unwrap_err().kind(),
+        ErrorKind::InvalidState
+    );
 }
 
 #[test]
 fn io_errors_come_back_as_errors() {
     let (_, dev) = anchor_dev();
     let a = bound(&dev, &UUID_A, true);
-    a.advance(2).unwrap();
+    a.advance(2, &dig(2)).unwrap();
     for (kind, nth) in [
         (IoKind::Read, 0),
         (IoKind::Read, 1),
@@ -200,7 +238,7 @@ fn io_errors_come_back_as_errors() {
     ] {
         dev.heal().unwrap();
         dev.fail_nth(kind, nth, false).unwrap();
-        let e = a.advance(100 + nth).unwrap_err();
+        let e = a.advance(100 + nth, &dig(100 + nth)).unwrap_err();
         anchor_err(e, ErrorKind::Io);
     }
     dev.heal().unwrap();
@@ -208,7 +246,7 @@ fn io_errors_come_back_as_errors() {
     anchor_err(a.read().unwrap_err(), ErrorKind::Io);
     dev.heal().unwrap();
     // A failed write or flush either stored the value or left the old one.
-    let c = a.read().unwrap().unwrap();
+    let c = a.read().unwrap().map(|s| s.counter).unwrap();
     assert!((2..=100).contains(&c), "{c}");
     let mut f = anchor(&dev, &KEY);
     dev.fail_nth(IoKind::Write, 0, false).unwrap();
@@ -266,7 +304,7 @@ fn whole_image_rollback_is_detected_and_the_current_image_opens() {
     let current = Adversary::new(main.clone()).snapshot().unwrap();
     let a = bound(&adev, &d_uuid(&main, &adev), false);
     assert_eq!(
-        a.read().unwrap(),
+        a.read().unwrap().map(|s| s.counter),
         Some(new_sync + 1),
         "close syncs once more"
     );
@@ -361,7 +399,7 @@ fn crash_between_commit_and_advance_opens_one_ahead() {
     };
     // Open brought the anchor up to the image.
     let a = bound(&adev, &uuid, false);
-    assert_eq!(a.read().unwrap(), Some(before + 1));
+    assert_eq!(a.read().unwrap().map(|s| s.counter), Some(before + 1));
 }
 
 #[test]

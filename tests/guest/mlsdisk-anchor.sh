@@ -9,8 +9,10 @@
 # 2. A tampered anchor, another disk's anchor, a non-anchor device, the
 #    backing device as anchor, a too-small or missing anchor device and an
 #    unknown anchor kind each fail with their own message.
-# 3. A blank anchor device starts an anchor for an existing disk;
-#    anchor=none still opens and says the disk is unprotected.
+# 3. A blank anchor device starts an anchor for an existing disk (trusted
+#    on first use: the status says anchor=dev(tofu) until the first sync
+#    the anchor stores); anchor=none still opens and says the disk is
+#    unprotected.
 # shellcheck shell=sh
 # shellcheck source=qemu/guest/lib.sh
 . /mlsdisk/lib.sh
@@ -54,7 +56,17 @@ status_has_anchor() {
 	case "$st" in
 	*unprotected*) fail "status says unprotected with an anchor: $st" ;;
 	*" anchor=dev "*) ;;
-	*) fail "status does not name the anchor: $st" ;;
+	*) fail "status does not name the anchor (or says tofu): $st" ;;
+	esac
+}
+
+status_has_anchor_tofu() {
+	st=$(dmsetup status mlsdisk_a)
+	echo "+ dmsetup status: $st"
+	case "$st" in
+	*unprotected*) fail "status says unprotected with an anchor: $st" ;;
+	*" anchor=dev(tofu) "*) ;;
+	*) fail "status does not say the image was trusted on first use: $st" ;;
 	esac
 }
 
@@ -153,8 +165,10 @@ run dmsetup remove mlsdisk_a
 run dd if=/dev/zero of=$anc bs=4096 count=2 conv=fsync 2>/dev/null
 mm=$(cat "/sys/class/block/${anc#/dev/}/dev") || fail "no major:minor for $anc"
 run dmsetup create mlsdisk_a --table "0 $len mlsdisk $back $KEY 1 anchor=dev:$mm"
-status_has_anchor
+status_has_anchor_tofu
 write_block5 version-four
+run dmsetup message mlsdisk_a 0 sync
+status_has_anchor
 run dmsetup remove mlsdisk_a
 n=$(dd if=$anc bs=4096 count=2 iflag=direct 2>/dev/null | tr -d '\000' | wc -c)
 [ "$n" -gt 0 ] || fail "the blank anchor was not started"

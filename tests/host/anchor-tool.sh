@@ -11,6 +11,9 @@
 #    -> WrongKey; junk in the anchor -> Corrupted.
 # 3. The anchor rolled back together with the image -> opens at the old
 #    state: what the anchor's documentation says it cannot catch.
+# 4. A fork: the anchor write of a sync is lost (the host kept that image),
+#    the previous image is booted and a new sync completes; the kept image,
+#    with the anchor's counter but another commit -> Rollback.
 # Prints PASS/FAIL lines and "N passed, N failed".
 set -euo pipefail
 
@@ -82,6 +85,28 @@ if m read img --key $key --anchor-dev anc 5 1 got >/dev/null && cmp -s got v1; t
 	ok "image and anchor rolled back together open at the old state (the documented limit)"
 else
 	bad "image and anchor rolled back together did not open at the old state"
+fi
+
+# 4. State s: image and anchor. Sync s+1 (v1 at block 6) reaches the image,
+#    not the anchor: the host keeps that image and puts the anchor back.
+cp new.img img
+cp good.anc anc
+cp img fork-s.img
+cp anc fork-s.anc
+m write img --key $key --anchor-dev anc 6 v1 >/dev/null
+cp img fork-i1.img
+cp fork-s.anc anc
+# The host boots the image at s; the user's sync (v2 at block 6) completes.
+cp fork-s.img img
+m write img --key $key --anchor-dev anc 6 v2 >/dev/null
+cp img fork-c.img
+cp fork-i1.img img
+expect_err "forked image with the anchor's counter" Rollback check img --key $key --anchor-dev anc
+cp fork-c.img img
+if m read img --key $key --anchor-dev anc 6 1 got >/dev/null && cmp -s got v2; then
+	ok "the completed sync opens after the refused fork"
+else
+	bad "the completed sync does not open with its data"
 fi
 echo "$passed passed, $failed failed"
 ((failed == 0 && passed > 0))

@@ -26,10 +26,11 @@
 //! | bytes  | field |
 //! |--------|-------|
 //! | 0..8   | magic `MLSDANCH` |
-//! | 8      | format version (1) |
+//! | 8      | format version (2; version 1, a counter only, is `Unsupported`) |
 //! | 9..16  | zero |
 //! | 16..32 | the disk's UUID |
 //! | 32..40 | the sync counter, u64 LE |
+//! | 40..72 | the commit's digest ([`crate::disk::state::UserState::digest`]) |
 //!
 //! The blob's root key is `kdf(kdf(root key, "mlsdisk/anchor/base/v1", ""),
 //! "mlsdisk/anchor/v1", uuid)`: bound to the disk's root key *and* UUID, so
@@ -41,15 +42,17 @@
 //! # Protocol
 //!
 //! - [`RollbackAnchor::bind`] with `fresh` (the disk is being created)
-//!   writes a new anchor for the new UUID with counter 0 over whatever the
-//!   device held: `create` formats.
-//! - `read` opens the blob: the counter, or `None` if blocks 0 and 1 are
+//!   writes a new anchor for the new UUID with the genesis state (counter
+//!   0, digest all zeros) over whatever the device held: `create` formats.
+//! - `read` opens the blob: the state, or `None` if blocks 0 and 1 are
 //!   all zeros (a device never used as an anchor: the first `advance`
 //!   starts it, so an existing disk can be put under an anchor by zeroing
 //!   the device's first 8 KiB). Any other content that is not this disk's
 //!   anchor is an error.
-//! - `advance(c)` reads the stored counter and, if `c` is higher, writes
-//!   `c` to the older slot and flushes. It never lowers the value.
+//! - `advance(c, d)` reads the stored state and, if `c` is higher, writes
+//!   `(c, d)` to the older slot and flushes. It never lowers the counter
+//!   and never replaces a state by another of the same counter (see
+//!   [`super::anchor::must_store`]).
 //!
 //! The state lives on the device only: every call reads it back (two block
 //! reads per sync, cheap next to a sync's own I/O), so two disks wrongly
@@ -59,29 +62,30 @@
 //! # The A/B slots and torn writes
 //!
 //! An `advance` torn by a crash leaves the other slot, one counter lower,
-//! in place; the blob opens at that one. The disk accepts an image at or
-//! above the anchor, so this is the same one-sync window as a crash between
-//! the disk's commit and `advance`. For the same reason, damage to only
+//! in place; the blob opens at that one. The disk accepts an image one
+//! commit ahead of the anchor whose `prev` digest is the anchored one, so
+//! this is the same one-sync window as a crash between the disk's commit
+//! and `advance`. For the same reason, damage to only
 //! the newest slot reads as the previous counter: on the trusted device
 //! that assumption covers, this allows nothing a crash does not; damage to
 //! both slots is an error.
 
 use alloc::vec::Vec;
 
-use super::anchor::RollbackAnchor;
+use super::anchor::{must_store, AnchorState, RollbackAnchor};
 use crate::bio::{BlockSet, BLOCK_SIZE};
 use crate::crypto::AuthBlob;
-use crate::platform::{kdf, wipe, Hash};
+use crate::platform::{kdf, wipe, Hash, HASH_LEN};
 use crate::{CryptoRef, Error, ErrorKind, Result};
 
 /// Blocks the anchor uses at the start of its device.
 pub const ANCHOR_BLOCKS: u64 = 2;
 /// Length of the anchor's payload.
-pub const PAYLOAD_LEN: usize = 40;
+pub const PAYLOAD_LEN: usize = 40 + HASH_LEN;
 /// Magic bytes at the start of the payload.
 pub const PAYLOAD_MAGIC: [u8; 8] = *b"MLSDANCH";
 /// Format version of the payload.
-pub const PAYLOAD_VERSION: u8 = 1;
+pub const PAYLOAD_VERSION: u8 = 2;
 
 const LABEL_BASE: &[u8] = b"mlsdisk/anchor/base/v1";
 const LABEL_BIND: &[u8] = b"mlsdisk/anchor/v1";
@@ -91,9 +95,12 @@ const LABEL_BIND: &[u8] = b"mlsdisk/anchor/v1";
 pub const MSG_PREFIX: &str = "rollback anchor";
 
 /// Whether `e` concerns the rollback anchor rather than the disk image: an
-/// error of [`BlockAnchor`] or the disk's `Rollback` against its anchor.
+/// error of an anchor or the disk's `Rollback` against its anchor (older,
+/// forked, or too far ahead; every such message names "its rollback
+/// anchor").
 pub fn is_anchor_error(e: &Error) -> bool {
-    e.msg().starts_with(MSG_PREFIX) || e.msg().contains("older than its rollback anchor")
+    e.msg().starts_with(MSG_PREFIX)
+        || (e.kind() == ErrorKind::Rollback && e.msg().contains("its rollback anchor"))
 }
 
 fn err(kind: ErrorKind, msg: &'static str) -> Error {
@@ -128,8 +135,8 @@ struct Bound {
     key: Hash,
 }
 
-/// The sync counter on a trusted block device. See the module
-/// documentation.
+/// The last committed state (counter and digest) on a trusted block
+/// device. See the module documentation.
 pub struct BlockAnchor<B: BlockSet> {
     dev: B,
     crypto: CryptoRef,
@@ -156,7 +163,7 @@ impl<B: BlockSet> core::fmt::Debug for BlockAnchor<B> {
     }
 }
 
-fn encode(uuid: &[u8; 16], counter: u64) -> [u8; PAYLOAD_LEN] {
+fn encode(uuid: &[u8; 16], st: &AnchorState) -> [u8; PAYLOAD_LEN] {
     let mut p = [0u8; PAYLOAD_LEN];
     let (magic, rest) = p.split_at_mut(8);
     magic.copy_from_slice(&PAYLOAD_MAGIC);
@@ -164,20 +171,31 @@ fn encode(uuid: &[u8; 16], counter: u64) -> [u8; PAYLOAD_LEN] {
     if let Some(v) = head.first_mut() {
         *v = PAYLOAD_VERSION;
     }
-    let (u, c) = rest.split_at_mut(16);
+    let (u, rest) = rest.split_at_mut(16);
     u.copy_from_slice(uuid);
-    c.copy_from_slice(&counter.to_le_bytes());
+    let (c, d) = rest.split_at_mut(8);
+    c.copy_from_slice(&st.counter.to_le_bytes());
+    d.copy_from_slice(&st.digest);
     p
 }
 
-fn decode(p: &[u8], uuid: &[u8; 16]) -> Result<u64> {
-    let bad = err(ErrorKind::Corrupted, "rollback anchor payload is malformed");
-    if p.len() != PAYLOAD_LEN
-        || p.get(..8) != Some(&PAYLOAD_MAGIC[..])
-        || p.get(8) != Some(&PAYLOAD_VERSION)
-        || !p.get(9..16).is_some_and(|z| z.iter().all(|&b| b == 0))
-    {
-        return Err(bad);
+fn decode(p: &[u8], uuid: &[u8; 16]) -> Result<AnchorState> {
+    let bad = || err(ErrorKind::Corrupted, "rollback anchor payload is malformed");
+    if p.get(..8) != Some(&PAYLOAD_MAGIC[..]) {
+        return Err(bad());
+    }
+    match p.get(8) {
+        Some(&PAYLOAD_VERSION) => {}
+        Some(&1) => {
+            return Err(err(
+                ErrorKind::Unsupported,
+                "rollback anchor has the first format (a counter only); create the disk anew",
+            ))
+        }
+        _ => return Err(bad()),
+    }
+    if p.len() != PAYLOAD_LEN || !p.get(9..16).is_some_and(|z| z.iter().all(|&b| b == 0)) {
+        return Err(bad());
     }
     if p.get(16..32) != Some(&uuid[..]) {
         return Err(err(
@@ -185,8 +203,18 @@ fn decode(p: &[u8], uuid: &[u8; 16]) -> Result<u64> {
             "rollback anchor belongs to another disk (UUID differs)",
         ));
     }
-    let c: [u8; 8] = p.get(32..40).and_then(|c| c.try_into().ok()).ok_or(bad)?;
-    Ok(u64::from_le_bytes(c))
+    let c: [u8; 8] = p
+        .get(32..40)
+        .and_then(|c| c.try_into().ok())
+        .ok_or_else(bad)?;
+    let digest: Hash = p
+        .get(40..PAYLOAD_LEN)
+        .and_then(|d| d.try_into().ok())
+        .ok_or_else(bad)?;
+    Ok(AnchorState {
+        counter: u64::from_le_bytes(c),
+        digest,
+    })
 }
 
 impl<B: BlockSet> BlockAnchor<B> {
@@ -239,8 +267,8 @@ impl<B: BlockSet> BlockAnchor<B> {
         Ok(buf.iter().all(|&b| b == 0))
     }
 
-    /// The blob and its counter, or `None` on a blank device.
-    fn open(&self) -> Result<Option<(AuthBlob<&B>, u64)>> {
+    /// The blob and its state, or `None` on a blank device.
+    fn open(&self) -> Result<Option<(AuthBlob<&B>, AnchorState)>> {
         let b = self.bound()?;
         match AuthBlob::open(&self.dev, 0, self.crypto.clone(), &b.key) {
             Ok((blob, payload)) => {
@@ -252,15 +280,15 @@ impl<B: BlockSet> BlockAnchor<B> {
         }
     }
 
-    /// Writes a new anchor with `counter` over both slots, and flushes.
-    fn start(&self, counter: u64) -> Result<()> {
+    /// Writes a new anchor with `st` over both slots, and flushes.
+    fn start(&self, st: &AnchorState) -> Result<()> {
         let b = self.bound()?;
         AuthBlob::create(
             &self.dev,
             0,
             self.crypto.clone(),
             &b.key,
-            &encode(&b.uuid, counter),
+            &encode(&b.uuid, st),
         )
         .map(|_| ())
         .map_err(name_it)
@@ -279,22 +307,26 @@ impl<B: BlockSet> RollbackAnchor for BlockAnchor<B> {
         }
         self.bound = Some(Bound { uuid: *uuid, key });
         if fresh {
-            self.start(0)?;
+            self.start(&AnchorState::genesis())?;
         }
         Ok(())
     }
 
-    fn read(&self) -> Result<Option<u64>> {
-        Ok(self.open()?.map(|(_, c)| c))
+    fn read(&self) -> Result<Option<AnchorState>> {
+        Ok(self.open()?.map(|(_, st)| st))
     }
 
-    fn advance(&self, counter: u64) -> Result<()> {
+    fn advance(&self, counter: u64, digest: &Hash) -> Result<()> {
+        let next = AnchorState {
+            counter,
+            digest: *digest,
+        };
         match self.open()? {
-            None => self.start(counter),
-            Some((_, cur)) if cur >= counter => Ok(()),
+            None => self.start(&next),
+            Some((_, cur)) if !must_store(Some(&cur), &next)? => Ok(()),
             Some((mut blob, _)) => {
                 let b = self.bound()?;
-                blob.write(&encode(&b.uuid, counter)).map_err(name_it)
+                blob.write(&encode(&b.uuid, &next)).map_err(name_it)
             }
         }
     }
@@ -307,22 +339,35 @@ mod tests {
     #[test]
     fn payload_round_trip_and_checks() {
         let u = [3u8; 16];
-        let p = encode(&u, 0x0102_0304_0506_0708);
-        assert_eq!(decode(&p, &u).unwrap(), 0x0102_0304_0506_0708);
+        let st = AnchorState {
+            counter: 0x0102_0304_0506_0708,
+            digest: [0x5e; HASH_LEN],
+        };
+        let p = encode(&u, &st);
+        assert_eq!(decode(&p, &u).unwrap(), st);
         assert_eq!(
             decode(&p, &[4u8; 16]).unwrap_err().kind(),
             ErrorKind::WrongKey
         );
-        for i in 0..32 {
+        for i in 0..PAYLOAD_LEN {
             let mut q = p;
             q[i] ^= 0x40;
             let r = decode(&q, &u);
-            if i < 16 {
-                assert_eq!(r.unwrap_err().kind(), ErrorKind::Corrupted, "byte {i}");
-            } else {
-                assert_eq!(r.unwrap_err().kind(), ErrorKind::WrongKey, "byte {i}");
+            match i {
+                8 => assert_eq!(r.unwrap_err().kind(), ErrorKind::Corrupted, "version"),
+                0..16 => assert_eq!(r.unwrap_err().kind(), ErrorKind::Corrupted, "byte {i}"),
+                16..32 => assert_eq!(r.unwrap_err().kind(), ErrorKind::WrongKey, "byte {i}"),
+                // Counter and digest parse to another state (the blob's
+                // MAC is what refuses an edit on the device).
+                _ => assert_ne!(r.unwrap(), st, "byte {i}"),
             }
         }
-        assert!(decode(&p[..39], &u).is_err());
+        assert!(decode(&p[..PAYLOAD_LEN - 1], &u).is_err());
+        let mut v1 = p;
+        v1[8] = 1;
+        assert_eq!(
+            decode(&v1[..40], &u).unwrap_err().kind(),
+            ErrorKind::Unsupported
+        );
     }
 }

@@ -57,9 +57,11 @@
 //! 1. flush the write buffer to the data log, flush the device (data
 //!    durable before anything refers to it);
 //! 2. commit the index with the user state (UUID, sync counter + 1, mapped
-//!    count) in one log-store transaction;
+//!    count, a fresh nonce, the digest of the previous commit's state) in
+//!    one log-store transaction;
 //! 3. pending segments become free; the superblock gets the new store root;
-//! 4. the rollback anchor is advanced to the new counter.
+//! 4. the rollback anchor is advanced to the new counter and the commit's
+//!    digest (see [`anchor`] for the rule `open` applies).
 //!
 //! After a crash the index reopens to the last commit; validity and the
 //! reverse map are rebuilt from it, so blocks written after that commit are
@@ -96,9 +98,9 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
 
+pub use anchor::{AnchorState, NoAnchor, RollbackAnchor};
 #[cfg(feature = "std")]
-pub use anchor::FileAnchor;
-pub use anchor::{MemAnchor, NoAnchor, RollbackAnchor};
+pub use anchor::{FileAnchor, MemAnchor};
 pub use block_anchor::BlockAnchor;
 pub use counted::Counted;
 pub use index::{DiskIndex, Room};
@@ -111,7 +113,7 @@ pub use record::BlockRecord;
 use crate::bio::{BlockSet, BLOCK_SIZE};
 use crate::log::LogStoreConfig;
 use crate::lsm::LsmConfig;
-use crate::platform::{AeadKey, Crypto, Iv, Job, Mac, Parallel, MAC_LEN};
+use crate::platform::{AeadKey, Crypto, Hash, Iv, Job, Mac, Parallel, HASH_LEN, MAC_LEN};
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
 use segment::{Head, Segments, NO_LBA};
 use state::UserState;
@@ -217,6 +219,10 @@ pub struct DiskStats {
     /// blocks written, see `segment`). The index's memtables and caches
     /// come on top (bounded by `LsmConfig`).
     pub disk_memory_bytes: u64,
+    /// The anchor held no state for this disk when it was opened, so the
+    /// image was trusted on first use; true until the first sync that the
+    /// anchor stored.
+    pub anchor_tofu: bool,
 }
 
 impl DiskStats {
@@ -234,7 +240,7 @@ impl DiskStats {
         let wa = self.write_amplification_milli();
         let _ = write!(
             s,
-            "{} sync={} logical={} mapped={} free={} pending={} wa={}.{:03} cleaned={} anchor={}",
+            "{} sync={} logical={} mapped={} free={} pending={} wa={}.{:03} cleaned={} anchor={}{}",
             if healthy { "ok" } else { "failed" },
             self.sync_counter,
             self.logical_blocks,
@@ -245,6 +251,7 @@ impl DiskStats {
             wa % 1000,
             self.segments_cleaned,
             self.anchor,
+            if self.anchor_tofu { "(tofu)" } else { "" },
         );
         if !self.rollback_protected {
             s.push_str(" (unprotected against whole-image rollback)");
@@ -275,6 +282,8 @@ pub struct MlsDisk<D: BlockSet> {
     sealed: Vec<u8>,
     scratch: Vec<u8>,
     sync_counter: u64,
+    /// Digest of the last committed user state (the next commit's `prev`).
+    state_digest: Hash,
     mapped: u64,
     stats: DiskStats,
     broken: Option<Error>,
@@ -450,6 +459,7 @@ impl<D: BlockSet> MlsDisk<D> {
             sealed,
             scratch,
             sync_counter: 0,
+            state_digest: [0u8; HASH_LEN],
             mapped: 0,
             stats,
             broken: None,
@@ -467,13 +477,31 @@ impl<D: BlockSet> MlsDisk<D> {
             Integrity,
             "index belongs to another disk"
         );
+        let digest = us.digest(&*self.crypto)?;
         self.anchor.bind(&self.uuid, false)?;
-        if let Some(a) = self.anchor.read()? {
-            if us.sync_counter < a {
-                bail!(Rollback, "disk image is older than its rollback anchor");
+        match self.anchor.read()? {
+            // Nothing to compare with: trusted on first use.
+            None => self.stats.anchor_tofu = self.anchor.protects(),
+            Some(a) if us.sync_counter < a.counter => {
+                bail!(Rollback, "disk image is older than its rollback anchor")
             }
+            Some(a) if us.sync_counter == a.counter => ensure!(
+                digest == a.digest,
+                Rollback,
+                "disk image is a fork: another commit with the counter of its rollback anchor"
+            ),
+            Some(a) if a.counter.checked_add(1) == Some(us.sync_counter) => ensure!(
+                us.prev == a.digest,
+                Rollback,
+                "disk image is a fork: one sync ahead of its rollback anchor, but not from the anchored commit"
+            ),
+            Some(_) => bail!(
+                Rollback,
+                "disk image is more than one sync ahead of its rollback anchor"
+            ),
         }
         self.sync_counter = us.sync_counter;
+        self.state_digest = digest;
         let cap = self.geo.capacity;
         let data_blocks = self.geo.data_blocks();
         let segs = &mut self.segs;
@@ -496,7 +524,7 @@ impl<D: BlockSet> MlsDisk<D> {
         );
         self.mapped = mapped;
         self.segs.settle_after_open();
-        self.anchor.advance(self.sync_counter)?;
+        self.anchor.advance(self.sync_counter, &self.state_digest)?;
         self.refresh_stats();
         Ok(())
     }
@@ -860,13 +888,17 @@ impl<D: BlockSet> MlsDisk<D> {
     fn commit_inner(&mut self, forced: bool) -> Result<()> {
         self.dev.flush()?;
         let next = self.sync_counter + 1;
-        let us = UserState {
-            uuid: self.uuid,
-            sync_counter: next,
-            mapped: self.mapped,
-        };
+        let us = UserState::next(
+            &*self.crypto,
+            self.uuid,
+            next,
+            self.mapped,
+            self.state_digest,
+        )?;
+        let digest = us.digest(&*self.crypto)?;
         self.index.sync(&us.encode())?;
         self.sync_counter = next;
+        self.state_digest = digest;
         self.segs.release_pending()?;
         if forced {
             self.stats.forced_syncs += 1;
@@ -884,7 +916,8 @@ impl<D: BlockSet> MlsDisk<D> {
                 sb.write(&payload)?;
             }
         }
-        self.anchor.advance(next)?;
+        self.anchor.advance(next, &digest)?;
+        self.stats.anchor_tofu = false;
         Ok(())
     }
 

@@ -22,18 +22,28 @@
 //!
 //! ```text
 //!   0..8     magic "MLSDUSER"
-//!   8..10    format version (1)
+//!   8..10    format version (2; version 1 is Unsupported)
 //!   10..12   type (2 = user state)
 //!   12..16   zero
 //!   16..32   disk UUID (binds the index to this superblock)
 //!   32..40   sync counter
 //!   40..48   mapped logical blocks
+//!   48..64   nonce: fresh random bytes of this commit
+//!   64..96   prev: digest of the previous commit's user state (zeros for
+//!            the disk's first commit)
 //! ```
+//!
+//! The commit's digest is `SHA-256("MLSD-USER-DIGEST-v2" || the 96 bytes)`
+//! ([`UserState::digest`]): the nonce makes the digests of two different
+//! commits differ even when their counters are equal, and `prev` chains
+//! every commit to the one before it. The rollback anchor keeps the last
+//! commit's counter and digest (see [`super::anchor`]).
 
 use alloc::vec::Vec;
 
 use super::codec::{Reader, Writer};
 use super::layout::{Geometry, GEOMETRY_LEN};
+use crate::platform::{Crypto, Hash, HASH_LEN};
 use crate::{bail, ensure, Error, ErrorKind, Result};
 
 /// The on-disk format version written by this code.
@@ -42,6 +52,12 @@ const SB_MAGIC: &[u8; 8] = b"MLSDSUPR";
 const US_MAGIC: &[u8; 8] = b"MLSDUSER";
 const TYPE_SB: u16 = 1;
 const TYPE_US: u16 = 2;
+/// The user-state format version written by this code (1: no nonce and
+/// no chain, refused).
+pub const USER_STATE_VERSION: u16 = 2;
+/// Length of a commit's nonce.
+pub const NONCE_LEN: usize = 16;
+const DIGEST_LABEL: &[u8] = b"MLSD-USER-DIGEST-v2";
 /// Largest store root the superblock carries.
 pub const MAX_ROOT: usize = 2048;
 
@@ -135,45 +151,82 @@ pub struct UserState {
     pub sync_counter: u64,
     /// Mapped logical blocks at the commit.
     pub mapped: u64,
+    /// Fresh random bytes of this commit.
+    pub nonce: [u8; NONCE_LEN],
+    /// Digest of the previous commit's user state (zeros for the first).
+    pub prev: Hash,
 }
 
 /// Encoded size of a [`UserState`].
-pub const USER_STATE_LEN: usize = 48;
+pub const USER_STATE_LEN: usize = 64 + HASH_LEN;
 
 impl UserState {
+    /// The state of the commit after the one whose digest is `prev`, with a
+    /// fresh nonce from `crypto`.
+    pub fn next(
+        crypto: &dyn Crypto,
+        uuid: [u8; 16],
+        sync_counter: u64,
+        mapped: u64,
+        prev: Hash,
+    ) -> Result<Self> {
+        let mut nonce = [0u8; NONCE_LEN];
+        crypto.fill_random(&mut nonce)?;
+        Ok(Self {
+            uuid,
+            sync_counter,
+            mapped,
+            nonce,
+            prev,
+        })
+    }
+
+    /// The commit's digest: SHA-256 over a label and the encoded state.
+    pub fn digest(&self, crypto: &dyn Crypto) -> Result<Hash> {
+        crypto.sha256(&[DIGEST_LABEL, &self.encode()])
+    }
+
     /// Encodes the user state.
     pub fn encode(&self) -> [u8; USER_STATE_LEN] {
         let mut out = [0u8; USER_STATE_LEN];
         let mut w = Writer::new(&mut out);
         // The buffer has exactly the right length: these cannot fail.
         let _ = w.bytes(US_MAGIC);
-        let _ = w.u16(FORMAT_VERSION);
+        let _ = w.u16(USER_STATE_VERSION);
         let _ = w.u16(TYPE_US);
         let _ = w.u32(0);
         let _ = w.bytes(&self.uuid);
         let _ = w.u64(self.sync_counter);
         let _ = w.u64(self.mapped);
+        let _ = w.bytes(&self.nonce);
+        let _ = w.bytes(&self.prev);
         out
     }
 
-    /// Parses a user state.
+    /// Parses a user state. A state of another format version is
+    /// `Unsupported`.
     pub fn decode(b: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(b);
+        ensure!(r.bytes(8)? == US_MAGIC, Corrupted, "user state: bad magic");
+        if r.u16()? != USER_STATE_VERSION {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "user state: unknown format version (this code reads version 2)",
+            ));
+        }
         ensure!(
             b.len() == USER_STATE_LEN,
             Corrupted,
             "user state: bad length"
         );
-        let mut r = Reader::new(b);
-        ensure!(r.bytes(8)? == US_MAGIC, Corrupted, "user state: bad magic");
-        if r.u16()? != FORMAT_VERSION {
-            return Err(Error::new(ErrorKind::Unsupported, "user state: version"));
-        }
         ensure!(r.u16()? == TYPE_US, Corrupted, "user state: bad type");
         ensure!(r.u32()? == 0, Corrupted, "user state: reserved bits");
         Ok(Self {
             uuid: r.array()?,
             sync_counter: r.u64()?,
             mapped: r.u64()?,
+            nonce: r.array()?,
+            prev: r.array()?,
         })
     }
 }
@@ -212,13 +265,19 @@ mod tests {
         assert!(SuperPayload::decode(&b, (1 << 16) - 1).is_err());
     }
 
-    #[test]
-    fn user_state_round_trip_and_flips() {
-        let u = UserState {
+    fn user_state() -> UserState {
+        UserState {
             uuid: [3; 16],
             sync_counter: 7,
             mapped: 99,
-        };
+            nonce: [0x4e; NONCE_LEN],
+            prev: [0x9f; HASH_LEN],
+        }
+    }
+
+    #[test]
+    fn user_state_round_trip_and_flips() {
+        let u = user_state();
         let b = u.encode();
         assert_eq!(UserState::decode(&b).unwrap(), u);
         for i in 0..b.len() {
@@ -229,6 +288,48 @@ mod tests {
                 assert!(i >= 16);
             }
         }
-        assert!(UserState::decode(&b[..47]).is_err());
+        assert!(UserState::decode(&b[..USER_STATE_LEN - 1]).is_err());
+        assert!(UserState::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn user_state_of_the_first_format_is_unsupported() {
+        // Version 1: 48 bytes, no nonce and no chain.
+        let mut v1 = [0u8; 48];
+        v1[..8].copy_from_slice(US_MAGIC);
+        v1[8..10].copy_from_slice(&1u16.to_le_bytes());
+        v1[10..12].copy_from_slice(&TYPE_US.to_le_bytes());
+        let e = UserState::decode(&v1).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        let mut b = user_state().encode();
+        b[8..10].copy_from_slice(&1u16.to_le_bytes());
+        assert_eq!(
+            UserState::decode(&b).unwrap_err().kind(),
+            ErrorKind::Unsupported
+        );
+    }
+
+    #[test]
+    fn digest_names_the_commit() {
+        let c = crate::platform::StdCrypto;
+        let u = user_state();
+        let d = u.digest(&c).unwrap();
+        assert_eq!(d, u.digest(&c).unwrap());
+        // Any other field, the nonce and prev included, gives another one.
+        let mut others = [u; 5];
+        others[0].sync_counter += 1;
+        others[1].mapped += 1;
+        others[2].nonce[0] ^= 1;
+        others[3].prev[31] ^= 1;
+        others[4].uuid[0] ^= 1;
+        for o in others {
+            assert_ne!(o.digest(&c).unwrap(), d, "{o:?}");
+        }
+        // Two commits after the same state with the same counter differ.
+        let a = UserState::next(&c, u.uuid, 8, 5, d).unwrap();
+        let b = UserState::next(&c, u.uuid, 8, 5, d).unwrap();
+        assert_ne!(a.nonce, b.nonce);
+        assert_ne!(a.digest(&c).unwrap(), b.digest(&c).unwrap());
+        assert_eq!((a.prev, a.sync_counter), (d, 8));
     }
 }

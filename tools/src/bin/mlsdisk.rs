@@ -7,7 +7,7 @@
 //! mlsdisk write  IMAGE --key HEX [ANCHOR] LBA FILE   (whole 4 KiB blocks)
 //! mlsdisk read   IMAGE --key HEX [ANCHOR] LBA COUNT OUTFILE
 //!
-//! ANCHOR: --anchor FILE       the counter in a file (FileAnchor)
+//! ANCHOR: --anchor FILE       the last commit in a file (FileAnchor)
 //!         --anchor-dev DEV    the kernel's anchor=dev:<device> format on a
 //!                             device or image file of at least 8 KiB
 //!                             (BlockAnchor; format makes a missing file)
