@@ -22,9 +22,12 @@
 //!   the reads showed; after a failed one, to the last sync or that one;
 //! - `panic`: nothing panics (each case runs under `catch_unwind`).
 //!
-//! Allocation failure is not injected: the engine's infallible allocations
-//! (collections growing without `try_reserve`) abort the process when the
-//! allocator fails, so a failing global allocator cannot be swept in-process.
+//! Allocation failure is injected by this binary's global allocator: the
+//! k-th allocation (or reallocation) of the operation's thread during the
+//! operation returns null. An allocation the engine does not make through
+//! `try_reserve` then aborts the process (the kernel's equivalent is an
+//! oops), so each of these cases runs in a child process of its own and a
+//! child that dies is a failure (`abort`).
 //!
 //! `MLSDISK_LONG=1` sweeps a bigger disk and workload; `MLSDISK_SWEEP_ONLY`
 //! = a substring of a case name (as printed) runs only the matching cases.
@@ -41,6 +44,106 @@ use disk_common::{blocks, check, crypto, small_cfg, Crash, Dev, Disk, KEY};
 use mlsdisk_core::bio::{CrashDisk, FaultDisk, IoKind, MemDisk, BLOCK_SIZE};
 use mlsdisk_core::disk::{DiskConfig, LayoutConfig, MemAnchor, MlsDisk, NoAnchor};
 use mlsdisk_core::{Error, ErrorKind};
+
+/// The global allocator of this test binary: fails a chosen allocation of
+/// one thread while armed.
+mod fail_alloc {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static ARMED: Cell<bool> = const { Cell::new(false) };
+        static SEEN: Cell<u64> = const { Cell::new(0) };
+        static AT: Cell<u64> = const { Cell::new(u64::MAX) };
+        static HIT: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub struct FailAlloc;
+
+    /// Counts an allocation of this thread; true if it is the one to fail.
+    fn fail_now() -> bool {
+        if !ARMED.try_with(Cell::get).unwrap_or(false) {
+            return false;
+        }
+        let n = SEEN.with(|s| {
+            let n = s.get();
+            s.set(n + 1);
+            n
+        });
+        let hit = AT.with(|a| a.get() == n);
+        if hit {
+            HIT.with(|h| h.set(true));
+        }
+        hit
+    }
+
+    // SAFETY: every call is passed on to `System` unchanged, except the
+    // failed ones, which return null as `GlobalAlloc` allows.
+    unsafe impl GlobalAlloc for FailAlloc {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if fail_now() {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: the caller's contract is `System`'s.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            if fail_now() {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: as above.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `System` (every allocation does).
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if fail_now() {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: as above.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    thread_local! {
+        static PENDING: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Fails the `at`-th allocation (0-based) of this thread's calls into
+    /// the engine (see [`engine`]) from now on.
+    pub fn arm(at: u64) {
+        SEEN.with(|s| s.set(0));
+        AT.with(|a| a.set(at));
+        HIT.with(|h| h.set(false));
+        PENDING.with(|p| p.set(true));
+    }
+
+    /// Runs a call into the engine: its allocations count (if armed); the
+    /// test's own (data buffers, the model) never do.
+    pub fn engine<T>(f: impl FnOnce() -> T) -> T {
+        ARMED.with(|a| a.set(PENDING.with(Cell::get)));
+        let r = f();
+        ARMED.with(|a| a.set(false));
+        r
+    }
+
+    /// Allocations counted since the last `arm`.
+    pub fn seen() -> u64 {
+        SEEN.with(Cell::get)
+    }
+
+    /// Stops counting; whether the chosen allocation was reached.
+    pub fn disarm() -> bool {
+        PENDING.with(|p| p.set(false));
+        ARMED.with(|a| a.set(false));
+        HIT.with(Cell::get)
+    }
+}
+
+#[global_allocator]
+static ALLOC: fail_alloc::FailAlloc = fail_alloc::FailAlloc;
 
 fn long() -> bool {
     std::env::var_os("MLSDISK_LONG").is_some_and(|v| v != "0")
@@ -91,6 +194,7 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     QUIET.with(|q| q.set(true));
     let r = catch_unwind(AssertUnwindSafe(f));
+    fail_alloc::disarm();
     QUIET.with(|q| q.set(false));
     r.map_err(|p| panic_text(&*p))
 }
@@ -263,6 +367,7 @@ impl Rig {
             Fault::Write => self.fault.fail_nth(IoKind::Write, k, false),
             Fault::Flush => self.fault.fail_nth(IoKind::Flush, k, false),
             Fault::Torn => self.fault.tear_nth(k, 1, false),
+            Fault::Alloc => Ok(()),
         }
         .unwrap();
     }
@@ -275,7 +380,9 @@ impl Rig {
 /// Requests of the workloads, applied to disk and model together.
 fn write(rig: &mut Rig, m: &mut Model, lba: u64, n: u64) -> mlsdisk_core::Result<()> {
     let t = m.tag();
-    let r = rig.d().write(lba, &blocks(lba, n, t));
+    let data = blocks(lba, n, t);
+    let d = rig.d();
+    let r = fail_alloc::engine(|| d.write(lba, &data));
     if trace() {
         eprintln!("write {lba}+{n} version {t}: {r:?}");
     }
@@ -284,7 +391,8 @@ fn write(rig: &mut Rig, m: &mut Model, lba: u64, n: u64) -> mlsdisk_core::Result
 }
 
 fn discard(rig: &mut Rig, m: &mut Model, lba: u64, n: u64) -> mlsdisk_core::Result<()> {
-    let r = rig.d().discard(lba, n);
+    let d = rig.d();
+    let r = fail_alloc::engine(|| d.discard(lba, n));
     if trace() {
         eprintln!("discard {lba}+{n}: {r:?}");
     }
@@ -293,7 +401,8 @@ fn discard(rig: &mut Rig, m: &mut Model, lba: u64, n: u64) -> mlsdisk_core::Resu
 }
 
 fn sync(rig: &mut Rig, m: &mut Model) -> mlsdisk_core::Result<()> {
-    let r = rig.d().sync();
+    let d = rig.d();
+    let r = fail_alloc::engine(|| d.sync());
     if trace() {
         let c = rig.sync_counter();
         eprintln!("sync: {r:?} (counter {c})");
@@ -484,6 +593,8 @@ enum Fault {
     Write,
     Flush,
     Torn,
+    /// An allocation failure (run in a child process, see the top).
+    Alloc,
 }
 
 const FAULTS: [Fault; 4] = [Fault::Read, Fault::Write, Fault::Flush, Fault::Torn];
@@ -495,6 +606,7 @@ impl Fault {
             Fault::Write => "write-error",
             Fault::Flush => "flush-error",
             Fault::Torn => "torn-write",
+            Fault::Alloc => "alloc-failure",
         }
     }
 }
@@ -529,23 +641,23 @@ struct Setup {
 /// write that flushes runs the index's compaction steps; the compaction
 /// case leaves them to `background_step`.
 fn io_setups() -> Vec<Setup> {
+    vec![io_setup("meta-buffered", 8), io_setup("meta-unbuffered", 1)]
+}
+
+fn io_setup(name: &'static str, meta: u32) -> Setup {
     let nseg: u64 = if long() { 32 } else { 16 };
-    let mut v = Vec::new();
-    for (name, meta) in [("meta-buffered", 8), ("meta-unbuffered", 1)] {
-        let mut cfg = small_cfg();
-        cfg.meta_write_buffer_blocks = meta;
-        cfg.layout.journal_blocks = 64;
-        cfg.layout.index_blocks = 256;
-        let total = 2 + 64 + 256 + nseg * u64::from(cfg.layout.seg_blocks);
-        let clean_prelude = find_clean_prelude(&cfg, total);
-        v.push(Setup {
-            name,
-            cfg,
-            total,
-            clean_prelude,
-        });
+    let mut cfg = small_cfg();
+    cfg.meta_write_buffer_blocks = meta;
+    cfg.layout.journal_blocks = 64;
+    cfg.layout.index_blocks = 256;
+    let total = 2 + 64 + 256 + nseg * u64::from(cfg.layout.seg_blocks);
+    let clean_prelude = find_clean_prelude(&cfg, total);
+    Setup {
+        name,
+        cfg,
+        total,
+        clean_prelude,
     }
-    v
 }
 
 /// The cleaner prelude: fill the disk, sync, then overwrite in runs of one
@@ -669,15 +781,18 @@ fn perform(op: Op, rig: &mut Rig, m: &mut Model, setup: &Setup) -> Option<Error>
         // Mapped and synced, buffered, and never written blocks; long
         // enough to fill memtables, so the index writes.
         Op::Discard => discard(rig, m, 10, 70),
-        Op::Compact => rig.d().background_step().map(|_| ()),
-        Op::Create => match rig.create() {
+        Op::Compact => {
+            let d = rig.d();
+            fail_alloc::engine(|| d.background_step()).map(|_| ())
+        }
+        Op::Create => match fail_alloc::engine(|| rig.create()) {
             Ok(d) => {
                 rig.disk = Some(d);
                 Ok(())
             }
             Err(e) => Err(e),
         },
-        Op::Open => match rig.open() {
+        Op::Open => match fail_alloc::engine(|| rig.open()) {
             Ok(d) => {
                 rig.disk = Some(d);
                 Ok(())
@@ -697,12 +812,18 @@ fn perform(op: Op, rig: &mut Rig, m: &mut Model, setup: &Setup) -> Option<Error>
 
 /// One case: returns (fault reached, failures).
 fn io_case(op: Op, fault: Fault, k: u64, setup: &Setup) -> (bool, Vec<String>) {
+    io_case_counted(op, fault, k, setup).0
+}
+
+/// [`io_case`], and the allocations the operation made (alloc faults).
+fn io_case_counted(op: Op, fault: Fault, k: u64, setup: &Setup) -> ((bool, Vec<String>), u64) {
     let name = format!("{}/{}/{}/k={k}", setup.name, op.name(), fault.name());
     let mut rep = Report {
         name: name.clone(),
         fails: Vec::new(),
     };
     let mut hit = true;
+    let mut seen = 0;
     let r = guarded(|| {
         let mut cfg = setup.cfg.clone();
         if op == Op::Compact {
@@ -720,8 +841,16 @@ fn io_case(op: Op, fault: Fault, k: u64, setup: &Setup) -> (bool, Vec<String>) {
         };
         rig.arm(fault, k);
         let before = rig.fault.failed_count();
+        if fault == Fault::Alloc {
+            fail_alloc::arm(k);
+        }
         let err = perform(op, &mut rig, &mut m, setup);
-        hit = rig.fault.failed_count() > before;
+        seen = fail_alloc::seen();
+        let alloc_hit = fail_alloc::disarm();
+        hit = match fault {
+            Fault::Alloc => alloc_hit,
+            _ => rig.fault.failed_count() > before,
+        };
         if op == Op::Create && err.is_some() {
             // A failed create leaves a device that opens to an empty disk
             // or does not open at all.
@@ -747,7 +876,7 @@ fn io_case(op: Op, fault: Fault, k: u64, setup: &Setup) -> (bool, Vec<String>) {
     if let Err(p) = r {
         rep.fail("panic", p);
     }
-    (hit, rep.fails)
+    ((hit, rep.fails), seen)
 }
 
 /// Per (operation, fault kind): injected points and failed points.
@@ -1001,4 +1130,119 @@ fn every_operation_keeps_the_contract_when_the_engine_runs_out_of_space() {
         );
     }
     tally.print_and_assert("engine NoSpace sweep", t0.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------
+// Allocation failure, one child process per case.
+
+const ALLOC_TEST: &str = "every_operation_survives_allocation_failure_at_every_point";
+const ALLOC_CASE: &str = "MLSDISK_SWEEP_ALLOC_CASE";
+
+/// What a child reported: (fault reached, allocations counted, failures),
+/// or None if it died.
+fn alloc_child(op: Op, k: u64) -> (Option<(bool, u64, Vec<String>)>, String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([ALLOC_TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALLOC_CASE, format!("{}/{k}", op.name()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut res = None;
+    let mut fails = Vec::new();
+    for line in stdout.lines() {
+        // libtest may print the test's name on the same line first.
+        if let Some(r) = line.split_once("SWEEP-ALLOC ").map(|x| x.1) {
+            let mut it = r.split(' ');
+            let hit = it.next() == Some("hit=1");
+            let seen = it
+                .next()
+                .and_then(|x| x.strip_prefix("seen="))
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
+            res = Some((hit, seen));
+        } else if let Some(f) = line.split_once("SWEEP-FAIL ").map(|x| x.1) {
+            fails.push(f.to_string());
+        }
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr
+        .lines()
+        .find(|l| l.contains("memory allocation"))
+        .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()));
+    let why = format!("{}; {}", out.status, last.unwrap_or("(no output)"));
+    (res.map(|(h, n)| (h, n, fails)), why)
+}
+
+/// The child's side: runs the case named in the environment.
+fn alloc_child_main(case: &str) {
+    let (op, k) = case.rsplit_once('/').unwrap();
+    let op = OPS.into_iter().find(|o| o.name() == op).unwrap();
+    let k: u64 = k.parse().unwrap();
+    let setup = io_setup("meta-buffered", 8);
+    let ((hit, fails), seen) = io_case_counted(op, Fault::Alloc, k, &setup);
+    println!("SWEEP-ALLOC hit={} seen={seen}", u8::from(hit));
+    for f in fails {
+        println!("SWEEP-FAIL {f}");
+    }
+}
+
+#[test]
+fn every_operation_survives_allocation_failure_at_every_point() {
+    install_quiet_hook();
+    if let Ok(case) = std::env::var(ALLOC_CASE) {
+        alloc_child_main(&case);
+        return;
+    }
+    let t0 = Instant::now();
+    let mut tally = Tally::default();
+    // Points per operation by default, spread over its allocations (every
+    // allocation with MLSDISK_LONG=1).
+    let budget: u64 = 24;
+    for op in OPS {
+        let row = "alloc-failure meta-buffered";
+        tally.row(op.name(), row);
+        if !selected(&format!("meta-buffered/{}/alloc-failure", op.name())) {
+            continue;
+        }
+        // A run that fails no allocation counts them.
+        let (res, why) = alloc_child(op, u64::MAX);
+        let Some((_, total, fails)) = res else {
+            tally.add(
+                op.name(),
+                row,
+                &[format!("{}: no-fault run died: {why}", op.name())],
+            );
+            continue;
+        };
+        if !fails.is_empty() {
+            tally.add(op.name(), row, &fails);
+            continue;
+        }
+        let points: Vec<u64> = if long() || total <= budget {
+            (0..total).collect()
+        } else {
+            let mut v: Vec<u64> = (0..budget / 2).collect();
+            let rest = budget - budget / 2;
+            v.extend((0..rest).map(|i| budget / 2 + (total - budget / 2) * i / rest));
+            v.dedup();
+            v
+        };
+        for k in points {
+            let name = format!("meta-buffered/{}/alloc-failure/k={k}", op.name());
+            match alloc_child(op, k) {
+                (Some((false, _, _)), _) => break,
+                (Some((true, _, fails)), _) => tally.add(op.name(), row, &fails),
+                (None, why) => tally.add(
+                    op.name(),
+                    row,
+                    &[format!(
+                        "{name}: abort: the process died ({why}); rerun: {ALLOC_CASE}={}/{k} \
+                         <test binary> {ALLOC_TEST} --exact --nocapture",
+                        op.name()
+                    )],
+                ),
+            }
+        }
+    }
+    tally.print_and_assert("allocation-failure sweep", t0.elapsed().as_secs_f64());
 }
