@@ -20,7 +20,11 @@
 //! - `sync-crash-reopen`: after a sync that returns Ok, a crash (drop
 //!   without sync, reopen from the device contents) reopens to exactly what
 //!   the reads showed; after a failed one, to the last sync or that one;
-//! - `panic`: nothing panics (each case runs under `catch_unwind`).
+//! - `panic`: nothing panics (each case runs under `catch_unwind`);
+//! - `reopen-after-failed-open`: a failed open leaves a device that opens;
+//! - `unexpected-error`: with no device fault, the engine's only error is
+//!   `NoSpace`;
+//! - `abort`: an allocation failure comes back as an error (see below).
 //!
 //! Allocation failure is injected by this binary's global allocator: the
 //! k-th allocation (or reallocation) of the operation's thread during the
@@ -29,8 +33,11 @@
 //! oops), so each of these cases runs in a child process of its own and a
 //! child that dies is a failure (`abort`).
 //!
-//! `MLSDISK_LONG=1` sweeps a bigger disk and workload; `MLSDISK_SWEEP_ONLY`
-//! = a substring of a case name (as printed) runs only the matching cases.
+//! `MLSDISK_LONG=1` sweeps a bigger disk, every device op index (by
+//! default every index below 48, then every 4th), more workloads and more
+//! allocation points; `MLSDISK_SWEEP_ONLY` = a substring of a case name (as
+//! printed) runs only the matching cases; `MLSDISK_SWEEP_TRACE=1` prints
+//! every request of the workloads.
 
 mod disk_common;
 
@@ -1195,9 +1202,9 @@ fn every_operation_survives_allocation_failure_at_every_point() {
     }
     let t0 = Instant::now();
     let mut tally = Tally::default();
-    // Points per operation by default, spread over its allocations (every
-    // allocation with MLSDISK_LONG=1).
-    let budget: u64 = 24;
+    // Points per operation, spread over its allocations (all of them if
+    // there are fewer): a child process each.
+    let budget: u64 = if long() { 200 } else { 24 };
     for op in OPS {
         let row = "alloc-failure meta-buffered";
         tally.row(op.name(), row);
@@ -1218,7 +1225,7 @@ fn every_operation_survives_allocation_failure_at_every_point() {
             tally.add(op.name(), row, &fails);
             continue;
         }
-        let points: Vec<u64> = if long() || total <= budget {
+        let points: Vec<u64> = if total <= budget {
             (0..total).collect()
         } else {
             let mut v: Vec<u64> = (0..budget / 2).collect();
