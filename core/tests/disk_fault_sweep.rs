@@ -388,12 +388,19 @@ impl Rig {
 fn write(rig: &mut Rig, m: &mut Model, lba: u64, n: u64) -> mlsdisk_core::Result<()> {
     let t = m.tag();
     let data = blocks(lba, n, t);
+    let auto = rig.cfg.auto_sync;
+    let counter = rig.sync_counter();
     let d = rig.d();
     let r = fail_alloc::engine(|| d.write(lba, &data));
     if trace() {
         eprintln!("write {lba}+{n} version {t}: {r:?}");
     }
     m.request(lba, n, t, r.is_ok());
+    // A sync the disk made on its own (auto-sync) may have committed part
+    // of the request; after a failure one may have been in flight.
+    if rig.sync_counter() != counter || (r.is_err() && auto) {
+        m.maybe_synced();
+    }
     r
 }
 
@@ -769,8 +776,6 @@ fn prelude(op: Op, rig: &mut Rig, setup: &Setup) -> Model {
 
 /// Runs `op` with the model's bookkeeping; `Err` names a failed request.
 fn perform(op: Op, rig: &mut Rig, m: &mut Model, setup: &Setup) -> Option<Error> {
-    let auto = rig.cfg.auto_sync;
-    let counter = rig.sync_counter();
     let r = match op {
         Op::WriteFlush => write(rig, m, 44, 4),
         Op::Clean => {
@@ -807,13 +812,6 @@ fn perform(op: Op, rig: &mut Rig, m: &mut Model, setup: &Setup) -> Option<Error>
             Err(e) => Err(e),
         },
     };
-    // A forced sync may have committed part of the request (auto-sync), or
-    // a failed one may have been in flight.
-    if matches!(op, Op::WriteFlush | Op::Clean)
-        && (rig.sync_counter() != counter || (r.is_err() && auto))
-    {
-        m.maybe_synced();
-    }
     r.err()
 }
 
@@ -1042,8 +1040,6 @@ fn space_workload(rig: &mut Rig, m: &mut Model, seed: u64, steps: u64) -> Option
             85..=92 => Op::Discard,
             _ => Op::Compact,
         };
-        let auto = rig.cfg.auto_sync;
-        let counter = rig.sync_counter();
         let r = match op {
             Op::WriteFlush | Op::Clean => {
                 written += n;
@@ -1053,11 +1049,6 @@ fn space_workload(rig: &mut Rig, m: &mut Model, seed: u64, steps: u64) -> Option
             Op::Discard => discard(rig, m, l, n),
             _ => rig.d().background_step().map(|_| ()),
         };
-        if matches!(op, Op::WriteFlush | Op::Clean)
-            && (rig.sync_counter() != counter || (r.is_err() && auto))
-        {
-            m.maybe_synced();
-        }
         if let Err(e) = r {
             return Some((op, e));
         }
