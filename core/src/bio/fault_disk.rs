@@ -2,7 +2,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use super::BlockSet;
+use super::{BlockSet, BLOCK_SIZE};
 use crate::{Error, ErrorKind, Result};
 
 /// Which I/O of a kind fails: the `nth` (0-based, counted from when the plan
@@ -31,11 +31,16 @@ struct Plans {
     read: Plan,
     write: Plan,
     flush: Plan,
+    /// Writes that land in part (see [`FaultDisk::tear_nth`]).
+    torn: Plan,
+    /// Blocks of a torn write that land.
+    torn_keep: u64,
     failed: u64,
 }
 
 /// A device that passes I/O through to `inner` but fails chosen reads,
-/// writes or flushes with [`ErrorKind::Io`] (a failed write writes nothing).
+/// writes or flushes with [`ErrorKind::Io`] (a failed write writes nothing),
+/// or tears chosen writes (their first blocks land, then the write fails).
 #[derive(Debug)]
 pub struct FaultDisk<D> {
     inner: D,
@@ -90,6 +95,21 @@ impl<D: BlockSet> FaultDisk<D> {
         Ok(())
     }
 
+    /// Tears the `nth` write call from now on (0 = the next one): its first
+    /// `keep` blocks reach `inner` (all of them if it has fewer), then it
+    /// fails with [`ErrorKind::Io`]. Counted apart from [`Self::fail_nth`]'s
+    /// writes; with `sticky`, every write after it is torn as well.
+    pub fn tear_nth(&self, nth: u64, keep: u64, sticky: bool) -> Result<()> {
+        let mut p = self.lock()?;
+        p.torn = Plan {
+            at: Some(nth),
+            sticky,
+            seen: 0,
+        };
+        p.torn_keep = keep;
+        Ok(())
+    }
+
     /// Removes every planned fault.
     pub fn heal(&self) -> Result<()> {
         let mut p = self.lock()?;
@@ -128,7 +148,27 @@ impl<D: BlockSet> BlockSet for FaultDisk<D> {
     }
     fn write(&self, pos: u64, buf: &[u8]) -> Result<()> {
         self.check(IoKind::Write)?;
-        self.inner.write(pos, buf)
+        let keep = {
+            let mut p = self.lock()?;
+            if p.torn.hit() {
+                p.failed += 1;
+                Some(p.torn_keep)
+            } else {
+                None
+            }
+        };
+        let Some(keep) = keep else {
+            return self.inner.write(pos, buf);
+        };
+        let len = usize::try_from(keep)
+            .ok()
+            .and_then(|k| k.checked_mul(BLOCK_SIZE))
+            .unwrap_or(usize::MAX)
+            .min(buf.len() / BLOCK_SIZE * BLOCK_SIZE);
+        if let Some(part) = buf.get(..len).filter(|p| !p.is_empty()) {
+            self.inner.write(pos, part)?;
+        }
+        Err(Error::new(ErrorKind::Io, "fault disk: injected torn write"))
     }
     fn flush(&self) -> Result<()> {
         self.check(IoKind::Flush)?;
@@ -142,7 +182,7 @@ impl<D: BlockSet> BlockSet for FaultDisk<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bio::{MemDisk, BLOCK_SIZE};
+    use crate::bio::MemDisk;
 
     #[test]
     fn fails_exactly_the_nth() {
@@ -163,5 +203,30 @@ mod tests {
         d.read(0, &mut r).unwrap();
         assert_eq!(r, b);
         assert_eq!(d.failed_count(), 4);
+    }
+
+    #[test]
+    fn torn_write_lands_its_first_blocks_then_fails() {
+        let d = FaultDisk::new(MemDisk::new(4).unwrap());
+        let mut three = vec![1u8; BLOCK_SIZE];
+        three.extend_from_slice(&[2u8; BLOCK_SIZE]);
+        three.extend_from_slice(&[3u8; BLOCK_SIZE]);
+        d.tear_nth(1, 2, false).unwrap();
+        d.write(3, &[9u8; BLOCK_SIZE]).unwrap();
+        assert_eq!(d.write(0, &three).unwrap_err().kind(), ErrorKind::Io);
+        let mut r = vec![0u8; 4 * BLOCK_SIZE];
+        d.read(0, &mut r).unwrap();
+        assert!(r[..BLOCK_SIZE].iter().all(|&x| x == 1));
+        assert!(r[BLOCK_SIZE..2 * BLOCK_SIZE].iter().all(|&x| x == 2));
+        assert!(r[2 * BLOCK_SIZE..3 * BLOCK_SIZE].iter().all(|&x| x == 0));
+        assert!(r[3 * BLOCK_SIZE..].iter().all(|&x| x == 9));
+        // A torn single-block write lands and still fails; the next is whole.
+        d.tear_nth(0, 1, false).unwrap();
+        assert!(d.write(2, &three[..BLOCK_SIZE]).is_err());
+        d.write(1, &three[2 * BLOCK_SIZE..]).unwrap();
+        d.read(0, &mut r).unwrap();
+        assert!(r[2 * BLOCK_SIZE..3 * BLOCK_SIZE].iter().all(|&x| x == 1));
+        assert!(r[BLOCK_SIZE..2 * BLOCK_SIZE].iter().all(|&x| x == 3));
+        assert_eq!(d.failed_count(), 2);
     }
 }

@@ -14,7 +14,8 @@
 //! Test devices (`std`), which wrap real ones:
 //! - [`CrashDisk`]: unflushed writes stay volatile; a simulated crash keeps
 //!   any chosen subset of them, in any order; "power off after N I/Os".
-//! - [`FaultDisk`]: fails the Nth read, write or flush with `ErrorKind::Io`.
+//! - [`FaultDisk`]: fails the Nth read, write or flush with `ErrorKind::Io`,
+//!   or tears the Nth write (its first blocks land, then it fails).
 //! - [`Adversary`]: the host, over a shared [`MemDisk`]: read, modify or
 //!   flip bytes of any block, replay an old version of a block, swap blocks,
 //!   roll the whole image back.
