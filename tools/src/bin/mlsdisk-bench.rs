@@ -14,6 +14,8 @@
 //!   --index KIND     MlsDisk index: lsm (default) or mem
 //!   --threads N      MlsDisk seals each write buffer on N threads
 //!                    (default 1; CryptDisk always uses one)
+//!   --key-len N      MlsDisk per-block key length, data and metadata:
+//!                    16 (AES-128-GCM) or 32 (AES-256-GCM, the default)
 //!   --steady         run all phases back to back on one disk, so random
 //!                    writes overwrite a full disk and the cleaner runs
 //!                    (default: each random-write phase starts on a fresh
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use mlsdisk_core::bio::FileDisk;
 use mlsdisk_core::bio::BLOCK_SIZE;
 use mlsdisk_core::disk::{Counted, DiskConfig, MlsDisk, NoAnchor};
+use mlsdisk_core::log::LogStoreConfig;
 use mlsdisk_core::platform::{StdCrypto, StdParallel};
 use mlsdisk_core::CryptoRef;
 use mlsdisk_tools::bench::*;
@@ -45,6 +48,7 @@ struct Opts {
     index: String,
     steady: bool,
     threads: usize,
+    key_len: u8,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -60,6 +64,7 @@ fn parse() -> Result<Opts, String> {
         index: "lsm".into(),
         steady: false,
         threads: 1,
+        key_len: DiskConfig::default().data_key_len,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -78,6 +83,13 @@ fn parse() -> Result<Opts, String> {
             "--index" => o.index = val()?,
             "--steady" => o.steady = true,
             "--threads" => o.threads = num(val()?)?.max(1) as usize,
+            "--key-len" => {
+                o.key_len = match num(val()?)? {
+                    16 => 16,
+                    32 => 32,
+                    k => return Err(format!("--key-len {k}: 16 or 32")),
+                }
+            }
             "-h" | "--help" => {
                 println!(
                     "{}",
@@ -121,7 +133,15 @@ fn make(
             ))
         }
         "mls" => {
-            let cfg = DiskConfig::default();
+            let d = DiskConfig::default();
+            let cfg = DiskConfig {
+                data_key_len: o.key_len,
+                store: LogStoreConfig {
+                    key_len: usize::from(o.key_len),
+                    ..d.store
+                },
+                ..d
+            };
             // Grow the device until the logical capacity covers the set.
             let mut total = ws + ws / 4 + 8192;
             loop {
