@@ -763,6 +763,21 @@ fn parse_one_key(index: usize, arg: &[u8]) -> Result<RawKey> {
     }
 }
 
+/// Wipes the `disk_key` parameter when dropped. Module init holds one from
+/// its first line, so that the key's string is zeroed on every path out of
+/// init, the early failures included (a selftest, the workqueue, the dm
+/// registration): a failed `insmod` frees the parameter with a plain
+/// `kfree`, which would leave the key in freed memory.
+pub(crate) struct KeyParamWipe;
+
+impl Drop for KeyParamWipe {
+    fn drop(&mut self) {
+        // SAFETY: no preconditions; nothing borrows the parameter's string
+        // past init, and the guard is dropped at the end of init.
+        unsafe { ffi::mlsdisk_blk_wipe_key_param() };
+    }
+}
+
 /// The root keys of the `n` disks from the `disk_key` parameter (one for
 /// all, or one per disk), which is wiped whether or not it parses.
 fn take_keys(n: usize) -> Result<KVec<RawKey>> {

@@ -67,6 +67,8 @@ struct MlsDiskModule {
 impl kernel::Module for MlsDiskModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
         // Process context (insmod): the engine may allocate and sleep.
+        // The `disk_key` parameter is zeroed however init ends.
+        let _wipe = blkdev::KeyParamWipe;
         let checksum = match mlsdisk_core::selftest::run() {
             Ok(checksum) => checksum,
             Err(why) => {

@@ -357,3 +357,45 @@ proptest! {
         }
     }
 }
+
+/// `write` keeps the previous payload in the older slot (a damaged newest
+/// slot falls back to it); `write_both` leaves the new payload in both
+/// slots, at two consecutive versions, and every crash point of it opens at
+/// the old or the new payload.
+#[test]
+fn write_both_leaves_no_older_payload_to_fall_back_to() {
+    let (p1, p2, p3) = (payload(1, 100), payload(2, 200), payload(3, 300));
+    let (mem, adv) = disk();
+    let mut b = AuthBlob::create(mem.clone(), POS, crypto(), ROOT, &p1).unwrap();
+    b.write(&p2).unwrap();
+    adv.flip_byte(POS + b.newest_slot(), 500, 1).unwrap();
+    assert_eq!(open(&mem).unwrap().1, p1, "write: the older slot holds p1");
+
+    let (mem, adv) = disk();
+    let mut b = AuthBlob::create(mem.clone(), POS, crypto(), ROOT, &p1).unwrap();
+    b.write_both(&p2).unwrap();
+    assert_eq!(b.version(), 4);
+    for slot in 0..2 {
+        let img = mem.snapshot().unwrap();
+        adv.flip_byte(POS + slot, 500, 1).unwrap();
+        let (b2, got) = open(&mem).unwrap();
+        assert_eq!(got, p2, "write_both, slot {slot} damaged");
+        assert_eq!(b2.version(), if slot == b.newest_slot() { 3 } else { 4 });
+        mem.restore(&img).unwrap();
+    }
+
+    // Either of its two slot writes fails: the blob opens at the old or
+    // the new payload, never at neither.
+    for nth in 0..2u64 {
+        let mem = Arc::new(MemDisk::new(6).unwrap());
+        AuthBlob::create(mem.clone(), POS, crypto(), ROOT, &p2).unwrap();
+        let fault = Arc::new(FaultDisk::new(mem.clone()));
+        let mut b = AuthBlob::open(fault.clone(), POS, crypto(), ROOT)
+            .unwrap()
+            .0;
+        fault.fail_nth(IoKind::Write, nth, false).unwrap();
+        assert!(b.write_both(&p3).is_err(), "write {nth} fails");
+        let got = open(&mem).unwrap().1;
+        assert_eq!(got, if nth == 0 { p2.clone() } else { p3.clone() });
+    }
+}

@@ -240,6 +240,23 @@ impl<D: BlockSet> AuthBlob<D> {
         Ok(())
     }
 
+    /// Writes `payload` to both slots: first as the next version to the
+    /// older slot ([`Self::write`]), then as the version after it to the
+    /// other slot. On an error of the first write the blob still opens at
+    /// the current version; of the second, at the new one.
+    ///
+    /// For an owner whose previous payload may name state it has since
+    /// abandoned (the disk: its log store's journal moves to a new chain in
+    /// the other half of its region, and the old chain still opens, at the
+    /// commit before the move). With [`Self::write`] alone, a damaged newest
+    /// slot makes open fall back to that payload, and open cannot tell it
+    /// from the newest; after `write_both` returned, both slots hold the new
+    /// payload.
+    pub fn write_both(&mut self, payload: &[u8]) -> Result<()> {
+        self.write(payload)?;
+        self.write(payload)
+    }
+
     /// The version of the newest slot (what a rollback anchor compares).
     pub fn version(&self) -> u64 {
         self.version

@@ -78,8 +78,12 @@ impl<D: BlockSet> DiskIndex for LsmIndex<D> {
 }
 
 impl<D: BlockSet> SuperblockSink for AuthBlob<Dev<D>> {
+    /// Both slots: the previous payload may name a journal chain the store
+    /// has left (a move to the other half of the journal region), which
+    /// still opens, one commit behind. A damaged newest slot must not make
+    /// open fall back to it (tests/disk_superblock_fallback.rs).
     fn write(&mut self, payload: &[u8]) -> Result<()> {
-        AuthBlob::write(self, payload)
+        AuthBlob::write_both(self, payload)
     }
 }
 

@@ -150,7 +150,7 @@ impl Default for DiskConfig {
     fn default() -> Self {
         Self {
             layout: LayoutConfig::default(),
-            data_key_len: 16,
+            data_key_len: 32,
             write_buffer_blocks: 256,
             auto_sync: true,
             clean_batch_segments: 32,

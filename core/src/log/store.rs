@@ -36,7 +36,7 @@ impl Default for LogStoreConfig {
     fn default() -> Self {
         Self {
             chunk_blocks: 256,
-            key_len: 16,
+            key_len: 32,
             snapshot_every: 256,
         }
     }

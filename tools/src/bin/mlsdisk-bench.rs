@@ -21,6 +21,8 @@
 //!   --index KIND     MlsDisk index: lsm (default) or mem
 //!   --threads N      MlsDisk seals each write buffer on N threads
 //!                    (default 1; CryptDisk always uses one)
+//!   --key-len N      MlsDisk per-block key length, data and metadata:
+//!                    16 (AES-128-GCM) or 32 (AES-256-GCM, the default)
 //!   --steady         run all phases back to back on one disk, so random
 //!                    writes overwrite a full disk and the cleaner runs
 //!                    (default: each random-write phase starts on a fresh
@@ -43,6 +45,7 @@ use std::sync::Arc;
 use mlsdisk_core::bio::FileDisk;
 use mlsdisk_core::bio::BLOCK_SIZE;
 use mlsdisk_core::disk::{Counted, DiskConfig, MlsDisk, NoAnchor};
+use mlsdisk_core::log::LogStoreConfig;
 use mlsdisk_core::platform::{StdCrypto, StdParallel};
 use mlsdisk_core::CryptoRef;
 use mlsdisk_tools::bench::*;
@@ -65,6 +68,7 @@ struct Opts {
     fill_pct: u64,
     json: Option<PathBuf>,
     open_times: bool,
+    key_len: u8,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -84,6 +88,7 @@ fn parse() -> Result<Opts, String> {
         fill_pct: 0,
         json: None,
         open_times: true,
+        key_len: DiskConfig::default().data_key_len,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -117,6 +122,13 @@ fn parse() -> Result<Opts, String> {
             }
             "--json" => o.json = Some(PathBuf::from(val()?)),
             "--no-open-times" => o.open_times = false,
+            "--key-len" => {
+                o.key_len = match num(val()?)? {
+                    16 => 16,
+                    32 => 32,
+                    k => return Err(format!("--key-len {k}: 16 or 32")),
+                }
+            }
             "-h" | "--help" => {
                 println!(
                     "{}",
@@ -155,6 +167,20 @@ fn device(o: &Opts, nblocks: u64) -> Dev {
 
 const KEY: [u8; 32] = [0x42u8; 32];
 
+/// MlsDisk's configuration: the defaults with `--key-len` for data and
+/// metadata keys.
+fn mls_cfg(o: &Opts) -> DiskConfig {
+    let d = DiskConfig::default();
+    DiskConfig {
+        data_key_len: o.key_len,
+        store: LogStoreConfig {
+            key_len: usize::from(o.key_len),
+            ..d.store
+        },
+        ..d
+    }
+}
+
 /// Backing blocks an MlsDisk needs for a logical capacity of `want`.
 fn mls_device_blocks(cfg: &DiskConfig, want: u64) -> mlsdisk_core::Result<u64> {
     // Grow the device until the logical capacity covers the disk.
@@ -181,7 +207,7 @@ fn make(o: &Opts, name: &str, crypto: &CryptoRef) -> mlsdisk_core::Result<Box<dy
             ))
         }
         "mls" => {
-            let cfg = DiskConfig::default();
+            let cfg = mls_cfg(o);
             let dev = device(o, mls_device_blocks(&cfg, disk)?);
             let mut disk = match o.index.as_str() {
                 "mem" => MlsDisk::create_with_mem_index(
@@ -387,7 +413,7 @@ fn open_times(
     written: u64,
     seed: u64,
 ) -> mlsdisk_core::Result<OpenTimes> {
-    let cfg = DiskConfig::default();
+    let cfg = mls_cfg(o);
     let total = mls_device_blocks(&cfg, o.disk_blocks)?;
     let mut r = OpenTimes::default();
     let t0 = std::time::Instant::now();
