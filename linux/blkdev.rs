@@ -844,10 +844,17 @@ fn start_engine(
     anchor: Option<u32>,
 ) -> Result<(Box<dyn Engine>, u64)> {
     let opened = on_worker(|| -> Result<(Box<dyn Engine>, u64)> {
-        let bdev = OpenBdev::open(dev).inspect_err(|e| {
+        // Exclusive: a dm table, a mount or another disk on the same
+        // device is refused while this disk is open (EBUSY).
+        let bdev = OpenBdev::open(dev, true).inspect_err(|e| {
+            let why = match e.to_errno() == EBUSY.to_errno() {
+                true => " (in use: claimed by a mount, a dm table or another disk)",
+                false => "",
+            };
             pr_err!(
-                "mlsdisk{}: cannot open the backing device: error {}\n",
+                "mlsdisk{}: cannot open the backing device{}: error {}\n",
                 index,
+                why,
                 e.to_errno()
             );
         })?;
@@ -855,7 +862,7 @@ fn start_engine(
         #[cfg(not(mlsdisk_passthrough))]
         {
             let anchor = match anchor {
-                Some(adev) => Some(BdevBlockSet::new(OpenBdev::open(adev).inspect_err(
+                Some(adev) => Some(BdevBlockSet::new(OpenBdev::open(adev, false).inspect_err(
                     |e| {
                         pr_err!(
                             "mlsdisk{}: cannot open the anchor device: error {}\n",

@@ -46,13 +46,19 @@ unsafe impl Sync for OpenBdev {}
 impl OpenBdev {
     /// Opens device `dev` (`dev_t`) for reading and writing. Sleeps.
     ///
+    /// `exclusive`: claim the device for this handle alone while it is
+    /// open, so that any other exclusive opener (another disk of this
+    /// module, a dm table, a mount, `mkfs`) is refused with `EBUSY`. The
+    /// dm target opens without a claim: the table's own `dm_get_device`
+    /// claim already protects its device.
+    ///
     /// # Errors
     ///
-    /// The errno of the open (`ENXIO`, `EACCES`, ...).
-    pub(crate) fn open(dev: u32) -> Result<Self> {
+    /// The errno of the open (`ENXIO`, `EACCES`, `EBUSY`, ...).
+    pub(crate) fn open(dev: u32, exclusive: bool) -> Result<Self> {
         let mut err: c_int = 0;
         // SAFETY: `err` is a valid out-pointer; process context.
-        let file = unsafe { bindings::mlsdisk_bdev_open(dev, &mut err) };
+        let file = unsafe { bindings::mlsdisk_bdev_open(dev, exclusive, &mut err) };
         let Some(file) = NonNull::new(file) else {
             return Err(if err < 0 { Error::from_errno(err) } else { ENXIO });
         };

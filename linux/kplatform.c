@@ -370,12 +370,28 @@ int mlsdisk_bdev_rw(struct block_device *bdev, bool write, sector_t sector,
 	return 0;
 }
 
-struct file *mlsdisk_bdev_open(dev_t dev, int *err)
+/*
+ * An exclusive open claims the device for a holder of its own: a token
+ * allocated here, unique while the claim lasts, so that another exclusive
+ * opener (a second mlsdisk disk, a dm table, a mount) gets EBUSY. The block
+ * layer keeps the holder in file->private_data; mlsdisk_bdev_close reads
+ * it back, ends the claim with bdev_fput and frees the token.
+ */
+struct file *mlsdisk_bdev_open(dev_t dev, bool exclusive, int *err)
 {
-	struct file *file = bdev_file_open_by_dev(dev, BLK_OPEN_READ | BLK_OPEN_WRITE,
-						  NULL, NULL);
+	void *holder = NULL;
+	struct file *file;
 
+	if (exclusive) {
+		holder = kzalloc(1, GFP_KERNEL);
+		if (!holder) {
+			*err = -ENOMEM;
+			return NULL;
+		}
+	}
+	file = bdev_file_open_by_dev(dev, BLK_OPEN_READ | BLK_OPEN_WRITE, holder, NULL);
 	if (IS_ERR(file)) {
+		kfree(holder);
 		*err = PTR_ERR(file);
 		return NULL;
 	}
@@ -390,7 +406,15 @@ struct block_device *mlsdisk_file_bdev(struct file *file)
 
 void mlsdisk_bdev_close(struct file *file)
 {
-	fput(file);
+	void *holder = file->private_data;
+
+	if (holder) {
+		/* Ends the claim now (bdev_fput), then the token can go. */
+		bdev_fput(file);
+		kfree(holder);
+	} else {
+		fput(file);
+	}
 }
 
 dev_t mlsdisk_bdev_dev(struct block_device *bdev)

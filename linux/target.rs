@@ -914,7 +914,7 @@ impl dm::Target for MlsDisk {
 
         let device = line.device;
         let open_bdev = |dev: u32| {
-            OpenBdev::open(dev).map_err(|err| {
+            OpenBdev::open(dev, false).map_err(|err| {
                 pr_err!(
                     "cannot open backing device '{}' for the engine: error {}\n",
                     format_args!("{}", Escaped(device)),
@@ -945,7 +945,7 @@ impl dm::Target for MlsDisk {
                 Some(AnchorKind::Dev(name)) => Some(Self::anchor_device(ti, name, dev)?),
             };
             let open_anchor = |adev: u32| {
-                OpenBdev::open(adev).map_err(|err| {
+                OpenBdev::open(adev, false).map_err(|err| {
                     pr_err!(
                         "cannot open the anchor device {}:{} for the engine: error {}\n",
                         adev >> 20,

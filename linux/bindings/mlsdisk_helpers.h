@@ -190,13 +190,18 @@ int mlsdisk_keyring_read(bool logon, const char *desc, u8 *out, unsigned int siz
 /*
  * The engine's own reference to the backing device, independent of any
  * dm_target (a disk outlives the table that opened it when a reload hands
- * it to the new table): a non-exclusive read/write open by device number.
+ * it to the new table): a read/write open by device number, exclusive (with
+ * a claim of its own) when asked: the blk-mq disks claim their backing
+ * device; the dm target relies on its table's dm_get_device claim.
  * NULL with *err set on failure. Sleeps.
  */
-struct file *mlsdisk_bdev_open(dev_t dev, int *err);
+struct file *mlsdisk_bdev_open(dev_t dev, bool exclusive, int *err);
 /* The block device of a file from mlsdisk_bdev_open. */
 struct block_device *mlsdisk_file_bdev(struct file *file);
-/* Closes a file from mlsdisk_bdev_open. */
+/*
+ * Closes a file from mlsdisk_bdev_open (and ends its exclusive claim, if
+ * it has one).
+ */
 void mlsdisk_bdev_close(struct file *file);
 /* bdev->bd_dev */
 dev_t mlsdisk_bdev_dev(struct block_device *bdev);
