@@ -399,9 +399,17 @@ impl Drop for DmDev {
 /// not touched by anyone else) for `'a`.
 pub(crate) struct Args<'a> {
     argv: &'a [*mut c_char],
+    /// For a message: the table is suspended (`dm_suspended`).
+    suspended: bool,
 }
 
 impl Args<'_> {
+    /// For a message: whether the table is suspended, when it must not
+    /// touch its devices (someone may be snapshotting them).
+    pub(crate) fn suspended(&self) -> bool {
+        self.suspended
+    }
+
     /// The number of words.
     pub(crate) fn len(&self) -> usize {
         self.argv.len()
@@ -750,7 +758,10 @@ unsafe extern "C" fn ctr_callback<T: Target>(
         unsafe { core::slice::from_raw_parts(argv, argc as usize) }
     };
     // INVARIANT: the words are valid, writable and ours for this call.
-    let mut args = Args { argv };
+    let mut args = Args {
+        argv,
+        suspended: false,
+    };
     // INVARIANT: `ti` is valid and exclusively ours for this call.
     let mut ctr = Ctr {
         ti: nn_ti,
@@ -995,8 +1006,10 @@ unsafe extern "C" fn message_callback<T: Target>(
         // call.
         unsafe { core::slice::from_raw_parts(argv, argc as usize) }
     };
+    // SAFETY: live target (callback contract).
+    let suspended = unsafe { bindings::dm_suspended(ti) } != 0;
     // INVARIANT: valid, writable words, ours for this call.
-    let args = Args { argv };
+    let args = Args { argv, suspended };
     let mut empty = [0u8; 1];
     let buf: &mut [u8] = if result.is_null() || maxlen == 0 {
         &mut empty

@@ -1104,6 +1104,12 @@ impl dm::Target for MlsDisk {
     fn message(&self, args: &Args<'_>, out: &mut StatusWriter<'_>) -> Result<bool> {
         let word = args.get(0).map_or(&[][..], CStr::to_bytes);
         match (word, args.len()) {
+            (b"sync", 1) if args.suspended() => {
+                // A suspended table must not write its backing device: it
+                // may be being snapshotted. Suspend already synced.
+                pr_err!("sync refused: the table is suspended (it was synced by the suspend; resume it first)\n");
+                Err(EBUSY)
+            }
             (b"sync", 1) => self.sync("message").map(|()| false).map_err(|_| EIO),
             (b"stats", 1) => {
                 self.write_counters(out).map_err(|_| ENOSPC)?;
