@@ -21,6 +21,38 @@
 //! and the pigeonhole slack; `op_percent` (default 10) bounds the cleaning
 //! cost: the greedy victim has at most `100 - op_percent` percent valid
 //! blocks, so freeing one block moves at most `(100 - op) / op` blocks.
+//!
+//! # The index (chunk) region
+//!
+//! Sized for the shape the LSM-tree can take ([`IndexShape`]), with
+//! `K = (total - 2 - journal) * (100 - op) / 100` keys (at least the
+//! logical capacity) and `P(n)` the blocks of `n` records in tables: data
+//! blocks of `floor(4072 / record)` records, an index block per 509 data
+//! blocks, `bits` bloom bits per key in blocks of 32576 bits, a footer per
+//! table, and a Merkle node of the log store per 71 blocks:
+//!
+//! ```text
+//!   levels = 1 + the levels below L1 whose upper level's target < K
+//!   core   = (levels + 1) * P(K)          every level may hold every key, plus
+//!                                         one compaction's output
+//!          + l0_tables * P(min(E, K))     L0 at the stall limit, and the
+//!                                         memtable being flushed
+//!   wal    = 2 * 3 * W                    two WAL generations of W blocks,
+//!                                         each with up to two Merkle nodes
+//!                                         rewritten per block (a sync each)
+//!   index  = max(1024, 5/4 * min(core + wal, 8/5 * core))
+//! ```
+//!
+//! with the shape fitted to the disk first ([`IndexShape::fit`]: memtables
+//! of at most `K / 8` entries, a WAL of at most two memtables of blocks),
+//! as the disk fits its LSM tuning at open.
+//!
+//! (`min` because the tree caps `W` at a sixteenth of the region.) The
+//! last quarter covers whole chunks per log, the foreground reserve the
+//! tree keeps when it starts a compaction, and the slack of its bounds.
+//! A compaction's inputs stay pinned until the next commit; the tree only
+//! starts one that fits in the chunks free now, and asks for a commit
+//! otherwise (`DiskIndex::room_for`).
 
 use crate::{bail, ensure, Error, ErrorKind, Result};
 
@@ -39,7 +71,8 @@ pub struct LayoutConfig {
     pub op_percent: u8,
     /// Journal region size in blocks; 0 = `clamp(total / 1024, 128, 16384)`.
     pub journal_blocks: u64,
-    /// Chunk (index) region size in blocks; 0 = `max(total * 6 / 100, 1024)`.
+    /// Chunk (index) region size in blocks; 0 = sized for the index's
+    /// shape (see the module documentation).
     pub index_blocks: u64,
 }
 
@@ -51,6 +84,109 @@ impl Default for LayoutConfig {
             journal_blocks: 0,
             index_blocks: 0,
         }
+    }
+}
+
+/// The tuning of the index that the chunk region is sized for (see the
+/// module documentation); the defaults are the LSM-tree's defaults with
+/// the disk's 56-byte records, before the disk fits them to its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexShape {
+    /// Bytes of one encoded record (key, flag and value).
+    pub record_bytes: u64,
+    /// Entries of a memtable (`E`).
+    pub memtable_entries: u64,
+    /// WAL blocks of a memtable (`W`).
+    pub wal_max_blocks: u64,
+    /// L0 tables at most: the stall limit plus the one being flushed.
+    pub l0_tables: u64,
+    /// Record target of L1.
+    pub l1_max_records: u64,
+    /// Size ratio between levels.
+    pub level_ratio: u64,
+    /// Bloom filter bits per key.
+    pub bloom_bits_per_key: u64,
+    /// Records per table.
+    pub table_max_records: u64,
+}
+
+impl Default for IndexShape {
+    fn default() -> Self {
+        Self {
+            record_bytes: 8 + 1 + 56,
+            memtable_entries: 32 * 1024,
+            wal_max_blocks: 2048,
+            l0_tables: 2 * 4 + 1,
+            l1_max_records: 256 * 1024,
+            level_ratio: 10,
+            bloom_bits_per_key: 10,
+            table_max_records: 64 * 1024,
+        }
+    }
+}
+
+/// Payload bytes of an LSM block (a block less its 24-byte header).
+const LSM_PAYLOAD: u64 = 4096 - 24;
+/// Index entries per LSM index block.
+const LSM_INDEX_ENTRIES: u64 = LSM_PAYLOAD / 8;
+/// Entries of a Merkle node of the log store, less one (a bound of the
+/// nodes above `n` blocks is `n / 71` plus one per level).
+const NODE_SPAN: u64 = 71;
+
+impl IndexShape {
+    /// Blocks of `n` records in tables, with the log store's nodes.
+    fn table_blocks(&self, n: u64) -> u64 {
+        let rpb = (LSM_PAYLOAD / self.record_bytes.max(1)).max(1);
+        let data = n.div_ceil(rpb);
+        let index = data.div_ceil(LSM_INDEX_ENTRIES);
+        let bloom = n
+            .saturating_mul(self.bloom_bits_per_key)
+            .div_ceil(LSM_PAYLOAD * 8);
+        let tables = n.div_ceil(self.table_max_records.max(1)).max(1);
+        let b = data + index + bloom + tables;
+        b + b.div_ceil(NODE_SPAN) + 2
+    }
+
+    /// The shape fitted to an index of at most `keys` keys: memtables of
+    /// at most an eighth of the keys (at least 256 entries; a larger one
+    /// only makes L0 tables that each hold every key), and a WAL of at
+    /// most two memtables' worth of full blocks (at least 8).
+    pub fn fit(&self, keys: u64) -> Self {
+        let rpb = (LSM_PAYLOAD / self.record_bytes.max(1)).max(1);
+        let e = self.memtable_entries.min((keys / 8).max(256));
+        let w = self
+            .wal_max_blocks
+            .min(e.div_ceil(rpb).saturating_mul(2).max(8));
+        Self {
+            memtable_entries: e,
+            wal_max_blocks: w,
+            ..*self
+        }
+    }
+
+    /// The chunk region, in blocks, for `keys` keys (module documentation),
+    /// with the shape fitted to them ([`IndexShape::fit`]).
+    pub fn index_blocks(&self, keys: u64) -> u64 {
+        let fitted = self.fit(keys);
+        fitted.index_blocks_of_fitted(keys)
+    }
+
+    fn index_blocks_of_fitted(&self, keys: u64) -> u64 {
+        let mut levels = 1u64;
+        let mut target = self.l1_max_records.max(1);
+        while target < keys && levels < 6 {
+            levels += 1;
+            target = target.saturating_mul(self.level_ratio.max(2));
+        }
+        let core = (levels + 1)
+            .saturating_mul(self.table_blocks(keys))
+            .saturating_add(
+                self.l0_tables
+                    .saturating_mul(self.table_blocks(self.memtable_entries.min(keys))),
+            );
+        let wal = self.wal_max_blocks.saturating_mul(6);
+        let with_wal = core.saturating_add(wal).min(core.saturating_mul(8) / 5);
+        (with_wal.saturating_mul(5) / 4).max(1024)
     }
 }
 
@@ -83,8 +219,31 @@ pub struct Geometry {
 pub const GEOMETRY_LEN: usize = 8 * 7 + 4 + 4 + 8;
 
 impl Geometry {
-    /// The layout of a new disk on a device of `total` blocks.
+    /// The layout of a new disk on a device of `total` blocks, its index
+    /// region sized for the default [`IndexShape`].
     pub fn compute(total: u64, cfg: &LayoutConfig) -> Result<Self> {
+        Self::compute_for(total, cfg, &IndexShape::default())
+    }
+
+    /// Keys the index of a disk of `total` blocks may hold at most: the
+    /// capacity it would have without an index region.
+    pub fn max_keys(total: u64, cfg: &LayoutConfig) -> u64 {
+        let journal_len = Self::journal_len(total, cfg);
+        total
+            .saturating_sub(SUPERBLOCK_BLOCKS + journal_len)
+            .saturating_mul(u64::from(100 - cfg.op_percent.min(100)))
+            / 100
+    }
+
+    fn journal_len(total: u64, cfg: &LayoutConfig) -> u64 {
+        match cfg.journal_blocks {
+            0 => (total / 1024).clamp(128, 16384),
+            n => n,
+        }
+    }
+
+    /// [`Geometry::compute`] with the index region sized for `shape`.
+    pub fn compute_for(total: u64, cfg: &LayoutConfig, shape: &IndexShape) -> Result<Self> {
         ensure!(
             cfg.seg_blocks >= 4 && cfg.seg_blocks <= 65536,
             InvalidArgument,
@@ -95,12 +254,9 @@ impl Geometry {
             InvalidArgument,
             "over-provisioning must be 1..=50 percent"
         );
-        let journal_len = match cfg.journal_blocks {
-            0 => (total / 1024).clamp(128, 16384),
-            n => n,
-        };
+        let journal_len = Self::journal_len(total, cfg);
         let chunk_len = match cfg.index_blocks {
-            0 => (total / 100 * 6).max(1024),
+            0 => shape.index_blocks(Self::max_keys(total, cfg)),
             n => n,
         };
         let journal_start = SUPERBLOCK_BLOCKS;
@@ -236,13 +392,38 @@ mod tests {
         let g = Geometry::compute(262_144, &LayoutConfig::default()).unwrap();
         assert_eq!(g.journal_start, 2);
         assert_eq!(g.journal_len, 256);
-        assert_eq!(g.chunk_len, 262_144 / 100 * 6);
+        let keys = Geometry::max_keys(262_144, &LayoutConfig::default());
+        assert!(keys >= g.capacity);
+        assert_eq!(g.chunk_len, IndexShape::default().index_blocks(keys));
         assert!(g.capacity < g.data_blocks());
         assert!(g.data_start + g.data_blocks() <= 262_144);
         g.validate(262_144).unwrap();
         let mut b = [0u8; GEOMETRY_LEN];
         g.encode(&mut b).unwrap();
         assert_eq!(Geometry::decode(&b).unwrap(), g);
+    }
+
+    #[test]
+    fn index_region_fits_the_tree_shape() {
+        let shape = IndexShape::default();
+        let mut last = 0;
+        for total in [1u64 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 24] {
+            let cfg = LayoutConfig::default();
+            let g = Geometry::compute(total, &cfg).unwrap();
+            let keys = Geometry::max_keys(total, &cfg);
+            let fit = shape.fit(keys);
+            assert!(keys >= g.capacity, "{total}");
+            // Room for every level, one compaction's output and L0.
+            let floor = 2 * fit.table_blocks(keys)
+                + fit.l0_tables * fit.table_blocks(fit.memtable_entries.min(keys));
+            assert!(g.chunk_len > floor, "{total}: {} <= {floor}", g.chunk_len);
+            assert!(g.chunk_len >= last, "{total}: the region shrank");
+            last = g.chunk_len;
+            // The fitted memtable never exceeds an eighth of the keys
+            // (beyond the 256-entry floor), nor the configured one.
+            assert!(fit.memtable_entries <= (keys / 8).max(256));
+            assert!(fit.memtable_entries <= shape.memtable_entries);
+        }
     }
 
     #[test]

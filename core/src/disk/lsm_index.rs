@@ -7,8 +7,8 @@ use alloc::vec::Vec;
 
 use super::coalesce::Coalesce;
 use super::counted::Counted;
-use super::index::DiskIndex;
-use super::layout::Geometry;
+use super::index::{DiskIndex, Room};
+use super::layout::{Geometry, IndexShape};
 use super::record::BlockRecord;
 use super::state::{SuperPayload, UserState};
 use super::{DiskConfig, MlsDisk, RollbackAnchor, SuperblockSink};
@@ -67,6 +67,25 @@ impl<D: BlockSet> DiskIndex for LsmIndex<D> {
     }
     fn background_step(&mut self) -> Result<bool> {
         self.0.compact_step()
+    }
+    /// The tree's conservative bound ([`LsmTree::space_for`]) against the
+    /// store's free and pinned chunks. The batch size is announced to the
+    /// tree first ([`LsmTree::expect_batch`], no data changes): it then
+    /// starts a compaction only if it leaves room for such a batch, so the
+    /// bound need not count the compactions it may start meanwhile.
+    fn room_for(&mut self, updates: u64) -> Result<Room> {
+        self.0.expect_batch(updates);
+        let c = self.0.space_for(updates);
+        if c.fits_now() {
+            Ok(Room::Now)
+        } else if c.fits_after_commit() {
+            Ok(Room::AfterCommit)
+        } else {
+            Err(Error::new(
+                ErrorKind::NoSpace,
+                "index region full: the updates do not fit even after a commit",
+            ))
+        }
     }
     fn root(&self) -> Result<Vec<u8>> {
         let r = self.0.store().root().to_bytes()?;
@@ -132,16 +151,51 @@ fn store_fitted(store: &LogStoreConfig, geo: &Geometry) -> LogStoreConfig {
 /// WAL generation may take a sixteenth of the region, and a memtable four
 /// entries per region block (a flushed memtable is then a table of about a
 /// sixteenth of the region too).
+///
+/// Then both are fitted to the disk's capacity as the index region was
+/// sized at create ([`IndexShape::fit`]): memtables of at most an eighth
+/// of the keys, a WAL of at most two memtables of blocks.
 fn lsm_fitted(lsm: &LsmConfig, geo: &Geometry) -> LsmConfig {
     let region = geo.chunk_len;
     let wal_cap = (region / 16).max(8);
-    let mem_cap = usize::try_from(region.saturating_mul(4))
-        .unwrap_or(usize::MAX)
-        .max(256);
+    let mem_cap = region.saturating_mul(4).max(256);
+    let shape = shape_of(lsm).fit(geo.capacity);
+    let mem = shape.memtable_entries.min(mem_cap);
     LsmConfig {
-        wal_max_blocks: lsm.wal_max_blocks.min(wal_cap),
-        memtable_entries: lsm.memtable_entries.min(mem_cap),
+        wal_max_blocks: shape.wal_max_blocks.min(wal_cap),
+        memtable_entries: usize::try_from(mem).unwrap_or(usize::MAX),
         ..lsm.clone()
+    }
+}
+
+/// The shape of the tree `lsm` builds, for sizing the index region.
+fn shape_of(lsm: &LsmConfig) -> IndexShape {
+    IndexShape {
+        record_bytes: 8 + 1 + BlockRecord::SIZE as u64,
+        memtable_entries: lsm.memtable_entries as u64,
+        wal_max_blocks: lsm.wal_max_blocks,
+        l0_tables: (lsm.l0_max_tables as u64)
+            .saturating_mul(crate::lsm::L0_STALL_FACTOR as u64)
+            .saturating_add(1),
+        l1_max_records: lsm.l1_max_records,
+        level_ratio: lsm.level_ratio,
+        bloom_bits_per_key: u64::from(lsm.bloom_bits_per_key),
+        table_max_records: lsm.table_max_records,
+    }
+}
+
+impl DiskConfig {
+    /// The geometry [`MlsDisk::create`] gives a device of `total` blocks
+    /// with this configuration (the index region sized for its LSM shape).
+    pub fn geometry(&self, total: u64) -> Result<Geometry> {
+        Geometry::compute_for(total, &self.layout, &shape_of(&self.lsm))
+    }
+
+    /// The log store and LSM configurations a disk with this
+    /// configuration and geometry runs its index with (fitted to the
+    /// region and the capacity).
+    pub fn index_configs(&self, geo: &Geometry) -> (LogStoreConfig, LsmConfig) {
+        (store_fitted(&self.store, geo), lsm_fitted(&self.lsm, geo))
     }
 }
 
@@ -182,7 +236,7 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
         root_key: &[u8],
         cfg: &DiskConfig,
     ) -> Result<(Geometry, [u8; 16], Box<dyn DiskIndex>)> {
-        let geo = Geometry::compute(dev.nblocks(), &cfg.layout)?;
+        let geo = cfg.geometry(dev.nblocks())?;
         // Wipe the superblock slots first, so a crash during create never
         // leaves an older disk's superblock pointing into new metadata.
         let mut zero = Vec::new();

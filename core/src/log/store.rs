@@ -9,6 +9,7 @@ use super::chunk::{ChunkId, ChunkPool};
 use super::record::{self, Encoder, Header, Kind, LogFields, Record};
 use crate::bio::{BlockRange, BlockSet, BLOCK_SIZE};
 use crate::crypto::crypto_log::NodeCache;
+use crate::crypto::crypto_log::FANOUT;
 use crate::crypto::{mac_chain, BlockAlloc, ChainPos, CryptoLog, MacChain};
 use crate::platform::{kdf_key, AeadKey};
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
@@ -59,6 +60,9 @@ pub struct StoreStats {
     pub commit_count: u64,
     /// Free blocks of the journal ring.
     pub journal_free_blocks: u64,
+    /// Chunks of logs the running transaction deleted: still used (the
+    /// last commit references them), free only once it commits.
+    pub chunks_pinned: u32,
 }
 
 /// What the owner keeps (in its superblock) to find and verify the store:
@@ -355,6 +359,30 @@ impl BlockAlloc for LogAlloc<'_> {
         *self.alloc_pos += 1;
         Ok(addr)
     }
+}
+
+/// See [`TxLogStore::chunks_bound`].
+pub fn chunks_bound(chunk_blocks: u64, logs: u64, blocks: u64, flushes: u64) -> u64 {
+    let fan = FANOUT as u64;
+    // Levels of nodes of a log of `blocks` blocks (at least one).
+    let mut levels = 1u64;
+    let mut span = fan;
+    while span < blocks {
+        levels += 1;
+        span = span.saturating_mul(fan);
+    }
+    let mut nodes = 0u64;
+    let mut width = blocks;
+    for _ in 0..levels {
+        width = width.div_ceil(fan);
+        nodes = nodes.saturating_add(width);
+    }
+    let per_log = logs.saturating_mul(levels);
+    let total = blocks
+        .saturating_add(nodes)
+        .saturating_add(per_log)
+        .saturating_add(flushes.saturating_mul(levels));
+    total.div_ceil(chunk_blocks.max(1)).saturating_add(logs)
 }
 
 /// Many append-only logs in chunks of a region, changed only inside atomic
@@ -1162,7 +1190,21 @@ impl<D: BlockSet> TxLogStore<D> {
             logs: self.logs.len(),
             commit_count: self.counter,
             journal_free_blocks: self.chain.free_blocks(),
+            chunks_pinned: self
+                .tx
+                .as_ref()
+                .map_or(0, |t| u32::try_from(t.freed.len()).unwrap_or(u32::MAX)),
         }
+    }
+
+    /// An upper bound of the chunks that `logs` logs take for `blocks` more
+    /// data blocks in all, committed `flushes` times while being appended
+    /// to: the data blocks, the full Merkle nodes above them (a node per
+    /// [`FANOUT`] entries at each level, plus a partial one per level and
+    /// log), the partial nodes of the rightmost path that each commit
+    /// writes again (one per level), and a partly used chunk per log.
+    pub fn chunks_bound(&self, logs: u64, blocks: u64, flushes: u64) -> u64 {
+        chunks_bound(u64::from(self.cfg.chunk_blocks), logs, blocks, flushes)
     }
 
     /// The configuration the store was formatted with.

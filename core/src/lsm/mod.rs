@@ -91,7 +91,7 @@ mod mem_store;
 mod tree_tests;
 
 pub use table::BlockSource;
-pub use tree::{LogStore, LsmTree};
+pub use tree::{LogStore, LsmTree, SpaceCheck, StoreSpace, L0_STALL_FACTOR};
 
 /// The tree on the disk's transactional log store.
 pub type TxLsmTree<D, V> = LsmTree<crate::log::TxLogStore<D>, V>;
@@ -265,6 +265,15 @@ pub struct LsmStats {
     pub cache_hits: u64,
     /// Block cache misses.
     pub cache_misses: u64,
+    /// Chunks of the store (0 for a store without a limit).
+    pub chunks_total: u64,
+    /// The fewest free chunks seen just before a commit (the worst point
+    /// of each transaction); `u64::MAX` until one was seen.
+    pub chunks_free_low: u64,
+    /// Pinned chunks (freed by that commit) at that point.
+    pub chunks_pinned_at_low: u64,
+    /// The most pinned chunks seen just before a commit.
+    pub chunks_pinned_high: u64,
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use alloc::vec::Vec;
 
-use super::tree::LogStore;
+use super::tree::{LogStore, StoreSpace};
 use crate::bio::BlockSet;
 use crate::log::{LogId, TxLogStore};
 use crate::Result;
@@ -41,5 +41,16 @@ impl<D: BlockSet> LogStore for TxLogStore<D> {
     }
     fn user_state(&self) -> &[u8] {
         TxLogStore::user_state(self)
+    }
+    fn space(&self) -> Option<StoreSpace> {
+        let s = self.stats();
+        Some(StoreSpace {
+            total: u64::from(s.chunks_total),
+            free: u64::from(s.chunks_free),
+            pinned: u64::from(s.chunks_pinned),
+        })
+    }
+    fn chunks_bound(&self, logs: u64, blocks: u64, flushes: u64) -> u64 {
+        TxLogStore::chunks_bound(self, logs, blocks, flushes)
     }
 }

@@ -460,6 +460,11 @@ impl TableBuilder {
         self.records
     }
 
+    /// Bloom filter blocks the table will have (sized at creation).
+    pub fn bloom_blocks(&self) -> u64 {
+        u64::from(self.bloom.nblocks())
+    }
+
     /// Adds a record; keys must come strictly ascending.
     pub fn add<V: LsmValue>(
         &mut self,

@@ -42,6 +42,53 @@ pub trait LogStore {
     fn logs_with_tag(&self, tag: u64) -> Result<Vec<Self::LogId>>;
     /// The user state of the last commit.
     fn user_state(&self) -> &[u8];
+    /// The store's space in chunks, or `None` if it has no limit (then
+    /// the tree never counts space).
+    fn space(&self) -> Option<StoreSpace> {
+        None
+    }
+    /// An upper bound of the chunks that `logs` logs take for `blocks`
+    /// more blocks in all, committed `flushes` times while appended to
+    /// (see [`crate::log::TxLogStore::chunks_bound`]).
+    fn chunks_bound(&self, logs: u64, blocks: u64, flushes: u64) -> u64 {
+        let _ = (logs, blocks, flushes);
+        0
+    }
+}
+
+/// The space of a store, in chunks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreSpace {
+    /// Chunks of the region.
+    pub total: u64,
+    /// Chunks free now.
+    pub free: u64,
+    /// Chunks of logs the running transaction deleted: used until it
+    /// commits, free after.
+    pub pinned: u64,
+}
+
+/// The answer of [`LsmTree::space_for`]: what the tree may take from its
+/// store before and with the next commit, and what the store has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpaceCheck {
+    /// Chunks the tree may still take (an upper bound).
+    pub need: u64,
+    /// Chunks free now.
+    pub free: u64,
+    /// Chunks the next commit frees.
+    pub pinned: u64,
+}
+
+impl SpaceCheck {
+    /// Whether `need` fits in the chunks free now.
+    pub fn fits_now(&self) -> bool {
+        self.need <= self.free
+    }
+    /// Whether `need` fits once the next commit frees the pinned chunks.
+    pub fn fits_after_commit(&self) -> bool {
+        self.need <= self.free.saturating_add(self.pinned)
+    }
 }
 
 /// "Block `pos` of log `log`" for the table reader.
@@ -65,7 +112,11 @@ const TREE_HEADER_LEN: usize = 32;
 
 /// Updates stall (compaction runs inside `put`) when L0 holds this many
 /// times `l0_max_tables` tables.
-const L0_STALL_FACTOR: usize = 2;
+pub const L0_STALL_FACTOR: usize = 2;
+
+/// Levels of Merkle nodes of a table's log at most (a table has fewer than
+/// 72^3 blocks).
+const LOG_NODE_LEVELS: u64 = 3;
 
 #[derive(Clone)]
 struct Table<Id> {
@@ -94,6 +145,8 @@ struct Job<Id, V> {
     outputs: Vec<Table<Id>>,
     /// Input records not yet consumed (sizes the bloom filters).
     remaining: u64,
+    /// Keys in the job's key range: it writes at most this many records.
+    span: u64,
 }
 
 /// A transactional LSM-tree over a [`LogStore`]; see the module docs.
@@ -120,6 +173,14 @@ pub struct LsmTree<S: LogStore, V: LsmValue> {
     data_cache: BlockCache,
     user_state: Vec<u8>,
     stats: LsmStats,
+    /// A compaction was due but did not fit in the free chunks: only a
+    /// commit (which frees the pinned chunks) lets it start.
+    waits_for_commit: bool,
+    /// Logs finished since the last commit (sealed tables, frozen WALs):
+    /// the commit writes the last Merkle nodes of each.
+    unflushed_logs: u64,
+    /// The largest batch the caller announced ([`Self::expect_batch`]).
+    batch: u64,
 }
 
 fn check_value_size<V: LsmValue>() -> Result<()> {
@@ -169,7 +230,13 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             next_gen: 1,
             compact_ptr: [0; MAX_LEVELS],
             user_state: Vec::new(),
-            stats: LsmStats::default(),
+            stats: LsmStats {
+                chunks_free_low: u64::MAX,
+                ..LsmStats::default()
+            },
+            waits_for_commit: false,
+            unflushed_logs: 0,
+            batch: 0,
         })
     }
 
@@ -514,6 +581,29 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     }
 
     fn update(&mut self, key: u64, v: Option<V>) -> Result<()> {
+        self.check_alive()?;
+        // A WAL block or a freeze that would not fit is refused before
+        // anything changes (the tree stays usable; a commit makes room).
+        let appends = self.wal.will_fill();
+        let grows = usize::from(!self.mem.contains_key(&key));
+        let freezes = self.mem.len().saturating_add(grows) >= self.cfg.memtable_entries
+            || self.mem_wal_blocks.saturating_add(u64::from(appends)) >= self.cfg.wal_max_blocks;
+        if freezes || appends {
+            if let Some(sp) = self.store.space() {
+                // What the update itself writes (a WAL block: at most one
+                // new chunk; on a freeze, first the rest of the previous
+                // memtable's flush), and what a commit after it writes.
+                let mut need = 1u64.saturating_add(self.commit_chunks());
+                if freezes {
+                    need = need.saturating_add(self.flush_chunks());
+                }
+                ensure!(
+                    need <= sp.free,
+                    NoSpace,
+                    "lsm: the store has no room for this update until the next commit"
+                );
+            }
+        }
         self.guarded(|t| {
             t.wal.push(key, v.as_ref())?;
             if t.wal.is_full() {
@@ -537,10 +627,18 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         // L0 (which every lookup searches) must not grow without bound.
         let stall = self.cfg.l0_max_tables.saturating_mul(L0_STALL_FACTOR);
         while self.levels.first().map_or(0, Vec::len) >= stall {
+            // A compaction that does not fit now is not started: L0 stays
+            // over the limit until a commit makes room.
+            if self.job.is_none() && !self.plan_if_fits()? {
+                break;
+            }
             self.stats.stalls += 1;
             self.compaction_step(usize::MAX)?;
         }
         self.append_wal()?;
+        if self.mem_wal.is_some() {
+            self.unflushed_logs = self.unflushed_logs.saturating_add(1);
+        }
         let map = mem::take(&mut self.mem);
         self.imm = Some(Imm {
             map,
@@ -562,8 +660,20 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             t.ensure_tx()?;
             t.append_wal()?;
             let h = t.header(user_state)?;
+            // Free space is lowest just before a commit (a transaction only
+            // takes chunks; its deleted logs' chunks come back at commit).
+            if let Some(sp) = t.store.space() {
+                if sp.free < t.stats.chunks_free_low {
+                    t.stats.chunks_free_low = sp.free;
+                    t.stats.chunks_pinned_at_low = sp.pinned;
+                }
+                t.stats.chunks_pinned_high = t.stats.chunks_pinned_high.max(sp.pinned);
+                t.stats.chunks_total = sp.total;
+            }
             t.store.commit(&h)?;
             t.in_tx = false;
+            t.waits_for_commit = false;
+            t.unflushed_logs = 0;
             t.stats.syncs += 1;
             Ok(())
         })?;
@@ -642,14 +752,41 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             } else {
                 t.compaction_step(budget)?;
             }
-            Ok(t.imm.is_some() || t.job.is_some() || t.compaction_needed())
+            Ok(
+                t.imm.is_some()
+                    || t.job.is_some()
+                    || (t.compaction_needed() && !t.waits_for_commit),
+            )
         })
     }
 
-    /// One step of the current compaction (planning one if none runs).
+    /// Plans the next compaction if one is due and its output fits in the
+    /// free chunks (see [`Self::space_for`]); true if a job is planned.
+    /// A due compaction that does not fit sets `waits_for_commit`.
+    fn plan_if_fits(&mut self) -> Result<bool> {
+        if self.job.is_some() {
+            return Ok(true);
+        }
+        let ptr = self.compact_ptr;
+        let Some(job) = self.plan_compaction()? else {
+            return Ok(false);
+        };
+        if let Some(c) = self.gate(self.job_chunks(Some(&job), job.remaining)) {
+            if !c.fits_now() {
+                self.compact_ptr = ptr;
+                self.waits_for_commit = true;
+                return Ok(false);
+            }
+        }
+        self.job = Some(job);
+        Ok(true)
+    }
+
+    /// One step of the current compaction (planning one if none runs and
+    /// it fits).
     fn compaction_step(&mut self, budget: usize) -> Result<()> {
         if self.job.is_none() {
-            self.job = self.plan_compaction()?;
+            self.plan_if_fits()?;
         }
         if let Some(mut job) = self.job.take() {
             self.stats.compact_steps += 1;
@@ -723,6 +860,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             out: None,
             outputs: Vec::new(),
             remaining: imm.map.len() as u64,
+            span: hi.saturating_sub(lo).saturating_add(1),
         })
     }
 
@@ -830,6 +968,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             out: None,
             outputs: Vec::new(),
             remaining,
+            span: hi.saturating_sub(lo).saturating_add(1),
         }))
     }
 
@@ -920,6 +1059,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             t.info.emit_footer(&mut blk)?;
             self.store.append(t.id, &blk)?;
             self.store.seal(t.id)?;
+            self.unflushed_logs = self.unflushed_logs.saturating_add(1);
         }
         Ok(())
     }
@@ -948,6 +1088,194 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         sort_small_by_key(lv, |t| t.info.min_key);
         self.stats.compactions += 1;
         Ok(())
+    }
+
+    /// Whether a due compaction waits for a commit to free chunks.
+    pub fn waits_for_commit(&self) -> bool {
+        self.waits_for_commit
+    }
+
+    /// Whether `updates` more updates, the memtable flushes and WAL blocks
+    /// they can cause, the work in progress, any compaction the tree may
+    /// start meanwhile and one sync fit in the store's free chunks: `need`
+    /// is a conservative bound of the chunks all that may take before and
+    /// with the next commit (see the module documentation, "Space").
+    /// Cheap (no I/O, no allocation) and changes nothing. A store without
+    /// a limit answers `need = 0`.
+    pub fn space_for(&self, updates: u64) -> SpaceCheck {
+        let Some(sp) = self.store.space() else {
+            return SpaceCheck::default();
+        };
+        let mut need = self
+            .obligations()
+            .saturating_add(self.foreground_chunks(updates));
+        if updates > self.reserve_updates() {
+            // More updates than the compaction gate keeps room for (see
+            // `expect_batch`): count
+            // every compaction that may start, each rewriting at most the
+            // whole tree, one per level.
+            let all = self
+                .levels
+                .iter()
+                .flatten()
+                .map(|t| t.info.records)
+                .sum::<u64>()
+                .saturating_add(self.mem.len() as u64)
+                .saturating_add(self.imm.as_ref().map_or(0, |i| i.map.len() as u64))
+                .saturating_add(updates);
+            need = need.saturating_add(
+                self.job_chunks(None, all)
+                    .saturating_mul(MAX_LEVELS as u64 - 1),
+            );
+        }
+        SpaceCheck {
+            need,
+            free: sp.free,
+            pinned: sp.pinned,
+        }
+    }
+
+    /// The space check of starting work of `extra` chunks now: the work in
+    /// progress, the extra, and the foreground reserve (the updates of
+    /// [`Self::reserve_updates`]). `None` for a store without a limit.
+    fn gate(&self, extra: u64) -> Option<SpaceCheck> {
+        let sp = self.store.space()?;
+        Some(SpaceCheck {
+            need: self
+                .obligations()
+                .saturating_add(extra)
+                .saturating_add(self.foreground_chunks(self.reserve_updates())),
+            free: sp.free,
+            pinned: sp.pinned,
+        })
+    }
+
+    /// Updates the compaction gate keeps room for: a whole memtable, or
+    /// the largest batch announced with [`Self::expect_batch`].
+    fn reserve_updates(&self) -> u64 {
+        (self.cfg.memtable_entries as u64).max(self.batch)
+    }
+
+    /// Announces that the caller asks [`Self::space_for`] for batches of up
+    /// to `updates` updates: from now on the tree starts a compaction only
+    /// if it leaves room for such a batch, so that `space_for` need not
+    /// count the compactions the tree may start during one. Changes no
+    /// data; the largest announcement stays.
+    pub fn expect_batch(&mut self, updates: u64) {
+        self.batch = self.batch.max(updates);
+    }
+
+    /// Chunks the work in progress may still take: the rest of the flush
+    /// of the immutable memtable and of the running compaction.
+    fn obligations(&self) -> u64 {
+        let flush = self.flush_chunks();
+        let job = self
+            .job
+            .as_ref()
+            .map_or(0, |j| self.job_chunks(Some(j), j.remaining));
+        flush
+            .saturating_add(job)
+            .saturating_add(self.commit_chunks())
+    }
+
+    /// Chunks a commit now may take: the WAL block it appends with its
+    /// nodes, and the nodes of the logs finished since the last commit and
+    /// of the outputs of running jobs (a table's log has at most three
+    /// levels of nodes).
+    fn commit_chunks(&self) -> u64 {
+        let open = |j: &Option<Job<S::LogId, V>>| {
+            j.as_ref()
+                .map_or(0, |j| j.outputs.len() as u64 + u64::from(j.out.is_some()))
+        };
+        let n = self
+            .unflushed_logs
+            .saturating_add(open(&self.flush))
+            .saturating_add(open(&self.job));
+        self.store
+            .chunks_bound(1, 1, 1)
+            .saturating_add(
+                self.store
+                    .chunks_bound(n, 0, n.saturating_mul(LOG_NODE_LEVELS)),
+            )
+    }
+
+    /// Chunks the rest of the flush of the immutable memtable may take.
+    fn flush_chunks(&self) -> u64 {
+        match (&self.flush, &self.imm) {
+            (Some(j), _) => self.job_chunks(Some(j), j.remaining),
+            (None, Some(i)) => self.job_chunks(None, i.map.len() as u64),
+            (None, None) => 0,
+        }
+    }
+
+    /// Chunks the foreground may take for `updates` updates and one sync:
+    /// their WAL blocks (with the block a sync appends and the one
+    /// buffered now, in a new WAL log per freeze) and the flush of every
+    /// memtable they may freeze.
+    fn foreground_chunks(&self, updates: u64) -> u64 {
+        let rpb = format::records_per_block(V::SIZE).max(1) as u64;
+        let e = (self.cfg.memtable_entries as u64).max(1);
+        let w = self.cfg.wal_max_blocks.max(1);
+        let mut wal = updates.div_ceil(rpb).saturating_add(2);
+        let freezes = if (self.mem.len() as u64).saturating_add(updates) < e
+            && self.mem_wal_blocks.saturating_add(wal) < w
+        {
+            0
+        } else {
+            // Between two freezes: a whole memtable of updates, or a whole
+            // WAL (all but one block full).
+            let per = e.min((w - 1).saturating_mul(rpb)).max(1);
+            1 + updates / per
+        };
+        wal = wal.saturating_add(freezes);
+        let wal = self.store.chunks_bound(freezes + 1, wal, 1);
+        let flush = self.job_chunks(None, e);
+        wal.saturating_add(flush.saturating_mul(freezes))
+    }
+
+    /// Chunks a flush or compaction may still take to write `records`
+    /// more input records (of `job`, if it runs): its tables (data, index,
+    /// bloom and footer blocks, one more table than the records fill, in
+    /// case the open one was sized for a whole table), the footers of the
+    /// outputs it finished, and the store's overhead with a commit per
+    /// step.
+    fn job_chunks(&self, job: Option<&Job<S::LogId, V>>, input: u64) -> u64 {
+        // A job writes at most one record per key of its range.
+        let records = job.map_or(input, |j| input.min(j.span));
+        let rpb = format::records_per_block(V::SIZE).max(1) as u64;
+        let tmr = self.cfg.table_max_records.max(1);
+        let mut tables = records.div_ceil(tmr).saturating_add(1);
+        let data = records.div_ceil(rpb).saturating_add(tables);
+        let index = data
+            .div_ceil(super::table::INDEX_ENTRIES as u64)
+            .saturating_add(tables);
+        // Bloom filters are sized for the input records still to come.
+        let bloom = u64::from(super::bloom::blocks_for(
+            input.saturating_add(1).min(tmr),
+            self.cfg.bloom_bits_per_key,
+        ))
+        .saturating_mul(tables);
+        let mut blocks = data
+            .saturating_add(index)
+            .saturating_add(bloom)
+            .saturating_add(tables);
+        let mut flushes = input
+            .div_ceil(self.cfg.step_records.max(1) as u64)
+            .saturating_add(1);
+        if let Some(j) = job {
+            if let Some(o) = &j.out {
+                blocks = blocks.saturating_add(o.builder.bloom_blocks());
+            }
+            // Finished outputs: a footer each, and their last nodes at
+            // the commit.
+            let done = j.outputs.len() as u64;
+            blocks = blocks.saturating_add(done);
+            tables = tables.saturating_add(done);
+            flushes = flushes.saturating_add(done.saturating_mul(LOG_NODE_LEVELS));
+        }
+        // Every output's last nodes at the commit after it is sealed.
+        flushes = flushes.saturating_add(tables.saturating_mul(LOG_NODE_LEVELS));
+        self.store.chunks_bound(tables, blocks, flushes)
     }
 
     /// Counters and sizes.

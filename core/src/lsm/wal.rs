@@ -46,6 +46,12 @@ impl WalBuf {
         self.count >= records_per_block(self.value_size)
     }
 
+    /// Whether one more record fills the block (so the update that adds
+    /// it appends a WAL block).
+    pub fn will_fill(&self) -> bool {
+        self.count.saturating_add(1) >= records_per_block(self.value_size)
+    }
+
     /// Adds a record (the buffer must not be full).
     pub fn push<V: LsmValue>(&mut self, key: u64, val: Option<&V>) -> Result<()> {
         ensure!(!self.is_full(), InvalidState, "wal: block full");
