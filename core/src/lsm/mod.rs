@@ -38,6 +38,40 @@
 //!   and poisons the tree: every later call fails with `InvalidState` until it
 //!   is reopened (which recovers the last commit). Nothing panics.
 //!
+//! # Space
+//!
+//! A store with a chunk limit ([`LogStore::space`]) is counted in chunks:
+//! the running transaction only takes chunks, and the logs it deletes (a
+//! flush's WAL, a compaction's inputs) stay *pinned* until it commits, as
+//! the last commit still names them. [`TxLsmTree::space_for`]`(u)` bounds
+//! what the tree may take before and with the next commit, from the
+//! store's own per-log bound ([`LogStore::chunks_bound`]: data blocks,
+//! Merkle nodes, nodes rewritten per commit, a partly used chunk per log):
+//!
+//! - the rest of the running flush and compaction: tables for at most
+//!   `min(input records left, keys in the job's range)` records, one more
+//!   table than they fill, bloom filters sized for the input, a commit per
+//!   step;
+//! - the foreground: the WAL blocks of `u` updates plus the one a sync
+//!   appends and the one buffered, and a whole memtable's flush for every
+//!   freeze they can cause (`1 + u / min(E, (W - 1) * records per block)`
+//!   when the memtable or WAL may fill, else none);
+//! - one commit: the WAL block it appends and the last nodes of every log
+//!   finished since the last commit and of the running outputs;
+//! - compactions the tree may start meanwhile: none while `u` is at most
+//!   a memtable or the batch announced with [`TxLsmTree::expect_batch`],
+//!   because the tree starts a compaction (in `compact_step` or in the
+//!   write stall) only if its bound, the work in progress and the
+//!   foreground of such a batch fit in the chunks free now; for a larger
+//!   `u`, one rewrite of the whole tree per level.
+//!
+//! `need <= free` means the updates fit now; `need <= free + pinned` that
+//! they fit after a commit. A due compaction that does not fit waits for a
+//! commit ([`TxLsmTree::waits_for_commit`]); the write stall then lets L0
+//! grow rather than start it. An update whose own WAL block or freeze does
+//! not fit (with a commit after it) fails with `NoSpace` before it changes
+//! anything, and the tree stays usable.
+//!
 //! # Memory bound
 //!
 //! With `E = memtable_entries`, `C = meta_cache_blocks + data_cache_blocks`,
