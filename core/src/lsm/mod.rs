@@ -67,8 +67,9 @@
 //!
 //! `need <= free` means the updates fit now; `need <= free + pinned` that
 //! they fit after a commit. A due compaction that does not fit waits for a
-//! commit ([`TxLsmTree::waits_for_commit`]); the write stall then lets L0
-//! grow rather than start it. An update whose own WAL block or freeze does
+//! commit ([`TxLsmTree::waits_for_commit`]): `space_for` then says that
+//! the updates fit only after a commit (while chunks are pinned), and the
+//! write stall lets L0 grow rather than start it. An update whose own WAL block or freeze does
 //! not fit (with a commit after it) fails with `NoSpace` before it changes
 //! anything, and the tree stays usable.
 //!

@@ -78,12 +78,16 @@ pub struct SpaceCheck {
     pub free: u64,
     /// Chunks the next commit frees.
     pub pinned: u64,
+    /// A due compaction waits for a commit to free chunks: the tree wants
+    /// one before more updates (else L0 only grows).
+    pub commit_wanted: bool,
 }
 
 impl SpaceCheck {
-    /// Whether `need` fits in the chunks free now.
+    /// Whether `need` fits in the chunks free now (and no compaction
+    /// waits for a commit).
     pub fn fits_now(&self) -> bool {
-        self.need <= self.free
+        self.need <= self.free && !self.commit_wanted
     }
     /// Whether `need` fits once the next commit frees the pinned chunks.
     pub fn fits_after_commit(&self) -> bool {
@@ -179,7 +183,7 @@ pub struct LsmTree<S: LogStore, V: LsmValue> {
     /// Logs finished since the last commit (sealed tables, frozen WALs):
     /// the commit writes the last Merkle nodes of each.
     unflushed_logs: u64,
-    /// The largest batch the caller announced ([`Self::expect_batch`]).
+    /// The batch the caller announced last ([`Self::expect_batch`]).
     batch: u64,
 }
 
@@ -1132,6 +1136,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             need,
             free: sp.free,
             pinned: sp.pinned,
+            commit_wanted: self.waits_for_commit && sp.pinned > 0,
         }
     }
 
@@ -1147,22 +1152,24 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                 .saturating_add(self.foreground_chunks(self.reserve_updates())),
             free: sp.free,
             pinned: sp.pinned,
+            commit_wanted: false,
         })
     }
 
     /// Updates the compaction gate keeps room for: a whole memtable, or
-    /// the largest batch announced with [`Self::expect_batch`].
+    /// the batch announced last with [`Self::expect_batch`].
     fn reserve_updates(&self) -> u64 {
         (self.cfg.memtable_entries as u64).max(self.batch)
     }
 
-    /// Announces that the caller asks [`Self::space_for`] for batches of up
-    /// to `updates` updates: from now on the tree starts a compaction only
-    /// if it leaves room for such a batch, so that `space_for` need not
-    /// count the compactions the tree may start during one. Changes no
-    /// data; the largest announcement stays.
+    /// Announces a batch of `updates` updates (asked for with
+    /// [`Self::space_for`]): until the next announcement the tree starts a
+    /// compaction only if it leaves room for such a batch, so that
+    /// `space_for` need not count the compactions the tree may start
+    /// during it. Changes no data; a later, smaller batch lowers it again
+    /// (one huge batch does not starve compaction for good).
     pub fn expect_batch(&mut self, updates: u64) {
-        self.batch = self.batch.max(updates);
+        self.batch = updates;
     }
 
     /// Chunks the work in progress may still take: the rest of the flush
