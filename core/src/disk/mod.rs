@@ -776,6 +776,14 @@ impl<D: BlockSet> MlsDisk<D> {
         let n = blocks_of(buf.len())?;
         self.check_range(lba, n)?;
         self.guarded(|d| {
+            // Acknowledge nothing the next sync could not commit: the
+            // buffered blocks and these (up to a buffer's worth) must fit
+            // in the index, at least after a commit. A refusal here
+            // changes nothing.
+            let buffered = (d.wbuf.len() as u64)
+                .saturating_add(n)
+                .min(d.wbuf.cap() as u64);
+            d.index.room_for(buffered)?;
             for (i, blk) in buf.chunks_exact(BLOCK_SIZE).enumerate() {
                 let l = lba + i as u64;
                 if d.wbuf.is_full() && !d.wbuf.contains(l) {

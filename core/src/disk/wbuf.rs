@@ -37,6 +37,11 @@ impl WriteBuffer {
         self.data.capacity() + self.lbas.capacity() * 8 + self.slot.len() * 48
     }
 
+    /// Blocks the buffer holds at most.
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.lbas.len()
     }
