@@ -170,7 +170,7 @@ fn encode(uuid: &[u8; 16], counter: u64) -> [u8; PAYLOAD_LEN] {
     p
 }
 
-fn decode(p: &[u8], uuid: &[u8; 16]) -> Result<u64> {
+pub(crate) fn decode(p: &[u8], uuid: &[u8; 16]) -> Result<u64> {
     let bad = err(ErrorKind::Corrupted, "rollback anchor payload is malformed");
     if p.len() != PAYLOAD_LEN
         || p.get(..8) != Some(&PAYLOAD_MAGIC[..])
