@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 use mlsdisk_core::fuzz_api;
 
+// Formatted with the kernel tree's rules, not this workspace's.
+#[rustfmt::skip]
 #[allow(dead_code)]
 #[path = "../../linux/table.rs"]
 mod table;
