@@ -39,7 +39,11 @@ max_len() {
 }
 
 echo "[fuzz] building ${#targets[@]} targets (sanitizer: $san)"
-cargo fuzz build "${build[@]}"
+if [[ -n "${FUZZ_TARGETS:-}" ]]; then
+	for t in "${targets[@]}"; do cargo fuzz build "${build[@]}" "$t"; done
+else
+	cargo fuzz build "${build[@]}"
+fi
 
 summary="work/summary-$(date -u +%Y%m%dT%H%M%SZ).txt"
 mkdir -p work
