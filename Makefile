@@ -2,18 +2,24 @@
 #   make demo   toolchain + kernel + module + guest: fio table, mlsdisk vs dm-crypt
 #   make test   toolchain + kernel + cargo-test + module + guest-test + host-test
 #   make bench  toolchain + kernel + module + the full guest benchmark (~20 min under TCG)
+#   make fuzz   cargo-fuzz + every fuzz target for FUZZ_SECONDS each (fuzz/README.md)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 
 GUEST_ARGS ?=
+# make fuzz: seconds per target, and which targets (default: all).
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS ?=
+export FUZZ_SECONDS FUZZ_TARGETS
 
-.PHONY: help toolchain kernel module initramfs cargo-test guest-test guest-test-kmemleak host-test guest-demo guest-bench test demo bench
+.PHONY: help toolchain kernel module initramfs cargo-test guest-test guest-test-kmemleak host-test guest-demo guest-bench test demo bench fuzz fuzz-install
 
 help:
 	@echo "make demo        install toolchain, build kernel + module, run the fio demo in the guest"
 	@echo "make test        install toolchain, build kernel, cargo tests, module, guest e2e tests"
 	@echo "make bench       the full fio benchmark in the guest: tables + build/bench/{results.md,chart.svg}"
+	@echo "make fuzz        every fuzz target for FUZZ_SECONDS (default 30) each; FUZZ_TARGETS=\"a b\" for some"
 	@echo "make toolchain | kernel | module | initramfs | cargo-test | guest-test | guest-test-kmemleak | host-test"
 
 toolchain:
@@ -78,3 +84,11 @@ bench:
 	$(MAKE) kernel
 	$(MAKE) module
 	$(MAKE) guest-bench
+
+# Coverage-guided fuzzing of the decoders (fuzz/README.md); its own
+# installer, not part of `make toolchain`.
+fuzz-install:
+	scripts/install-fuzz.sh
+
+fuzz: fuzz-install
+	scripts/fuzz.sh

@@ -35,3 +35,6 @@ MLSDISK_HOST_PACKAGES=(
 	make gcc libc6-dev flex bison bc cpio libelf-dev libssl-dev kmod xz-utils
 	python3 rsync file coreutils util-linux
 )
+
+# cargo-fuzz (crates.io), for `make fuzz` only (scripts/install-fuzz.sh).
+MLSDISK_CARGO_FUZZ_VERSION=0.13.2

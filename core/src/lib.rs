@@ -54,6 +54,8 @@ mod error;
 pub mod bio;
 pub mod crypto;
 pub mod disk;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz_api;
 pub mod log;
 pub mod lsm;
 pub mod platform;

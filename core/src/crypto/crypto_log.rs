@@ -790,6 +790,13 @@ fn encode_node<'a>(
     Ok(())
 }
 
+/// Fuzzing only: [`decode_node`] on a plaintext node, returning its entry
+/// count.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_decode_node(buf: &[u8], level: usize) -> Result<usize> {
+    decode_node(buf, level).map(|e| e.len())
+}
+
 fn decode_node(buf: &[u8], level: usize) -> Result<Vec<Entry>> {
     let (hdr, body) = buf
         .split_at_checked(NODE_HEADER_LEN)

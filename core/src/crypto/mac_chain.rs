@@ -505,7 +505,7 @@ fn put(buf: &mut [u8], range: core::ops::Range<usize>, val: &[u8]) -> Result<()>
 }
 
 /// Splits a commit's payload stream into records.
-fn parse_records(mut stream: &[u8], out: &mut Vec<Vec<u8>>) -> Result<()> {
+pub(crate) fn parse_records(mut stream: &[u8], out: &mut Vec<Vec<u8>>) -> Result<()> {
     while !stream.is_empty() {
         let (len, rest) = stream
             .split_at_checked(RECORD_HEADER_LEN)

@@ -179,7 +179,7 @@ fn encode(uuid: &[u8; 16], st: &AnchorState) -> [u8; PAYLOAD_LEN] {
     p
 }
 
-fn decode(p: &[u8], uuid: &[u8; 16]) -> Result<AnchorState> {
+pub(crate) fn decode(p: &[u8], uuid: &[u8; 16]) -> Result<AnchorState> {
     let bad = || err(ErrorKind::Corrupted, "rollback anchor payload is malformed");
     if p.get(..8) != Some(&PAYLOAD_MAGIC[..]) {
         return Err(bad());

@@ -177,6 +177,8 @@
 //! "StoreRoot".
 
 mod chunk;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz_hooks;
 mod record;
 mod shared;
 mod store;

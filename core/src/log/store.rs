@@ -1265,3 +1265,34 @@ pub(super) fn tx_log<'a>(
         }
     }
 }
+
+/// Fuzzing only: writes `records` (one commit each) into a fresh MAC chain
+/// in the first half of `journal`, under the journal key that
+/// [`TxLogStore::open`] derives from `root_key` and a fixed salt, and
+/// returns the root that opens it. This is how the fuzz targets reach the
+/// record decoder and the replay behind the chain's authentication.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_seal_journal<D: BlockSet>(
+    journal: BlockRange<D>,
+    crypto: CryptoRef,
+    root_key: &[u8],
+    records: &[&[u8]],
+) -> Result<StoreRoot> {
+    let journal = Arc::new(journal);
+    let base = journal_base_key(&*crypto, root_key)?;
+    let salt = [0x5a; 16];
+    let key = kdf_key(&*crypto, base.as_bytes(), JOURNAL_KEY_LABEL, &salt, 32)?;
+    let mut chain = MacChain::create(half_range(&journal, 0)?, crypto, key)?;
+    let start = chain.start();
+    let mut tail = start;
+    for r in records {
+        chain.append(r)?;
+        tail = chain.commit()?;
+    }
+    Ok(StoreRoot {
+        salt,
+        half: 0,
+        start,
+        tail,
+    })
+}

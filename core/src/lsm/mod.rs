@@ -114,6 +114,8 @@
 mod bloom;
 mod cache;
 mod format;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz_hooks;
 mod merge;
 mod store_impl;
 mod table;

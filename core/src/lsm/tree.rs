@@ -113,6 +113,9 @@ const TREE_MAGIC: [u8; 8] = *b"MLSMTREE";
 const TREE_VERSION: u16 = 1;
 /// The length of the tree's header at the start of the store's user state.
 const TREE_HEADER_LEN: usize = 32;
+/// Table sequence numbers and WAL generations read at open must be below
+/// this (2^63): they only grow by one, so honest ones never get near it.
+const COUNTER_LIMIT: u64 = 1 << 63;
 
 /// Updates stall (compaction runs inside `put`) when L0 holds this many
 /// times `l0_max_tables` tables.
@@ -364,6 +367,13 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                 t.mem_wal_blocks = blocks;
             }
         }
+        // The counters come from the disk: one step per flush or table can
+        // never reach 2^63, and below it every later `+= 1` is safe.
+        ensure!(
+            t.next_seq < COUNTER_LIMIT && t.next_gen < COUNTER_LIMIT,
+            Corrupted,
+            "lsm: table or WAL counter out of range"
+        );
         if t.mem_wal.is_none() {
             t.mem_gen = t.next_gen;
             t.next_gen += 1;

@@ -1,0 +1,7 @@
+//! Fuzz target `lsm_wal`: see `mlsdisk_core::fuzz_api::lsm_wal`. Any result is
+//! fine; a panic (or a sanitizer report) is the finding.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = mlsdisk_core::fuzz_api::lsm_wal(data);
+});

@@ -1,0 +1,7 @@
+//! Fuzz target `superblock_slot`: see `mlsdisk_core::fuzz_api::superblock_slot`. Any result is
+//! fine; a panic (or a sanitizer report) is the finding.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = mlsdisk_core::fuzz_api::superblock_slot(data);
+});
