@@ -2,7 +2,9 @@
 #   PASS <name>
 #   FAIL <name> <reason>
 #   SKIP <name> <why>    (neither passed nor failed: a test whose header
-#                         has "# needs: kmemleak=on" in a boot without it)
+#                         has "# needs: kmemleak=on" in a boot without it,
+#                         or "# needs: dm-target=NAME" in a kernel whose
+#                         device mapper lacks that target)
 # then the kernel log between markers, then the final line
 #   <N> passed, <N> failed
 # which the host (qemu/run-guest.sh) parses.
@@ -91,6 +93,11 @@ test)
 		fi
 		if grep -q '^# needs: kmemleak=on' "$f" && ! grep -qw 'kmemleak=on' /proc/cmdline; then
 			echo "SKIP $n needs a boot with kmemleak=on (make guest-test-kmemleak)"
+			continue
+		fi
+		want=$(sed -n 's/^# needs: dm-target=\([a-z0-9_-]*\)$/\1/p' "$f" | head -n 1)
+		if [ -n "$want" ] && ! dmsetup targets 2>/dev/null | grep -q "^$want "; then
+			echo "SKIP $n needs the dm target $want (not in this kernel: qemu/kernel.config, make kernel)"
 			continue
 		fi
 		run_one "$f"
