@@ -2,19 +2,21 @@
 #   make demo   toolchain + kernel + module + guest: fio table, mlsdisk vs dm-crypt
 #   make test   toolchain + kernel + cargo-test + module + guest-test + host-test
 #   make bench  toolchain + kernel + module + the full guest benchmark (~20 min under TCG)
+#   make crash-replay  guest workload over dm-log-writes, then the host replay of crash states
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 
 GUEST_ARGS ?=
 
-.PHONY: help toolchain kernel module initramfs cargo-test guest-test guest-test-kmemleak host-test guest-demo guest-bench test demo bench
+.PHONY: help toolchain kernel module initramfs cargo-test guest-test guest-test-kmemleak host-test crash-replay guest-demo guest-bench test demo bench
 
 help:
 	@echo "make demo        install toolchain, build kernel + module, run the fio demo in the guest"
 	@echo "make test        install toolchain, build kernel, cargo tests, module, guest e2e tests"
 	@echo "make bench       the full fio benchmark in the guest: tables + build/bench/{results.md,chart.svg}"
-	@echo "make toolchain | kernel | module | initramfs | cargo-test | guest-test | guest-test-kmemleak | host-test"
+	@echo "make crash-replay  dm-log-writes log of a guest ext4 workload, 200 crash states replayed on the host (REPLAY_STATES=N, REPLAY_SEED=S)"
+	@echo "make toolchain | kernel | module | initramfs | cargo-test | guest-test | guest-test-kmemleak | host-test | crash-replay"
 
 toolchain:
 	scripts/install-toolchain.sh
@@ -50,6 +52,11 @@ guest-test-kmemleak:
 host-test:
 	tests/host/anchor-tool.sh
 	tests/host/powercut.sh
+
+# Crash states of a real device log (tests/host/crash-replay.sh):
+# REPLAY_STATES=N for a long run, REPLAY_SEED=S to replay one.
+crash-replay:
+	tests/host/crash-replay.sh
 
 # The benchmark (scripts/guest-bench.sh): the demo is its short version.
 guest-demo:
