@@ -15,7 +15,8 @@
 //!                removed after a clean run, kept after a failure)
 //!   --self-test  instead: corrupt states on purpose (drop a flushed write
 //!                before a mark; expect a wrong checksum) and require that
-//!                every one is detected
+//!                every one is detected (the dropped write: the largest
+//!                one flushed since the mark before the previous one)
 //! ```
 //!
 //! Exit status: 0 every state passed (self-test: every corruption was
@@ -264,9 +265,8 @@ fn self_test(a: &Args, r: &mut Replay, checker: &Checker) -> bool {
     let (mut tried, mut detected) = (0, 0);
     let mut last_drop = 0;
     for &p in &chosen {
-        // The newest write made durable by the last flush before the mark.
-        let Some(f) = r.last_flush(p) else { continue };
-        let Some(d) = (0..f).rev().find(|&i| r.log.entries[i].has_data()) else {
+        // The largest write made durable for the marks just before.
+        let Some(d) = r.self_test_target(p) else {
             continue;
         };
         if d < last_drop {
