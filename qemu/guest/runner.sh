@@ -4,7 +4,8 @@
 #   SKIP <name> <why>    (neither passed nor failed: a test whose header
 #                         has "# needs: kmemleak=on" in a boot without it,
 #                         or "# needs: dm-target=NAME" in a kernel whose
-#                         device mapper lacks that target)
+#                         device mapper lacks that target, or "# needs:
+#                         named" when TESTS does not name it)
 # then the kernel log between markers, then the final line
 #   <N> passed, <N> failed
 # which the host (qemu/run-guest.sh) parses.
@@ -93,6 +94,10 @@ test)
 		fi
 		if grep -q '^# needs: kmemleak=on' "$f" && ! grep -qw 'kmemleak=on' /proc/cmdline; then
 			echo "SKIP $n needs a boot with kmemleak=on (make guest-test-kmemleak)"
+			continue
+		fi
+		if grep -q '^# needs: named' "$f" && [ -z "$TESTS" ]; then
+			echo "SKIP $n runs only when named (qemu/run-guest.sh --tests $n)"
 			continue
 		fi
 		want=$(sed -n 's/^# needs: dm-target=\([a-z0-9_-]*\)$/\1/p' "$f" | head -n 1)

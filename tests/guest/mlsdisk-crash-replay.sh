@@ -1,7 +1,10 @@
 # needs: dm-target=log-writes
+# needs: named
 # The guest half of the crash replay (make crash-replay; the host half is
 # tests/host/crash-replay.sh, which runs tools' mlsdisk-replay on what this
-# test leaves on vdb).
+# test leaves on vdb). Runs only when named (--tests mlsdisk-crash-replay):
+# a plain make guest-test SKIPs it (it takes about 2 min under TCG and is
+# worth it only with the host replay).
 #
 # vdb is split with dm-linear into a 64 MiB data device (sectors 0..) and a
 # log device (from 64 MiB to the end). dm-log-writes over the two records
