@@ -462,20 +462,26 @@ impl Replay {
         // Dropped states: a window that holds a non-FUA write w, after the
         // disk was created.
         let created = self.mark_at(MARK_CREATED).unwrap_or(0);
+        // next[i]: the first flush after entry i (or the end).
+        let mut next = vec![e.len(); e.len()];
+        let mut after = e.len();
+        for (i, x) in e.iter().enumerate().rev() {
+            next[i] = after;
+            if x.is_flush() {
+                after = i;
+            }
+        }
         let cands: Vec<usize> = e
             .iter()
             .enumerate()
             .filter(|(i, x)| *i > created && (x.has_data() || x.is_discard()) && !x.is_fua())
             .map(|(i, _)| i)
-            .filter(|&i| {
-                self.next_flush(i).is_some_and(|f| f > i + 1) || self.next_flush(i).is_none()
-            })
             .collect();
         let want = n.saturating_sub(states.len() + 1);
         if !cands.is_empty() {
             for _ in 0..want {
                 let w = cands[rng.below(cands.len() as u64) as usize];
-                let hi = self.next_flush(w).unwrap_or(e.len());
+                let hi = next[w];
                 // p in w+1..=hi: w completed, the next flush not.
                 let p = w + 1 + rng.below((hi - w) as u64) as usize;
                 states.push(State {
@@ -512,16 +518,6 @@ impl Replay {
             }
         }
         best
-    }
-
-    fn next_flush(&self, i: usize) -> Option<usize> {
-        self.log
-            .entries
-            .iter()
-            .enumerate()
-            .skip(i + 1)
-            .find(|(_, e)| e.is_flush())
-            .map(|(j, _)| j)
     }
 }
 
