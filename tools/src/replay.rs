@@ -420,9 +420,9 @@ impl Replay {
         x
     }
 
-    /// Plans `n` states from `seed`: about half at flush/FUA/mark points
-    /// (all marks first), the rest with dropped and reordered writes; the
-    /// end of the log is always the last. Sorted by point.
+    /// Plans states from `seed`: `n` with dropped and reordered writes,
+    /// and clean ones at every mark and at up to `n / 4` other flush/FUA
+    /// points; the end of the log is always the last. Sorted by point.
     pub fn plan(&self, n: usize, seed: u64) -> Vec<State> {
         let mut rng = Rng::new(seed);
         let e = &self.log.entries;
@@ -443,9 +443,9 @@ impl Replay {
                 last_point_data = last_data_seen;
             }
         }
-        let clean_budget = (n / 2).max(marks.len().min(n));
-        let mut chosen: Vec<usize> = marks.into_iter().take(clean_budget).collect();
-        let rest = clean_budget.saturating_sub(chosen.len());
+        // Every mark, then up to n/4 other flush/FUA points, evenly spread.
+        let mut chosen: Vec<usize> = marks;
+        let rest = n / 4;
         if clean.len() <= rest {
             chosen.extend(clean);
         } else if rest > 0 {
@@ -477,7 +477,7 @@ impl Replay {
             .filter(|(i, x)| *i > created && (x.has_data() || x.is_discard()) && !x.is_fua())
             .map(|(i, _)| i)
             .collect();
-        let want = n.saturating_sub(states.len() + 1);
+        let want = n;
         if !cands.is_empty() {
             for _ in 0..want {
                 let w = cands[rng.below(cands.len() as u64) as usize];
