@@ -1,6 +1,6 @@
 # MlsDisk top-level targets. See README.md.
 #   make demo   toolchain + kernel + module + guest: fio table, mlsdisk vs dm-crypt
-#   make test   toolchain + kernel + cargo-test + module + guest-test + host-test
+#   make test   toolchain + kernel + cargo-test + module + guest-test + host-test + crash-replay
 #   make bench  toolchain + kernel + module + the full guest benchmark (~20 min under TCG)
 #   make crash-replay  guest workload over dm-log-writes, then the host replay of crash states
 SHELL := /bin/bash
@@ -15,7 +15,7 @@ help:
 	@echo "make demo        install toolchain, build kernel + module, run the fio demo in the guest"
 	@echo "make test        install toolchain, build kernel, cargo tests, module, guest e2e tests"
 	@echo "make bench       the full fio benchmark in the guest: tables + build/bench/{results.md,chart.svg}"
-	@echo "make crash-replay  dm-log-writes log of a guest ext4 workload, 200 crash states replayed on the host (REPLAY_STATES=N, REPLAY_SEED=S)"
+	@echo "make crash-replay  dm-log-writes log of a guest ext4 workload, its crash states replayed on the host (~3.5 min; REPLAY_STATES=N, REPLAY_SEED=S)"
 	@echo "make toolchain | kernel | module | initramfs | cargo-test | guest-test | guest-test-kmemleak | host-test | crash-replay"
 
 toolchain:
@@ -73,6 +73,7 @@ test:
 	$(MAKE) module
 	$(MAKE) guest-test
 	$(MAKE) host-test
+	$(MAKE) crash-replay
 
 demo:
 	$(MAKE) toolchain
