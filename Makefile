@@ -1,8 +1,9 @@
 # MlsDisk top-level targets. See README.md.
 #   make demo   toolchain + kernel + module + guest: fio table, mlsdisk vs dm-crypt
-#   make test   toolchain + kernel + cargo-test + module + guest-test + host-test
+#   make test   toolchain + kernel + cargo-test + module + guest-test + host-test + crash-replay
 #   make bench  toolchain + kernel + module + the full guest benchmark (~20 min under TCG)
 #   make fuzz   cargo-fuzz + every fuzz target for FUZZ_SECONDS each (fuzz/README.md)
+#   make crash-replay  guest workload over dm-log-writes, then the host replay of crash states
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
@@ -13,14 +14,15 @@ FUZZ_SECONDS ?= 30
 FUZZ_TARGETS ?=
 export FUZZ_SECONDS FUZZ_TARGETS
 
-.PHONY: help toolchain kernel module initramfs cargo-test guest-test guest-test-kmemleak host-test guest-demo guest-bench test demo bench fuzz fuzz-install
+.PHONY: help toolchain kernel module initramfs cargo-test guest-test guest-test-kmemleak host-test crash-replay guest-demo guest-bench test demo bench fuzz fuzz-install
 
 help:
 	@echo "make demo        install toolchain, build kernel + module, run the fio demo in the guest"
 	@echo "make test        install toolchain, build kernel, cargo tests, module, guest e2e tests"
 	@echo "make bench       the full fio benchmark in the guest: tables + build/bench/{results.md,chart.svg}"
 	@echo "make fuzz        every fuzz target for FUZZ_SECONDS (default 30) each; FUZZ_TARGETS=\"a b\" for some"
-	@echo "make toolchain | kernel | module | initramfs | cargo-test | guest-test | guest-test-kmemleak | host-test"
+	@echo "make crash-replay  dm-log-writes log of a guest ext4 workload, its crash states replayed on the host (~3.5 min; REPLAY_STATES=N, REPLAY_SEED=S)"
+	@echo "make toolchain | kernel | module | initramfs | cargo-test | guest-test | guest-test-kmemleak | host-test | crash-replay"
 
 toolchain:
 	scripts/install-toolchain.sh
@@ -57,6 +59,11 @@ host-test:
 	tests/host/anchor-tool.sh
 	tests/host/powercut.sh
 
+# Crash states of a real device log (tests/host/crash-replay.sh):
+# REPLAY_STATES=N for a long run, REPLAY_SEED=S to replay one.
+crash-replay:
+	tests/host/crash-replay.sh
+
 # The benchmark (scripts/guest-bench.sh): the demo is its short version.
 guest-demo:
 	scripts/guest-bench.sh --quick $(GUEST_ARGS)
@@ -72,6 +79,7 @@ test:
 	$(MAKE) module
 	$(MAKE) guest-test
 	$(MAKE) host-test
+	$(MAKE) crash-replay
 
 demo:
 	$(MAKE) toolchain

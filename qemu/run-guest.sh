@@ -6,7 +6,7 @@
 #                     [--disk-size SIZE] [--run-dir DIR]
 #                     [--throttle IOPS:BYTES_PER_S] [--bench-env "K=V ..."]
 #                     [--disk-image FILE] [--guest-script FILE]
-#                     [--kmemleak on|off]
+#                     [--kmemleak on|off] [--guest-env "K=V ..."]
 #
 # --disk-image uses an existing FILE as the test disk vdb (kept, not
 # recreated: tests/host/powercut.sh boots one image several times);
@@ -16,6 +16,8 @@
 # but off by default; MLSDISK_KMEMLEAK=on sets the default), for the tests
 # marked "# needs: kmemleak=on" (make guest-test-kmemleak); the guest runner
 # reports those as SKIP in a boot without it.
+# --guest-env exports REPLAY_* variables to the guest tests (e.g.
+# REPLAY_SEED for tests/guest/mlsdisk-crash-replay.sh).
 #
 # demo mode runs qemu/guest/demo.sh, the fio benchmark (BENCH_* variables
 # from --bench-env, see demo.sh); scripts/guest-bench.sh drives it per
@@ -40,7 +42,7 @@ die() {
 	exit 2
 }
 usage() {
-	sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 	exit 2
 }
 
@@ -57,6 +59,7 @@ bench_env=""
 disk_image=""
 guest_script=""
 kmemleak=""
+guest_env=""
 while (($#)); do
 	case "$1" in
 	--mode) mode="${2:?}"; shift 2 ;;
@@ -73,6 +76,7 @@ while (($#)); do
 	--disk-image) disk_image="${2:?}"; shift 2 ;;
 	--guest-script) guest_script="${2:?}"; shift 2 ;;
 	--kmemleak) kmemleak="${2:?}"; shift 2 ;;
+	--guest-env) guest_env="${2?}"; shift 2 ;;
 	-h | --help) usage ;;
 	*) die "unknown argument: $1 (see --help)" ;;
 	esac
@@ -90,6 +94,9 @@ if [[ -n "$throttle" ]]; then
 fi
 for kv in $bench_env; do
 	[[ "$kv" =~ ^BENCH_[A-Z_]+=[A-Za-z0-9._:-]*$ ]] || die "--bench-env: not a BENCH_NAME=value word: $kv"
+done
+for kv in $guest_env; do
+	[[ "$kv" =~ ^REPLAY_[A-Z_]+=[A-Za-z0-9._:-]*$ ]] || die "--guest-env: not a REPLAY_NAME=value word: $kv"
 done
 run_dir="${run_dir:-$MLSDISK_ROOT/build/guest-$mode}"
 
@@ -137,7 +144,7 @@ fi
 	printf 'TESTS="%s"\n' "$tests"
 	printf 'ACCEL=%s\n' "$accel_name"
 	printf 'export ACCEL\n'
-	for kv in $bench_env; do
+	for kv in $bench_env $guest_env; do
 		printf 'export %s\n' "$kv"
 	done
 	if [[ -n "$throttle" ]]; then

@@ -2,7 +2,10 @@
 #   PASS <name>
 #   FAIL <name> <reason>
 #   SKIP <name> <why>    (neither passed nor failed: a test whose header
-#                         has "# needs: kmemleak=on" in a boot without it)
+#                         has "# needs: kmemleak=on" in a boot without it,
+#                         or "# needs: dm-target=NAME" in a kernel whose
+#                         device mapper lacks that target, or "# needs:
+#                         named" when TESTS does not name it)
 # then the kernel log between markers, then the final line
 #   <N> passed, <N> failed
 # which the host (qemu/run-guest.sh) parses.
@@ -91,6 +94,15 @@ test)
 		fi
 		if grep -q '^# needs: kmemleak=on' "$f" && ! grep -qw 'kmemleak=on' /proc/cmdline; then
 			echo "SKIP $n needs a boot with kmemleak=on (make guest-test-kmemleak)"
+			continue
+		fi
+		if grep -q '^# needs: named' "$f" && [ -z "$TESTS" ]; then
+			echo "SKIP $n runs only when named (qemu/run-guest.sh --tests $n)"
+			continue
+		fi
+		want=$(sed -n 's/^# needs: dm-target=\([a-z0-9_-]*\)$/\1/p' "$f" | head -n 1)
+		if [ -n "$want" ] && ! dmsetup targets 2>/dev/null | grep -q "^$want "; then
+			echo "SKIP $n needs the dm target $want (not in this kernel: qemu/kernel.config, make kernel)"
 			continue
 		fi
 		run_one "$f"
