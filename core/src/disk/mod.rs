@@ -326,6 +326,9 @@ fn effective_wbuf_blocks(geo: &Geometry, configured: u32) -> usize {
     (configured as usize).min(cap).max(1)
 }
 
+/// Rounds of commit and compaction [`MlsDisk::ensure_index_room`] tries.
+const ROOM_ATTEMPTS: u32 = 256;
+
 /// Blocks unmapped per index-room check in a discard.
 pub const DISCARD_BATCH: u64 = 1024;
 
@@ -649,22 +652,40 @@ impl<D: BlockSet> MlsDisk<D> {
     /// frees the room (or refusing with `NoSpace` when the disk may not
     /// commit on its own). Changes nothing but that commit.
     fn ensure_index_room(&mut self, updates: u64) -> Result<()> {
+        // A commit frees the chunks that installed compactions pinned, and
+        // compaction merges what a long run of updates (a whole-disk
+        // discard, say) left in L0; nothing else runs during one request,
+        // so both are done here, alternately, until the batch fits or
+        // neither helps.
+        let can_commit = self.cfg.auto_sync || self.in_sync;
         let mut committed = false;
-        loop {
-            match self.index.room_for(updates)? {
-                Room::Now => return Ok(()),
-                Room::AfterCommit if committed => {
-                    bail!(NoSpace, "index full: a commit freed no room")
-                }
-                Room::AfterCommit if !self.cfg.auto_sync && !self.in_sync => {
+        for _ in 0..ROOM_ATTEMPTS {
+            let room = match self.index.room_for(updates) {
+                Ok(r) => Some(r),
+                Err(e) if e.kind() == ErrorKind::NoSpace => None,
+                Err(e) => return Err(e),
+            };
+            match room {
+                Some(Room::Now) => return Ok(()),
+                Some(Room::AfterCommit) if !can_commit => {
                     bail!(NoSpace, "index full until the next sync")
                 }
-                Room::AfterCommit => {
+                Some(Room::AfterCommit) if !committed => {
                     self.commit(true)?;
                     committed = true;
                 }
+                _ => {
+                    if !self.critical(|d| d.index.background_step())? {
+                        bail!(
+                            NoSpace,
+                            "index region full: the updates do not fit even after a commit"
+                        );
+                    }
+                    committed = false;
+                }
             }
         }
+        bail!(NoSpace, "index full: commits and compaction made no room")
     }
 
     fn check_range(&self, lba: u64, nblocks: u64) -> Result<()> {
@@ -810,9 +831,19 @@ impl<D: BlockSet> MlsDisk<D> {
         self.guarded(|d| {
             let end = lba + nblocks;
             let mut at = lba;
+            let mut batch = DISCARD_BATCH;
             while at < end {
-                let stop = end.min(at.saturating_add(DISCARD_BATCH));
-                d.ensure_index_room(stop - at)?;
+                let stop = end.min(at.saturating_add(batch));
+                match d.ensure_index_room(stop - at) {
+                    Ok(()) => {}
+                    // A small index region (or memtable) cannot take a
+                    // whole batch at once: smaller batches, down to one.
+                    Err(e) if e.kind() == ErrorKind::NoSpace && stop - at > 1 => {
+                        batch = ((stop - at) / 2).max(1);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
                 d.critical(|d| d.unmap(at, stop))?;
                 at = stop;
             }
