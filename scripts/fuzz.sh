@@ -66,10 +66,10 @@ for t in "${targets[@]}"; do
 		-artifact_prefix="artifacts/$t/" -print_final_stats=1 ${FUZZ_ARGS:-} >"$log" 2>&1
 	rc=$?
 	set -e
-	execs="$(awk '/stat::number_of_executed_units/{print $2}' "$log" | tail -1)"
+	execs="$(LC_ALL=C awk '/stat::number_of_executed_units/{print $2}' "$log" | tail -1)"
 	rate="$(awk '/stat::average_exec_per_sec/{print $2}' "$log" | tail -1)"
-	cov="$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')"
-	ft="$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | awk '{print $2}')"
+	cov="$(grep -aoE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')"
+	ft="$(grep -aoE 'ft: [0-9]+' "$log" | tail -1 | awk '{print $2}')"
 	printf '%-20s %10s %8s %8s %8s\n' "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" | tee -a "$summary"
 	if ((rc != 0)); then
 		failed+=("$t")
