@@ -859,6 +859,12 @@ impl<D: BlockSet> MlsDisk<D> {
         self.stats.clone()
     }
 
+    /// The index's counters (block cache hits and misses, tables per
+    /// level), if the index is an LSM tree.
+    pub fn index_stats(&self) -> Option<crate::lsm::LsmStats> {
+        self.index.lsm_stats()
+    }
+
     /// The one-line status (health, counters, anchor).
     pub fn status_line(&mut self) -> String {
         let healthy = self.broken.is_none();
