@@ -159,10 +159,11 @@ impl Default for DiskConfig {
                 ..LogStoreConfig::default()
             },
             compact_steps_per_flush: 2,
-            // A larger record cache than the tree's default (8 MiB): every
-            // random read looks up the index first.
+            // A larger record cache than the tree's default (32 MiB): every
+            // random read looks up the index first, and the leaves of a
+            // 1 GiB working set (about 4300 blocks) fit.
             lsm: LsmConfig {
-                data_cache_blocks: 2048,
+                data_cache_blocks: 8192,
                 ..LsmConfig::default()
             },
             meta_write_buffer_blocks: 1024,
