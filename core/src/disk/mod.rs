@@ -159,10 +159,11 @@ impl Default for DiskConfig {
                 ..LogStoreConfig::default()
             },
             compact_steps_per_flush: 2,
-            // A larger record cache than the tree's default (8 MiB): every
-            // random read looks up the index first.
+            // A larger record cache than the tree's default (32 MiB): every
+            // random read looks up the index first, and the leaves of a
+            // 1 GiB working set (about 4300 blocks) fit.
             lsm: LsmConfig {
-                data_cache_blocks: 2048,
+                data_cache_blocks: 8192,
                 ..LsmConfig::default()
             },
             meta_write_buffer_blocks: 1024,
@@ -888,6 +889,12 @@ impl<D: BlockSet> MlsDisk<D> {
     pub fn stats(&mut self) -> DiskStats {
         self.refresh_stats();
         self.stats.clone()
+    }
+
+    /// The index's counters (block cache hits and misses, tables per
+    /// level), if the index is an LSM tree.
+    pub fn index_stats(&self) -> Option<crate::lsm::LsmStats> {
+        self.index.lsm_stats()
     }
 
     /// The one-line status (health, counters, anchor).
