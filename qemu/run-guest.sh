@@ -122,7 +122,8 @@ done
 run_dir="${run_dir:-$MLSDISK_ROOT/build/guest-$mode}"
 
 bzimage="$KDIR/arch/x86/boot/bzImage"
-[[ -f "$KDIR/.mlsdisk-built" && -f "$bzimage" ]] || die "no guest kernel at $KDIR; run make kernel"
+if [[ "$variant" == debug ]]; then kernel_target=kernel-debug; else kernel_target=kernel; fi
+[[ -f "$KDIR/.mlsdisk-built" && -f "$bzimage" ]] || die "no guest kernel at $KDIR; run make $kernel_target"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found; run make toolchain"
 
 if ((no_module == 0)) && [[ -z "$module" && -f "$MLSDISK_MODULE_DIR/mlsdisk.ko" ]]; then
