@@ -283,6 +283,24 @@ impl Ctr<'_> {
         self.raw().len
     }
 
+    /// Identifies the table this target is being built for (the address of
+    /// its `struct dm_table`): two targets of one table line share it.
+    /// Only compared, never dereferenced.
+    pub(crate) fn table_id(&self) -> usize {
+        self.raw().table as usize
+    }
+
+    /// Identifies the mapped device whose table this is (the address of
+    /// its `struct mapped_device`): every table loaded into one mapped
+    /// device, a reload included, shares it. Only compared, never
+    /// dereferenced.
+    pub(crate) fn md_id(&self) -> usize {
+        // SAFETY: `ti` is valid (type invariant) and device-mapper set its
+        // `table` before calling the constructor; `dm_table_get_md` only
+        // reads `table->md`.
+        unsafe { bindings::dm_table_get_md(self.raw().table) as usize }
+    }
+
     /// Sets how many flush bios (`REQ_PREFLUSH`, empty) each flush sends to
     /// this target; 0 means flushes never reach it.
     pub(crate) fn set_num_flush_bios(&mut self, n: u32) {

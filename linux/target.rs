@@ -451,8 +451,8 @@ impl Counters {
 }
 
 /// A disk: the engine on one backing device, with its own reference to
-/// that device ([`OpenBdev`]), shared by every target instance on the
-/// device. A table reload constructs the new table while the old one is
+/// that device ([`OpenBdev`]), shared by the target instances of the
+/// successive tables of one mapped device (see [`DiskEntry`]). A table reload constructs the new table while the old one is
 /// still live: the new instance must take over the open disk, not open it
 /// a second time (two engines writing one device would destroy it). The
 /// registry [`DISKS`] maps device numbers to open disks while any instance
@@ -566,10 +566,22 @@ impl Drop for Shared {
     }
 }
 
-/// An entry of [`DISKS`]: an open disk and how many target instances use it.
+/// An entry of [`DISKS`]: an open disk, the mapped device it belongs to,
+/// and the tables whose target instances use it.
+///
+/// One disk maps LBA 0.. of its backing device, so it serves one target of
+/// one mapped device: the tables that share it are the successive tables
+/// of that mapped device (a reload builds the new table while the old one
+/// is live, and a loaded inactive table may sit next to both), never two
+/// targets of one table nor two mapped devices (two file systems on one
+/// disk).
 pub(crate) struct DiskEntry {
     shared: Arc<Shared>,
-    users: usize,
+    /// [`Ctr::md_id`] of the mapped device the disk belongs to.
+    md: usize,
+    /// [`Ctr::table_id`] of each table with a target instance on the disk;
+    /// the disk closes when the last one goes.
+    tables: KVec<usize>,
 }
 
 kernel::global_lock! {
@@ -609,6 +621,9 @@ pub(crate) struct MlsDisk {
     backing: DmDev,
     /// The disk (`None` only while dropping).
     shared: Option<Arc<Shared>>,
+    /// [`Ctr::table_id`] of this instance's table (its place in the
+    /// registry entry of the disk).
+    table: usize,
     /// The first sector of the target in the mapped device.
     begin: u64,
     /// The length of the target in sectors.
@@ -741,16 +756,41 @@ impl MlsDisk {
     }
 
     /// Finds the open disk on `dev` or opens one (`open_engine`), and
-    /// counts this instance as a user. Runs under the registry lock, so a
-    /// disk is never opened twice.
+    /// counts this instance's table (`table`, of mapped device `md`) as a
+    /// user. Runs under the registry lock, so a disk is never opened twice.
+    /// A disk open for another mapped device, or already used by a target
+    /// of the same table, is refused (`EBUSY`).
     fn attach(
         dev: u32,
+        (md, table): (usize, usize),
         key: &RawKey,
         mode: Option<table::Mode>,
         open_engine: impl FnOnce() -> Result<(Box<dyn Engine>, u64), CtrError> + Send,
     ) -> Result<Arc<Shared>, CtrError> {
         let mut disks = DISKS.lock();
         if let Some(entry) = disks.iter_mut().find(|e| e.shared.dev == dev) {
+            if entry.md != md {
+                pr_err!(
+                    "the disk on device {}:{} is in use by another mapped device: one disk serves one mapped device\n",
+                    dev >> 20,
+                    dev & 0xfffff
+                );
+                return Err(Self::fail(
+                    c"the backing device is in use by another mapped device",
+                    EBUSY,
+                ));
+            }
+            if entry.tables.contains(&table) {
+                pr_err!(
+                    "two mlsdisk targets of one table on device {}:{}: each would map the disk from its first block\n",
+                    dev >> 20,
+                    dev & 0xfffff
+                );
+                return Err(Self::fail(
+                    c"two targets of one table on one backing device",
+                    EBUSY,
+                ));
+            }
             if mode == Some(table::Mode::Create) {
                 pr_err!(
                     "the disk on device {}:{} is in use by a live table: 'create' would destroy it\n",
@@ -767,7 +807,10 @@ impl MlsDisk {
                 );
                 return Err(Self::fail(c"wrong key", EINVAL));
             }
-            entry.users += 1;
+            entry
+                .tables
+                .push(table, GFP_KERNEL)
+                .map_err(|_| Self::fail(c"out of memory", ENOMEM))?;
             return Ok(entry.shared.clone());
         }
         // Creating or opening a disk goes deep into the engine: on a
@@ -799,11 +842,14 @@ impl MlsDisk {
             GFP_KERNEL,
         )
         .map_err(|_| oom())?;
+        let mut tables = KVec::with_capacity(2, GFP_KERNEL).map_err(|_| oom())?;
+        tables.push(table, GFP_KERNEL).map_err(|_| oom())?;
         disks
             .push(
                 DiskEntry {
                     shared: shared.clone(),
-                    users: 1,
+                    md,
+                    tables,
                 },
                 GFP_KERNEL,
             )
@@ -821,8 +867,10 @@ impl Drop for MlsDisk {
         let mut last = false;
         if let Some(i) = disks.iter().position(|e| Arc::ptr_eq(&e.shared, &shared)) {
             if let Some(entry) = disks.get_mut(i) {
-                entry.users = entry.users.saturating_sub(1);
-                last = entry.users == 0;
+                if let Some(t) = entry.tables.iter().position(|&t| t == self.table) {
+                    let _ = entry.tables.remove(t);
+                }
+                last = entry.tables.is_empty();
             }
             if last {
                 let _ = disks.remove(i);
@@ -924,6 +972,7 @@ impl dm::Target for MlsDisk {
             })
         };
         let dev = backing.dev_t();
+        let ids = (ti.md_id(), ti.table_id());
         // The rollback anchor's device (`anchor=dev:<device>`), if any.
         #[cfg(not(mlsdisk_passthrough))]
         let anchor_dev: Option<u32>;
@@ -934,7 +983,7 @@ impl dm::Target for MlsDisk {
                 let nblocks = dev.nblocks();
                 Ok((Box::new(PassThrough { dev, nblocks }), nblocks))
             };
-            let shared = Self::attach(dev, &key, line.options.mode, open_engine)?;
+            let shared = Self::attach(dev, ids, &key, line.options.mode, open_engine)?;
             (shared, line.options)
         };
         #[cfg(not(mlsdisk_passthrough))]
@@ -967,7 +1016,7 @@ impl dm::Target for MlsDisk {
                     anchor,
                 )
             };
-            let shared = Self::attach(dev, &key, options.mode, open_engine)?;
+            let shared = Self::attach(dev, ids, &key, options.mode, open_engine)?;
             // A table line read back and loaded again must never reformat:
             // once created, the disk is shown (and reloaded) as 'open'.
             if options.mode.is_some() {
@@ -980,6 +1029,7 @@ impl dm::Target for MlsDisk {
             Self {
                 backing,
                 shared: Some(shared),
+                table: ids.1,
                 begin: ti.begin(),
                 len: ti.len(),
                 key,
