@@ -837,7 +837,7 @@ fn device(name: &[u8]) -> Result<u32> {
 fn start_engine(
     index: c_int,
     dev: u32,
-    create: bool,
+    (create, force): (bool, bool),
     key: &RawKey,
     anchor: Option<u32>,
 ) -> Result<(Box<dyn Engine>, u64)> {
@@ -877,10 +877,14 @@ fn start_engine(
                 table::Mode::Open
             });
             match anchor {
-                Some(anchor) => {
-                    crate::engine_disk::start_with_anchor(mode, set, key.as_bytes(), Some(anchor))
-                }
-                None => crate::engine_disk::start(mode, set, key.as_bytes()),
+                Some(anchor) => crate::engine_disk::start_with_anchor(
+                    mode,
+                    force,
+                    set,
+                    key.as_bytes(),
+                    Some(anchor),
+                ),
+                None => crate::engine_disk::start(mode, force, set, key.as_bytes()),
             }
             .map_err(|e| {
                 pr_err!("mlsdisk{}: {}\n", index, e.msg);
@@ -889,7 +893,7 @@ fn start_engine(
         }
         #[cfg(mlsdisk_passthrough)]
         {
-            let _ = (create, key, anchor, index);
+            let _ = (create, force, key, anchor, index);
             use mlsdisk_core::bio::BlockSet;
             let nblocks = set.nblocks();
             Ok((Box::new(Plain(set)) as Box<dyn Engine>, nblocks))
@@ -903,6 +907,8 @@ struct DiskParams<'a> {
     backing: &'a [u8],
     dev: u32,
     create: bool,
+    /// `force_create`: format even over an existing mlsdisk.
+    force: bool,
     /// The anchor's name and `dev_t`.
     anchor: Option<(&'a [u8], u32)>,
 }
@@ -915,12 +921,13 @@ fn disk_params<'a>(
     mode: &'a [u8],
     anchors: &'a [u8],
 ) -> Result<DiskParams<'a>> {
-    let create = match item_for(mode, i).unwrap_or(b"") {
-        b"" | b"open" => false,
-        b"create" => true,
+    let (create, force) = match item_for(mode, i).unwrap_or(b"") {
+        b"" | b"open" => (false, false),
+        b"create" => (true, false),
+        b"force_create" => (true, true),
         other => {
             pr_err!(
-                "mlsdisk{}: disk_mode '{}': expected 'create' or 'open'\n",
+                "mlsdisk{}: disk_mode '{}': expected 'create', 'force_create' or 'open'\n",
                 i,
                 format_args!("{}", table::Escaped(other))
             );
@@ -960,6 +967,7 @@ fn disk_params<'a>(
         backing,
         dev,
         create,
+        force,
         anchor,
     })
 }
@@ -1051,7 +1059,13 @@ impl BlkDisks {
         for (i, (p, key)) in all.iter().zip(keys.iter()).enumerate() {
             // `i < MAX_DISKS`, which fits.
             let index = i as c_int;
-            let disk = match Pending::open(index, p.dev, p.create, key, p.anchor.map(|(_, d)| d)) {
+            let disk = match Pending::open(
+                index,
+                p.dev,
+                (p.create, p.force),
+                key,
+                p.anchor.map(|(_, d)| d),
+            ) {
                 Ok(disk) => disk,
                 Err(e) => {
                     pr_err!(
@@ -1219,11 +1233,11 @@ impl Pending {
     fn open(
         index: c_int,
         dev: u32,
-        create: bool,
+        mode: (bool, bool),
         key: &RawKey,
         anchor: Option<u32>,
     ) -> Result<Self> {
-        let (engine, capacity) = start_engine(index, dev, create, key, anchor)?;
+        let (engine, capacity) = start_engine(index, dev, mode, key, anchor)?;
         let mut buf = Vec::new();
         buf.try_reserve_exact(MAX_IO_SECTORS as usize * 512)
             .map_err(|_| ENOMEM)?;

@@ -119,26 +119,66 @@ fn anchor_error(kind: ErrorKind) -> &'static CStr {
     }
 }
 
+/// Whether block 0 or 1 of `dev` starts with the AuthBlob magic: the
+/// superblock's slots A and B (`docs/format.md`), so the device holds an
+/// mlsdisk (or a rollback anchor, which has the same container). Only the
+/// magic is looked at: without the key nothing more can be checked, and a
+/// damaged superblock still means there was a disk.
+fn holds_superblock(dev: &BdevBlockSet) -> mlsdisk_core::Result<bool> {
+    use mlsdisk_core::bio::{BlockSet, BLOCK_SIZE};
+    use mlsdisk_core::crypto::auth_blob::MAGIC;
+    let blocks = dev.nblocks().min(2) as usize;
+    let mut buf = alloc::vec::Vec::new();
+    buf.try_reserve_exact(blocks * BLOCK_SIZE)
+        .map_err(|_| CoreError::new(ErrorKind::OutOfMemory, "superblock check buffer"))?;
+    buf.resize(blocks * BLOCK_SIZE, 0);
+    if blocks > 0 {
+        dev.read(0, &mut buf)?;
+    }
+    Ok(buf
+        .chunks(BLOCK_SIZE)
+        .any(|block| block.get(..MAGIC.len()) == Some(&MAGIC[..])))
+}
+
 /// Creates (`Mode::Create`) or opens the disk on `dev` with `root_key`,
 /// without a rollback anchor. Returns the engine and its logical capacity
 /// in 4 KiB blocks.
 pub(crate) fn start(
     mode: Option<Mode>,
+    force: bool,
     dev: BdevBlockSet,
     root_key: &[u8],
 ) -> Result<(Box<dyn Engine>, u64), CtrError> {
-    start_with_anchor(mode, dev, root_key, None)
+    start_with_anchor(mode, force, dev, root_key, None)
 }
 
 /// As [`start`], with the rollback anchor on `anchor` (blocks 0 and 1 of
-/// that device) if given.
+/// that device) if given. `create` refuses a device whose block 0 or 1
+/// holds an mlsdisk superblock unless `force` (`force_create`).
 pub(crate) fn start_with_anchor(
     mode: Option<Mode>,
+    force: bool,
     dev: BdevBlockSet,
     root_key: &[u8],
     anchor: Option<BdevBlockSet>,
 ) -> Result<(Box<dyn Engine>, u64), CtrError> {
     let creating = matches!(mode, Some(Mode::Create));
+    if creating && !force {
+        let _noio = NoIoScope::enter();
+        match holds_superblock(&dev) {
+            Ok(false) => {}
+            Ok(true) => {
+                pr_err!(
+                    "the backing device holds an mlsdisk superblock (block 0 or 1): 'create' refused; give 'force_create' to format it anyway\n"
+                );
+                return Err(CtrError::new(
+                    c"the backing device holds an mlsdisk: refusing 'create' (use 'force_create')",
+                    EEXIST,
+                ));
+            }
+            Err(e) => return Err(ctr_error(e, true)),
+        }
+    }
     let crypto = KernelCrypto::new().map_err(|err| {
         pr_err!(
             "cannot allocate gcm(aes) transforms: error {}\n",

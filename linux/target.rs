@@ -1011,6 +1011,7 @@ impl dm::Target for MlsDisk {
                 };
                 crate::engine_disk::start_with_anchor(
                     options.mode,
+                    options.force,
                     BdevBlockSet::new(open_bdev(dev)?),
                     key.as_bytes(),
                     anchor,
@@ -1021,6 +1022,7 @@ impl dm::Target for MlsDisk {
             // once created, the disk is shown (and reloaded) as 'open'.
             if options.mode.is_some() {
                 options.mode = Some(table::Mode::Open);
+                options.force = false;
             }
             (shared, options)
         };

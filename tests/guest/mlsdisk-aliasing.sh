@@ -16,13 +16,13 @@
 load_module
 D=/dev/vda
 n0=$(dmesg | wc -l)
-dmsetup create mlsdisk_probe --table "0 $(disk_sectors $D) mlsdisk $D $KEY 1 create" 2>/dev/null &&
+dmsetup create mlsdisk_probe --table "0 $(disk_sectors $D) mlsdisk $D $KEY 1 force_create" 2>/dev/null &&
 	fail "an over-long table was accepted"
 max=$(dmesg | tail -n +$((n0 + 1)) | sed -n 's/.*the maximum is \([0-9]*\) sectors.*/\1/p' | tail -n 1)
 [ -n "$max" ] || fail "no 'the maximum is N sectors' for $D"
 len=$((max / 8 * 8))
 half=$((len / 2 / 8 * 8))
-run dmsetup create mlsdisk_a --table "0 $len mlsdisk $D $KEY 1 create"
+run dmsetup create mlsdisk_a --table "0 $len mlsdisk $D $KEY 1 force_create"
 run dd if=/dev/urandom of=/tmp/alias.bin bs=4096 count=16
 run dd if=/tmp/alias.bin of=/dev/mapper/mlsdisk_a bs=4096 oflag=direct conv=fsync
 want=$(md5sum </tmp/alias.bin)

@@ -22,7 +22,7 @@ back=/dev/vda
 anc=$DISK
 len=8192
 dev=/dev/mapper/mlsdisk_a
-A1="2 create anchor=dev:$anc"
+A1="2 force_create anchor=dev:$anc"
 A="1 anchor=dev:$anc"
 
 # refused LABEL WANT TABLE: dmsetup create fails, leaves nothing behind,

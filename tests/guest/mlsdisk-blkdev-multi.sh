@@ -85,7 +85,7 @@ if dmesg | grep -q -e "$KEY" -e "$KEY2"; then
 fi
 
 # 2. Two disks: create, ext4, write.
-run insmod /mlsdisk.ko "$BOTH" disk_key=$KEY,$KEY2 disk_mode=create
+run insmod /mlsdisk.ko "$BOTH" disk_key=$KEY,$KEY2 disk_mode=force_create
 for i in 0 1; do
 	[ -b /dev/mlsdisk$i ] || fail "/dev/mlsdisk$i is not a block device after insmod"
 	echo "+ dmesg: $(dmesg | grep "mlsdisk: mlsdisk$i: created on" | tail -n 1)"

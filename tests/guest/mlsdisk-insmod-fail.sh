@@ -36,7 +36,7 @@ run dmsetup create mlsdisk_f1 --table "0 $half linear $DISK $half"
 BOTH=disk_backing=/dev/mapper/mlsdisk_f0,/dev/mapper/mlsdisk_f1
 
 # Make both disks, with one distinct block each.
-run insmod /mlsdisk.ko "$BOTH" disk_key=$KEY,$KEY2 disk_mode=create
+run insmod /mlsdisk.ko "$BOTH" disk_key=$KEY,$KEY2 disk_mode=force_create
 for i in 0 1; do
 	printf 'block of mlsdisk%s' $i | run dd of=/dev/mlsdisk$i bs=4096 conv=sync,fsync 2>/dev/null
 done

@@ -43,7 +43,7 @@ KEY128=00112233445566778899aabbccddeeff
 
 # 2. Options, table and status output. A created disk is shown as 'open'
 #    (reloading the shown line must never reformat).
-run dmsetup create mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY 2 create anchor=none"
+run dmsetup create mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY 2 force_create anchor=none"
 tbl=$(dmsetup table mlsdisk_mod) || fail "dmsetup table failed"
 echo "+ dmsetup table: $tbl"
 case "$tbl" in
@@ -125,7 +125,7 @@ run dmsetup resume mlsdisk_mod
 run dmsetup remove mlsdisk_mod
 
 # 5. AES-128 root key; the explicit 'open' option.
-run dmsetup create mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY128 1 create"
+run dmsetup create mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY128 1 force_create"
 run dmsetup remove mlsdisk_mod
 run dmsetup create mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY128 1 open"
 tbl=$(dmsetup table mlsdisk_mod)
@@ -167,7 +167,7 @@ refused "length not whole 4 KiB blocks" "not a whole number of 4 KiB blocks" "0 
 #    the spare disk) maps its first sector to block 0 of the disk, as a
 #    table of the disk alone reads back. (Two mlsdisk targets of one table
 #    on one device are refused: tests/guest/mlsdisk-aliasing.sh.)
-run dmsetup create mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY 1 create"
+run dmsetup create mlsdisk_mod --table "0 $len mlsdisk $DISK $KEY 1 force_create"
 run dmsetup remove mlsdisk_mod
 printf '0 2048 linear /dev/vda 0\n2048 2048 mlsdisk %s %s\n' "$DISK" "$KEY" |
 	dmsetup create mlsdisk_two || fail "two-target table refused"

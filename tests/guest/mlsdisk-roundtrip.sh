@@ -18,7 +18,7 @@ table="0 $len mlsdisk $DISK $KEY"
 n0=$(dmesg | wc -l)
 # Format the disk once ('create'); the round trip then opens it (the
 # default) both times, so its second create really reopens the disk.
-run dmsetup create mlsdisk_test --table "$table 1 create"
+run dmsetup create mlsdisk_test --table "$table 1 force_create"
 run dmsetup remove mlsdisk_test
 fs_roundtrip mlsdisk_test "$table"
 
