@@ -222,7 +222,7 @@ impl Engine for Plain {
     }
 
     fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
-        out.write_str("passthrough")
+        out.write_str("engine=passthrough")
     }
 }
 

@@ -10,8 +10,8 @@
 //!   fails with a message naming the `create` option when there is no disk.
 //! - The key is the root key (16 or 32 bytes); the engine derives every
 //!   key it uses from it.
-//! - Rollback anchor: `anchor=none` (the default: the status line says the
-//!   disk is unprotected against whole-image rollback) or `anchor=dev:<device>`:
+//! - Rollback anchor: `anchor=none` (the default: the status line says
+//!   `anchor=none`, unprotected against whole-image rollback) or `anchor=dev:<device>`:
 //!   the core's `BlockAnchor` over a second block device that the guest
 //!   trusts (the host must not be able to roll it back), blocks 0 and 1 of
 //!   it. `create` writes a new anchor there; `open` refuses an image older
@@ -52,7 +52,27 @@ impl Engine for MlsDisk<BdevBlockSet> {
     }
 
     fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
-        out.write_str(&self.status_line())
+        // Straight into the caller's buffer (the dm result buffer): no heap
+        // string. `DiskStats` is plain numbers and a static name.
+        let healthy = self.failure().is_none();
+        let st = self.stats();
+        let wa = st.write_amplification_milli();
+        write!(
+            out,
+            "health={} sync={} capacity={} logical={} mapped={} free={} pending={} wa={}.{:03} cleaned={} anchor={}{}",
+            if healthy { "ok" } else { "failed" },
+            st.sync_counter,
+            st.logical_blocks.saturating_mul(crate::target::SECTORS_PER_BLOCK),
+            st.logical_blocks,
+            st.mapped_blocks,
+            st.free_blocks,
+            st.pending_blocks,
+            wa / 1000,
+            wa % 1000,
+            st.segments_cleaned,
+            st.anchor,
+            if st.anchor_tofu { "-tofu" } else { "" },
+        )
     }
 
     fn background_step(&mut self) -> mlsdisk_core::Result<bool> {

@@ -105,7 +105,7 @@ use crate::table::{self, Escaped, KeyRef, KeySpec, Options, RawKey};
 use crate::table::AnchorKind;
 
 /// Sectors per 4 KiB block.
-const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
+pub(crate) const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
 
 /// Largest bio the target takes, in sectors (device-mapper splits larger
 /// ones): 1 MiB, the size of the worker's reusable buffer.
@@ -297,7 +297,8 @@ impl Engine for PassThrough {
     fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
         write!(
             out,
-            "passthrough selftest=ok checksum={:016x}",
+            "engine=passthrough capacity={} selftest=ok checksum={:016x}",
+            self.nblocks.saturating_mul(SECTORS_PER_BLOCK),
             SELFTEST_CHECKSUM.load(Ordering::Relaxed)
         )
     }
@@ -543,7 +544,7 @@ impl Engine for Closed {
         Err(CoreError::new(ErrorKind::InvalidState, "disk closed"))
     }
     fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
-        out.write_str("closed")
+        out.write_str("health=closed")
     }
 }
 
@@ -1186,6 +1187,9 @@ impl dm::Target for MlsDisk {
         match kind {
             StatusType::Info => {
                 if let Some(shared) = &self.shared {
+                    // Writeback may wait for the engine while we hold its
+                    // mutex: no allocation here may recurse into I/O.
+                    let _noio = NoIoScope::enter();
                     shared.worker.lock().engine.status(out)?;
                 }
                 out.write_str(" ")?;

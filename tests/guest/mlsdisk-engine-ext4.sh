@@ -34,7 +34,8 @@ case "$tbl" in
 esac
 st=$(dmsetup status mlsdisk_e)
 echo "+ dmsetup status: $st"
-for field in "ok " " sync=" " free=" " wa=" "anchor=none" "unprotected"; do
+status_tokens_ok "$st"
+for field in " health=ok " " sync=" " capacity=" " free=" " wa=" " anchor=none "; do
 	case "$st" in
 	*"$field"*) ;;
 	*) fail "status lacks '$field': $st" ;;

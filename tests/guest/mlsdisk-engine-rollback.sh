@@ -46,7 +46,7 @@ run dmsetup create mlsdisk_r --table "0 $len mlsdisk $back $KEY"
 st=$(dmsetup status mlsdisk_r)
 echo "+ dmsetup status: $st"
 case "$st" in
-*"anchor=none (unprotected against whole-image rollback)"*) ;;
+*" anchor=none "*) ;;
 *) fail "the status does not say the disk is unprotected: $st" ;;
 esac
 s1=$(echo "$st" | sed -n 's/.* sync=\([0-9]*\).*/\1/p')

@@ -54,9 +54,17 @@ esac
 st=$(dmsetup status mlsdisk_mod) || fail "dmsetup status failed"
 echo "+ dmsetup status: $st"
 case "$st" in
-"0 $len mlsdisk ok sync="*" anchor=none (unprotected against whole-image rollback) reads="*) ;;
+"0 $len mlsdisk health=ok sync="*" anchor=none reads="*) ;;
 *) fail "status does not report health, sync counter and the missing anchor: $st" ;;
 esac
+status_tokens_ok "$st"
+keys=$(echo "$st" | cut -d' ' -f4- | tr ' ' '\n' | cut -d= -f1 | tr '\n' ' ')
+want="health sync capacity logical mapped free pending wa cleaned anchor reads writes flushes fua discards errors reread "
+[ "$keys" = "$want" ] || fail "status fields '$keys', linux/README.md documents '$want'"
+cap=$(echo "$st" | sed -n 's/.* capacity=\([0-9]*\) .*/\1/p')
+logical=$(echo "$st" | sed -n 's/.* logical=\([0-9]*\) .*/\1/p')
+[ -n "$cap" ] && [ "$cap" = "$((logical * 8))" ] || fail "capacity=$cap sectors is not logical=$logical blocks x 8"
+[ "$cap" -ge "$len" ] || fail "capacity=$cap sectors is below the table length $len"
 
 # 2b. The worker path: 4 KiB logical blocks, messages, suspend syncs.
 ss=$(blockdev --getss /dev/mapper/mlsdisk_mod) || fail "blockdev --getss failed"
