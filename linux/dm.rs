@@ -237,6 +237,9 @@ pub(crate) enum MapResult {
     /// ([`Target::process_parallel`]); only for targets with
     /// [`Target::WORKER`] (others see it killed).
     Parallel,
+    /// The bio is refused: device-mapper ends it with an I/O error
+    /// (`DM_MAPIO_KILL`).
+    Kill,
 }
 
 /// Which text `status` must write.
@@ -281,6 +284,14 @@ impl Ctr<'_> {
     /// The length of the target in sectors (`ti->len`).
     pub(crate) fn len(&self) -> u64 {
         self.raw().len
+    }
+
+    /// Whether the table is loaded for writing (`dm_table_get_mode` has
+    /// `BLK_OPEN_WRITE`); `dmsetup create --readonly` loads it without.
+    pub(crate) fn writable(&self) -> bool {
+        // SAFETY: `ti` is valid (type invariant) and its `table` was set by
+        // device-mapper before calling the constructor.
+        unsafe { bindings::mlsdisk_ti_writable(self.ti.as_ptr()) }
     }
 
     /// Identifies the table this target is being built for (the address of
@@ -975,6 +986,7 @@ unsafe extern "C" fn map_callback<T: Target>(
             }
             None => bindings::DM_MAPIO_KILL as c_int,
         },
+        MapResult::Kill => bindings::DM_MAPIO_KILL as c_int,
     }
 }
 

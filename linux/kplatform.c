@@ -664,6 +664,11 @@ int mlsdisk_ti_setup_worker(struct dm_target *ti, sector_t max_io_len)
 	return dm_set_target_max_io_len(ti, max_io_len);
 }
 
+bool mlsdisk_ti_writable(struct dm_target *ti)
+{
+	return !!(dm_table_get_mode(ti->table) & BLK_OPEN_WRITE);
+}
+
 void mlsdisk_limits_4k(struct queue_limits *limits, unsigned int max_discard_sectors)
 {
 	limits->logical_block_size = max_t(unsigned int, limits->logical_block_size, 4096);

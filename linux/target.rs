@@ -469,6 +469,11 @@ pub(crate) struct Shared {
     worker: Pin<KBox<Mutex<Worker>>>,
     /// The parallel read path on this engine.
     reads: Reads,
+    /// Whether closing syncs the engine: set by the last table to go, to
+    /// whether it was writable (a read-only table never writes the
+    /// device; what writable tables before it wrote was synced at their
+    /// suspend or removal).
+    final_sync: AtomicBool,
 }
 
 impl Shared {
@@ -553,9 +558,10 @@ impl Drop for Shared {
         // The final sync and the engine's own teardown, on a fresh stack.
         // (`Closed` is zero-sized: boxing it does not allocate.)
         let engine = core::mem::replace(&mut self.worker.lock().engine, Box::new(Closed));
+        let sync = self.final_sync.load(Ordering::Relaxed);
         let result = on_worker(move || {
             let mut engine = engine;
-            let result = engine.sync();
+            let result = if sync { engine.sync() } else { Ok(()) };
             drop(engine);
             result
         });
@@ -625,11 +631,15 @@ pub(crate) struct MlsDisk {
     /// [`Ctr::table_id`] of this instance's table (its place in the
     /// registry entry of the disk).
     table: usize,
+    /// Whether the table was loaded for writing ([`Ctr::writable`]). A
+    /// read-only table refuses writes and discards, runs no background
+    /// work and never syncs: it does not write the backing device.
+    writable: bool,
     /// The first sector of the target in the mapped device.
     begin: u64,
     /// The length of the target in sectors.
     len: u64,
-    /// The key, wiped on drop. Unused until the encrypting stage.
+    /// The key, wiped on drop (its length is logged and measured by IMA).
     key: RawKey,
     /// Where the key came from, if from the keyring (shown by `dmsetup
     /// table` in the key's place; it is not secret).
@@ -839,6 +849,7 @@ impl MlsDisk {
                 capacity,
                 worker,
                 reads,
+                final_sync: AtomicBool::new(true),
             },
             GFP_KERNEL,
         )
@@ -878,8 +889,13 @@ impl Drop for MlsDisk {
             }
         }
         if !last {
-            // Another table still uses the disk; removal still syncs.
-            let _ = shared.sync("removal");
+            // Another table still uses the disk; removal still syncs (not
+            // from a read-only table, which writes nothing).
+            if self.writable {
+                let _ = shared.sync("removal");
+            }
+        } else {
+            shared.final_sync.store(self.writable, Ordering::Relaxed);
         }
         // The last user: dropping the disk syncs and closes it, still under
         // the registry lock, so no new table can open it half-closed.
@@ -974,6 +990,11 @@ impl dm::Target for MlsDisk {
         };
         let dev = backing.dev_t();
         let ids = (ti.md_id(), ti.table_id());
+        let writable = ti.writable();
+        if !writable && line.options.mode == Some(table::Mode::Create) {
+            pr_err!("'create' on a read-only table: formatting writes the device\n");
+            return Err(Self::fail(c"'create' needs a writable table", EROFS));
+        }
         // The rollback anchor's device (`anchor=dev:<device>`), if any.
         #[cfg(not(mlsdisk_passthrough))]
         let anchor_dev: Option<u32>;
@@ -1033,6 +1054,7 @@ impl dm::Target for MlsDisk {
                 backing,
                 shared: Some(shared),
                 table: ids.1,
+                writable,
                 begin: ti.begin(),
                 len: ti.len(),
                 key,
@@ -1095,6 +1117,18 @@ impl dm::Target for MlsDisk {
     fn map(&self, bio: &mut Bio) -> MapResult {
         // Atomic context possible: count and hand over, nothing else.
         self.counters.count(bio);
+        if !self.writable {
+            let writes = match bio.op() {
+                BioOp::Write => bio.sectors() != 0,
+                BioOp::Read | BioOp::Flush => false,
+                BioOp::Discard | BioOp::Other(_) => true,
+            };
+            if writes {
+                // A read-only table: refused before the engine sees it.
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                return MapResult::Kill;
+            }
+        }
         // Reads on many threads, the rest in order (see "Threads").
         if bio.op() == BioOp::Read && bio.sectors() != 0 {
             MapResult::Parallel
@@ -1104,6 +1138,13 @@ impl dm::Target for MlsDisk {
     }
 
     fn process(&self, mut bio: DeferredBio) {
+        if !self.writable && bio.op() != BioOp::Read {
+            // Only empty flushes get here (`map` refused the rest): nothing
+            // was written through this table, so there is nothing to make
+            // durable, and a sync would write the device.
+            bio.end(Ok(()));
+            return;
+        }
         let rel = self.rel(&bio);
         let Some(shared) = &self.shared else {
             bio.end(Err(BlkError::IoErr));
@@ -1131,13 +1172,19 @@ impl dm::Target for MlsDisk {
     }
 
     fn postsuspend(&self) {
-        let _ = self.sync("suspend");
+        if self.writable {
+            let _ = self.sync("suspend");
+        }
     }
 
     fn idle(&self) -> bool {
         let Some(shared) = &self.shared else {
             return false;
         };
+        // Background work (compaction) writes the device.
+        if !self.writable {
+            return false;
+        }
         // Not while a read waits for the engine (it wakes us afterwards).
         if !shared.reads.background_may_run() {
             return false;
@@ -1162,6 +1209,10 @@ impl dm::Target for MlsDisk {
                 // may be being snapshotted. Suspend already synced.
                 pr_err!("sync refused: the table is suspended (it was synced by the suspend; resume it first)\n");
                 Err(EBUSY)
+            }
+            (b"sync", 1) if !self.writable => {
+                pr_err!("sync refused: the table is read-only (it writes nothing)\n");
+                Err(EROFS)
             }
             (b"sync", 1) => self.sync("message").map(|()| false).map_err(|_| EIO),
             (b"stats", 1) => {
@@ -1211,11 +1262,19 @@ impl dm::Target for MlsDisk {
             }
             StatusType::Ima => write!(
                 out,
-                "target_name=mlsdisk,target_version={}.{}.{},stage=passthrough,key_bits={};",
+                "target_name=mlsdisk,target_version={}.{}.{},stage={},key_bits={},read_only={};",
                 <Self as dm::Target>::VERSION[0],
                 <Self as dm::Target>::VERSION[1],
                 <Self as dm::Target>::VERSION[2],
-                self.key.bits()
+                // What protects the data: only the pass-through build
+                // leaves it unencrypted.
+                if cfg!(mlsdisk_passthrough) {
+                    "passthrough"
+                } else {
+                    "engine"
+                },
+                self.key.bits(),
+                if self.writable { "n" } else { "y" }
             ),
         }
     }
