@@ -26,7 +26,7 @@ use mlsdisk_core::disk::block_anchor::is_anchor_error;
 use mlsdisk_core::disk::{
     BlockAnchor, DataReader, DiskConfig, MlsDisk, NoAnchor, ReadPlan, RollbackAnchor,
 };
-use mlsdisk_core::{CryptoRef, Error as CoreError, ErrorKind};
+use mlsdisk_core::{Cause, CryptoRef, Error as CoreError, ErrorKind};
 
 use crate::dm::CtrError;
 use crate::kbio::{BdevBlockSet, NoIoScope};
@@ -92,7 +92,7 @@ impl Engine for MlsDisk<BdevBlockSet> {
 /// with the detail in the kernel log.
 fn ctr_error(e: CoreError, creating: bool) -> CtrError {
     // The geometry check of a superblock that verifies names truncation.
-    let truncated = e.kind() == ErrorKind::Corrupted && e.msg().contains("smaller than the disk");
+    let truncated = e.cause() == Cause::Truncated;
     let msg: &'static CStr = match (e.kind(), creating) {
         _ if is_anchor_error(&e) => anchor_error(e.kind()),
         _ if truncated && !creating => c"the backing device is smaller than the disk on it (truncated)",
