@@ -86,7 +86,7 @@ kmemleak="${kmemleak:-${MLSDISK_KMEMLEAK:-off}}"
 case "$kmemleak" in on | off) ;; *) die "--kmemleak (or MLSDISK_KMEMLEAK) must be on or off, not $kmemleak" ;; esac
 kernel_args="console=ttyS0 panic=-1 loglevel=4"
 [[ "$kmemleak" == off ]] || kernel_args+=" kmemleak=on"
-timeout_s="${timeout_s:-${MLSDISK_GUEST_TIMEOUT:-900}}"
+timeout_s="${timeout_s:-${MLSDISK_GUEST_TIMEOUT:-1500}}"
 disk_opts=""
 if [[ -n "$throttle" ]]; then
 	[[ "$throttle" =~ ^([0-9]+):([0-9]+)$ ]] || die "--throttle wants IOPS:BYTES_PER_S, not $throttle"
