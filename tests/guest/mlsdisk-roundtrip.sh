@@ -34,9 +34,10 @@ esac
 st=$(dmsetup status mlsdisk_test) || fail "dmsetup status failed"
 echo "+ dmsetup status: $st"
 case "$st" in
-"0 $len mlsdisk ok sync="*) ;;
+"0 $len mlsdisk health=ok sync="*) ;;
 *) fail "unexpected dmsetup status line: $st" ;;
 esac
+status_tokens_ok "$st"
 run dmsetup remove mlsdisk_test
 if dmesg | tail -n +$((n0 + 1)) | grep -qi "$KEY"; then
 	fail "the key appears in the kernel log"
