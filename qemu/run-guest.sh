@@ -106,7 +106,7 @@ else
 	guest_mem="${MLSDISK_GUEST_MEM:-1G}"
 fi
 [[ "$scale" =~ ^[1-9][0-9]*$ ]] || die "MLSDISK_TIMEOUT_SCALE must be a positive integer, not $scale"
-timeout_s="${timeout_s:-$((${MLSDISK_GUEST_TIMEOUT:-900} * scale))}"
+timeout_s="${timeout_s:-$((${MLSDISK_GUEST_TIMEOUT:-1500} * scale))}"
 test_timeout=$((600 * scale))
 disk_opts=""
 if [[ -n "$throttle" ]]; then

@@ -23,7 +23,7 @@ refused() {
 
 # The capacity of a disk on the whole device (see mlsdisk-engine-ext4).
 n0=$(dmesg | wc -l)
-must_fail dmsetup create mlsdisk_b --table "0 $sectors mlsdisk $DISK $KEY 1 create"
+must_fail dmsetup create mlsdisk_b --table "0 $sectors mlsdisk $DISK $KEY 1 force_create"
 max=$(dmesg | tail -n +$((n0 + 1)) | sed -n 's/.*the maximum is \([0-9]*\) sectors.*/\1/p' | tail -n 1)
 [ -n "$max" ] || fail "no capacity in dmesg"
 len=$((max / 8 * 8))
@@ -37,7 +37,7 @@ refused "zeroed device" "no mlsdisk on the backing device" "0 $len mlsdisk $DISK
 # 2. A disk with files; the wrong key.
 mnt=/mnt/mlsdisk_b
 run mkdir -p $mnt
-run dmsetup create mlsdisk_b --table "0 $len mlsdisk $DISK $KEY 1 create"
+run dmsetup create mlsdisk_b --table "0 $len mlsdisk $DISK $KEY 1 force_create"
 run mkfs.ext4 -q -F /dev/mapper/mlsdisk_b
 run mount -t ext4 /dev/mapper/mlsdisk_b $mnt
 write_files $mnt

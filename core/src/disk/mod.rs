@@ -114,7 +114,7 @@ use crate::bio::{BlockSet, BLOCK_SIZE};
 use crate::log::LogStoreConfig;
 use crate::lsm::LsmConfig;
 use crate::platform::{AeadKey, Crypto, Hash, Iv, Job, Mac, Parallel, HASH_LEN, MAC_LEN};
-use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
+use crate::{bail, ensure, Cause, CryptoRef, Error, ErrorKind, Result};
 use segment::{Head, Segments, NO_LBA};
 use state::UserState;
 use wbuf::WriteBuffer;
@@ -483,26 +483,29 @@ impl<D: BlockSet> MlsDisk<D> {
         );
         let digest = us.digest(&*self.crypto)?;
         self.anchor.bind(&self.uuid, false)?;
+        let rollback = |msg| Err(Error::new(ErrorKind::Rollback, msg).with_cause(Cause::Anchor));
         match self.anchor.read()? {
             // Nothing to compare with: trusted on first use.
             None => self.stats.anchor_tofu = self.anchor.protects(),
             Some(a) if us.sync_counter < a.counter => {
-                bail!(Rollback, "disk image is older than its rollback anchor")
+                return rollback("disk image is older than its rollback anchor")
             }
-            Some(a) if us.sync_counter == a.counter => ensure!(
-                digest == a.digest,
-                Rollback,
-                "disk image is a fork: another commit with the counter of its rollback anchor"
-            ),
-            Some(a) if a.counter.checked_add(1) == Some(us.sync_counter) => ensure!(
-                us.prev == a.digest,
-                Rollback,
-                "disk image is a fork: one sync ahead of its rollback anchor, but not from the anchored commit"
-            ),
-            Some(_) => bail!(
-                Rollback,
-                "disk image is more than one sync ahead of its rollback anchor"
-            ),
+            Some(a) if us.sync_counter == a.counter && digest != a.digest => {
+                return rollback(
+                    "disk image is a fork: another commit with the counter of its rollback anchor",
+                )
+            }
+            Some(a) if a.counter.checked_add(1) == Some(us.sync_counter) && us.prev != a.digest => {
+                return rollback(
+                    "disk image is a fork: one sync ahead of its rollback anchor, but not from the anchored commit",
+                )
+            }
+            Some(a)
+                if us.sync_counter == a.counter
+                    || a.counter.checked_add(1) == Some(us.sync_counter) => {}
+            Some(_) => {
+                return rollback("disk image is more than one sync ahead of its rollback anchor")
+            }
         }
         self.sync_counter = us.sync_counter;
         self.state_digest = digest;
