@@ -382,19 +382,24 @@ fn size_of(l: &mut Locked, p: &Path) -> Res<u64> {
     l.file.seek(SeekFrom::End(0)).map_err(|e| io_fail(p, &e))
 }
 
-/// The first [`admin::PROBE_LEN`] bytes (fewer on a small target).
+/// The first [`admin::PROBE_LEN`] bytes (fewer on a small target), in
+/// whole blocks. A block device is read with `O_DIRECT`: the page cache
+/// may hold blocks the kernel target has rewritten since.
 fn probe(l: &Locked, p: &Path) -> Res<Vec<u8>> {
+    let dev = disk_of(l, p)?;
+    let n = dev.nblocks().min((admin::PROBE_LEN / BLOCK_SIZE) as u64) as usize;
     let mut b = Vec::new();
-    b.try_reserve_exact(admin::PROBE_LEN)
+    b.try_reserve_exact(n * BLOCK_SIZE)
         .map_err(|_| fail("out of memory"))?;
-    (&l.file)
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| io_fail(p, &e))?;
-    (&l.file)
-        .take(admin::PROBE_LEN as u64)
-        .read_to_end(&mut b)
-        .map_err(|e| io_fail(p, &e))?;
+    b.resize(n * BLOCK_SIZE, 0);
+    dev.read(0, &mut b).map_err(|e| core_fail(p, e))?;
     Ok(b)
+}
+
+/// The core's device over an open target (`O_DIRECT` for a block device,
+/// see [`probe`]).
+fn disk_of(l: &Locked, p: &Path) -> Res<FileDisk> {
+    FileDisk::open(p, l.blockdev).map_err(|e| core_fail(p, e))
 }
 
 /// Refuses a target without the superblock magic.
@@ -418,42 +423,40 @@ fn anchor_of(
     key: &[u8],
     crypto: &CryptoRef,
     format: bool,
-) -> Res<Box<dyn RollbackAnchor>> {
+) -> Res<(Option<Locked>, Box<dyn RollbackAnchor>)> {
     if let Some(p) = &a.anchor {
-        let dev = if format && !p.exists() {
-            FileDisk::create(p, 2, false).map_err(|e| core_fail(p, e))?
-        } else {
-            // Check the path first for the OS's words.
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(p)
-                .map_err(|e| io_fail(p, &e))?;
-            FileDisk::open(p, false).map_err(|e| core_fail(p, e))?
-        };
+        if format && !p.exists() {
+            FileDisk::create(p, 2, false).map_err(|e| core_fail(p, e))?;
+        }
+        // Locked as the image is (for the OS's words on a bad path too).
+        let l = lock(p, false)?;
+        let dev = disk_of(&l, p)?;
         let anchor = BlockAnchor::new(dev, crypto.clone(), key)
             .map_err(|e| fail(format!("anchor {}: {}", p.display(), admin::error_words(e))))?;
-        return Ok(Box::new(anchor));
+        return Ok((Some(l), Box::new(anchor)));
     }
     match &a.anchor_file {
-        Some(p) => Ok(Box::new(FileAnchor::new(p))),
-        None => Ok(Box::new(NoAnchor)),
+        Some(p) => Ok((None, Box::new(FileAnchor::new(p)))),
+        None => Ok((None, Box::new(NoAnchor))),
     }
 }
 
 /// Opens an image in userspace: locks it, then reads the key (so a
 /// second user fails before it is asked for one), then opens the disk.
-fn open_image(p: &Path, k: KeyArgs, a: &AnchorArgs) -> Res<(Locked, MlsDisk<FileDisk>)> {
+fn open_image(p: &Path, k: KeyArgs, a: &AnchorArgs) -> Res<(Locks, MlsDisk<FileDisk>)> {
     let l = lock(p, false)?;
     let key = key_of(k)?;
     must_be_mlsdisk(&l, p)?;
     let c = crypto();
-    let anchor = anchor_of(a, &key, &c, false)?;
-    let dev = FileDisk::open(p, false).map_err(|e| core_fail(p, e))?;
+    let (al, anchor) = anchor_of(a, &key, &c, false)?;
+    let dev = disk_of(&l, p)?;
     let d =
         MlsDisk::open(dev, c, &key, DiskConfig::default(), anchor).map_err(|e| core_fail(p, e))?;
-    Ok((l, d))
+    Ok(((l, al), d))
 }
+
+/// The locks of an image and its anchor device.
+type Locks = (Locked, Option<Locked>);
 
 fn mib(blocks: u64) -> u64 {
     blocks / 256
@@ -527,8 +530,8 @@ fn format(a: FormatArgs) -> Res<u8> {
         cfg.layout.op_percent = o;
     }
     let c = crypto();
-    let anchor = anchor_of(&a.anchor, &key, &c, true)?;
-    let dev = FileDisk::open(p, false).map_err(|e| core_fail(p, e))?;
+    let (_al, anchor) = anchor_of(&a.anchor, &key, &c, true)?;
+    let dev = disk_of(&l, p)?;
     let d = MlsDisk::create(dev, c, &key, cfg, anchor).map_err(|e| {
         fail(format!(
             "{}: cannot format ({} blocks): {}",
@@ -553,7 +556,7 @@ fn format(a: FormatArgs) -> Res<u8> {
 /// The geometry in the superblock, read without opening the disk.
 fn read_geometry(p: &Path, l: &Locked, key: &[u8]) -> Res<Geometry> {
     must_be_mlsdisk(l, p)?;
-    let dev = FileDisk::open(p, false).map_err(|e| core_fail(p, e))?;
+    let dev = disk_of(l, p)?;
     let n = dev.nblocks();
     let (_, payload) = AuthBlob::open(&dev, 0, crypto(), key).map_err(|e| core_fail(p, e))?;
     let sp = SuperPayload::decode(&payload, n).map_err(|e| core_fail(p, e))?;
