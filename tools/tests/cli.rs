@@ -181,6 +181,13 @@ fn numbers_are_range_checked() {
         2,
         "2 is not in 4..=65536",
     );
+    // A format that fails leaves no new file behind.
+    expect(
+        &run(&d, &["format", "nokey.img", "--size-mib", "64"]),
+        2,
+        "a key is needed",
+    );
+    assert!(!d.p("nokey.img").exists());
     // A new file needs a size.
     expect(
         &run(&d, &["format", "new.img", "--key", KEY]),

@@ -463,7 +463,7 @@ fn mib(blocks: u64) -> u64 {
 }
 
 fn format(a: FormatArgs) -> Res<u8> {
-    let p = &a.target;
+    let p = a.target.clone();
     let existed = p.exists();
     if !existed && a.size_mib.is_none() {
         return Err(usage(format!(
@@ -471,7 +471,17 @@ fn format(a: FormatArgs) -> Res<u8> {
             p.display()
         )));
     }
-    let mut l = lock(p, a.size_mib.is_some())?;
+    let l = lock(&p, a.size_mib.is_some())?;
+    let r = format_locked(a, l, existed);
+    if r.is_err() && !existed {
+        // Leave no half-made image behind.
+        let _ = std::fs::remove_file(&p);
+    }
+    r
+}
+
+fn format_locked(a: FormatArgs, mut l: Locked, existed: bool) -> Res<u8> {
+    let p = &a.target;
     let key = key_of(a.key)?;
     if l.blockdev && a.size_mib.is_some() {
         return Err(usage(format!(
