@@ -566,24 +566,35 @@ fn two_writers_one_fails_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The second writer fails while the first holds the lock.
+    // Wait until the kernel lists the first writer's flock (/proc/locks:
+    // "N: FLOCK  ADVISORY  WRITE <pid> ..."), without taking the lock
+    // here (which could make the first writer fail instead).
+    let pid = first.id().to_string();
     let t0 = Instant::now();
-    let second = loop {
-        let o = run(&d, &["write", "disk.img", "1", "b", "--key", KEY]);
-        if o.status.code() != Some(0) {
-            break o;
+    loop {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        let held = locks.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.get(1) == Some(&"FLOCK")
+                && w.get(3) == Some(&"WRITE")
+                && w.get(4) == Some(&pid.as_str())
+        });
+        if held {
+            break;
         }
-        if t0.elapsed() > Duration::from_secs(30) {
+        if t0.elapsed() > Duration::from_secs(30) || first.try_wait().unwrap().is_some() {
             let _ = first.kill();
             let o = first.wait_with_output().unwrap();
             panic!(
-                "the second writer never met the first one's lock; the first: {:?} {}",
+                "the first writer never held its lock: {:?} {}",
                 o.status,
                 stderr(&o)
             );
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+    // The second writer fails while the first holds the lock.
+    let second = run(&d, &["write", "disk.img", "1", "b", "--key", KEY]);
     expect(
         &second,
         1,
@@ -610,7 +621,5 @@ fn two_writers_one_fails_cleanly() {
         "",
     );
     let out = std::fs::read(d.p("out")).unwrap();
-    // Either the first writer's block, or (if the second one ran before
-    // the first took the lock) the first overwrote it: 0xaa either way.
     assert!(out.iter().all(|&b| b == 0xaa));
 }
