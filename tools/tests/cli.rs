@@ -623,3 +623,42 @@ fn two_writers_one_fails_cleanly() {
     let out = std::fs::read(d.p("out")).unwrap();
     assert!(out.iter().all(|&b| b == 0xaa));
 }
+
+/// Runs `mlsdisk ARGS` on a pseudo-terminal (util-linux `script`) with
+/// `input` typed in.
+fn run_on_tty(dir: &Dir, args: &str, input: &str) -> Output {
+    let line = format!("{} {args}", env!("CARGO_BIN_EXE_mlsdisk"));
+    let mut c = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(&dir.0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` is needed to run mlsdisk on a terminal");
+    c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    c.wait_with_output().unwrap()
+}
+
+#[test]
+fn format_asks_on_a_terminal() {
+    let d = Dir::new("tty");
+    let args = format!("format t.img --size-mib 64 --key {KEY}");
+    // Anything but YES: nothing is made (script merges the streams).
+    let o = run_on_tty(&d, &args, "yes\n");
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Type YES to continue:"), "{out}");
+    assert!(
+        out.contains("not formatted (the answer was not YES)"),
+        "{out}"
+    );
+    assert!(!d.p("t.img").exists());
+    let o = run_on_tty(&d, &args, "YES\n");
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("formatted t.img"));
+    // --batch does not ask.
+    let o = run_on_tty(&d, &format!("{args} --force --batch"), "");
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("Type YES"), "{}", stdout(&o));
+}
