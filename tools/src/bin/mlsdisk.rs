@@ -654,6 +654,9 @@ fn open_dm(a: OpenArgs) -> Res<u8> {
     } else {
         None
     };
+    if a.sectors.is_some_and(|s| s % 8 != 0) {
+        return Err(usage("--sectors must be a multiple of 8 (4 KiB blocks)"));
+    }
     let sectors = {
         let mut l = lock(p, false)?;
         if !l.blockdev {
@@ -676,20 +679,30 @@ fn open_dm(a: OpenArgs) -> Res<u8> {
         }
         // The lock goes here: the kernel claims the device itself.
     };
-    let mut table = Zeroizing::new(format!("0 {sectors} mlsdisk {} ", p.display()));
+    let head = format!("0 {sectors} mlsdisk {} ", p.display());
+    let tail = match &a.anchor {
+        Some(anc) => format!(" 1 anchor=dev:{}\n", anc.display()),
+        None => "\n".to_string(),
+    };
+    // Sized up front: the string holding the key never reallocates (which
+    // would leave an unwiped copy behind).
+    let mut table = Zeroizing::new(String::new());
+    table
+        .try_reserve_exact(head.len() + 64 + tail.len() + 256)
+        .map_err(|_| fail("out of memory"))?;
+    table.push_str(&head);
     match (&keyref, &key) {
         (Some(r), _) => table.push_str(r),
         (None, Some(k)) => {
             for b in k.iter() {
-                table.push_str(&format!("{b:02x}"));
+                // Straight into the reserved string, no temporary.
+                std::fmt::Write::write_fmt(&mut *table, format_args!("{b:02x}"))
+                    .map_err(|_| fail("cannot format the table"))?;
             }
         }
         (None, None) => return Err(usage("a key is needed")),
     }
-    if let Some(anc) = &a.anchor {
-        table.push_str(&format!(" 1 anchor=dev:{}", anc.display()));
-    }
-    table.push('\n');
+    table.push_str(&tail);
     // The table (and so the key) goes through a pipe, never the command line.
     dmsetup(&["create", &a.name], Some(table.as_bytes())).map_err(|f| {
         fail(format!(
