@@ -662,3 +662,30 @@ fn format_asks_on_a_terminal() {
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     assert!(!stdout(&o).contains("Type YES"), "{}", stdout(&o));
 }
+
+#[test]
+fn manual_page() {
+    let d = Dir::new("man");
+    let o = run(&d, &["man"]);
+    expect(&o, 0, "");
+    let page = stdout(&o);
+    assert!(page.contains(".TH mlsdisk 8"), "{page}");
+    for sub in ["format", "size", "open", "close", "status", "check"] {
+        assert!(
+            page.contains(&format!("mlsdisk\\-{sub}(8)")),
+            "the manual page lacks {sub}"
+        );
+    }
+    let o = run(&d, &["man", "open"]);
+    expect(&o, 0, "");
+    assert!(
+        stdout(&o).contains(&format!(
+            ".TH mlsdisk-open 8  \"mlsdisk-open {}\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("key\\-desc"), "{}", stdout(&o));
+    expect(&run(&d, &["man", "nope"]), 2, "no command 'nope'");
+}

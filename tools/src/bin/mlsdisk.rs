@@ -21,8 +21,8 @@
 //! path and the cause); 2 usage (unknown argument, number out of range).
 //! `check` is fsck-style: 0 clean, 4 blocks failed authentication, 8 the
 //! image could not be checked (cannot open, wrong key, I/O), 2 usage.
-//! `mlsdisk COMMAND --help` describes each command; `docs/admin-guide.md`
-//! is the guide.
+//! `mlsdisk COMMAND --help` describes each command, `mlsdisk man` prints
+//! the manual page mlsdisk(8); `docs/admin-guide.md` is the guide.
 
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
@@ -95,6 +95,13 @@ enum Cmd {
     Write(WriteArgs),
     /// Read COUNT blocks from block LBA into OUTFILE.
     Read(ReadArgs),
+    /// Print the manual page mlsdisk(8), or mlsdisk-COMMAND(8), in roff
+    /// (mlsdisk man | man -l -).
+    #[command(hide = true)]
+    Man {
+        /// The command whose page to print.
+        command: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -301,7 +308,31 @@ fn run(cmd: Cmd) -> Res<u8> {
         Cmd::Check(a) => check(a),
         Cmd::Write(a) => write(a),
         Cmd::Read(a) => read(a),
+        Cmd::Man { command } => man(command),
     }
+}
+
+/// mlsdisk(8), generated from the same definitions as `--help`.
+fn man(sub: Option<String>) -> Res<u8> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    if let Some(name) = sub {
+        cmd.build();
+        cmd = cmd
+            .find_subcommand(&name)
+            .cloned()
+            .ok_or_else(|| usage(format!("no command '{name}'")))?
+            .name(format!("mlsdisk-{name}"))
+            .version(env!("CARGO_PKG_VERSION"));
+    }
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd)
+        .section("8")
+        .render(&mut out)
+        .map_err(|e| fail(format!("manual page: {}", admin::os_words(&e))))?;
+    std::io::stdout()
+        .write_all(&out)
+        .map_err(|e| fail(format!("standard output: {}", admin::os_words(&e))))?;
+    Ok(0)
 }
 
 /// The root key from `--key` or `--key-file` (exactly one).
