@@ -33,7 +33,9 @@
 # on the test disk (a per-request and a per-byte limit: an SSD model).
 #
 # The guest gets the cached base initramfs plus a small per-run cpio with
-# /init, the guest runner, the tests (tests/guest/*.sh) and mlsdisk.ko.
+# /init, the guest runner, the tests (tests/guest/*.sh), mlsdisk.ko and the
+# mlsdisk CLI as /usr/sbin/mlsdisk (built here with cargo; MLSDISK_CLI=PATH
+# takes a prebuilt one instead).
 # Disks are fresh sparse files per run: vda (spare, 64 MiB) and vdb (the
 # test disk). The serial console goes to <run-dir>/console.log.
 # Exit status 0 only when the guest printed its final "N passed, 0 failed"
@@ -50,7 +52,7 @@ die() {
 	exit 2
 }
 usage() {
-	sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,42p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 	exit 2
 }
 
@@ -164,6 +166,22 @@ mkdir -p "$run_dir/overlay/mlsdisk/tests"
 ov="$run_dir/overlay"
 install -m 0755 "$here/guest/init" "$ov/init"
 install -m 0644 "$here/guest/runner.sh" "$here/guest/lib.sh" "$here/guest/demo.sh" "$ov/mlsdisk/"
+# The mlsdisk CLI (tools/), built here so that every run has the current
+# one, with the shared libraries ldd lists (as build-initramfs.sh does).
+cli="${MLSDISK_CLI:-}"
+if [[ -z "$cli" ]]; then
+	echo "[guest] building the mlsdisk CLI (cargo build --release -p mlsdisk-tools --bin mlsdisk)"
+	cargo build -q --release --manifest-path "$MLSDISK_ROOT/Cargo.toml" -p mlsdisk-tools --bin mlsdisk ||
+		die "cargo build of the mlsdisk CLI failed"
+	cli="$MLSDISK_ROOT/target/release/mlsdisk"
+fi
+[[ -x "$cli" ]] || die "the mlsdisk CLI $cli does not exist"
+mkdir -p "$ov/usr/sbin"
+install -m 0755 "$cli" "$ov/usr/sbin/mlsdisk"
+while read -r lib; do
+	mkdir -p "$ov$(dirname "$lib")"
+	cp -L "$lib" "$ov$lib"
+done < <(ldd "$cli" | awk '/=> \//{print $3} /^[[:space:]]*\/[^ ]+ \(/{print $1}')
 if [[ -n "$guest_script" ]]; then
 	[[ -f "$guest_script" ]] || die "--guest-script $guest_script does not exist"
 	install -m 0644 "$guest_script" "$ov/mlsdisk/tests/"
