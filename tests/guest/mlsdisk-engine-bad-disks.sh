@@ -60,9 +60,13 @@ run dmsetup remove mlsdisk_short
 #    32 MiB after the metadata regions, where the log-structured data of a
 #    fresh disk lies). Every file then reads back either exactly as written
 #    or fails with an I/O error; at least one read fails.
-# The data region of a 1 GiB device starts at block 22849 (89 MiB: the
-# index region is sized for the tree's shape, 8.6 %, docs/format.md).
-data_mib=$((sectors * 9 / 204800 + 2))
+# Where the data region starts, from the disk's own geometry (the index
+# region before it is sized for the tree's shape: docs/format.md).
+data_blk=$(mlsdisk info "$DISK" --key "$KEY" | sed -n 's/^data log *from block \([0-9]*\):.*/\1/p')
+[ -n "$data_blk" ] || fail "mlsdisk info gave no start of the data log"
+data_mib=$((data_blk * 4096 / 1048576 + 1))
+echo "  data log from block $data_blk: tampering from $data_mib MiB"
+
 i=0
 while [ $i -lt 512 ]; do
 	printf '\377' | dd of="$DISK" bs=1 seek=$(((data_mib * 1048576) + i * 65536 + 100)) conv=notrunc 2>/dev/null ||
