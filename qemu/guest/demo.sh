@@ -82,18 +82,13 @@ fi
 mls_backing=/dev/mapper/bench_mls_backing
 mls_created=0
 
-# The mlsdisk's logical capacity: a length beyond it is refused with the
-# maximum in dmesg (the pass-through takes the whole backing device).
+# Format the mlsdisk backing device and learn its logical capacity with the
+# CLI, as a user would (`mlsdisk format`, `mlsdisk size`; docs/admin-guide.md).
 if [ $have_mls = 1 ]; then
-	n0=$(dmesg | wc -l)
-	if dmsetup create bench --table "0 $mls_region mlsdisk $mls_backing $KEY 1 force_create" >/dev/null 2>&1; then
-		mls_len=$mls_region
-		run dmsetup remove bench
-	else
-		max=$(dmesg | tail -n +$((n0 + 1)) | sed -n 's/.*the maximum is \([0-9]*\) sectors.*/\1/p' | tail -n 1)
-		[ -n "$max" ] || fail "mlsdisk refused the table and named no maximum: $(dmesg | tail -n 3)"
-		mls_len=$((max / 8 * 8))
-	fi
+	run mlsdisk format "$mls_backing" --key "$KEY" --batch --force
+	mls_len=$(mlsdisk size "$mls_backing" --key "$KEY") || fail "mlsdisk size $mls_backing failed"
+	case "$mls_len" in '' | *[!0-9]*) fail "mlsdisk size printed '$mls_len', not a number of sectors" ;; esac
+	mls_created=1
 	echo "BENCHINFO mlsdisk_capacity_mib $((mls_len / 2048)) of $MLS_REGION_MB"
 	[ $((mls_len / 2048)) -gt "$SIZE_MB" ] || fail "mlsdisk capacity $((mls_len / 2048)) MiB is below the working set ${SIZE_MB} MiB"
 fi
