@@ -85,7 +85,7 @@ pub mod counted;
 pub mod index;
 pub mod layout;
 mod lsm_index;
-mod paged_map;
+mod meta;
 pub mod reader;
 pub mod record;
 mod segment;
@@ -116,6 +116,7 @@ use crate::lsm::LsmConfig;
 use crate::platform::{AeadKey, Crypto, Hash, Iv, Job, Mac, Parallel, HASH_LEN, MAC_LEN};
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
 use segment::{Head, Segments, NO_LBA};
+
 use state::UserState;
 use wbuf::WriteBuffer;
 
@@ -428,7 +429,7 @@ impl<D: BlockSet> MlsDisk<D> {
             InvalidArgument,
             "write buffer must be 1..=65536 blocks"
         );
-        let segs = Segments::new(geo.nseg, geo.seg_blocks, geo.capacity)?;
+        let segs = Segments::new(geo.nseg, geo.seg_blocks)?;
         let wbuf_blocks = effective_wbuf_blocks(&geo, cfg.write_buffer_blocks);
         let wbuf = WriteBuffer::new(wbuf_blocks)?;
         let mut sealed = Vec::new();
@@ -502,27 +503,20 @@ impl<D: BlockSet> MlsDisk<D> {
         }
         self.sync_counter = us.sync_counter;
         self.state_digest = digest;
-        let cap = self.geo.capacity;
-        let data_blocks = self.geo.data_blocks();
-        let segs = &mut self.segs;
-        let mut mapped = 0u64;
-        self.index.for_each(&mut |lba, rec| {
-            ensure!(lba < cap, Corrupted, "index maps an LBA past the capacity");
-            ensure!(
-                rec.hba < data_blocks,
-                Corrupted,
-                "index points past the data region"
-            );
-            segs.set_valid(rec.hba, lba as u32)?;
-            mapped += 1;
-            Ok(())
-        })?;
+        // The segment usage table of the commit (a few consecutive index
+        // entries); no walk of the index.
+        let mut sum = 0u64;
+        for e in 0..meta::usage_entries(self.segs.nseg()) {
+            if let Some(rec) = self.index.get(meta::USAGE_BASE + e)? {
+                sum += self.segs.load_usage(e, &meta::from_record(&rec)?)?;
+            }
+        }
         ensure!(
-            mapped == us.mapped,
+            sum == us.mapped,
             Integrity,
-            "index entry count differs from the committed count"
+            "segment usage table disagrees with the committed mapped count"
         );
-        self.mapped = mapped;
+        self.mapped = us.mapped;
         self.segs.settle_after_open();
         self.anchor.advance(self.sync_counter, &self.state_digest)?;
         self.refresh_stats();
@@ -644,13 +638,37 @@ impl<D: BlockSet> MlsDisk<D> {
         r
     }
 
-    /// Makes sure `updates` index updates and a sync fit in the index
+    /// Index updates that writing, moving or unmapping `blocks` blocks may
+    /// cost, the segment metadata included: a record each, the summary
+    /// entries of their runs, and the usage entries the next commit
+    /// stores (those changed so far and one per block at most).
+    fn index_updates(&self, blocks: u64) -> u64 {
+        let seg = u64::from(self.geo.seg_blocks.max(1));
+        let runs = blocks / seg + 2;
+        let summaries = blocks / u64::from(meta::BLOCKS_PER_ENTRY) + 2 * runs;
+        let usage =
+            (self.segs.dirty_entries() + blocks + 2).min(meta::usage_entries(self.geo.nseg));
+        blocks.saturating_add(summaries).saturating_add(usage)
+    }
+
+    /// The room a write asks for before it buffers blocks: the updates of
+    /// the buffer's flush with their metadata counted twice. The margin
+    /// keeps the flush of an accepted buffer possible when the index is
+    /// nearly full: a refused write is followed by a sync, which may
+    /// commit once more (using room) before it flushes the buffer.
+    fn write_check_updates(&self, blocks: u64) -> u64 {
+        let u = self.index_updates(blocks);
+        u.saturating_add(u - blocks.min(u))
+    }
+
+    /// Makes sure the index updates of `blocks` blocks and a sync fit in the index
     /// (see [`DiskIndex::room_for`]), committing first when only a commit
     /// frees the room (or refusing with `NoSpace` when the disk may not
     /// commit on its own). Changes nothing but that commit.
-    fn ensure_index_room(&mut self, updates: u64) -> Result<()> {
+    fn ensure_index_room(&mut self, blocks: u64) -> Result<()> {
         let mut committed = false;
         loop {
+            let updates = self.index_updates(blocks);
             match self.index.room_for(updates)? {
                 Room::Now => return Ok(()),
                 Room::AfterCommit if committed => {
@@ -734,19 +752,7 @@ impl<D: BlockSet> MlsDisk<D> {
                 blk.copy_from_slice(b);
                 continue;
             }
-            // The forward map knows unmapped blocks without an index lookup.
-            let rec = match self.segs.hba_of(l) {
-                None => None,
-                Some(hba) => {
-                    let r = self.index.get(l)?.ok_or(Error::new(
-                        ErrorKind::Integrity,
-                        "index lost the record of a mapped block",
-                    ))?;
-                    ensure!(r.hba == hba, Integrity, "index and forward map disagree");
-                    Some(r)
-                }
-            };
-            match rec {
+            match self.index.get(l)? {
                 None => {
                     blk.fill(0);
                     self.stats.unmapped_blocks_read += 1;
@@ -783,11 +789,17 @@ impl<D: BlockSet> MlsDisk<D> {
             let buffered = (d.wbuf.len() as u64)
                 .saturating_add(n)
                 .min(d.wbuf.cap() as u64);
-            d.index.room_for(buffered)?;
+            d.index.room_for(d.write_check_updates(buffered))?;
             for (i, blk) in buf.chunks_exact(BLOCK_SIZE).enumerate() {
                 let l = lba + i as u64;
                 if d.wbuf.is_full() && !d.wbuf.contains(l) {
                     d.flush_wbuf()?;
+                    // The flush used room the check above counted for the
+                    // rest of this write too: check the rest again (a
+                    // refusal now leaves a prefix written, and an empty
+                    // buffer).
+                    let left = (n - i as u64).min(d.wbuf.cap() as u64);
+                    d.index.room_for(d.write_check_updates(left))?;
                 }
                 d.wbuf.put(l, blk)?;
                 d.stats.user_blocks_written += 1;
@@ -824,8 +836,8 @@ impl<D: BlockSet> MlsDisk<D> {
     fn unmap(&mut self, from: u64, to: u64) -> Result<()> {
         for l in from..to {
             self.wbuf.remove(l)?;
-            if let Some(hba) = self.segs.hba_of(l) {
-                self.segs.invalidate(hba)?;
+            if let Some(old) = self.index.get(l)? {
+                self.segs.invalidate(old.hba)?;
                 self.index.delete(l)?;
                 self.mapped = self.mapped.checked_sub(1).ok_or(Error::new(
                     ErrorKind::InvalidState,
@@ -904,7 +916,13 @@ impl<D: BlockSet> MlsDisk<D> {
             self.state_digest,
         )?;
         let digest = us.digest(&*self.crypto)?;
+        // The usage entries changed since the last commit go into this
+        // one: the committed table always matches the committed index.
+        for (e, p) in self.segs.dirty_payloads()? {
+            self.index.put(meta::USAGE_BASE + e, meta::to_record(&p)?)?;
+        }
         self.index.sync(&us.encode())?;
+        self.segs.clear_dirty();
         self.sync_counter = next;
         self.state_digest = digest;
         self.segs.release_pending()?;
@@ -1026,13 +1044,27 @@ impl<D: BlockSet> MlsDisk<D> {
         crate::platform::wipe(&mut keys);
         self.dev.write(self.geo.data_start + hba, out)?;
         self.stats.data_blocks_written += count as u64;
+        let mut run_lbas: Vec<u32> = Vec::new();
+        run_lbas.try_reserve_exact(count)?;
         for (l, rec) in recs {
-            match self.segs.hba_of(l) {
-                Some(old) => self.segs.invalidate(old)?,
+            // The old version (looked up in the index: no forward map in
+            // memory) loses its place in its segment's count.
+            match self.index.get(l)? {
+                Some(old) => self.segs.invalidate(old.hba)?,
                 None => self.mapped += 1,
             }
-            self.segs.set_valid(rec.hba, l as u32)?;
+            self.segs.add_valid(rec.hba)?;
             self.index.put(l, rec)?;
+            run_lbas
+                .push(u32::try_from(l).map_err(|_| Error::new(ErrorKind::InvalidState, "LBA"))?);
+        }
+        self.put_summary(Head::User, hba, &run_lbas)
+    }
+
+    /// Stores the summary entries of the run of `head` at `hba`.
+    fn put_summary(&mut self, head: Head, hba: u64, lbas: &[u32]) -> Result<()> {
+        for (k, p) in self.segs.record_run(head, hba, lbas)? {
+            self.index.put(k, meta::to_record(&p)?)?;
         }
         Ok(())
     }
@@ -1070,7 +1102,8 @@ impl<D: BlockSet> MlsDisk<D> {
             while user(&self.segs) + self.segs.pending_blocks() < goal {
                 match self.segs.pick_victim() {
                     Some((v, valid)) if u64::from(valid) <= self.segs.free_for(Head::Cleaner) => {
-                        if self.index.room_for(u64::from(valid))? == Room::AfterCommit {
+                        let updates = self.index_updates(u64::from(valid));
+                        if self.index.room_for(updates)? == Room::AfterCommit {
                             index_full = true;
                             break;
                         }
@@ -1111,35 +1144,67 @@ impl<D: BlockSet> MlsDisk<D> {
         }
     }
 
+    /// The blocks of segment `v` that hold live data, (offset, LBA): read
+    /// from the segment's summary entries and each checked in the index
+    /// (the summary is a hint; the index decides). There must be as many
+    /// as the usage table counts.
+    fn live_blocks(&mut self, v: u32) -> Result<Vec<(u64, u32)>> {
+        let sb = self.geo.seg_blocks;
+        let base = u64::from(v) * u64::from(sb);
+        let mut live: Vec<(u64, u32)> = Vec::new();
+        live.try_reserve(self.segs.valid_in(v) as usize)?;
+        let per = meta::BLOCKS_PER_ENTRY;
+        for first in (0..sb).step_by(per as usize) {
+            let Some(rec) = self.index.get(meta::summary_key(v, first, sb))? else {
+                continue;
+            };
+            let lbas = meta::unpack(&meta::from_record(&rec)?);
+            for (i, l) in lbas.iter().enumerate() {
+                let off = u64::from(first) + i as u64;
+                if *l == NO_LBA || off >= u64::from(sb) || u64::from(*l) >= self.geo.capacity {
+                    continue;
+                }
+                if let Some(r) = self.index.get(u64::from(*l))? {
+                    if r.hba == base + off {
+                        live.push((off, *l));
+                    }
+                }
+            }
+        }
+        ensure!(
+            live.len() as u64 == u64::from(self.segs.valid_in(v)),
+            Corrupted,
+            "cleaner: segment summary and usage table disagree"
+        );
+        Ok(live)
+    }
+
     /// Moves the valid blocks of segment `v` to the head of the data log.
     fn clean(&mut self, v: u32) -> Result<()> {
         let seg = u64::from(self.geo.seg_blocks);
         let base = u64::from(v) * seg;
+        let live = self.live_blocks(v)?;
         self.dev
             .read(self.geo.data_start + base, &mut self.scratch)?;
-        let mut live: Vec<(u64, u32)> = Vec::new();
-        live.try_reserve(self.segs.valid_in(v) as usize)?;
-        for off in 0..seg {
-            let l = self.segs.lba_at(base + off);
-            if l != NO_LBA {
-                live.push((off, l));
-            }
-        }
         let mut rest = live.as_slice();
         let mut out: Vec<u8> = Vec::new();
+        let mut lbas: Vec<u32> = Vec::new();
         while !rest.is_empty() {
             let (hba, run) = self.segs.alloc_run(Head::Cleaner, rest.len() as u64)?;
             let (now, later) = rest.split_at(run as usize);
             rest = later;
             out.clear();
             out.try_reserve(now.len() * BLOCK_SIZE)?;
-            for (off, _) in now {
+            lbas.clear();
+            lbas.try_reserve(now.len())?;
+            for (off, l) in now {
                 let o = *off as usize * BLOCK_SIZE;
                 let b = self
                     .scratch
                     .get(o..o + BLOCK_SIZE)
                     .ok_or(Error::new(ErrorKind::InvalidState, "cleaner scratch"))?;
                 out.extend_from_slice(b);
+                lbas.push(*l);
             }
             self.dev.write(self.geo.data_start + hba, &out)?;
             self.stats.data_blocks_written += run;
@@ -1152,13 +1217,14 @@ impl<D: BlockSet> MlsDisk<D> {
                 ensure!(
                     rec.hba == old,
                     Corrupted,
-                    "cleaner: index and validity table disagree"
+                    "cleaner: index and segment summary disagree"
                 );
                 rec.hba = hba + k as u64;
                 self.segs.invalidate(old)?;
-                self.segs.set_valid(rec.hba, *l)?;
+                self.segs.add_valid(rec.hba)?;
                 self.index.put(u64::from(*l), rec)?;
             }
+            self.put_summary(Head::Cleaner, hba, &lbas)?;
             self.stats.cleaner_blocks_moved += run;
         }
         self.stats.segments_cleaned += 1;
