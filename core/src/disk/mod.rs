@@ -651,16 +651,6 @@ impl<D: BlockSet> MlsDisk<D> {
         blocks.saturating_add(summaries).saturating_add(usage)
     }
 
-    /// The room a write asks for before it buffers blocks: the updates of
-    /// the buffer's flush with their metadata counted twice. The margin
-    /// keeps the flush of an accepted buffer possible when the index is
-    /// nearly full: a refused write is followed by a sync, which may
-    /// commit once more (using room) before it flushes the buffer.
-    fn write_check_updates(&self, blocks: u64) -> u64 {
-        let u = self.index_updates(blocks);
-        u.saturating_add(u - blocks.min(u))
-    }
-
     /// Makes sure the index updates of `blocks` blocks and a sync fit in the index
     /// (see [`DiskIndex::room_for`]), committing first when only a commit
     /// frees the room (or refusing with `NoSpace` when the disk may not
@@ -789,7 +779,7 @@ impl<D: BlockSet> MlsDisk<D> {
             let buffered = (d.wbuf.len() as u64)
                 .saturating_add(n)
                 .min(d.wbuf.cap() as u64);
-            d.index.room_for(d.write_check_updates(buffered))?;
+            d.index.room_for(d.index_updates(buffered))?;
             for (i, blk) in buf.chunks_exact(BLOCK_SIZE).enumerate() {
                 let l = lba + i as u64;
                 if d.wbuf.is_full() && !d.wbuf.contains(l) {
@@ -799,7 +789,7 @@ impl<D: BlockSet> MlsDisk<D> {
                     // refusal now leaves a prefix written, and an empty
                     // buffer).
                     let left = (n - i as u64).min(d.wbuf.cap() as u64);
-                    d.index.room_for(d.write_check_updates(left))?;
+                    d.index.room_for(d.index_updates(left))?;
                 }
                 d.wbuf.put(l, blk)?;
                 d.stats.user_blocks_written += 1;
