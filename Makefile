@@ -1,9 +1,10 @@
 # MlsDisk top-level targets. See README.md.
 #   make demo   toolchain + kernel + module + guest: fio table, mlsdisk vs dm-crypt
-#   make test   toolchain + kernel + cargo-test + module + guest-test + host-test + crash-replay
+#   make test   toolchain + kernel + cargo-test + fuzz-smoke + module + guest-test + host-test + crash-replay
 #   make bench  toolchain + kernel + module + the full guest benchmark (~20 min under TCG)
 #   make fuzz   cargo-fuzz + every fuzz target for FUZZ_SECONDS each (fuzz/README.md)
 #   make crash-replay  guest workload over dm-log-writes, then the host replay of crash states
+#   make test-debug  the guest suite on the debug kernel (lockdep, KASAN, ...); not in make test
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
@@ -14,15 +15,17 @@ FUZZ_SECONDS ?= 30
 FUZZ_TARGETS ?=
 export FUZZ_SECONDS FUZZ_TARGETS
 
-.PHONY: help toolchain kernel module initramfs cargo-test guest-test guest-test-kmemleak host-test crash-replay guest-demo guest-bench test demo bench fuzz fuzz-install
+.PHONY: help toolchain kernel module initramfs cargo-test guest-test guest-test-kmemleak host-test crash-replay guest-demo guest-bench test demo bench fuzz fuzz-install fuzz-smoke kernel-debug module-debug test-debug
 
 help:
 	@echo "make demo        install toolchain, build kernel + module, run the fio demo in the guest"
 	@echo "make test        install toolchain, build kernel, cargo tests, module, guest e2e tests"
 	@echo "make bench       the full fio benchmark in the guest: tables + build/bench/{results.md,chart.svg}"
 	@echo "make fuzz        every fuzz target for FUZZ_SECONDS (default 30) each; FUZZ_TARGETS=\"a b\" for some"
+	@echo "make fuzz-smoke  every fuzz target for FUZZ_RUNS (default 4000) inputs from a fixed seed (part of make test)"
 	@echo "make crash-replay  dm-log-writes log of a guest ext4 workload, its crash states replayed on the host (~3.5 min; REPLAY_STATES=N, REPLAY_SEED=S)"
-	@echo "make toolchain | kernel | module | initramfs | cargo-test | guest-test | guest-test-kmemleak | host-test | crash-replay"
+	@echo "make test-debug  the guest suite on the debug kernel (lockdep, KASAN, SLUB debug, ODEBUG; linux/README.md), zero splats; not in make test"
+	@echo "make toolchain | kernel | module | initramfs | cargo-test | guest-test | guest-test-kmemleak | host-test | crash-replay | kernel-debug | module-debug"
 
 toolchain:
 	scripts/install-toolchain.sh
@@ -54,6 +57,23 @@ guest-test:
 guest-test-kmemleak:
 	qemu/run-guest.sh --mode test --kmemleak on --tests mlsdisk-unload-leaks --run-dir build/guest-test-kmemleak $(GUEST_ARGS)
 
+# The debug kernel (qemu/kernel-debug.config on top of qemu/kernel.config,
+# its own cache key) and the module built for it in build/module-debug;
+# test-debug runs the guest suite there, timeouts scaled (run-guest.sh).
+# Not part of `make test`: too slow under TCG (linux/README.md).
+kernel-debug:
+	MLSDISK_KERNEL_VARIANT=debug scripts/build-kernel.sh
+
+module-debug:
+	MLSDISK_KERNEL_VARIANT=debug scripts/build-module.sh
+
+test-debug:
+	$(MAKE) toolchain
+	$(MAKE) kernel-debug
+	$(MAKE) module-debug
+	tests/harness/judge-log-test.sh
+	MLSDISK_KERNEL_VARIANT=debug qemu/run-guest.sh --mode test --kmemleak on --run-dir build/guest-test-debug $(GUEST_ARGS)
+
 # Power cuts and between-boots tampering: one image over several boots.
 host-test:
 	tests/host/anchor-tool.sh
@@ -76,6 +96,7 @@ test:
 	$(MAKE) toolchain
 	$(MAKE) kernel
 	$(MAKE) cargo-test
+	$(MAKE) fuzz-smoke
 	$(MAKE) module
 	$(MAKE) guest-test
 	$(MAKE) host-test
@@ -100,3 +121,8 @@ fuzz-install:
 
 fuzz: fuzz-install
 	scripts/fuzz.sh
+
+# The short, deterministic fuzz run of make test: FUZZ_RUNS inputs per target
+# from a fixed seed over the committed corpus.
+fuzz-smoke: fuzz-install
+	FUZZ_RUNS=$${FUZZ_RUNS:-4000} FUZZ_TARGETS= scripts/fuzz.sh

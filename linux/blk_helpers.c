@@ -297,8 +297,16 @@ bool mlsdisk_blk_reads_queue(struct mlsdisk_blk_reads *r, struct request *rq)
 		return false;
 	slot = &r->slots[rq->tag];
 	WRITE_ONCE(slot->rq, rq);
-	/* Cannot be pending (see above): always queues. */
-	return queue_work(r->wq, &slot->work);
+	/*
+	 * Cannot be pending: a tag's slot is queued again only after its
+	 * request ended, which its work item does as its last use of the
+	 * slot. Were it pending all the same, that pending run serves slot->rq
+	 * (this request): report the broken invariant, and still return true,
+	 * so that the caller does not end the request a second time through
+	 * its other queue.
+	 */
+	WARN_ON_ONCE(!queue_work(r->wq, &slot->work));
+	return true;
 }
 
 void mlsdisk_blk_reads_free(struct mlsdisk_blk_reads *r)

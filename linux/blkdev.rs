@@ -222,7 +222,7 @@ impl Engine for Plain {
     }
 
     fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
-        out.write_str("passthrough")
+        out.write_str("engine=passthrough")
     }
 }
 
@@ -694,8 +694,6 @@ pub(crate) struct BlkDisk {
     state: Arc<DiskState>,
     /// Kept for the disk, which uses it until `drop` deleted it.
     _tagset: Arc<TagSet<BlkOps>>,
-    /// Logical capacity in 4 KiB blocks.
-    capacity: u64,
 }
 
 // SAFETY: the gendisk, the workqueue and the tag set are kernel objects that
@@ -839,7 +837,7 @@ fn device(name: &[u8]) -> Result<u32> {
 fn start_engine(
     index: c_int,
     dev: u32,
-    create: bool,
+    (create, force): (bool, bool),
     key: &RawKey,
     anchor: Option<u32>,
 ) -> Result<(Box<dyn Engine>, u64)> {
@@ -879,10 +877,14 @@ fn start_engine(
                 table::Mode::Open
             });
             match anchor {
-                Some(anchor) => {
-                    crate::engine_disk::start_with_anchor(mode, set, key.as_bytes(), Some(anchor))
-                }
-                None => crate::engine_disk::start(mode, set, key.as_bytes()),
+                Some(anchor) => crate::engine_disk::start_with_anchor(
+                    mode,
+                    force,
+                    set,
+                    key.as_bytes(),
+                    Some(anchor),
+                ),
+                None => crate::engine_disk::start(mode, force, set, key.as_bytes()),
             }
             .map_err(|e| {
                 pr_err!("mlsdisk{}: {}\n", index, e.msg);
@@ -891,7 +893,7 @@ fn start_engine(
         }
         #[cfg(mlsdisk_passthrough)]
         {
-            let _ = (create, key, anchor, index);
+            let _ = (create, force, key, anchor, index);
             use mlsdisk_core::bio::BlockSet;
             let nblocks = set.nblocks();
             Ok((Box::new(Plain(set)) as Box<dyn Engine>, nblocks))
@@ -905,6 +907,8 @@ struct DiskParams<'a> {
     backing: &'a [u8],
     dev: u32,
     create: bool,
+    /// `force_create`: format even over an existing mlsdisk.
+    force: bool,
     /// The anchor's name and `dev_t`.
     anchor: Option<(&'a [u8], u32)>,
 }
@@ -917,12 +921,13 @@ fn disk_params<'a>(
     mode: &'a [u8],
     anchors: &'a [u8],
 ) -> Result<DiskParams<'a>> {
-    let create = match item_for(mode, i).unwrap_or(b"") {
-        b"" | b"open" => false,
-        b"create" => true,
+    let (create, force) = match item_for(mode, i).unwrap_or(b"") {
+        b"" | b"open" => (false, false),
+        b"create" => (true, false),
+        b"force_create" => (true, true),
         other => {
             pr_err!(
-                "mlsdisk{}: disk_mode '{}': expected 'create' or 'open'\n",
+                "mlsdisk{}: disk_mode '{}': expected 'create', 'force_create' or 'open'\n",
                 i,
                 format_args!("{}", table::Escaped(other))
             );
@@ -962,6 +967,7 @@ fn disk_params<'a>(
         backing,
         dev,
         create,
+        force,
         anchor,
     })
 }
@@ -979,10 +985,15 @@ impl Drop for BlkDisks {
 }
 
 impl BlkDisks {
-    /// The disks the module parameters ask for: all of them or none (a
-    /// failure removes the ones already made). Process context (module
-    /// init).
-    pub(crate) fn from_params() -> Result<Self> {
+    /// Whether no disk was added.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Opens the engines of the disks the module parameters ask for: all
+    /// of them or none (a failure closes the ones already opened); adds no
+    /// disk ([`Opened::add`] does). Process context (module init).
+    pub(crate) fn open_params() -> Result<Opened> {
         // SAFETY: no preconditions.
         let backing = param(unsafe { ffi::mlsdisk_blk_param_backing() });
         // SAFETY: no preconditions.
@@ -1002,7 +1013,7 @@ impl BlkDisks {
                 pr_err!("disk_anchor given without disk_backing\n");
                 return Err(EINVAL);
             }
-            return Ok(Self(KVec::new()));
+            return Ok(Opened(KVec::new()));
         }
         // The keys first: the parameter is wiped whatever happens next.
         let keys = take_keys(n)?;
@@ -1042,22 +1053,30 @@ impl BlkDisks {
                 }
             }
         }
-        let mut disks = Self(KVec::with_capacity(n, GFP_KERNEL)?);
+        // Every engine first: a failure here leaves nothing anyone could
+        // have seen (no disk was added), so init may still fail.
+        let mut pending = KVec::<Pending>::with_capacity(n, GFP_KERNEL)?;
         for (i, (p, key)) in all.iter().zip(keys.iter()).enumerate() {
             // `i < MAX_DISKS`, which fits.
             let index = i as c_int;
-            let disk = match BlkDisk::start(index, p.dev, p.create, key, p.anchor.map(|(_, d)| d)) {
+            let disk = match Pending::open(
+                index,
+                p.dev,
+                (p.create, p.force),
+                key,
+                p.anchor.map(|(_, d)| d),
+            ) {
                 Ok(disk) => disk,
                 Err(e) => {
                     pr_err!(
-                        "mlsdisk{}: cannot {} the disk on '{}' (error {}); removing the {} disk(s) made before it, insmod fails\n",
+                        "mlsdisk{}: cannot {} the disk on '{}' (error {}); closing the {} engine(s) opened before it (no disk was added), insmod fails\n",
                         i,
                         if p.create { "create" } else { "open" },
                         format_args!("{}", table::Escaped(p.backing)),
                         e.to_errno(),
-                        disks.0.len()
+                        pending.len()
                     );
-                    // `disks` drops here: each is synced and removed.
+                    // `pending` drops here: each engine is synced and closed.
                     return Err(e);
                 }
             };
@@ -1076,8 +1095,65 @@ impl BlkDisks {
                 }
             );
             // Reserved for `n` above: does not allocate.
-            disks.0.push(disk, GFP_KERNEL)?;
+            pending.push(disk, GFP_KERNEL)?;
         }
+        Ok(Opened(pending))
+    }
+}
+
+/// The disks of the module parameters with their engines open, none added
+/// yet ([`BlkDisks::open_params`]); [`Opened::add`] makes them visible.
+pub(crate) struct Opened(KVec<Pending>);
+
+impl Opened {
+    /// Adds every disk, in order. Once a disk is added, `udev`/`blkid` may
+    /// hold it open (and with it a reference to the module, which
+    /// `try_module_get` grants while the module is still coming up), so
+    /// module init must not fail after that: a module whose init fails is
+    /// freed regardless of such references. Hence nothing here fails once
+    /// the first disk is added: if a later `add_disk` fails (out of memory,
+    /// a sysfs name clash), that disk's engine is closed, the disks after
+    /// it are closed unadded, and the module stays loaded with the disks
+    /// added so far (logged). Fails only if the first disk cannot be added
+    /// (then nothing was visible).
+    pub(crate) fn add(self) -> Result<BlkDisks> {
+        let n = self.0.len();
+        // Allocated before the first add: pushing below never allocates.
+        let mut disks = BlkDisks(KVec::with_capacity(n, GFP_KERNEL)?);
+        let mut rest = self.0.into_iter();
+        for one in rest.by_ref() {
+            let index = one.parts.as_ref().map_or(0, |p| p.state.index);
+            match one.add() {
+                Ok(disk) => {
+                    if let Err(e) = disks.0.push_within_capacity(disk) {
+                        // Cannot happen (capacity `n`); a disk dropped
+                        // while the module stays loaded is safe.
+                        drop(e);
+                        break;
+                    }
+                }
+                Err(e) if disks.0.is_empty() => {
+                    pr_err!(
+                        "mlsdisk{}: cannot add the disk (error {}): closing the other engines, insmod fails\n",
+                        index,
+                        e.to_errno()
+                    );
+                    // `rest` drops with this function: closed, never added.
+                    return Err(e);
+                }
+                Err(e) => {
+                    pr_err!(
+                        "mlsdisk{}: cannot add the disk (error {}); the module stays loaded with the {} disk(s) added before it (init must not fail once a disk is visible), the later ones are closed\n",
+                        index,
+                        e.to_errno(),
+                        disks.0.len()
+                    );
+                    break;
+                }
+            }
+        }
+        // Any disks left in `rest` are closed, never added.
+        drop(rest);
         Ok(disks)
     }
 }
@@ -1094,20 +1170,74 @@ impl fmt::Display for AnchorShown<'_> {
     }
 }
 
-impl BlkDisk {
+/// A disk whose engine is open and whose workqueues, state and tag set
+/// are allocated, but that is not added yet: nothing outside the module
+/// can see it. Dropping it frees the workqueues and closes (syncs) the
+/// engine. Module init opens every disk to this stage before it adds any
+/// (see [`BlkDisks::add`]).
+struct Pending {
+    /// `None` once handed on to [`Pending::add`].
+    parts: Option<Parts>,
+}
+
+/// What a [`Pending`] disk holds.
+///
+/// # Invariants
+///
+/// `work` and `rworks` are the ordered and the read workqueue of `state`
+/// (whose argument is `state`), never queued yet; `tagset` is initialised.
+struct Parts {
+    work: NonNull<ffi::BlkWork>,
+    rworks: NonNull<ffi::BlkReads>,
+    state: Arc<DiskState>,
+    tagset: Arc<TagSet<BlkOps>>,
+    /// Logical capacity in 4 KiB blocks.
+    capacity: u64,
+}
+
+impl Parts {
+    /// Frees the workqueues and closes (syncs) the engine of a disk that
+    /// was never added.
+    fn discard(self) {
+        // SAFETY: the workqueues were never queued (the disk was never
+        // added, so no request reached them); freed once, here, the read
+        // workqueue first.
+        unsafe {
+            ffi::mlsdisk_blk_reads_free(self.rworks.as_ptr());
+            ffi::mlsdisk_blk_work_free(self.work.as_ptr());
+        }
+        close(&self.state);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(parts) = self.parts.take() {
+            let index = parts.state.index;
+            parts.discard();
+            pr_info!(
+                "mlsdisk{}: engine closed (synced); the disk was never added\n",
+                index
+            );
+        }
+    }
+}
+
+impl Pending {
     fn capacity_blocks(&self) -> u64 {
-        self.capacity
+        self.parts.as_ref().map_or(0, |p| p.capacity)
     }
 
-    /// Opens the engine and adds the disk `/dev/mlsdisk<index>`.
-    fn start(
+    /// Opens the engine of disk `index` and allocates everything the disk
+    /// needs, without adding it.
+    fn open(
         index: c_int,
         dev: u32,
-        create: bool,
+        mode: (bool, bool),
         key: &RawKey,
         anchor: Option<u32>,
     ) -> Result<Self> {
-        let (engine, capacity) = start_engine(index, dev, create, key, anchor)?;
+        let (engine, capacity) = start_engine(index, dev, mode, key, anchor)?;
         let mut buf = Vec::new();
         buf.try_reserve_exact(MAX_IO_SECTORS as usize * 512)
             .map_err(|_| ENOMEM)?;
@@ -1128,11 +1258,9 @@ impl BlkDisk {
             unsafe { ffi::mlsdisk_blk_work_free(work.as_ptr()) };
             return Err(ENOMEM);
         };
-        // From here on, a failure must close what was opened: the engine
-        // (synced and dropped on a worker by `close`) and the workqueues.
-        let free_work = |work: NonNull<ffi::BlkWork>| {
-            // SAFETY: created above, not queued yet or drained here, freed
-            // once; the read workqueue (which may kick `work`) first.
+        let free_work = || {
+            // SAFETY: created above, never queued, freed once; the read
+            // workqueue (which may kick `work`) first.
             unsafe {
                 ffi::mlsdisk_blk_reads_free(rworks.as_ptr());
                 ffi::mlsdisk_blk_work_free(work.as_ptr());
@@ -1155,12 +1283,12 @@ impl BlkDisk {
             Err(e) => {
                 // The engine was moved into the failed initializer and is
                 // dropped with it (on this stack: an out-of-memory path).
-                free_work(work);
+                free_work();
                 return Err(e);
             }
         };
-        // SAFETY: the state outlives both workqueues (`BlkDisk::drop` frees
-        // them before dropping its reference to the state).
+        // SAFETY: the state outlives both workqueues (`Parts::discard` and
+        // `BlkDisk::drop` free them before dropping their reference to it).
         unsafe {
             let arg = Arc::as_ptr(&state).cast_mut().cast();
             ffi::mlsdisk_blk_work_set_arg(work.as_ptr(), arg);
@@ -1169,15 +1297,35 @@ impl BlkDisk {
         let tagset = match Arc::pin_init(TagSet::new(1, QUEUE_DEPTH, 1), GFP_KERNEL) {
             Ok(t) => t,
             Err(e) => {
-                free_work(work);
+                free_work();
                 close(&state);
                 return Err(e);
             }
         };
-        let queuedata = state.clone().into_foreign();
+        // INVARIANT: the workqueues were made above for `state` and never
+        // queued; `tagset` is initialised.
+        Ok(Self {
+            parts: Some(Parts {
+                work,
+                rworks,
+                state,
+                tagset,
+                capacity,
+            }),
+        })
+    }
+
+    /// Adds the disk `/dev/mlsdisk<index>`. On failure the engine is
+    /// closed and the workqueues freed (nothing was visible).
+    fn add(mut self) -> Result<BlkDisk> {
+        let Some(parts) = self.parts.take() else {
+            return Err(EIO);
+        };
+        let index = parts.state.index;
+        let queuedata = parts.state.clone().into_foreign();
         // `TagSet` is `#[repr(transparent)]` over `Opaque<blk_mq_tag_set>`,
         // so its address is the C tag set's.
-        let set = Arc::as_ptr(&tagset)
+        let set = Arc::as_ptr(&parts.tagset)
             .cast_mut()
             .cast::<bindings::blk_mq_tag_set>();
         // SAFETY: `set` is an initialized tag set (kept alive by `tagset`
@@ -1189,14 +1337,17 @@ impl BlkDisk {
                 set,
                 queuedata,
                 index,
-                capacity.saturating_mul(SECTORS_PER_BLOCK),
+                parts.capacity.saturating_mul(SECTORS_PER_BLOCK),
                 MAX_IO_SECTORS,
                 MAX_DISCARD_SECTORS,
             )
         };
-        let disk = match kernel::error::from_err_ptr(disk) {
-            Ok(disk) => disk,
-            Err(err) => {
+        let disk = match kernel::error::from_err_ptr(disk).map(NonNull::new) {
+            Ok(Some(disk)) => disk,
+            failed => {
+                // `mlsdisk_blk_add_disk` never returns NULL; count it as a
+                // failure.
+                let err = failed.err().unwrap_or(EIO);
                 pr_err!(
                     "mlsdisk{}: cannot add the disk: error {}\n",
                     index,
@@ -1205,27 +1356,19 @@ impl BlkDisk {
                 // SAFETY: the failed add left nothing behind and gave
                 // `queuedata` back (see blk_helpers.h).
                 drop(unsafe { Arc::<DiskState>::from_foreign(queuedata) });
-                free_work(work);
-                close(&state);
+                parts.discard();
                 return Err(err);
             }
         };
-        let Some(disk) = NonNull::new(disk) else {
-            // `mlsdisk_blk_add_disk` never returns NULL; treat it as a
-            // failure without touching anything.
-            free_work(work);
-            return Err(EIO);
-        };
         // INVARIANT: added above with `queuedata` on `tagset`; `work` and
         // `rworks` are the state's workqueues.
-        Ok(Self {
+        Ok(BlkDisk {
             disk,
             queuedata,
-            work,
-            rworks,
-            state,
-            _tagset: tagset,
-            capacity,
+            work: parts.work,
+            rworks: parts.rworks,
+            state: parts.state,
+            _tagset: parts.tagset,
         })
     }
 }

@@ -237,6 +237,9 @@ pub(crate) enum MapResult {
     /// ([`Target::process_parallel`]); only for targets with
     /// [`Target::WORKER`] (others see it killed).
     Parallel,
+    /// The bio is refused: device-mapper ends it with an I/O error
+    /// (`DM_MAPIO_KILL`).
+    Kill,
 }
 
 /// Which text `status` must write.
@@ -281,6 +284,32 @@ impl Ctr<'_> {
     /// The length of the target in sectors (`ti->len`).
     pub(crate) fn len(&self) -> u64 {
         self.raw().len
+    }
+
+    /// Whether the table is loaded for writing (`dm_table_get_mode` has
+    /// `BLK_OPEN_WRITE`); `dmsetup create --readonly` loads it without.
+    pub(crate) fn writable(&self) -> bool {
+        // SAFETY: `ti` is valid (type invariant) and its `table` was set by
+        // device-mapper before calling the constructor.
+        unsafe { bindings::mlsdisk_ti_writable(self.ti.as_ptr()) }
+    }
+
+    /// Identifies the table this target is being built for (the address of
+    /// its `struct dm_table`): two targets of one table line share it.
+    /// Only compared, never dereferenced.
+    pub(crate) fn table_id(&self) -> usize {
+        self.raw().table as usize
+    }
+
+    /// Identifies the mapped device whose table this is (the address of
+    /// its `struct mapped_device`): every table loaded into one mapped
+    /// device, a reload included, shares it. Only compared, never
+    /// dereferenced.
+    pub(crate) fn md_id(&self) -> usize {
+        // SAFETY: `ti` is valid (type invariant) and device-mapper set its
+        // `table` before calling the constructor; `dm_table_get_md` only
+        // reads `table->md`.
+        unsafe { bindings::dm_table_get_md(self.raw().table) as usize }
     }
 
     /// Sets how many flush bios (`REQ_PREFLUSH`, empty) each flush sends to
@@ -957,6 +986,7 @@ unsafe extern "C" fn map_callback<T: Target>(
             }
             None => bindings::DM_MAPIO_KILL as c_int,
         },
+        MapResult::Kill => bindings::DM_MAPIO_KILL as c_int,
     }
 }
 

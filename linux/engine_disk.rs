@@ -10,8 +10,8 @@
 //!   fails with a message naming the `create` option when there is no disk.
 //! - The key is the root key (16 or 32 bytes); the engine derives every
 //!   key it uses from it.
-//! - Rollback anchor: `anchor=none` (the default: the status line says the
-//!   disk is unprotected against whole-image rollback) or `anchor=dev:<device>`:
+//! - Rollback anchor: `anchor=none` (the default: the status line says
+//!   `anchor=none`, unprotected against whole-image rollback) or `anchor=dev:<device>`:
 //!   the core's `BlockAnchor` over a second block device that the guest
 //!   trusts (the host must not be able to roll it back), blocks 0 and 1 of
 //!   it. `create` writes a new anchor there; `open` refuses an image older
@@ -26,7 +26,7 @@ use mlsdisk_core::disk::block_anchor::is_anchor_error;
 use mlsdisk_core::disk::{
     BlockAnchor, DataReader, DiskConfig, MlsDisk, NoAnchor, ReadPlan, RollbackAnchor,
 };
-use mlsdisk_core::{CryptoRef, Error as CoreError, ErrorKind};
+use mlsdisk_core::{Cause, CryptoRef, Error as CoreError, ErrorKind};
 
 use crate::dm::CtrError;
 use crate::kbio::{BdevBlockSet, NoIoScope};
@@ -52,7 +52,27 @@ impl Engine for MlsDisk<BdevBlockSet> {
     }
 
     fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
-        out.write_str(&self.status_line())
+        // Straight into the caller's buffer (the dm result buffer): no heap
+        // string. `DiskStats` is plain numbers and a static name.
+        let healthy = self.failure().is_none();
+        let st = self.stats();
+        let wa = st.write_amplification_milli();
+        write!(
+            out,
+            "health={} sync={} capacity={} logical={} mapped={} free={} pending={} wa={}.{:03} cleaned={} anchor={}{}",
+            if healthy { "ok" } else { "failed" },
+            st.sync_counter,
+            st.logical_blocks.saturating_mul(crate::target::SECTORS_PER_BLOCK),
+            st.logical_blocks,
+            st.mapped_blocks,
+            st.free_blocks,
+            st.pending_blocks,
+            wa / 1000,
+            wa % 1000,
+            st.segments_cleaned,
+            st.anchor,
+            if st.anchor_tofu { "-tofu" } else { "" },
+        )
     }
 
     fn background_step(&mut self) -> mlsdisk_core::Result<bool> {
@@ -72,7 +92,7 @@ impl Engine for MlsDisk<BdevBlockSet> {
 /// with the detail in the kernel log.
 fn ctr_error(e: CoreError, creating: bool) -> CtrError {
     // The geometry check of a superblock that verifies names truncation.
-    let truncated = e.kind() == ErrorKind::Corrupted && e.msg().contains("smaller than the disk");
+    let truncated = e.cause() == Cause::Truncated;
     let msg: &'static CStr = match (e.kind(), creating) {
         _ if is_anchor_error(&e) => anchor_error(e.kind()),
         _ if truncated && !creating => c"the backing device is smaller than the disk on it (truncated)",
@@ -119,26 +139,66 @@ fn anchor_error(kind: ErrorKind) -> &'static CStr {
     }
 }
 
+/// Whether block 0 or 1 of `dev` starts with the AuthBlob magic: the
+/// superblock's slots A and B (`docs/format.md`), so the device holds an
+/// mlsdisk (or a rollback anchor, which has the same container). Only the
+/// magic is looked at: without the key nothing more can be checked, and a
+/// damaged superblock still means there was a disk.
+fn holds_superblock(dev: &BdevBlockSet) -> mlsdisk_core::Result<bool> {
+    use mlsdisk_core::bio::{BlockSet, BLOCK_SIZE};
+    use mlsdisk_core::crypto::auth_blob::MAGIC;
+    let blocks = dev.nblocks().min(2) as usize;
+    let mut buf = alloc::vec::Vec::new();
+    buf.try_reserve_exact(blocks * BLOCK_SIZE)
+        .map_err(|_| CoreError::new(ErrorKind::OutOfMemory, "superblock check buffer"))?;
+    buf.resize(blocks * BLOCK_SIZE, 0);
+    if blocks > 0 {
+        dev.read(0, &mut buf)?;
+    }
+    Ok(buf
+        .chunks(BLOCK_SIZE)
+        .any(|block| block.get(..MAGIC.len()) == Some(&MAGIC[..])))
+}
+
 /// Creates (`Mode::Create`) or opens the disk on `dev` with `root_key`,
 /// without a rollback anchor. Returns the engine and its logical capacity
 /// in 4 KiB blocks.
 pub(crate) fn start(
     mode: Option<Mode>,
+    force: bool,
     dev: BdevBlockSet,
     root_key: &[u8],
 ) -> Result<(Box<dyn Engine>, u64), CtrError> {
-    start_with_anchor(mode, dev, root_key, None)
+    start_with_anchor(mode, force, dev, root_key, None)
 }
 
 /// As [`start`], with the rollback anchor on `anchor` (blocks 0 and 1 of
-/// that device) if given.
+/// that device) if given. `create` refuses a device whose block 0 or 1
+/// holds an mlsdisk superblock unless `force` (`force_create`).
 pub(crate) fn start_with_anchor(
     mode: Option<Mode>,
+    force: bool,
     dev: BdevBlockSet,
     root_key: &[u8],
     anchor: Option<BdevBlockSet>,
 ) -> Result<(Box<dyn Engine>, u64), CtrError> {
     let creating = matches!(mode, Some(Mode::Create));
+    if creating && !force {
+        let _noio = NoIoScope::enter();
+        match holds_superblock(&dev) {
+            Ok(false) => {}
+            Ok(true) => {
+                pr_err!(
+                    "the backing device holds an mlsdisk superblock (block 0 or 1): 'create' refused; give 'force_create' to format it anyway\n"
+                );
+                return Err(CtrError::new(
+                    c"the backing device holds an mlsdisk: refusing 'create' (use 'force_create')",
+                    EEXIST,
+                ));
+            }
+            Err(e) => return Err(ctr_error(e, true)),
+        }
+    }
     let crypto = KernelCrypto::new().map_err(|err| {
         pr_err!(
             "cannot allocate gcm(aes) transforms: error {}\n",

@@ -171,7 +171,8 @@ impl Drop for NoIoScope {
     }
 }
 
-/// Runs `f` on a kernel worker (`system_dfl_long_wq`) and waits for its
+/// Runs `f` on a kernel worker (the module's `mlsdisk_sync` workqueue,
+/// `WQ_MEM_RECLAIM`, see `par_helpers.c`) and waits for its
 /// result: a fresh, shallow stack for the engine's deep calls (create,
 /// open, sync), which would otherwise sit on top of an ioctl path in a
 /// 16 KiB kernel stack. The worker runs in a `GFP_NOIO` scope. Sleeps.

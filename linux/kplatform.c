@@ -42,6 +42,7 @@
 #include <linux/workqueue.h>
 
 #include "bindings/mlsdisk_helpers.h"
+#include "bindings/par_helpers.h"
 
 #define MLSDISK_IV_LEN 12
 #define MLSDISK_TAG_LEN 16
@@ -663,6 +664,11 @@ int mlsdisk_ti_setup_worker(struct dm_target *ti, sector_t max_io_len)
 	return dm_set_target_max_io_len(ti, max_io_len);
 }
 
+bool mlsdisk_ti_writable(struct dm_target *ti)
+{
+	return !!(dm_table_get_mode(ti->table) & BLK_OPEN_WRITE);
+}
+
 void mlsdisk_limits_4k(struct queue_limits *limits, unsigned int max_discard_sectors)
 {
 	limits->logical_block_size = max_t(unsigned int, limits->logical_block_size, 4096);
@@ -718,16 +724,23 @@ static void mlsdisk_onstack_fn(struct work_struct *work)
 {
 	struct mlsdisk_onstack_work *w =
 		container_of(work, struct mlsdisk_onstack_work, work);
+	/* Syncs and closes run while writeback may wait for the engine. */
+	unsigned int noio = memalloc_noio_save();
 
 	w->fn(w->arg);
+	memalloc_noio_restore(noio);
 }
 
 void mlsdisk_run_on_worker(void (*fn)(void *arg), void *arg)
 {
 	struct mlsdisk_onstack_work w = { .fn = fn, .arg = arg };
 
+	struct workqueue_struct *wq = mlsdisk_sync_wq();
+
 	INIT_WORK_ONSTACK(&w.work, mlsdisk_onstack_fn);
-	queue_work(system_dfl_long_wq, &w.work);
+	/* The module's WQ_MEM_RECLAIM queue (par_helpers.c); the system one
+	 * only if it is not there (never after module init made it). */
+	queue_work(wq ? wq : system_dfl_long_wq, &w.work);
 	flush_work(&w.work);
 	destroy_work_on_stack(&w.work);
 }

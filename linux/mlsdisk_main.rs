@@ -55,11 +55,13 @@ module! {
 }
 
 struct MlsDiskModule {
+    /// The dm target, registered last at init and unregistered first
+    /// (`None` only if registering failed after blk-mq disks were added).
+    _target: Option<dm::Registration<target::MlsDisk>>,
     /// `/dev/mlsdisk0`, `/dev/mlsdisk1`, ... as the module parameters ask
-    /// for them (see `blkdev.rs`); dropped (synced, closed) before the
-    /// target goes.
+    /// for them (see `blkdev.rs`); dropped (synced, closed) after the
+    /// target is unregistered.
     _disks: blkdev::BlkDisks,
-    _target: dm::Registration<target::MlsDisk>,
     /// The workers that seal write buffers on several CPUs; dropped last.
     _parallel: kparallel::ParallelWorkqueue,
 }
@@ -96,17 +98,39 @@ impl kernel::Module for MlsDiskModule {
             pr_err!("cannot allocate the parallel workqueue: error {}\n", e.to_errno());
         })?;
         target::init_registry();
-        let registration = dm::Registration::new(module).inspect_err(|e| {
-            pr_err!("cannot register the dm target: error {}\n", e.to_errno());
-        })?;
-        #[cfg(mlsdisk_passthrough)]
-        pr_info!("dm target registered (pass-through stage, data is NOT encrypted)\n");
-        #[cfg(not(mlsdisk_passthrough))]
-        pr_info!("dm target registered (engine: disk::MlsDisk)\n");
-        let disks = blkdev::BlkDisks::from_params()?;
+        // The order matters for a failed init: the module is freed even if
+        // something outside holds a reference to it (`try_module_get`
+        // succeeds while it is coming up). So every engine is opened first
+        // (all failable steps), then the disks are added (after the first
+        // one nothing fails init), then the dm target is registered (after
+        // which nothing can fail).
+        let opened = blkdev::BlkDisks::open_params()?;
+        let disks = opened.add()?;
+        let target = match dm::Registration::new(module) {
+            Ok(registration) => Some(registration),
+            Err(e) if disks.is_empty() => {
+                pr_err!("cannot register the dm target: error {}\n", e.to_errno());
+                return Err(e);
+            }
+            Err(e) => {
+                // Disks are visible: failing init now could free the module
+                // under an opener. Stay loaded with the disks only.
+                pr_err!(
+                    "cannot register the dm target: error {}; the module stays loaded with its blk-mq disks only\n",
+                    e.to_errno()
+                );
+                None
+            }
+        };
+        if target.is_some() {
+            #[cfg(mlsdisk_passthrough)]
+            pr_info!("dm target registered (pass-through stage, data is NOT encrypted)\n");
+            #[cfg(not(mlsdisk_passthrough))]
+            pr_info!("dm target registered (engine: disk::MlsDisk)\n");
+        }
         Ok(Self {
+            _target: target,
             _disks: disks,
-            _target: registration,
             _parallel: parallel,
         })
     }

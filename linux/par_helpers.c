@@ -11,10 +11,21 @@
  * result is the same, only slower. mlsdisk_par_run returns only after
  * every job returned, which is what lets the Rust side lend the jobs
  * borrowed data.
+ *
+ * Every job runs in a memalloc_noio scope: the caller holds the engine's
+ * mutex, which writeback may be waiting for, so an allocation in a job
+ * (the crypto API's per-request allocations included) must not recurse
+ * into I/O through reclaim.
+ *
+ * The same init also makes "mlsdisk_sync" (WQ_MEM_RECLAIM | WQ_UNBOUND),
+ * the queue of mlsdisk_run_on_worker (kplatform.c): create, open, sync and
+ * close of a disk run there on a fresh stack, with a rescuer thread, rather
+ * than on system_dfl_long_wq, which has none.
  */
 #include <linux/atomic.h>
 #include <linux/completion.h>
 #include <linux/cpumask.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/workqueue.h>
 
@@ -30,18 +41,35 @@ struct mlsdisk_par_item {
 };
 
 static struct workqueue_struct *mlsdisk_par_wq;
+static struct workqueue_struct *mlsdisk_sync_wq_ptr;
 
 int mlsdisk_par_init(void)
 {
 	mlsdisk_par_wq = alloc_workqueue("mlsdisk_par", WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
-	return mlsdisk_par_wq ? 0 : -ENOMEM;
+	if (!mlsdisk_par_wq)
+		return -ENOMEM;
+	mlsdisk_sync_wq_ptr = alloc_workqueue("mlsdisk_sync", WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
+	if (!mlsdisk_sync_wq_ptr) {
+		destroy_workqueue(mlsdisk_par_wq);
+		mlsdisk_par_wq = NULL;
+		return -ENOMEM;
+	}
+	return 0;
 }
 
 void mlsdisk_par_exit(void)
 {
+	if (mlsdisk_sync_wq_ptr)
+		destroy_workqueue(mlsdisk_sync_wq_ptr);
+	mlsdisk_sync_wq_ptr = NULL;
 	if (mlsdisk_par_wq)
 		destroy_workqueue(mlsdisk_par_wq);
 	mlsdisk_par_wq = NULL;
+}
+
+struct workqueue_struct *mlsdisk_sync_wq(void)
+{
+	return mlsdisk_sync_wq_ptr;
 }
 
 unsigned int mlsdisk_par_width(void)
@@ -52,8 +80,10 @@ unsigned int mlsdisk_par_width(void)
 static void mlsdisk_par_work_fn(struct work_struct *work)
 {
 	struct mlsdisk_par_item *item = container_of(work, struct mlsdisk_par_item, work);
+	unsigned int noio = memalloc_noio_save();
 
 	item->fn(item->ctx, item->idx);
+	memalloc_noio_restore(noio);
 	/* The last job to finish wakes the caller; nothing is touched after. */
 	if (atomic_dec_and_test(item->left))
 		complete(item->done);
@@ -69,8 +99,11 @@ void mlsdisk_par_run(void (*fn)(void *ctx, unsigned int idx), void *ctx, unsigne
 	if (n > 1 && mlsdisk_par_wq)
 		items = kmalloc_array(n - 1, sizeof(*items), GFP_NOIO);
 	if (!items) {
+		unsigned int noio = memalloc_noio_save();
+
 		for (i = 0; i < n; i++)
 			fn(ctx, i);
+		memalloc_noio_restore(noio);
 		return;
 	}
 	atomic_set(&left, n - 1);
@@ -85,7 +118,12 @@ void mlsdisk_par_run(void (*fn)(void *ctx, unsigned int idx), void *ctx, unsigne
 		item->done = &done;
 		queue_work(mlsdisk_par_wq, &item->work);
 	}
-	fn(ctx, 0);
+	{
+		unsigned int noio = memalloc_noio_save();
+
+		fn(ctx, 0);
+		memalloc_noio_restore(noio);
+	}
 	wait_for_completion(&done);
 	kfree(items);
 }

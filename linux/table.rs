@@ -21,7 +21,9 @@
 //!   are refused with [`TableError::KeyringNotSupported`]).
 //!
 //! Options (`<#opts>` counts them; the count must match exactly):
-//! - `create`: format a new disk on the backing device;
+//! - `create`: format a new disk on the backing device (refused when the
+//!   device already holds an mlsdisk superblock);
+//! - `force_create`: as `create`, also over an existing mlsdisk;
 //! - `open`: open an existing disk (the default); conflicts with `create`;
 //! - `anchor=<spec>`: the trusted rollback anchor (at most
 //!   [`ANCHOR_MAX`] printable bytes), one of [`AnchorKind`]: `none` (the
@@ -72,7 +74,7 @@ pub(crate) enum TableError<'a> {
     UnknownOption(&'a [u8]),
     /// The same option twice.
     DuplicateOption(&'a [u8]),
-    /// `create` and `open` together.
+    /// Two of `create`, `force_create` and `open` together.
     ConflictingOptions,
     /// `anchor=` with an empty, overlong or unprintable value.
     BadAnchor,
@@ -98,7 +100,7 @@ impl TableError<'_> {
             }
             Self::UnknownOption(_) => c"unknown option",
             Self::DuplicateOption(_) => c"option given twice",
-            Self::ConflictingOptions => c"options 'create' and 'open' conflict",
+            Self::ConflictingOptions => c"options 'create', 'force_create' and 'open' conflict",
             Self::BadAnchor => c"bad anchor specification",
             Self::UnknownAnchor(_) => c"unknown anchor (expected 'none' or 'dev:<device>')",
         }
@@ -145,7 +147,9 @@ impl fmt::Display for TableError<'_> {
             ),
             Self::UnknownOption(s) => write!(f, "unknown option '{}'", Escaped(s)),
             Self::DuplicateOption(s) => write!(f, "option '{}' given twice", Escaped(s)),
-            Self::ConflictingOptions => f.write_str("options 'create' and 'open' conflict"),
+            Self::ConflictingOptions => {
+                f.write_str("options 'create', 'force_create' and 'open' conflict")
+            }
             Self::BadAnchor => write!(
                 f,
                 "bad anchor: 'anchor=<spec>' needs 1 to {ANCHOR_MAX} printable characters"
@@ -339,8 +343,13 @@ pub(crate) enum KeySpec {
 /// The optional arguments.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Options {
-    /// `create` or `open`, if given (`None` means open).
+    /// `create` or `open`, if given (`None` means open); `force_create`
+    /// is `create` with [`Options::force`].
     pub(crate) mode: Option<Mode>,
+    /// `force_create`: format even a device that holds an mlsdisk. Never
+    /// written back by [`Options::emit`] (a created disk is shown as
+    /// `open`).
+    pub(crate) force: bool,
     /// `anchor=<spec>`, if given.
     pub(crate) anchor: Option<Anchor>,
 }
@@ -528,14 +537,20 @@ fn parse_options<'a>(args: &[&'a [u8]]) -> Result<Options, TableError<'a>> {
             options.anchor = Some(anchor);
             continue;
         }
-        let mode = match opt {
-            b"create" => Mode::Create,
-            b"open" => Mode::Open,
+        let (mode, force) = match opt {
+            b"create" => (Mode::Create, false),
+            b"force_create" => (Mode::Create, true),
+            b"open" => (Mode::Open, false),
             _ => return Err(TableError::UnknownOption(opt)),
         };
         match options.mode {
-            None => options.mode = Some(mode),
-            Some(m) if m == mode => return Err(TableError::DuplicateOption(opt)),
+            None => {
+                options.mode = Some(mode);
+                options.force = force;
+            }
+            Some(m) if m == mode && options.force == force => {
+                return Err(TableError::DuplicateOption(opt))
+            }
             Some(_) => return Err(TableError::ConflictingOptions),
         }
     }
@@ -606,6 +621,19 @@ mod tests {
 
         let line = parse(&[b"/dev/vdb", KEY64, b"0"]).unwrap();
         assert_eq!(line.options.count(), 0);
+        assert!(!line.options.force);
+
+        // `force_create` is `create` with `force`, and is never shown.
+        let line = parse(&[b"/dev/vdb", KEY64, b"1", b"force_create"]).unwrap();
+        assert_eq!(line.options.mode, Some(Mode::Create));
+        assert!(line.options.force);
+        let line = parse(&[b"/dev/vdb", KEY64, b"1", b"create"]).unwrap();
+        assert!(!line.options.force);
+        let mut opts = parse(&[b"/dev/vdb", KEY64, b"1", b"force_create"]).unwrap().options;
+        opts.mode = Some(Mode::Open);
+        let mut s = String::new();
+        opts.emit(&mut s).unwrap();
+        assert_eq!(s, " 1 open");
     }
 
     #[test]
@@ -639,6 +667,10 @@ mod tests {
         assert!(err(&[b"/dev/vdb", KEY64, b"create"]).contains("'create' is not a number"));
         assert!(err(&[b"/dev/vdb", KEY64, b"2", b"create", b"open"]).contains("conflict"));
         assert!(err(&[b"/dev/vdb", KEY64, b"2", b"open", b"open"]).contains("twice"));
+        assert!(err(&[b"/dev/vdb", KEY64, b"2", b"create", b"force_create"]).contains("conflict"));
+        assert!(err(&[b"/dev/vdb", KEY64, b"2", b"force_create", b"open"]).contains("conflict"));
+        assert!(err(&[b"/dev/vdb", KEY64, b"2", b"force_create", b"force_create"])
+            .contains("twice"));
         assert!(err(&[b"/dev/vdb", KEY64, b"1", b"anchor="]).contains("bad anchor"));
         assert!(err(&[b"/dev/vdb", KEY64, b"1", b"anchor=file:/x"])
             .contains("unknown anchor 'file:/x'"));

@@ -105,7 +105,7 @@ use crate::table::{self, Escaped, KeyRef, KeySpec, Options, RawKey};
 use crate::table::AnchorKind;
 
 /// Sectors per 4 KiB block.
-const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
+pub(crate) const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
 
 /// Largest bio the target takes, in sectors (device-mapper splits larger
 /// ones): 1 MiB, the size of the worker's reusable buffer.
@@ -297,7 +297,8 @@ impl Engine for PassThrough {
     fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
         write!(
             out,
-            "passthrough selftest=ok checksum={:016x}",
+            "engine=passthrough capacity={} selftest=ok checksum={:016x}",
+            self.nblocks.saturating_mul(SECTORS_PER_BLOCK),
             SELFTEST_CHECKSUM.load(Ordering::Relaxed)
         )
     }
@@ -451,8 +452,8 @@ impl Counters {
 }
 
 /// A disk: the engine on one backing device, with its own reference to
-/// that device ([`OpenBdev`]), shared by every target instance on the
-/// device. A table reload constructs the new table while the old one is
+/// that device ([`OpenBdev`]), shared by the target instances of the
+/// successive tables of one mapped device (see [`DiskEntry`]). A table reload constructs the new table while the old one is
 /// still live: the new instance must take over the open disk, not open it
 /// a second time (two engines writing one device would destroy it). The
 /// registry [`DISKS`] maps device numbers to open disks while any instance
@@ -468,6 +469,11 @@ pub(crate) struct Shared {
     worker: Pin<KBox<Mutex<Worker>>>,
     /// The parallel read path on this engine.
     reads: Reads,
+    /// Whether closing syncs the engine: set by the last table to go, to
+    /// whether it was writable (a read-only table never writes the
+    /// device; what writable tables before it wrote was synced at their
+    /// suspend or removal).
+    final_sync: AtomicBool,
 }
 
 impl Shared {
@@ -543,7 +549,7 @@ impl Engine for Closed {
         Err(CoreError::new(ErrorKind::InvalidState, "disk closed"))
     }
     fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
-        out.write_str("closed")
+        out.write_str("health=closed")
     }
 }
 
@@ -552,9 +558,10 @@ impl Drop for Shared {
         // The final sync and the engine's own teardown, on a fresh stack.
         // (`Closed` is zero-sized: boxing it does not allocate.)
         let engine = core::mem::replace(&mut self.worker.lock().engine, Box::new(Closed));
+        let sync = self.final_sync.load(Ordering::Relaxed);
         let result = on_worker(move || {
             let mut engine = engine;
-            let result = engine.sync();
+            let result = if sync { engine.sync() } else { Ok(()) };
             drop(engine);
             result
         });
@@ -566,10 +573,22 @@ impl Drop for Shared {
     }
 }
 
-/// An entry of [`DISKS`]: an open disk and how many target instances use it.
+/// An entry of [`DISKS`]: an open disk, the mapped device it belongs to,
+/// and the tables whose target instances use it.
+///
+/// One disk maps LBA 0.. of its backing device, so it serves one target of
+/// one mapped device: the tables that share it are the successive tables
+/// of that mapped device (a reload builds the new table while the old one
+/// is live, and a loaded inactive table may sit next to both), never two
+/// targets of one table nor two mapped devices (two file systems on one
+/// disk).
 pub(crate) struct DiskEntry {
     shared: Arc<Shared>,
-    users: usize,
+    /// [`Ctr::md_id`] of the mapped device the disk belongs to.
+    md: usize,
+    /// [`Ctr::table_id`] of each table with a target instance on the disk;
+    /// the disk closes when the last one goes.
+    tables: KVec<usize>,
 }
 
 kernel::global_lock! {
@@ -609,11 +628,18 @@ pub(crate) struct MlsDisk {
     backing: DmDev,
     /// The disk (`None` only while dropping).
     shared: Option<Arc<Shared>>,
+    /// [`Ctr::table_id`] of this instance's table (its place in the
+    /// registry entry of the disk).
+    table: usize,
+    /// Whether the table was loaded for writing ([`Ctr::writable`]). A
+    /// read-only table refuses writes and discards, runs no background
+    /// work and never syncs: it does not write the backing device.
+    writable: bool,
     /// The first sector of the target in the mapped device.
     begin: u64,
     /// The length of the target in sectors.
     len: u64,
-    /// The key, wiped on drop. Unused until the encrypting stage.
+    /// The key, wiped on drop (its length is logged and measured by IMA).
     key: RawKey,
     /// Where the key came from, if from the keyring (shown by `dmsetup
     /// table` in the key's place; it is not secret).
@@ -741,16 +767,41 @@ impl MlsDisk {
     }
 
     /// Finds the open disk on `dev` or opens one (`open_engine`), and
-    /// counts this instance as a user. Runs under the registry lock, so a
-    /// disk is never opened twice.
+    /// counts this instance's table (`table`, of mapped device `md`) as a
+    /// user. Runs under the registry lock, so a disk is never opened twice.
+    /// A disk open for another mapped device, or already used by a target
+    /// of the same table, is refused (`EBUSY`).
     fn attach(
         dev: u32,
+        (md, table): (usize, usize),
         key: &RawKey,
         mode: Option<table::Mode>,
         open_engine: impl FnOnce() -> Result<(Box<dyn Engine>, u64), CtrError> + Send,
     ) -> Result<Arc<Shared>, CtrError> {
         let mut disks = DISKS.lock();
         if let Some(entry) = disks.iter_mut().find(|e| e.shared.dev == dev) {
+            if entry.md != md {
+                pr_err!(
+                    "the disk on device {}:{} is in use by another mapped device: one disk serves one mapped device\n",
+                    dev >> 20,
+                    dev & 0xfffff
+                );
+                return Err(Self::fail(
+                    c"the backing device is in use by another mapped device",
+                    EBUSY,
+                ));
+            }
+            if entry.tables.contains(&table) {
+                pr_err!(
+                    "two mlsdisk targets of one table on device {}:{}: each would map the disk from its first block\n",
+                    dev >> 20,
+                    dev & 0xfffff
+                );
+                return Err(Self::fail(
+                    c"two targets of one table on one backing device",
+                    EBUSY,
+                ));
+            }
             if mode == Some(table::Mode::Create) {
                 pr_err!(
                     "the disk on device {}:{} is in use by a live table: 'create' would destroy it\n",
@@ -767,7 +818,10 @@ impl MlsDisk {
                 );
                 return Err(Self::fail(c"wrong key", EINVAL));
             }
-            entry.users += 1;
+            entry
+                .tables
+                .push(table, GFP_KERNEL)
+                .map_err(|_| Self::fail(c"out of memory", ENOMEM))?;
             return Ok(entry.shared.clone());
         }
         // Creating or opening a disk goes deep into the engine: on a
@@ -795,15 +849,19 @@ impl MlsDisk {
                 capacity,
                 worker,
                 reads,
+                final_sync: AtomicBool::new(true),
             },
             GFP_KERNEL,
         )
         .map_err(|_| oom())?;
+        let mut tables = KVec::with_capacity(2, GFP_KERNEL).map_err(|_| oom())?;
+        tables.push(table, GFP_KERNEL).map_err(|_| oom())?;
         disks
             .push(
                 DiskEntry {
                     shared: shared.clone(),
-                    users: 1,
+                    md,
+                    tables,
                 },
                 GFP_KERNEL,
             )
@@ -821,16 +879,23 @@ impl Drop for MlsDisk {
         let mut last = false;
         if let Some(i) = disks.iter().position(|e| Arc::ptr_eq(&e.shared, &shared)) {
             if let Some(entry) = disks.get_mut(i) {
-                entry.users = entry.users.saturating_sub(1);
-                last = entry.users == 0;
+                if let Some(t) = entry.tables.iter().position(|&t| t == self.table) {
+                    let _ = entry.tables.remove(t);
+                }
+                last = entry.tables.is_empty();
             }
             if last {
                 let _ = disks.remove(i);
             }
         }
         if !last {
-            // Another table still uses the disk; removal still syncs.
-            let _ = shared.sync("removal");
+            // Another table still uses the disk; removal still syncs (not
+            // from a read-only table, which writes nothing).
+            if self.writable {
+                let _ = shared.sync("removal");
+            }
+        } else {
+            shared.final_sync.store(self.writable, Ordering::Relaxed);
         }
         // The last user: dropping the disk syncs and closes it, still under
         // the registry lock, so no new table can open it half-closed.
@@ -924,6 +989,12 @@ impl dm::Target for MlsDisk {
             })
         };
         let dev = backing.dev_t();
+        let ids = (ti.md_id(), ti.table_id());
+        let writable = ti.writable();
+        if !writable && line.options.mode == Some(table::Mode::Create) {
+            pr_err!("'create' on a read-only table: formatting writes the device\n");
+            return Err(Self::fail(c"'create' needs a writable table", EROFS));
+        }
         // The rollback anchor's device (`anchor=dev:<device>`), if any.
         #[cfg(not(mlsdisk_passthrough))]
         let anchor_dev: Option<u32>;
@@ -934,7 +1005,7 @@ impl dm::Target for MlsDisk {
                 let nblocks = dev.nblocks();
                 Ok((Box::new(PassThrough { dev, nblocks }), nblocks))
             };
-            let shared = Self::attach(dev, &key, line.options.mode, open_engine)?;
+            let shared = Self::attach(dev, ids, &key, line.options.mode, open_engine)?;
             (shared, line.options)
         };
         #[cfg(not(mlsdisk_passthrough))]
@@ -962,16 +1033,18 @@ impl dm::Target for MlsDisk {
                 };
                 crate::engine_disk::start_with_anchor(
                     options.mode,
+                    options.force,
                     BdevBlockSet::new(open_bdev(dev)?),
                     key.as_bytes(),
                     anchor,
                 )
             };
-            let shared = Self::attach(dev, &key, options.mode, open_engine)?;
+            let shared = Self::attach(dev, ids, &key, options.mode, open_engine)?;
             // A table line read back and loaded again must never reformat:
             // once created, the disk is shown (and reloaded) as 'open'.
             if options.mode.is_some() {
                 options.mode = Some(table::Mode::Open);
+                options.force = false;
             }
             (shared, options)
         };
@@ -980,6 +1053,8 @@ impl dm::Target for MlsDisk {
             Self {
                 backing,
                 shared: Some(shared),
+                table: ids.1,
+                writable,
                 begin: ti.begin(),
                 len: ti.len(),
                 key,
@@ -1042,6 +1117,18 @@ impl dm::Target for MlsDisk {
     fn map(&self, bio: &mut Bio) -> MapResult {
         // Atomic context possible: count and hand over, nothing else.
         self.counters.count(bio);
+        if !self.writable {
+            let writes = match bio.op() {
+                BioOp::Write => bio.sectors() != 0,
+                BioOp::Read | BioOp::Flush => false,
+                BioOp::Discard | BioOp::Other(_) => true,
+            };
+            if writes {
+                // A read-only table: refused before the engine sees it.
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                return MapResult::Kill;
+            }
+        }
         // Reads on many threads, the rest in order (see "Threads").
         if bio.op() == BioOp::Read && bio.sectors() != 0 {
             MapResult::Parallel
@@ -1051,6 +1138,13 @@ impl dm::Target for MlsDisk {
     }
 
     fn process(&self, mut bio: DeferredBio) {
+        if !self.writable && bio.op() != BioOp::Read {
+            // Only empty flushes get here (`map` refused the rest): nothing
+            // was written through this table, so there is nothing to make
+            // durable, and a sync would write the device.
+            bio.end(Ok(()));
+            return;
+        }
         let rel = self.rel(&bio);
         let Some(shared) = &self.shared else {
             bio.end(Err(BlkError::IoErr));
@@ -1078,13 +1172,19 @@ impl dm::Target for MlsDisk {
     }
 
     fn postsuspend(&self) {
-        let _ = self.sync("suspend");
+        if self.writable {
+            let _ = self.sync("suspend");
+        }
     }
 
     fn idle(&self) -> bool {
         let Some(shared) = &self.shared else {
             return false;
         };
+        // Background work (compaction) writes the device.
+        if !self.writable {
+            return false;
+        }
         // Not while a read waits for the engine (it wakes us afterwards).
         if !shared.reads.background_may_run() {
             return false;
@@ -1110,6 +1210,10 @@ impl dm::Target for MlsDisk {
                 pr_err!("sync refused: the table is suspended (it was synced by the suspend; resume it first)\n");
                 Err(EBUSY)
             }
+            (b"sync", 1) if !self.writable => {
+                pr_err!("sync refused: the table is read-only (it writes nothing)\n");
+                Err(EROFS)
+            }
             (b"sync", 1) => self.sync("message").map(|()| false).map_err(|_| EIO),
             (b"stats", 1) => {
                 self.write_counters(out).map_err(|_| ENOSPC)?;
@@ -1134,6 +1238,9 @@ impl dm::Target for MlsDisk {
         match kind {
             StatusType::Info => {
                 if let Some(shared) = &self.shared {
+                    // Writeback may wait for the engine while we hold its
+                    // mutex: no allocation here may recurse into I/O.
+                    let _noio = NoIoScope::enter();
                     shared.worker.lock().engine.status(out)?;
                 }
                 out.write_str(" ")?;
@@ -1155,11 +1262,19 @@ impl dm::Target for MlsDisk {
             }
             StatusType::Ima => write!(
                 out,
-                "target_name=mlsdisk,target_version={}.{}.{},stage=passthrough,key_bits={};",
+                "target_name=mlsdisk,target_version={}.{}.{},stage={},key_bits={},read_only={};",
                 <Self as dm::Target>::VERSION[0],
                 <Self as dm::Target>::VERSION[1],
                 <Self as dm::Target>::VERSION[2],
-                self.key.bits()
+                // What protects the data: only the pass-through build
+                // leaves it unencrypted.
+                if cfg!(mlsdisk_passthrough) {
+                    "passthrough"
+                } else {
+                    "engine"
+                },
+                self.key.bits(),
+                if self.writable { "n" } else { "y" }
             ),
         }
     }

@@ -4,7 +4,14 @@
 # Prints the PASS/FAIL lines, the final line and every problem found.
 # Exit 0 only when: QEMU exited 0, the final "N passed, 0 failed" line is
 # there with N > 0, no FAIL line, and no BUG:/WARNING:/Oops/panic/Call Trace
-# anywhere in the log (the guest runner dumps the whole kernel log at the end).
+# anywhere in the log (the guest runner dumps the whole kernel log at the end),
+# and none of the reports of the debug kernel's checkers (make test-debug):
+# lockdep, sleeping in atomic context, KASAN, ODEBUG, SLUB debug, whether or
+# not they come with a BUG:/WARNING: line.
+# JUDGE_REQUIRE: extra extended regexes, one per line, each of which must
+# match some line of the log (run-guest.sh requires the debug kernel's
+# "debug-state:" lines, so a checker that was off or switched itself off
+# fails the run instead of passing silently).
 set -euo pipefail
 
 txt="${1:?usage: judge-log.sh CONSOLE_TXT [QEMU_EXIT_STATUS] [TIMEOUT_SECONDS]}"
@@ -27,6 +34,23 @@ if grep -nE "$kernel_bad" "$txt" >/dev/null; then
 	problems+=("the guest kernel log reports problems:")
 	while IFS= read -r l; do problems+=("    $l"); done < <(grep -nE "$kernel_bad" "$txt" | head -n 20)
 fi
+# The debug checkers' own words (some print no BUG:/WARNING: line: SLUB's
+# "BUG kmalloc-64 (...)", a bare "ODEBUG:", lockdep switching itself off).
+debug_bad='BUG: KASAN|KASAN: |possible circular locking|inconsistent lock state|possible recursive locking|'
+debug_bad+='suspicious RCU usage|sleeping function called from invalid context|DEBUG_LOCKS_WARN_ON|'
+debug_bad+='turning off the locking correctness validator|Disabling lock debugging|'
+debug_bad+='ODEBUG:|BUG [^ :]+ \(|Redzone overwritten|Poison overwritten|Padding overwritten|'
+debug_bad+='Object already free|Freepointer corrupt'
+if grep -nE "$debug_bad" "$txt" >/dev/null; then
+	problems+=("the guest kernel's debug checkers report problems:")
+	while IFS= read -r l; do problems+=("    $l"); done < <(grep -nE "$debug_bad" "$txt" | head -n 20)
+fi
+if [[ -n "${JUDGE_REQUIRE:-}" ]]; then
+	while IFS= read -r re; do
+		[[ -n "$re" ]] || continue
+		grep -qE "$re" "$txt" || problems+=("no line matches the required /$re/ (a debug checker was off or switched itself off)")
+	done <<<"$JUDGE_REQUIRE"
+fi
 final="$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$txt" | tail -n 1 || true)"
 if [[ -z "$final" ]]; then
 	problems+=("no final 'N passed, N failed' line (the guest crashed, hung or timed out)")
@@ -40,7 +64,7 @@ if grep -qE '^FAIL ' "$txt" && ! printf '%s\n' "${problems[@]}" | grep -q 'faile
 	problems+=("FAIL lines in the log")
 fi
 
-grep -E '^(PASS|FAIL|SKIP) ' "$txt" || true
+grep -E '^(PASS|FAIL|SKIP|debug-state:) ' "$txt" || true
 [[ -z "$final" ]] || echo "$final"
 if ((${#problems[@]})); then
 	printf '[judge] FAILED: %s\n' "${problems[0]}"

@@ -19,13 +19,23 @@
 # --guest-env exports REPLAY_* variables to the guest tests (e.g.
 # REPLAY_SEED for tests/guest/mlsdisk-crash-replay.sh).
 #
+# MLSDISK_KERNEL_VARIANT=debug boots the debug kernel (scripts/env.sh,
+# qemu/kernel-debug.config: lockdep, KASAN, ...) with the module built for it
+# (build/module-debug/linux/mlsdisk.ko), a larger kernel log buffer, 2 GiB
+# (MLSDISK_GUEST_MEM) and every timeout, QEMU's and each test's, multiplied
+# by MLSDISK_TIMEOUT_SCALE (default 1, debug 4; also exported to the tests
+# as TIMEOUT_SCALE). The judge then also requires the checkers' end state
+# (the runner's "debug-state:" lines): on, and never switched off.
+#
 # demo mode runs qemu/guest/demo.sh, the fio benchmark (BENCH_* variables
 # from --bench-env, see demo.sh); scripts/guest-bench.sh drives it per
 # device model and makes the tables. --throttle puts QEMU's I/O throttling
 # on the test disk (a per-request and a per-byte limit: an SSD model).
 #
 # The guest gets the cached base initramfs plus a small per-run cpio with
-# /init, the guest runner, the tests (tests/guest/*.sh) and mlsdisk.ko.
+# /init, the guest runner, the tests (tests/guest/*.sh), mlsdisk.ko and the
+# mlsdisk CLI as /usr/sbin/mlsdisk (built here with cargo; MLSDISK_CLI=PATH
+# takes a prebuilt one instead).
 # Disks are fresh sparse files per run: vda (spare, 64 MiB) and vdb (the
 # test disk). The serial console goes to <run-dir>/console.log.
 # Exit status 0 only when the guest printed its final "N passed, 0 failed"
@@ -42,7 +52,7 @@ die() {
 	exit 2
 }
 usage() {
-	sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,42p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 	exit 2
 }
 
@@ -86,7 +96,20 @@ kmemleak="${kmemleak:-${MLSDISK_KMEMLEAK:-off}}"
 case "$kmemleak" in on | off) ;; *) die "--kmemleak (or MLSDISK_KMEMLEAK) must be on or off, not $kmemleak" ;; esac
 kernel_args="console=ttyS0 panic=-1 loglevel=4"
 [[ "$kmemleak" == off ]] || kernel_args+=" kmemleak=on"
-timeout_s="${timeout_s:-${MLSDISK_GUEST_TIMEOUT:-900}}"
+variant="${MLSDISK_KERNEL_VARIANT:-default}"
+judge_require=""
+if [[ "$variant" == debug ]]; then
+	# A debug boot logs much more: keep all of it for the final dmesg dump.
+	kernel_args+=" log_buf_len=8M"
+	scale="${MLSDISK_TIMEOUT_SCALE:-4}"
+	guest_mem="${MLSDISK_GUEST_MEM:-2G}"
+else
+	scale="${MLSDISK_TIMEOUT_SCALE:-1}"
+	guest_mem="${MLSDISK_GUEST_MEM:-1G}"
+fi
+[[ "$scale" =~ ^[1-9][0-9]*$ ]] || die "MLSDISK_TIMEOUT_SCALE must be a positive integer, not $scale"
+timeout_s="${timeout_s:-$((${MLSDISK_GUEST_TIMEOUT:-1500} * scale))}"
+test_timeout=$((600 * scale))
 disk_opts=""
 if [[ -n "$throttle" ]]; then
 	[[ "$throttle" =~ ^([0-9]+):([0-9]+)$ ]] || die "--throttle wants IOPS:BYTES_PER_S, not $throttle"
@@ -101,11 +124,23 @@ done
 run_dir="${run_dir:-$MLSDISK_ROOT/build/guest-$mode}"
 
 bzimage="$KDIR/arch/x86/boot/bzImage"
-[[ -f "$KDIR/.mlsdisk-built" && -f "$bzimage" ]] || die "no guest kernel at $KDIR; run make kernel"
+if [[ "$variant" == debug ]]; then kernel_target=kernel-debug; else kernel_target=kernel; fi
+[[ -f "$KDIR/.mlsdisk-built" && -f "$bzimage" ]] || die "no guest kernel at $KDIR; run make $kernel_target"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found; run make toolchain"
 
-if ((no_module == 0)) && [[ -z "$module" && -f "$MLSDISK_ROOT/linux/mlsdisk.ko" ]]; then
-	module="$MLSDISK_ROOT/linux/mlsdisk.ko"
+if ((no_module == 0)) && [[ -z "$module" && -f "$MLSDISK_MODULE_DIR/mlsdisk.ko" ]]; then
+	module="$MLSDISK_MODULE_DIR/mlsdisk.ko"
+fi
+if [[ "$variant" == debug ]]; then
+	# What the debug kernel's checkers must say at the end of the run: each
+	# one that the kernel has, on and never switched off.
+	cfg="$KDIR/.config"
+	want() { grep -qx "$1=y" "$cfg"; }
+	want CONFIG_PROVE_LOCKING && judge_require+='^debug-state: lockdep debug_locks=1$'$'\n'
+	want CONFIG_DEBUG_OBJECTS && judge_require+='^debug-state: odebug warnings=0$'$'\n'
+	want CONFIG_SLUB_DEBUG_ON && judge_require+='^debug-state: slub kmalloc-64 sanity_checks=1 red_zone=1 poison=1 store_user=1$'$'\n'
+	want CONFIG_KASAN_GENERIC && judge_require+='^debug-state: kasan generic$'$'\n'
+	[[ -n "$judge_require" ]] || die "MLSDISK_KERNEL_VARIANT=debug but $cfg has none of the debug checkers"
 fi
 if [[ -n "$module" ]]; then
 	[[ -f "$module" ]] || die "module $module does not exist"
@@ -131,6 +166,22 @@ mkdir -p "$run_dir/overlay/mlsdisk/tests"
 ov="$run_dir/overlay"
 install -m 0755 "$here/guest/init" "$ov/init"
 install -m 0644 "$here/guest/runner.sh" "$here/guest/lib.sh" "$here/guest/demo.sh" "$ov/mlsdisk/"
+# The mlsdisk CLI (tools/), built here so that every run has the current
+# one, with the shared libraries ldd lists (as build-initramfs.sh does).
+cli="${MLSDISK_CLI:-}"
+if [[ -z "$cli" ]]; then
+	echo "[guest] building the mlsdisk CLI (cargo build --release -p mlsdisk-tools --bin mlsdisk)"
+	cargo build -q --release --manifest-path "$MLSDISK_ROOT/Cargo.toml" -p mlsdisk-tools --bin mlsdisk ||
+		die "cargo build of the mlsdisk CLI failed"
+	cli="$MLSDISK_ROOT/target/release/mlsdisk"
+fi
+[[ -x "$cli" ]] || die "the mlsdisk CLI $cli does not exist"
+mkdir -p "$ov/usr/sbin"
+install -m 0755 "$cli" "$ov/usr/sbin/mlsdisk"
+while read -r lib; do
+	mkdir -p "$ov$(dirname "$lib")"
+	cp -L "$lib" "$ov$lib"
+done < <(ldd "$cli" | awk '/=> \//{print $3} /^[[:space:]]*\/[^ ]+ \(/{print $1}')
 if [[ -n "$guest_script" ]]; then
 	[[ -f "$guest_script" ]] || die "--guest-script $guest_script does not exist"
 	install -m 0644 "$guest_script" "$ov/mlsdisk/tests/"
@@ -144,6 +195,8 @@ fi
 	printf 'TESTS="%s"\n' "$tests"
 	printf 'ACCEL=%s\n' "$accel_name"
 	printf 'export ACCEL\n'
+	printf 'TIMEOUT_SCALE=%s\n' "$scale"
+	printf 'export TIMEOUT_SCALE\n'
 	for kv in $bench_env $guest_env; do
 		printf 'export %s\n' "$kv"
 	done
@@ -153,6 +206,8 @@ fi
 	# The benchmark is one long "test": give it the whole guest budget.
 	if [[ "$mode" == demo ]]; then
 		printf 'TEST_TIMEOUT=%s\n' "$((timeout_s > 120 ? timeout_s - 60 : timeout_s))"
+	else
+		printf 'TEST_TIMEOUT=%s\n' "$test_timeout"
 	fi
 } >"$ov/mlsdisk/run.conf"
 if [[ -n "$module" ]]; then
@@ -172,7 +227,7 @@ fi
 
 log="$run_dir/console.log"
 : >"$log"
-echo "[guest] mode=$mode accel=$accel_name kmemleak=$kmemleak kernel=$bzimage"
+echo "[guest] mode=$mode accel=$accel_name kmemleak=$kmemleak kernel=$bzimage (variant $variant, memory $guest_mem, timeouts x$scale)"
 echo "[guest] module: ${module:-none (tests that need mlsdisk.ko will FAIL)}"
 echo "[guest] console log: $log (timeout ${timeout_s}s)"
 [[ -z "$throttle" ]] || echo "[guest] test disk throttled: iops-total=${throttle%%:*} bps-total=${throttle##*:}"
@@ -182,7 +237,7 @@ fi
 
 t0=$SECONDS
 set +e
-timeout -k 10 "$timeout_s" qemu-system-x86_64 "${accel_args[@]}" -m 1G -smp 2 \
+timeout -k 10 "$timeout_s" qemu-system-x86_64 "${accel_args[@]}" -m "$guest_mem" -smp 2 \
 	-nographic -no-reboot -monitor none -serial "file:$log" \
 	-kernel "$bzimage" -initrd "$run_dir/initramfs.cpio" \
 	-append "$kernel_args" \
@@ -216,7 +271,7 @@ if ((qrc != 0)) && [[ -s "$run_dir/qemu.out" ]]; then
 		echo "[guest] hint: on nested hosts whose /dev/kvm lacks VMX/SVM, KVM cannot run this guest; use TCG (no --kvm, MLSDISK_ACCEL=tcg)"
 	fi
 fi
-if ! "$here/judge-log.sh" "$txt" "$qrc" "$timeout_s"; then
+if ! JUDGE_REQUIRE="$judge_require" "$here/judge-log.sh" "$txt" "$qrc" "$timeout_s"; then
 	echo "[guest] full log: $txt; QEMU output: $run_dir/qemu.out"
 	exit 1
 fi

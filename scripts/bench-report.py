@@ -128,7 +128,8 @@ class Model:
         if not st:
             return None, None
         last = st[-1]
-        if "passthrough" in last.split():
+        words = last.split()
+        if "passthrough" in words or "engine=passthrough" in words:
             return "passthrough", last
         return "engine", last
 

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Build the guest kernel (bzImage + the state out-of-tree modules need) into
 # $KDIR, which is keyed by kernel version + config fragment + rustc version.
+# MLSDISK_KERNEL_VARIANT=debug builds the debug kernel instead: the fragment
+# qemu/kernel-debug.config merged after qemu/kernel.config, in its own KDIR
+# (scripts/env.sh).
 # A warm run with the same key does nothing: the stamp is written only after
 # a successful build.
 set -euo pipefail
@@ -10,7 +13,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/env.sh"
 
 JOBS="${JOBS:-$(nproc)}"
-FRAGMENT="$MLSDISK_ROOT/qemu/kernel.config"
+read -r -a FRAGMENTS <<<"$MLSDISK_KERNEL_FRAGMENTS"
 STAMP="$KDIR/.mlsdisk-built"
 
 log() { printf '[kernel] %s\n' "$*"; }
@@ -33,17 +36,39 @@ mkdir -p "$KDIR"
 kmake() { make -C "$KSRC" O="$KDIR" LLVM="$LLVM" RUST_LIB_SRC="$RUST_LIB_SRC" "$@"; }
 
 t0=$SECONDS
-log "configuring in $KDIR (tinyconfig + $(basename "$FRAGMENT"))"
+names=""
+for f in "${FRAGMENTS[@]}"; do
+	[[ -f "$f" ]] || die "config fragment $f does not exist"
+	names+=" + $(basename "$f")"
+done
+log "configuring in $KDIR (tinyconfig$names)"
 kmake -s tinyconfig
-(cd "$KDIR" && KCONFIG_CONFIG="$KDIR/.config" "$KSRC/scripts/kconfig/merge_config.sh" -m -O "$KDIR" "$KDIR/.config" "$FRAGMENT") >"$KDIR/merge_config.log" 2>&1 ||
+(cd "$KDIR" && KCONFIG_CONFIG="$KDIR/.config" "$KSRC/scripts/kconfig/merge_config.sh" -m -O "$KDIR" "$KDIR/.config" "${FRAGMENTS[@]}") >"$KDIR/merge_config.log" 2>&1 ||
 	die "merge_config.sh failed, see $KDIR/merge_config.log"
 kmake -s olddefconfig
 
 kmake -s rustavailable || die "Rust is not available to the kernel build (see the message above); check rustc, bindgen, LIBCLANG_PATH=$LIBCLANG_PATH and RUST_LIB_SRC"
 
-# Every option set in the fragment must survive olddefconfig, with its value.
-missing=0
+# Every option set in the fragments must survive olddefconfig, with its
+# value; when two fragments set one option, the later one's line is wanted
+# (merge_config.sh gives the later fragment the last word too).
+declare -A wanted=()
+order=()
 while IFS= read -r line; do
+	case "$line" in
+	CONFIG_*=*) opt="${line%%=*}" ;;
+	"# CONFIG_"*" is not set")
+		opt="${line#\# }"
+		opt="${opt%% *}"
+		;;
+	*) continue ;;
+	esac
+	[[ -n "${wanted[$opt]+set}" ]] || order+=("$opt")
+	wanted[$opt]="$line"
+done < <(cat "${FRAGMENTS[@]}")
+missing=0
+for opt in "${order[@]}"; do
+	line="${wanted[$opt]}"
 	case "$line" in
 	CONFIG_*=*)
 		opt="${line%%=*}"
@@ -62,8 +87,8 @@ while IFS= read -r line; do
 		fi
 		;;
 	esac
-done <"$FRAGMENT"
-((missing == 0)) || die "$missing option(s) of the fragment did not survive olddefconfig (a dependency is missing or the option was renamed); fix qemu/kernel.config"
+done
+((missing == 0)) || die "$missing option(s) of the fragments did not survive olddefconfig (a dependency is missing or the option was renamed); fix$names"
 log "config ok: all fragment options present (CONFIG_RUST=y) after $((SECONDS - t0)) s"
 
 t1=$SECONDS

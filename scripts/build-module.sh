@@ -2,6 +2,9 @@
 # SPDX-License-Identifier: MPL-2.0
 #
 # Builds linux/mlsdisk.ko against the guest kernel (scripts/env.sh's KDIR).
+# With MLSDISK_KERNEL_VARIANT=debug it builds against the debug kernel, in a
+# copy of linux/ under build/module-debug/linux (MLSDISK_MODULE_DIR), so the
+# two builds never mix objects: build/module-debug/linux/mlsdisk.ko.
 #
 #   scripts/build-module.sh [make arguments...]
 #     e.g. scripts/build-module.sh CLIPPY=1     (lint the module's Rust with clippy)
@@ -44,9 +47,26 @@ if [ "${1:-}" != clean ]; then
 	"$tmp/table-test" -q || die "linux/table.rs unit tests failed"
 fi
 
+# The folder Kbuild builds in: linux/ itself, or (debug kernel) a copy of
+# its sources next to a link to core/ (Kbuild finds the engine at
+# $(src)/../core). rsync keeps the times, so the copy's rebuilds stay
+# incremental; build outputs are not copied.
+moddir="$MLSDISK_MODULE_DIR"
+if [ "$moddir" != "$ROOT/linux" ]; then
+	mkdir -p "$moddir"
+	rsync -a --delete \
+		--exclude='*.o' --exclude='*.ko' --exclude='*.mod' --exclude='*.mod.c' \
+		--exclude='.*.cmd' --exclude='*.rmeta' --exclude='modules.order' \
+		--exclude='Module.symvers' --exclude='mlsdisk_bindings_generated.rs' \
+		--exclude='.*.d' --exclude='*.tmp' \
+		"$ROOT/linux/" "$moddir/" || die "could not copy linux/ to $moddir"
+	ln -sfn "$ROOT/core" "$(dirname "$moddir")/core"
+	echo "build-module: building in $moddir (kernel variant ${MLSDISK_KERNEL_VARIANT:-default}, $KDIR)"
+fi
+
 log="$(mktemp)"
 # shellcheck disable=SC2086 # KMAKE is a command prefix
-if ! $KMAKE M="$ROOT/linux" "${@:-modules}" 2>&1 | tee "$log"; then
+if ! $KMAKE M="$moddir" "${@:-modules}" 2>&1 | tee "$log"; then
 	rm -f "$log"
 	die "Kbuild failed (see above)"
 fi
@@ -71,11 +91,11 @@ ends_in_missed_noreturn() {
 	# By address range from nm: objdump's --disassemble=<symbol> misses
 	# some long mangled names.
 	local start size
-	read -r start size < <(nm -S "$ROOT/linux/mlsdisk.o" 2>/dev/null |
+	read -r start size < <(nm -S "$moddir/mlsdisk.o" 2>/dev/null |
 		awk -v s="$sym" '$4 == s { print $1, $2; exit }')
 	[ -n "${start:-}" ] && [ -n "${size:-}" ] || return 1
 	last="$("$objdump_bin" -dr --start-address=$((16#$start)) \
-		--stop-address=$((16#$start + 16#$size)) "$ROOT/linux/mlsdisk.o" 2>/dev/null |
+		--stop-address=$((16#$start + 16#$size)) "$moddir/mlsdisk.o" 2>/dev/null |
 		grep -E 'R_X86_64_[A-Z0-9]+' | tail -n 1)"
 	[[ "$last" =~ R_X86_64_PLT32[[:space:]]+_R[A-Za-z0-9_]*4core9panicking11panic_const23panic_const_(div|rem)_by_zero ]]
 }
@@ -103,7 +123,7 @@ fi
 if [ "${1:-}" = clean ]; then
 	exit 0
 fi
-ko="$ROOT/linux/mlsdisk.ko"
+ko="$moddir/mlsdisk.ko"
 [ -f "$ko" ] || die "Kbuild finished but $ko is missing"
 # Stack frames: the kernel's stacks are 16 KiB and the engine's open and
 # read paths nest a dozen calls deep under a worker, so no single function
@@ -111,7 +131,7 @@ ko="$ROOT/linux/mlsdisk.ko"
 # for Rust code; this reads each function's `sub $N,%rsp` instead).
 max_frame="${MLSDISK_MAX_FRAME:-4096}"
 if [ -n "$objdump_bin" ]; then
-	big="$("$objdump_bin" -d --no-show-raw-insn "$ROOT/linux/mlsdisk.o" | awk -v max="$max_frame" '
+	big="$("$objdump_bin" -d --no-show-raw-insn "$moddir/mlsdisk.o" | awk -v max="$max_frame" '
 		/^[0-9a-f]+ <.*>:$/ { fn = $2; next }
 		/sub +\$0x[0-9a-f]+,%rsp/ {
 			match($0, /\$0x[0-9a-f]+/)

@@ -3,6 +3,8 @@
 # (one libFuzzer process at a time). See fuzz/README.md.
 #
 #   FUZZ_SECONDS    seconds per target (default 30)
+#   FUZZ_RUNS       instead of a time: this many inputs per target with a
+#                   fixed seed (deterministic; `make fuzz-smoke` in make test)
 #   FUZZ_TARGETS    space-separated targets (default: all, `cargo fuzz list`)
 #   FUZZ_SANITIZER  none (default, stable rustc) or address (needs
 #                   RUSTC_BOOTSTRAP=1 or a nightly toolchain)
@@ -23,6 +25,12 @@ root="$MLSDISK_CACHE/cargo-fuzz-$MLSDISK_CARGO_FUZZ_VERSION"
 [[ -x "$root/bin/cargo-fuzz" ]] && PATH="$root/bin:$PATH"
 
 secs="${FUZZ_SECONDS:-30}"
+if [[ -n "${FUZZ_RUNS:-}" ]]; then
+	[[ "$FUZZ_RUNS" =~ ^[0-9]+$ ]] || { echo "[fuzz] FUZZ_RUNS must be a number, not '$FUZZ_RUNS'" >&2; exit 2; }
+	budget=(-runs="$FUZZ_RUNS" -seed=1)
+else
+	budget=(-max_total_time="$secs")
+fi
 san="${FUZZ_SANITIZER:-none}"
 read -r -a targets <<<"${FUZZ_TARGETS:-$(cargo fuzz list | tr '\n' ' ')}"
 # -a: debug assertions and overflow checks on, so an overflow is a finding.
@@ -54,14 +62,14 @@ for t in "${targets[@]}"; do
 	log="work/$t.log"
 	set +e
 	cargo fuzz run "${build[@]}" "$t" "work/corpus/$t" "corpus/$t" -- \
-		-max_total_time="$secs" -max_len="$(max_len "$t")" -timeout=20 -rss_limit_mb=2048 \
+		"${budget[@]}" -max_len="$(max_len "$t")" -timeout=20 -rss_limit_mb=2048 \
 		-artifact_prefix="artifacts/$t/" -print_final_stats=1 ${FUZZ_ARGS:-} >"$log" 2>&1
 	rc=$?
 	set -e
-	execs="$(awk '/stat::number_of_executed_units/{print $2}' "$log" | tail -1)"
+	execs="$(LC_ALL=C awk '/stat::number_of_executed_units/{print $2}' "$log" | tail -1)"
 	rate="$(awk '/stat::average_exec_per_sec/{print $2}' "$log" | tail -1)"
-	cov="$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')"
-	ft="$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | awk '{print $2}')"
+	cov="$(grep -aoE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')"
+	ft="$(grep -aoE 'ft: [0-9]+' "$log" | tail -1 | awk '{print $2}')"
 	printf '%-20s %10s %8s %8s %8s\n' "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" | tee -a "$summary"
 	if ((rc != 0)); then
 		failed+=("$t")

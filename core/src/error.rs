@@ -38,17 +38,49 @@ pub enum ErrorKind {
     Conflict,
 }
 
-/// An error: a kind and a short static description of the cause.
+/// Where an error comes from, beyond its kind, for a caller that must tell
+/// causes apart (the kernel module maps them to `ti->error`): data, never
+/// matched on message text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Cause {
+    /// Not classified further than the kind.
+    #[default]
+    Unspecified,
+    /// The rollback anchor: its device or contents, or the disk image
+    /// checked against it (older, forked, too far ahead).
+    Anchor,
+    /// The backing device is smaller than the disk on it (truncated).
+    Truncated,
+}
+
+/// An error: a kind, a cause and a short static description.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Error {
     kind: ErrorKind,
     msg: &'static str,
+    cause: Cause,
 }
 
 impl Error {
     /// An error of `kind` with a message naming the cause.
     pub const fn new(kind: ErrorKind, msg: &'static str) -> Self {
-        Self { kind, msg }
+        Self {
+            kind,
+            msg,
+            cause: Cause::Unspecified,
+        }
+    }
+
+    /// The same error, classified as coming from `cause`.
+    #[must_use]
+    pub const fn with_cause(self, cause: Cause) -> Self {
+        Self { cause, ..self }
+    }
+
+    /// Where the error comes from ([`Cause::Unspecified`] unless set).
+    pub const fn cause(&self) -> Cause {
+        self.cause
     }
 
     /// What kind of error this is.

@@ -61,7 +61,7 @@ pub mod lsm;
 pub mod platform;
 pub mod selftest;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Cause, Error, ErrorKind, Result};
 
 /// A shared handle to the platform's crypto provider.
 pub type CryptoRef = alloc::sync::Arc<dyn platform::Crypto>;

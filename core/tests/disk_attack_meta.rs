@@ -11,7 +11,7 @@ mod disk_common;
 use disk_common::*;
 use mlsdisk_core::bio::{MemDisk, BLOCK_SIZE};
 use mlsdisk_core::disk::MlsDisk;
-use mlsdisk_core::ErrorKind;
+use mlsdisk_core::{Cause, ErrorKind};
 
 const N: u64 = 40;
 
@@ -216,6 +216,8 @@ fn wrong_key_truncated_device_and_garbage() {
     .err()
     .unwrap();
     assert_eq!(e.kind(), ErrorKind::Corrupted, "{e:?}");
+    // The cause is data (the kernel module names truncation from it).
+    assert_eq!(e.cause(), Cause::Truncated, "{e:?}");
     // A blank device is not a disk.
     let blank = std::sync::Arc::new(MemDisk::new(SMALL_TOTAL).unwrap());
     let e = MlsDisk::open(
@@ -228,6 +230,7 @@ fn wrong_key_truncated_device_and_garbage() {
     .err()
     .unwrap();
     assert_eq!(e.kind(), ErrorKind::Corrupted, "{e:?}");
+    assert_eq!(e.cause(), Cause::Unspecified, "{e:?}");
 }
 
 #[test]

@@ -169,7 +169,11 @@ fn run(cfg: DiskConfig, dev_blocks: u64, writes: u64, seed: u64, what: &str) -> 
     let mut nospace = 0u64;
     let mut tag = 0u64;
     let mut i = 0u64;
-    while i < writes {
+    // NoSpace on every attempt in a row: the index region (sized far below
+    // what the tree needs) is full for good, and the disk refuses updates
+    // up front; stop there and check what it holds.
+    let mut refused_in_row = 0u32;
+    while i < writes && refused_in_row < 16 {
         let n = 1 + rnd() % 8;
         let lba = rnd() % (cap - n);
         tag += 1;
@@ -183,6 +187,7 @@ fn run(cfg: DiskConfig, dev_blocks: u64, writes: u64, seed: u64, what: &str) -> 
                     m.acked(lba + k, tag);
                 }
                 i += 1;
+                refused_in_row = 0;
                 if rnd() % 400 == 0 {
                     match d.sync() {
                         Ok(()) => m.synced(),
@@ -212,6 +217,7 @@ fn run(cfg: DiskConfig, dev_blocks: u64, writes: u64, seed: u64, what: &str) -> 
                     panic!("{what}: unexpected error kind");
                 }
                 nospace += 1;
+                refused_in_row += 1;
                 if !check_all(&mut d, &mut m, &what) || d.failure().is_some() {
                     // Stopped: requests fail, a reopen gives the last sync
                     // or one the disk made on its own since.

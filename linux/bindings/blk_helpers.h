@@ -70,7 +70,9 @@ void mlsdisk_blk_work_free(struct mlsdisk_blk_work *w);
  * `depth`) with one work item per tag (0..depth). mlsdisk_blk_reads_queue
  * runs fn(arg, rq) on it for a request the driver owns, concurrently with
  * the others; it returns false (and does nothing) if the request's tag is
- * out of range. fn must end the request.
+ * out of range, true once the request is the work item's (a slot found
+ * still pending WARNs and is not reported as a failure, so the request is
+ * never ended twice). fn must end the request.
  */
 struct mlsdisk_blk_reads;
 struct mlsdisk_blk_reads *mlsdisk_blk_reads_new(void (*fn)(void *, struct request *),

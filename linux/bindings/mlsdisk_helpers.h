@@ -171,6 +171,9 @@ size_t mlsdisk_bio_copy(struct bio *bio, u8 *buf, size_t len, bool to_bio);
  * whatever the backing device supports; bios are split at `max_io_len`
  * sectors. Returns 0 or a negative errno. */
 int mlsdisk_ti_setup_worker(struct dm_target *ti, sector_t max_io_len);
+/* Whether the target's table was loaded for writing (dm_table_get_mode has
+ * BLK_OPEN_WRITE; `dmsetup create --readonly` loads it without). */
+bool mlsdisk_ti_writable(struct dm_target *ti);
 /* io_hints of a target of 4 KiB blocks: logical and physical block size
  * and io_min 4096, discards in 4 KiB granules of at most
  * `max_discard_sectors`. */

@@ -7,5 +7,9 @@ int mlsdisk_par_init(void);
 void mlsdisk_par_exit(void);
 unsigned int mlsdisk_par_width(void);
 void mlsdisk_par_run(void (*fn)(void *ctx, unsigned int idx), void *ctx, unsigned int n);
+/* C only (kplatform.c): the "mlsdisk_sync" WQ_MEM_RECLAIM workqueue made
+ * by mlsdisk_par_init, NULL before it or after mlsdisk_par_exit. */
+struct workqueue_struct;
+struct workqueue_struct *mlsdisk_sync_wq(void);
 
 #endif

@@ -80,7 +80,7 @@ mls_created=0
 # maximum in dmesg (the pass-through takes the whole backing device).
 if [ $have_mls = 1 ]; then
 	n0=$(dmesg | wc -l)
-	if dmsetup create bench --table "0 $mls_region mlsdisk $mls_backing $KEY 1 create" >/dev/null 2>&1; then
+	if dmsetup create bench --table "0 $mls_region mlsdisk $mls_backing $KEY 1 force_create" >/dev/null 2>&1; then
 		mls_len=$mls_region
 		run dmsetup remove bench
 	else
@@ -99,7 +99,7 @@ setup() {
 	dm-crypt) run dmsetup create bench --table "0 $region crypt aes-xts-plain64 $XTS_KEY 0 $DISK $region" ;;
 	mlsdisk)
 		opts=""
-		[ $mls_created = 1 ] || opts=" 1 create"
+		[ $mls_created = 1 ] || opts=" 1 force_create"
 		run dmsetup create bench --table "0 $mls_len mlsdisk $mls_backing $KEY$opts"
 		mls_created=1
 		echo "BENCHINFO mlsdisk_status_open $(dmsetup status bench)"

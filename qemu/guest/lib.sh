@@ -55,6 +55,22 @@ unload_module() {
 	! grep -q '^mlsdisk ' /proc/modules || fail "mlsdisk still loaded after rmmod"
 }
 
+# status_tokens_ok LINE: every word of an mlsdisk `dmsetup status` line
+# after "<start> <len> mlsdisk" is one key=value token (the fields are
+# numbered in linux/README.md); fails the test otherwise.
+status_tokens_ok() {
+	# shellcheck disable=SC2086  # split into words on purpose
+	set -- $1
+	[ "$3" = mlsdisk ] || fail "not an mlsdisk status line: $*"
+	shift 3
+	for tok in "$@"; do
+		case "$tok" in
+		[a-z]*=?*) ;;
+		*) fail "status token '$tok' is not key=value: $*" ;;
+		esac
+	done
+}
+
 dm_exists() {
 	dmsetup ls 2>/dev/null | grep -q "^$1[[:space:]]"
 }

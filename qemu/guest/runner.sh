@@ -119,6 +119,24 @@ if [ $((passed + failed)) -eq 0 ]; then
 	failure runner "no test ran (TESTS='$TESTS')"
 fi
 
+# The debug kernel's checkers (make test-debug, qemu/kernel-debug.config):
+# their state after the tests, so the host's judge can require that they
+# were on and stayed on (lockdep switches itself off after its first report).
+# A kernel without them prints none of these lines.
+if [ -r /proc/lockdep_stats ]; then
+	echo "debug-state: lockdep debug_locks=$(awk '$1 == "debug_locks:" {print $2}' /proc/lockdep_stats)"
+fi
+if [ -r /sys/kernel/debug/debug_objects/stats ]; then
+	echo "debug-state: odebug warnings=$(awk -F: '$1 ~ /^warnings/ {gsub(/ /, "", $2); print $2}' /sys/kernel/debug/debug_objects/stats)"
+fi
+slab=/sys/kernel/slab/kmalloc-64
+if [ -r "$slab/red_zone" ]; then
+	echo "debug-state: slub kmalloc-64 sanity_checks=$(cat "$slab/sanity_checks") red_zone=$(cat "$slab/red_zone") poison=$(cat "$slab/poison") store_user=$(cat "$slab/store_user")"
+fi
+if dmesg | grep -q 'KernelAddressSanitizer initialized'; then
+	echo "debug-state: kasan $(dmesg | sed -n 's/.*KernelAddressSanitizer initialized (\([^)]*\)).*/\1/p' | head -n 1)"
+fi
+
 echo "=== dmesg begin"
 dmesg
 echo "=== dmesg end"

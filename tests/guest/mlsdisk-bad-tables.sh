@@ -42,6 +42,6 @@ bad_table "unknown option" "0 $len mlsdisk $DISK $KEY 1 no_such_option"
 bad_table "option count beyond the arguments" "0 $len mlsdisk $DISK $KEY 3 a"
 
 # The target still works after all that.
-run dmsetup create mlsdisk_ok --table "0 $len mlsdisk $DISK $KEY 1 create"
+run dmsetup create mlsdisk_ok --table "0 $len mlsdisk $DISK $KEY 1 force_create"
 run dmsetup remove mlsdisk_ok
 unload_module

@@ -10,8 +10,9 @@
 #    refused while one of them is mounted; rmmod; insmod disk_mode=open on
 #    both: the checksums match, per disk.
 # 3. A wrong key for the second disk fails insmod naming mlsdisk1, after
-#    the first was made: the first is removed again, no /dev/mlsdisk0 is
-#    left, and both still open with the right keys.
+#    the first engine was opened: it is closed again without its disk ever
+#    having been added, no /dev/mlsdisk0 is left, and both still open with
+#    the right keys (tests/guest/mlsdisk-insmod-fail.sh probes for it).
 # 4. disk_anchor=none,/dev/vda: a rollback of the second disk's backing
 #    device is refused at insmod ("older than its rollback anchor", naming
 #    mlsdisk1); without the anchor the old image opens; the current image
@@ -84,7 +85,7 @@ if dmesg | grep -q -e "$KEY" -e "$KEY2"; then
 fi
 
 # 2. Two disks: create, ext4, write.
-run insmod /mlsdisk.ko "$BOTH" disk_key=$KEY,$KEY2 disk_mode=create
+run insmod /mlsdisk.ko "$BOTH" disk_key=$KEY,$KEY2 disk_mode=force_create
 for i in 0 1; do
 	[ -b /dev/mlsdisk$i ] || fail "/dev/mlsdisk$i is not a block device after insmod"
 	echo "+ dmesg: $(dmesg | grep "mlsdisk: mlsdisk$i: created on" | tail -n 1)"
@@ -155,7 +156,8 @@ reopen_and_check "rmmod + insmod disk_mode=open"
 if [ $engine = 0 ]; then
 	echo "  (pass-through build: no key check and no anchor; steps 3 and 4 need the engine (the default build))"
 else
-	# 3. A wrong key for the second disk: the first was made, then removed.
+	# 3. A wrong key for the second disk: the first engine was opened, then
+	# closed.
 	n1=$(dmesg | wc -l)
 	must_fail insmod /mlsdisk.ko "$BOTH" disk_key=$KEY,ff${KEY2#??} disk_mode=open
 	new=$(dmesg | tail -n +$((n1 + 1)))
@@ -164,8 +166,8 @@ else
 	echo "$new" | grep -q 'mlsdisk: mlsdisk1: wrong key' || fail "no 'mlsdisk1: wrong key'"
 	echo "$new" | grep -q "mlsdisk: mlsdisk1: cannot open the disk on '$H1'" ||
 		fail "no 'mlsdisk1: cannot open the disk on ...' naming the device"
-	echo "$new" | grep -q 'mlsdisk: mlsdisk0: removed (synced and closed)' ||
-		fail "mlsdisk0 not removed after mlsdisk1 failed"
+	echo "$new" | grep -q 'mlsdisk: mlsdisk0: engine closed (synced); the disk was never added' ||
+		fail "mlsdisk0's engine not closed (unadded) after mlsdisk1 failed"
 	none_left "wrong key of mlsdisk1"
 	reopen_and_check "a failed insmod"
 
@@ -204,8 +206,8 @@ else
 	put_image /tmp/image-v1
 	refused "whole-image rollback" "mlsdisk1: the disk image is older than its rollback anchor" \
 		"$BOTH" disk_key=$KEY,$KEY2 "$A"
-	dmesg | tail -n 20 | grep -q 'mlsdisk: mlsdisk0: removed (synced and closed)' ||
-		fail "mlsdisk0 not removed after the rollback of mlsdisk1 was refused"
+	dmesg | tail -n 20 | grep -q 'mlsdisk: mlsdisk0: engine closed (synced); the disk was never added' ||
+		fail "mlsdisk0's engine not closed (unadded) after the rollback of mlsdisk1 was refused"
 	# Without the anchor the old image opens (what the anchor adds).
 	run insmod /mlsdisk.ko "$BOTH" disk_key=$KEY,$KEY2
 	[ "$(block5)" = "version-one" ] || fail "the old image without anchor does not read version-one"

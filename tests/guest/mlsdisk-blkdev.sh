@@ -46,7 +46,7 @@ if dmesg | grep -q "$KEY"; then
 fi
 
 # 3. Create.
-run insmod /mlsdisk.ko disk_backing=$BDISK disk_key=$KEY disk_mode=create
+run insmod /mlsdisk.ko disk_backing=$BDISK disk_key=$KEY disk_mode=force_create
 [ -b $BDEV ] || fail "$BDEV is not a block device after insmod"
 echo "+ dmesg: $(dmesg | grep 'mlsdisk: mlsdisk0: created' | tail -n 1)"
 if [ -e /sys/module/mlsdisk/parameters/disk_key ]; then

@@ -72,11 +72,11 @@ sync_mark() {
 
 # The largest length the engine accepts on this device.
 n0=$(dmesg | wc -l)
-must_fail dmsetup create $name --table "0 $DATA_SECTORS mlsdisk /dev/mapper/$logw $KEY 1 create"
+must_fail dmsetup create $name --table "0 $DATA_SECTORS mlsdisk /dev/mapper/$logw $KEY 1 force_create"
 max=$(dmesg | tail -n +$((n0 + 1)) | sed -n 's/.*the maximum is \([0-9]*\) sectors.*/\1/p' | tail -n 1)
 [ -n "$max" ] || fail "no maximum length in dmesg"
 len=$((max / 8 * 8))
-run dmsetup create $name --table "0 $len mlsdisk /dev/mapper/$logw $KEY 1 create"
+run dmsetup create $name --table "0 $len mlsdisk /dev/mapper/$logw $KEY 1 force_create"
 sync_mark created
 run mkfs.ext4 -q -F -b 4096 -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 /dev/mapper/$name
 run dmsetup message $name 0 sync

@@ -23,7 +23,7 @@ refused() {
 
 # The capacity of a disk on the whole device (see mlsdisk-engine-ext4).
 n0=$(dmesg | wc -l)
-must_fail dmsetup create mlsdisk_b --table "0 $sectors mlsdisk $DISK $KEY 1 create"
+must_fail dmsetup create mlsdisk_b --table "0 $sectors mlsdisk $DISK $KEY 1 force_create"
 max=$(dmesg | tail -n +$((n0 + 1)) | sed -n 's/.*the maximum is \([0-9]*\) sectors.*/\1/p' | tail -n 1)
 [ -n "$max" ] || fail "no capacity in dmesg"
 len=$((max / 8 * 8))
@@ -37,7 +37,7 @@ refused "zeroed device" "no mlsdisk on the backing device" "0 $len mlsdisk $DISK
 # 2. A disk with files; the wrong key.
 mnt=/mnt/mlsdisk_b
 run mkdir -p $mnt
-run dmsetup create mlsdisk_b --table "0 $len mlsdisk $DISK $KEY 1 create"
+run dmsetup create mlsdisk_b --table "0 $len mlsdisk $DISK $KEY 1 force_create"
 run mkfs.ext4 -q -F /dev/mapper/mlsdisk_b
 run mount -t ext4 /dev/mapper/mlsdisk_b $mnt
 write_files $mnt
@@ -60,7 +60,13 @@ run dmsetup remove mlsdisk_short
 #    32 MiB after the metadata regions, where the log-structured data of a
 #    fresh disk lies). Every file then reads back either exactly as written
 #    or fails with an I/O error; at least one read fails.
-data_mib=$((sectors * 7 / 204800 + 1))
+# Where the data region starts, from the disk's own geometry (the index
+# region before it is sized for the tree's shape: docs/format.md).
+data_blk=$(mlsdisk info "$DISK" --key "$KEY" | sed -n 's/^data log *from block \([0-9]*\):.*/\1/p')
+[ -n "$data_blk" ] || fail "mlsdisk info gave no start of the data log"
+data_mib=$((data_blk * 4096 / 1048576 + 1))
+echo "  data log from block $data_blk: tampering from $data_mib MiB"
+
 i=0
 while [ $i -lt 512 ]; do
 	printf '\377' | dd of="$DISK" bs=1 seek=$(((data_mib * 1048576) + i * 65536 + 100)) conv=notrunc 2>/dev/null ||

@@ -12,7 +12,7 @@ sectors=$(disk_sectors "$DISK")
 
 # 1. A length beyond the logical capacity is refused, naming the maximum.
 n0=$(dmesg | wc -l)
-must_fail dmsetup create mlsdisk_e --table "0 $sectors mlsdisk $DISK $KEY 1 create"
+must_fail dmsetup create mlsdisk_e --table "0 $sectors mlsdisk $DISK $KEY 1 force_create"
 msg=$(dmesg | tail -n +$((n0 + 1)) | grep 'exceeds the logical capacity' | tail -n 1)
 echo "+ dmesg: $msg"
 max=$(echo "$msg" | sed -n 's/.*the maximum is \([0-9]*\) sectors.*/\1/p')
@@ -24,7 +24,7 @@ len=$((max / 8 * 8))
 # 2. Create, file system, checksums.
 mnt=/mnt/mlsdisk_e
 run mkdir -p $mnt
-run dmsetup create mlsdisk_e --table "0 $len mlsdisk $DISK $KEY 1 create"
+run dmsetup create mlsdisk_e --table "0 $len mlsdisk $DISK $KEY 1 force_create"
 tbl=$(dmsetup table mlsdisk_e)
 echo "+ dmsetup table: $tbl"
 case "$tbl" in
@@ -34,7 +34,8 @@ case "$tbl" in
 esac
 st=$(dmsetup status mlsdisk_e)
 echo "+ dmsetup status: $st"
-for field in "ok " " sync=" " free=" " wa=" "anchor=none" "unprotected"; do
+status_tokens_ok "$st"
+for field in " health=ok " " sync=" " capacity=" " free=" " wa=" " anchor=none "; do
 	case "$st" in
 	*"$field"*) ;;
 	*) fail "status lacks '$field': $st" ;;

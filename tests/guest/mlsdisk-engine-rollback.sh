@@ -13,7 +13,7 @@ load_module
 back=/dev/vda   # the 64 MiB spare disk: small enough to copy into memory
 len=8192
 dev=/dev/mapper/mlsdisk_r
-run dmsetup create mlsdisk_r --table "0 $len mlsdisk $back $KEY 1 create"
+run dmsetup create mlsdisk_r --table "0 $len mlsdisk $back $KEY 1 force_create"
 printf 'version-one' | dd of=$dev bs=4096 seek=5 conv=sync,fsync 2>/dev/null || fail "write v1"
 run dmsetup remove mlsdisk_r
 run dd if=$back of=/tmp/image-v1 bs=1M
@@ -46,7 +46,7 @@ run dmsetup create mlsdisk_r --table "0 $len mlsdisk $back $KEY"
 st=$(dmsetup status mlsdisk_r)
 echo "+ dmsetup status: $st"
 case "$st" in
-*"anchor=none (unprotected against whole-image rollback)"*) ;;
+*" anchor=none "*) ;;
 *) fail "the status does not say the disk is unprotected: $st" ;;
 esac
 s1=$(echo "$st" | sed -n 's/.* sync=\([0-9]*\).*/\1/p')

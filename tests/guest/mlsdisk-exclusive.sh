@@ -43,7 +43,7 @@ capacity_sectors() {
 }
 
 # 1. blk-mq disk first.
-run insmod /mlsdisk.ko disk_backing=$D disk_key=$KEY disk_mode=create
+run insmod /mlsdisk.ko disk_backing=$D disk_key=$KEY disk_mode=force_create
 [ -b $BDEV ] || fail "$BDEV missing after insmod"
 run dd if=/dev/urandom of=/tmp/x.bin bs=4096 count=64
 run dd if=/tmp/x.bin of=$BDEV bs=4096 count=64 oflag=direct conv=fsync

@@ -13,7 +13,7 @@ sectors=$(disk_sectors "$DISK")
 len=$((sectors / 2 / 8 * 8))
 run dmsetup create mlsdisk_flaky --table "0 $sectors linear $DISK 0"
 back=/dev/mapper/mlsdisk_flaky
-run dmsetup create mlsdisk_f --table "0 $len mlsdisk $back $KEY 1 create"
+run dmsetup create mlsdisk_f --table "0 $len mlsdisk $back $KEY 1 force_create"
 dev=/dev/mapper/mlsdisk_f
 
 # Data, synced.

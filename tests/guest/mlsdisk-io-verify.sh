@@ -12,7 +12,7 @@ sectors=$(disk_sectors "$DISK")
 len=$((sectors / 2 / 8 * 8))
 name=mlsdisk_io
 dev=/dev/mapper/$name
-run dmsetup create $name --table "0 $len mlsdisk $DISK $KEY 1 create"
+run dmsetup create $name --table "0 $len mlsdisk $DISK $KEY 1 force_create"
 
 # Direct, several in flight (io_uring), sizes 4 KiB .. 2 MiB, verified
 # after each write phase; a second pass with buffered I/O.

@@ -66,7 +66,7 @@ read_sum() {
 
 # 1. Create with the logon reference; the table shows the reference only.
 ref=":32:logon:$LOGON"
-run dmsetup create mlsdisk_kr --table "0 $len mlsdisk $DISK $ref 1 create"
+run dmsetup create mlsdisk_kr --table "0 $len mlsdisk $DISK $ref 1 force_create"
 tbl=$(dmsetup table mlsdisk_kr) || fail "dmsetup table failed"
 echo "+ dmsetup table: $tbl"
 case "$tbl" in

@@ -22,13 +22,13 @@ back=/dev/mapper/par_backing
 
 # The logical capacity: a length beyond it is refused with the maximum.
 n0=$(dmesg | wc -l)
-if dmsetup create $name --table "0 $back_len mlsdisk $back $KEY 1 create" >/dev/null 2>&1; then
+if dmsetup create $name --table "0 $back_len mlsdisk $back $KEY 1 force_create" >/dev/null 2>&1; then
 	len=$back_len
 else
 	max=$(dmesg | tail -n +$((n0 + 1)) | sed -n 's/.*the maximum is \([0-9]*\) sectors.*/\1/p' | tail -n 1)
 	[ -n "$max" ] || fail "the table was refused and names no maximum: $(dmesg | tail -n 3)"
 	len=$((max / 8 * 8))
-	run dmsetup create $name --table "0 $len mlsdisk $back $KEY 1 create"
+	run dmsetup create $name --table "0 $len mlsdisk $back $KEY 1 force_create"
 fi
 echo "+ capacity $((len / 2048)) MiB"
 [ $((len / 2048)) -ge 64 ] || fail "capacity $((len / 2048)) MiB is too small for the test"

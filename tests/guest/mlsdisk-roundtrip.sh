@@ -18,7 +18,7 @@ table="0 $len mlsdisk $DISK $KEY"
 n0=$(dmesg | wc -l)
 # Format the disk once ('create'); the round trip then opens it (the
 # default) both times, so its second create really reopens the disk.
-run dmsetup create mlsdisk_test --table "$table 1 create"
+run dmsetup create mlsdisk_test --table "$table 1 force_create"
 run dmsetup remove mlsdisk_test
 fs_roundtrip mlsdisk_test "$table"
 
@@ -34,9 +34,10 @@ esac
 st=$(dmsetup status mlsdisk_test) || fail "dmsetup status failed"
 echo "+ dmsetup status: $st"
 case "$st" in
-"0 $len mlsdisk ok sync="*) ;;
+"0 $len mlsdisk health=ok sync="*) ;;
 *) fail "unexpected dmsetup status line: $st" ;;
 esac
+status_tokens_ok "$st"
 run dmsetup remove mlsdisk_test
 if dmesg | tail -n +$((n0 + 1)) | grep -qi "$KEY"; then
 	fail "the key appears in the kernel log"

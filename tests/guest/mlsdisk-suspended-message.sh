@@ -8,11 +8,11 @@
 
 load_module
 n0=$(dmesg | wc -l)
-dmsetup create mlsdisk_s --table "0 $(disk_sectors "$DISK") mlsdisk $DISK $KEY 1 create" 2>/dev/null &&
+dmsetup create mlsdisk_s --table "0 $(disk_sectors "$DISK") mlsdisk $DISK $KEY 1 force_create" 2>/dev/null &&
 	fail "an over-long table was accepted"
 max=$(dmesg | tail -n +$((n0 + 1)) | sed -n 's/.*the maximum is \([0-9]*\) sectors.*/\1/p' | tail -n 1)
 [ -n "$max" ] || fail "no 'the maximum is N sectors' in dmesg"
-run dmsetup create mlsdisk_s --table "0 $((max / 8 * 8)) mlsdisk $DISK $KEY 1 create"
+run dmsetup create mlsdisk_s --table "0 $((max / 8 * 8)) mlsdisk $DISK $KEY 1 force_create"
 run dd if=/dev/urandom of=/dev/mapper/mlsdisk_s bs=4096 count=256 oflag=direct
 counter() {
 	dmsetup status mlsdisk_s | sed -n 's/.* sync=\([0-9]*\) .*/\1/p'

@@ -39,7 +39,7 @@ BDISK=/dev/vda
 BDEV=/dev/mlsdisk0
 
 # 1. The blk-mq disk.
-run insmod /mlsdisk.ko disk_backing=$BDISK disk_key=$KEY disk_mode=create
+run insmod /mlsdisk.ko disk_backing=$BDISK disk_key=$KEY disk_mode=force_create
 [ -b $BDEV ] || fail "$BDEV missing after insmod"
 dmsetup targets | grep -q '^mlsdisk ' || fail "dmsetup targets does not list mlsdisk"
 # The module's text symbols, to name the frames of the report once the
@@ -57,7 +57,7 @@ run blockdev --flushbufs $BDEV
 # 2. The dm target on vdb, next to the blk-mq disk.
 sectors=$(disk_sectors "$DISK")
 len=$((sectors / 2 / 8 * 8))
-run dmsetup create mlsdisk_leak --table "0 $len mlsdisk $DISK $KEY 1 create"
+run dmsetup create mlsdisk_leak --table "0 $len mlsdisk $DISK $KEY 1 force_create"
 run dd if=/tmp/leak.data of=/dev/mapper/mlsdisk_leak bs=1M oflag=direct conv=fsync
 got=$(dd if=/dev/mapper/mlsdisk_leak bs=1M count=2 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
 [ "$got" = "$want" ] || fail "the dm disk read back other data"

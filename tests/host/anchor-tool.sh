@@ -32,12 +32,13 @@ ok() { echo "PASS $*"; passed=$((passed + 1)); }
 bad() { echo "FAIL $*"; failed=$((failed + 1)); }
 
 m() { "$tool" "$@" 2>&1; }
-# expect_err LABEL KIND CMD...: the command exits 1 naming KIND.
+# expect_err LABEL WORDS CMD...: the command fails (exit 1, or 8 for
+# check: could not check) with "mlsdisk: img: WORDS (...)".
 expect_err() {
 	local label=$1 kind=$2 out rc=0
 	shift 2
 	out=$(m "$@") || rc=$?
-	if ((rc == 1)) && grep -q ": $kind: " <<<"$out"; then
+	if ((rc == 1 || rc == 8)) && grep -q "^mlsdisk: img: $kind (" <<<"$out"; then
 		ok "$label -> $(tail -n 1 <<<"$out")"
 	else
 		bad "$label: expected exit 1 with $kind, got rc=$rc: $out"
@@ -56,7 +57,7 @@ cp anc good.anc
 
 # 1.
 cp old.img img
-expect_err "rollback of the whole image, anchor intact" Rollback check img --key $key --anchor-dev anc
+expect_err "rollback of the whole image, anchor intact" "refused as a rollback" check img --key $key --anchor-dev anc
 cp new.img img
 if m read img --key $key --anchor-dev anc 5 1 got >/dev/null && cmp -s got v2; then
 	ok "the current image opens with its newest data"
@@ -71,12 +72,12 @@ printf '\xff\xff\xff\xff' | dd of=anc bs=1 seek=$((4096 + 300)) conv=notrunc sta
 if cmp -s anc good.anc; then
 	bad "tampering did not change the anchor"
 else
-	expect_err "both anchor slots damaged" Integrity check img --key $key --anchor-dev anc
+	expect_err "both anchor slots damaged" "authentication failed: tampered or damaged" check img --key $key --anchor-dev anc
 fi
 m format other.img --size-mib 64 --key $key --anchor-dev other.anc >/dev/null
-expect_err "another image's anchor" WrongKey check img --key $key --anchor-dev other.anc
+expect_err "another image's anchor" "wrong key" check img --key $key --anchor-dev other.anc
 head -c 8192 /dev/urandom >anc
-expect_err "junk as anchor" Corrupted check img --key $key --anchor-dev anc
+expect_err "junk as anchor" "damaged or not an MlsDisk image" check img --key $key --anchor-dev anc
 
 # 3.
 cp old.img img
@@ -101,7 +102,7 @@ cp fork-s.img img
 m write img --key $key --anchor-dev anc 6 v2 >/dev/null
 cp img fork-c.img
 cp fork-i1.img img
-expect_err "forked image with the anchor's counter" Rollback check img --key $key --anchor-dev anc
+expect_err "forked image with the anchor's counter" "refused as a rollback" check img --key $key --anchor-dev anc
 cp fork-c.img img
 if m read img --key $key --anchor-dev anc 6 1 got >/dev/null && cmp -s got v2; then
 	ok "the completed sync opens after the refused fork"

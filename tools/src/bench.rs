@@ -2,7 +2,8 @@
 //! (raw file, CryptDisk, MlsDisk) over the same device stack.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mlsdisk_core::bio::{BlockSet, BLOCK_SIZE};
@@ -11,24 +12,45 @@ use mlsdisk_core::Result;
 
 use crate::cryptdisk::CryptDisk;
 
-/// One disk under test.
-pub trait Target {
+/// One disk under test. Every method takes `&self`: the bench keeps up
+/// to `--iodepth` requests in flight at once, one per thread.
+pub trait Target: Sync {
     /// Logical capacity in blocks.
     fn nblocks(&self) -> u64;
     /// Writes whole blocks.
-    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<()>;
+    fn write(&self, lba: u64, buf: &[u8]) -> Result<()>;
     /// Reads whole blocks.
-    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<()>;
+    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<()>;
     /// Makes writes durable.
-    fn sync(&mut self) -> Result<()>;
+    fn sync(&self) -> Result<()>;
     /// Blocks written to the device so far.
-    fn dev_written(&mut self) -> u64;
+    fn dev_written(&self) -> u64;
     /// Blocks read from the device so far.
-    fn dev_read(&mut self) -> u64;
+    fn dev_read(&self) -> u64;
     /// A status line for verbose output.
-    fn status(&mut self) -> String {
+    fn status(&self) -> String {
         String::new()
     }
+    /// Index lookup counters, if the target has an index.
+    fn index_counters(&self) -> IndexCounters {
+        IndexCounters::default()
+    }
+}
+
+/// Counters of an index (MlsDisk's LSM tree), for the read-path report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexCounters {
+    /// Index block-cache hits (bloom, table index and data blocks).
+    pub cache_hits: u64,
+    /// Index block-cache misses (each one device read of the index).
+    pub cache_misses: u64,
+}
+
+fn poisoned<T>(_: T) -> mlsdisk_core::Error {
+    mlsdisk_core::Error::new(
+        mlsdisk_core::ErrorKind::InvalidState,
+        "bench: lock poisoned",
+    )
 }
 
 /// The raw device.
@@ -38,73 +60,109 @@ impl<D: BlockSet> Target for Raw<D> {
     fn nblocks(&self) -> u64 {
         self.0.nblocks()
     }
-    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<()> {
+    fn write(&self, lba: u64, buf: &[u8]) -> Result<()> {
         self.0.write(lba, buf)
     }
-    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<()> {
+    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
         self.0.read(lba, buf)
     }
-    fn sync(&mut self) -> Result<()> {
+    fn sync(&self) -> Result<()> {
         self.0.flush()
     }
-    fn dev_written(&mut self) -> u64 {
+    fn dev_written(&self) -> u64 {
         self.0.counts().1
     }
-    fn dev_read(&mut self) -> u64 {
+    fn dev_read(&self) -> u64 {
         self.0.counts().0
     }
 }
 
-/// The encrypt-only baseline.
+/// The encrypt-only baseline (its reads and writes run in parallel).
 pub struct Crypt<D: BlockSet>(pub CryptDisk<Arc<Counted<D>>>, pub Arc<Counted<D>>);
 
 impl<D: BlockSet> Target for Crypt<D> {
     fn nblocks(&self) -> u64 {
         self.0.nblocks()
     }
-    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<()> {
+    fn write(&self, lba: u64, buf: &[u8]) -> Result<()> {
         self.0.write(lba, buf)
     }
-    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<()> {
+    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
         self.0.read(lba, buf)
     }
-    fn sync(&mut self) -> Result<()> {
+    fn sync(&self) -> Result<()> {
         self.0.sync()
     }
-    fn dev_written(&mut self) -> u64 {
+    fn dev_written(&self) -> u64 {
         self.1.counts().1
     }
-    fn dev_read(&mut self) -> u64 {
+    fn dev_read(&self) -> u64 {
         self.1.counts().0
     }
 }
 
-/// MlsDisk.
-pub struct Mls<D: BlockSet>(pub MlsDisk<D>);
+/// MlsDisk behind a lock, with the engine's concurrency model (the one the
+/// kernel module uses): writes, syncs and background work run under the
+/// lock, one at a time; a read plans under the lock (write buffer, forward
+/// map, index lookup, including the index's device reads on a cache miss)
+/// and fetches and authenticates its data blocks without it
+/// ([`mlsdisk_core::disk::DataReader`]), so the data reads of many requests
+/// are in flight at once. A fetch that finds its plan stale (an integrity
+/// error) is repeated under the lock.
+pub struct Mls<D: BlockSet>(pub Mutex<MlsDisk<D>>);
+
+impl<D: BlockSet> Mls<D> {
+    /// Wraps a disk.
+    pub fn new(d: MlsDisk<D>) -> Self {
+        Self(Mutex::new(d))
+    }
+    /// The disk back.
+    pub fn into_inner(self) -> Result<MlsDisk<D>> {
+        self.0.into_inner().map_err(poisoned)
+    }
+    fn disk(&self) -> Result<std::sync::MutexGuard<'_, MlsDisk<D>>> {
+        self.0.lock().map_err(poisoned)
+    }
+}
 
 impl<D: BlockSet> Target for Mls<D> {
     fn nblocks(&self) -> u64 {
-        self.0.nblocks()
+        self.disk().map_or(0, |d| d.nblocks())
     }
-    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<()> {
-        self.0.write(lba, buf)
+    fn write(&self, lba: u64, buf: &[u8]) -> Result<()> {
+        self.disk()?.write(lba, buf)
     }
-    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<()> {
-        self.0.read(lba, buf)
+    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
+        let (plan, reader) = {
+            let mut d = self.disk()?;
+            (d.plan_read(lba, buf)?, d.reader())
+        };
+        if plan.is_empty() {
+            return Ok(());
+        }
+        match reader.fetch(&plan, buf) {
+            Err(e) if e.kind() == mlsdisk_core::ErrorKind::Integrity => self.disk()?.read(lba, buf),
+            r => r,
+        }
     }
-    fn sync(&mut self) -> Result<()> {
-        self.0.sync()?;
-        while self.0.background_step()? {}
+    fn sync(&self) -> Result<()> {
+        let mut d = self.disk()?;
+        d.sync()?;
+        while d.background_step()? {}
         Ok(())
     }
-    fn dev_written(&mut self) -> u64 {
-        self.0.stats().device_blocks_written
+    fn dev_written(&self) -> u64 {
+        self.disk()
+            .map_or(0, |mut d| d.stats().device_blocks_written)
     }
-    fn dev_read(&mut self) -> u64 {
-        self.0.stats().device_blocks_read
+    fn dev_read(&self) -> u64 {
+        self.disk().map_or(0, |mut d| d.stats().device_blocks_read)
     }
-    fn status(&mut self) -> String {
-        let s = self.0.stats();
+    fn status(&self) -> String {
+        let Ok(mut d) = self.disk() else {
+            return "lock poisoned".into();
+        };
+        let s = d.stats();
         format!(
             "{} forced_syncs={} moved={} flushes={}",
             s.status_line(true),
@@ -112,6 +170,15 @@ impl<D: BlockSet> Target for Mls<D> {
             s.cleaner_blocks_moved,
             s.device_flushes
         )
+    }
+    fn index_counters(&self) -> IndexCounters {
+        match self.disk().ok().and_then(|d| d.index_stats()) {
+            Some(s) => IndexCounters {
+                cache_hits: s.cache_hits,
+                cache_misses: s.cache_misses,
+            },
+            None => IndexCounters::default(),
+        }
     }
 }
 
@@ -160,6 +227,10 @@ pub struct PhaseResult {
     pub user_read_blocks: u64,
     /// Blocks read from the device during the phase.
     pub dev_read_blocks: u64,
+    /// Index block-cache hits during the phase.
+    pub index_hits: u64,
+    /// Index block-cache misses during the phase (index blocks read).
+    pub index_misses: u64,
 }
 
 impl PhaseResult {
@@ -169,6 +240,25 @@ impl PhaseResult {
             0.0
         } else {
             self.dev_read_blocks as f64 / self.user_read_blocks as f64
+        }
+    }
+
+    /// Index blocks read from the device per user block read.
+    pub fn index_reads_per_read(&self) -> f64 {
+        if self.user_read_blocks == 0 {
+            0.0
+        } else {
+            self.index_misses as f64 / self.user_read_blocks as f64
+        }
+    }
+
+    /// Index block-cache hit rate (0 when the index was not used).
+    pub fn index_hit_rate(&self) -> f64 {
+        let all = self.index_hits + self.index_misses;
+        if all == 0 {
+            0.0
+        } else {
+            self.index_hits as f64 / all as f64
         }
     }
 }
@@ -216,78 +306,111 @@ impl Rng {
 }
 
 /// Runs one phase over `ws` blocks; random phases move `rnd_blocks` blocks.
+/// `iodepth` requests are in flight at once, each from its own thread
+/// (sequential phases hand out the next 1 MiB to whichever thread is free,
+/// as fio does with a queue depth; random phases draw each thread's
+/// offsets from its own generator). A write phase ends with one sync,
+/// after every request returned.
 pub fn run_phase(
-    t: &mut dyn Target,
+    t: &dyn Target,
     phase: Phase,
     ws: u64,
     rnd_blocks: u64,
+    iodepth: usize,
     rng: &mut Rng,
 ) -> Result<PhaseResult> {
     const SEQ: u64 = 256;
+    let iodepth = iodepth.max(1);
     let dev0 = t.dev_written();
     let rd0 = t.dev_read();
-    let mut lat: Vec<f64> = Vec::new();
-    let mut timed = |t: &mut dyn Target, f: &mut dyn FnMut(&mut dyn Target) -> Result<()>| {
-        let s = Instant::now();
-        let r = f(t);
-        lat.push(s.elapsed().as_secs_f64() * 1e6);
-        r
+    let ix0 = t.index_counters();
+    let seeds: Vec<u64> = (0..iodepth).map(|_| rng.next_u64()).collect();
+    let fill_byte = rng.next_u64() as u8 & 1;
+    // Requests handed out so far: 1 MiB steps for sequential phases, one
+    // request each for random phases.
+    let next = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let (total_reqs, bs) = match phase {
+        Phase::SeqWrite | Phase::SeqRead => (ws.div_ceil(SEQ), SEQ),
+        Phase::RndWrite(bs) | Phase::RndRead(bs) => (rnd_blocks.div_ceil(bs), bs),
     };
-    let mut buf = vec![0u8; SEQ as usize * BLOCK_SIZE];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = (i * 7 + 13) as u8 ^ (rng.next_u64() as u8 & 1);
-    }
+    let worker = |seed: u64| -> Result<Vec<f64>> {
+        let mut rng = Rng::new(seed);
+        let mut lat: Vec<f64> = Vec::new();
+        let mut buf = vec![0u8; SEQ as usize * BLOCK_SIZE];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (i * 7 + 13) as u8 ^ fill_byte;
+        }
+        while !stop.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= total_reqs {
+                break;
+            }
+            let (lba, n) = match phase {
+                Phase::SeqWrite | Phase::SeqRead => (i * SEQ, SEQ.min(ws - i * SEQ)),
+                Phase::RndWrite(bs) | Phase::RndRead(bs) => {
+                    (rng.next_u64() % (ws / bs).max(1) * bs, bs)
+                }
+            };
+            let s = Instant::now();
+            let r = match phase {
+                Phase::SeqWrite => t.write(lba, &buf[..n as usize * BLOCK_SIZE]),
+                Phase::RndWrite(_) => {
+                    let off = (rng.next_u64() % 8) as usize * BLOCK_SIZE;
+                    buf[off] = buf[off].wrapping_add(1);
+                    t.write(lba, &buf[off..off + n as usize * BLOCK_SIZE])
+                }
+                Phase::SeqRead | Phase::RndRead(_) => {
+                    t.read(lba, &mut buf[..n as usize * BLOCK_SIZE])
+                }
+            };
+            lat.push(s.elapsed().as_secs_f64() * 1e6);
+            if let Err(e) = r {
+                stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(lat)
+    };
     let start = Instant::now();
-    let mut moved = 0u64;
-    let mut written = 0u64;
-    match phase {
-        Phase::SeqWrite => {
-            let mut lba = 0;
-            while lba < ws {
-                let n = SEQ.min(ws - lba);
-                let b = &buf[..n as usize * BLOCK_SIZE];
-                timed(t, &mut |t| t.write(lba, b))?;
-                lba += n;
-            }
-            t.sync()?;
-            moved = ws;
-            written = ws;
-        }
-        Phase::RndWrite(bs) => {
-            let slots = ws / bs;
-            while moved < rnd_blocks {
-                let lba = rng.next_u64() % slots * bs;
-                let off = (rng.next_u64() % 8) as usize * BLOCK_SIZE;
-                buf[off] = buf[off].wrapping_add(1);
-                let b = &buf[off..off + bs as usize * BLOCK_SIZE];
-                timed(t, &mut |t| t.write(lba, b))?;
-                moved += bs;
-            }
-            t.sync()?;
-            written = moved;
-        }
-        Phase::SeqRead => {
-            let mut lba = 0;
-            while lba < ws {
-                let n = SEQ.min(ws - lba);
-                let b = &mut buf[..n as usize * BLOCK_SIZE];
-                timed(t, &mut |t| t.read(lba, b))?;
-                lba += n;
-            }
-            moved = ws;
-        }
-        Phase::RndRead(bs) => {
-            let slots = ws / bs;
-            while moved < rnd_blocks {
-                let lba = rng.next_u64() % slots * bs;
-                let b = &mut buf[..bs as usize * BLOCK_SIZE];
-                timed(t, &mut |t| t.read(lba, b))?;
-                moved += bs;
-            }
-        }
+    let results: Vec<Result<Vec<f64>>> = if iodepth == 1 {
+        vec![worker(seeds[0])]
+    } else {
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = seeds
+                .iter()
+                .map(|&seed| sc.spawn(move || worker(seed)))
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(mlsdisk_core::Error::new(
+                            mlsdisk_core::ErrorKind::InvalidState,
+                            "bench: a worker panicked",
+                        ))
+                    })
+                })
+                .collect()
+        })
+    };
+    let mut lat = Vec::new();
+    for r in results {
+        lat.extend(r?);
     }
+    let moved = match phase {
+        Phase::SeqWrite | Phase::SeqRead => ws,
+        _ => total_reqs * bs,
+    };
+    let written = match phase {
+        Phase::SeqWrite | Phase::RndWrite(_) => {
+            t.sync()?;
+            moved
+        }
+        _ => 0,
+    };
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     let n = lat.len() as f64;
+    let ix1 = t.index_counters();
     Ok(PhaseResult {
         mib_s: moved as f64 * BLOCK_SIZE as f64 / (1024.0 * 1024.0) / secs,
         iops: n / secs,
@@ -297,6 +420,8 @@ pub fn run_phase(
         dev_blocks: t.dev_written() - dev0,
         user_read_blocks: moved - written,
         dev_read_blocks: t.dev_read() - rd0,
+        index_hits: ix1.cache_hits - ix0.cache_hits,
+        index_misses: ix1.cache_misses - ix0.cache_misses,
     })
 }
 

@@ -8,7 +8,7 @@
 //! random 4 KiB write costs one device write, like dm-crypt. No freshness,
 //! no atomicity, no crash consistency: that is what MlsDisk adds.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use mlsdisk_core::bio::{BlockSet, BLOCK_SIZE};
 use mlsdisk_core::platform::{kdf_key, AeadKey, Iv, Mac};
@@ -17,16 +17,33 @@ use mlsdisk_core::{CryptoRef, Error, ErrorKind, Result};
 const GROUP: u64 = 128;
 const PER_GROUP: u64 = GROUP - 1;
 const ENTRY: usize = 12 + 16;
+/// Locks over groups (group `g` is guarded by lock `g % STRIPES`).
+const STRIPES: usize = 256;
 
-/// The encrypt-only baseline disk.
+/// The in-memory metadata: every group's (IV, MAC) block and whether it
+/// differs from the device.
+struct Meta {
+    bytes: Vec<u8>,
+    dirty: Vec<bool>,
+}
+
+/// The encrypt-only baseline disk. Reads and writes take `&self` and may
+/// run on several threads at once, like dm-crypt: a request holds the
+/// locks of the groups it spans (striped, so requests to different groups
+/// run in parallel, and two requests to the same group are ordered, data
+/// and metadata alike), and the metadata table only while it copies
+/// entries.
 pub struct CryptDisk<D> {
     dev: D,
     crypto: CryptoRef,
     key: AeadKey,
     capacity: u64,
-    meta: Vec<u8>,
-    dirty: Vec<bool>,
-    scratch: Vec<u8>,
+    meta: Mutex<Meta>,
+    stripes: Vec<Mutex<()>>,
+}
+
+fn poisoned<T>(_: T) -> Error {
+    Error::new(ErrorKind::InvalidState, "cryptdisk: a lock was poisoned")
 }
 
 impl<D: BlockSet> CryptDisk<D> {
@@ -39,9 +56,11 @@ impl<D: BlockSet> CryptDisk<D> {
         let key = kdf_key(&*crypto, root_key, b"cryptdisk data", &[], 16)?;
         let d = Self {
             capacity: groups * PER_GROUP,
-            meta: vec![0u8; groups as usize * BLOCK_SIZE],
-            dirty: vec![true; groups as usize],
-            scratch: Vec::new(),
+            meta: Mutex::new(Meta {
+                bytes: vec![0u8; groups as usize * BLOCK_SIZE],
+                dirty: vec![true; groups as usize],
+            }),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             dev,
             crypto,
             key,
@@ -58,13 +77,6 @@ impl<D: BlockSet> CryptDisk<D> {
         lba / PER_GROUP * GROUP + 1 + lba % PER_GROUP
     }
 
-    fn entry(&mut self, lba: u64) -> &mut [u8] {
-        let g = (lba / PER_GROUP) as usize;
-        let i = (lba % PER_GROUP) as usize;
-        self.dirty[g] = true;
-        &mut self.meta[g * BLOCK_SIZE + i * ENTRY..][..ENTRY]
-    }
-
     fn check(&self, lba: u64, len: usize) -> Result<u64> {
         let n = (len / BLOCK_SIZE) as u64;
         if len == 0 || len % BLOCK_SIZE != 0 || lba + n > self.capacity {
@@ -73,15 +85,33 @@ impl<D: BlockSet> CryptDisk<D> {
         Ok(n)
     }
 
+    /// The locks of the groups of blocks `lba..lba + n`, taken in stripe
+    /// order (so that two requests never wait for each other in a cycle).
+    fn lock_groups(&self, lba: u64, n: u64) -> Result<Vec<MutexGuard<'_, ()>>> {
+        let (g0, g1) = (lba / PER_GROUP, (lba + n - 1) / PER_GROUP);
+        let mut ids: Vec<usize> = (g0..=g1).map(|g| (g % STRIPES as u64) as usize).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.iter()
+            .map(|&i| self.stripes[i].lock().map_err(poisoned))
+            .collect()
+    }
+
+    fn meta(&self) -> Result<MutexGuard<'_, Meta>> {
+        self.meta.lock().map_err(poisoned)
+    }
+
     /// Encrypts and writes blocks in place: one device write for the whole
     /// request, the (cached, up-to-date) metadata blocks it spans included.
-    pub fn write(&mut self, lba: u64, buf: &[u8]) -> Result<()> {
+    pub fn write(&self, lba: u64, buf: &[u8]) -> Result<()> {
         let n = self.check(lba, buf.len())?;
+        let _groups = self.lock_groups(lba, n)?;
         let mut ivs = vec![0u8; n as usize * 12];
         self.crypto.fill_random(&mut ivs)?;
         let first = Self::dev_block(lba);
         let last = Self::dev_block(lba + n - 1);
         let mut out = vec![0u8; ((last - first + 1) as usize) * BLOCK_SIZE];
+        let mut entries = vec![0u8; n as usize * ENTRY];
         for k in 0..n {
             let l = lba + k;
             let off = ((Self::dev_block(l) - first) as usize) * BLOCK_SIZE;
@@ -92,40 +122,62 @@ impl<D: BlockSet> CryptDisk<D> {
             let mac = self
                 .crypto
                 .aead_seal(&self.key, &iv, &l.to_le_bytes(), blk)?;
-            let e = self.entry(l);
+            let e = &mut entries[k as usize * ENTRY..][..ENTRY];
             e[..12].copy_from_slice(&iv);
             e[12..].copy_from_slice(&mac);
         }
-        // Metadata blocks inside the span go out with the data.
-        let mut d = first;
-        while d <= last {
-            if d % GROUP == 0 {
-                let g = (d / GROUP) as usize;
-                let off = ((d - first) as usize) * BLOCK_SIZE;
-                out[off..off + BLOCK_SIZE]
-                    .copy_from_slice(&self.meta[g * BLOCK_SIZE..][..BLOCK_SIZE]);
-                self.dirty[g] = false;
+        {
+            let mut m = self.meta()?;
+            for k in 0..n {
+                let l = lba + k;
+                let g = (l / PER_GROUP) as usize;
+                let i = (l % PER_GROUP) as usize;
+                m.dirty[g] = true;
+                m.bytes[g * BLOCK_SIZE + i * ENTRY..][..ENTRY]
+                    .copy_from_slice(&entries[k as usize * ENTRY..][..ENTRY]);
             }
-            d += 1;
+            // Metadata blocks inside the span go out with the data (their
+            // groups are locked: no other request writes them meanwhile).
+            let mut d = first;
+            while d <= last {
+                if d % GROUP == 0 {
+                    let g = (d / GROUP) as usize;
+                    let off = ((d - first) as usize) * BLOCK_SIZE;
+                    out[off..off + BLOCK_SIZE]
+                        .copy_from_slice(&m.bytes[g * BLOCK_SIZE..][..BLOCK_SIZE]);
+                    m.dirty[g] = false;
+                }
+                d += 1;
+            }
         }
         self.dev.write(first, &out)
     }
 
     /// Reads and decrypts blocks; never-written blocks read as zeros.
-    pub fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<()> {
+    pub fn read(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
         let n = self.check(lba, buf.len())?;
+        let _groups = self.lock_groups(lba, n)?;
         let first = Self::dev_block(lba);
         let last = Self::dev_block(lba + n - 1);
         let span = ((last - first + 1) as usize) * BLOCK_SIZE;
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.resize(span, 0);
+        let mut entries = vec![0u8; n as usize * ENTRY];
+        {
+            let m = self.meta()?;
+            for k in 0..n {
+                let l = lba + k;
+                let g = (l / PER_GROUP) as usize;
+                let i = (l % PER_GROUP) as usize;
+                entries[k as usize * ENTRY..][..ENTRY]
+                    .copy_from_slice(&m.bytes[g * BLOCK_SIZE + i * ENTRY..][..ENTRY]);
+            }
+        }
+        let mut scratch = vec![0u8; span];
         self.dev.read(first, &mut scratch)?;
         for (k, out) in buf.chunks_exact_mut(BLOCK_SIZE).enumerate() {
             let l = lba + k as u64;
             let off = ((Self::dev_block(l) - first) as usize) * BLOCK_SIZE;
             out.copy_from_slice(&scratch[off..off + BLOCK_SIZE]);
-            let g = (l / PER_GROUP) as usize;
-            let e = &self.meta[g * BLOCK_SIZE + (l % PER_GROUP) as usize * ENTRY..][..ENTRY];
+            let e = &entries[k * ENTRY..][..ENTRY];
             if e.iter().all(|&b| b == 0) {
                 out.fill(0);
                 continue;
@@ -137,18 +189,23 @@ impl<D: BlockSet> CryptDisk<D> {
             self.crypto
                 .aead_open(&self.key, &iv, &l.to_le_bytes(), out, &mac)?;
         }
-        self.scratch = scratch;
         Ok(())
     }
 
     /// Writes back dirty metadata blocks, then flushes the device.
-    pub fn sync(&mut self) -> Result<()> {
-        for g in 0..self.dirty.len() {
-            if self.dirty[g] {
-                self.dev
-                    .write(g as u64 * GROUP, &self.meta[g * BLOCK_SIZE..][..BLOCK_SIZE])?;
-                self.dirty[g] = false;
-            }
+    pub fn sync(&self) -> Result<()> {
+        let groups = self.meta()?.dirty.len();
+        for g in 0..groups {
+            let _lock = self.stripes[g % STRIPES].lock().map_err(poisoned)?;
+            let blk = {
+                let mut m = self.meta()?;
+                if !m.dirty[g] {
+                    continue;
+                }
+                m.dirty[g] = false;
+                m.bytes[g * BLOCK_SIZE..][..BLOCK_SIZE].to_vec()
+            };
+            self.dev.write(g as u64 * GROUP, &blk)?;
         }
         self.dev.flush()
     }

@@ -2,6 +2,7 @@
 //! with optional O_DIRECT, a device model that charges per I/O), the
 //! encrypt-only baseline `CryptDisk`, and the benchmark workloads.
 
+pub mod admin;
 pub mod bench;
 pub mod cryptdisk;
 pub mod logwrites;

@@ -73,3 +73,49 @@ fn a_tiny_run_reports_every_measurement() {
     assert!(numbers(&j, "open_device_reads")[0] > 0.0);
     assert!(numbers(&j, "peak_rss_kib").iter().all(|&k| k > 0.0), "{j}");
 }
+
+#[test]
+fn queue_depth_and_a_phase_selection_run_every_target() {
+    let dir = std::env::temp_dir().join(format!("mlsdisk-bench-qd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("bench.img");
+    let json = dir.join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_mlsdisk-bench"))
+        .args(["--size-mib", "4", "--rnd-mib", "1", "--reps", "1"])
+        .args(["--no-direct", "--no-open-times", "--iodepth", "4"])
+        .args(["--phases", "rnd-write-4K,seq-read,rnd-read-4K"])
+        .arg("--file")
+        .arg(&img)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("QD4"), "{stdout}");
+    assert!(!stdout.contains("rnd-read-32K"), "{stdout}");
+    let j = std::fs::read_to_string(&json).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(numbers(&j, "iodepth"), vec![4.0]);
+    // Three targets x three phases; every request of every phase ran.
+    let mib = numbers(&j, "mib_s");
+    assert_eq!(mib.len(), 9, "{j}");
+    assert!(mib.iter().all(|&m| m > 0.0), "{mib:?}");
+    let written = numbers(&j, "user_blocks_written");
+    let read = numbers(&j, "user_blocks_read");
+    // Per target: 1 MiB of random writes, then a 4 MiB sequential read
+    // and 1 MiB of random reads.
+    for t in 0..3 {
+        assert_eq!(written[3 * t], 256.0, "{j}");
+        assert_eq!(read[3 * t + 1], 1024.0, "{j}");
+        assert_eq!(read[3 * t + 2], 256.0, "{j}");
+    }
+    // MlsDisk's lookups went through the index's block cache.
+    let hits: f64 = numbers(&j, "index_cache_hits").iter().sum();
+    assert!(hits > 0.0, "{j}");
+}

@@ -48,7 +48,7 @@
 //! it.
 
 use crate::platform::{Hash, HASH_LEN};
-use crate::{Error, ErrorKind, Result};
+use crate::{Cause, Error, ErrorKind, Result};
 
 /// What an anchor holds for its disk: the last anchored commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,10 +78,7 @@ pub fn must_store(cur: Option<&AnchorState>, next: &AnchorState) -> Result<bool>
         None => Ok(true),
         Some(c) if next.counter > c.counter => Ok(true),
         Some(c) if c == next => Ok(false),
-        Some(_) => Err(Error::new(
-            ErrorKind::Rollback,
-            "rollback anchor holds a newer or another state than this disk's (another copy of the disk synced)",
-        )),
+        Some(_) => Err(Error::new(ErrorKind::Rollback, "rollback anchor holds a newer or another state than this disk's (another copy of the disk synced)").with_cause(Cause::Anchor)),
     }
 }
 
@@ -136,6 +133,7 @@ fn other_disk() -> Error {
         ErrorKind::WrongKey,
         "rollback anchor belongs to another disk (UUID differs)",
     )
+    .with_cause(Cause::Anchor)
 }
 
 #[cfg(feature = "std")]
@@ -144,6 +142,7 @@ fn unbound() -> Error {
         ErrorKind::InvalidState,
         "rollback anchor used before it was bound to a disk",
     )
+    .with_cause(Cause::Anchor)
 }
 
 #[cfg(feature = "std")]
@@ -241,7 +240,7 @@ pub use file::FileAnchor;
 mod file {
     use super::{must_store, other_disk, unbound, AnchorState, RollbackAnchor};
     use crate::platform::Hash;
-    use crate::{Error, ErrorKind, Result};
+    use crate::{Cause, Error, ErrorKind, Result};
     use std::fs;
     use std::io::Write;
     use std::path::PathBuf;
@@ -286,7 +285,8 @@ mod file {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
                     "rollback anchor file has the first format (a counter only); start a new one",
-                ));
+                )
+                .with_cause(Cause::Anchor));
             }
             decode(&b).map(Some)
         }
@@ -313,7 +313,7 @@ mod file {
     }
 
     fn io() -> Error {
-        Error::new(ErrorKind::Io, "rollback anchor file I/O failed")
+        Error::new(ErrorKind::Io, "rollback anchor file I/O failed").with_cause(Cause::Anchor)
     }
 
     pub(super) fn encode(uuid: &[u8; 16], st: &AnchorState) -> [u8; FILE_LEN] {
@@ -333,7 +333,10 @@ mod file {
     }
 
     pub(super) fn decode(b: &[u8]) -> Result<([u8; 16], AnchorState)> {
-        let bad = || Error::new(ErrorKind::Corrupted, "rollback anchor file is malformed");
+        let bad = || {
+            Error::new(ErrorKind::Corrupted, "rollback anchor file is malformed")
+                .with_cause(Cause::Anchor)
+        };
         if b.len() != FILE_LEN || b.get(..8) != Some(&MAGIC[..]) {
             return Err(bad());
         }

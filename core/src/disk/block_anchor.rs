@@ -76,7 +76,7 @@ use super::anchor::{must_store, AnchorState, RollbackAnchor};
 use crate::bio::{BlockSet, BLOCK_SIZE};
 use crate::crypto::AuthBlob;
 use crate::platform::{kdf, wipe, Hash, HASH_LEN};
-use crate::{CryptoRef, Error, ErrorKind, Result};
+use crate::{Cause, CryptoRef, Error, ErrorKind, Result};
 
 /// Blocks the anchor uses at the start of its device.
 pub const ANCHOR_BLOCKS: u64 = 2;
@@ -96,15 +96,15 @@ pub const MSG_PREFIX: &str = "rollback anchor";
 
 /// Whether `e` concerns the rollback anchor rather than the disk image: an
 /// error of an anchor or the disk's `Rollback` against its anchor (older,
-/// forked, or too far ahead; every such message names "its rollback
-/// anchor").
+/// forked, or too far ahead). Reads the error's [`Cause::Anchor`], never
+/// its message.
 pub fn is_anchor_error(e: &Error) -> bool {
-    e.msg().starts_with(MSG_PREFIX)
-        || (e.kind() == ErrorKind::Rollback && e.msg().contains("its rollback anchor"))
+    e.cause() == Cause::Anchor
 }
 
+/// An error of the anchor ([`Cause::Anchor`]).
 fn err(kind: ErrorKind, msg: &'static str) -> Error {
-    Error::new(kind, msg)
+    Error::new(kind, msg).with_cause(Cause::Anchor)
 }
 
 /// Maps an error of the blob or the device to one that names the anchor.

@@ -59,6 +59,11 @@ pub trait DiskIndex: Send {
     fn root(&self) -> Result<Vec<u8>> {
         Ok(Vec::new())
     }
+    /// The LSM tree's counters (block cache hits and misses, tables per
+    /// level), if the index is one.
+    fn lsm_stats(&self) -> Option<crate::lsm::LsmStats> {
+        None
+    }
 }
 
 #[cfg(feature = "std")]

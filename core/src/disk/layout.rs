@@ -56,7 +56,7 @@
 //! starts one that fits in the chunks free now, and asks for a commit
 //! otherwise (`DiskIndex::room_for`).
 
-use crate::{bail, ensure, Error, ErrorKind, Result};
+use crate::{bail, ensure, Cause, Error, ErrorKind, Result};
 
 /// Segments kept out of the logical capacity (open segment, cleaner
 /// destination, slack). See the module documentation.
@@ -346,10 +346,11 @@ impl Geometry {
             return bad("geometry: capacity does not follow the reserve rule");
         }
         if self.total_blocks > dev_blocks {
-            bail!(
-                Corrupted,
-                "backing device is smaller than the disk (truncated?)"
-            );
+            return Err(Error::new(
+                ErrorKind::Corrupted,
+                "backing device is smaller than the disk (truncated?)",
+            )
+            .with_cause(Cause::Truncated));
         }
         Ok(())
     }

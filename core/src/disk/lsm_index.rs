@@ -87,6 +87,9 @@ impl<D: BlockSet> DiskIndex for LsmIndex<D> {
             ))
         }
     }
+    fn lsm_stats(&self) -> Option<crate::lsm::LsmStats> {
+        Some(self.0.stats())
+    }
     fn root(&self) -> Result<Vec<u8>> {
         let r = self.0.store().root().to_bytes()?;
         let mut v = Vec::new();

@@ -114,7 +114,7 @@ use crate::bio::{BlockSet, BLOCK_SIZE};
 use crate::log::LogStoreConfig;
 use crate::lsm::LsmConfig;
 use crate::platform::{AeadKey, Crypto, Hash, Iv, Job, Mac, Parallel, HASH_LEN, MAC_LEN};
-use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
+use crate::{bail, ensure, Cause, CryptoRef, Error, ErrorKind, Result};
 use segment::{Head, Segments, NO_LBA};
 
 use state::UserState;
@@ -160,10 +160,11 @@ impl Default for DiskConfig {
                 ..LogStoreConfig::default()
             },
             compact_steps_per_flush: 2,
-            // A larger record cache than the tree's default (8 MiB): every
-            // random read looks up the index first.
+            // A larger record cache than the tree's default (32 MiB): every
+            // random read looks up the index first, and the leaves of a
+            // 1 GiB working set (about 4300 blocks) fit.
             lsm: LsmConfig {
-                data_cache_blocks: 2048,
+                data_cache_blocks: 8192,
                 ..LsmConfig::default()
             },
             meta_write_buffer_blocks: 1024,
@@ -327,6 +328,9 @@ fn effective_wbuf_blocks(geo: &Geometry, configured: u32) -> usize {
     (configured as usize).min(cap).max(1)
 }
 
+/// Rounds of commit and compaction [`MlsDisk::ensure_index_room`] tries.
+const ROOM_ATTEMPTS: u32 = 256;
+
 /// Blocks unmapped per index-room check in a discard.
 pub const DISCARD_BATCH: u64 = 1024;
 
@@ -480,26 +484,29 @@ impl<D: BlockSet> MlsDisk<D> {
         );
         let digest = us.digest(&*self.crypto)?;
         self.anchor.bind(&self.uuid, false)?;
+        let rollback = |msg| Err(Error::new(ErrorKind::Rollback, msg).with_cause(Cause::Anchor));
         match self.anchor.read()? {
             // Nothing to compare with: trusted on first use.
             None => self.stats.anchor_tofu = self.anchor.protects(),
             Some(a) if us.sync_counter < a.counter => {
-                bail!(Rollback, "disk image is older than its rollback anchor")
+                return rollback("disk image is older than its rollback anchor")
             }
-            Some(a) if us.sync_counter == a.counter => ensure!(
-                digest == a.digest,
-                Rollback,
-                "disk image is a fork: another commit with the counter of its rollback anchor"
-            ),
-            Some(a) if a.counter.checked_add(1) == Some(us.sync_counter) => ensure!(
-                us.prev == a.digest,
-                Rollback,
-                "disk image is a fork: one sync ahead of its rollback anchor, but not from the anchored commit"
-            ),
-            Some(_) => bail!(
-                Rollback,
-                "disk image is more than one sync ahead of its rollback anchor"
-            ),
+            Some(a) if us.sync_counter == a.counter && digest != a.digest => {
+                return rollback(
+                    "disk image is a fork: another commit with the counter of its rollback anchor",
+                )
+            }
+            Some(a) if a.counter.checked_add(1) == Some(us.sync_counter) && us.prev != a.digest => {
+                return rollback(
+                    "disk image is a fork: one sync ahead of its rollback anchor, but not from the anchored commit",
+                )
+            }
+            Some(a)
+                if us.sync_counter == a.counter
+                    || a.counter.checked_add(1) == Some(us.sync_counter) => {}
+            Some(_) => {
+                return rollback("disk image is more than one sync ahead of its rollback anchor")
+            }
         }
         self.sync_counter = us.sync_counter;
         self.state_digest = digest;
@@ -656,23 +663,43 @@ impl<D: BlockSet> MlsDisk<D> {
     /// frees the room (or refusing with `NoSpace` when the disk may not
     /// commit on its own). Changes nothing but that commit.
     fn ensure_index_room(&mut self, blocks: u64) -> Result<()> {
+        // A commit frees the chunks that installed compactions pinned, and
+        // compaction merges what a long run of updates (a whole-disk
+        // discard, say) left in L0; nothing else runs during one request,
+        // so both are done here, alternately, until the batch fits or
+        // neither helps.
+        let can_commit = self.cfg.auto_sync || self.in_sync;
         let mut committed = false;
-        loop {
+        for _ in 0..ROOM_ATTEMPTS {
+            // Recounted each round: a commit stores (and clears) the
+            // usage entries changed so far.
             let updates = self.index_updates(blocks);
-            match self.index.room_for(updates)? {
-                Room::Now => return Ok(()),
-                Room::AfterCommit if committed => {
-                    bail!(NoSpace, "index full: a commit freed no room")
-                }
-                Room::AfterCommit if !self.cfg.auto_sync && !self.in_sync => {
+            let room = match self.index.room_for(updates) {
+                Ok(r) => Some(r),
+                Err(e) if e.kind() == ErrorKind::NoSpace => None,
+                Err(e) => return Err(e),
+            };
+            match room {
+                Some(Room::Now) => return Ok(()),
+                Some(Room::AfterCommit) if !can_commit => {
                     bail!(NoSpace, "index full until the next sync")
                 }
-                Room::AfterCommit => {
+                Some(Room::AfterCommit) if !committed => {
                     self.commit(true)?;
                     committed = true;
                 }
+                _ => {
+                    if !self.critical(|d| d.index.background_step())? {
+                        bail!(
+                            NoSpace,
+                            "index region full: the updates do not fit even after a commit"
+                        );
+                    }
+                    committed = false;
+                }
             }
         }
+        bail!(NoSpace, "index full: commits and compaction made no room")
     }
 
     fn check_range(&self, lba: u64, nblocks: u64) -> Result<()> {
@@ -812,9 +839,19 @@ impl<D: BlockSet> MlsDisk<D> {
         self.guarded(|d| {
             let end = lba + nblocks;
             let mut at = lba;
+            let mut batch = DISCARD_BATCH;
             while at < end {
-                let stop = end.min(at.saturating_add(DISCARD_BATCH));
-                d.ensure_index_room(stop - at)?;
+                let stop = end.min(at.saturating_add(batch));
+                match d.ensure_index_room(stop - at) {
+                    Ok(()) => {}
+                    // A small index region (or memtable) cannot take a
+                    // whole batch at once: smaller batches, down to one.
+                    Err(e) if e.kind() == ErrorKind::NoSpace && stop - at > 1 => {
+                        batch = ((stop - at) / 2).max(1);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
                 d.critical(|d| d.unmap(at, stop))?;
                 at = stop;
             }
@@ -859,6 +896,12 @@ impl<D: BlockSet> MlsDisk<D> {
     pub fn stats(&mut self) -> DiskStats {
         self.refresh_stats();
         self.stats.clone()
+    }
+
+    /// The index's counters (block cache hits and misses, tables per
+    /// level), if the index is an LSM tree.
+    pub fn index_stats(&self) -> Option<crate::lsm::LsmStats> {
+        self.index.lsm_stats()
     }
 
     /// The one-line status (health, counters, anchor).

@@ -24,6 +24,8 @@ struct Entry {
 /// An LRU cache of blocks.
 pub struct BlockCache {
     cap: usize,
+    /// The capacity asked for (`cap` is at least 1).
+    limit: usize,
     tick: u64,
     map: BTreeMap<Key, Entry>,
     lru: BTreeMap<u64, Key>,
@@ -36,6 +38,7 @@ impl BlockCache {
     pub fn new(cap: usize) -> Self {
         Self {
             cap: cap.max(1),
+            limit: cap,
             tick: 0,
             map: BTreeMap::new(),
             lru: BTreeMap::new(),
@@ -54,6 +57,17 @@ impl BlockCache {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    /// Whether block `pos` of `table` is held, or there is room to load it
+    /// without evicting anything (never, for a capacity of 0).
+    pub fn holds_or_has_room(&self, table: u64, pos: u64) -> bool {
+        self.map.contains_key(&(table, pos)) || self.map.len() < self.limit
+    }
+
+    /// Blocks held.
+    pub fn blocks(&self) -> usize {
+        self.map.len()
     }
 
     /// (hits, misses) so far.
@@ -127,15 +141,21 @@ impl BlockCache {
     }
 }
 
-/// A [`BlockFetch`] for one table: index and bloom blocks through one
-/// cache, data blocks through another.
+/// A [`BlockFetch`] for one table: data blocks through the data cache;
+/// index blocks, and bloom blocks when the table's filter is used, in the
+/// pinned set while it has room (a block loaded there stays until its
+/// table is deleted), else through the meta cache.
 pub struct CachedFetch<'a> {
     /// The table's sequence number.
     pub table: u64,
     /// Where its blocks come from.
     pub src: &'a dyn BlockSource,
-    /// Cache of index and bloom blocks.
+    /// Cache of index and bloom blocks that the pinned set has no room for.
     pub meta: &'a mut BlockCache,
+    /// The pinned index and bloom blocks (never evicted).
+    pub pinned: &'a mut BlockCache,
+    /// Whether the lookup checks the table's bloom filter.
+    pub use_bloom: bool,
     /// Cache of data blocks.
     pub data: &'a mut BlockCache,
     /// Counts lookups the bloom filter answered.
@@ -151,6 +171,7 @@ impl BlockFetch for CachedFetch<'_> {
     ) -> Result<&[u8]> {
         let cache = match kind {
             BlockKind::Data => &mut *self.data,
+            _ if self.pinned.holds_or_has_room(self.table, pos) => &mut *self.pinned,
             _ => &mut *self.meta,
         };
         cache.get_or_load(self.table, pos, self.src, check)
@@ -158,6 +179,10 @@ impl BlockFetch for CachedFetch<'_> {
 
     fn bloom_negative(&mut self) {
         *self.bloom_negatives += 1;
+    }
+
+    fn use_bloom(&self) -> bool {
+        self.use_bloom
     }
 }
 

@@ -21,8 +21,11 @@
 //!   are deleted at open.
 //! - **Lookups** ([`TxLsmTree::get`]): memtable, immutable memtable, the L0
 //!   tables newest first, then one table per deeper level; in each table the
-//!   bloom filter block, the index block, one data block, through a bounded
-//!   LRU cache (index + bloom blocks and data blocks in separate caches).
+//!   bloom filter block (skipped in the deepest level), the index block,
+//!   one data block. Index and bloom blocks are pinned in memory
+//!   ([`LsmConfig::pinned_meta_blocks`], loaded at open), so while they fit
+//!   a lookup reads at most one block, its data block, through a bounded
+//!   LRU cache.
 //! - **Compaction** runs in bounded steps ([`TxLsmTree::compact_step`]): each
 //!   step merges at most [`LsmConfig::step_records`] records. A flush of the
 //!   immutable memtable goes first; then leveled compaction (all of L0 into
@@ -83,7 +86,8 @@
 //!   `16 + size_of::<V>() + 8` bytes amortised; ~100 bytes for a 56-byte
 //!   value, so ~6.4 MiB for E = 32 Ki);
 //! - block caches: at most `C` blocks of 4 KiB (plus ~64 bytes each of map
-//!   entries);
+//!   entries), and at most `pinned_meta_blocks` pinned index and bloom
+//!   blocks;
 //! - one WAL block buffer (4 KiB); replay at open reads one block at a
 //!   time (each memtable's WAL has at most `wal_max_blocks` blocks, and
 //!   replay fills the same two memtables);
@@ -174,8 +178,14 @@ pub struct LsmConfig {
     /// appends a partly filled block, so frequent syncs fill the WAL faster
     /// than the memtable; this bounds the WAL and the replay at open.
     pub wal_max_blocks: u64,
-    /// Cached index and bloom blocks (4 KiB each).
+    /// Cached index and bloom blocks (4 KiB each) beyond the pinned ones.
     pub meta_cache_blocks: usize,
+    /// Index and bloom blocks pinned in memory (4 KiB each): the index
+    /// blocks of every table and the bloom blocks of the filters lookups
+    /// use (every level but the deepest), loaded at open and on first
+    /// use, never evicted. While they fit, a lookup reads at most one
+    /// block from the device: the data block of its key.
+    pub pinned_meta_blocks: usize,
     /// Cached data blocks (4 KiB each).
     pub data_cache_blocks: usize,
     /// Bloom filter bits per key (0: no filter).
@@ -200,6 +210,7 @@ impl Default for LsmConfig {
             wal_max_blocks: 2048,
             meta_cache_blocks: 1024,
             data_cache_blocks: 512,
+            pinned_meta_blocks: 4096,
             bloom_bits_per_key: 10,
             l0_max_tables: 4,
             l1_max_records: 256 * 1024,
@@ -219,6 +230,7 @@ impl LsmConfig {
             wal_max_blocks: 3,
             meta_cache_blocks: 4,
             data_cache_blocks: 2,
+            pinned_meta_blocks: 4,
             bloom_bits_per_key: 10,
             l0_max_tables: 2,
             l1_max_records: 16,
@@ -298,10 +310,16 @@ pub struct LsmStats {
     pub syncs: u64,
     /// Table lookups answered "absent" by a bloom filter.
     pub bloom_negatives: u64,
-    /// Block cache hits (index, bloom and data caches).
+    /// Block cache hits (pinned, index, bloom and data caches).
     pub cache_hits: u64,
-    /// Block cache misses.
+    /// Block cache misses (each one block read from the store).
     pub cache_misses: u64,
+    /// Of those, data block cache hits.
+    pub data_cache_hits: u64,
+    /// Data block cache misses.
+    pub data_cache_misses: u64,
+    /// Index and bloom blocks pinned in memory now.
+    pub pinned_blocks: u64,
     /// Chunks of the store (0 for a store without a limit).
     pub chunks_total: u64,
     /// The fewest free chunks seen just before a commit (the worst point

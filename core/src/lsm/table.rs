@@ -21,8 +21,10 @@
 //!                                      index block (header count = entries)
 //! ```
 //!
-//! A lookup reads the bloom block of the key, the index block (chosen with
-//! the directory, held in memory) and one data block; all through a cache.
+//! A lookup reads the bloom block of the key (unless the fetcher skips the
+//! filter), the index block (chosen with the directory, held in memory) and
+//! one data block; all through a cache (see `cache`: index and bloom
+//! blocks are pinned in memory within a budget).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -76,6 +78,14 @@ pub trait BlockFetch {
 
     /// Called when the bloom filter answered "absent" (for statistics).
     fn bloom_negative(&mut self) {}
+
+    /// Whether the lookup checks the bloom filter (default: yes). A lookup
+    /// that will read the key's data block anyway when the key is absent
+    /// from the upper levels (the deepest level of a tree) skips it: the
+    /// filter block would cost the device read the data block costs.
+    fn use_bloom(&self) -> bool {
+        true
+    }
 }
 
 /// A fetcher without a cache, over a block source (tests).
@@ -287,7 +297,7 @@ impl TableInfo {
     }
 
     /// Checks index block `j`.
-    fn check_index(&self, j: usize, block: &[u8]) -> Result<()> {
+    pub fn check_index(&self, j: usize, block: &[u8]) -> Result<()> {
         let h = Header::expect(block, BlockKind::Index, self.value_size, self.seq)?;
         let expect = (self.n_data as usize)
             .saturating_sub(j * INDEX_ENTRIES)
@@ -324,7 +334,7 @@ impl TableInfo {
         if key < self.min_key || key > self.max_key {
             return Ok(None);
         }
-        if self.n_bloom > 0 {
+        if self.n_bloom > 0 && f.use_bloom() {
             let b = bloom::block_of(key, self.n_bloom);
             let pos = u64::from(self.n_data) + u64::from(self.n_index) + u64::from(b);
             let (vs, seq, k) = (self.value_size, self.seq, self.bloom_k);

@@ -178,6 +178,10 @@ pub struct LsmTree<S: LogStore, V: LsmValue> {
     compact_ptr: [u64; MAX_LEVELS],
     meta_cache: BlockCache,
     data_cache: BlockCache,
+    /// Index blocks of every table and bloom blocks of the tables whose
+    /// filters lookups use, never evicted (up to
+    /// [`LsmConfig::pinned_meta_blocks`]; loaded at open and on first use).
+    pinned: BlockCache,
     user_state: Vec<u8>,
     stats: LsmStats,
     /// A compaction was due but did not fit in the free chunks: only a
@@ -221,6 +225,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             wal: WalBuf::new(V::SIZE)?,
             meta_cache: BlockCache::new(cfg.meta_cache_blocks),
             data_cache: BlockCache::new(cfg.data_cache_blocks),
+            pinned: BlockCache::new(cfg.pinned_meta_blocks),
             store,
             cfg,
             in_tx: false,
@@ -331,6 +336,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             }
         }
         t.sort_and_check_levels()?;
+        t.load_pinned()?;
         // WALs: at most two generations (immutable + mutable memtable).
         let mut wals: Vec<(u64, S::LogId)> = Vec::new();
         for id in t.store.logs_with_tag(TAG_WAL)? {
@@ -501,6 +507,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                 self.poisoned = true;
                 self.meta_cache.clear();
                 self.data_cache.clear();
+                self.pinned.clear();
                 Err(e)
             }
         }
@@ -554,6 +561,11 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         if let Some(v) = self.imm.as_ref().and_then(|i| i.map.get(&key)) {
             return Ok(v.clone());
         }
+        // The deepest level skips the bloom filters (see `use_bloom`): a
+        // lookup that reaches it reads one data block whether the key is
+        // there or not, its index block being pinned. L0 keeps them: its
+        // tables overlap.
+        let deepest = self.levels.iter().rposition(|lv| !lv.is_empty());
         for (l, lv) in self.levels.iter().enumerate() {
             let cands: &[Table<S::LogId>] = if l == 0 {
                 lv
@@ -574,6 +586,8 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                     src: &src,
                     meta: &mut self.meta_cache,
                     data: &mut self.data_cache,
+                    pinned: &mut self.pinned,
+                    use_bloom: l == 0 || Some(l) != deepest,
                     bloom_negatives: &mut self.stats.bloom_negatives,
                 };
                 if let Some(r) = t.info.get::<V>(key, &mut f)? {
@@ -850,6 +864,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         }
         sort_small_by_key(l0, |t| core::cmp::Reverse(t.info.seq));
         self.stats.flushes += 1;
+        self.pin_new_tables();
         Ok(())
     }
 
@@ -1092,6 +1107,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             self.store.delete_log(t.id)?;
             self.meta_cache.remove_table(*seq);
             self.data_cache.remove_table(*seq);
+            self.pinned.remove_table(*seq);
         }
         let lv = self
             .levels
@@ -1101,7 +1117,63 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         lv.extend(job.outputs);
         sort_small_by_key(lv, |t| t.info.min_key);
         self.stats.compactions += 1;
+        self.pin_new_tables();
         Ok(())
+    }
+
+    /// Loads the blocks a lookup needs to find its data block into the
+    /// pinned set, while it has room: first the index blocks of every
+    /// table, then the bloom blocks of every level whose filters lookups
+    /// use (all but the deepest; L0 always). Blocks already pinned cost
+    /// nothing. At most `pinned_meta_blocks` blocks are read.
+    fn load_pinned(&mut self) -> Result<()> {
+        let deepest = self.levels.iter().rposition(|lv| !lv.is_empty());
+        for blooms in [false, true] {
+            for (l, lv) in self.levels.iter().enumerate() {
+                if blooms && l != 0 && Some(l) == deepest {
+                    continue;
+                }
+                for t in lv {
+                    let info = &t.info;
+                    let src = LogSource {
+                        store: &self.store,
+                        log: t.id,
+                    };
+                    let index_start = u64::from(info.n_data);
+                    let bloom_start = index_start + u64::from(info.n_index);
+                    let (start, count) = if blooms {
+                        (bloom_start, info.n_bloom)
+                    } else {
+                        (index_start, info.n_index)
+                    };
+                    for i in 0..count {
+                        let pos = start + u64::from(i);
+                        if !self.pinned.holds_or_has_room(info.seq, pos) {
+                            return Ok(());
+                        }
+                        let (vs, seq, k) = (info.value_size, info.seq, info.bloom_k);
+                        let j = i as usize;
+                        let check = |blk: &[u8]| {
+                            if blooms {
+                                super::bloom::check_block(blk, vs, seq, k)
+                            } else {
+                                info.check_index(j, blk)
+                            }
+                        };
+                        self.pinned.get_or_load(info.seq, pos, &src, &check)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pins the blocks of tables a flush or compaction just installed (and
+    /// the filters of a level that stopped being the deepest). Best effort:
+    /// a block that cannot be read now is left out, and the lookup that
+    /// needs it reads it (and reports the error) itself.
+    fn pin_new_tables(&mut self) {
+        let _ = self.load_pinned();
     }
 
     /// Whether a due compaction waits for a commit to free chunks.
@@ -1310,8 +1382,12 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         }
         let (h1, m1) = self.meta_cache.counters();
         let (h2, m2) = self.data_cache.counters();
-        s.cache_hits = h1 + h2;
-        s.cache_misses = m1 + m2;
+        let (h3, m3) = self.pinned.counters();
+        s.cache_hits = h1 + h2 + h3;
+        s.cache_misses = m1 + m2 + m3;
+        s.data_cache_hits = h2;
+        s.data_cache_misses = m2;
+        s.pinned_blocks = self.pinned.blocks() as u64;
         s
     }
 }

@@ -31,13 +31,21 @@
 //!   --no-open-times  skip MlsDisk's create / clean-open / crash-recovery
 //!                    timing (default: measured once per rep on a disk of
 //!                    the same size and fill, after the phases)
+//!   --iodepth N      N requests in flight at once, one thread each, for
+//!                    every target (default 1; --jobs is the same). See
+//!                    `bench::Mls` for what of MlsDisk runs in parallel
+//!   --phases LIST    comma list of the phases to run (default all:
+//!                    seq-write,rnd-write-4K,rnd-write-32K,rnd-write-256K,
+//!                    seq-read,rnd-read-4K,rnd-read-32K,rnd-read-256K)
 //! ```
 //!
 //! Besides MiB/s per phase (the seed's eight columns), it prints per target
 //! and phase IOPS, p50/p99 request latency and device blocks read per user
 //! block read; the peak resident memory of the process while each target
 //! ran (VmHWM, reset before each); for MlsDisk the create, clean open and
-//! crash recovery times and the device blocks each open read.
+//! crash recovery times and the device blocks each open read; for MlsDisk's
+//! reads the index blocks read from the device per user block read and the
+//! index block-cache hit rate.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,6 +77,8 @@ struct Opts {
     json: Option<PathBuf>,
     open_times: bool,
     key_len: u8,
+    iodepth: usize,
+    phases: Vec<bool>,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -89,6 +99,8 @@ fn parse() -> Result<Opts, String> {
         json: None,
         open_times: true,
         key_len: DiskConfig::default().data_key_len,
+        iodepth: 1,
+        phases: vec![true; PHASES.len()],
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -122,6 +134,23 @@ fn parse() -> Result<Opts, String> {
             }
             "--json" => o.json = Some(PathBuf::from(val()?)),
             "--no-open-times" => o.open_times = false,
+            "--iodepth" | "--jobs" => {
+                o.iodepth = num(val()?)? as usize;
+                if !(1..=256).contains(&o.iodepth) {
+                    return Err("--iodepth must be 1..=256".into());
+                }
+            }
+            "--phases" => {
+                let v = val()?;
+                o.phases = vec![false; PHASES.len()];
+                for p in v.split(',') {
+                    let i = PHASES
+                        .iter()
+                        .position(|(n, _)| *n == p)
+                        .ok_or(format!("--phases: unknown phase {p}"))?;
+                    o.phases[i] = true;
+                }
+            }
             "--key-len" => {
                 o.key_len = match num(val()?)? {
                     16 => 16,
@@ -222,7 +251,7 @@ fn make(o: &Opts, name: &str, crypto: &CryptoRef) -> mlsdisk_core::Result<Box<dy
             if o.threads > 1 {
                 disk.set_parallel(Arc::new(StdParallel::new(o.threads)));
             }
-            Box::new(Mls(disk))
+            Box::new(Mls::new(disk))
         }
         _ => {
             eprintln!("unknown target {name}");
@@ -279,9 +308,9 @@ fn main() {
         eprintln!("{what}: {e}");
         std::process::exit(1)
     };
-    let prefill = |target: &mut dyn Target, rng: &mut Rng, t: &str| {
+    let prefill = |target: &dyn Target, rng: &mut Rng, t: &str| {
         if fill > 0 {
-            if let Err(e) = run_phase(target, Phase::SeqWrite, fill, 0, rng) {
+            if let Err(e) = run_phase(target, Phase::SeqWrite, fill, 0, o.iodepth, rng) {
                 fail(&format!("{t} fill"), e)
             }
         }
@@ -292,28 +321,36 @@ fn main() {
             let mut rng = Rng::new(0x1234_5678 + rep as u64);
             let mut target =
                 make(&o, t, &crypto).unwrap_or_else(|e| fail(&format!("{t}: create"), e));
-            prefill(&mut *target, &mut rng, t);
+            prefill(&*target, &mut rng, t);
             for (pi, (name, phase)) in PHASES.iter().enumerate() {
+                if !o.phases[pi] {
+                    continue;
+                }
                 if !o.steady && matches!(phase, Phase::RndWrite(_)) {
                     drop(target);
                     target =
                         make(&o, t, &crypto).unwrap_or_else(|e| fail(&format!("{t}: create"), e));
-                    prefill(&mut *target, &mut rng, t);
+                    prefill(&*target, &mut rng, t);
                 }
                 if !o.steady && matches!(phase, Phase::RndWrite(_) | Phase::SeqRead) {
-                    if let Err(e) = run_phase(&mut *target, Phase::SeqWrite, ws, rnd, &mut rng) {
+                    if let Err(e) =
+                        run_phase(&*target, Phase::SeqWrite, ws, rnd, o.iodepth, &mut rng)
+                    {
                         eprintln!("{t} fill: {e:?}");
                         std::process::exit(1)
                     }
                 }
-                match run_phase(&mut *target, *phase, ws, rnd, &mut rng) {
+                match run_phase(&*target, *phase, ws, rnd, o.iodepth, &mut rng) {
                     Ok(r) => {
                         eprintln!(
-                            "rep {rep} {t:5} {name:15} {:9.1} MiB/s {:9.0} IOPS p50 {:.0} us p99 {:.0} us {}",
+                            "rep {rep} {t:5} {name:15} {:9.1} MiB/s {:9.0} IOPS p50 {:.0} us p99 {:.0} us dev reads/read {:.3} index reads/read {:.3} index hit {:.3} {}",
                             r.mib_s,
                             r.iops,
                             r.p50_us,
                             r.p99_us,
+                            r.reads_per_read(),
+                            r.index_reads_per_read(),
+                            r.index_hit_rate(),
                             target.status()
                         );
                         results[ti][pi].push(r);
@@ -342,19 +379,20 @@ fn main() {
     let _ = std::fs::remove_file(&o.file);
     let med =
         |ti: usize, pi: usize| median(&results[ti][pi].iter().map(|r| r.mib_s).collect::<Vec<_>>());
-    print!("\n| MiB/s (median of {}) |", o.reps);
-    for (name, _) in PHASES {
-        print!(" {name} |");
+    let shown: Vec<usize> = (0..PHASES.len()).filter(|&pi| o.phases[pi]).collect();
+    print!("\n| MiB/s (median of {}), QD{} |", o.reps, o.iodepth);
+    for &pi in &shown {
+        print!(" {} |", PHASES[pi].0);
     }
     println!(" WA rnd-4K | WA all |");
     print!("|---|");
-    for _ in 0..PHASES.len() + 2 {
+    for _ in 0..shown.len() + 2 {
         print!("---:|");
     }
     println!();
     for (ti, t) in o.targets.iter().enumerate() {
         print!("| {} |", label(t));
-        for pi in 0..PHASES.len() {
+        for &pi in &shown {
             print!(" {:.1} |", med(ti, pi));
         }
         let wa = |rs: &[PhaseResult]| {
@@ -374,7 +412,7 @@ fn main() {
         for (base, bname) in [("crypt", "CryptDisk"), ("raw", "raw file")] {
             if let Some(b) = idx(base) {
                 print!("| MlsDisk / {bname} |");
-                for pi in 0..PHASES.len() {
+                for &pi in &shown {
                     let d = med(b, pi);
                     print!(" {:.2}x |", if d > 0.0 { med(m, pi) / d } else { 0.0 });
                 }
@@ -420,16 +458,17 @@ fn open_times(
     let dev = device(o, total);
     let mut d = MlsDisk::create(dev, crypto.clone(), &KEY, cfg.clone(), Box::new(NoAnchor))?;
     r.create_s = t0.elapsed().as_secs_f64();
-    let mut m = Mls(d);
+    let m = Mls::new(d);
     let mut rng = Rng::new(seed ^ 0x0be7);
     run_phase(
-        &mut m,
+        &m,
         Phase::SeqWrite,
         written.min(o.disk_blocks),
         0,
+        1,
         &mut rng,
     )?;
-    m.0.close()?;
+    m.into_inner()?.close()?;
     let reopen = || -> mlsdisk_core::Result<(MlsDisk<Dev>, f64, u64)> {
         let f = FileDisk::open(&o.file, o.direct)?;
         let t0 = std::time::Instant::now();
@@ -465,14 +504,27 @@ fn print_details(
     opens: &[OpenTimes],
 ) {
     println!();
-    println!("| target | phase | IOPS | p50 us | p99 us | dev reads / read |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!(
+        "| target | phase | IOPS | p50 us | p99 us | dev reads / read | index reads / read | index cache hits |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for (ti, t) in o.targets.iter().enumerate() {
         for (pi, (name, _)) in PHASES.iter().enumerate() {
+            if !o.phases[pi] {
+                continue;
+            }
             let rs = &results[ti][pi];
             let m = |f: fn(&PhaseResult) -> f64| median(&rs.iter().map(f).collect::<Vec<_>>());
+            let (ir, hit) = if t == "mls" && m(|r| r.reads_per_read()) > 0.0 {
+                (
+                    format!("{:.3}", m(|r| r.index_reads_per_read())),
+                    format!("{:.1} %", 100.0 * m(|r| r.index_hit_rate())),
+                )
+            } else {
+                ("-".to_string(), "-".to_string())
+            };
             println!(
-                "| {} | {name} | {:.0} | {:.0} | {:.0} | {:.2} |",
+                "| {} | {name} | {:.0} | {:.0} | {:.0} | {:.3} | {ir} | {hit} |",
                 label(t),
                 m(|r| r.iops),
                 m(|r| r.p50_us),
@@ -520,7 +572,7 @@ fn to_json(
     let mut s = String::new();
     let _ = write!(
         s,
-        "{{\"disk_mib\":{},\"fill_pct\":{},\"working_set_mib\":{},\"random_mib\":{},\"reps\":{},\"direct\":{},\"steady\":{},\"iops_cap\":{},\"bw_mib_cap\":{},\"targets\":[",
+        "{{\"disk_mib\":{},\"fill_pct\":{},\"working_set_mib\":{},\"random_mib\":{},\"reps\":{},\"direct\":{},\"steady\":{},\"iodepth\":{},\"iops_cap\":{},\"bw_mib_cap\":{},\"targets\":[",
         o.disk_blocks / 256,
         o.fill_pct,
         o.size_mib,
@@ -528,6 +580,7 @@ fn to_json(
         o.reps,
         o.direct,
         o.steady,
+        o.iodepth,
         o.iops,
         o.bw_mib
     );
@@ -540,10 +593,15 @@ fn to_json(
             "{{\"name\":\"{t}\",\"peak_rss_kib\":{},\"phases\":[",
             peak_kib[ti].iter().max().copied().unwrap_or(0)
         );
+        let mut first = true;
         for (pi, (name, _)) in PHASES.iter().enumerate() {
-            if pi > 0 {
+            if !o.phases[pi] {
+                continue;
+            }
+            if !first {
                 s.push(',');
             }
+            first = false;
             let _ = write!(s, "{{\"phase\":\"{name}\",\"reps\":[");
             for (k, r) in results[ti][pi].iter().enumerate() {
                 if k > 0 {
@@ -551,8 +609,8 @@ fn to_json(
                 }
                 let _ = write!(
                     s,
-                    "{{\"mib_s\":{:.3},\"iops\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"user_blocks_written\":{},\"device_blocks_written\":{},\"user_blocks_read\":{},\"device_blocks_read\":{}}}",
-                    r.mib_s, r.iops, r.p50_us, r.p99_us, r.user_blocks, r.dev_blocks, r.user_read_blocks, r.dev_read_blocks
+                    "{{\"mib_s\":{:.3},\"iops\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"user_blocks_written\":{},\"device_blocks_written\":{},\"user_blocks_read\":{},\"device_blocks_read\":{},\"index_cache_hits\":{},\"index_cache_misses\":{}}}",
+                    r.mib_s, r.iops, r.p50_us, r.p99_us, r.user_blocks, r.dev_blocks, r.user_read_blocks, r.dev_read_blocks, r.index_hits, r.index_misses
                 );
             }
             s.push_str("]}");

@@ -1,0 +1,225 @@
+//! A lookup reads at most one index block from the device: what it needs
+//! to find its leaf (the tables' index blocks and the bloom filters of
+//! the levels above the deepest) is pinned in memory, at open and when a
+//! flush or compaction installs tables. Counted, not timed: the device
+//! blocks each 4 KiB read of a mapped block costs on a cold data cache
+//! (the data block itself, plus at most one index block).
+
+use std::sync::Arc;
+
+use mlsdisk_core::bio::{FileDisk, BLOCK_SIZE};
+use mlsdisk_core::disk::{DiskConfig, MlsDisk, NoAnchor};
+use mlsdisk_core::platform::StdCrypto;
+
+const KEY: [u8; 32] = [9u8; 32];
+
+/// A small tree with several levels: memtables of 1024 entries, tables of
+/// 1024 records, L1 of 1024 records and a ratio of 4; caches of two blocks
+/// (cold for every lookup) and `pinned` pinned blocks.
+fn cfg(pinned: usize) -> DiskConfig {
+    let mut c = DiskConfig::default();
+    c.lsm.memtable_entries = 1024;
+    c.lsm.table_max_records = 1024;
+    c.lsm.l1_max_records = 1024;
+    c.lsm.level_ratio = 4;
+    c.lsm.l0_max_tables = 2;
+    c.lsm.meta_cache_blocks = 2;
+    c.lsm.data_cache_blocks = 2;
+    c.lsm.pinned_meta_blocks = pinned;
+    c
+}
+
+/// A tiny deterministic generator.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+struct Setup {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+    total: u64,
+}
+
+impl Setup {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mlsd-lookup-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("disk.img");
+        // 8192 logical blocks (32 MiB) at least.
+        let mut total = 16384u64;
+        while cfg(0).geometry(total).unwrap().capacity < 8192 {
+            total += 1024;
+        }
+        Self { dir, path, total }
+    }
+
+    fn create(&self, c: DiskConfig) -> MlsDisk<FileDisk> {
+        let dev = FileDisk::create(&self.path, self.total, false).unwrap();
+        MlsDisk::create(dev, Arc::new(StdCrypto), &KEY, c, Box::new(NoAnchor)).unwrap()
+    }
+
+    fn open(&self, c: DiskConfig) -> MlsDisk<FileDisk> {
+        let dev = FileDisk::open(&self.path, false).unwrap();
+        MlsDisk::open(dev, Arc::new(StdCrypto), &KEY, c, Box::new(NoAnchor)).unwrap()
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Writes every block once in a scattered order and then a third of them
+/// again, with syncs, and runs the background work to the end: keys in
+/// every level.
+fn populate(d: &mut MlsDisk<FileDisk>) -> u64 {
+    let cap = d.nblocks().min(8192);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut b = vec![0u8; BLOCK_SIZE];
+    // A stride coprime with the capacity visits every block once.
+    let stride = (0..)
+        .map(|k| 4099 + 2 * k)
+        .find(|s| gcd(*s, cap) == 1)
+        .unwrap();
+    for i in 0..cap {
+        let l = i * stride % cap;
+        b[..8].copy_from_slice(&l.to_le_bytes());
+        d.write(l, &b).unwrap();
+        if i % 512 == 511 {
+            d.sync().unwrap();
+        }
+    }
+    for i in 0..cap / 3 {
+        let l = rng.below(cap);
+        b[..8].copy_from_slice(&l.to_le_bytes());
+        b[8] = 1;
+        d.write(l, &b).unwrap();
+        if i % 512 == 511 {
+            d.sync().unwrap();
+        }
+    }
+    d.sync().unwrap();
+    while d.background_step().unwrap() {}
+    d.sync().unwrap();
+    cap
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// What the index read from the device for `n` scattered 4 KiB reads,
+/// one at a time: the most index blocks one lookup read, how many lookups
+/// read more than one, and the total. (Each read costs its data block,
+/// one device block, plus what the index lookup reads.)
+struct Cost {
+    worst: u64,
+    over_one: u64,
+    total: u64,
+}
+
+fn lookups(d: &mut MlsDisk<FileDisk>, cap: u64, n: u64) -> Cost {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut b = vec![0u8; BLOCK_SIZE];
+    let mut c = Cost {
+        worst: 0,
+        over_one: 0,
+        total: 0,
+    };
+    for _ in 0..n {
+        let l = rng.below(cap);
+        let r0 = d.device().counts().0;
+        d.read(l, &mut b).unwrap();
+        assert_eq!(u64::from_le_bytes(b[..8].try_into().unwrap()), l);
+        let index_reads = (d.device().counts().0 - r0)
+            .checked_sub(1)
+            .expect("a read of a mapped block read no data block");
+        c.worst = c.worst.max(index_reads);
+        c.over_one += u64::from(index_reads > 1);
+        c.total += index_reads;
+    }
+    c
+}
+
+/// Levels that hold tables.
+fn levels(d: &MlsDisk<FileDisk>) -> usize {
+    let s = d.index_stats().unwrap();
+    s.tables.iter().filter(|&&t| t > 0).count()
+}
+
+#[test]
+fn a_lookup_reads_at_most_one_index_block_in_process_and_after_reopen() {
+    let s = Setup::new("pinned");
+    let mut d = s.create(cfg(4096));
+    let cap = populate(&mut d);
+    let tables = d.index_stats().unwrap().tables;
+    let lv = levels(&d);
+    assert!(
+        lv >= 3,
+        "tables per level {tables:?}: the test needs three levels"
+    );
+    let n = 2000;
+    // The one index read a lookup makes is its data block; a second one
+    // happens only when a bloom filter of an upper level answers "maybe"
+    // for a key it does not hold (about 1 % per table at 10 bits a key).
+    let check = |c: &Cost, when: &str| {
+        eprintln!(
+            "{when}: tables per level {tables:?}; index blocks read per lookup: worst {}, {} of {n} lookups read more than one, mean {:.3}",
+            c.worst,
+            c.over_one,
+            c.total as f64 / n as f64
+        );
+        assert!(
+            c.worst <= 2,
+            "{when}: a lookup read {} index blocks",
+            c.worst
+        );
+        assert!(
+            c.over_one <= n / 50,
+            "{when}: {} of {n} lookups read more than one index block",
+            c.over_one
+        );
+        assert!(c.total <= n + n / 50, "{when}: {} index blocks", c.total);
+    };
+    // In process: the tables the compactions made were pinned as they
+    // were installed.
+    check(&lookups(&mut d, cap, n), "in process");
+    // After a reopen: pinned at open; the data cache is cold.
+    d.close().unwrap();
+    let mut d = s.open(cfg(4096));
+    let pinned = d.index_stats().unwrap().pinned_blocks;
+    assert!(pinned > 0, "nothing was pinned at open");
+    check(&lookups(&mut d, cap, n), "after reopen");
+}
+
+#[test]
+fn without_a_pinned_budget_lookups_read_index_and_bloom_blocks() {
+    // The same tree with nothing pinned: what the pinned part saves. This
+    // shows the counts above measure the index's reads.
+    let s = Setup::new("unpinned");
+    let mut d = s.create(cfg(0));
+    let cap = populate(&mut d);
+    d.close().unwrap();
+    let mut d = s.open(cfg(0));
+    assert_eq!(d.index_stats().unwrap().pinned_blocks, 0);
+    let n = 500;
+    let c = lookups(&mut d, cap, n);
+    eprintln!(
+        "unpinned: worst {}, mean {:.3} index blocks per lookup",
+        c.worst,
+        c.total as f64 / n as f64
+    );
+    assert!(c.worst >= 3, "worst {}", c.worst);
+    assert!(c.total >= 2 * n, "{} index blocks for {n} lookups", c.total);
+}
