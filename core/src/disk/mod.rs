@@ -328,6 +328,20 @@ fn effective_wbuf_blocks(geo: &Geometry, configured: u32) -> usize {
     (configured as usize).min(cap).max(1)
 }
 
+/// A batch of index updates, for [`MlsDisk::index_updates`].
+#[derive(Clone, Copy)]
+enum Batch<'a> {
+    /// `blocks` blocks appended to `head`; `old`: the usage entries of
+    /// their old versions when looked up.
+    Append {
+        head: Head,
+        blocks: u64,
+        old: Option<&'a [u64]>,
+    },
+    /// `blocks` blocks unmapped.
+    Unmap(u64),
+}
+
 /// Rounds of commit and compaction [`MlsDisk::ensure_index_room`] tries.
 const ROOM_ATTEMPTS: u32 = 256;
 
@@ -645,24 +659,55 @@ impl<D: BlockSet> MlsDisk<D> {
         r
     }
 
-    /// Index updates that writing, moving or unmapping `blocks` blocks may
-    /// cost, the segment metadata included: a record each, the summary
-    /// entries of their runs, and the usage entries the next commit
-    /// stores (those changed so far and one per block at most).
-    fn index_updates(&self, blocks: u64) -> u64 {
-        let seg = u64::from(self.geo.seg_blocks.max(1));
-        let runs = blocks / seg + 2;
-        let summaries = blocks / u64::from(meta::BLOCKS_PER_ENTRY) + 2 * runs;
-        let usage =
-            (self.segs.dirty_entries() + blocks + 2).min(meta::usage_entries(self.geo.nseg));
-        blocks.saturating_add(summaries).saturating_add(usage)
+    /// Index updates a batch stores before and with the next commit: a
+    /// record per block, the distinct summary entries of the runs it
+    /// appends, and the usage entries the next commit stores (those
+    /// changed so far and the distinct ones the batch changes; an old
+    /// version not looked up may change one more each).
+    fn index_updates(&self, b: Batch<'_>) -> Result<u64> {
+        let mut touched: Vec<u64> = Vec::new();
+        let (blocks, summaries, unknown) = match b {
+            Batch::Append { head, blocks, old } => {
+                let s = self.segs.append_plan(head, blocks, &mut touched)?;
+                let unknown = match old {
+                    Some(o) => {
+                        touched.try_reserve(o.len())?;
+                        touched.extend_from_slice(o);
+                        0
+                    }
+                    None => blocks,
+                };
+                (blocks, s, unknown)
+            }
+            Batch::Unmap(blocks) => (blocks, 0, blocks),
+        };
+        let usage = self
+            .segs
+            .usage_with(&mut touched)
+            .saturating_add(unknown)
+            .min(meta::usage_entries(self.geo.nseg));
+        Ok(blocks.saturating_add(summaries).saturating_add(usage))
     }
 
-    /// Makes sure the index updates of `blocks` blocks and a sync fit in the index
+    /// The usage entries of the old versions of the buffered blocks
+    /// (looked up in the index), for an exact count when room is tight.
+    fn old_entries_of_wbuf(&mut self) -> Result<Vec<u64>> {
+        let mut out: Vec<u64> = Vec::new();
+        out.try_reserve(self.wbuf.len())?;
+        let (lbas, _) = self.wbuf.parts();
+        for l in lbas {
+            if let Some(r) = self.index.get(*l)? {
+                out.push(u64::from(self.segs.seg_of(r.hba) / meta::SEGS_PER_ENTRY));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes sure the index updates of batch `b` and a sync fit in the index
     /// (see [`DiskIndex::room_for`]), committing first when only a commit
     /// frees the room (or refusing with `NoSpace` when the disk may not
     /// commit on its own). Changes nothing but that commit.
-    fn ensure_index_room(&mut self, blocks: u64) -> Result<()> {
+    fn ensure_index_room(&mut self, b: Batch<'_>) -> Result<()> {
         // A commit frees the chunks that installed compactions pinned, and
         // compaction merges what a long run of updates (a whole-disk
         // discard, say) left in L0; nothing else runs during one request,
@@ -673,7 +718,7 @@ impl<D: BlockSet> MlsDisk<D> {
         for _ in 0..ROOM_ATTEMPTS {
             // Recounted each round: a commit stores (and clears) the
             // usage entries changed so far.
-            let updates = self.index_updates(blocks);
+            let updates = self.index_updates(b)?;
             let room = match self.index.room_for(updates) {
                 Ok(r) => Some(r),
                 Err(e) if e.kind() == ErrorKind::NoSpace => None,
@@ -806,7 +851,11 @@ impl<D: BlockSet> MlsDisk<D> {
             let buffered = (d.wbuf.len() as u64)
                 .saturating_add(n)
                 .min(d.wbuf.cap() as u64);
-            d.index.room_for(d.index_updates(buffered))?;
+            d.index.room_for(d.index_updates(Batch::Append {
+                head: Head::User,
+                blocks: buffered,
+                old: None,
+            })?)?;
             for (i, blk) in buf.chunks_exact(BLOCK_SIZE).enumerate() {
                 let l = lba + i as u64;
                 if d.wbuf.is_full() && !d.wbuf.contains(l) {
@@ -816,7 +865,11 @@ impl<D: BlockSet> MlsDisk<D> {
                     // refusal now leaves a prefix written, and an empty
                     // buffer).
                     let left = (n - i as u64).min(d.wbuf.cap() as u64);
-                    d.index.room_for(d.index_updates(left))?;
+                    d.index.room_for(d.index_updates(Batch::Append {
+                        head: Head::User,
+                        blocks: left,
+                        old: None,
+                    })?)?;
                 }
                 d.wbuf.put(l, blk)?;
                 d.stats.user_blocks_written += 1;
@@ -842,7 +895,7 @@ impl<D: BlockSet> MlsDisk<D> {
             let mut batch = DISCARD_BATCH;
             while at < end {
                 let stop = end.min(at.saturating_add(batch));
-                match d.ensure_index_room(stop - at) {
+                match d.ensure_index_room(Batch::Unmap(stop - at)) {
                     Ok(()) => {}
                     // A small index region (or memtable) cannot take a
                     // whole batch at once: smaller batches, down to one.
@@ -993,7 +1046,24 @@ impl<D: BlockSet> MlsDisk<D> {
         let n = self.wbuf.len() as u64;
         if n > 0 {
             self.ensure_space(n)?;
-            self.ensure_index_room(n)?;
+            // The old versions are looked up only when the bound that
+            // counts a usage entry for each of them does not fit now.
+            let bound = self.index_updates(Batch::Append {
+                head: Head::User,
+                blocks: n,
+                old: None,
+            })?;
+            let old = match self.index.room_for(bound) {
+                Ok(Room::Now) => None,
+                Ok(Room::AfterCommit) => Some(self.old_entries_of_wbuf()?),
+                Err(e) if e.kind() == ErrorKind::NoSpace => Some(self.old_entries_of_wbuf()?),
+                Err(e) => return Err(e),
+            };
+            self.ensure_index_room(Batch::Append {
+                head: Head::User,
+                blocks: n,
+                old: old.as_deref(),
+            })?;
             self.critical(|d| d.write_wbuf(n))?;
         }
         let steps = self.cfg.compact_steps_per_flush;
@@ -1135,7 +1205,12 @@ impl<D: BlockSet> MlsDisk<D> {
             while user(&self.segs) + self.segs.pending_blocks() < goal {
                 match self.segs.pick_victim() {
                     Some((v, valid)) if u64::from(valid) <= self.segs.free_for(Head::Cleaner) => {
-                        let updates = self.index_updates(u64::from(valid));
+                        // Every old version is in segment `v`.
+                        let updates = self.index_updates(Batch::Append {
+                            head: Head::Cleaner,
+                            blocks: u64::from(valid),
+                            old: Some(&[u64::from(v / meta::SEGS_PER_ENTRY)]),
+                        })?;
                         if self.index.room_for(updates)? == Room::AfterCommit {
                             index_full = true;
                             break;

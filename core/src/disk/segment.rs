@@ -143,8 +143,60 @@ impl Segments {
     }
 
     /// Usage entries changed since the last commit.
+    #[cfg(test)]
     pub(crate) fn dirty_entries(&self) -> u64 {
         self.ndirty
+    }
+
+    fn is_dirty(&self, e: u64) -> bool {
+        usize::try_from(e / 64)
+            .ok()
+            .and_then(|w| self.dirty.get(w))
+            .is_some_and(|w| w & (1u64 << (e % 64)) != 0)
+    }
+
+    /// What appending `n` blocks to `head` stores in the index besides
+    /// their records, exactly as [`Self::alloc_run`] would place them: the
+    /// distinct summary entries of the runs (the rest of the open segment
+    /// first, then free segments from their start, in the order they are
+    /// taken), and the usage entries of those segments are pushed to
+    /// `entries`. Segments past the free list count as fresh ones.
+    pub(crate) fn append_plan(&self, head: Head, n: u64, entries: &mut Vec<u64>) -> Result<u64> {
+        let sb = self.seg_blocks.max(1);
+        let per = meta::BLOCKS_PER_ENTRY;
+        let mut left = n;
+        let mut summaries = 0u64;
+        let seg_entry = |s: u32| u64::from(s / meta::SEGS_PER_ENTRY);
+        if let Some((s, off)) = self.active.get(head as usize).copied().flatten() {
+            if off < sb && left > 0 {
+                let k = left.min(u64::from(sb - off)) as u32;
+                summaries += u64::from((off + k - 1) / per - off / per + 1);
+                entries.try_reserve(1)?;
+                entries.push(seg_entry(s));
+                left -= u64::from(k);
+            }
+        }
+        let mut free = self.free.iter().rev();
+        while left > 0 {
+            let k = left.min(u64::from(sb)) as u32;
+            summaries += u64::from(k.div_ceil(per));
+            if let Some(s) = free.next() {
+                entries.try_reserve(1)?;
+                entries.push(seg_entry(*s));
+            }
+            left -= u64::from(k);
+        }
+        Ok(summaries)
+    }
+
+    /// Usage entries the next commit stores if the entries in `touched`
+    /// change too: those changed so far and the distinct new ones (sorts
+    /// and dedups `touched`).
+    pub(crate) fn usage_with(&self, touched: &mut Vec<u64>) -> u64 {
+        touched.sort_unstable();
+        touched.dedup();
+        let new = touched.iter().filter(|e| !self.is_dirty(**e)).count() as u64;
+        self.ndirty + new
     }
 
     /// The changed usage entries with their payloads (entry number,
