@@ -689,12 +689,14 @@ impl<D: BlockSet> MlsDisk<D> {
         Ok(blocks.saturating_add(summaries).saturating_add(usage))
     }
 
-    /// The usage entries of the old versions of the buffered blocks
+    /// The usage entries of the old versions of the buffered blocks from
+    /// slot `from` on
     /// (looked up in the index), for an exact count when room is tight.
-    fn old_entries_of_wbuf(&mut self) -> Result<Vec<u64>> {
+    fn old_entries_of_wbuf(&mut self, from: usize) -> Result<Vec<u64>> {
         let mut out: Vec<u64> = Vec::new();
-        out.try_reserve(self.wbuf.len())?;
         let (lbas, _) = self.wbuf.parts();
+        let lbas = lbas.get(from..).unwrap_or(&[]);
+        out.try_reserve(lbas.len())?;
         for l in lbas {
             if let Some(r) = self.index.get(*l)? {
                 out.push(u64::from(self.segs.seg_of(r.hba) / meta::SEGS_PER_ENTRY));
@@ -846,16 +848,19 @@ impl<D: BlockSet> MlsDisk<D> {
         self.guarded(|d| {
             // Acknowledge nothing the next sync could not commit: the
             // buffered blocks and these (up to a buffer's worth) must fit
-            // in the index, at least after a commit. A refusal here
-            // changes nothing.
+            // in the index now, after a forced commit if need be. A
+            // refusal here changes nothing but that commit.
             let buffered = (d.wbuf.len() as u64)
                 .saturating_add(n)
                 .min(d.wbuf.cap() as u64);
-            d.index.room_for(d.index_updates(Batch::Append {
+            // Room now, not only after a commit: the index's bound may
+            // grow across the commit the flush would force, and a buffer
+            // the next sync cannot flush would stay acknowledged.
+            d.ensure_index_room(Batch::Append {
                 head: Head::User,
                 blocks: buffered,
                 old: None,
-            })?)?;
+            })?;
             for (i, blk) in buf.chunks_exact(BLOCK_SIZE).enumerate() {
                 let l = lba + i as u64;
                 if d.wbuf.is_full() && !d.wbuf.contains(l) {
@@ -865,11 +870,11 @@ impl<D: BlockSet> MlsDisk<D> {
                     // refusal now leaves a prefix written, and an empty
                     // buffer).
                     let left = (n - i as u64).min(d.wbuf.cap() as u64);
-                    d.index.room_for(d.index_updates(Batch::Append {
+                    d.ensure_index_room(Batch::Append {
                         head: Head::User,
                         blocks: left,
                         old: None,
-                    })?)?;
+                    })?;
                 }
                 d.wbuf.put(l, blk)?;
                 d.stats.user_blocks_written += 1;
@@ -1041,30 +1046,31 @@ impl<D: BlockSet> MlsDisk<D> {
     /// its updates and the next sync. Then the writes and index updates,
     /// as one [`Self::critical`] step: the buffer's blocks are sealed into
     /// `sealed` (the buffered plaintext is never touched), and the buffer
-    /// is emptied only after every index update succeeded.
+    /// is emptied only after every index update succeeded. When the index
+    /// cannot take the whole buffer at once, the buffer's tail goes in
+    /// smaller batches, each a complete step: a `NoSpace` then leaves the
+    /// rest buffered (readable, flushed by a later sync).
     fn flush_wbuf(&mut self) -> Result<()> {
-        let n = self.wbuf.len() as u64;
-        if n > 0 {
-            self.ensure_space(n)?;
-            // The old versions are looked up only when the bound that
-            // counts a usage entry for each of them does not fit now.
-            let bound = self.index_updates(Batch::Append {
-                head: Head::User,
-                blocks: n,
-                old: None,
-            })?;
-            let old = match self.index.room_for(bound) {
-                Ok(Room::Now) => None,
-                Ok(Room::AfterCommit) => Some(self.old_entries_of_wbuf()?),
-                Err(e) if e.kind() == ErrorKind::NoSpace => Some(self.old_entries_of_wbuf()?),
+        let mut left = self.wbuf.len() as u64;
+        if left > 0 {
+            self.ensure_space(left)?;
+        }
+        // A small index may not take the whole buffer in one batch (its
+        // bound grows with the batch, and a forced commit takes room of
+        // its own): the buffer's tail in halves then, down to one block.
+        let mut part = left;
+        while left > 0 {
+            let k = part.min(left);
+            match self.ensure_flush_room(k) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NoSpace && k > 1 => {
+                    part = (k / 2).max(1);
+                    continue;
+                }
                 Err(e) => return Err(e),
-            };
-            self.ensure_index_room(Batch::Append {
-                head: Head::User,
-                blocks: n,
-                old: old.as_deref(),
-            })?;
-            self.critical(|d| d.write_wbuf(n))?;
+            }
+            self.critical(|d| d.write_wbuf_tail(k))?;
+            left -= k;
         }
         let steps = self.cfg.compact_steps_per_flush;
         self.critical(|d| {
@@ -1077,16 +1083,42 @@ impl<D: BlockSet> MlsDisk<D> {
         })
     }
 
-    /// The second phase of [`Self::flush_wbuf`] (space already made).
-    fn write_wbuf(&mut self, n: u64) -> Result<()> {
+    /// Index room for flushing the last `k` buffered blocks.
+    fn ensure_flush_room(&mut self, k: u64) -> Result<()> {
+        // The old versions are looked up only when the bound that counts
+        // a usage entry for each of them does not fit now.
+        let bound = self.index_updates(Batch::Append {
+            head: Head::User,
+            blocks: k,
+            old: None,
+        })?;
+        let from = self.wbuf.len().saturating_sub(k as usize);
+        let old = match self.index.room_for(bound) {
+            Ok(Room::Now) => None,
+            Ok(Room::AfterCommit) => Some(self.old_entries_of_wbuf(from)?),
+            Err(e) if e.kind() == ErrorKind::NoSpace => Some(self.old_entries_of_wbuf(from)?),
+            Err(e) => return Err(e),
+        };
+        self.ensure_index_room(Batch::Append {
+            head: Head::User,
+            blocks: k,
+            old: old.as_deref(),
+        })
+    }
+
+    /// The second phase of [`Self::flush_wbuf`] for the last `k` buffered
+    /// blocks (space and room already made); they leave the buffer after
+    /// every index update succeeded.
+    fn write_wbuf_tail(&mut self, k: u64) -> Result<()> {
+        let from = self.wbuf.len().saturating_sub(k as usize);
         let mut done = 0u64;
-        while done < n {
-            let (hba, run) = self.segs.alloc_run(Head::User, n - done)?;
+        while done < k {
+            let (hba, run) = self.segs.alloc_run(Head::User, k - done)?;
             ensure!(run > 0, InvalidState, "data log: empty run");
-            self.seal_and_write(done as usize, run as usize, hba)?;
+            self.seal_and_write(from + done as usize, run as usize, hba)?;
             done += run;
         }
-        self.wbuf.clear();
+        self.wbuf.truncate(from);
         Ok(())
     }
 

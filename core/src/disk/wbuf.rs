@@ -106,6 +106,18 @@ impl WriteBuffer {
         (&self.lbas, &self.data)
     }
 
+    /// Keeps the first `keep` slots and drops the others (after a flush
+    /// of the buffer's tail).
+    pub(crate) fn truncate(&mut self, keep: usize) {
+        if keep >= self.lbas.len() {
+            return;
+        }
+        for l in self.lbas.drain(keep..) {
+            self.slot.remove(&l);
+        }
+        self.data.truncate(keep * BLOCK_SIZE);
+    }
+
     pub(crate) fn clear(&mut self) {
         self.lbas.clear();
         self.data.clear();
