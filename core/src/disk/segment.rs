@@ -570,6 +570,48 @@ mod tests {
     }
 
     #[test]
+    fn append_plan_counts_what_the_runs_store() {
+        // Segments of 30 blocks (3 summary entries, the last one partial),
+        // 40 segments (4 usage entries); the head at various offsets.
+        for start in [0u64, 1, 11, 12, 29, 30, 31, 59] {
+            for n in [1u64, 2, 12, 13, 29, 30, 31, 61, 95] {
+                let mut s = Segments::new(40, 30).unwrap();
+                let mut lbas = 0u32;
+                let mut left = start;
+                while left > 0 {
+                    let (h, k) = s.alloc_run(Head::User, left).unwrap();
+                    let l: Vec<u32> = (lbas..lbas + k as u32).collect();
+                    lbas += k as u32;
+                    s.record_run(Head::User, h, &l).unwrap();
+                    s.add_valid(h).unwrap();
+                    left -= k;
+                }
+                s.clear_dirty();
+                let mut planned = Vec::new();
+                let summaries = s.append_plan(Head::User, n, &mut planned).unwrap();
+                let usage = s.usage_with(&mut planned);
+                let mut keys = Vec::new();
+                let mut left = n;
+                while left > 0 {
+                    let (h, k) = s.alloc_run(Head::User, left).unwrap();
+                    let l: Vec<u32> = (0..k as u32).collect();
+                    for (key, _) in s.record_run(Head::User, h, &l).unwrap() {
+                        keys.push(key);
+                    }
+                    for b in h..h + k {
+                        s.add_valid(b).unwrap();
+                    }
+                    left -= k;
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                assert_eq!(summaries, keys.len() as u64, "start {start}, n {n}");
+                assert_eq!(usage, s.dirty_entries(), "start {start}, n {n}");
+            }
+        }
+    }
+
+    #[test]
     fn summaries_cover_the_run_and_reset_with_a_new_segment() {
         let mut s = Segments::new(4, 16).unwrap();
         let (h, n) = s.alloc_run(Head::User, 10).unwrap();

@@ -117,17 +117,32 @@ impl WriteBuffer {
         }
         self.data.truncate(keep * BLOCK_SIZE);
     }
-
-    pub(crate) fn clear(&mut self) {
-        self.lbas.clear();
-        self.data.clear();
-        self.slot.clear();
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncate_keeps_the_first_slots() {
+        let mut w = WriteBuffer::new(4).unwrap();
+        for (i, l) in [9u64, 3, 7, 5].iter().enumerate() {
+            w.put(*l, &[i as u8; BLOCK_SIZE]).unwrap();
+        }
+        w.truncate(2);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.parts().0, &[9, 3]);
+        assert!(w.contains(3) && !w.contains(7) && !w.contains(5));
+        assert_eq!(w.get(3).unwrap(), &[1; BLOCK_SIZE]);
+        // The dropped slots are free again.
+        w.put(7, &[8; BLOCK_SIZE]).unwrap();
+        assert_eq!(w.get(7).unwrap(), &[8; BLOCK_SIZE]);
+        w.truncate(5);
+        assert_eq!(w.len(), 3);
+        w.truncate(0);
+        assert_eq!(w.len(), 0);
+        assert!(!w.contains(9));
+    }
 
     #[test]
     fn put_overwrite_remove() {
