@@ -6,9 +6,11 @@
 #          per-byte limit (bytes/s), as on an SSD, so that the number of
 #          requests, not only the bytes, costs
 # One guest boot per model (qemu/run-guest.sh --mode demo, which runs
-# qemu/guest/demo.sh); then scripts/bench-report.py prints a table per model
-# (medians, mlsdisk/dm-crypt ratios, the seed prototype's ratios) and writes
-# <out>/results.md and <out>/chart.svg.
+# qemu/guest/demo.sh, fio's JSON report of each job on one console line);
+# then scripts/bench-report.py prints tables per model (medians of MiB/s,
+# IOPS and completion latency p50/p99, mlsdisk/dm-crypt ratios, the seed
+# prototype's ratios) and writes <out>/results.md, <out>/results.json and
+# <out>/chart.svg.
 #
 #   scripts/guest-bench.sh [--quick] [--models "plain ssd"] [--out DIR]
 #                          [--throttle IOPS:BYTES_PER_S] [--module FILE.ko]
@@ -54,7 +56,7 @@ while (($#)); do
 	--out) out="${2:?}"; shift 2 ;;
 	--throttle) throttle="${2:?}"; shift 2 ;;
 	--module) module="${2:?}"; shift 2 ;;
-	-h | --help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) pass+=("$1"); shift ;;
 	esac
 done

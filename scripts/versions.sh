@@ -2,7 +2,8 @@
 # shellcheck disable=SC2034  # sourced: these are used by the scripts that source it
 # Every pinned version of the MlsDisk guest toolchain, in one place.
 # Sourced by scripts/env.sh and scripts/install-toolchain.sh; only assignments.
-# See ../shared/notes/guest-toolchain.md (in the team workspace) for why these fit together.
+# They were chosen to fit together: Debian trixie-backports ships linux-source-7.3 and
+# rust-src 1.95.0, which match rustup's rustc 1.95.0 and clang-19 (scripts/install-toolchain.sh).
 
 # Guest kernel: Debian's linux-source package from trixie-backports.
 MLSDISK_KERNEL_VERSION=7.3.4

@@ -2,7 +2,7 @@
 //! every possible number of device writes/flushes, a chosen subset of the
 //! unflushed writes survives (none, all, every other, a pseudo-random set,
 //! reordered), and the disk must open to exactly the state of the last
-//! sync that returned, or of the one in flight (DESIGN.md §2, 4 and 5).
+//! sync that returned, or of the one in flight (docs/security.md: consistency and atomicity).
 
 mod disk_common;
 

@@ -7,7 +7,7 @@
 //! index region, segments smaller than the write buffer, with and without
 //! auto-sync) by a workload that runs until the first error.
 //!
-//! After each injected failure (the contract, DESIGN.md section 2):
+//! After each injected failure (the contract, docs/security.md):
 //! - `read`: every read of every LBA the test wrote, and of a few never
 //!   written, returns the last acknowledged content (a failed request may
 //!   leave each of its blocks old or new) or an error, never other bytes;

@@ -14,12 +14,18 @@
 # target is removed (mlsdisk syncs and stops its background work) and opened
 # again, so nothing of one target runs during another's jobs.
 #
-# Prints one line per measurement, parsed on the host by
-# scripts/bench-report.py:
-#   BENCH <target> <column> <rep> <MiB/s> <IOPS> dev_r=.. dev_r_kib=.. dev_w=.. dev_w_kib=..
+# Prints two lines per measurement, parsed on the host by
+# scripts/bench-report.py (the guest has no JSON parser, so it reads no
+# numbers out of fio's output; the host takes MiB/s, IOPS and the
+# completion-latency percentiles p50/p99 from the JSON):
+#   FIOJSON <target> <column> <rep> {...}
+# (fio's --output-format=json report of the job, on one line: each line of
+# fio's pretty-printed JSON without its indentation, joined; about 4 KB)
+#   BENCH <target> <column> <rep> dev_r=.. dev_r_kib=.. dev_w=.. dev_w_kib=..
 # (the dev_* fields: requests and KiB the virtual disk served during the job,
 # ramp included: the backing-device traffic behind the target's I/O)
 #   BENCHINFO <key> <value...>
+# The ext4 job's report is "FIOJSON ext4/<target> rnd-write-4k 1 {...}".
 # shellcheck shell=sh
 # shellcheck source=qemu/guest/lib.sh
 . /mlsdisk/lib.sh
@@ -76,18 +82,13 @@ fi
 mls_backing=/dev/mapper/bench_mls_backing
 mls_created=0
 
-# The mlsdisk's logical capacity: a length beyond it is refused with the
-# maximum in dmesg (the pass-through takes the whole backing device).
+# Format the mlsdisk backing device and learn its logical capacity with the
+# CLI, as a user would (`mlsdisk format`, `mlsdisk size`; docs/admin-guide.md).
 if [ $have_mls = 1 ]; then
-	n0=$(dmesg | wc -l)
-	if dmsetup create bench --table "0 $mls_region mlsdisk $mls_backing $KEY 1 force_create" >/dev/null 2>&1; then
-		mls_len=$mls_region
-		run dmsetup remove bench
-	else
-		max=$(dmesg | tail -n +$((n0 + 1)) | sed -n 's/.*the maximum is \([0-9]*\) sectors.*/\1/p' | tail -n 1)
-		[ -n "$max" ] || fail "mlsdisk refused the table and named no maximum: $(dmesg | tail -n 3)"
-		mls_len=$((max / 8 * 8))
-	fi
+	run mlsdisk format "$mls_backing" --key "$KEY" --batch --force
+	mls_len=$(mlsdisk size "$mls_backing" --key "$KEY") || fail "mlsdisk size $mls_backing failed"
+	case "$mls_len" in '' | *[!0-9]*) fail "mlsdisk size printed '$mls_len', not a number of sectors" ;; esac
+	mls_created=1
 	echo "BENCHINFO mlsdisk_capacity_mib $((mls_len / 2048)) of $MLS_REGION_MB"
 	[ $((mls_len / 2048)) -gt "$SIZE_MB" ] || fail "mlsdisk capacity $((mls_len / 2048)) MiB is below the working set ${SIZE_MB} MiB"
 fi
@@ -114,19 +115,35 @@ teardown() {
 	run dmsetup remove bench
 }
 
-# fio_job NAME RW BS: one measured job on /dev/mapper/bench; prints "MiB/s IOPS".
+# The completion-latency percentiles fio reports (clat_ns.percentile in
+# its JSON, keys "50.000000" and "99.000000").
+PERCENTILES=50:99
+FIO_OUT=/tmp/fio.json
+
+# fio_json FIO_ARGS...: run one fio job with its JSON report in $FIO_OUT;
+# prints the report on one line (fails the benchmark when fio fails or
+# leaves no JSON object). Anything fio writes before the JSON (notes,
+# warnings) is dropped: the object starts at the first line "{".
+fio_json() {
+	rm -f "$FIO_OUT"
+	err=$(timeout $((RUNTIME + RAMP + 120)) fio "$@" --output-format=json \
+		--percentile_list="$PERCENTILES" --output="$FIO_OUT" 2>&1) ||
+		fail "fio $1 failed: $err $(cat "$FIO_OUT" 2>/dev/null)"
+	one=$(awk 'started || /^\{$/ {started = 1; sub(/^[ \t]+/, ""); printf "%s", $0}' "$FIO_OUT")
+	case "$one" in
+	"{"*"}") ;;
+	*) fail "fio $1 left no JSON report: $err $(head -c 400 "$FIO_OUT" 2>/dev/null)" ;;
+	esac
+	echo "$one"
+}
+
+# fio_job NAME RW BS: one measured job on /dev/mapper/bench; prints its
+# JSON report on one line.
 fio_job() {
-	out=$(timeout $((RUNTIME + RAMP + 120)) fio --name="$1" --filename=/dev/mapper/bench \
+	fio_json --name="$1" --filename=/dev/mapper/bench \
 		--size="${SIZE_MB}m" --rw="$2" --bs="$3" --direct=1 --ioengine=libaio \
 		--iodepth="$IODEPTH" --runtime="$RUNTIME" --ramp_time="$RAMP" --time_based \
-		--norandommap --randrepeat=0 --minimal 2>&1) || fail "fio $1 failed: $out"
-	# terse v3: fields 7/8 = read KiB/s / IOPS, 48/49 = write KiB/s / IOPS
-	case "$2" in
-	*read) res=$(echo "$out" | awk -F';' '$1 == "3" {printf "%.2f %d", $7 / 1024, $8}') ;;
-	*) res=$(echo "$out" | awk -F';' '$1 == "3" {printf "%.2f %d", $48 / 1024, $49}') ;;
-	esac
-	[ -n "$res" ] || fail "no fio result for $1: $out"
-	echo "$res"
+		--norandommap --randrepeat=0
 }
 
 # What the virtual disk itself saw: "<read requests> <read KiB> <write
@@ -150,15 +167,15 @@ if [ "${BENCH_EXT4:-1}" = 1 ]; then
 		run mkfs.ext4 -q -F /dev/mapper/bench
 		run mkdir -p /mnt/bench
 		run mount -t ext4 /dev/mapper/bench /mnt/bench
-		out=$(timeout $((RUNTIME + RAMP + 120)) fio --name=ext4 --directory=/mnt/bench \
+		json=$(fio_json --name=ext4 --directory=/mnt/bench \
 			--size=64m --rw=randwrite --bs=4k --direct=1 --ioengine=libaio \
 			--iodepth="$IODEPTH" --runtime="$RUNTIME" --ramp_time="$RAMP" --time_based \
-			--end_fsync=1 --minimal 2>&1) || fail "fio on ext4 on $target failed: $out"
-		mibs=$(echo "$out" | awk -F';' '$1 == "3" {printf "%.2f", $48 / 1024}')
-		[ -n "$mibs" ] || fail "no fio result on ext4 on $target: $out"
+			--end_fsync=1)
 		run umount /mnt/bench
 		run e2fsck -fn /dev/mapper/bench
-		echo "BENCHINFO ext4 $target: rnd-write-4K on a 64 MiB file $mibs MiB/s, e2fsck -fn clean"
+		# The report adds the job's MiB/s, IOPS and p50/p99 from the JSON.
+		echo "FIOJSON ext4/$target rnd-write-4k 1 $json"
+		echo "BENCHINFO ext4 $target: rnd-write-4K on a 64 MiB file, e2fsck -fn clean"
 		teardown "$target"
 	done
 fi
@@ -198,8 +215,9 @@ while [ $rep -le "$REPEATS" ]; do
 			rnd-read-*) rw=randread bs=${col#rnd-read-} ;;
 			esac
 			s0=$(disk_stat)
-			r=$(fio_job "$col" "$rw" "$bs")
-			echo "BENCH $target $col $rep $r $(disk_stat_delta "$s0" "$(disk_stat)")"
+			json=$(fio_job "$col" "$rw" "$bs")
+			echo "FIOJSON $target $col $rep $json"
+			echo "BENCH $target $col $rep $(disk_stat_delta "$s0" "$(disk_stat)")"
 		done
 		teardown "$target"
 	done

@@ -1,5 +1,5 @@
 # The rollback anchor on a second block device (anchor=dev:<device>,
-# DESIGN.md §2 guarantee 6). The disk lives on the 64 MiB spare disk vda
+# docs/security.md, irreversibility). The disk lives on the 64 MiB spare disk vda
 # (small enough to copy into memory); the anchor on the first 8 KiB of the
 # test disk vdb, which stands in for a device the host cannot roll back.
 #

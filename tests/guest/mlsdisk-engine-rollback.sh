@@ -1,7 +1,7 @@
 # Whole-image rollback without a trusted anchor (anchor=none, the only
 # anchor in the kernel so far): the host puts back an older copy of the
 # entire backing device. The disk cannot detect this without an anchor
-# (DESIGN.md §2, guarantee 6) and must say so: it opens at the older
+# (docs/security.md, irreversibility) and must say so: it opens at the older
 # synced state and its status says it is unprotected. Replaying an older
 # copy of only the superblock blocks, with newer metadata elsewhere, is
 # refused.

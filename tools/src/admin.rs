@@ -230,7 +230,9 @@ pub fn parse_status(out: &str) -> Result<Status, String> {
         let sectors = len
             .parse()
             .map_err(|_| format!("bad length in the status line: {line}"))?;
-        let health = w.next().unwrap_or("").to_string();
+        // `health=ok` (the module's key=value line) or a bare `ok` (older).
+        let first = w.next().unwrap_or("");
+        let health = first.strip_prefix("health=").unwrap_or(first).to_string();
         let mut fields = Vec::new();
         let mut notes = Vec::new();
         let mut note = String::new();
@@ -365,6 +367,16 @@ mod tests {
         let j = s.to_json("d");
         assert_eq!(j["fields"]["logical"], 1024);
         assert_eq!(j["fields"]["anchor"], "dev(tofu)");
+        // The module's line: space-free key=value tokens, health first.
+        let s = parse_status(
+            "0 1714176 mlsdisk health=ok sync=22 capacity=1714176 anchor=dev-tofu reads=17\n",
+        )
+        .unwrap();
+        assert_eq!(s.health, "ok");
+        assert_eq!(s.fields[0], ("sync".to_string(), Value::Int(22)));
+        assert_eq!(s.fields.len(), 4);
+        assert!(s.notes.is_empty());
+        assert_eq!(s.to_json("d")["fields"]["anchor"], "dev-tofu");
         assert!(parse_status("0 100 linear 8:0 0\n").is_err());
         assert!(parse_status("x 100 mlsdisk ok\n").is_err());
     }

@@ -13,7 +13,7 @@
 //!   and applies it in a random order (between two FUA writes; a FUA write
 //!   is durable when it completes, so it comes after the writes before it).
 //!
-//! What each state must satisfy (DESIGN.md §2, guarantees 4 and 5):
+//! What each state must satisfy (docs/security.md: consistency and atomicity):
 //!
 //! * after the `created` mark, `MlsDisk::open` succeeds;
 //! * its sync counter is at least the one the workload read before the

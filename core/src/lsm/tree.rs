@@ -181,7 +181,9 @@ pub struct LsmTree<S: LogStore, V: LsmValue> {
     /// Index blocks of every table and bloom blocks of the tables whose
     /// filters lookups use, never evicted (up to
     /// [`LsmConfig::pinned_meta_blocks`]; loaded at open and on first use).
-    pinned: BlockCache,
+    /// Boxed: the tree is built on the stack before it is boxed
+    /// (`empty_boxed`), and the kernel's frame limit is 4 KiB.
+    pinned: Box<BlockCache>,
     user_state: Vec<u8>,
     stats: LsmStats,
     /// A compaction was due but did not fit in the free chunks: only a
@@ -225,7 +227,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             wal: WalBuf::new(V::SIZE)?,
             meta_cache: BlockCache::new(cfg.meta_cache_blocks),
             data_cache: BlockCache::new(cfg.data_cache_blocks),
-            pinned: BlockCache::new(cfg.pinned_meta_blocks),
+            pinned: Box::new(BlockCache::new(cfg.pinned_meta_blocks)),
             store,
             cfg,
             in_tx: false,
