@@ -26,7 +26,9 @@
 //!
 //! Sized for the shape the LSM-tree can take ([`IndexShape`]), with
 //! `K = (total - 2 - journal) * (100 - op) / 100` keys (at least the
-//! logical capacity) and `P(n)` the blocks of `n` records in tables: data
+//! logical capacity) plus the segment metadata of a data region of
+//! `total - 2 - journal` blocks (a summary entry per 12 blocks of each
+//! segment, a usage entry per 12 segments: `meta::max_entries`), and `P(n)` the blocks of `n` records in tables: data
 //! blocks of `floor(4072 / record)` records, an index block per 509 data
 //! blocks, `bits` bloom bits per key in blocks of 32576 bits, a footer per
 //! table, and a Merkle node of the log store per 71 blocks:
@@ -235,6 +237,14 @@ impl Geometry {
             / 100
     }
 
+    /// Entries the index of a disk of `total` blocks may hold at most:
+    /// [`Geometry::max_keys`] records and the segment metadata of a data
+    /// region as large as the device (usage table and summaries).
+    pub fn max_index_entries(total: u64, cfg: &LayoutConfig) -> u64 {
+        let data = total.saturating_sub(SUPERBLOCK_BLOCKS + Self::journal_len(total, cfg));
+        Self::max_keys(total, cfg).saturating_add(super::meta::max_entries(data, cfg.seg_blocks))
+    }
+
     fn journal_len(total: u64, cfg: &LayoutConfig) -> u64 {
         match cfg.journal_blocks {
             0 => (total / 1024).clamp(128, 16384),
@@ -256,7 +266,7 @@ impl Geometry {
         );
         let journal_len = Self::journal_len(total, cfg);
         let chunk_len = match cfg.index_blocks {
-            0 => shape.index_blocks(Self::max_keys(total, cfg)),
+            0 => shape.index_blocks(Self::max_index_entries(total, cfg)),
             n => n,
         };
         let journal_start = SUPERBLOCK_BLOCKS;
@@ -393,8 +403,8 @@ mod tests {
         let g = Geometry::compute(262_144, &LayoutConfig::default()).unwrap();
         assert_eq!(g.journal_start, 2);
         assert_eq!(g.journal_len, 256);
-        let keys = Geometry::max_keys(262_144, &LayoutConfig::default());
-        assert!(keys >= g.capacity);
+        let keys = Geometry::max_index_entries(262_144, &LayoutConfig::default());
+        assert!(keys >= g.capacity + g.data_blocks() / 12);
         assert_eq!(g.chunk_len, IndexShape::default().index_blocks(keys));
         assert!(g.capacity < g.data_blocks());
         assert!(g.data_start + g.data_blocks() <= 262_144);
@@ -411,7 +421,7 @@ mod tests {
         for total in [1u64 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 24] {
             let cfg = LayoutConfig::default();
             let g = Geometry::compute(total, &cfg).unwrap();
-            let keys = Geometry::max_keys(total, &cfg);
+            let keys = Geometry::max_index_entries(total, &cfg);
             let fit = shape.fit(keys);
             assert!(keys >= g.capacity, "{total}");
             // Room for every level, one compaction's output and L0.

@@ -85,7 +85,7 @@ pub mod counted;
 pub mod index;
 pub mod layout;
 mod lsm_index;
-mod paged_map;
+mod meta;
 pub mod reader;
 pub mod record;
 mod segment;
@@ -116,6 +116,7 @@ use crate::lsm::LsmConfig;
 use crate::platform::{AeadKey, Crypto, Hash, Iv, Job, Mac, Parallel, HASH_LEN, MAC_LEN};
 use crate::{bail, ensure, Cause, CryptoRef, Error, ErrorKind, Result};
 use segment::{Head, Segments, NO_LBA};
+
 use state::UserState;
 use wbuf::WriteBuffer;
 
@@ -327,6 +328,20 @@ fn effective_wbuf_blocks(geo: &Geometry, configured: u32) -> usize {
     (configured as usize).min(cap).max(1)
 }
 
+/// A batch of index updates, for [`MlsDisk::index_updates`].
+#[derive(Clone, Copy)]
+enum Batch<'a> {
+    /// `blocks` blocks appended to `head`; `old`: the usage entries of
+    /// their old versions when looked up.
+    Append {
+        head: Head,
+        blocks: u64,
+        old: Option<&'a [u64]>,
+    },
+    /// `blocks` blocks unmapped.
+    Unmap(u64),
+}
+
 /// Rounds of commit and compaction [`MlsDisk::ensure_index_room`] tries.
 const ROOM_ATTEMPTS: u32 = 256;
 
@@ -432,7 +447,7 @@ impl<D: BlockSet> MlsDisk<D> {
             InvalidArgument,
             "write buffer must be 1..=65536 blocks"
         );
-        let segs = Segments::new(geo.nseg, geo.seg_blocks, geo.capacity)?;
+        let segs = Segments::new(geo.nseg, geo.seg_blocks)?;
         let wbuf_blocks = effective_wbuf_blocks(&geo, cfg.write_buffer_blocks);
         let wbuf = WriteBuffer::new(wbuf_blocks)?;
         let mut sealed = Vec::new();
@@ -509,27 +524,20 @@ impl<D: BlockSet> MlsDisk<D> {
         }
         self.sync_counter = us.sync_counter;
         self.state_digest = digest;
-        let cap = self.geo.capacity;
-        let data_blocks = self.geo.data_blocks();
-        let segs = &mut self.segs;
-        let mut mapped = 0u64;
-        self.index.for_each(&mut |lba, rec| {
-            ensure!(lba < cap, Corrupted, "index maps an LBA past the capacity");
-            ensure!(
-                rec.hba < data_blocks,
-                Corrupted,
-                "index points past the data region"
-            );
-            segs.set_valid(rec.hba, lba as u32)?;
-            mapped += 1;
-            Ok(())
-        })?;
+        // The segment usage table of the commit (a few consecutive index
+        // entries); no walk of the index.
+        let mut sum = 0u64;
+        for e in 0..meta::usage_entries(self.segs.nseg()) {
+            if let Some(rec) = self.index.get(meta::USAGE_BASE + e)? {
+                sum += self.segs.load_usage(e, &meta::from_record(&rec)?)?;
+            }
+        }
         ensure!(
-            mapped == us.mapped,
+            sum == us.mapped,
             Integrity,
-            "index entry count differs from the committed count"
+            "segment usage table disagrees with the committed mapped count"
         );
-        self.mapped = mapped;
+        self.mapped = us.mapped;
         self.segs.settle_after_open();
         self.anchor.advance(self.sync_counter, &self.state_digest)?;
         self.refresh_stats();
@@ -651,11 +659,57 @@ impl<D: BlockSet> MlsDisk<D> {
         r
     }
 
-    /// Makes sure `updates` index updates and a sync fit in the index
+    /// Index updates a batch stores before and with the next commit: a
+    /// record per block, the distinct summary entries of the runs it
+    /// appends, and the usage entries the next commit stores (those
+    /// changed so far and the distinct ones the batch changes; an old
+    /// version not looked up may change one more each).
+    fn index_updates(&self, b: Batch<'_>) -> Result<u64> {
+        let mut touched: Vec<u64> = Vec::new();
+        let (blocks, summaries, unknown) = match b {
+            Batch::Append { head, blocks, old } => {
+                let s = self.segs.append_plan(head, blocks, &mut touched)?;
+                let unknown = match old {
+                    Some(o) => {
+                        touched.try_reserve(o.len())?;
+                        touched.extend_from_slice(o);
+                        0
+                    }
+                    None => blocks,
+                };
+                (blocks, s, unknown)
+            }
+            Batch::Unmap(blocks) => (blocks, 0, blocks),
+        };
+        let usage = self
+            .segs
+            .usage_with(&mut touched)
+            .saturating_add(unknown)
+            .min(meta::usage_entries(self.geo.nseg));
+        Ok(blocks.saturating_add(summaries).saturating_add(usage))
+    }
+
+    /// The usage entries of the old versions of the buffered blocks from
+    /// slot `from` on
+    /// (looked up in the index), for an exact count when room is tight.
+    fn old_entries_of_wbuf(&mut self, from: usize) -> Result<Vec<u64>> {
+        let mut out: Vec<u64> = Vec::new();
+        let (lbas, _) = self.wbuf.parts();
+        let lbas = lbas.get(from..).unwrap_or(&[]);
+        out.try_reserve(lbas.len())?;
+        for l in lbas {
+            if let Some(r) = self.index.get(*l)? {
+                out.push(u64::from(self.segs.seg_of(r.hba) / meta::SEGS_PER_ENTRY));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes sure the index updates of batch `b` and a sync fit in the index
     /// (see [`DiskIndex::room_for`]), committing first when only a commit
     /// frees the room (or refusing with `NoSpace` when the disk may not
     /// commit on its own). Changes nothing but that commit.
-    fn ensure_index_room(&mut self, updates: u64) -> Result<()> {
+    fn ensure_index_room(&mut self, b: Batch<'_>) -> Result<()> {
         // A commit frees the chunks that installed compactions pinned, and
         // compaction merges what a long run of updates (a whole-disk
         // discard, say) left in L0; nothing else runs during one request,
@@ -664,6 +718,9 @@ impl<D: BlockSet> MlsDisk<D> {
         let can_commit = self.cfg.auto_sync || self.in_sync;
         let mut committed = false;
         for _ in 0..ROOM_ATTEMPTS {
+            // Recounted each round: a commit stores (and clears) the
+            // usage entries changed so far.
+            let updates = self.index_updates(b)?;
             let room = match self.index.room_for(updates) {
                 Ok(r) => Some(r),
                 Err(e) if e.kind() == ErrorKind::NoSpace => None,
@@ -759,19 +816,7 @@ impl<D: BlockSet> MlsDisk<D> {
                 blk.copy_from_slice(b);
                 continue;
             }
-            // The forward map knows unmapped blocks without an index lookup.
-            let rec = match self.segs.hba_of(l) {
-                None => None,
-                Some(hba) => {
-                    let r = self.index.get(l)?.ok_or(Error::new(
-                        ErrorKind::Integrity,
-                        "index lost the record of a mapped block",
-                    ))?;
-                    ensure!(r.hba == hba, Integrity, "index and forward map disagree");
-                    Some(r)
-                }
-            };
-            match rec {
+            match self.index.get(l)? {
                 None => {
                     blk.fill(0);
                     self.stats.unmapped_blocks_read += 1;
@@ -803,16 +848,33 @@ impl<D: BlockSet> MlsDisk<D> {
         self.guarded(|d| {
             // Acknowledge nothing the next sync could not commit: the
             // buffered blocks and these (up to a buffer's worth) must fit
-            // in the index, at least after a commit. A refusal here
-            // changes nothing.
+            // in the index now, after a forced commit if need be. A
+            // refusal here changes nothing but that commit.
             let buffered = (d.wbuf.len() as u64)
                 .saturating_add(n)
                 .min(d.wbuf.cap() as u64);
-            d.index.room_for(buffered)?;
+            // Room now, not only after a commit: the index's bound may
+            // grow across the commit the flush would force, and a buffer
+            // the next sync cannot flush would stay acknowledged.
+            d.ensure_index_room(Batch::Append {
+                head: Head::User,
+                blocks: buffered,
+                old: None,
+            })?;
             for (i, blk) in buf.chunks_exact(BLOCK_SIZE).enumerate() {
                 let l = lba + i as u64;
                 if d.wbuf.is_full() && !d.wbuf.contains(l) {
                     d.flush_wbuf()?;
+                    // The flush used room the check above counted for the
+                    // rest of this write too: check the rest again (a
+                    // refusal now leaves a prefix written, and an empty
+                    // buffer).
+                    let left = (n - i as u64).min(d.wbuf.cap() as u64);
+                    d.ensure_index_room(Batch::Append {
+                        head: Head::User,
+                        blocks: left,
+                        old: None,
+                    })?;
                 }
                 d.wbuf.put(l, blk)?;
                 d.stats.user_blocks_written += 1;
@@ -838,7 +900,7 @@ impl<D: BlockSet> MlsDisk<D> {
             let mut batch = DISCARD_BATCH;
             while at < end {
                 let stop = end.min(at.saturating_add(batch));
-                match d.ensure_index_room(stop - at) {
+                match d.ensure_index_room(Batch::Unmap(stop - at)) {
                     Ok(()) => {}
                     // A small index region (or memtable) cannot take a
                     // whole batch at once: smaller batches, down to one.
@@ -859,8 +921,8 @@ impl<D: BlockSet> MlsDisk<D> {
     fn unmap(&mut self, from: u64, to: u64) -> Result<()> {
         for l in from..to {
             self.wbuf.remove(l)?;
-            if let Some(hba) = self.segs.hba_of(l) {
-                self.segs.invalidate(hba)?;
+            if let Some(old) = self.index.get(l)? {
+                self.segs.invalidate(old.hba)?;
                 self.index.delete(l)?;
                 self.mapped = self.mapped.checked_sub(1).ok_or(Error::new(
                     ErrorKind::InvalidState,
@@ -945,7 +1007,13 @@ impl<D: BlockSet> MlsDisk<D> {
             self.state_digest,
         )?;
         let digest = us.digest(&*self.crypto)?;
+        // The usage entries changed since the last commit go into this
+        // one: the committed table always matches the committed index.
+        for (e, p) in self.segs.dirty_payloads()? {
+            self.index.put(meta::USAGE_BASE + e, meta::to_record(&p)?)?;
+        }
         self.index.sync(&us.encode())?;
+        self.segs.clear_dirty();
         self.sync_counter = next;
         self.state_digest = digest;
         self.segs.release_pending()?;
@@ -978,13 +1046,31 @@ impl<D: BlockSet> MlsDisk<D> {
     /// its updates and the next sync. Then the writes and index updates,
     /// as one [`Self::critical`] step: the buffer's blocks are sealed into
     /// `sealed` (the buffered plaintext is never touched), and the buffer
-    /// is emptied only after every index update succeeded.
+    /// is emptied only after every index update succeeded. When the index
+    /// cannot take the whole buffer at once, the buffer's tail goes in
+    /// smaller batches, each a complete step: a `NoSpace` then leaves the
+    /// rest buffered (readable, flushed by a later sync).
     fn flush_wbuf(&mut self) -> Result<()> {
-        let n = self.wbuf.len() as u64;
-        if n > 0 {
-            self.ensure_space(n)?;
-            self.ensure_index_room(n)?;
-            self.critical(|d| d.write_wbuf(n))?;
+        let mut left = self.wbuf.len() as u64;
+        if left > 0 {
+            self.ensure_space(left)?;
+        }
+        // A small index may not take the whole buffer in one batch (its
+        // bound grows with the batch, and a forced commit takes room of
+        // its own): the buffer's tail in halves then, down to one block.
+        let mut part = left;
+        while left > 0 {
+            let k = part.min(left);
+            match self.ensure_flush_room(k) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NoSpace && k > 1 => {
+                    part = (k / 2).max(1);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            self.critical(|d| d.write_wbuf_tail(k))?;
+            left -= k;
         }
         let steps = self.cfg.compact_steps_per_flush;
         self.critical(|d| {
@@ -997,16 +1083,42 @@ impl<D: BlockSet> MlsDisk<D> {
         })
     }
 
-    /// The second phase of [`Self::flush_wbuf`] (space already made).
-    fn write_wbuf(&mut self, n: u64) -> Result<()> {
+    /// Index room for flushing the last `k` buffered blocks.
+    fn ensure_flush_room(&mut self, k: u64) -> Result<()> {
+        // The old versions are looked up only when the bound that counts
+        // a usage entry for each of them does not fit now.
+        let bound = self.index_updates(Batch::Append {
+            head: Head::User,
+            blocks: k,
+            old: None,
+        })?;
+        let from = self.wbuf.len().saturating_sub(k as usize);
+        let old = match self.index.room_for(bound) {
+            Ok(Room::Now) => None,
+            Ok(Room::AfterCommit) => Some(self.old_entries_of_wbuf(from)?),
+            Err(e) if e.kind() == ErrorKind::NoSpace => Some(self.old_entries_of_wbuf(from)?),
+            Err(e) => return Err(e),
+        };
+        self.ensure_index_room(Batch::Append {
+            head: Head::User,
+            blocks: k,
+            old: old.as_deref(),
+        })
+    }
+
+    /// The second phase of [`Self::flush_wbuf`] for the last `k` buffered
+    /// blocks (space and room already made); they leave the buffer after
+    /// every index update succeeded.
+    fn write_wbuf_tail(&mut self, k: u64) -> Result<()> {
+        let from = self.wbuf.len().saturating_sub(k as usize);
         let mut done = 0u64;
-        while done < n {
-            let (hba, run) = self.segs.alloc_run(Head::User, n - done)?;
+        while done < k {
+            let (hba, run) = self.segs.alloc_run(Head::User, k - done)?;
             ensure!(run > 0, InvalidState, "data log: empty run");
-            self.seal_and_write(done as usize, run as usize, hba)?;
+            self.seal_and_write(from + done as usize, run as usize, hba)?;
             done += run;
         }
-        self.wbuf.clear();
+        self.wbuf.truncate(from);
         Ok(())
     }
 
@@ -1067,13 +1179,27 @@ impl<D: BlockSet> MlsDisk<D> {
         crate::platform::wipe(&mut keys);
         self.dev.write(self.geo.data_start + hba, out)?;
         self.stats.data_blocks_written += count as u64;
+        let mut run_lbas: Vec<u32> = Vec::new();
+        run_lbas.try_reserve_exact(count)?;
         for (l, rec) in recs {
-            match self.segs.hba_of(l) {
-                Some(old) => self.segs.invalidate(old)?,
+            // The old version (looked up in the index: no forward map in
+            // memory) loses its place in its segment's count.
+            match self.index.get(l)? {
+                Some(old) => self.segs.invalidate(old.hba)?,
                 None => self.mapped += 1,
             }
-            self.segs.set_valid(rec.hba, l as u32)?;
+            self.segs.add_valid(rec.hba)?;
             self.index.put(l, rec)?;
+            run_lbas
+                .push(u32::try_from(l).map_err(|_| Error::new(ErrorKind::InvalidState, "LBA"))?);
+        }
+        self.put_summary(Head::User, hba, &run_lbas)
+    }
+
+    /// Stores the summary entries of the run of `head` at `hba`.
+    fn put_summary(&mut self, head: Head, hba: u64, lbas: &[u32]) -> Result<()> {
+        for (k, p) in self.segs.record_run(head, hba, lbas)? {
+            self.index.put(k, meta::to_record(&p)?)?;
         }
         Ok(())
     }
@@ -1111,7 +1237,13 @@ impl<D: BlockSet> MlsDisk<D> {
             while user(&self.segs) + self.segs.pending_blocks() < goal {
                 match self.segs.pick_victim() {
                     Some((v, valid)) if u64::from(valid) <= self.segs.free_for(Head::Cleaner) => {
-                        if self.index.room_for(u64::from(valid))? == Room::AfterCommit {
+                        // Every old version is in segment `v`.
+                        let updates = self.index_updates(Batch::Append {
+                            head: Head::Cleaner,
+                            blocks: u64::from(valid),
+                            old: Some(&[u64::from(v / meta::SEGS_PER_ENTRY)]),
+                        })?;
+                        if self.index.room_for(updates)? == Room::AfterCommit {
                             index_full = true;
                             break;
                         }
@@ -1152,35 +1284,67 @@ impl<D: BlockSet> MlsDisk<D> {
         }
     }
 
+    /// The blocks of segment `v` that hold live data, (offset, LBA): read
+    /// from the segment's summary entries and each checked in the index
+    /// (the summary is a hint; the index decides). There must be as many
+    /// as the usage table counts.
+    fn live_blocks(&mut self, v: u32) -> Result<Vec<(u64, u32)>> {
+        let sb = self.geo.seg_blocks;
+        let base = u64::from(v) * u64::from(sb);
+        let mut live: Vec<(u64, u32)> = Vec::new();
+        live.try_reserve(self.segs.valid_in(v) as usize)?;
+        let per = meta::BLOCKS_PER_ENTRY;
+        for first in (0..sb).step_by(per as usize) {
+            let Some(rec) = self.index.get(meta::summary_key(v, first, sb))? else {
+                continue;
+            };
+            let lbas = meta::unpack(&meta::from_record(&rec)?);
+            for (i, l) in lbas.iter().enumerate() {
+                let off = u64::from(first) + i as u64;
+                if *l == NO_LBA || off >= u64::from(sb) || u64::from(*l) >= self.geo.capacity {
+                    continue;
+                }
+                if let Some(r) = self.index.get(u64::from(*l))? {
+                    if r.hba == base + off {
+                        live.push((off, *l));
+                    }
+                }
+            }
+        }
+        ensure!(
+            live.len() as u64 == u64::from(self.segs.valid_in(v)),
+            Corrupted,
+            "cleaner: segment summary and usage table disagree"
+        );
+        Ok(live)
+    }
+
     /// Moves the valid blocks of segment `v` to the head of the data log.
     fn clean(&mut self, v: u32) -> Result<()> {
         let seg = u64::from(self.geo.seg_blocks);
         let base = u64::from(v) * seg;
+        let live = self.live_blocks(v)?;
         self.dev
             .read(self.geo.data_start + base, &mut self.scratch)?;
-        let mut live: Vec<(u64, u32)> = Vec::new();
-        live.try_reserve(self.segs.valid_in(v) as usize)?;
-        for off in 0..seg {
-            let l = self.segs.lba_at(base + off);
-            if l != NO_LBA {
-                live.push((off, l));
-            }
-        }
         let mut rest = live.as_slice();
         let mut out: Vec<u8> = Vec::new();
+        let mut lbas: Vec<u32> = Vec::new();
         while !rest.is_empty() {
             let (hba, run) = self.segs.alloc_run(Head::Cleaner, rest.len() as u64)?;
             let (now, later) = rest.split_at(run as usize);
             rest = later;
             out.clear();
             out.try_reserve(now.len() * BLOCK_SIZE)?;
-            for (off, _) in now {
+            lbas.clear();
+            lbas.try_reserve(now.len())?;
+            for (off, l) in now {
                 let o = *off as usize * BLOCK_SIZE;
                 let b = self
                     .scratch
                     .get(o..o + BLOCK_SIZE)
                     .ok_or(Error::new(ErrorKind::InvalidState, "cleaner scratch"))?;
                 out.extend_from_slice(b);
+                lbas.push(*l);
             }
             self.dev.write(self.geo.data_start + hba, &out)?;
             self.stats.data_blocks_written += run;
@@ -1193,13 +1357,14 @@ impl<D: BlockSet> MlsDisk<D> {
                 ensure!(
                     rec.hba == old,
                     Corrupted,
-                    "cleaner: index and validity table disagree"
+                    "cleaner: index and segment summary disagree"
                 );
                 rec.hba = hba + k as u64;
                 self.segs.invalidate(old)?;
-                self.segs.set_valid(rec.hba, *l)?;
+                self.segs.add_valid(rec.hba)?;
                 self.index.put(u64::from(*l), rec)?;
             }
+            self.put_summary(Head::Cleaner, hba, &lbas)?;
             self.stats.cleaner_blocks_moved += run;
         }
         self.stats.segments_cleaned += 1;

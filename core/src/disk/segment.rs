@@ -1,28 +1,28 @@
-//! Segment table: block validity, reverse mapping and segment states of the
-//! data region.
+//! Segment table: valid-block counts, segment states and the summaries of
+//! the open segments of the data region.
 //!
-//! All of it lives in memory and is rebuilt at `open` from the index (which
-//! is authenticated), so nothing here is trusted from the disk:
-//! `rmap[hba]` is the LBA stored at data block `hba` or [`NO_LBA`];
-//! `valid[seg]` counts the valid blocks of a segment. Memory: the two
-//! per-block maps are [`PagedMap`]s, 4 bytes per *written* block (and its
-//! 64 KiB page) rather than per block of the disk, plus 9 bytes per segment
-//! (0.001 % of the data region with 1 MiB segments).
+//! Nothing per block lives here. The counts (`valid[seg]`) are the segment
+//! usage table: loaded at open from the index (see `meta`), changed in
+//! memory, and the entries of changed segments (tracked in `dirty`, a bit
+//! per usage entry) are stored by the next commit. The reverse map lives
+//! in the index as segment summaries; the table keeps the summary of the
+//! open segment of each head (`summ`, 4 bytes per block of a segment) so
+//! that writing a run can store its entries without reading them back.
+//! Memory: 9 bytes per segment (0.001 % of the data region with 1 MiB
+//! segments) plus a bit per 12 segments and two segment summaries.
 //!
-//! States: `Free` (may be written), `Active` (the open segment of the data
-//! log), `Used` (sealed), `Pending` (no valid block left, but the last synced
+//! States: `Free` (may be written), `Active` (the open segment of a head),
+//! `Used` (sealed), `Pending` (no valid block left, but the last synced
 //! index may still point into it: reusable only after the next sync). The
 //! `Pending` state is what keeps a crash after cleaning from losing data.
 
 use alloc::vec::Vec;
 
-use super::paged_map::{PagedMap, EMPTY};
+use super::meta::{self, NONE};
 use crate::{Error, ErrorKind, Result};
 
-/// `rmap` value of a data block that holds no live LBA.
-pub const NO_LBA: u32 = EMPTY;
-/// `fwd` value of an unmapped LBA.
-const NO_HBA: u32 = EMPTY;
+/// A summary slot that holds no LBA.
+pub const NO_LBA: u32 = NONE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SegState {
@@ -34,19 +34,20 @@ pub(crate) enum SegState {
 
 pub(crate) struct Segments {
     seg_blocks: u32,
-    rmap: PagedMap,
-    /// Forward map: `fwd[lba]` is the data block of `lba` or `NO_HBA`. It
-    /// spares the write path an index lookup per block (the index holds
-    /// the same mapping plus key and MAC, and rebuilds this at open).
-    fwd: PagedMap,
     valid: Vec<u32>,
     state: Vec<SegState>,
     free: Vec<u32>,
     npending: u32,
+    /// Usage entries (of [`meta::SEGS_PER_ENTRY`] segments) changed since
+    /// the last commit, a bit each.
+    dirty: Vec<u64>,
+    ndirty: u64,
     /// The open segment and next offset of each head (user writes, cleaner
     /// moves): two heads keep the cleaner's moves from splitting the long
     /// runs of user writes (and separate cold moved data from hot data).
     active: [Option<(u32, u32)>; 2],
+    /// The summary (LBA per block) of each head's open segment.
+    summ: [Vec<u32>; 2],
 }
 
 /// Which head of the data log a run goes to.
@@ -60,38 +61,51 @@ fn internal(msg: &'static str) -> Error {
     Error::new(ErrorKind::InvalidState, msg)
 }
 
+/// A run being recorded must be the last one handed out to its head.
+fn ensure_run(active: Option<(u32, u32)>, seg: u32, first: u32, n: u32) -> Result<()> {
+    match active {
+        Some((s, next)) if s == seg && first.checked_add(n) == Some(next) => Ok(()),
+        _ => Err(internal("summary of a run that is not the head's last")),
+    }
+}
+
+fn zeroed<T: Clone>(n: usize, v: T) -> Result<Vec<T>> {
+    let mut x = Vec::new();
+    x.try_reserve_exact(n)?;
+    x.resize(n, v);
+    Ok(x)
+}
+
 impl Segments {
     /// An empty table (every segment free).
-    pub(crate) fn new(nseg: u32, seg_blocks: u32, capacity: u64) -> Result<Self> {
+    pub(crate) fn new(nseg: u32, seg_blocks: u32) -> Result<Self> {
         let total = u64::from(nseg) * u64::from(seg_blocks);
-        if total >= u64::from(NO_HBA) || capacity >= u64::from(NO_LBA) {
+        if total >= u64::from(NO_LBA) {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                "data region or capacity above 2^32 - 1 blocks",
+                "data region above 2^32 - 1 blocks",
             ));
         }
-        let fwd = PagedMap::new(capacity)?;
         let n = nseg as usize;
-        let rmap = PagedMap::new(total)?;
-        let mut valid = Vec::new();
-        valid.try_reserve_exact(n)?;
-        valid.resize(n, 0);
-        let mut state = Vec::new();
-        state.try_reserve_exact(n)?;
-        state.resize(n, SegState::Free);
         let mut free = Vec::new();
         free.try_reserve_exact(n)?;
         // Popped from the back: segment 0 first.
         free.extend((0..nseg).rev());
+        let words =
+            usize::try_from(meta::usage_entries(nseg).div_ceil(64)).map_err(|_| Error::oom())?;
         Ok(Self {
             seg_blocks,
-            rmap,
-            fwd,
-            valid,
-            state,
+            valid: zeroed(n, 0)?,
+            state: zeroed(n, SegState::Free)?,
             free,
             npending: 0,
+            dirty: zeroed(words, 0)?,
+            ndirty: 0,
             active: [None, None],
+            summ: [
+                zeroed(seg_blocks as usize, NO_LBA)?,
+                zeroed(seg_blocks as usize, NO_LBA)?,
+            ],
         })
     }
 
@@ -99,75 +113,195 @@ impl Segments {
         (hba / u64::from(self.seg_blocks)) as u32
     }
 
-    pub(crate) fn lba_at(&self, hba: u64) -> u32 {
-        self.rmap.get(hba).unwrap_or(NO_LBA)
+    pub(crate) fn nseg(&self) -> u32 {
+        self.valid.len() as u32
     }
 
-    /// The data block of `lba`, if mapped.
-    pub(crate) fn hba_of(&self, lba: u64) -> Option<u64> {
-        self.fwd.get(lba).filter(|&h| h != NO_HBA).map(u64::from)
-    }
-
-    /// Bytes held by the table: the per-block maps (they grow with the
-    /// blocks written, not with the disk size) and the per-segment arrays.
+    /// Bytes held by the table (per segment and the two summaries; nothing
+    /// per block of the disk).
     pub(crate) fn mem_bytes(&self) -> usize {
-        self.fwd.bytes()
-            + self.rmap.bytes()
-            + self.valid.capacity() * 4
+        self.valid.capacity() * 4
             + self.state.capacity() * core::mem::size_of::<SegState>()
             + self.free.capacity() * 4
+            + self.dirty.capacity() * 8
+            + self.summ.iter().map(|s| s.capacity() * 4).sum::<usize>()
     }
 
     pub(crate) fn valid_in(&self, seg: u32) -> u32 {
         self.valid.get(seg as usize).copied().unwrap_or(0)
     }
 
-    /// Marks `hba` as holding `lba` (a new write or a moved block).
-    pub(crate) fn set_valid(&mut self, hba: u64, lba: u32) -> Result<()> {
-        let seg = self.seg_of(hba) as usize;
-        let cur = self.rmap.get(hba).ok_or(Error::new(
+    fn mark_dirty(&mut self, seg: u32) {
+        let e = seg / meta::SEGS_PER_ENTRY;
+        if let Some(w) = self.dirty.get_mut((e / 64) as usize) {
+            let bit = 1u64 << (e % 64);
+            if *w & bit == 0 {
+                *w |= bit;
+                self.ndirty += 1;
+            }
+        }
+    }
+
+    /// Usage entries changed since the last commit.
+    #[cfg(test)]
+    pub(crate) fn dirty_entries(&self) -> u64 {
+        self.ndirty
+    }
+
+    fn is_dirty(&self, e: u64) -> bool {
+        usize::try_from(e / 64)
+            .ok()
+            .and_then(|w| self.dirty.get(w))
+            .is_some_and(|w| w & (1u64 << (e % 64)) != 0)
+    }
+
+    /// What appending `n` blocks to `head` stores in the index besides
+    /// their records, exactly as [`Self::alloc_run`] would place them: the
+    /// distinct summary entries of the runs (the rest of the open segment
+    /// first, then free segments from their start, in the order they are
+    /// taken), and the usage entries of those segments are pushed to
+    /// `entries`. Segments past the free list count as fresh ones.
+    pub(crate) fn append_plan(&self, head: Head, n: u64, entries: &mut Vec<u64>) -> Result<u64> {
+        let sb = self.seg_blocks.max(1);
+        let per = meta::BLOCKS_PER_ENTRY;
+        let mut left = n;
+        let mut summaries = 0u64;
+        let seg_entry = |s: u32| u64::from(s / meta::SEGS_PER_ENTRY);
+        if let Some((s, off)) = self.active.get(head as usize).copied().flatten() {
+            if off < sb && left > 0 {
+                let k = left.min(u64::from(sb - off)) as u32;
+                summaries += u64::from((off + k - 1) / per - off / per + 1);
+                entries.try_reserve(1)?;
+                entries.push(seg_entry(s));
+                left -= u64::from(k);
+            }
+        }
+        let mut free = self.free.iter().rev();
+        while left > 0 {
+            let k = left.min(u64::from(sb)) as u32;
+            summaries += u64::from(k.div_ceil(per));
+            if let Some(s) = free.next() {
+                entries.try_reserve(1)?;
+                entries.push(seg_entry(*s));
+            }
+            left -= u64::from(k);
+        }
+        Ok(summaries)
+    }
+
+    /// Usage entries the next commit stores if the entries in `touched`
+    /// change too: those changed so far and the distinct new ones (sorts
+    /// and dedups `touched`).
+    pub(crate) fn usage_with(&self, touched: &mut Vec<u64>) -> u64 {
+        touched.sort_unstable();
+        touched.dedup();
+        let new = touched.iter().filter(|e| !self.is_dirty(**e)).count() as u64;
+        self.ndirty + new
+    }
+
+    /// The changed usage entries with their payloads (entry number,
+    /// payload), in entry order.
+    pub(crate) fn dirty_payloads(&self) -> Result<Vec<(u64, meta::Payload)>> {
+        let mut out = Vec::new();
+        out.try_reserve_exact(self.ndirty as usize)?;
+        for (wi, w) in self.dirty.iter().enumerate() {
+            let mut bits = *w;
+            while bits != 0 {
+                let b = u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                let e = wi as u64 * 64 + b;
+                out.push((e, self.usage_payload(e)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The payload of usage entry `e` (segments past the end count 0).
+    pub(crate) fn usage_payload(&self, e: u64) -> meta::Payload {
+        let mut vals = [0u32; 12];
+        let first = e * u64::from(meta::SEGS_PER_ENTRY);
+        for (i, v) in vals.iter_mut().enumerate() {
+            *v = usize::try_from(first + i as u64)
+                .ok()
+                .and_then(|s| self.valid.get(s).copied())
+                .unwrap_or(0);
+        }
+        meta::pack(&vals)
+    }
+
+    /// After a commit stored every dirty entry.
+    pub(crate) fn clear_dirty(&mut self) {
+        self.dirty.iter_mut().for_each(|w| *w = 0);
+        self.ndirty = 0;
+    }
+
+    /// At open: the counts of usage entry `e` as committed. `Corrupted` if
+    /// a count exceeds the segment size or a segment past the end counts.
+    pub(crate) fn load_usage(&mut self, e: u64, p: &meta::Payload) -> Result<u64> {
+        let mut sum = 0u64;
+        let first = e * u64::from(meta::SEGS_PER_ENTRY);
+        for (i, c) in meta::unpack(p).iter().enumerate() {
+            let seg = first + i as u64;
+            let slot = usize::try_from(seg)
+                .ok()
+                .and_then(|s| self.valid.get_mut(s));
+            match slot {
+                Some(v) if *c <= self.seg_blocks => *v = *c,
+                None if *c == 0 => {}
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::Corrupted,
+                        "segment usage table: count out of range",
+                    ))
+                }
+            }
+            sum += u64::from(*c);
+        }
+        Ok(sum)
+    }
+
+    /// Counts one more valid block at `hba` (a new write or a moved block).
+    pub(crate) fn add_valid(&mut self, hba: u64) -> Result<()> {
+        let seg = self.seg_of(hba);
+        let sb = self.seg_blocks;
+        let v = self.valid.get_mut(seg as usize).ok_or(Error::new(
             ErrorKind::Corrupted,
-            "index points past the data region",
+            "block past the data region",
         ))?;
-        if cur != NO_LBA {
+        if *v >= sb {
             return Err(Error::new(
                 ErrorKind::Corrupted,
-                "two logical blocks map to one data block",
+                "segment usage: more valid blocks than the segment holds",
             ));
         }
-        if lba == NO_LBA || self.fwd.get(u64::from(lba)).is_none() {
-            return Err(Error::new(ErrorKind::Corrupted, "LBA past the capacity"));
-        }
-        self.rmap.set(hba, lba)?;
-        self.fwd.set(u64::from(lba), hba as u32)?;
-        let v = self.valid.get_mut(seg).ok_or(internal("segment"))?;
         *v += 1;
+        self.mark_dirty(seg);
         Ok(())
     }
 
-    /// Marks `hba` as no longer holding live data. A sealed segment whose
-    /// last valid block goes becomes `Pending`.
+    /// Counts one valid block less at `hba` (its LBA was overwritten,
+    /// unmapped or moved). A sealed segment whose last valid block goes
+    /// becomes `Pending`.
     pub(crate) fn invalidate(&mut self, hba: u64) -> Result<()> {
-        let seg = self.seg_of(hba) as usize;
-        let lba = self
-            .rmap
-            .get(hba)
-            .ok_or(internal("invalidate past the data region"))?;
-        if lba == NO_LBA {
-            return Err(internal("invalidate of a block that is not valid"));
-        }
-        self.rmap.set(hba, NO_LBA)?;
-        if self
-            .fwd
-            .get(u64::from(lba))
-            .is_some_and(|f| u64::from(f) == hba)
-        {
-            self.fwd.set(u64::from(lba), NO_HBA)?;
-        }
-        let v = self.valid.get_mut(seg).ok_or(internal("segment"))?;
-        *v = v.saturating_sub(1);
+        let seg = self.seg_of(hba);
+        let v = self.valid.get_mut(seg as usize).ok_or(Error::new(
+            ErrorKind::Corrupted,
+            "index points past the data region",
+        ))?;
         if *v == 0 {
-            let st = self.state.get_mut(seg).ok_or(internal("segment"))?;
+            return Err(Error::new(
+                ErrorKind::Corrupted,
+                "segment usage: a block of an empty segment is in use",
+            ));
+        }
+        *v -= 1;
+        let now = *v;
+        self.mark_dirty(seg);
+        if now == 0 {
+            let st = self
+                .state
+                .get_mut(seg as usize)
+                .ok_or(internal("segment"))?;
             if *st == SegState::Used {
                 *st = SegState::Pending;
                 self.npending += 1;
@@ -176,8 +310,8 @@ impl Segments {
         Ok(())
     }
 
-    /// After rebuilding validity at open: every segment with valid blocks is
-    /// `Used`, the others `Free`.
+    /// After loading the usage table at open: every segment with valid
+    /// blocks is `Used`, the others `Free`.
     pub(crate) fn settle_after_open(&mut self) {
         self.free.clear();
         self.npending = 0;
@@ -241,6 +375,9 @@ impl Segments {
                     self.seal(o)?;
                 }
                 *self.state.get_mut(s as usize).ok_or(internal("segment"))? = SegState::Active;
+                if let Some(sm) = self.summ.get_mut(head as usize) {
+                    sm.iter_mut().for_each(|l| *l = NO_LBA);
+                }
                 (s, 0)
             }
         };
@@ -252,6 +389,47 @@ impl Segments {
             u64::from(seg) * u64::from(self.seg_blocks) + u64::from(off),
             n,
         ))
+    }
+
+    /// Notes that the run of `head` at `hba` (from [`Self::alloc_run`])
+    /// holds `lbas`, and returns the summary entries covering it (key,
+    /// payload), to be stored in the index.
+    pub(crate) fn record_run(
+        &mut self,
+        head: Head,
+        hba: u64,
+        lbas: &[u32],
+    ) -> Result<Vec<(u64, meta::Payload)>> {
+        let sb = self.seg_blocks;
+        let seg = self.seg_of(hba);
+        let first = (hba % u64::from(sb)) as u32;
+        let n = u32::try_from(lbas.len()).map_err(|_| internal("run"))?;
+        ensure_run(
+            self.active.get(head as usize).copied().flatten(),
+            seg,
+            first,
+            n,
+        )?;
+        let sm = self.summ.get_mut(head as usize).ok_or(internal("head"))?;
+        let slots = sm
+            .get_mut(first as usize..(first + n) as usize)
+            .ok_or(internal("run past the segment"))?;
+        slots.copy_from_slice(lbas);
+        let per = meta::BLOCKS_PER_ENTRY;
+        let mut out = Vec::new();
+        if n == 0 {
+            return Ok(out);
+        }
+        let (e0, e1) = (first / per, (first + n - 1) / per);
+        out.try_reserve_exact((e1 - e0 + 1) as usize)?;
+        for e in e0..=e1 {
+            let mut vals = [NO_LBA; 12];
+            for (i, v) in vals.iter_mut().enumerate() {
+                *v = sm.get((e * per) as usize + i).copied().unwrap_or(NO_LBA);
+            }
+            out.push((meta::summary_key(seg, e * per, sb), meta::pack(&vals)));
+        }
+        Ok(out)
     }
 
     fn seal(&mut self, s: u32) -> Result<()> {
@@ -316,21 +494,19 @@ mod tests {
 
     #[test]
     fn alloc_invalidate_pending_release() {
-        let mut s = Segments::new(4, 4, 16).unwrap();
+        let mut s = Segments::new(4, 4).unwrap();
         assert_eq!(s.free_blocks(), 16);
         let (h, n) = s.alloc_run(Head::User, 3).unwrap();
         assert_eq!((h, n), (0, 3));
         for i in 0..3 {
-            s.set_valid(i, i as u32).unwrap();
+            s.add_valid(i).unwrap();
         }
         let (h, n) = s.alloc_run(Head::User, 3).unwrap();
         assert_eq!((h, n), (3, 1));
-        s.set_valid(3, 9).unwrap();
-        assert_eq!(s.hba_of(9), Some(3));
-        assert_eq!(s.hba_of(8), None);
+        s.add_valid(3).unwrap();
+        assert!(s.add_valid(0).is_err(), "a fifth block in a segment of 4");
         let (h, _) = s.alloc_run(Head::User, 1).unwrap();
         assert_eq!(h, 4);
-        assert!(s.set_valid(0, 5).is_err());
         // Segment 0 is sealed now; emptying it makes it pending, not free.
         for i in 0..4 {
             s.invalidate(i).unwrap();
@@ -344,17 +520,124 @@ mod tests {
 
     #[test]
     fn victim_is_least_valid_sealed() {
-        let mut s = Segments::new(4, 4, 16).unwrap();
-        for i in 0..12u64 {
+        let mut s = Segments::new(4, 4).unwrap();
+        for _ in 0..12u64 {
             let (h, _) = s.alloc_run(Head::User, 1).unwrap();
-            s.set_valid(h, i as u32).unwrap();
+            s.add_valid(h).unwrap();
         }
         s.alloc_run(Head::User, 1).unwrap(); // seals segment 2
         s.invalidate(5).unwrap();
         s.invalidate(6).unwrap();
         s.invalidate(0).unwrap();
         assert_eq!(s.pick_victim(), Some((1, 2)));
-        assert_eq!(s.lba_at(4), 4);
-        assert_eq!(s.lba_at(5), NO_LBA);
+    }
+
+    #[test]
+    fn usage_entries_round_trip_and_track_changes() {
+        let mut s = Segments::new(30, 8).unwrap();
+        assert_eq!(s.dirty_entries(), 0);
+        for _ in 0..20 {
+            let (h, n) = s.alloc_run(Head::User, 1).unwrap();
+            assert_eq!(n, 1);
+            s.add_valid(h).unwrap();
+        }
+        // Blocks 0..20: segments 0, 1 (8 each) and 2 (4): entry 0 only.
+        assert_eq!(s.dirty_entries(), 1);
+        let (h, _) = s.alloc_run(Head::Cleaner, 1).unwrap();
+        assert_eq!(s.seg_of(h), 3);
+        s.add_valid(h).unwrap();
+        let d = s.dirty_payloads().unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!(meta::unpack(&d[0].1)[..4], [8, 8, 4, 1]);
+        let mut t = Segments::new(30, 8).unwrap();
+        let mut sum = 0;
+        for e in 0..meta::usage_entries(30) {
+            sum += t.load_usage(e, &s.usage_payload(e)).unwrap();
+        }
+        assert_eq!(sum, 21);
+        t.settle_after_open();
+        assert_eq!(t.counts(), (26, 0, 4, 0));
+        assert_eq!(t.valid_in(2), 4);
+        s.clear_dirty();
+        assert_eq!(s.dirty_entries(), 0);
+        // Counts above the segment size, or for segments past the end.
+        let mut bad = [0u32; 12];
+        bad[0] = 9;
+        assert!(t.load_usage(0, &meta::pack(&bad)).is_err());
+        let mut bad = [0u32; 12];
+        bad[11] = 1; // segment 35 of 30
+        assert!(t.load_usage(2, &meta::pack(&bad)).is_err());
+    }
+
+    #[test]
+    fn append_plan_counts_what_the_runs_store() {
+        // Segments of 30 blocks (3 summary entries, the last one partial),
+        // 40 segments (4 usage entries); the head at various offsets.
+        for start in [0u64, 1, 11, 12, 29, 30, 31, 59] {
+            for n in [1u64, 2, 12, 13, 29, 30, 31, 61, 95] {
+                let mut s = Segments::new(40, 30).unwrap();
+                let mut lbas = 0u32;
+                let mut left = start;
+                while left > 0 {
+                    let (h, k) = s.alloc_run(Head::User, left).unwrap();
+                    let l: Vec<u32> = (lbas..lbas + k as u32).collect();
+                    lbas += k as u32;
+                    s.record_run(Head::User, h, &l).unwrap();
+                    s.add_valid(h).unwrap();
+                    left -= k;
+                }
+                s.clear_dirty();
+                let mut planned = Vec::new();
+                let summaries = s.append_plan(Head::User, n, &mut planned).unwrap();
+                let usage = s.usage_with(&mut planned);
+                let mut keys = Vec::new();
+                let mut left = n;
+                while left > 0 {
+                    let (h, k) = s.alloc_run(Head::User, left).unwrap();
+                    let l: Vec<u32> = (0..k as u32).collect();
+                    for (key, _) in s.record_run(Head::User, h, &l).unwrap() {
+                        keys.push(key);
+                    }
+                    for b in h..h + k {
+                        s.add_valid(b).unwrap();
+                    }
+                    left -= k;
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                assert_eq!(summaries, keys.len() as u64, "start {start}, n {n}");
+                assert_eq!(usage, s.dirty_entries(), "start {start}, n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn summaries_cover_the_run_and_reset_with_a_new_segment() {
+        let mut s = Segments::new(4, 16).unwrap();
+        let (h, n) = s.alloc_run(Head::User, 10).unwrap();
+        let lbas: Vec<u32> = (100..100 + n as u32).collect();
+        let e = s.record_run(Head::User, h, &lbas).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].0, meta::summary_key(0, 0, 16));
+        let (h, n) = s.alloc_run(Head::User, 4).unwrap();
+        assert_eq!((h, n), (10, 4));
+        let e = s.record_run(Head::User, h, &[1, 2, 3, 4]).unwrap();
+        assert_eq!(e.len(), 2, "offsets 10..14 span entries 0 and 1");
+        let first = meta::unpack(&e[0].1);
+        assert_eq!(
+            first[..12],
+            [100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 1, 2]
+        );
+        let second = meta::unpack(&e[1].1);
+        assert_eq!(second[..3], [3, 4, NO_LBA]);
+        // Only the head's last run may be recorded.
+        assert!(s.record_run(Head::User, 0, &[5]).is_err());
+        assert!(s.record_run(Head::Cleaner, h, &[5]).is_err());
+        // A new segment of the head starts an empty summary.
+        s.alloc_run(Head::User, 2).unwrap();
+        let (h, _) = s.alloc_run(Head::User, 1).unwrap();
+        assert_eq!(s.seg_of(h), 1);
+        let e = s.record_run(Head::User, h, &[9]).unwrap();
+        assert_eq!(meta::unpack(&e[0].1)[..2], [9, NO_LBA]);
     }
 }

@@ -22,7 +22,7 @@
 //!
 //! ```text
 //!   0..8     magic "MLSDUSER"
-//!   8..10    format version (2; version 1 is Unsupported)
+//!   8..10    format version (3; versions 1 and 2 are Unsupported)
 //!   10..12   type (2 = user state)
 //!   12..16   zero
 //!   16..32   disk UUID (binds the index to this superblock)
@@ -53,8 +53,8 @@ const US_MAGIC: &[u8; 8] = b"MLSDUSER";
 const TYPE_SB: u16 = 1;
 const TYPE_US: u16 = 2;
 /// The user-state format version written by this code (1: no nonce and
-/// no chain, refused).
-pub const USER_STATE_VERSION: u16 = 2;
+/// no chain; 2: segment state not in the index; both refused).
+pub const USER_STATE_VERSION: u16 = 3;
 /// Length of a commit's nonce.
 pub const NONCE_LEN: usize = 16;
 const DIGEST_LABEL: &[u8] = b"MLSD-USER-DIGEST-v2";
@@ -211,7 +211,7 @@ impl UserState {
         if r.u16()? != USER_STATE_VERSION {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                "user state: unknown format version (this code reads version 2)",
+                "user state: unknown format version (this code reads version 3)",
             ));
         }
         ensure!(

@@ -106,16 +106,43 @@ impl WriteBuffer {
         (&self.lbas, &self.data)
     }
 
-    pub(crate) fn clear(&mut self) {
-        self.lbas.clear();
-        self.data.clear();
-        self.slot.clear();
+    /// Keeps the first `keep` slots and drops the others (after a flush
+    /// of the buffer's tail).
+    pub(crate) fn truncate(&mut self, keep: usize) {
+        if keep >= self.lbas.len() {
+            return;
+        }
+        for l in self.lbas.drain(keep..) {
+            self.slot.remove(&l);
+        }
+        self.data.truncate(keep * BLOCK_SIZE);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncate_keeps_the_first_slots() {
+        let mut w = WriteBuffer::new(4).unwrap();
+        for (i, l) in [9u64, 3, 7, 5].iter().enumerate() {
+            w.put(*l, &[i as u8; BLOCK_SIZE]).unwrap();
+        }
+        w.truncate(2);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.parts().0, &[9, 3]);
+        assert!(w.contains(3) && !w.contains(7) && !w.contains(5));
+        assert_eq!(w.get(3).unwrap(), &[1; BLOCK_SIZE]);
+        // The dropped slots are free again.
+        w.put(7, &[8; BLOCK_SIZE]).unwrap();
+        assert_eq!(w.get(7).unwrap(), &[8; BLOCK_SIZE]);
+        w.truncate(5);
+        assert_eq!(w.len(), 3);
+        w.truncate(0);
+        assert_eq!(w.len(), 0);
+        assert!(!w.contains(9));
+    }
 
     #[test]
     fn put_overwrite_remove() {

@@ -65,6 +65,11 @@ impl BlockCache {
         self.map.contains_key(&(table, pos)) || self.map.len() < self.limit
     }
 
+    /// Whether block `pos` of `table` is held.
+    pub fn holds(&self, table: u64, pos: u64) -> bool {
+        self.map.contains_key(&(table, pos))
+    }
+
     /// Blocks held.
     pub fn blocks(&self) -> usize {
         self.map.len()

@@ -23,8 +23,9 @@
 //!   tables newest first, then one table per deeper level; in each table the
 //!   bloom filter block (skipped in the deepest level), the index block,
 //!   one data block. Index and bloom blocks are pinned in memory
-//!   ([`LsmConfig::pinned_meta_blocks`], loaded at open), so while they fit
-//!   a lookup reads at most one block, its data block, through a bounded
+//!   ([`LsmConfig::pinned_meta_blocks`], loaded on first use and when a
+//!   flush or compaction installs a table, never at open), so once loaded
+//!   and while they fit a lookup reads at most one block, its data block, through a bounded
 //!   LRU cache.
 //! - **Compaction** runs in bounded steps ([`TxLsmTree::compact_step`]): each
 //!   step merges at most [`LsmConfig::step_records`] records. A flush of the
@@ -182,8 +183,9 @@ pub struct LsmConfig {
     pub meta_cache_blocks: usize,
     /// Index and bloom blocks pinned in memory (4 KiB each): the index
     /// blocks of every table and the bloom blocks of the filters lookups
-    /// use (every level but the deepest), loaded at open and on first
-    /// use, never evicted. While they fit, a lookup reads at most one
+    /// use (every level but the deepest), loaded on first use and when a
+    /// table is installed (not at open, which stays constant-time), never
+    /// evicted. While they fit, a lookup reads at most one
     /// block from the device: the data block of its key.
     pub pinned_meta_blocks: usize,
     /// Cached data blocks (4 KiB each).

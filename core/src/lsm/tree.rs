@@ -124,6 +124,8 @@ pub const L0_STALL_FACTOR: usize = 2;
 /// Levels of Merkle nodes of a table's log at most (a table has fewer than
 /// 72^3 blocks).
 const LOG_NODE_LEVELS: u64 = 3;
+/// Pinned blocks one background step loads after an open.
+const PIN_STEP_BLOCKS: usize = 64;
 
 #[derive(Clone)]
 struct Table<Id> {
@@ -189,6 +191,8 @@ pub struct LsmTree<S: LogStore, V: LsmValue> {
     /// A compaction was due but did not fit in the free chunks: only a
     /// commit (which frees the pinned chunks) lets it start.
     waits_for_commit: bool,
+    /// Pinned blocks are still to load after an open ([`Self::pin_step`]).
+    pins_pending: bool,
     /// Logs finished since the last commit (sealed tables, frozen WALs):
     /// the commit writes the last Merkle nodes of each.
     unflushed_logs: u64,
@@ -249,6 +253,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                 ..LsmStats::default()
             },
             waits_for_commit: false,
+            pins_pending: false,
             unflushed_logs: 0,
             batch: 0,
         })
@@ -338,7 +343,10 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             }
         }
         t.sort_and_check_levels()?;
-        t.load_pinned()?;
+        // The pinned index and bloom blocks load on first use (a lookup
+        // pins what it reads while there is room), not here: open reads
+        // nothing per table but its footer. Background steps load them.
+        t.pins_pending = true;
         // WALs: at most two generations (immutable + mutable memtable).
         let mut wals: Vec<(u64, S::LogId)> = Vec::new();
         for id in t.store.logs_with_tag(TAG_WAL)? {
@@ -772,7 +780,8 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
 
     /// Runs one bounded unit of background work: a step of the flush of the
     /// immutable memtable, else a step of a compaction (planning one if
-    /// needed). Returns whether more work remains. The work becomes durable
+    /// needed), else, after an open, loading some of the pinned index and
+    /// bloom blocks ([`LsmConfig::pinned_meta_blocks`]). Returns whether more work remains. The work becomes durable
     /// with the next [`Self::sync`].
     pub fn compact_step(&mut self) -> Result<bool> {
         self.guarded(|t| {
@@ -782,11 +791,11 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             } else {
                 t.compaction_step(budget)?;
             }
-            Ok(
-                t.imm.is_some()
-                    || t.job.is_some()
-                    || (t.compaction_needed() && !t.waits_for_commit),
-            )
+            let more = t.imm.is_some()
+                || t.job.is_some()
+                || (t.compaction_needed() && !t.waits_for_commit);
+            // Idle otherwise: warm the pinned set an open left cold.
+            Ok(more || t.pin_step())
         })
     }
 
@@ -1127,8 +1136,11 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     /// pinned set, while it has room: first the index blocks of every
     /// table, then the bloom blocks of every level whose filters lookups
     /// use (all but the deepest; L0 always). Blocks already pinned cost
-    /// nothing. At most `pinned_meta_blocks` blocks are read.
-    fn load_pinned(&mut self) -> Result<()> {
+    /// nothing. At most `limit` blocks are read (and never more than
+    /// `pinned_meta_blocks` are held); true when nothing is left to load
+    /// (or no room is left), false when `limit` stopped it.
+    fn load_pinned(&mut self, limit: usize) -> Result<bool> {
+        let mut loaded = 0;
         let deepest = self.levels.iter().rposition(|lv| !lv.is_empty());
         for blooms in [false, true] {
             for (l, lv) in self.levels.iter().enumerate() {
@@ -1150,9 +1162,13 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                     };
                     for i in 0..count {
                         let pos = start + u64::from(i);
-                        if !self.pinned.holds_or_has_room(info.seq, pos) {
-                            return Ok(());
+                        if self.pinned.holds(info.seq, pos) {
+                            continue;
                         }
+                        if loaded >= limit || !self.pinned.holds_or_has_room(info.seq, pos) {
+                            return Ok(loaded < limit);
+                        }
+                        loaded += 1;
                         let (vs, seq, k) = (info.value_size, info.seq, info.bloom_k);
                         let j = i as usize;
                         let check = |blk: &[u8]| {
@@ -1167,7 +1183,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Pins the blocks of tables a flush or compaction just installed (and
@@ -1175,7 +1191,17 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     /// a block that cannot be read now is left out, and the lookup that
     /// needs it reads it (and reports the error) itself.
     fn pin_new_tables(&mut self) {
-        let _ = self.load_pinned();
+        let _ = self.load_pinned(usize::MAX);
+    }
+
+    /// Loads up to [`PIN_STEP_BLOCKS`] pinned blocks after an open (best
+    /// effort: a block that cannot be read now is left to the lookup that
+    /// needs it, which reports the error); true while more are to load.
+    fn pin_step(&mut self) -> bool {
+        if self.pins_pending {
+            self.pins_pending = matches!(self.load_pinned(PIN_STEP_BLOCKS), Ok(false));
+        }
+        self.pins_pending
     }
 
     /// Whether a due compaction waits for a commit to free chunks.
