@@ -60,6 +60,7 @@ pub mod log;
 pub mod lsm;
 pub mod platform;
 pub mod selftest;
+pub mod vec_map;
 
 pub use error::{Cause, Error, ErrorKind, Result};
 

@@ -50,11 +50,12 @@
 //!
 //! Byte layouts: `docs/format.md`, section "CryptoLog".
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use crate::bio::{BlockSet, BLOCK_SIZE};
 use crate::platform::{AeadKey, Iv, Mac, MAC_LEN};
+use crate::vec_map::VecMap;
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
 
 /// Magic of a CryptoLog tree node (first 4 bytes of its plaintext).
@@ -662,7 +663,7 @@ impl CryptoLog {
 #[derive(Debug, Default)]
 pub struct NodeCache {
     capacity: usize,
-    map: BTreeMap<(u64, Mac), CachedNode>,
+    map: VecMap<(u64, Mac), CachedNode>,
     order: VecDeque<(u64, Mac)>,
     hits: u64,
     misses: u64,
@@ -723,6 +724,7 @@ impl NodeCache {
             }
         }
         self.order.try_reserve(1)?;
+        self.map.try_reserve(1)?;
         let k = (parent.addr, parent.mac);
         if self
             .map
@@ -733,7 +735,7 @@ impl NodeCache {
                     level,
                     entries,
                 },
-            )
+            )?
             .is_none()
         {
             self.order.push_back(k);

@@ -1,17 +1,17 @@
 //! The write buffer: the newest version of recently written blocks, in
 //! memory, until they go to the data log as one sequential run.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::bio::BLOCK_SIZE;
+use crate::vec_map::VecMap;
 use crate::{Error, ErrorKind, Result};
 
 pub(crate) struct WriteBuffer {
     cap: usize,
     lbas: Vec<u64>,
     data: Vec<u8>,
-    slot: BTreeMap<u64, usize>,
+    slot: VecMap<u64, usize>,
 }
 
 fn range(i: usize) -> core::ops::Range<usize> {
@@ -24,11 +24,15 @@ impl WriteBuffer {
         data.try_reserve_exact(cap.checked_mul(BLOCK_SIZE).ok_or(Error::oom())?)?;
         let mut lbas = Vec::new();
         lbas.try_reserve_exact(cap)?;
+        // The slot map is bounded by `cap` too: reserved now, an insert
+        // never allocates.
+        let mut slot = VecMap::new();
+        slot.try_reserve(cap)?;
         Ok(Self {
             cap,
             lbas,
             data,
-            slot: BTreeMap::new(),
+            slot,
         })
     }
 
@@ -71,7 +75,7 @@ impl WriteBuffer {
         if self.is_full() {
             return Err(Error::new(ErrorKind::InvalidState, "write buffer full"));
         }
-        self.slot.insert(lba, self.lbas.len());
+        self.slot.insert(lba, self.lbas.len())?;
         self.lbas.push(lba);
         self.data.extend_from_slice(block);
         Ok(())
@@ -92,7 +96,8 @@ impl WriteBuffer {
             if let Some(l) = self.lbas.get_mut(i) {
                 *l = moved;
             }
-            self.slot.insert(moved, i);
+            // `moved` is held: this replaces its slot, no allocation.
+            self.slot.insert(moved, i)?;
         }
         self.lbas.pop();
         self.data.truncate(last * BLOCK_SIZE);

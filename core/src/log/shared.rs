@@ -6,7 +6,7 @@
 //! conflicts (first committer wins), appends its record to the journal and
 //! installs its copies. The chunk pool has its own short lock.
 
-use alloc::collections::BTreeMap;
+use crate::vec_map::VecMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::RefCell;
@@ -52,7 +52,7 @@ pub struct SharedStats {
 struct State<D: BlockSet> {
     store: TxLogStore<D>,
     /// Committed log id -> the transaction that holds its append right.
-    appenders: BTreeMap<u64, u64>,
+    appenders: VecMap<u64, u64>,
     active: u64,
 }
 
@@ -98,7 +98,7 @@ impl<D: BlockSet, P: SyncPlatform> SharedLogStore<D, P> {
             state: P::Mutex::new(
                 State {
                     store,
-                    appenders: BTreeMap::new(),
+                    appenders: VecMap::new(),
                     active: 0,
                 },
                 LockClass::LogState,
@@ -123,7 +123,7 @@ impl<D: BlockSet, P: SyncPlatform> SharedLogStore<D, P> {
             id: self.next_tx_id.fetch_add(1, Ordering::Relaxed),
             tx: Some(Tx::new(self.next_log_id.load(Ordering::Relaxed))),
             appending: Vec::new(),
-            reads: RefCell::new(BTreeMap::new()),
+            reads: RefCell::new(VecMap::new()),
         })
     }
 
@@ -208,7 +208,7 @@ pub struct TxHandle<'s, D: BlockSet, P: SyncPlatform> {
     /// the version it saw: they must be unchanged when it appends or
     /// commits, so what it read stays true (a `RefCell` so reads take
     /// `&self`; a handle is used by one thread at a time).
-    reads: RefCell<BTreeMap<u64, u64>>,
+    reads: RefCell<VecMap<u64, u64>>,
 }
 
 fn conflict(msg: &'static str) -> Error {
@@ -253,7 +253,7 @@ impl<D: BlockSet, P: SyncPlatform> TxHandle<'_, D, P> {
                 alloc_pos: 0,
                 version: 0,
             }),
-        );
+        )?;
         tx.next_log_id = tx.next_log_id.max(id.saturating_add(1));
         Ok(LogId(id))
     }
@@ -300,8 +300,9 @@ impl<D: BlockSet, P: SyncPlatform> TxHandle<'_, D, P> {
                     return Err(conflict("log changed by another transaction"));
                 }
             }
+            appenders.try_reserve(1)?;
             tx_log(tx, &inner.logs, id)?;
-            appenders.insert(id, me);
+            appenders.insert(id, me)?;
             self.appending.push(id);
         }
         tx.append(id, blocks, &*store.chunks, store.chunk_blocks, &mut || {
@@ -348,7 +349,7 @@ impl<D: BlockSet, P: SyncPlatform> TxHandle<'_, D, P> {
                 .get(&log.0)
                 .ok_or(Error::new(ErrorKind::NotFound, "no such log"))?;
             if let Ok(mut reads) = self.reads.try_borrow_mut() {
-                reads.entry(log.0).or_insert(c.version);
+                reads.get_or_insert_with(log.0, || c.version)?;
             }
             LogState {
                 tag: c.tag,
@@ -484,6 +485,7 @@ impl<D: BlockSet, P: SyncPlatform> TxHandle<'_, D, P> {
                 r?
             }
         };
+        st.store.reserve_install(tx)?;
         st.store.write_record(&rec, plan)?;
         let tx = self
             .tx

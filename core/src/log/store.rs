@@ -1,6 +1,6 @@
 //! `TxLogStore`: many append-only logs inside atomic transactions.
 
-use alloc::collections::btree_map::{BTreeMap, Entry as MapEntry};
+use crate::vec_map::VecMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
@@ -197,10 +197,10 @@ impl LogState {
 /// deleted), the version each copied log had when it was copied, the chunks
 /// it took and the chunks it frees at commit.
 pub(super) struct Tx {
-    pub(super) logs: BTreeMap<u64, Option<LogState>>,
+    pub(super) logs: VecMap<u64, Option<LogState>>,
     /// Log id -> the committed version the copy was made from (logs the
     /// transaction created are not here).
-    pub(super) base: BTreeMap<u64, u64>,
+    pub(super) base: VecMap<u64, u64>,
     pub(super) new_chunks: Vec<ChunkId>,
     pub(super) freed: Vec<ChunkId>,
     pub(super) next_log_id: u64,
@@ -210,8 +210,8 @@ pub(super) struct Tx {
 impl Tx {
     pub(super) fn new(next_log_id: u64) -> Self {
         Self {
-            logs: BTreeMap::new(),
-            base: BTreeMap::new(),
+            logs: VecMap::new(),
+            base: VecMap::new(),
             new_chunks: Vec::new(),
             freed: Vec::new(),
             next_log_id,
@@ -233,7 +233,8 @@ impl Tx {
             return Err(e.into());
         }
         self.freed.extend_from_slice(&chunks);
-        self.logs.insert(id, None);
+        // `id` is held: replacing its value allocates nothing.
+        self.logs.insert(id, None)?;
         Ok(())
     }
 
@@ -406,7 +407,7 @@ pub struct TxLogStore<D: BlockSet> {
     pub(super) chunks: Arc<BlockRange<D>>,
     salt: [u8; 16],
     pub(super) cfg: LogStoreConfig,
-    pub(super) logs: BTreeMap<u64, LogState>,
+    pub(super) logs: VecMap<u64, LogState>,
     /// The chunk pool. Inside a `SharedLogStore` the pool lives under its
     /// own lock and this one is an empty placeholder, never used.
     pub(super) pool: ChunkPool,
@@ -509,7 +510,7 @@ impl<D: BlockSet> TxLogStore<D> {
             chunks: Arc::new(chunks),
             salt,
             cfg,
-            logs: BTreeMap::new(),
+            logs: VecMap::new(),
             pool: ChunkPool::new(nchunks)?,
             nchunks,
             next_log_id: 0,
@@ -587,7 +588,7 @@ impl<D: BlockSet> TxLogStore<D> {
             chunks: Arc::new(chunks),
             salt: root.salt,
             cfg,
-            logs: BTreeMap::new(),
+            logs: VecMap::new(),
             pool: ChunkPool::new(nchunks)?,
             nchunks,
             next_log_id: 0,
@@ -690,7 +691,7 @@ impl<D: BlockSet> TxLogStore<D> {
                             alloc_pos: e.alloc_pos,
                             version: h.counter,
                         },
-                    );
+                    )?;
                 }
             }
         }
@@ -742,6 +743,7 @@ impl<D: BlockSet> TxLogStore<D> {
     pub fn create_log(&mut self, tag: u64) -> Result<LogId> {
         let log = CryptoLog::new(self.crypto.clone(), self.cfg.key_len)?;
         let tx = self.tx_mut()?;
+        tx.logs.try_reserve(1)?;
         let id = tx.next_log_id;
         tx.next_log_id = id
             .checked_add(1)
@@ -756,7 +758,7 @@ impl<D: BlockSet> TxLogStore<D> {
                 alloc_pos: 0,
                 version: 0,
             }),
-        );
+        )?;
         Ok(LogId(id))
     }
 
@@ -845,6 +847,10 @@ impl<D: BlockSet> TxLogStore<D> {
                 return Err(e);
             }
         };
+        if let Err(e) = self.reserve_install(&tx) {
+            self.tx = Some(tx);
+            return Err(e);
+        }
         if let Err(e) = self.write_record(&rec, plan) {
             self.tx = Some(tx);
             return Err(e);
@@ -924,9 +930,21 @@ impl<D: BlockSet> TxLogStore<D> {
         Ok(())
     }
 
+    /// Makes the room [`Self::install`] needs for the logs `tx` creates
+    /// (before the journal write: out of memory then changes nothing).
+    pub(super) fn reserve_install(&mut self, tx: &Tx) -> Result<()> {
+        let new = tx
+            .logs
+            .iter()
+            .filter(|(id, st)| st.is_some() && !self.logs.contains_key(id))
+            .count();
+        self.logs.try_reserve(new)
+    }
+
     /// Makes a durable transaction the committed state in memory. Returns
     /// the chunks of the logs it deleted: the caller gives them back to the
-    /// pool.
+    /// pool. Needs the room [`Self::reserve_install`] made (without it, out
+    /// of memory marks the store broken).
     pub(super) fn install(&mut self, tx: Tx, new_user_state: Vec<u8>) -> Vec<ChunkId> {
         let version = self.counter.saturating_add(1);
         for (id, st) in tx.logs {
@@ -936,7 +954,9 @@ impl<D: BlockSet> TxLogStore<D> {
                         st.log.release_frontier();
                     }
                     st.version = version;
-                    self.logs.insert(id, st);
+                    if self.logs.insert(id, st).is_err() {
+                        self.broken = true;
+                    }
                 }
                 None => {
                     self.logs.remove(&id);
@@ -1245,25 +1265,26 @@ fn put_log(enc: &mut Encoder, id: u64, st: &LogState, old_chunks: usize) -> Resu
 /// version it was made from).
 pub(super) fn tx_log<'a>(
     tx: &'a mut Tx,
-    logs: &BTreeMap<u64, LogState>,
+    logs: &VecMap<u64, LogState>,
     id: u64,
 ) -> Result<&'a mut LogState> {
-    match tx.logs.entry(id) {
-        MapEntry::Occupied(o) => o
-            .into_mut()
-            .as_mut()
-            .ok_or(Error::new(ErrorKind::NotFound, "log was deleted")),
-        MapEntry::Vacant(v) => {
-            let st = logs
-                .get(&id)
-                .ok_or(Error::new(ErrorKind::NotFound, "no such log"))?;
-            let copy = st.try_clone()?;
-            tx.base.insert(id, st.version);
-            v.insert(Some(copy))
-                .as_mut()
-                .ok_or(Error::new(ErrorKind::InvalidState, "log copy"))
-        }
+    if !tx.logs.contains_key(&id) {
+        let st = logs
+            .get(&id)
+            .ok_or(Error::new(ErrorKind::NotFound, "no such log"))?;
+        let copy = st.try_clone()?;
+        // Both maps' room first: out of memory leaves the transaction as
+        // it was.
+        tx.logs.try_reserve(1)?;
+        tx.base.try_reserve(1)?;
+        tx.base.insert(id, st.version)?;
+        tx.logs.insert(id, Some(copy))?;
     }
+    tx.logs
+        .get_mut(&id)
+        .ok_or(Error::new(ErrorKind::InvalidState, "log copy"))?
+        .as_mut()
+        .ok_or(Error::new(ErrorKind::NotFound, "log was deleted"))
 }
 
 /// Fuzzing only: writes `records` (one commit each) into a fresh MAC chain

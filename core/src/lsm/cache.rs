@@ -4,9 +4,12 @@
 //! cache only after its check passed, so a hit needs no re-check. At most
 //! `max(capacity, 1)` blocks of 4 KiB are held (one is always kept as the
 //! buffer a miss is read into, so capacity 0 still works, uncached).
-//! `alloc` has no hash map: both maps are B-trees, O(log n) per access.
+//! Entries are a vector sorted by key (a hit is a binary search); the
+//! least recently used entry is found by a scan of the ticks, on a miss
+//! only (which reads and checks a block, far costlier). The vector is
+//! reserved with `try_reserve`, so a full cache or a failed allocation is
+//! an error (`OutOfMemory`), never an abort.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use super::format::BlockKind;
@@ -17,6 +20,7 @@ use crate::{Error, ErrorKind, Result};
 type Key = (u64, u64);
 
 struct Entry {
+    key: Key,
     tick: u64,
     data: Vec<u8>,
 }
@@ -27,8 +31,8 @@ pub struct BlockCache {
     /// The capacity asked for (`cap` is at least 1).
     limit: usize,
     tick: u64,
-    map: BTreeMap<Key, Entry>,
-    lru: BTreeMap<u64, Key>,
+    /// Sorted by key.
+    map: Vec<Entry>,
     hits: u64,
     misses: u64,
 }
@@ -40,8 +44,7 @@ impl BlockCache {
             cap: cap.max(1),
             limit: cap,
             tick: 0,
-            map: BTreeMap::new(),
-            lru: BTreeMap::new(),
+            map: Vec::new(),
             hits: 0,
             misses: 0,
         }
@@ -59,10 +62,14 @@ impl BlockCache {
         self.map.is_empty()
     }
 
+    fn find(&self, key: Key) -> core::result::Result<usize, usize> {
+        self.map.binary_search_by_key(&key, |e| e.key)
+    }
+
     /// Whether block `pos` of `table` is held, or there is room to load it
     /// without evicting anything (never, for a capacity of 0).
     pub fn holds_or_has_room(&self, table: u64, pos: u64) -> bool {
-        self.map.contains_key(&(table, pos)) || self.map.len() < self.limit
+        self.find((table, pos)).is_ok() || self.map.len() < self.limit
     }
 
     /// Whether block `pos` of `table` is held.
@@ -82,26 +89,21 @@ impl BlockCache {
 
     /// Drops every block of table `table`.
     pub fn remove_table(&mut self, table: u64) {
-        let keys: Vec<Key> = self
-            .map
-            .range((table, 0)..=(table, u64::MAX))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
-            if let Some(e) = self.map.remove(&k) {
-                self.lru.remove(&e.tick);
-            }
+        let lo = self.map.partition_point(|e| e.key.0 < table);
+        let hi = self.map.partition_point(|e| e.key.0 <= table);
+        if lo < hi {
+            self.map.drain(lo..hi);
         }
     }
 
     /// Drops everything.
     pub fn clear(&mut self) {
         self.map.clear();
-        self.lru.clear();
     }
 
     /// Block `pos` of table `table`: from the cache, or read from `src`,
-    /// checked with `check` and cached. A failed read or check caches nothing.
+    /// checked with `check` and cached. A failed read, check or allocation
+    /// caches nothing (an evicted block stays evicted).
     pub fn get_or_load(
         &mut self,
         table: u64,
@@ -112,35 +114,47 @@ impl BlockCache {
         let key = (table, pos);
         self.tick += 1;
         let tick = self.tick;
-        if let Some(e) = self.map.get_mut(&key) {
-            self.hits += 1;
-            self.lru.remove(&e.tick);
-            e.tick = tick;
-            self.lru.insert(tick, key);
-        } else {
-            self.misses += 1;
-            // Reuse the least recently used buffer when full.
-            let mut data = if self.map.len() >= self.cap {
-                match self.lru.pop_first() {
-                    Some((_, old)) => self.map.remove(&old).map(|e| e.data),
-                    None => None,
+        let at = match self.find(key) {
+            Ok(i) => {
+                self.hits += 1;
+                let e = self
+                    .map
+                    .get_mut(i)
+                    .ok_or(Error::new(ErrorKind::InvalidState, "cache: entry vanished"))?;
+                e.tick = tick;
+                return Ok(e.data.as_slice());
+            }
+            Err(i) => i,
+        };
+        self.misses += 1;
+        // Reuse the least recently used buffer when full.
+        let mut at = at;
+        let mut data = Vec::new();
+        if self.map.len() >= self.cap {
+            let lru = self
+                .map
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.tick)
+                .map(|(i, _)| i);
+            if let Some(i) = lru {
+                data = self.map.remove(i).data;
+                if i < at {
+                    at -= 1;
                 }
-            } else {
-                None
             }
-            .unwrap_or_default();
-            if data.len() != BLOCK_SIZE {
-                data.clear();
-                data.try_reserve_exact(BLOCK_SIZE)?;
-                data.resize(BLOCK_SIZE, 0);
-            }
-            src.read_block(pos, &mut data)?;
-            check(&data)?;
-            self.map.insert(key, Entry { tick, data });
-            self.lru.insert(tick, key);
         }
+        if data.len() != BLOCK_SIZE {
+            data.clear();
+            data.try_reserve_exact(BLOCK_SIZE)?;
+            data.resize(BLOCK_SIZE, 0);
+        }
+        self.map.try_reserve(1)?;
+        src.read_block(pos, &mut data)?;
+        check(&data)?;
+        self.map.insert(at, Entry { key, tick, data });
         self.map
-            .get(&key)
+            .get(at)
             .map(|e| e.data.as_slice())
             .ok_or(Error::new(ErrorKind::InvalidState, "cache: entry vanished"))
     }

@@ -8,17 +8,14 @@
 //! steps; the number of sources is small (the L0 tables + one per level), so
 //! the minimum is found by a linear scan.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
-use core::ops::Bound;
 
 use super::table::{TableCursor, TableInfo};
 use super::tree::{LogSource, LogStore};
 use super::LsmValue;
 use crate::Result;
 
-/// A memtable.
-pub type MemTable<V> = BTreeMap<u64, Option<V>>;
+pub use super::memtable::MemTable;
 
 /// Which memtable a source reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,11 +80,7 @@ impl<Id: Copy> Source<Id> {
                 let Some(map) = map else {
                     return Ok(None);
                 };
-                let lo = match *last {
-                    Some(k) => Bound::Excluded(k),
-                    None => Bound::Unbounded,
-                };
-                match map.range((lo, Bound::Unbounded)).next() {
+                match map.next_after(*last) {
                     Some((k, v)) => {
                         *last = Some(*k);
                         Ok(Some((*k, v.clone())))

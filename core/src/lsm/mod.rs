@@ -121,6 +121,7 @@ mod cache;
 mod format;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_hooks;
+mod memtable;
 mod merge;
 mod store_impl;
 mod table;

@@ -37,7 +37,7 @@ impl<D: BlockSet> LogStore for TxLogStore<D> {
         TxLogStore::log_len(self, log)
     }
     fn logs_with_tag(&self, tag: u64) -> Result<Vec<LogId>> {
-        Ok(TxLogStore::logs_with_tag(self, tag))
+        TxLogStore::try_logs_with_tag(self, tag)
     }
     fn user_state(&self) -> &[u8] {
         TxLogStore::user_state(self)

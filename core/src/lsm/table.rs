@@ -26,7 +26,6 @@
 //! one data block; all through a cache (see `cache`: index and bloom
 //! blocks are pinned in memory within a budget).
 
-use alloc::vec;
 use alloc::vec::Vec;
 
 use super::bloom::{self, BloomBuilder};
@@ -142,6 +141,14 @@ pub struct TableInfo {
 }
 
 impl TableInfo {
+    /// A copy (its index directory allocated with `try_reserve`).
+    pub fn try_clone(&self) -> Result<Self> {
+        let mut index_dir = Vec::new();
+        index_dir.try_reserve_exact(self.index_dir.len())?;
+        index_dir.extend_from_slice(&self.index_dir);
+        Ok(Self { index_dir, ..*self })
+    }
+
     /// The number of blocks of the table's log.
     pub fn total_blocks(&self) -> u64 {
         u64::from(self.n_data) + u64::from(self.n_index) + u64::from(self.n_bloom) + 1
@@ -548,7 +555,9 @@ impl TableBuilder {
         }
         self.flush_data(sink)?;
         let mut dir = Vec::new();
-        let mut blk = vec![0u8; BLOCK_SIZE];
+        let mut blk = Vec::new();
+        blk.try_reserve_exact(BLOCK_SIZE)?;
+        blk.resize(BLOCK_SIZE, 0);
         for chunk in self.index.chunks(INDEX_ENTRIES) {
             blk.fill(0);
             Header {

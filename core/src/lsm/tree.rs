@@ -481,10 +481,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         let len = self.store.log_len(id)?;
         for pos in 0..len {
             self.store.read(id, pos, buf)?;
-            let g = wal::parse_block::<V>(buf, V::SIZE, &mut |k, v| {
-                map.insert(k, v);
-                Ok(())
-            })?;
+            let g = wal::parse_block::<V>(buf, V::SIZE, &mut |k, v| map.insert(k, v))?;
             ensure!(g == gen, Corrupted, "lsm: WAL block of another generation");
         }
         Ok(len)
@@ -642,12 +639,15 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                 );
             }
         }
+        // The memtable's room first: an insert that cannot fail after the
+        // WAL took the update (out of memory here changes nothing).
+        self.mem.reserve_one()?;
         self.guarded(|t| {
             t.wal.push(key, v.as_ref())?;
             if t.wal.is_full() {
                 t.append_wal()?;
             }
-            t.mem.insert(key, v);
+            t.mem.insert(key, v)?;
             if t.mem.len() >= t.cfg.memtable_entries || t.mem_wal_blocks >= t.cfg.wal_max_blocks {
                 t.freeze()?;
             }
@@ -974,14 +974,19 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             inputs.push((level_u8(l), t.info.seq));
         }
         let out_level = from + 1;
-        let next: Vec<&Table<S::LogId>> = self
+        let next_level = self
             .levels
             .get(out_level)
             .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .filter(|t| t.info.overlaps(lo, hi))
-            .collect();
+            .unwrap_or_default();
+        let mut next: Vec<&Table<S::LogId>> = Vec::new();
+        next.try_reserve_exact(
+            next_level
+                .iter()
+                .filter(|t| t.info.overlaps(lo, hi))
+                .count(),
+        )?;
+        next.extend(next_level.iter().filter(|t| t.info.overlaps(lo, hi)));
         // The job's key range grows to the overlapped tables of the next level.
         let lo = next.iter().map(|t| t.info.min_key).fold(lo, u64::min);
         let hi = next.iter().map(|t| t.info.max_key).fold(hi, u64::max);
@@ -1465,7 +1470,7 @@ fn tables_of<'a, Id: Copy + 'a>(
     let mut v = Vec::new();
     for t in ts {
         v.try_reserve(1)?;
-        v.push((t.id, t.info.clone()));
+        v.push((t.id, t.info.try_clone()?));
     }
     Ok(v)
 }
