@@ -50,6 +50,7 @@ pub mod map;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,7 +60,6 @@ use libublk::{BufDesc, UblkFlags, UblkIORes};
 use mlsdisk_core::bio::{BlockSet, BLOCK_SIZE};
 use mlsdisk_core::disk::MlsDisk;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 use crate::admin;
 use map::Engine;
@@ -120,9 +120,15 @@ pub fn serve<D: BlockSet + 'static>(
     let engine = Arc::new(Engine::new(disk));
     let capacity = engine.capacity();
     // Registered before the device exists: a signal during the set-up is
-    // caught too (and stops the device once it runs).
-    let mut signals = Signals::new([SIGTERM, SIGINT])
-        .map_err(|e| format!("signal handlers: {}", admin::os_words(&e)))?;
+    // caught too (and stops the device once it runs). Flags, not
+    // signal-hook's iterator: that needs Unix sockets, which small guest
+    // kernels (CONFIG_UNIX off) lack.
+    let term = Arc::new(AtomicBool::new(false));
+    let int = Arc::new(AtomicBool::new(false));
+    for (sig, flag) in [(SIGTERM, &term), (SIGINT, &int)] {
+        signal_hook::flag::register(sig, Arc::clone(flag))
+            .map_err(|e| format!("signal handlers: {}", admin::os_words(&e)))?;
+    }
     let ctrl = UblkCtrlBuilder::default()
         .name("mlsdisk")
         .nr_queues(opts.queues)
@@ -135,14 +141,23 @@ pub fn serve<D: BlockSet + 'static>(
     let bdev = format!("/dev/ublkb{id}");
 
     // The signal thread: a signal stops the device (STOP_DEV), which ends
-    // the queues and so `run_target` below.
-    let handle = signals.handle();
-    let stopper = std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            eprintln!(
-                "mlsdisk serve: {} received: stopping /dev/ublkb{id}",
-                if sig == SIGINT { "SIGINT" } else { "SIGTERM" }
-            );
+    // the queues and so `run_target` below. It polls the flags (10 times a
+    // second) until a signal came or the server is done.
+    let done = Arc::new(AtomicBool::new(false));
+    let stopper = {
+        let done = done.clone();
+        std::thread::spawn(move || loop {
+            let which = if term.load(Ordering::Relaxed) {
+                "SIGTERM"
+            } else if int.load(Ordering::Relaxed) {
+                "SIGINT"
+            } else if done.load(Ordering::Relaxed) {
+                return;
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            eprintln!("mlsdisk serve: {which} received: stopping /dev/ublkb{id}");
             // A control handle of this thread (the library's control ring
             // is per thread).
             match UblkCtrl::new_simple(id as i32) {
@@ -153,8 +168,9 @@ pub fn serve<D: BlockSet + 'static>(
                 }
                 Err(e) => eprintln!("mlsdisk serve: stopping the device: {}", ublk_words(&e)),
             }
-        }
-    });
+            return;
+        })
+    };
 
     let q_engine = engine.clone();
     let ready_file = opts.ready_file.clone();
@@ -169,7 +185,7 @@ pub fn serve<D: BlockSet + 'static>(
         move |_ctrl| ready(&ready_bdev, &ready_name, capacity, ready_file.as_deref()),
     );
     // Whatever ended the queues, the signal thread is not needed any more.
-    handle.close();
+    done.store(true, Ordering::Relaxed);
     let _ = stopper.join();
     let served = run.map_err(|e| format!("{bdev}: the ublk device failed: {}", ublk_words(&e)));
 
