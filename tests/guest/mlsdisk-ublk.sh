@@ -1,7 +1,3 @@
-# needs: named
-# (Runs only when named, --tests mlsdisk-ublk, until it has passed once: it
-# was written while the guest kernel with CONFIG_BLK_DEV_UBLK was still
-# building, and never ran. Remove this line once it passes.)
 # `mlsdisk serve`: the engine as a ublk block device (issue 13), on the
 # test disk vdb with its rollback anchor on the first 8 KiB of vda.
 #
@@ -16,9 +12,11 @@
 # 4. The same disk opened by the module (mlsdisk open, dm target) and by
 #    serve in turn: each reads what the other wrote.
 # 5. Tampering with the backing device while no one serves it (as the host
-#    can between boots): 4 MiB of the data log overwritten; serve either
-#    refuses to start with a reason, or every file reads as it was written
-#    or fails with an I/O error, never as other data.
+#    can between boots): the first 8 blocks of every data segment
+#    overwritten; serve either refuses to start with a reason, or the file
+#    system does not mount, or every file reads as it was written or fails
+#    with an I/O error (at least one does, logged by the server as an
+#    authentication failure), never as other data.
 # Every wait is bounded; a failure names its cause.
 # shellcheck shell=sh
 # shellcheck source=qemu/guest/lib.sh
@@ -188,11 +186,20 @@ serve_stop
 cat /tmp/ublk.sums >/tmp/all.sums
 echo "$(cat /tmp/marker.sum)  ./marker" >>/tmp/all.sums
 echo "$(cat /tmp/module.sum)  ./from-module" >>/tmp/all.sums
-data_start=$(mlsdisk info $DISK --key-file /tmp/key.hex --anchor $ANC | awk '$1 == "data" && $2 == "log" {print $5}')
-data_start=${data_start%:}
-case "$data_start" in '' | *[!0-9]*) fail "no data log start in mlsdisk info: '$data_start'" ;; esac
-echo "+ overwriting blocks $data_start..$((data_start + 1024)) of $DISK (the start of the data log)"
-run dd if=/dev/urandom of=$DISK bs=4096 seek="$data_start" count=1024 conv=fsync status=none
+# The data log's place: "data log  from block S: N segments of B blocks".
+set -- $(mlsdisk info $DISK --key-file /tmp/key.hex --anchor $ANC | awk '$1 == "data" && $2 == "log" {print $5, $6, $9}')
+data_start=${1%:} nseg=${2:-} seg_blocks=${3:-}
+case "$data_start$nseg$seg_blocks" in '' | *[!0-9]*) fail "no data log layout in mlsdisk info: '$*'" ;; esac
+# Where the allocator put the files is not known here: the first 8 blocks
+# of every segment get random bytes.
+echo "+ overwriting the first 8 blocks of each of $nseg segments of $seg_blocks blocks from block $data_start of $DISK"
+seg=0
+while [ $seg -lt "$nseg" ]; do
+	dd if=/dev/urandom of=$DISK bs=4096 seek=$((data_start + seg * seg_blocks)) count=8 conv=notrunc status=none ||
+		fail "dd into segment $seg of $DISK"
+	seg=$((seg + 1))
+done
+run sync
 if serve_try; then
 	if mount -t ext4 -o ro "$BDEV" $mnt; then
 		good=0 bad=0
@@ -205,7 +212,9 @@ if serve_try; then
 			fi
 		done </tmp/all.sums
 		echo "  after tampering: $good files intact, $bad failed with an I/O error, none wrong"
-		[ "$bad" -gt 0 ] || grep -q "failed" /tmp/serve.err || echo "  (the overwritten blocks held no live file data)"
+		[ "$bad" -gt 0 ] || fail "the tampering hit no file: this part checks nothing"
+		grep -q "failed: authentication failed" /tmp/serve.err ||
+			fail "the server logged no authentication failure for the I/O errors"
 		umount $mnt || true
 	else
 		echo "  after tampering: the file system does not mount (I/O errors on its metadata)"
