@@ -708,6 +708,16 @@ fn serve_refusals() {
         "--depth",
     );
     expect(
+        &run(
+            &d,
+            &[
+                "serve", "disk.img", "--key", KEY, "--queues", "16", "--depth", "1024",
+            ],
+        ),
+        2,
+        "8192 MiB of I/O buffers: at most 1024 MiB",
+    );
+    expect(
         &run(&d, &["serve", "disk.img", "--stop", "0"]),
         2,
         "cannot be used with",

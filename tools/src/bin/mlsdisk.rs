@@ -1041,6 +1041,7 @@ fn serve_cmd(a: ServeArgs) -> Res<u8> {
         .target
         .as_deref()
         .ok_or_else(|| usage("serve needs a block device or image file"))?;
+    serve::buffer_bytes(a.queues, a.depth).map_err(usage)?;
     let (_locks, d) = open_image(p, a.key, &a.anchor)?;
     let opts = serve::Options {
         queues: a.queues,

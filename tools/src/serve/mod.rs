@@ -85,6 +85,27 @@ pub struct Options {
     pub ready_file: Option<PathBuf>,
 }
 
+/// The most memory the I/O buffers may take (`queues × depth ×`
+/// [`IO_BUF_BYTES`]): libublk allocates them without a fallible path, so
+/// their size is bounded before any is made.
+pub const MAX_BUFFER_BYTES: u64 = 1 << 30;
+
+/// The bytes of I/O buffers `queues` queues of `depth` tags take, refused
+/// above [`MAX_BUFFER_BYTES`].
+pub fn buffer_bytes(queues: u16, depth: u16) -> Result<u64, String> {
+    let total = u64::from(queues) * u64::from(depth) * u64::from(IO_BUF_BYTES);
+    if total > MAX_BUFFER_BYTES {
+        return Err(format!(
+            "--queues {queues} x --depth {depth} x {} KiB = {} MiB of I/O buffers: \
+             at most {} MiB",
+            IO_BUF_BYTES / 1024,
+            total >> 20,
+            MAX_BUFFER_BYTES >> 20
+        ));
+    }
+    Ok(total)
+}
+
 /// A libublk error in plain words.
 fn ublk_words(e: &libublk::UblkError) -> String {
     match e {
@@ -115,6 +136,7 @@ pub fn serve<D: BlockSet + 'static>(
     backing: &Path,
     opts: &Options,
 ) -> Result<(), String> {
+    buffer_bytes(opts.queues, opts.depth)?;
     check_driver()?;
     let name = backing.display().to_string();
     let engine = Arc::new(Engine::new(disk));
@@ -359,5 +381,22 @@ fn is_server(pid: i32) -> bool {
         // "pid (comm) state ...": a zombie (Z) is gone already.
         Ok(s) => s.contains("(mlsdisk)") && !s.contains(") Z "),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_bounded() {
+        assert_eq!(buffer_bytes(2, 64), Ok(64 << 20));
+        assert_eq!(buffer_bytes(16, 128), Ok(1 << 30));
+        let e = buffer_bytes(16, 129).unwrap_err();
+        assert!(
+            e.contains("1032 MiB of I/O buffers: at most 1024 MiB"),
+            "{e}"
+        );
+        assert!(buffer_bytes(16, 1024).is_err());
     }
 }
