@@ -35,13 +35,14 @@ COLUMNS = [
     "rnd-read-256k",
 ]
 HEAD = {c: c.replace("k", "K") for c in COLUMNS}
-TARGETS = ["raw", "dm-crypt", "mlsdisk"]
+TARGETS = ["raw", "dm-crypt", "mlsdisk", "ublk"]
 TARGET_NAME = {
     "raw": "raw (dm-linear)",
     "dm-crypt": "dm-crypt",
     "mlsdisk": "mlsdisk",
+    "ublk": "ublk (serve)",
 }
-COLORS = {"raw": "#9e9e9e", "dm-crypt": "#4878b0", "mlsdisk": "#e07b39"}
+COLORS = {"raw": "#9e9e9e", "dm-crypt": "#4878b0", "mlsdisk": "#e07b39", "ublk": "#5aa05a"}
 # The seed's README table (100 GiB, the research prototype in userspace):
 # MlsDisk and CryptDisk (encrypt-only) MiB/s, and their ratio.
 SEED_MLS = [960, 605, 842, 928, 1128, 140, 446, 992]
@@ -452,7 +453,7 @@ def svg_chart(models):
         f'<text x="{left}" y="18" font-size="14" font-weight="bold">'
         f"MlsDisk vs dm-crypt vs raw: fio direct=1, MiB/s (log scale), {_esc(accel)}</text>"
     )
-    lx = width - right - 3 * 110
+    lx = width - right - len(TARGETS) * 110
     for i, t in enumerate(TARGETS):
         s.append(f'<rect x="{lx + i * 110}" y="26" width="10" height="10" fill="{COLORS[t]}"/>')
         s.append(f'<text x="{lx + i * 110 + 14}" y="35">{_esc(TARGET_NAME[t])}</text>')
@@ -467,7 +468,7 @@ def svg_chart(models):
             d *= 10
         for ci, c in enumerate(COLUMNS):
             gx = left + ci * gw
-            bw = (gw - 16) / 3
+            bw = (gw - 16) / len(TARGETS)
             for ti, t in enumerate(TARGETS):
                 v = m.value(t, c)
                 if v is None or v <= 0:

@@ -7,6 +7,10 @@
 #   mlsdisk   the mlsdisk target (on a dm-linear region as its backing device;
 #             a larger region: the engine keeps metadata and a reserve, and
 #             needs free space for its log over three repetitions)
+#   ublk      the same engine from userspace, `mlsdisk serve` (/dev/ublkbN),
+#             on the same backing region and disk as the mlsdisk target
+#             (they take turns: one format for both); left out, with a
+#             BENCHINFO note, when the kernel has no /dev/ublk-control
 # The eight columns of the seed's table, each a fixed-size working set at
 # the start of the mapped device, time-based, repeated; the repetitions
 # interleave the targets (rep 1: raw, dm-crypt, mlsdisk; rep 2: ...) so a
@@ -48,7 +52,7 @@ MODEL=${BENCH_MODEL:-plain}
 READ_LAYOUT=${BENCH_READ_LAYOUT:-sequential}
 # A subset of targets or columns (words separated by ':', as --bench-env
 # carries them), e.g. BENCH_COLUMNS=seq-read:rnd-read-4k; the default is all.
-TARGETS=$(echo "${BENCH_TARGETS:-raw:dm-crypt:mlsdisk}" | tr ':' ' ')
+TARGETS=$(echo "${BENCH_TARGETS:-raw:dm-crypt:mlsdisk:ublk}" | tr ':' ' ')
 COLUMNS=$(echo "${BENCH_COLUMNS:-seq-write:rnd-write-4k:rnd-write-32k:rnd-write-256k:seq-read:rnd-read-4k:rnd-read-32k:rnd-read-256k}" | tr ':' ' ')
 
 sectors=$(disk_sectors "$DISK")
@@ -66,17 +70,30 @@ echo "BENCHINFO guest $(uname -r) $(nproc) CPUs"
 echo "BENCHINFO read_layout $READ_LAYOUT"
 echo "BENCHINFO subset targets=$(echo "$TARGETS" | tr ' ' ':') columns=$(echo "$COLUMNS" | tr ' ' ':')"
 
+# without TARGET: TARGETS less TARGET.
+without() {
+	echo "$TARGETS" | tr ' ' '\n' | grep -vx "$1" | tr '\n' ' '
+}
 have_mls=0
 if [ -f /mlsdisk.ko ]; then
 	load_module
 	have_mls=1
 else
 	echo "BENCHINFO note mlsdisk.ko not provided: no mlsdisk column"
-	TARGETS=$(echo "$TARGETS" | tr ' ' '\n' | grep -vx mlsdisk | tr '\n' ' ')
+	TARGETS=$(without mlsdisk)
 fi
+if [ ! -e /dev/ublk-control ]; then
+	echo "BENCHINFO note no /dev/ublk-control (CONFIG_BLK_DEV_UBLK): no ublk column"
+	TARGETS=$(without ublk)
+fi
+# The engine's backing region serves the mlsdisk target and mlsdisk serve.
+case " $TARGETS " in
+*" mlsdisk "* | *" ublk "*) need_backing=1 ;;
+*) need_backing=0 ;;
+esac
 
 # The mlsdisk backing device: the third region of the disk.
-if [ $have_mls = 1 ]; then
+if [ $need_backing = 1 ]; then
 	run dmsetup create bench_mls_backing --table "0 $mls_region linear $DISK $((2 * region))"
 fi
 mls_backing=/dev/mapper/bench_mls_backing
@@ -84,7 +101,7 @@ mls_created=0
 
 # Format the mlsdisk backing device and learn its logical capacity with the
 # CLI, as a user would (`mlsdisk format`, `mlsdisk size`; docs/admin-guide.md).
-if [ $have_mls = 1 ]; then
+if [ $need_backing = 1 ]; then
 	run mlsdisk format "$mls_backing" --key "$KEY" --batch --force
 	mls_len=$(mlsdisk size "$mls_backing" --key "$KEY") || fail "mlsdisk size $mls_backing failed"
 	case "$mls_len" in '' | *[!0-9]*) fail "mlsdisk size printed '$mls_len', not a number of sectors" ;; esac
@@ -93,8 +110,47 @@ if [ $have_mls = 1 ]; then
 	[ $((mls_len / 2048)) -gt "$SIZE_MB" ] || fail "mlsdisk capacity $((mls_len / 2048)) MiB is below the working set ${SIZE_MB} MiB"
 fi
 
-# setup TARGET: create /dev/mapper/bench for TARGET.
+# The device the jobs run on (setup sets it).
+BDEV=/dev/mapper/bench
+
+# ublk_start: `mlsdisk serve` on the backing region, BDEV its device.
+ublk_start() {
+	rm -f /tmp/bench-ublk.ready
+	echo "+ mlsdisk serve $mls_backing --key ... --ready-file /tmp/bench-ublk.ready &"
+	mlsdisk serve "$mls_backing" --key "$KEY" --ready-file /tmp/bench-ublk.ready \
+		>/tmp/bench-ublk.out 2>/tmp/bench-ublk.err &
+	ublk_pid=$!
+	i=0
+	while [ ! -s /tmp/bench-ublk.ready ]; do
+		[ -e /proc/$ublk_pid ] && ! grep -q ') Z ' /proc/$ublk_pid/stat 2>/dev/null ||
+			fail "mlsdisk serve exited before its device was ready: $(tail -n 3 /tmp/bench-ublk.err)"
+		i=$((i + 1))
+		[ $i -le 240 ] || fail "mlsdisk serve: no device after 120 s"
+		sleep 0.5
+	done
+	BDEV=$(cat /tmp/bench-ublk.ready)
+	[ -b "$BDEV" ] || fail "mlsdisk serve: $BDEV is not a block device"
+}
+
+# ublk_stop: SIGTERM (the server syncs and deletes its device), bounded.
+ublk_stop() {
+	kill -TERM $ublk_pid
+	i=0
+	while [ -e /proc/$ublk_pid ] && ! grep -q ') Z ' /proc/$ublk_pid/stat 2>/dev/null; do
+		i=$((i + 1))
+		[ $i -le 600 ] || fail "mlsdisk serve still running 300 s after SIGTERM"
+		sleep 0.5
+	done
+	rc=0
+	wait $ublk_pid || rc=$?
+	[ $rc = 0 ] || fail "mlsdisk serve exited with $rc: $(tail -n 3 /tmp/bench-ublk.err)"
+	echo "BENCHINFO ublk_status $(tail -n 1 /tmp/bench-ublk.err)"
+	BDEV=/dev/mapper/bench
+}
+
+# setup TARGET: create the device BDEV for TARGET.
 setup() {
+	BDEV=/dev/mapper/bench
 	case "$1" in
 	raw) run dmsetup create bench --table "0 $region linear $DISK 0" ;;
 	dm-crypt) run dmsetup create bench --table "0 $region crypt aes-xts-plain64 $XTS_KEY 0 $DISK $region" ;;
@@ -105,10 +161,15 @@ setup() {
 		mls_created=1
 		echo "BENCHINFO mlsdisk_status_open $(dmsetup status bench)"
 		;;
+	ublk) ublk_start ;;
 	esac
 }
 
 teardown() {
+	if [ "$1" = ublk ]; then
+		ublk_stop
+		return
+	fi
 	if [ "$1" = mlsdisk ]; then
 		echo "BENCHINFO mlsdisk_status $(dmsetup status bench)"
 	fi
@@ -137,10 +198,10 @@ fio_json() {
 	echo "$one"
 }
 
-# fio_job NAME RW BS: one measured job on /dev/mapper/bench; prints its
+# fio_job NAME RW BS: one measured job on BDEV; prints its
 # JSON report on one line.
 fio_job() {
-	fio_json --name="$1" --filename=/dev/mapper/bench \
+	fio_json --name="$1" --filename="$BDEV" \
 		--size="${SIZE_MB}m" --rw="$2" --bs="$3" --direct=1 --ioengine=libaio \
 		--iodepth="$IODEPTH" --runtime="$RUNTIME" --ramp_time="$RAMP" --time_based \
 		--norandommap --randrepeat=0
@@ -164,15 +225,15 @@ if [ "${BENCH_EXT4:-1}" = 1 ]; then
 	for target in $TARGETS; do
 		[ "$target" != raw ] || continue
 		setup "$target"
-		run mkfs.ext4 -q -F /dev/mapper/bench
+		run mkfs.ext4 -q -F "$BDEV"
 		run mkdir -p /mnt/bench
-		run mount -t ext4 /dev/mapper/bench /mnt/bench
+		run mount -t ext4 "$BDEV" /mnt/bench
 		json=$(fio_json --name=ext4 --directory=/mnt/bench \
 			--size=64m --rw=randwrite --bs=4k --direct=1 --ioengine=libaio \
 			--iodepth="$IODEPTH" --runtime="$RUNTIME" --ramp_time="$RAMP" --time_based \
 			--end_fsync=1)
 		run umount /mnt/bench
-		run e2fsck -fn /dev/mapper/bench
+		run e2fsck -fn "$BDEV"
 		# The report adds the job's MiB/s, IOPS and p50/p99 from the JSON.
 		echo "FIOJSON ext4/$target rnd-write-4k 1 $json"
 		echo "BENCHINFO ext4 $target: rnd-write-4K on a 64 MiB file, e2fsck -fn clean"
@@ -185,7 +246,7 @@ fi
 t0=$(date +%s)
 for target in $TARGETS; do
 	setup "$target"
-	run timeout 600 fio --name=fill --filename=/dev/mapper/bench --size="${SIZE_MB}m" \
+	run timeout 600 fio --name=fill --filename="$BDEV" --size="${SIZE_MB}m" \
 		--rw=write --bs=1m --direct=1 --ioengine=libaio --iodepth=8 --minimal >/dev/null
 	teardown "$target"
 done
@@ -201,7 +262,7 @@ while [ $rep -le "$REPEATS" ]; do
 			*write*) wrote=1 ;;
 			*read*)
 				if [ "$READ_LAYOUT" = sequential ] && [ $wrote = 1 ]; then
-					run timeout 600 fio --name=refill --filename=/dev/mapper/bench \
+					run timeout 600 fio --name=refill --filename="$BDEV" \
 						--size="${SIZE_MB}m" --rw=write --bs=1m --direct=1 \
 						--ioengine=libaio --iodepth=8 --minimal >/dev/null
 					wrote=0
@@ -225,7 +286,9 @@ while [ $rep -le "$REPEATS" ]; do
 done
 echo "BENCHINFO total_seconds $(($(date +%s) - t0))"
 
-if [ $have_mls = 1 ]; then
+if [ $need_backing = 1 ]; then
 	run dmsetup remove bench_mls_backing
+fi
+if [ $have_mls = 1 ]; then
 	unload_module
 fi

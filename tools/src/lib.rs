@@ -7,6 +7,7 @@ pub mod bench;
 pub mod cryptdisk;
 pub mod logwrites;
 pub mod replay;
+pub mod serve;
 pub mod throttle;
 
 /// The usage text of a binary: the ```` ```text ```` block of its own

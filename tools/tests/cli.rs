@@ -689,3 +689,59 @@ fn manual_page() {
     assert!(stdout(&o).contains("key\\-desc"), "{}", stdout(&o));
     expect(&run(&d, &["man", "nope"]), 2, "no command 'nope'");
 }
+
+/// `mlsdisk serve`: what is refused before any ublk device is made (so the
+/// test needs no ublk driver): usage, a wrong key, a file that is not an
+/// MlsDisk, an image another process holds.
+#[test]
+fn serve_refusals() {
+    let d = Dir::new("serve");
+    format(&d);
+    expect(
+        &run(&d, &["serve", "disk.img", "--key", KEY, "--queues", "0"]),
+        2,
+        "--queues",
+    );
+    expect(
+        &run(&d, &["serve", "disk.img", "--key", KEY, "--depth", "4096"]),
+        2,
+        "--depth",
+    );
+    expect(
+        &run(
+            &d,
+            &[
+                "serve", "disk.img", "--key", KEY, "--queues", "16", "--depth", "1024",
+            ],
+        ),
+        2,
+        "8192 MiB of I/O buffers: at most 1024 MiB",
+    );
+    expect(
+        &run(&d, &["serve", "disk.img", "--stop", "0"]),
+        2,
+        "cannot be used with",
+    );
+    expect(&run(&d, &["serve", "--key", KEY]), 2, "TARGET");
+    expect(
+        &run(&d, &["serve", "disk.img", "--key", OTHER_KEY]),
+        1,
+        "disk.img: wrong key",
+    );
+    std::fs::write(d.p("junk.img"), vec![0x5au8; 1 << 20]).unwrap();
+    expect(
+        &run(&d, &["serve", "junk.img", "--key", KEY]),
+        1,
+        "junk.img: not an MlsDisk image",
+    );
+    // Another mlsdisk holds the image (a `check` reading it): refused as
+    // in use, before the key is read.
+    let held = std::fs::File::open(d.p("disk.img")).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    expect(
+        &run(&d, &["serve", "disk.img", "--key", KEY]),
+        1,
+        "disk.img: in use by another process (locked)",
+    );
+    drop(held);
+}

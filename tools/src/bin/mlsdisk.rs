@@ -11,6 +11,8 @@
 //! mlsdisk check  DEV|FILE KEY [ANCHOR] [--json]
 //! mlsdisk write  DEV|FILE LBA FILE KEY [ANCHOR]      (4 KiB blocks)
 //! mlsdisk read   DEV|FILE LBA COUNT OUTFILE KEY [ANCHOR]
+//! mlsdisk serve  DEV|FILE KEY [ANCHOR] [--queues N] [--depth N] [--ready-file F]
+//! mlsdisk serve  --stop N                         stop /dev/ublkbN
 //!
 //! KEY:    --key HEX | --key-file FILE|-    (16/32 raw bytes or 32/64 hex digits)
 //! ANCHOR: --anchor DEV    the kernel's anchor=dev:<device> (8 KiB, BlockAnchor)
@@ -41,6 +43,7 @@ use mlsdisk_core::disk::{
 use mlsdisk_core::platform::StdCrypto;
 use mlsdisk_core::CryptoRef;
 use mlsdisk_tools::admin::{self, Key, Signature};
+use mlsdisk_tools::serve;
 use zeroize::Zeroizing;
 
 const EXIT_HELP: &str = "\
@@ -95,6 +98,10 @@ enum Cmd {
     Write(WriteArgs),
     /// Read COUNT blocks from block LBA into OUTFILE.
     Read(ReadArgs),
+    /// Serve the disk as the block device /dev/ublkbN (ublk: no kernel
+    /// module needed) until SIGTERM/SIGINT or `serve --stop N`; prints the
+    /// device's path when it is ready.
+    Serve(ServeArgs),
     /// Print the manual page mlsdisk(8), or mlsdisk-COMMAND(8), in roff
     /// (mlsdisk man | man -l -).
     #[command(hide = true)]
@@ -254,6 +261,34 @@ struct ReadArgs {
     anchor: AnchorArgs,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    /// Block device or image file (required unless --stop).
+    #[arg(required_unless_present = "stop")]
+    target: Option<PathBuf>,
+    /// Stop /dev/ublkbN: its server syncs and deletes it (a device whose
+    /// server was killed is deleted).
+    #[arg(long, value_name = "N", conflicts_with_all = ["target", "queues", "depth", "ready_file"],
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(serve::MAX_ID)))]
+    stop: Option<u32>,
+    /// Hardware queues, each served by a thread (reads run in parallel
+    /// across queues).
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    queues: u16,
+    /// Requests in flight per queue.
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    depth: u16,
+    /// Write the device's path to FILE once it is ready (for scripts).
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    key: KeyArgs,
+    #[command(flatten)]
+    anchor: AnchorArgs,
+}
+
 /// A failed command: its message and exit status.
 struct Fail {
     code: u8,
@@ -308,6 +343,7 @@ fn run(cmd: Cmd) -> Res<u8> {
         Cmd::Check(a) => check(a),
         Cmd::Write(a) => write(a),
         Cmd::Read(a) => read(a),
+        Cmd::Serve(a) => serve_cmd(a),
         Cmd::Man { command } => man(command),
     }
 }
@@ -990,6 +1026,29 @@ fn read(a: ReadArgs) -> Res<u8> {
         lba += n;
     }
     out.sync_all().map_err(|e| io_fail(&a.outfile, &e))?;
+    Ok(0)
+}
+
+/// `mlsdisk serve`: the disk as /dev/ublkbN (see `mlsdisk_tools::serve`),
+/// or `--stop N`. The image and anchor stay locked while it serves.
+fn serve_cmd(a: ServeArgs) -> Res<u8> {
+    if let Some(id) = a.stop {
+        let done = serve::stop(id, std::time::Duration::from_secs(120)).map_err(fail)?;
+        println!("{done}");
+        return Ok(0);
+    }
+    let p = a
+        .target
+        .as_deref()
+        .ok_or_else(|| usage("serve needs a block device or image file"))?;
+    serve::buffer_bytes(a.queues, a.depth).map_err(usage)?;
+    let (_locks, d) = open_image(p, a.key, &a.anchor)?;
+    let opts = serve::Options {
+        queues: a.queues,
+        depth: a.depth,
+        ready_file: a.ready_file,
+    };
+    serve::serve(d, p, &opts).map_err(fail)?;
     Ok(0)
 }
 
