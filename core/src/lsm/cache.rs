@@ -74,7 +74,7 @@ impl BlockCache {
 
     /// Whether block `pos` of `table` is held.
     pub fn holds(&self, table: u64, pos: u64) -> bool {
-        self.map.contains_key(&(table, pos))
+        self.find((table, pos)).is_ok()
     }
 
     /// Blocks held.
