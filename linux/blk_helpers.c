@@ -68,17 +68,6 @@ void mlsdisk_blk_wipe_key_param(void)
 		memzero_explicit(disk_key, strlen(disk_key));
 }
 
-int mlsdisk_blk_lookup(const char *path, u32 *dev)
-{
-	dev_t d;
-	int err = lookup_bdev(path, &d);
-
-	if (err)
-		return err;
-	*dev = d;
-	return 0;
-}
-
 static const struct block_device_operations mlsdisk_blk_fops = {
 	.owner = THIS_MODULE,
 };

@@ -90,9 +90,10 @@ use kernel::{bindings, new_mutex, new_spinlock_irq};
 use mlsdisk_core::bio::BLOCK_SIZE;
 use mlsdisk_core::{Error as CoreError, ErrorKind};
 
-use crate::kbio::{on_worker, BdevBlockSet, NoIoScope, OpenBdev};
+use crate::engine::registry::BlkClaim;
+use crate::engine::{Closed, Engine, Failure, Reads, SECTORS_PER_BLOCK};
+use crate::kbio::{device_number, on_worker, BdevBlockSet, Claim, NoIoScope, OpenBdev};
 use crate::table::{self, KeySpec, RawKey};
-use crate::target::{Closed, Engine, Failure, Reads};
 
 /// The C side (`blk_helpers.c`, prototypes in `bindings/blk_helpers.h`).
 mod ffi {
@@ -125,7 +126,6 @@ mod ffi {
         pub(super) fn mlsdisk_blk_param_mode() -> *const c_char;
         pub(super) fn mlsdisk_blk_param_anchor() -> *const c_char;
         pub(super) fn mlsdisk_blk_wipe_key_param();
-        pub(super) fn mlsdisk_blk_lookup(path: *const c_char, dev: *mut u32) -> c_int;
         pub(super) fn mlsdisk_blk_add_disk(
             set: *mut bindings::blk_mq_tag_set,
             queuedata: *mut c_void,
@@ -166,9 +166,6 @@ mod ffi {
     }
 }
 
-/// Sectors per 4 KiB block.
-const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
-
 /// Largest request in sectors (1 MiB, the worker's buffer).
 const MAX_IO_SECTORS: u32 = 2048;
 
@@ -186,45 +183,6 @@ const FIFO_CAPACITY: usize = QUEUE_DEPTH as usize + 8;
 /// Most disks the module parameters may ask for (`/dev/mlsdisk0` to
 /// `/dev/mlsdisk7`).
 const MAX_DISKS: usize = 8;
-
-/// The engine of the `MLSDISK_PASSTHROUGH=1` build: the backing device's
-/// blocks at the same offset, like the dm target's pass-through engine. Not
-/// encrypted; the default build puts the disk on `disk::MlsDisk`.
-#[cfg(mlsdisk_passthrough)]
-struct Plain(BdevBlockSet);
-
-#[cfg(mlsdisk_passthrough)]
-impl Engine for Plain {
-    fn read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()> {
-        use mlsdisk_core::bio::BlockSet;
-        self.0.read(lba, buf)
-    }
-
-    fn write(&mut self, lba: u64, buf: &[u8]) -> mlsdisk_core::Result<()> {
-        use mlsdisk_core::bio::BlockSet;
-        self.0.write(lba, buf)
-    }
-
-    fn sync(&mut self) -> mlsdisk_core::Result<()> {
-        use mlsdisk_core::bio::BlockSet;
-        self.0.flush()
-    }
-
-    fn discard(&mut self, lba: u64, nblocks: u64) -> mlsdisk_core::Result<()> {
-        use mlsdisk_core::bio::BlockSet;
-        match lba.checked_add(nblocks) {
-            Some(end) if end <= self.0.nblocks() => Ok(()),
-            _ => Err(CoreError::new(
-                ErrorKind::InvalidArgument,
-                "discard past the end of the disk",
-            )),
-        }
-    }
-
-    fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
-        out.write_str("engine=passthrough")
-    }
-}
 
 /// The engine and the ordered worker's bounce buffer.
 struct Io {
@@ -278,7 +236,6 @@ impl fmt::Display for Counts {
         )
     }
 }
-
 
 /// What the worker needs to know about a request.
 struct Rq {
@@ -694,6 +651,9 @@ pub(crate) struct BlkDisk {
     state: Arc<DiskState>,
     /// Kept for the disk, which uses it until `drop` deleted it.
     _tagset: Arc<TagSet<BlkOps>>,
+    /// The registry entry of the backing device, dropped (after the
+    /// engine was closed in `drop`) with the fields.
+    _claim: BlkClaim,
 }
 
 // SAFETY: the gendisk, the workqueue and the tag set are kernel objects that
@@ -798,39 +758,6 @@ fn take_keys(n: usize) -> Result<KVec<RawKey>> {
     keys
 }
 
-/// The `dev_t` of a device named by `name`: `major:minor`, or a path.
-fn device(name: &[u8]) -> Result<u32> {
-    let num = |s: &[u8]| -> Option<u32> {
-        if s.is_empty() || s.len() > 7 || !s.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        Some(s.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')))
-    };
-    if let Some(i) = name.iter().position(|&c| c == b':') {
-        if let (Some(major), Some(minor)) =
-            (name.get(..i).and_then(num), name.get(i + 1..).and_then(num))
-        {
-            if major < (1 << 12) && minor < (1 << 20) {
-                return Ok((major << 20) | minor);
-            }
-        }
-    }
-    if name.is_empty() || name.contains(&0) {
-        return Err(EINVAL);
-    }
-    let mut path = KVec::with_capacity(name.len() + 1, GFP_KERNEL)?;
-    path.extend_from_slice(name, GFP_KERNEL)?;
-    path.push(0, GFP_KERNEL)?;
-    let mut dev = 0u32;
-    // SAFETY: `path` is NUL-terminated; `dev` is a valid out-pointer.
-    // Process context.
-    let ret = unsafe { ffi::mlsdisk_blk_lookup(path.as_ptr().cast(), &mut dev) };
-    if ret < 0 {
-        return Err(Error::from_errno(ret));
-    }
-    Ok(dev)
-}
-
 /// Creates or opens the engine of disk `index` on `dev`, with the rollback
 /// anchor on `anchor` if given (on a worker). Returns it and its logical
 /// capacity in blocks.
@@ -844,7 +771,7 @@ fn start_engine(
     let opened = on_worker(|| -> Result<(Box<dyn Engine>, u64)> {
         // Exclusive: a dm table, a mount or another disk on the same
         // device is refused while this disk is open (EBUSY).
-        let bdev = OpenBdev::open(dev, true).inspect_err(|e| {
+        let bdev = OpenBdev::open(dev, Claim::Own).inspect_err(|e| {
             let why = match e.to_errno() == EBUSY.to_errno() {
                 true => " (in use: claimed by a mount, a dm table or another disk)",
                 false => "",
@@ -860,15 +787,15 @@ fn start_engine(
         #[cfg(not(mlsdisk_passthrough))]
         {
             let anchor = match anchor {
-                Some(adev) => Some(BdevBlockSet::new(OpenBdev::open(adev, false).inspect_err(
-                    |e| {
+                Some(adev) => Some(BdevBlockSet::new(
+                    OpenBdev::open(adev, Claim::None).inspect_err(|e| {
                         pr_err!(
                             "mlsdisk{}: cannot open the anchor device: error {}\n",
                             index,
                             e.to_errno()
                         );
-                    },
-                )?)),
+                    })?,
+                )),
                 None => None,
             };
             let mode = Some(if create {
@@ -894,9 +821,8 @@ fn start_engine(
         #[cfg(mlsdisk_passthrough)]
         {
             let _ = (create, force, key, anchor, index);
-            use mlsdisk_core::bio::BlockSet;
-            let nblocks = set.nblocks();
-            Ok((Box::new(Plain(set)) as Box<dyn Engine>, nblocks))
+            let (engine, nblocks) = crate::engine::PassThrough::new(set);
+            Ok((Box::new(engine) as Box<dyn Engine>, nblocks))
         }
     });
     opened.unwrap_or(Err(EIO))
@@ -934,7 +860,7 @@ fn disk_params<'a>(
             return Err(EINVAL);
         }
     };
-    let dev = device(backing).inspect_err(|e| {
+    let dev = device_number(backing).inspect_err(|e| {
         pr_err!(
             "mlsdisk{}: cannot find the backing device '{}': error {}\n",
             i,
@@ -952,7 +878,7 @@ fn disk_params<'a>(
                 );
                 return Err(EINVAL);
             }
-            let adev = device(name).inspect_err(|e| {
+            let adev = device_number(name).inspect_err(|e| {
                 pr_err!(
                     "mlsdisk{}: cannot find the anchor device '{}': error {}\n",
                     i,
@@ -985,6 +911,11 @@ impl Drop for BlkDisks {
 }
 
 impl BlkDisks {
+    /// No disks.
+    pub(crate) fn none() -> Self {
+        Self(KVec::new())
+    }
+
     /// Whether no disk was added.
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -1193,6 +1124,9 @@ struct Parts {
     tagset: Arc<TagSet<BlkOps>>,
     /// Logical capacity in 4 KiB blocks.
     capacity: u64,
+    /// The disk's entry in the registry of open disks; dropped after the
+    /// engine is closed.
+    claim: BlkClaim,
 }
 
 impl Parts {
@@ -1237,6 +1171,9 @@ impl Pending {
         key: &RawKey,
         anchor: Option<u32>,
     ) -> Result<Self> {
+        // One user per backing device: refused if a dm table (or another
+        // disk) has it, and it stays registered until the engine is closed.
+        let claim = BlkClaim::new(dev, index)?;
         let (engine, capacity) = start_engine(index, dev, mode, key, anchor)?;
         let mut buf = Vec::new();
         buf.try_reserve_exact(MAX_IO_SECTORS as usize * 512)
@@ -1311,6 +1248,7 @@ impl Pending {
                 state,
                 tagset,
                 capacity,
+                claim,
             }),
         })
     }
@@ -1369,6 +1307,7 @@ impl Pending {
             rworks: parts.rworks,
             state: parts.state,
             _tagset: parts.tagset,
+            _claim: parts.claim,
         })
     }
 }

@@ -91,6 +91,8 @@ pub(crate) mod bindings {
 
 use bindings::{dm_dev, dm_target, target_type};
 
+pub(crate) use crate::engine::BlkError;
+
 /// A device-mapper target type.
 ///
 /// The trampolines in this file call these methods; implementations are
@@ -174,19 +176,7 @@ pub(crate) trait Target: Sized + Send + Sync {
     fn io_hints(&self, _limits: &mut Limits<'_>) {}
 }
 
-/// Why a deferred bio failed: its `blk_status_t`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BlkError {
-    /// `BLK_STS_IOERR`.
-    IoErr,
-    /// `BLK_STS_NOSPC`.
-    NoSpc,
-    /// `BLK_STS_RESOURCE` (out of memory).
-    Resource,
-    /// `BLK_STS_NOTSUPP`.
-    NotSupp,
-}
-
+/// The `blk_status_t` of a [`BlkError`].
 impl BlkError {
     fn status(self) -> kernel::bindings::blk_status_t {
         // SAFETY: the helpers only return constants.
@@ -400,6 +390,14 @@ impl DmDev {
     pub(crate) fn dev_t(&self) -> u32 {
         // SAFETY: `bdev` of a held `dm_dev` is a valid, open block device.
         unsafe { bindings::mlsdisk_bdev_dev(self.raw().bdev) }
+    }
+
+    /// Device-mapper's holder of the exclusive claim on the device (the
+    /// table's `dm_get_device` claims it), for the engine to claim it as
+    /// well ([`crate::kbio::Claim::Dm`]).
+    pub(crate) fn holder(&self) -> *mut c_void {
+        // SAFETY: `bdev_file` of a held `dm_dev` is a valid, open file.
+        unsafe { bindings::mlsdisk_file_holder(self.raw().bdev_file) }
     }
 
     /// The device's name in `major:minor` form, as `dmsetup table` shows it.
@@ -636,9 +634,7 @@ impl DeferredBio {
     pub(crate) fn copy_out(&self, buf: &mut [u8]) -> usize {
         // SAFETY: the bio is valid (type invariant); `buf` is valid for
         // `buf.len()` bytes of writes; the helper copies at most that.
-        unsafe {
-            bindings::mlsdisk_bio_copy(self.bio.as_ptr(), buf.as_mut_ptr(), buf.len(), false)
-        }
+        unsafe { bindings::mlsdisk_bio_copy(self.bio.as_ptr(), buf.as_mut_ptr(), buf.len(), false) }
     }
 
     /// Copies `buf` into the bio's pages (for a read); returns the bytes
@@ -899,7 +895,10 @@ impl<T: Target> Drop for Instance<T> {
 ///
 /// Called by the bio queue of an `Instance<T>` (its context) with a bio
 /// that `map_callback::<T>` deferred.
-unsafe extern "C" fn process_callback<T: Target>(ctx: *mut c_void, bio: *mut kernel::bindings::bio) {
+unsafe extern "C" fn process_callback<T: Target>(
+    ctx: *mut c_void,
+    bio: *mut kernel::bindings::bio,
+) {
     // SAFETY: the queue's context is its live instance (`Instance`
     // invariant: the queue is freed before the instance is).
     let instance = unsafe { &*ctx.cast::<Instance<T>>() };

@@ -135,10 +135,7 @@ impl Drop for KernelCrypto {
 const INLINE_PARTS: usize = 8;
 
 /// Calls `f` with `parts` as an array of `mlsdisk_part`.
-fn with_parts<R>(
-    parts: &[&[u8]],
-    f: impl FnOnce(&[bindings::mlsdisk_part]) -> R,
-) -> CoreResult<R> {
+fn with_parts<R>(parts: &[&[u8]], f: impl FnOnce(&[bindings::mlsdisk_part]) -> R) -> CoreResult<R> {
     let to_part = |p: &&[u8]| bindings::mlsdisk_part {
         data: p.as_ptr(),
         len: p.len(),
@@ -262,6 +259,10 @@ pub(crate) fn keyring_key(r: &KeyRef) -> Result<RawKey, CtrError> {
         why,
         ret
     );
-    let err = if ret < 0 { Error::from_errno(ret) } else { EINVAL };
+    let err = if ret < 0 {
+        Error::from_errno(ret)
+    } else {
+        EINVAL
+    };
     Err(CtrError::new(msg, err))
 }

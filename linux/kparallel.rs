@@ -87,8 +87,6 @@ impl Parallel for KernelParallel {
         // `mlsdisk_par_run` returns, which it does only after calling
         // `call_job` exactly once for each index below `n = jobs.len()`.
         // The jobs are `Send`, so running them on workers is allowed.
-        unsafe {
-            ffi::mlsdisk_par_run(Some(call_job), jobs.as_mut_ptr().cast::<c_void>(), n)
-        };
+        unsafe { ffi::mlsdisk_par_run(Some(call_job), jobs.as_mut_ptr().cast::<c_void>(), n) };
     }
 }

@@ -372,18 +372,18 @@ int mlsdisk_bdev_rw(struct block_device *bdev, bool write, sector_t sector,
 }
 
 /*
- * An exclusive open claims the device for a holder of its own: a token
- * allocated here, unique while the claim lasts, so that another exclusive
- * opener (a second mlsdisk disk, a dm table, a mount) gets EBUSY. The block
- * layer keeps the holder in file->private_data; mlsdisk_bdev_close reads
- * it back, ends the claim with bdev_fput and frees the token.
+ * An exclusive open claims the device for a holder: a token allocated here
+ * (own_holder), unique while the claim lasts, so that another exclusive
+ * opener (a second mlsdisk disk, a dm table, a mount) gets EBUSY; or the
+ * caller's (device-mapper's, which claims again). The block layer keeps
+ * the holder in file->private_data; mlsdisk_bdev_close reads it back, ends
+ * the claim with bdev_fput and frees an own token.
  */
-struct file *mlsdisk_bdev_open(dev_t dev, bool exclusive, int *err)
+struct file *mlsdisk_bdev_open(dev_t dev, void *holder, bool own_holder, int *err)
 {
-	void *holder = NULL;
 	struct file *file;
 
-	if (exclusive) {
+	if (own_holder) {
 		holder = kzalloc(1, GFP_KERNEL);
 		if (!holder) {
 			*err = -ENOMEM;
@@ -392,7 +392,8 @@ struct file *mlsdisk_bdev_open(dev_t dev, bool exclusive, int *err)
 	}
 	file = bdev_file_open_by_dev(dev, BLK_OPEN_READ | BLK_OPEN_WRITE, holder, NULL);
 	if (IS_ERR(file)) {
-		kfree(holder);
+		if (own_holder)
+			kfree(holder);
 		*err = PTR_ERR(file);
 		return NULL;
 	}
@@ -405,17 +406,34 @@ struct block_device *mlsdisk_file_bdev(struct file *file)
 	return file_bdev(file);
 }
 
-void mlsdisk_bdev_close(struct file *file)
+void *mlsdisk_file_holder(struct file *file)
+{
+	return file->private_data;
+}
+
+void mlsdisk_bdev_close(struct file *file, bool own_holder)
 {
 	void *holder = file->private_data;
 
 	if (holder) {
-		/* Ends the claim now (bdev_fput), then the token can go. */
+		/* Ends the claim now (bdev_fput), then an own token can go. */
 		bdev_fput(file);
-		kfree(holder);
+		if (own_holder)
+			kfree(holder);
 	} else {
 		fput(file);
 	}
+}
+
+int mlsdisk_lookup_bdev(const char *path, u32 *dev)
+{
+	dev_t d;
+	int err = lookup_bdev(path, &d);
+
+	if (err)
+		return err;
+	*dev = d;
+	return 0;
 }
 
 dev_t mlsdisk_bdev_dev(struct block_device *bdev)

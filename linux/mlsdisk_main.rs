@@ -34,6 +34,7 @@ use kernel::prelude::*;
 
 mod blkdev;
 mod dm;
+mod engine;
 #[cfg(not(mlsdisk_passthrough))]
 mod engine_disk;
 mod kalloc;
@@ -90,14 +91,17 @@ impl kernel::Module for MlsDiskModule {
             "core selftest ok checksum={:016x} (matches userspace)\n",
             checksum
         );
-        target::set_selftest_checksum(checksum);
+        engine::set_selftest_checksum(checksum);
         crypto_selftest()?;
         ksync::selftest()?;
 
         let parallel = kparallel::ParallelWorkqueue::new().inspect_err(|e| {
-            pr_err!("cannot allocate the parallel workqueue: error {}\n", e.to_errno());
+            pr_err!(
+                "cannot allocate the parallel workqueue: error {}\n",
+                e.to_errno()
+            );
         })?;
-        target::init_registry();
+        engine::registry::init();
         // The order matters for a failed init: the module is freed even if
         // something outside holds a reference to it (`try_module_get`
         // succeeds while it is coming up). So every engine is opened first
@@ -188,9 +192,14 @@ fn crypto_selftest() -> Result {
 
 impl Drop for MlsDiskModule {
     fn drop(&mut self) {
-        // The blk-mq disk (a field) is dropped after this body; it does not
-        // use the dm registry.
-        target::free_registry();
+        // The target first, then the blk-mq disks (each leaves the registry
+        // of open disks once closed), then the registry itself.
+        drop(self._target.take());
+        drop(core::mem::replace(
+            &mut self._disks,
+            blkdev::BlkDisks::none(),
+        ));
+        engine::registry::free();
         pr_info!("unloading\n");
     }
 }

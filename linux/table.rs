@@ -614,7 +614,10 @@ mod tests {
         assert_eq!(raw(&line).as_bytes()[10], 0xaa);
         assert_eq!(line.options.mode, Some(Mode::Create));
         assert_eq!(line.options.anchor.unwrap().as_bytes(), b"dev:/dev/vdc");
-        assert_eq!(line.options.anchor.unwrap().kind(), AnchorKind::Dev(b"/dev/vdc"));
+        assert_eq!(
+            line.options.anchor.unwrap().kind(),
+            AnchorKind::Dev(b"/dev/vdc")
+        );
         let mut s = String::new();
         line.options.emit(&mut s).unwrap();
         assert_eq!(s, " 2 create anchor=dev:/dev/vdc");
@@ -629,7 +632,9 @@ mod tests {
         assert!(line.options.force);
         let line = parse(&[b"/dev/vdb", KEY64, b"1", b"create"]).unwrap();
         assert!(!line.options.force);
-        let mut opts = parse(&[b"/dev/vdb", KEY64, b"1", b"force_create"]).unwrap().options;
+        let mut opts = parse(&[b"/dev/vdb", KEY64, b"1", b"force_create"])
+            .unwrap()
+            .options;
         opts.mode = Some(Mode::Open);
         let mut s = String::new();
         opts.emit(&mut s).unwrap();
@@ -638,10 +643,22 @@ mod tests {
 
     #[test]
     fn anchor_kinds() {
-        let kind = |a: &[u8]| parse(&[b"/dev/vdb", KEY64, b"1", a]).unwrap().options.anchor.unwrap();
+        let kind = |a: &[u8]| {
+            parse(&[b"/dev/vdb", KEY64, b"1", a])
+                .unwrap()
+                .options
+                .anchor
+                .unwrap()
+        };
         assert_eq!(kind(b"anchor=none").kind(), AnchorKind::None);
-        assert_eq!(kind(b"anchor=dev:252:32").kind(), AnchorKind::Dev(b"252:32"));
-        assert_eq!(anchor_kind(b"dev:/dev/vdc"), Ok(AnchorKind::Dev(b"/dev/vdc")));
+        assert_eq!(
+            kind(b"anchor=dev:252:32").kind(),
+            AnchorKind::Dev(b"252:32")
+        );
+        assert_eq!(
+            anchor_kind(b"dev:/dev/vdc"),
+            Ok(AnchorKind::Dev(b"/dev/vdc"))
+        );
         assert_eq!(anchor_kind(b"tpm"), Err(TableError::UnknownAnchor(b"tpm")));
     }
 
@@ -669,15 +686,17 @@ mod tests {
         assert!(err(&[b"/dev/vdb", KEY64, b"2", b"open", b"open"]).contains("twice"));
         assert!(err(&[b"/dev/vdb", KEY64, b"2", b"create", b"force_create"]).contains("conflict"));
         assert!(err(&[b"/dev/vdb", KEY64, b"2", b"force_create", b"open"]).contains("conflict"));
-        assert!(err(&[b"/dev/vdb", KEY64, b"2", b"force_create", b"force_create"])
-            .contains("twice"));
+        assert!(
+            err(&[b"/dev/vdb", KEY64, b"2", b"force_create", b"force_create"]).contains("twice")
+        );
         assert!(err(&[b"/dev/vdb", KEY64, b"1", b"anchor="]).contains("bad anchor"));
         assert!(err(&[b"/dev/vdb", KEY64, b"1", b"anchor=file:/x"])
             .contains("unknown anchor 'file:/x'"));
         assert!(err(&[b"/dev/vdb", KEY64, b"1", b"anchor=dev:"]).contains("unknown anchor"));
         assert!(err(&[b"/dev/vdb", KEY64, b"1", b"anchor=NONE"]).contains("unknown anchor"));
-        assert!(err(&[b"/dev/vdb", KEY64, b"2", b"anchor=none", b"anchor=dev:8:0"])
-            .contains("twice"));
+        assert!(
+            err(&[b"/dev/vdb", KEY64, b"2", b"anchor=none", b"anchor=dev:8:0"]).contains("twice")
+        );
         assert!(err(&[b"/dev/vdb", KEY64, b"1", b"\x01\xff"]).contains("'\\x01\\xff'"));
     }
 
@@ -687,16 +706,30 @@ mod tests {
         let KeySpec::Keyring(r) = line.key else {
             panic!("not a keyring reference");
         };
-        assert_eq!((r.size, r.kind, r.desc()), (32, KeyKind::Logon, &b"mlsdisk:test"[..]));
+        assert_eq!(
+            (r.size, r.kind, r.desc()),
+            (32, KeyKind::Logon, &b"mlsdisk:test"[..])
+        );
         assert_eq!(r.to_string(), ":32:logon:mlsdisk:test");
         let line = parse(&[b"/dev/vdb", b":16:user:k"]).unwrap();
-        assert!(matches!(line.key, KeySpec::Keyring(KeyRef { size: 16, kind: KeyKind::User, .. })));
+        assert!(matches!(
+            line.key,
+            KeySpec::Keyring(KeyRef {
+                size: 16,
+                kind: KeyKind::User,
+                ..
+            })
+        ));
         assert_eq!(
             parse(&[b"/dev/vdb", b":32:encrypted:x"]).unwrap_err(),
             TableError::KeyringNotSupported
         );
         assert!(err(&[b"/dev/vdb", b":32:trusted:x"]).contains("only 'logon' and 'user'"));
-        assert!(err(&[b"/dev/vdb", &[b":32:logon:".as_slice(), &[b'a'; 129]].concat()]).contains("1 to 128"));
+        assert!(err(&[
+            b"/dev/vdb",
+            &[b":32:logon:".as_slice(), &[b'a'; 129]].concat()
+        ])
+        .contains("1 to 128"));
         assert!(err(&[b"/dev/vdb", b":32:logon:a\x01"]).contains("printable"));
         assert!(err(&[b"/dev/vdb", b":31:logon:x"]).contains("16 or 32"));
         assert!(err(&[b"/dev/vdb", b":32:bogus:x"]).contains("unknown keyring"));

@@ -83,263 +83,30 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt::{self, Write as _};
-use core::pin::Pin;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kernel::new_mutex;
 use kernel::prelude::*;
-use kernel::sync::{Arc, Mutex};
+use kernel::sync::Arc;
 #[cfg(mlsdisk_passthrough)]
 use mlsdisk_core::bio::BlockSet;
-use mlsdisk_core::bio::BLOCK_SIZE;
-use mlsdisk_core::disk::{DataReader, ReadPlan};
 use mlsdisk_core::{Error as CoreError, ErrorKind};
 
 use crate::dm::{
     self, Args, Bio, BioOp, BlkError, Ctr, CtrError, DeferredBio, Devices, DmDev, Limits,
     MapResult, StatusType, StatusWriter,
 };
-use crate::kbio::{on_worker, BdevBlockSet, NoIoScope, OpenBdev};
-use crate::table::{self, Escaped, KeyRef, KeySpec, Options, RawKey};
+use crate::engine::registry::{self, DevName, DmUse, Entry, State, User, UserName};
+#[cfg(mlsdisk_passthrough)]
+use crate::engine::PassThrough;
+use crate::engine::{Engine, Failure, Reads, Shared, Worker, MAX_IO_SECTORS, SECTORS_PER_BLOCK};
+use crate::kbio::{device_number, on_worker, BdevBlockSet, Claim, NoIoScope, OpenBdev};
 #[cfg(not(mlsdisk_passthrough))]
 use crate::table::AnchorKind;
-
-/// Sectors per 4 KiB block.
-pub(crate) const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
-
-/// Largest bio the target takes, in sectors (device-mapper splits larger
-/// ones): 1 MiB, the size of the worker's reusable buffer.
-pub(crate) const MAX_IO_SECTORS: u64 = 2048;
+use crate::table::{self, Escaped, KeyRef, KeySpec, Options, RawKey};
 
 /// Largest discard bio, in sectors.
 const MAX_DISCARD_SECTORS: u32 = MAX_IO_SECTORS as u32;
-
-/// What the worker runs bios against. Addresses are 4 KiB blocks of the
-/// target; buffers are whole blocks. Every method may sleep.
-pub(crate) trait Engine: Send {
-    /// Reads blocks starting at `lba`.
-    fn read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()>;
-    /// Writes blocks starting at `lba`.
-    fn write(&mut self, lba: u64, buf: &[u8]) -> mlsdisk_core::Result<()>;
-    /// Makes every completed write durable.
-    fn sync(&mut self) -> mlsdisk_core::Result<()>;
-    /// Unmaps `nblocks` blocks starting at `lba`.
-    fn discard(&mut self, lba: u64, nblocks: u64) -> mlsdisk_core::Result<()>;
-    /// The engine's part of `dmsetup status` (health, sync counter, space,
-    /// anchor), before the target's bio counters.
-    fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result;
-    /// One bounded step of background work (compaction, cleaning); returns
-    /// whether more is to do.
-    fn background_step(&mut self) -> mlsdisk_core::Result<bool> {
-        Ok(false)
-    }
-    /// The first half of a read ([`Reads`]): fills what needs no device
-    /// read and returns what is left for [`Engine::reader`] to fetch. The
-    /// default reads everything here (an empty plan): an engine without a
-    /// reader does not split its reads.
-    fn plan_read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<ReadPlan> {
-        self.read(lba, buf)?;
-        Ok(ReadPlan::default())
-    }
-    /// What fetches this engine's read plans without the engine (`None`:
-    /// its plans are always empty).
-    fn reader(&self) -> Option<DataReader<BdevBlockSet>> {
-        None
-    }
-}
-
-/// Reads that run on many threads at once: the engine's mutex is held only
-/// to plan; fetching and decrypting run without it (see "Threads" in the
-/// module documentation). Shared by the dm target and the blk-mq disk.
-pub(crate) struct Reads {
-    /// Fetches planned reads (`None`: the engine does not split reads).
-    reader: Option<DataReader<BdevBlockSet>>,
-    /// Reads waiting for the engine's mutex or holding it to plan.
-    planning: AtomicUsize,
-    /// Background work was put off for a planning read; the last planning
-    /// read wakes the ordered worker.
-    deferred: AtomicBool,
-    /// The last background step was put off (only the ordered worker
-    /// reads and writes this).
-    put_off: AtomicBool,
-    /// Fetches that failed and were repeated under the mutex.
-    rereads: AtomicU64,
-}
-
-impl Reads {
-    /// The reads of an engine whose fetches `reader` makes.
-    pub(crate) fn new(reader: Option<DataReader<BdevBlockSet>>) -> Self {
-        Self {
-            reader,
-            planning: AtomicUsize::new(0),
-            deferred: AtomicBool::new(false),
-            put_off: AtomicBool::new(false),
-            rereads: AtomicU64::new(0),
-        }
-    }
-
-    /// Reads `buf.len() / 4096` blocks at `lba`. `locked` runs its
-    /// argument on the engine under the engine's mutex. Returns the result
-    /// and whether the ordered worker must be woken (background work was
-    /// put off for this read). On error `buf` holds no plaintext.
-    pub(crate) fn read(
-        &self,
-        lba: u64,
-        buf: &mut [u8],
-        locked: impl Fn(&mut dyn FnMut(&mut dyn Engine)),
-    ) -> (mlsdisk_core::Result<()>, bool) {
-        self.planning.fetch_add(1, Ordering::SeqCst);
-        let mut planned = Err(CoreError::new(ErrorKind::InvalidState, "read not planned"));
-        locked(&mut |engine| planned = engine.plan_read(lba, buf));
-        // The last planning read takes over background work put off for it.
-        let wake = self.planning.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.deferred.swap(false, Ordering::SeqCst);
-        let plan = match planned {
-            Ok(plan) => plan,
-            Err(e) => return (Err(e), wake),
-        };
-        if plan.is_empty() {
-            return (Ok(()), wake);
-        }
-        let fetched = match &self.reader {
-            Some(reader) => reader.fetch(&plan, buf),
-            None => Err(CoreError::new(
-                ErrorKind::InvalidState,
-                "read plan without a reader",
-            )),
-        };
-        drop(plan);
-        if fetched.is_ok() {
-            return (Ok(()), wake);
-        }
-        // A stale plan (authentication failed because the block moved or
-        // was rewritten meanwhile), or a device error: the read again,
-        // whole, under the mutex, where it cannot race. Its result is final.
-        self.rereads.fetch_add(1, Ordering::Relaxed);
-        let mut reread = Err(CoreError::new(ErrorKind::InvalidState, "read not run"));
-        locked(&mut |engine| reread = engine.read(lba, buf));
-        (reread, wake)
-    }
-
-    /// Whether the ordered worker may run a background step now. Not
-    /// while a read waits for the engine's mutex or plans: the step is put
-    /// off, and the last planning read wakes the worker. But never twice in
-    /// a row: under a steady stream of reads, compaction must still keep
-    /// up with the writes (its debt fills the metadata region otherwise).
-    /// So a read waits for one step at most: the one running when it
-    /// arrived (the next one is put off for it).
-    pub(crate) fn background_may_run(&self) -> bool {
-        if self.planning.load(Ordering::SeqCst) == 0 || self.put_off.load(Ordering::Relaxed) {
-            self.put_off.store(false, Ordering::Relaxed);
-            return true;
-        }
-        self.deferred.store(true, Ordering::SeqCst);
-        if self.planning.load(Ordering::SeqCst) == 0 && self.deferred.swap(false, Ordering::SeqCst)
-        {
-            // The reads finished meanwhile and none of them took the
-            // deferred work over: run it now.
-            return true;
-        }
-        // Put off; a planning read wakes the worker when it is done.
-        self.put_off.store(true, Ordering::Relaxed);
-        false
-    }
-
-    /// Fetches repeated under the mutex so far.
-    pub(crate) fn rereads(&self) -> u64 {
-        self.rereads.load(Ordering::Relaxed)
-    }
-}
-
-/// The pass-through engine: the backing device's blocks at the same
-/// offset, no encryption (`MLSDISK_PASSTHROUGH=1` builds only).
-#[cfg(mlsdisk_passthrough)]
-pub(crate) struct PassThrough {
-    dev: BdevBlockSet,
-    /// Blocks of the device.
-    nblocks: u64,
-}
-
-#[cfg(mlsdisk_passthrough)]
-impl PassThrough {
-    fn check(&self, lba: u64, nblocks: u64) -> mlsdisk_core::Result<()> {
-        match lba.checked_add(nblocks) {
-            Some(end) if end <= self.nblocks => Ok(()),
-            _ => Err(CoreError::new(
-                ErrorKind::InvalidArgument,
-                "request past the end of the target",
-            )),
-        }
-    }
-}
-
-#[cfg(mlsdisk_passthrough)]
-impl Engine for PassThrough {
-    fn read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()> {
-        self.check(lba, (buf.len() / BLOCK_SIZE) as u64)?;
-        self.dev.read(lba, buf)
-    }
-
-    fn write(&mut self, lba: u64, buf: &[u8]) -> mlsdisk_core::Result<()> {
-        self.check(lba, (buf.len() / BLOCK_SIZE) as u64)?;
-        self.dev.write(lba, buf)
-    }
-
-    fn sync(&mut self) -> mlsdisk_core::Result<()> {
-        self.dev.flush()
-    }
-
-    fn discard(&mut self, lba: u64, nblocks: u64) -> mlsdisk_core::Result<()> {
-        // Nothing to unmap on a pass-through device; the range is checked.
-        self.check(lba, nblocks)
-    }
-
-    fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
-        write!(
-            out,
-            "engine=passthrough capacity={} selftest=ok checksum={:016x}",
-            self.nblocks.saturating_mul(SECTORS_PER_BLOCK),
-            SELFTEST_CHECKSUM.load(Ordering::Relaxed)
-        )
-    }
-}
-
-/// The worker's state, behind the target's mutex.
-struct Worker {
-    engine: Box<dyn Engine>,
-    /// Bounce buffer for one bio ([`MAX_IO_SECTORS`]), reused.
-    buf: Vec<u8>,
-}
-
-/// One failed request (a bio here, a request of the blk-mq disk): what was
-/// being done, where, and the engine's error.
-pub(crate) struct Failure {
-    pub(crate) what: &'static str,
-    pub(crate) lba: u64,
-    pub(crate) err: CoreError,
-}
-
-impl Failure {
-    /// The errno that ends a blk-mq request (the same mapping as `status`).
-    pub(crate) fn errno(&self) -> kernel::ffi::c_int {
-        match self.err.kind() {
-            ErrorKind::NoSpace => ENOSPC,
-            ErrorKind::OutOfMemory => ENOMEM,
-            ErrorKind::Unsupported => EOPNOTSUPP,
-            _ => EIO,
-        }
-        .to_errno()
-    }
-
-    fn status(&self) -> BlkError {
-        match self.err.kind() {
-            ErrorKind::NoSpace => BlkError::NoSpc,
-            ErrorKind::OutOfMemory => BlkError::Resource,
-            ErrorKind::Unsupported => BlkError::NotSupp,
-            _ => BlkError::IoErr,
-        }
-    }
-}
 
 impl Worker {
     /// Serves one bio whose first sector in the target is `rel`.
@@ -363,7 +130,9 @@ impl Worker {
                     CoreError::new(ErrorKind::InvalidArgument, "bio larger than max_io_len"),
                 ))?;
                 if bytes != 0 {
-                    self.engine.read(lba, buf).map_err(|e| fail("read", lba, e))?;
+                    self.engine
+                        .read(lba, buf)
+                        .map_err(|e| fail("read", lba, e))?;
                 }
                 bio.copy_in(buf);
                 Ok(())
@@ -382,10 +151,15 @@ impl Worker {
                         return Err(fail(
                             "write",
                             lba,
-                            CoreError::new(ErrorKind::InvalidArgument, "bio data shorter than its size"),
+                            CoreError::new(
+                                ErrorKind::InvalidArgument,
+                                "bio data shorter than its size",
+                            ),
                         ));
                     }
-                    self.engine.write(lba, buf).map_err(|e| fail("write", lba, e))?;
+                    self.engine
+                        .write(lba, buf)
+                        .map_err(|e| fail("write", lba, e))?;
                 }
                 if bio.is_fua() {
                     self.engine.sync().map_err(|e| fail("FUA sync", lba, e))?;
@@ -403,15 +177,6 @@ impl Worker {
             )),
         }
     }
-}
-
-/// The checksum of the core self-test that ran at module load (it must have
-/// passed for the module to load at all).
-static SELFTEST_CHECKSUM: AtomicU64 = AtomicU64::new(0);
-
-/// Records the module-load self-test result for the status line.
-pub(crate) fn set_selftest_checksum(checksum: u64) {
-    SELFTEST_CHECKSUM.store(checksum, Ordering::Relaxed);
 }
 
 /// Bios seen by `map`, for `dmsetup status` (and for tests: flushes and
@@ -449,31 +214,6 @@ impl Counters {
             BioOp::Other(_) => {}
         }
     }
-}
-
-/// A disk: the engine on one backing device, with its own reference to
-/// that device ([`OpenBdev`]), shared by the target instances of the
-/// successive tables of one mapped device (see [`DiskEntry`]). A table reload constructs the new table while the old one is
-/// still live: the new instance must take over the open disk, not open it
-/// a second time (two engines writing one device would destroy it). The
-/// registry [`DISKS`] maps device numbers to open disks while any instance
-/// uses them. Dropping the last reference syncs the engine.
-pub(crate) struct Shared {
-    /// The backing device's `dev_t`.
-    dev: u32,
-    /// The key the disk was opened with (a second table must give the same).
-    key: RawKey,
-    /// Logical capacity in 4 KiB blocks.
-    capacity: u64,
-    /// The engine and the worker's buffer, behind a sleeping lock.
-    worker: Pin<KBox<Mutex<Worker>>>,
-    /// The parallel read path on this engine.
-    reads: Reads,
-    /// Whether closing syncs the engine: set by the last table to go, to
-    /// whether it was writable (a read-only table never writes the
-    /// device; what writable tables before it wrote was synced at their
-    /// suspend or removal).
-    final_sync: AtomicBool,
 }
 
 impl Shared {
@@ -517,102 +257,6 @@ impl Shared {
         });
         (result, wake)
     }
-
-    /// Syncs the engine, logging a failure; `why` names the occasion. Runs
-    /// on a kernel worker (a fresh stack: callers are ioctl paths).
-    fn sync(&self, why: &str) -> mlsdisk_core::Result<()> {
-        let result = on_worker(|| self.worker.lock().engine.sync()).unwrap_or(Err(
-            CoreError::new(ErrorKind::Io, "sync did not run"),
-        ));
-        if let Err(e) = result {
-            pr_err!("sync at {} failed: {:?}\n", why, e);
-        }
-        result
-    }
-}
-
-/// The engine of a closed disk: refuses everything (also stands in for
-/// the blk-mq disk's engine once it was taken out to be closed).
-pub(crate) struct Closed;
-
-impl Engine for Closed {
-    fn read(&mut self, _: u64, _: &mut [u8]) -> mlsdisk_core::Result<()> {
-        Err(CoreError::new(ErrorKind::InvalidState, "disk closed"))
-    }
-    fn write(&mut self, _: u64, _: &[u8]) -> mlsdisk_core::Result<()> {
-        Err(CoreError::new(ErrorKind::InvalidState, "disk closed"))
-    }
-    fn sync(&mut self) -> mlsdisk_core::Result<()> {
-        Ok(())
-    }
-    fn discard(&mut self, _: u64, _: u64) -> mlsdisk_core::Result<()> {
-        Err(CoreError::new(ErrorKind::InvalidState, "disk closed"))
-    }
-    fn status(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
-        out.write_str("health=closed")
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // The final sync and the engine's own teardown, on a fresh stack.
-        // (`Closed` is zero-sized: boxing it does not allocate.)
-        let engine = core::mem::replace(&mut self.worker.lock().engine, Box::new(Closed));
-        let sync = self.final_sync.load(Ordering::Relaxed);
-        let result = on_worker(move || {
-            let mut engine = engine;
-            let result = if sync { engine.sync() } else { Ok(()) };
-            drop(engine);
-            result
-        });
-        match result {
-            Some(Ok(())) => {}
-            Some(Err(e)) => pr_err!("sync at close failed: {:?}\n", e),
-            None => pr_err!("sync at close did not run\n"),
-        }
-    }
-}
-
-/// An entry of [`DISKS`]: an open disk, the mapped device it belongs to,
-/// and the tables whose target instances use it.
-///
-/// One disk maps LBA 0.. of its backing device, so it serves one target of
-/// one mapped device: the tables that share it are the successive tables
-/// of that mapped device (a reload builds the new table while the old one
-/// is live, and a loaded inactive table may sit next to both), never two
-/// targets of one table nor two mapped devices (two file systems on one
-/// disk).
-pub(crate) struct DiskEntry {
-    shared: Arc<Shared>,
-    /// [`Ctr::md_id`] of the mapped device the disk belongs to.
-    md: usize,
-    /// [`Ctr::table_id`] of each table with a target instance on the disk;
-    /// the disk closes when the last one goes.
-    tables: KVec<usize>,
-}
-
-kernel::global_lock! {
-    // SAFETY: `init_registry` runs in module init before the target type is
-    // registered, so before any other use.
-    unsafe(uninit) static DISKS: Mutex<KVec<DiskEntry>> = KVec::new();
-}
-
-/// Initialises the registry of open disks. Call once, from module init,
-/// before the target type is registered.
-pub(crate) fn init_registry() {
-    // SAFETY: called once (module init), before any use of `DISKS`.
-    unsafe { DISKS.init() };
-}
-
-/// Frees the registry's buffer at module unload (a static is never dropped;
-/// the buffer would leak). Every disk is gone by then: device-mapper keeps
-/// the module while a target exists, and the blk-mq disk is dropped first.
-pub(crate) fn free_registry() {
-    let old = core::mem::take(&mut *DISKS.lock());
-    if !old.is_empty() {
-        pr_err!("{} open disk(s) still registered at unload\n", old.len());
-    }
-    drop(old);
 }
 
 /// Constant-time comparison of two keys.
@@ -746,12 +390,7 @@ impl MlsDisk {
             Err(f) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
                 if dm::ratelimit() {
-                    pr_err!(
-                        "{} at block {} failed: {:?}\n",
-                        f.what,
-                        f.lba,
-                        f.err
-                    );
+                    pr_err!("{} at block {} failed: {:?}\n", f.what, f.lba, f.err);
                 }
                 bio.end(Err(f.status()));
             }
@@ -768,9 +407,13 @@ impl MlsDisk {
 
     /// Finds the open disk on `dev` or opens one (`open_engine`), and
     /// counts this instance's table (`table`, of mapped device `md`) as a
-    /// user. Runs under the registry lock, so a disk is never opened twice.
-    /// A disk open for another mapped device, or already used by a target
-    /// of the same table, is refused (`EBUSY`).
+    /// user, in the registry of open disks ([`registry`], shared with the
+    /// blk-mq disks). A device used by a blk-mq disk, a disk open for
+    /// another mapped device, or already used by a target of the same
+    /// table, is refused (`EBUSY`), as is one whose disk is being opened or
+    /// closed by another table just now. The registry's lock is not held
+    /// while the engine opens: the entry is put in as [`State::Opening`]
+    /// first, so the disk is never opened twice.
     fn attach(
         dev: u32,
         (md, table): (usize, usize),
@@ -778,24 +421,59 @@ impl MlsDisk {
         mode: Option<table::Mode>,
         open_engine: impl FnOnce() -> Result<(Box<dyn Engine>, u64), CtrError> + Send,
     ) -> Result<Arc<Shared>, CtrError> {
-        let mut disks = DISKS.lock();
-        if let Some(entry) = disks.iter_mut().find(|e| e.shared.dev == dev) {
-            if entry.md != md {
+        let oom = || {
+            pr_err!("out of memory allocating the disk\n");
+            Self::fail(c"out of memory", ENOMEM)
+        };
+        let busy = |why: &str| {
+            pr_err!(
+                "cannot use backing device {}: {}\n",
+                format_args!("{}", DevName(dev)),
+                why
+            );
+        };
+        let joined = registry::with(|open| -> Result<Option<Arc<Shared>>, CtrError> {
+            let Some(entry) = open.iter_mut().find(|e| e.dev == dev) else {
+                let mut tables = KVec::with_capacity(2, GFP_KERNEL).map_err(|_| oom())?;
+                tables.push(table, GFP_KERNEL).map_err(|_| oom())?;
+                let user = User::Dm(DmUse {
+                    md,
+                    tables,
+                    state: State::Opening,
+                });
+                open.push(Entry { dev, user }, GFP_KERNEL)
+                    .map_err(|_| oom())?;
+                return Ok(None);
+            };
+            let User::Dm(used) = &mut entry.user else {
                 pr_err!(
-                    "the disk on device {}:{} is in use by another mapped device: one disk serves one mapped device\n",
-                    dev >> 20,
-                    dev & 0xfffff
+                    "cannot open backing device {}: in use by {} (one user per backing device)\n",
+                    format_args!("{}", DevName(dev)),
+                    format_args!("{}", UserName(&entry.user))
+                );
+                return Err(Self::fail(
+                    c"the backing device is in use by a blk-mq disk",
+                    EBUSY,
+                ));
+            };
+            let State::Open(shared) = &used.state else {
+                busy("its disk is being opened or closed by another table");
+                return Err(Self::fail(c"the disk is being opened or closed", EBUSY));
+            };
+            if used.md != md {
+                pr_err!(
+                    "the disk on device {} is in use by another mapped device: one disk serves one mapped device\n",
+                    format_args!("{}", DevName(dev))
                 );
                 return Err(Self::fail(
                     c"the backing device is in use by another mapped device",
                     EBUSY,
                 ));
             }
-            if entry.tables.contains(&table) {
+            if used.tables.contains(&table) {
                 pr_err!(
-                    "two mlsdisk targets of one table on device {}:{}: each would map the disk from its first block\n",
-                    dev >> 20,
-                    dev & 0xfffff
+                    "two mlsdisk targets of one table on device {}: each would map the disk from its first block\n",
+                    format_args!("{}", DevName(dev))
                 );
                 return Err(Self::fail(
                     c"two targets of one table on one backing device",
@@ -804,32 +482,54 @@ impl MlsDisk {
             }
             if mode == Some(table::Mode::Create) {
                 pr_err!(
-                    "the disk on device {}:{} is in use by a live table: 'create' would destroy it\n",
-                    dev >> 20,
-                    dev & 0xfffff
+                    "the disk on device {} is in use by a live table: 'create' would destroy it\n",
+                    format_args!("{}", DevName(dev))
                 );
                 return Err(Self::fail(c"the disk is in use: refusing 'create'", EBUSY));
             }
-            if !same_key(&entry.shared.key, key) {
+            if !same_key(&shared.key, key) {
                 pr_err!(
-                    "wrong key: the disk on device {}:{} is open with another key\n",
-                    dev >> 20,
-                    dev & 0xfffff
+                    "wrong key: the disk on device {} is open with another key\n",
+                    format_args!("{}", DevName(dev))
                 );
                 return Err(Self::fail(c"wrong key", EINVAL));
             }
-            entry
-                .tables
-                .push(table, GFP_KERNEL)
-                .map_err(|_| Self::fail(c"out of memory", ENOMEM))?;
-            return Ok(entry.shared.clone());
+            let shared = shared.clone();
+            used.tables.push(table, GFP_KERNEL).map_err(|_| oom())?;
+            Ok(Some(shared))
+        })?;
+        if let Some(shared) = joined {
+            return Ok(shared);
         }
-        // Creating or opening a disk goes deep into the engine: on a
-        // worker's fresh stack, not on top of the ioctl path.
-        let (engine, capacity) = on_worker(open_engine).unwrap_or(Err(Self::fail(
-            c"cannot open the disk",
-            EIO,
-        )))?;
+        // The entry is ours (`Opening`): open without the registry's lock.
+        let opened = Self::open_shared(key, open_engine);
+        registry::with(|open| {
+            let Some(i) = open.iter().position(|e| e.dev == dev) else {
+                // Cannot happen: only this table removes an `Opening` entry.
+                return Err(Self::fail(c"the disk's registry entry is gone", EIO));
+            };
+            match (&opened, open.get_mut(i).map(|e| &mut e.user)) {
+                (Ok(shared), Some(User::Dm(used))) => {
+                    used.state = State::Open(shared.clone());
+                    Ok(())
+                }
+                _ => {
+                    let _ = open.remove(i);
+                    Ok(())
+                }
+            }
+        })?;
+        opened
+    }
+
+    /// Opens the engine (on a worker: its deepest paths do not fit on top
+    /// of the ioctl path) and the disk around it.
+    fn open_shared(
+        key: &RawKey,
+        open_engine: impl FnOnce() -> Result<(Box<dyn Engine>, u64), CtrError> + Send,
+    ) -> Result<Arc<Shared>, CtrError> {
+        let (engine, capacity) =
+            on_worker(open_engine).unwrap_or(Err(Self::fail(c"cannot open the disk", EIO)))?;
         let reads = Reads::new(engine.reader());
         let oom = || {
             pr_err!("out of memory allocating the disk\n");
@@ -837,14 +537,13 @@ impl MlsDisk {
         };
         let mut buf = Vec::new();
         buf.try_reserve_exact((MAX_IO_SECTORS * 512) as usize)
-            .map_err(|_| Self::fail(c"out of memory", ENOMEM))?;
+            .map_err(|_| oom())?;
         buf.resize((MAX_IO_SECTORS * 512) as usize, 0);
         let worker =
             KBox::pin_init(new_mutex!(Worker { engine, buf }), GFP_KERNEL).map_err(|_| oom())?;
         let key = RawKey::from_bytes(key.as_bytes()).ok_or(Self::fail(c"bad key", EINVAL))?;
-        let shared = Arc::new(
+        Arc::new(
             Shared {
-                dev,
                 key,
                 capacity,
                 worker,
@@ -853,20 +552,7 @@ impl MlsDisk {
             },
             GFP_KERNEL,
         )
-        .map_err(|_| oom())?;
-        let mut tables = KVec::with_capacity(2, GFP_KERNEL).map_err(|_| oom())?;
-        tables.push(table, GFP_KERNEL).map_err(|_| oom())?;
-        disks
-            .push(
-                DiskEntry {
-                    shared: shared.clone(),
-                    md,
-                    tables,
-                },
-                GFP_KERNEL,
-            )
-            .map_err(|_| Self::fail(c"out of memory", ENOMEM))?;
-        Ok(shared)
+        .map_err(|_| oom())
     }
 }
 
@@ -875,32 +561,59 @@ impl Drop for MlsDisk {
         let Some(shared) = self.shared.take() else {
             return;
         };
-        let mut disks = DISKS.lock();
-        let mut last = false;
-        if let Some(i) = disks.iter().position(|e| Arc::ptr_eq(&e.shared, &shared)) {
-            if let Some(entry) = disks.get_mut(i) {
-                if let Some(t) = entry.tables.iter().position(|&t| t == self.table) {
-                    let _ = entry.tables.remove(t);
-                }
-                last = entry.tables.is_empty();
+        // Under the lock: this table leaves the disk's entry; the last one
+        // takes the disk out (`Closing`), so no new table can open it
+        // half-closed, and closes it after the lock is released.
+        let (last, registered) = registry::with(|open| {
+            let Some(i) = open.iter().position(|e| {
+                matches!(&e.user, User::Dm(u) if matches!(&u.state, State::Open(s) if Arc::ptr_eq(s, &shared)))
+            }) else {
+                return (true, None);
+            };
+            let Some(Entry {
+                dev,
+                user: User::Dm(used),
+            }) = open.get_mut(i)
+            else {
+                return (true, None);
+            };
+            if let Some(t) = used.tables.iter().position(|&t| t == self.table) {
+                let _ = used.tables.remove(t);
             }
-            if last {
-                let _ = disks.remove(i);
+            if !used.tables.is_empty() {
+                return (false, None);
             }
-        }
+            let State::Open(ours) = core::mem::replace(&mut used.state, State::Closing) else {
+                return (true, None);
+            };
+            (true, Some((*dev, ours)))
+        });
         if !last {
             // Another table still uses the disk; removal still syncs (not
             // from a read-only table, which writes nothing).
             if self.writable {
                 let _ = shared.sync("removal");
             }
-        } else {
-            shared.final_sync.store(self.writable, Ordering::Relaxed);
+            return;
         }
-        // The last user: dropping the disk syncs and closes it, still under
-        // the registry lock, so no new table can open it half-closed.
+        shared.final_sync.store(self.writable, Ordering::Relaxed);
+        // The last user: dropping the disk syncs and closes it, without
+        // the registry's lock; its entry (`Closing`) goes afterwards.
+        let dev = registered.map(|(dev, ours)| {
+            drop(ours);
+            dev
+        });
         drop(shared);
-        drop(disks);
+        if let Some(dev) = dev {
+            registry::with(|open| {
+                if let Some(i) = open.iter().position(|e| {
+                    e.dev == dev
+                        && matches!(&e.user, User::Dm(u) if matches!(u.state, State::Closing))
+                }) {
+                    let _ = open.remove(i);
+                }
+            });
+        }
     }
 }
 
@@ -930,6 +643,21 @@ impl dm::Target for MlsDisk {
             KeySpec::Raw(key) => (key, None),
             KeySpec::Keyring(r) => (crate::kcrypto::keyring_key(&r)?, Some(r)),
         };
+
+        // One user per backing device: a blk-mq disk's device is refused
+        // here, naming the disk (its exclusive claim would refuse
+        // `dm_get_device` below too, but without saying who holds it).
+        if let Some(n) = device_number(line.device).ok().and_then(registry::blk_user) {
+            pr_err!(
+                "cannot open backing device '{}': in use by the blk-mq disk /dev/mlsdisk{} (one user per backing device)\n",
+                format_args!("{}", Escaped(line.device)),
+                n
+            );
+            return Err(Self::fail(
+                c"the backing device is in use by a blk-mq disk",
+                EBUSY,
+            ));
+        }
 
         // The path is argument 0; `get` gives it NUL-terminated.
         let path = args.get(0).unwrap_or(c"");
@@ -978,8 +706,12 @@ impl dm::Target for MlsDisk {
         })?;
 
         let device = line.device;
-        let open_bdev = |dev: u32| {
-            OpenBdev::open(dev, false).map_err(|err| {
+        // The engine claims the device exclusively with the table's holder
+        // (device-mapper's): the claim outlives the table while the disk
+        // closes, and nothing outside device-mapper can open it meanwhile.
+        let claim = Claim::Dm(backing.holder());
+        let open_bdev = move |dev: u32| {
+            OpenBdev::open(dev, claim).map_err(|err| {
                 pr_err!(
                     "cannot open backing device '{}' for the engine: error {}\n",
                     format_args!("{}", Escaped(device)),
@@ -1001,9 +733,8 @@ impl dm::Target for MlsDisk {
         #[cfg(mlsdisk_passthrough)]
         let (shared, options) = {
             let open_engine = || -> Result<(Box<dyn Engine>, u64), CtrError> {
-                let dev = BdevBlockSet::new(open_bdev(dev)?);
-                let nblocks = dev.nblocks();
-                Ok((Box::new(PassThrough { dev, nblocks }), nblocks))
+                let (engine, nblocks) = PassThrough::new(BdevBlockSet::new(open_bdev(dev)?));
+                Ok((Box::new(engine) as Box<dyn Engine>, nblocks))
             };
             let shared = Self::attach(dev, ids, &key, line.options.mode, open_engine)?;
             (shared, line.options)
@@ -1016,7 +747,7 @@ impl dm::Target for MlsDisk {
                 Some(AnchorKind::Dev(name)) => Some(Self::anchor_device(ti, name, dev)?),
             };
             let open_anchor = |adev: u32| {
-                OpenBdev::open(adev, false).map_err(|err| {
+                OpenBdev::open(adev, Claim::None).map_err(|err| {
                     pr_err!(
                         "cannot open the anchor device {}:{} for the engine: error {}\n",
                         adev >> 20,

@@ -19,9 +19,6 @@ const char *mlsdisk_blk_param_anchor(void);
 /* Overwrites the disk_key parameter's string with zeros. */
 void mlsdisk_blk_wipe_key_param(void);
 
-/* The dev_t of the block device at `path` (lookup_bdev), or a -errno. */
-int mlsdisk_blk_lookup(const char *path, u32 *dev);
-
 /*
  * Allocates the disk on `set` with `queuedata`, 4 KiB blocks, a volatile
  * write cache with FUA (so flushes reach the driver), discard, requests of

@@ -193,19 +193,25 @@ int mlsdisk_keyring_read(bool logon, const char *desc, u8 *out, unsigned int siz
 /*
  * The engine's own reference to the backing device, independent of any
  * dm_target (a disk outlives the table that opened it when a reload hands
- * it to the new table): a read/write open by device number, exclusive (with
- * a claim of its own) when asked: the blk-mq disks claim their backing
- * device; the dm target relies on its table's dm_get_device claim.
+ * it to the new table): a read/write open by device number. With
+ * own_holder, exclusive with a claim of its own (a token allocated here):
+ * the blk-mq disks. Else exclusive for `holder` if not NULL: the dm target
+ * passes device-mapper's holder (mlsdisk_file_holder of its table's
+ * dm_dev), so the engine's claim joins the table's and outlives it.
  * NULL with *err set on failure. Sleeps.
  */
-struct file *mlsdisk_bdev_open(dev_t dev, bool exclusive, int *err);
+struct file *mlsdisk_bdev_open(dev_t dev, void *holder, bool own_holder, int *err);
 /* The block device of a file from mlsdisk_bdev_open. */
 struct block_device *mlsdisk_file_bdev(struct file *file);
+/* The holder of an exclusively opened block device file (else NULL). */
+void *mlsdisk_file_holder(struct file *file);
 /*
- * Closes a file from mlsdisk_bdev_open (and ends its exclusive claim, if
- * it has one).
+ * Closes a file from mlsdisk_bdev_open and ends its exclusive claim, if it
+ * has one (own_holder: as opened, the token is freed then).
  */
-void mlsdisk_bdev_close(struct file *file);
+void mlsdisk_bdev_close(struct file *file, bool own_holder);
+/* The dev_t of the block device at `path` (lookup_bdev), or a -errno. */
+int mlsdisk_lookup_bdev(const char *path, u32 *dev);
 /* bdev->bd_dev */
 dev_t mlsdisk_bdev_dev(struct block_device *bdev);
 
