@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MPL-2.0 OR GPL-2.0 */
 /*
- * C side of the blk-mq disk /dev/mlsdisk<N> (blk_helpers.c). blkdev.rs
+ * C side of the blk-mq disk /dev/mlsdisk<N> (blk/helpers.c). blk/mod.rs
  * declares the same functions in an `extern "C"` block by hand (the module's
  * bindgen run covers only mlsdisk_helpers.h): keep the two in step.
  */

@@ -9,7 +9,7 @@
  * they are the same Rust types the rest of the kernel crate uses.
  *
  * The functions below wrap inline functions and macros, which bindgen cannot
- * bind; linux/helpers.c defines them. Each is a one-line accessor with no
+ * bind; kernel_platform/helpers.c and platform.c define them. Each is a one-line accessor with no
  * logic of its own.
  */
 #ifndef MLSDISK_HELPERS_H
@@ -44,10 +44,10 @@ void mlsdisk_bio_set_dev(struct bio *bio, struct block_device *bdev);
 sector_t mlsdisk_bdev_nr_sectors(struct block_device *bdev);
 
 /*
- * Kernel platform for the core engine (linux/kplatform.c): the crypto
+ * Kernel platform for the core engine (linux/kernel_platform/platform.c): the crypto
  * provider and the backing-device block I/O. Unlike the accessors above,
  * these hold a little logic of their own (scatterlists, bios); the Rust
- * side (kcrypto.rs, kbio.rs) wraps them in safe types.
+ * side (kernel_platform/crypto.rs, kernel_platform/bio.rs) wraps them in safe types.
  */
 
 /* One piece of a message for the hash helpers. */
@@ -111,7 +111,7 @@ unsigned int mlsdisk_noio_save(void);
 void mlsdisk_noio_restore(unsigned int flags);
 
 /*
- * Deferred bios (linux/kplatform.c): `map` hands a bio to one of two
+ * Deferred bios (linux/kernel_platform/platform.c): `map` hands a bio to one of two
  * queues of the target, in process context afterwards; the callbacks must
  * end each bio (mlsdisk_bio_end).
  *
@@ -221,5 +221,9 @@ dev_t mlsdisk_bdev_dev(struct block_device *bdev);
  * otherwise stack on top of an ioctl path. Sleeps.
  */
 void mlsdisk_run_on_worker(void (*fn)(void *arg), void *arg);
+
+/* The other helpers' headers: bindgen reads them through this one. */
+#include "blk_helpers.h"
+#include "par_helpers.h"
 
 #endif /* MLSDISK_HELPERS_H */

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
 
-//! The front end both devices share: what the dm target (`target.rs`) and
-//! the blk-mq disks (`blkdev.rs`) run their requests against.
+//! The front end both devices share: what the dm target (`dm/target.rs`) and
+//! the blk-mq disks (`blk/mod.rs`) run their requests against.
 //!
 //! - [`Engine`]: the disk engine behind a mutex (the core's `disk::MlsDisk`,
-//!   `engine_disk.rs`, or the pass-through engine of the
+//!   `engine/disk.rs`, or the pass-through engine of the
 //!   `MLSDISK_PASSTHROUGH=1` build, [`PassThrough`]); [`Closed`] stands in
 //!   for an engine taken out to be closed.
 //! - [`Reads`]: the parallel-read protocol (plan under the mutex, fetch and
@@ -19,6 +19,8 @@
 //!
 //! Nothing here depends on the dm target or the blk-mq disks.
 
+#[cfg(not(mlsdisk_passthrough))]
+pub(crate) mod disk;
 pub(crate) mod registry;
 
 use alloc::boxed::Box;
@@ -35,7 +37,7 @@ use mlsdisk_core::bio::BLOCK_SIZE;
 use mlsdisk_core::disk::{DataReader, ReadPlan};
 use mlsdisk_core::{Error as CoreError, ErrorKind};
 
-use crate::kbio::{on_worker, BdevBlockSet};
+use crate::kernel_platform::bio::{on_worker, BdevBlockSet};
 use crate::table::RawKey;
 
 /// Sectors per 4 KiB block.

@@ -12,7 +12,7 @@
 //!
 //! The exclusive claims on the block devices (the engine opens its backing
 //! device with a holder: its own for a blk-mq disk, device-mapper's for a
-//! table, see [`crate::kbio::OpenBdev`]) keep everyone else out as well: a
+//! table, see [`crate::kernel_platform::bio::OpenBdev`]) keep everyone else out as well: a
 //! mount, `mkfs`, another driver.
 //!
 //! The registry's lock is never held across engine I/O (open, sync,

@@ -9,7 +9,7 @@
 //! `BIO_MAX_VECS`), each waited for with `submit_bio_wait`. `flush` is a
 //! real cache flush of the backing device (`blkdev_issue_flush`, a
 //! `REQ_PREFLUSH`). Failures are logged (rate-limited, with the device,
-//! sector and errno) and come back as [`ErrorKind::Io`]. See `kplatform.c`.
+//! sector and errno) and come back as [`ErrorKind::Io`]. See `kernel_platform/platform.c`.
 //!
 //! Every method sleeps: process context only.
 
@@ -19,7 +19,7 @@ use kernel::prelude::*;
 use mlsdisk_core::bio::{check_range, BlockSet, BLOCK_SIZE};
 use mlsdisk_core::{Error as CoreError, ErrorKind, Result as CoreResult};
 
-use crate::dm::bindings;
+use crate::kernel_platform::bindings;
 
 /// 512-byte sectors per 4 KiB block.
 const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
@@ -32,7 +32,7 @@ pub(crate) enum Claim {
     /// device is open. The blk-mq disks.
     Own,
     /// Exclusively, for device-mapper's holder (taken from a `dm_dev` of
-    /// the table, [`crate::dm::DmDev::holder`]): the table's own claim is
+    /// the table, [`crate::dm::binding::DmDev::holder`]): the table's own claim is
     /// joined and outlives it, so nothing but device-mapper gets the
     /// device while the engine has it. The dm target.
     Dm(*mut c_void),
@@ -239,7 +239,7 @@ impl Drop for NoIoScope {
 }
 
 /// Runs `f` on a kernel worker (the module's `mlsdisk_sync` workqueue,
-/// `WQ_MEM_RECLAIM`, see `par_helpers.c`) and waits for its
+/// `WQ_MEM_RECLAIM`, see `kernel_platform/parallel.c`) and waits for its
 /// result: a fresh, shallow stack for the engine's deep calls (create,
 /// open, sync), which would otherwise sit on top of an ioctl path in a
 /// 16 KiB kernel stack. The worker runs in a `GFP_NOIO` scope. Sleeps.

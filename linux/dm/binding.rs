@@ -4,7 +4,7 @@
 //!
 //! Mainline Rust has no device-mapper abstraction; this file is ours, and it
 //! is the only place where the module touches device-mapper's C structures.
-//! The target itself (`target.rs`) implements [`Target`] in safe Rust.
+//! The target itself (`dm/target.rs`) implements [`Target`] in safe Rust.
 //!
 //! Which Rust type stands for which C object:
 //!
@@ -28,7 +28,7 @@
 //! dropped before it returns, and the trampoline sets `ti->error`.
 //!
 //! Deferred I/O: a target with [`Target::WORKER`] gets two bio queues
-//! (`kplatform.c`); `map` picks one, device-mapper is told
+//! (`kernel_platform/platform.c`); `map` picks one, device-mapper is told
 //! `DM_MAPIO_SUBMITTED`, and the target later ends the bio exactly once
 //! through a [`DeferredBio`] (dropping it unended ends it with an I/O
 //! error), in process context.
@@ -61,34 +61,7 @@ use core::{fmt, marker::PhantomData, ptr::NonNull};
 
 use kernel::{error::Error, prelude::*, types::Opaque, ThisModule};
 
-/// The generated bindings for `<linux/device-mapper.h>` and our C helpers.
-///
-/// Types from other headers (`bio`, `block_device`, ...) come from the
-/// kernel crate's bindings through the glob import; items generated here
-/// shadow it.
-#[allow(
-    clippy::all,
-    clippy::undocumented_unsafe_blocks,
-    clippy::ptr_as_ptr,
-    clippy::ref_as_ptr,
-    clippy::cast_lossless,
-    clippy::as_underscore,
-    dead_code,
-    missing_docs,
-    non_camel_case_types,
-    non_upper_case_globals,
-    non_snake_case,
-    improper_ctypes,
-    unreachable_pub,
-    unsafe_op_in_unsafe_fn,
-    unused_imports
-)]
-pub(crate) mod bindings {
-    use kernel::bindings::*;
-    use kernel::ffi;
-    include!("mlsdisk_bindings_generated.rs");
-}
-
+use crate::kernel_platform::bindings;
 use bindings::{dm_dev, dm_target, target_type};
 
 pub(crate) use crate::engine::BlkError;
@@ -191,31 +164,7 @@ impl BlkError {
     }
 }
 
-/// Whether a per-bio message may be printed now (a shared rate limit).
-pub(crate) fn ratelimit() -> bool {
-    // SAFETY: no preconditions.
-    unsafe { bindings::mlsdisk_ratelimit() }
-}
-
-/// A constructor failure: the errno to return and the message for
-/// `ti->error` (static, because device-mapper prints it after the
-/// constructor has returned).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CtrError {
-    /// The message for `ti->error`. device-mapper logs it as
-    /// `device-mapper: table: <dev>: <target name>: <msg> (<errno>)`, so it
-    /// does not repeat the target name.
-    pub(crate) msg: &'static CStr,
-    /// The error to return.
-    pub(crate) err: Error,
-}
-
-impl CtrError {
-    /// A constructor error with `msg` and `err`.
-    pub(crate) const fn new(msg: &'static CStr, err: Error) -> Self {
-        Self { msg, err }
-    }
-}
+pub(crate) use crate::kernel_platform::CtrError;
 
 /// What [`Target::map`] did with a bio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,7 +343,7 @@ impl DmDev {
 
     /// Device-mapper's holder of the exclusive claim on the device (the
     /// table's `dm_get_device` claims it), for the engine to claim it as
-    /// well ([`crate::kbio::Claim::Dm`]).
+    /// well ([`crate::kernel_platform::bio::Claim::Dm`]).
     pub(crate) fn holder(&self) -> *mut c_void {
         // SAFETY: `bdev_file` of a held `dm_dev` is a valid, open file.
         unsafe { bindings::mlsdisk_file_holder(self.raw().bdev_file) }

@@ -28,7 +28,7 @@
 //!   <dev> 0 sync` and `stats`; background work between bios.
 //!
 //! The engine is the core's `disk::MlsDisk` over [`BdevBlockSet`] with
-//! [`crate::kcrypto::KernelCrypto`] (`engine_disk.rs`), one per backing
+//! [`crate::kernel_platform::crypto::KernelCrypto`] (`engine/disk.rs`), one per backing
 //! device ([`Shared`]). `MLSDISK_PASSTHROUGH=1` builds a pass-through
 //! engine instead (blocks unencrypted at the same offset; `dmsetup status`
 //! then starts with `passthrough`), to measure the target's own path.
@@ -92,15 +92,17 @@ use kernel::sync::Arc;
 use mlsdisk_core::bio::BlockSet;
 use mlsdisk_core::{Error as CoreError, ErrorKind};
 
-use crate::dm::{
-    self, Args, Bio, BioOp, BlkError, Ctr, CtrError, DeferredBio, Devices, DmDev, Limits,
+use crate::dm::binding::{
+    self as dm, Args, Bio, BioOp, BlkError, Ctr, CtrError, DeferredBio, Devices, DmDev, Limits,
     MapResult, StatusType, StatusWriter,
 };
 use crate::engine::registry::{self, DevName, DmUse, Entry, State, User, UserName};
 #[cfg(mlsdisk_passthrough)]
 use crate::engine::PassThrough;
 use crate::engine::{Engine, Failure, Reads, Shared, Worker, MAX_IO_SECTORS, SECTORS_PER_BLOCK};
-use crate::kbio::{device_number, on_worker, BdevBlockSet, Claim, NoIoScope, OpenBdev};
+use crate::kernel_platform::bio::{
+    device_number, on_worker, BdevBlockSet, Claim, NoIoScope, OpenBdev,
+};
 #[cfg(not(mlsdisk_passthrough))]
 use crate::table::AnchorKind;
 use crate::table::{self, Escaped, KeyRef, KeySpec, Options, RawKey};
@@ -389,7 +391,7 @@ impl MlsDisk {
             Ok(()) => bio.end(Ok(())),
             Err(f) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                if dm::ratelimit() {
+                if crate::kernel_platform::ratelimit() {
                     pr_err!("{} at block {} failed: {:?}\n", f.what, f.lba, f.err);
                 }
                 bio.end(Err(f.status()));
@@ -641,7 +643,7 @@ impl dm::Target for MlsDisk {
         })?;
         let (key, keyref) = match line.key {
             KeySpec::Raw(key) => (key, None),
-            KeySpec::Keyring(r) => (crate::kcrypto::keyring_key(&r)?, Some(r)),
+            KeySpec::Keyring(r) => (crate::kernel_platform::crypto::keyring_key(&r)?, Some(r)),
         };
 
         // One user per backing device: a blk-mq disk's device is refused
@@ -762,7 +764,7 @@ impl dm::Target for MlsDisk {
                     Some(adev) => Some(BdevBlockSet::new(open_anchor(adev)?)),
                     None => None,
                 };
-                crate::engine_disk::start_with_anchor(
+                crate::engine::disk::start_with_anchor(
                     options.mode,
                     options.force,
                     BdevBlockSet::new(open_bdev(dev)?),
@@ -924,7 +926,7 @@ impl dm::Target for MlsDisk {
         match shared.worker.lock().engine.background_step() {
             Ok(more) => more,
             Err(e) => {
-                if dm::ratelimit() {
+                if crate::kernel_platform::ratelimit() {
                     pr_err!("background work failed: {:?}\n", e);
                 }
                 false

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
 /*
- * C side of the blk-mq disk /dev/mlsdisk<N> (blkdev.rs): the module
+ * C side of the blk-mq disk /dev/mlsdisk<N> (blk/mod.rs): the module
  * parameters, the gendisk (queue limits and a block_device_operations with
  * .owner = THIS_MODULE, which the Rust GenDiskBuilder of 7.3 cannot set:
  * without it an open disk would not pin the module), request accessors for
@@ -23,7 +23,7 @@
 
 /*
  * Permissions 0: none of these appears under /sys/module/mlsdisk/parameters,
- * so the key is never readable back; blkdev.rs wipes it after use.
+ * so the key is never readable back; blk/mod.rs wipes it after use.
  */
 static char *disk_backing;
 module_param(disk_backing, charp, 0);

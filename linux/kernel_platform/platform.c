@@ -9,7 +9,7 @@
  * - random bytes from the kernel RNG;
  * - synchronous multi-page bio I/O and cache flushes on the backing device.
  *
- * The Rust side (kcrypto.rs, kbio.rs) owns these objects through safe
+ * The Rust side (kernel_platform/crypto.rs, kernel_platform/bio.rs) owns these objects through safe
  * types. Declarations and contracts: bindings/mlsdisk_helpers.h.
  *
  * Buffers: the engine's memory comes from kvmalloc (linear map or vmalloc),
@@ -756,7 +756,7 @@ void mlsdisk_run_on_worker(void (*fn)(void *arg), void *arg)
 	struct workqueue_struct *wq = mlsdisk_sync_wq();
 
 	INIT_WORK_ONSTACK(&w.work, mlsdisk_onstack_fn);
-	/* The module's WQ_MEM_RECLAIM queue (par_helpers.c); the system one
+	/* The module's WQ_MEM_RECLAIM queue (kernel_platform/parallel.c); the system one
 	 * only if it is not there (never after module init made it). */
 	queue_work(wq ? wq : system_dfl_long_wq, &w.work);
 	flush_work(&w.work);

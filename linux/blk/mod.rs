@@ -47,7 +47,7 @@
 //! Rather than a blocking queue (whose dispatch would then run the engine on
 //! whatever task submitted the I/O, on that task's stack), `queue_rq` hands
 //! each request to a workqueue, as the dm target does (see "Threads" in
-//! `target.rs`):
+//! `dm/target.rs`):
 //!
 //! - reads go to the disk's read workqueue (`mlsdisk<N>_rd`,
 //!   `WQ_MEM_RECLAIM | WQ_UNBOUND`, one work item per tag, so up to
@@ -92,79 +92,14 @@ use mlsdisk_core::{Error as CoreError, ErrorKind};
 
 use crate::engine::registry::BlkClaim;
 use crate::engine::{Closed, Engine, Failure, Reads, SECTORS_PER_BLOCK};
-use crate::kbio::{device_number, on_worker, BdevBlockSet, Claim, NoIoScope, OpenBdev};
+use crate::kernel_platform::bio::{
+    device_number, on_worker, BdevBlockSet, Claim, NoIoScope, OpenBdev,
+};
 use crate::table::{self, KeySpec, RawKey};
 
-/// The C side (`blk_helpers.c`, prototypes in `bindings/blk_helpers.h`).
-mod ffi {
-    use super::{bindings, c_char, c_int, c_void};
-
-    /// `struct mlsdisk_blk_work`, opaque.
-    #[repr(C)]
-    pub(super) struct BlkWork {
-        _private: [u8; 0],
-    }
-
-    /// `struct mlsdisk_blk_reads`, opaque.
-    #[repr(C)]
-    pub(super) struct BlkReads {
-        _private: [u8; 0],
-    }
-
-    pub(super) const RQ_READ: u32 = 0;
-    pub(super) const RQ_WRITE: u32 = 1;
-    pub(super) const RQ_FLUSH: u32 = 2;
-    pub(super) const RQ_DISCARD: u32 = 3;
-
-    // The kernel structs behind these pointers contain zero-sized members
-    // when lockdep is off (`lock_class_key`), which the lint calls not
-    // FFI-safe; only pointers to them cross, as in the kernel's bindings.
-    #[allow(improper_ctypes)]
-    extern "C" {
-        pub(super) fn mlsdisk_blk_param_backing() -> *const c_char;
-        pub(super) fn mlsdisk_blk_param_key() -> *const c_char;
-        pub(super) fn mlsdisk_blk_param_mode() -> *const c_char;
-        pub(super) fn mlsdisk_blk_param_anchor() -> *const c_char;
-        pub(super) fn mlsdisk_blk_wipe_key_param();
-        pub(super) fn mlsdisk_blk_add_disk(
-            set: *mut bindings::blk_mq_tag_set,
-            queuedata: *mut c_void,
-            index: c_int,
-            sectors: u64,
-            max_sectors: u32,
-            max_discard_sectors: u32,
-        ) -> *mut bindings::gendisk;
-        pub(super) fn mlsdisk_blk_del_disk(disk: *mut bindings::gendisk);
-        pub(super) fn mlsdisk_blk_rq_pos(rq: *mut bindings::request) -> u64;
-        pub(super) fn mlsdisk_blk_rq_bytes(rq: *mut bindings::request) -> u32;
-        pub(super) fn mlsdisk_blk_rq_op(rq: *mut bindings::request) -> u32;
-        pub(super) fn mlsdisk_blk_rq_fua(rq: *mut bindings::request) -> bool;
-        pub(super) fn mlsdisk_blk_rq_preflush(rq: *mut bindings::request) -> bool;
-        pub(super) fn mlsdisk_blk_rq_copy(
-            rq: *mut bindings::request,
-            buf: *mut c_void,
-            len: usize,
-            to_rq: bool,
-        ) -> usize;
-        pub(super) fn mlsdisk_blk_rq_end(rq: *mut bindings::request, err: c_int);
-        pub(super) fn mlsdisk_blk_work_new(
-            f: Option<unsafe extern "C" fn(*mut c_void)>,
-            index: c_int,
-        ) -> *mut BlkWork;
-        pub(super) fn mlsdisk_blk_work_set_arg(w: *mut BlkWork, arg: *mut c_void);
-        pub(super) fn mlsdisk_blk_work_queue(w: *mut BlkWork);
-        pub(super) fn mlsdisk_blk_work_free(w: *mut BlkWork);
-        pub(super) fn mlsdisk_blk_reads_new(
-            f: Option<unsafe extern "C" fn(*mut c_void, *mut bindings::request)>,
-            index: c_int,
-            depth: u32,
-        ) -> *mut BlkReads;
-        pub(super) fn mlsdisk_blk_reads_set_arg(r: *mut BlkReads, arg: *mut c_void);
-        pub(super) fn mlsdisk_blk_reads_queue(r: *mut BlkReads, rq: *mut bindings::request)
-            -> bool;
-        pub(super) fn mlsdisk_blk_reads_free(r: *mut BlkReads);
-    }
-}
+/// The C side (`blk/helpers.c`, declared in `bindings/blk_helpers.h`,
+/// which bindgen reads).
+use crate::kernel_platform::bindings as ffi;
 
 /// Largest request in sectors (1 MiB, the worker's buffer).
 const MAX_IO_SECTORS: u32 = 2048;
@@ -214,9 +149,9 @@ impl Counts {
     fn count(&self, op: u32, bytes: usize, ok: bool) {
         match (ok, op) {
             (false, _) => Self::one(&self.errors),
-            (true, ffi::RQ_READ) => Self::one(&self.reads),
-            (true, ffi::RQ_WRITE) if bytes != 0 => Self::one(&self.writes),
-            (true, ffi::RQ_DISCARD) => Self::one(&self.discards),
+            (true, ffi::MLSDISK_RQ_READ) => Self::one(&self.reads),
+            (true, ffi::MLSDISK_RQ_WRITE) if bytes != 0 => Self::one(&self.writes),
+            (true, ffi::MLSDISK_RQ_DISCARD) => Self::one(&self.discards),
             _ => {}
         }
     }
@@ -305,8 +240,10 @@ impl Io {
             // Empty flushes (REQ_OP_FLUSH, or a write with only
             // REQ_PREFLUSH/REQ_FUA): a sync.
             return match rq.op {
-                ffi::RQ_FLUSH | ffi::RQ_WRITE => self.sync(counts).map_err(|e| fail("flush", e)),
-                ffi::RQ_READ | ffi::RQ_DISCARD => Ok(()),
+                ffi::MLSDISK_RQ_FLUSH | ffi::MLSDISK_RQ_WRITE => {
+                    self.sync(counts).map_err(|e| fail("flush", e))
+                }
+                ffi::MLSDISK_RQ_READ | ffi::MLSDISK_RQ_DISCARD => Ok(()),
                 _ => Err(fail(
                     "request",
                     CoreError::new(ErrorKind::Unsupported, "operation not supported"),
@@ -317,7 +254,7 @@ impl Io {
             return Err(invalid("request", "not whole 4 KiB blocks"));
         }
         match rq.op {
-            ffi::RQ_READ => {
+            ffi::MLSDISK_RQ_READ => {
                 let buf = self
                     .buf
                     .get_mut(..rq.bytes)
@@ -326,7 +263,7 @@ impl Io {
                 rq.copy_in(buf)
                     .map_err(|()| invalid("read", "request data shorter than its size"))
             }
-            ffi::RQ_WRITE => {
+            ffi::MLSDISK_RQ_WRITE => {
                 if rq.preflush {
                     self.sync(counts).map_err(|e| fail("flush", e))?;
                 }
@@ -347,8 +284,8 @@ impl Io {
                 }
                 Ok(())
             }
-            ffi::RQ_FLUSH => self.sync(counts).map_err(|e| fail("flush", e)),
-            ffi::RQ_DISCARD => self
+            ffi::MLSDISK_RQ_FLUSH => self.sync(counts).map_err(|e| fail("flush", e)),
+            ffi::MLSDISK_RQ_DISCARD => self
                 .engine
                 .discard(lba, (rq.bytes / BLOCK_SIZE) as u64)
                 .map_err(|e| fail("discard", e)),
@@ -387,7 +324,7 @@ struct DiskState {
 }
 
 /// The C work item, owned by [`BlkDisk`].
-struct WorkPtr(NonNull<ffi::BlkWork>);
+struct WorkPtr(NonNull<ffi::mlsdisk_blk_work>);
 
 // SAFETY: queue_work may be called from any context and thread.
 unsafe impl Send for WorkPtr {}
@@ -395,7 +332,7 @@ unsafe impl Send for WorkPtr {}
 unsafe impl Sync for WorkPtr {}
 
 /// The C read work items, owned by [`BlkDisk`].
-struct ReadsPtr(NonNull<ffi::BlkReads>);
+struct ReadsPtr(NonNull<ffi::mlsdisk_blk_reads>);
 
 // SAFETY: queue_work may be called from any context and thread.
 unsafe impl Send for ReadsPtr {}
@@ -429,7 +366,7 @@ impl DiskState {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
-                    if crate::dm::ratelimit() {
+                    if crate::kernel_platform::ratelimit() {
                         pr_err!("mlsdisk{}: background work failed: {:?}\n", self.index, e);
                     }
                     break;
@@ -510,7 +447,7 @@ fn finish(rq: ARef<mq::Request<BlkOps>>, result: Result<(), Failure>, index: c_i
             }
         }
         Err(f) => {
-            if crate::dm::ratelimit() {
+            if crate::kernel_platform::ratelimit() {
                 pr_err!(
                     "mlsdisk{}: {} at block {} failed: {:?}\n",
                     index,
@@ -555,7 +492,8 @@ impl Operations for BlkOps {
         let raw = raw_of(&rq);
         // SAFETY: `queue_rq` owns the request (started, not ended).
         let read = unsafe {
-            ffi::mlsdisk_blk_rq_op(raw) == ffi::RQ_READ && ffi::mlsdisk_blk_rq_bytes(raw) != 0
+            ffi::mlsdisk_blk_rq_op(raw) == ffi::MLSDISK_RQ_READ
+                && ffi::mlsdisk_blk_rq_bytes(raw) != 0
         };
         let rq = if read {
             let ptr = ARef::into_raw(rq);
@@ -646,8 +584,8 @@ unsafe extern "C" fn read_fn(arg: *mut c_void, rq: *mut bindings::request) {
 pub(crate) struct BlkDisk {
     disk: NonNull<bindings::gendisk>,
     queuedata: *mut c_void,
-    work: NonNull<ffi::BlkWork>,
-    rworks: NonNull<ffi::BlkReads>,
+    work: NonNull<ffi::mlsdisk_blk_work>,
+    rworks: NonNull<ffi::mlsdisk_blk_reads>,
     state: Arc<DiskState>,
     /// Kept for the disk, which uses it until `drop` deleted it.
     _tagset: Arc<TagSet<BlkOps>>,
@@ -710,7 +648,7 @@ fn check_count(name: &str, p: &[u8], n: usize) -> Result {
 fn parse_one_key(index: usize, arg: &[u8]) -> Result<RawKey> {
     match table::parse_key(arg) {
         Ok(KeySpec::Raw(key)) => Ok(key),
-        Ok(KeySpec::Keyring(r)) => crate::kcrypto::keyring_key(&r).map_err(|e| {
+        Ok(KeySpec::Keyring(r)) => crate::kernel_platform::crypto::keyring_key(&r).map_err(|e| {
             pr_err!("mlsdisk{}: disk_key: {}\n", index, e.msg);
             e.err
         }),
@@ -804,14 +742,14 @@ fn start_engine(
                 table::Mode::Open
             });
             match anchor {
-                Some(anchor) => crate::engine_disk::start_with_anchor(
+                Some(anchor) => crate::engine::disk::start_with_anchor(
                     mode,
                     force,
                     set,
                     key.as_bytes(),
                     Some(anchor),
                 ),
-                None => crate::engine_disk::start(mode, force, set, key.as_bytes()),
+                None => crate::engine::disk::start(mode, force, set, key.as_bytes()),
             }
             .map_err(|e| {
                 pr_err!("mlsdisk{}: {}\n", index, e.msg);
@@ -1118,8 +1056,8 @@ struct Pending {
 /// `work` and `rworks` are the ordered and the read workqueue of `state`
 /// (whose argument is `state`), never queued yet; `tagset` is initialised.
 struct Parts {
-    work: NonNull<ffi::BlkWork>,
-    rworks: NonNull<ffi::BlkReads>,
+    work: NonNull<ffi::mlsdisk_blk_work>,
+    rworks: NonNull<ffi::mlsdisk_blk_reads>,
     state: Arc<DiskState>,
     tagset: Arc<TagSet<BlkOps>>,
     /// Logical capacity in 4 KiB blocks.

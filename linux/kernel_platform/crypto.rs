@@ -7,7 +7,7 @@
 //!   implementation where the CPU has it), allocated once when the provider
 //!   is made, one slot per possible CPU, each behind its own mutex. A call
 //!   takes a slot, sets the (per-block) key on its transform and runs one
-//!   request: never a transform allocation per block. See `kplatform.c`.
+//!   request: never a transform allocation per block. See `kernel_platform/platform.c`.
 //! - SHA-256 and HMAC-SHA256: the kernel's library functions
 //!   (`<crypto/sha2.h>`), no transform at all.
 //! - Random bytes: `get_random_bytes`.
@@ -21,7 +21,7 @@ use kernel::prelude::*;
 use mlsdisk_core::platform::{AeadKey, Crypto, Hash, Iv, Mac, HASH_LEN, MAC_LEN};
 use mlsdisk_core::{Error as CoreError, ErrorKind, Result as CoreResult};
 
-use crate::dm::{bindings, CtrError};
+use crate::kernel_platform::{bindings, CtrError};
 use crate::table::{KeyRef, RawKey, KEY_DESC_MAX};
 
 /// The kernel's crypto provider. See the module documentation.

@@ -28,10 +28,10 @@ use mlsdisk_core::disk::{
 };
 use mlsdisk_core::{Cause, CryptoRef, Error as CoreError, ErrorKind};
 
-use crate::dm::CtrError;
 use crate::engine::Engine;
-use crate::kbio::{BdevBlockSet, NoIoScope};
-use crate::kcrypto::KernelCrypto;
+use crate::kernel_platform::bio::{BdevBlockSet, NoIoScope};
+use crate::kernel_platform::crypto::KernelCrypto;
+use crate::kernel_platform::CtrError;
 use crate::table::Mode;
 
 impl Engine for MlsDisk<BdevBlockSet> {
@@ -225,8 +225,10 @@ pub(crate) fn start_with_anchor(
         MlsDisk::open(dev, crypto, root_key, cfg, anchor)
     }
     .map_err(|e| ctr_error(e, creating))?;
-    // Write buffers are sealed on several CPUs (kparallel.rs).
-    disk.set_parallel(alloc::sync::Arc::new(crate::kparallel::KernelParallel));
+    // Write buffers are sealed on several CPUs (kernel_platform/parallel.rs).
+    disk.set_parallel(alloc::sync::Arc::new(
+        crate::kernel_platform::parallel::KernelParallel,
+    ));
     let capacity = disk.nblocks();
     Ok((Box::new(disk), capacity))
 }
