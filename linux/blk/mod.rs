@@ -87,11 +87,10 @@ use kernel::sync::aref::ARef;
 use kernel::sync::{Arc, ArcBorrow, Mutex, SpinLockIrq};
 use kernel::types::ForeignOwnable;
 use kernel::{bindings, new_mutex, new_spinlock_irq};
-use mlsdisk_core::bio::BLOCK_SIZE;
-use mlsdisk_core::{Error as CoreError, ErrorKind};
 
 use crate::engine::registry::BlkClaim;
-use crate::engine::{Closed, Engine, Failure, Reads, SECTORS_PER_BLOCK};
+use crate::engine::serve::{serve_read, IoRequest, Op};
+use crate::engine::{Closed, Engine, Failure, Reads, Worker, SECTORS_PER_BLOCK};
 use crate::kernel_platform::bio::{
     device_number, on_worker, BdevBlockSet, Claim, NoIoScope, OpenBdev,
 };
@@ -102,7 +101,7 @@ use crate::table::{self, KeySpec, RawKey};
 use crate::kernel_platform::bindings as ffi;
 
 /// Largest request in sectors (1 MiB, the worker's buffer).
-const MAX_IO_SECTORS: u32 = 2048;
+const MAX_IO_SECTORS: u32 = crate::engine::MAX_IO_SECTORS as u32;
 
 /// Largest discard in sectors (64 MiB).
 const MAX_DISCARD_SECTORS: u32 = 1 << 17;
@@ -118,14 +117,6 @@ const FIFO_CAPACITY: usize = QUEUE_DEPTH as usize + 8;
 /// Most disks the module parameters may ask for (`/dev/mlsdisk0` to
 /// `/dev/mlsdisk7`).
 const MAX_DISKS: usize = 8;
-
-/// The engine and the ordered worker's bounce buffer.
-struct Io {
-    engine: Box<dyn Engine>,
-    /// [`MAX_IO_SECTORS`] bytes, reused for every request (and for a read
-    /// whose own bounce buffer could not be allocated).
-    buf: Vec<u8>,
-}
 
 /// Requests served, logged when the disk is removed (and checked by the
 /// guest test: flushes and discards must reach the engine).
@@ -188,7 +179,8 @@ impl Rq {
     ///
     /// # Safety
     ///
-    /// The driver owns `raw` (started by `queue_rq`, not ended yet).
+    /// The driver owns `raw` (started by `queue_rq`, not ended yet) for as
+    /// long as the `Rq` lives.
     unsafe fn new(raw: *mut bindings::request) -> Self {
         // SAFETY: the caller's promise: a live request the driver owns.
         unsafe {
@@ -202,97 +194,39 @@ impl Rq {
             }
         }
     }
-
-    /// Copies `buf` into the request's pages; `Err` if the request's data
-    /// is shorter than `buf`.
-    fn copy_in(&self, buf: &mut [u8]) -> Result<(), ()> {
-        // SAFETY: the driver owns the request (`Rq::new`'s promise, until it
-        // is ended, after the last use of this `Rq`); `buf` is valid for
-        // `buf.len()` bytes, which the copy only reads.
-        let n =
-            unsafe { ffi::mlsdisk_blk_rq_copy(self.raw, buf.as_mut_ptr().cast(), buf.len(), true) };
-        if n == buf.len() {
-            Ok(())
-        } else {
-            Err(())
-        }
-    }
 }
 
-impl Io {
-    /// Syncs the engine, counting it.
-    fn sync(&mut self, counts: &Counts) -> mlsdisk_core::Result<()> {
-        Counts::one(&counts.syncs);
-        self.engine.sync()
+impl IoRequest for Rq {
+    fn op(&self) -> Op {
+        match self.op {
+            ffi::MLSDISK_RQ_READ => Op::Read,
+            ffi::MLSDISK_RQ_WRITE => Op::Write,
+            ffi::MLSDISK_RQ_FLUSH => Op::Flush,
+            ffi::MLSDISK_RQ_DISCARD => Op::Discard,
+            _ => Op::Other,
+        }
     }
-
-    /// Serves one request against the engine.
-    fn serve(&mut self, rq: &Rq, counts: &Counts) -> Result<(), Failure> {
-        // A request without data (a flush) has no meaningful position.
-        let lba = if rq.bytes == 0 {
-            0
-        } else {
-            rq.pos / SECTORS_PER_BLOCK
-        };
-        let fail = |what, err| Failure { what, lba, err };
-        let invalid = |what, why| fail(what, CoreError::new(ErrorKind::InvalidArgument, why));
-        if rq.bytes == 0 {
-            // Empty flushes (REQ_OP_FLUSH, or a write with only
-            // REQ_PREFLUSH/REQ_FUA): a sync.
-            return match rq.op {
-                ffi::MLSDISK_RQ_FLUSH | ffi::MLSDISK_RQ_WRITE => {
-                    self.sync(counts).map_err(|e| fail("flush", e))
-                }
-                ffi::MLSDISK_RQ_READ | ffi::MLSDISK_RQ_DISCARD => Ok(()),
-                _ => Err(fail(
-                    "request",
-                    CoreError::new(ErrorKind::Unsupported, "operation not supported"),
-                )),
-            };
-        }
-        if rq.pos % SECTORS_PER_BLOCK != 0 || rq.bytes % BLOCK_SIZE != 0 {
-            return Err(invalid("request", "not whole 4 KiB blocks"));
-        }
-        match rq.op {
-            ffi::MLSDISK_RQ_READ => {
-                let buf = self
-                    .buf
-                    .get_mut(..rq.bytes)
-                    .ok_or_else(|| invalid("read", "request larger than max_hw_sectors"))?;
-                self.engine.read(lba, buf).map_err(|e| fail("read", e))?;
-                rq.copy_in(buf)
-                    .map_err(|()| invalid("read", "request data shorter than its size"))
-            }
-            ffi::MLSDISK_RQ_WRITE => {
-                if rq.preflush {
-                    self.sync(counts).map_err(|e| fail("flush", e))?;
-                }
-                let buf = self
-                    .buf
-                    .get_mut(..rq.bytes)
-                    .ok_or_else(|| invalid("write", "request larger than max_hw_sectors"))?;
-                // SAFETY: as for reads; the copy only writes `buf`.
-                let n = unsafe {
-                    ffi::mlsdisk_blk_rq_copy(rq.raw, buf.as_mut_ptr().cast(), buf.len(), false)
-                };
-                if n != rq.bytes {
-                    return Err(invalid("write", "request data shorter than its size"));
-                }
-                self.engine.write(lba, buf).map_err(|e| fail("write", e))?;
-                if rq.fua {
-                    self.sync(counts).map_err(|e| fail("FUA sync", e))?;
-                }
-                Ok(())
-            }
-            ffi::MLSDISK_RQ_FLUSH => self.sync(counts).map_err(|e| fail("flush", e)),
-            ffi::MLSDISK_RQ_DISCARD => self
-                .engine
-                .discard(lba, (rq.bytes / BLOCK_SIZE) as u64)
-                .map_err(|e| fail("discard", e)),
-            _ => Err(fail(
-                "request",
-                CoreError::new(ErrorKind::Unsupported, "operation not supported"),
-            )),
+    fn sector(&self) -> u64 {
+        self.pos
+    }
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+    fn preflush(&self) -> bool {
+        self.preflush
+    }
+    fn fua(&self) -> bool {
+        self.fua
+    }
+    fn copy_out(&mut self, buf: &mut [u8]) -> usize {
+        // SAFETY: the driver owns the request (`Rq::new`'s promise); `buf`
+        // is valid for `buf.len()` bytes, which the copy only writes.
+        unsafe { ffi::mlsdisk_blk_rq_copy(self.raw, buf.as_mut_ptr().cast(), buf.len(), false) }
+    }
+    fn copy_in(&mut self, buf: &[u8]) -> usize {
+        // SAFETY: as in `copy_out`; the copy only reads `buf` (to_rq).
+        unsafe {
+            ffi::mlsdisk_blk_rq_copy(self.raw, buf.as_ptr().cast_mut().cast(), buf.len(), true)
         }
     }
 }
@@ -307,7 +241,7 @@ struct DiskState {
     pending: SpinLockIrq<VecDeque<ARef<mq::Request<BlkOps>>>>,
     /// The engine, used by the workers (and at close).
     #[pin]
-    io: Mutex<Io>,
+    io: Mutex<Worker>,
     /// The parallel read path on the engine.
     reads: Reads,
     /// What reached the engine.
@@ -377,50 +311,23 @@ impl DiskState {
 
     fn serve(&self, rq: ARef<mq::Request<BlkOps>>) {
         // SAFETY: the worker owns `rq` until it ends it below.
-        let req = unsafe { Rq::new(raw_of(&rq)) };
-        let result = self.io.lock().serve(&req, &self.counts);
+        let mut req = unsafe { Rq::new(raw_of(&rq)) };
+        let result = self.io.lock().serve(&mut req, Some(&self.counts.syncs));
         self.counts.count(req.op, req.bytes, result.is_ok());
         finish(rq, result, self.index);
     }
 
-    /// Serves a read request on the read workqueue ([`Reads`]: planned
-    /// under the engine's mutex, fetched without it), with a bounce buffer
-    /// of its own.
+    /// Serves a read request on the read workqueue ([`serve_read`]:
+    /// planned under the engine's mutex, fetched without it), with a
+    /// bounce buffer of its own.
     fn serve_read(&self, rq: ARef<mq::Request<BlkOps>>) {
         let _noio = NoIoScope::enter();
         // SAFETY: this worker owns `rq` until it ends it below.
-        let req = unsafe { Rq::new(raw_of(&rq)) };
-        let lba = req.pos / SECTORS_PER_BLOCK;
-        let fail = |err| Failure {
-            what: "read",
-            lba,
-            err,
-        };
-        let mut buf = Vec::new();
-        let whole_blocks = req.pos % SECTORS_PER_BLOCK == 0 && req.bytes % BLOCK_SIZE == 0;
-        let result = if !whole_blocks || req.bytes == 0 || buf.try_reserve_exact(req.bytes).is_err()
-        {
-            // Not for this path (the ordered checks name it), or no memory
-            // for a bounce buffer: whole, under the mutex, with the
-            // preallocated buffer.
-            self.io.lock().serve(&req, &self.counts)
-        } else {
-            buf.resize(req.bytes, 0);
-            let (result, wake) = self
-                .reads
-                .read(lba, &mut buf, |f| f(&mut *self.io.lock().engine));
-            if wake && !self.closing.load(Ordering::Relaxed) {
-                self.kick();
-            }
-            result.map_err(fail).and_then(|()| {
-                req.copy_in(&mut buf).map_err(|()| {
-                    fail(CoreError::new(
-                        ErrorKind::InvalidArgument,
-                        "request data shorter than its size",
-                    ))
-                })
-            })
-        };
+        let mut req = unsafe { Rq::new(raw_of(&rq)) };
+        let (result, wake) = serve_read(&self.reads, &self.io, &mut req);
+        if wake && !self.closing.load(Ordering::Relaxed) {
+            self.kick();
+        }
         self.counts.count(req.op, req.bytes, result.is_ok());
         finish(rq, result, self.index);
     }
@@ -1144,7 +1051,7 @@ impl Pending {
         let state = match Arc::pin_init(
             pin_init!(DiskState {
                 pending <- new_spinlock_irq!(fifo),
-                io <- new_mutex!(Io { engine, buf }),
+                io <- new_mutex!(Worker { engine, buf }),
                 reads,
                 counts: Counts::default(),
                 work: WorkPtr(work),

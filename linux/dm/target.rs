@@ -90,13 +90,13 @@ use kernel::prelude::*;
 use kernel::sync::Arc;
 #[cfg(mlsdisk_passthrough)]
 use mlsdisk_core::bio::BlockSet;
-use mlsdisk_core::{Error as CoreError, ErrorKind};
 
 use crate::dm::binding::{
     self as dm, Args, Bio, BioOp, BlkError, Ctr, CtrError, DeferredBio, Devices, DmDev, Limits,
     MapResult, StatusType, StatusWriter,
 };
 use crate::engine::registry::{self, DevName, DmUse, Entry, State, User, UserName};
+use crate::engine::serve::{serve_read, IoRequest, Op};
 #[cfg(mlsdisk_passthrough)]
 use crate::engine::PassThrough;
 use crate::engine::{Engine, Failure, Reads, Shared, Worker, MAX_IO_SECTORS, SECTORS_PER_BLOCK};
@@ -110,74 +110,41 @@ use crate::table::{self, Escaped, KeyRef, KeySpec, Options, RawKey};
 /// Largest discard bio, in sectors.
 const MAX_DISCARD_SECTORS: u32 = MAX_IO_SECTORS as u32;
 
-impl Worker {
-    /// Serves one bio whose first sector in the target is `rel`.
-    fn serve(&mut self, bio: &mut DeferredBio, rel: u64) -> Result<(), Failure> {
-        let fail = |what, lba, err| Failure { what, lba, err };
-        let sectors = u64::from(bio.sectors());
-        let lba = rel / SECTORS_PER_BLOCK;
-        if rel % SECTORS_PER_BLOCK != 0 || sectors % SECTORS_PER_BLOCK != 0 {
-            return Err(fail(
-                "request",
-                lba,
-                CoreError::new(ErrorKind::InvalidArgument, "bio is not whole 4 KiB blocks"),
-            ));
+/// A deferred bio as the engine's front end serves it ([`IoRequest`]):
+/// sectors relative to the target.
+struct DmRequest<'a> {
+    bio: &'a mut DeferredBio,
+    /// The bio's first sector relative to the target.
+    rel: u64,
+}
+
+impl IoRequest for DmRequest<'_> {
+    fn op(&self) -> Op {
+        match self.bio.op() {
+            BioOp::Read => Op::Read,
+            BioOp::Write => Op::Write,
+            BioOp::Flush => Op::Flush,
+            BioOp::Discard => Op::Discard,
+            BioOp::Other(_) => Op::Other,
         }
-        let bytes = (sectors * 512) as usize;
-        match bio.op() {
-            BioOp::Read => {
-                let buf = self.buf.get_mut(..bytes).ok_or(fail(
-                    "read",
-                    lba,
-                    CoreError::new(ErrorKind::InvalidArgument, "bio larger than max_io_len"),
-                ))?;
-                if bytes != 0 {
-                    self.engine
-                        .read(lba, buf)
-                        .map_err(|e| fail("read", lba, e))?;
-                }
-                bio.copy_in(buf);
-                Ok(())
-            }
-            BioOp::Write | BioOp::Flush => {
-                if bio.is_preflush() || bio.op() == BioOp::Flush {
-                    self.engine.sync().map_err(|e| fail("flush", lba, e))?;
-                }
-                if bytes != 0 {
-                    let buf = self.buf.get_mut(..bytes).ok_or(fail(
-                        "write",
-                        lba,
-                        CoreError::new(ErrorKind::InvalidArgument, "bio larger than max_io_len"),
-                    ))?;
-                    if bio.copy_out(buf) != bytes {
-                        return Err(fail(
-                            "write",
-                            lba,
-                            CoreError::new(
-                                ErrorKind::InvalidArgument,
-                                "bio data shorter than its size",
-                            ),
-                        ));
-                    }
-                    self.engine
-                        .write(lba, buf)
-                        .map_err(|e| fail("write", lba, e))?;
-                }
-                if bio.is_fua() {
-                    self.engine.sync().map_err(|e| fail("FUA sync", lba, e))?;
-                }
-                Ok(())
-            }
-            BioOp::Discard => self
-                .engine
-                .discard(lba, sectors / SECTORS_PER_BLOCK)
-                .map_err(|e| fail("discard", lba, e)),
-            BioOp::Other(_) => Err(fail(
-                "request",
-                lba,
-                CoreError::new(ErrorKind::Unsupported, "operation not supported"),
-            )),
-        }
+    }
+    fn sector(&self) -> u64 {
+        self.rel
+    }
+    fn bytes(&self) -> usize {
+        self.bio.sectors() as usize * 512
+    }
+    fn preflush(&self) -> bool {
+        self.bio.is_preflush()
+    }
+    fn fua(&self) -> bool {
+        self.bio.is_fua()
+    }
+    fn copy_out(&mut self, buf: &mut [u8]) -> usize {
+        self.bio.copy_out(buf)
+    }
+    fn copy_in(&mut self, buf: &[u8]) -> usize {
+        self.bio.copy_in(buf)
     }
 }
 
@@ -215,49 +182,6 @@ impl Counters {
             BioOp::Discard => one(&self.discards),
             BioOp::Other(_) => {}
         }
-    }
-}
-
-impl Shared {
-    /// Serves a read bio whose first sector in the target is `rel` on the
-    /// parallel path ([`Reads`]), with a bounce buffer of its own. Returns
-    /// whether the ordered worker must be woken.
-    fn read(&self, bio: &mut DeferredBio, rel: u64) -> (Result<(), Failure>, bool) {
-        let fail = |lba, err| Failure {
-            what: "read",
-            lba,
-            err,
-        };
-        let sectors = u64::from(bio.sectors());
-        let lba = rel / SECTORS_PER_BLOCK;
-        if rel % SECTORS_PER_BLOCK != 0 || sectors % SECTORS_PER_BLOCK != 0 || sectors == 0 {
-            // Not for this path: the ordered worker's checks name it.
-            return (self.worker.lock().serve(bio, rel), false);
-        }
-        let bytes = (sectors * 512) as usize;
-        // kmalloc'ed (or vmalloc'ed) whole pages are page-aligned, so the
-        // backing device reads straight into it.
-        let mut buf = Vec::new();
-        if buf.try_reserve_exact(bytes).is_err() {
-            // No memory for a bounce buffer: served whole under the mutex
-            // with the worker's preallocated one, as before.
-            return (self.worker.lock().serve(bio, rel), false);
-        }
-        buf.resize(bytes, 0);
-        let (result, wake) = self
-            .reads
-            .read(lba, &mut buf, |f| f(&mut *self.worker.lock().engine));
-        let result = result.map_err(|e| fail(lba, e)).and_then(|()| {
-            if bio.copy_in(&buf) == bytes {
-                Ok(())
-            } else {
-                Err(fail(
-                    lba,
-                    CoreError::new(ErrorKind::InvalidArgument, "bio data shorter than its size"),
-                ))
-            }
-        });
-        (result, wake)
     }
 }
 
@@ -885,7 +809,10 @@ impl dm::Target for MlsDisk {
         };
         let result = {
             let _noio = NoIoScope::enter();
-            shared.worker.lock().serve(&mut bio, rel)
+            shared
+                .worker
+                .lock()
+                .serve(&mut DmRequest { bio: &mut bio, rel }, None)
         };
         self.end(bio, result);
     }
@@ -898,7 +825,11 @@ impl dm::Target for MlsDisk {
         };
         let (result, wake) = {
             let _noio = NoIoScope::enter();
-            shared.read(&mut bio, rel)
+            serve_read(
+                &shared.reads,
+                &shared.worker,
+                &mut DmRequest { bio: &mut bio, rel },
+            )
         };
         self.end(bio, result);
         wake

@@ -22,6 +22,7 @@
 #[cfg(not(mlsdisk_passthrough))]
 pub(crate) mod disk;
 pub(crate) mod registry;
+pub(crate) mod serve;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
