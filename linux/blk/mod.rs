@@ -371,10 +371,10 @@ fn finish(rq: ARef<mq::Request<BlkOps>>, result: Result<(), Failure>, index: c_i
 /// Ends a request the driver owns with `errno` (0: success). The Rust
 /// `Request` has no way to end with an error status.
 fn end_with(rq: ARef<mq::Request<BlkOps>>, errno: c_int) {
-    // The reference is given up without being dropped: the request's
-    // reference count (private to `kernel::block::mq`) stays as
-    // `queue_rq` set it, and `queue_rq` sets it afresh the next time the
-    // request is used; nothing reads it in between.
+    // The reference is given up without being dropped; the C side drops
+    // the request's reference count (private to `kernel::block::mq`) from
+    // 2 to 0 as `Request::end_ok` does, so the request goes back to the
+    // block layer in the state the Rust side expects (blk/helpers.c).
     let raw = ARef::into_raw(rq).as_ptr().cast::<bindings::request>();
     // SAFETY: the driver owns the request (started by `queue_rq`, not ended
     // yet) and holds no other reference to it; it is ended exactly once,

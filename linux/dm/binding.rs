@@ -372,7 +372,10 @@ impl Drop for DmDev {
 /// # Invariants
 ///
 /// `argv` holds valid, NUL-terminated, writable strings that live (and are
-/// not touched by anyone else) for `'a`.
+/// not touched by anyone else) for `'a`. They lie in one buffer, in order
+/// (`dm_split_args` splits the table line in place), so the bytes from one
+/// word's start up to the next word's start are in that buffer and ours
+/// too.
 pub(crate) struct Args<'a> {
     argv: &'a [*mut c_char],
     /// For a message: the table is suspended (`dm_suspended`).
@@ -401,18 +404,34 @@ impl Args<'_> {
     }
 
     /// Overwrites word `i` with `'0'` characters (keeps its length, so a
-    /// later reader sees a harmless string).
+    /// later reader sees a harmless string), and every byte after it up
+    /// to the next word: `dm_split_args` unescapes in place, so a word that
+    /// had backslash escapes leaves a tail of its original characters
+    /// after its NUL. (The last word's tail, if it had escapes, ends at
+    /// the end of the whole buffer, which is not known here: only up to
+    /// its NUL is wiped. The key is word 1, before the options; a line
+    /// without options ends with it.)
     fn wipe(&mut self, i: usize) {
         let Some(&p) = self.argv.get(i) else { return };
         // SAFETY: a valid C string (type invariant).
-        let len = unsafe { CStr::from_char_ptr(p) }.count_bytes();
-        // SAFETY: the `len` bytes before the NUL are ours to write (type
-        // invariant: writable, exclusively ours); no borrow of them is alive
-        // because we hold `&mut self`.
+        let word = unsafe { CStr::from_char_ptr(p) }.count_bytes();
+        let len = match self.argv.get(i + 1) {
+            // The next word's start, later in the same buffer (type
+            // invariant); anything else is not trusted.
+            Some(&next) if (next as usize) > (p as usize) + word => next as usize - p as usize,
+            _ => word,
+        };
+        // SAFETY: the `len` bytes from `p` are the word and (if another word
+        // follows) the bytes up to that word, ours to write (type invariant:
+        // one writable buffer, exclusively ours); no borrow of them is
+        // alive because we hold `&mut self`.
         let bytes = unsafe { core::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
         for b in bytes.iter_mut() {
-            // SAFETY: `b` is a valid exclusive reference.
-            unsafe { core::ptr::write_volatile(b, b'0') };
+            // NULs stay (word `i` keeps its length); all else becomes '0'.
+            if *b != 0 {
+                // SAFETY: `b` is a valid exclusive reference.
+                unsafe { core::ptr::write_volatile(b, b'0') };
+            }
         }
     }
 }

@@ -99,7 +99,9 @@ use crate::engine::registry::{self, DevName, DmUse, Entry, State, User, UserName
 use crate::engine::serve::{serve_read, IoRequest, Op};
 #[cfg(mlsdisk_passthrough)]
 use crate::engine::PassThrough;
-use crate::engine::{Engine, Failure, Reads, Shared, Worker, MAX_IO_SECTORS, SECTORS_PER_BLOCK};
+use crate::engine::{
+    Engine, Failure, KeyCheck, Reads, Shared, Worker, MAX_IO_SECTORS, SECTORS_PER_BLOCK,
+};
 use crate::kernel_platform::bio::{
     device_number, on_worker, BdevBlockSet, Claim, NoIoScope, OpenBdev,
 };
@@ -185,12 +187,6 @@ impl Counters {
     }
 }
 
-/// Constant-time comparison of two keys.
-fn same_key(a: &RawKey, b: &RawKey) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// One `mlsdisk` target instance.
 pub(crate) struct MlsDisk {
     /// The table's claim on the backing device (for device-mapper's limits
@@ -209,8 +205,9 @@ pub(crate) struct MlsDisk {
     begin: u64,
     /// The length of the target in sectors.
     len: u64,
-    /// The key, wiped on drop (its length is logged and measured by IMA).
-    key: RawKey,
+    /// The key's length in bits (logged and measured by IMA); the key
+    /// itself is not kept here.
+    key_bits: usize,
     /// Where the key came from, if from the keyring (shown by `dmsetup
     /// table` in the key's place; it is not secret).
     keyref: Option<KeyRef>,
@@ -413,7 +410,7 @@ impl MlsDisk {
                 );
                 return Err(Self::fail(c"the disk is in use: refusing 'create'", EBUSY));
             }
-            if !same_key(&shared.key, key) {
+            if !shared.key_check.matches(key) {
                 pr_err!(
                     "wrong key: the disk on device {} is open with another key\n",
                     format_args!("{}", DevName(dev))
@@ -467,10 +464,10 @@ impl MlsDisk {
         buf.resize((MAX_IO_SECTORS * 512) as usize, 0);
         let worker =
             KBox::pin_init(new_mutex!(Worker { engine, buf }), GFP_KERNEL).map_err(|_| oom())?;
-        let key = RawKey::from_bytes(key.as_bytes()).ok_or(Self::fail(c"bad key", EINVAL))?;
+        let key_check = KeyCheck::of(key).map_err(|_| Self::fail(c"bad key", EINVAL))?;
         Arc::new(
             Shared {
-                key,
+                key_check,
                 capacity,
                 worker,
                 reads,
@@ -714,7 +711,7 @@ impl dm::Target for MlsDisk {
                 writable,
                 begin: ti.begin(),
                 len: ti.len(),
-                key,
+                key_bits: key.bits(),
                 keyref,
                 options,
                 counters: Counters::default(),
@@ -745,7 +742,7 @@ impl dm::Target for MlsDisk {
             format_args!("{}", Escaped(target.backing.name().to_bytes())),
             ti.len(),
             max,
-            target.key.bits()
+            target.key_bits
         );
         #[cfg(not(mlsdisk_passthrough))]
         match anchor_dev {
@@ -754,7 +751,7 @@ impl dm::Target for MlsDisk {
                 format_args!("{}", Escaped(target.backing.name().to_bytes())),
                 ti.len(),
                 max,
-                target.key.bits(),
+                target.key_bits,
                 adev >> 20,
                 adev & 0xfffff
             ),
@@ -763,7 +760,7 @@ impl dm::Target for MlsDisk {
                 format_args!("{}", Escaped(target.backing.name().to_bytes())),
                 ti.len(),
                 max,
-                target.key.bits()
+                target.key_bits
             ),
         }
         Ok(target)
@@ -937,7 +934,7 @@ impl dm::Target for MlsDisk {
                 } else {
                     "engine"
                 },
-                self.key.bits(),
+                self.key_bits,
                 if self.writable { "n" } else { "y" }
             ),
         }

@@ -321,8 +321,9 @@ pub(crate) fn set_selftest_checksum(checksum: u64) {
 /// (two engines writing one device would destroy it). Dropping the last
 /// reference syncs the engine (on a worker) and closes it.
 pub(crate) struct Shared {
-    /// The key the disk was opened with (a second table must give the same).
-    pub(crate) key: RawKey,
+    /// Which key the disk was opened with, not the key itself: a second
+    /// table must give the same ([`KeyCheck`]).
+    pub(crate) key_check: KeyCheck,
     /// Logical capacity in 4 KiB blocks.
     pub(crate) capacity: u64,
     /// The engine and the worker's buffer, behind a sleeping lock.
@@ -334,6 +335,32 @@ pub(crate) struct Shared {
     /// device; what writable tables before it wrote was synced at their
     /// suspend or removal).
     pub(crate) final_sync: AtomicBool,
+}
+
+/// A value that tells whether a second table gives the same key as the
+/// disk was opened with, without keeping a copy of the key: HMAC-SHA256
+/// under the key of a fixed label.
+pub(crate) struct KeyCheck(mlsdisk_core::platform::Hash);
+
+impl KeyCheck {
+    const LABEL: &'static [u8] = b"mlsdisk: same root key as the open disk";
+
+    /// The check value of `key`.
+    pub(crate) fn of(key: &RawKey) -> mlsdisk_core::Result<Self> {
+        crate::kernel_platform::crypto::hmac_sha256(key.as_bytes(), &[Self::LABEL]).map(Self)
+    }
+
+    /// Whether `key` is the key this value was made from (constant time).
+    pub(crate) fn matches(&self, key: &RawKey) -> bool {
+        let Ok(other) = Self::of(key) else {
+            return false;
+        };
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
 }
 
 impl Shared {

@@ -189,6 +189,20 @@ impl Crypto for KernelCrypto {
     }
 
     fn hmac_sha256(&self, key: &[u8], parts: &[&[u8]]) -> CoreResult<Hash> {
+        hmac_sha256(key, parts)
+    }
+
+    fn fill_random(&self, out: &mut [u8]) -> CoreResult<()> {
+        // SAFETY: `out` is valid for writes of `out.len()` bytes.
+        unsafe { bindings::mlsdisk_random_bytes(out.as_mut_ptr().cast(), out.len()) };
+        Ok(())
+    }
+}
+
+/// HMAC-SHA256 of the concatenated `parts` under `key` (the kernel's
+/// crypto library; no transform to allocate).
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> CoreResult<Hash> {
+    {
         let mut out = [0u8; HASH_LEN];
         with_parts(parts, |p| {
             // SAFETY: as in `sha256`; `key` is valid for `key.len()` bytes.
@@ -203,12 +217,6 @@ impl Crypto for KernelCrypto {
             }
         })?;
         Ok(out)
-    }
-
-    fn fill_random(&self, out: &mut [u8]) -> CoreResult<()> {
-        // SAFETY: `out` is valid for writes of `out.len()` bytes.
-        unsafe { bindings::mlsdisk_random_bytes(out.as_mut_ptr().cast(), out.len()) };
-        Ok(())
     }
 }
 
