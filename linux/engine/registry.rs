@@ -99,9 +99,17 @@ pub(crate) fn free() {
     drop(old);
 }
 
-/// Runs `f` on the registry, under its lock. `f` must not do I/O.
+/// Runs `f` on the registry, under its lock. `f` must not do I/O. An
+/// emptied registry gives its buffer back, so nothing is left allocated
+/// when the last disk goes, a failed module init included (which never
+/// reaches the module's `Drop` and so never calls [`free`]).
 pub(crate) fn with<R>(f: impl FnOnce(&mut Entries) -> R) -> R {
-    f(&mut OPEN.lock())
+    let mut open = OPEN.lock();
+    let result = f(&mut open);
+    if open.is_empty() {
+        *open = KVec::new();
+    }
+    result
 }
 
 /// `major:minor` of a `dev_t`, for messages.

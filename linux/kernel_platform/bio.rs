@@ -36,6 +36,8 @@ pub(crate) enum Claim {
     /// joined and outlives it, so nothing but device-mapper gets the
     /// device while the engine has it. The dm target.
     Dm(*mut c_void),
+    // The pass-through build has no anchor devices.
+    #[cfg_attr(mlsdisk_passthrough, allow(dead_code))]
     /// No claim (a rollback anchor device of a dm table is claimed by
     /// device-mapper only while its table is built).
     None,
