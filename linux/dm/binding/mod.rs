@@ -28,7 +28,7 @@
 //! dropped before it returns, and the trampoline sets `ti->error`.
 //!
 //! Deferred I/O: a target with [`Target::WORKER`] gets two bio queues
-//! (`kernel_platform/platform.c`); `map` picks one, device-mapper is told
+//! (`dm/queue.c`); `map` picks one, device-mapper is told
 //! `DM_MAPIO_SUBMITTED`, and the target later ends the bio exactly once
 //! through a [`DeferredBio`] (dropping it unended ends it with an I/O
 //! error), in process context.
