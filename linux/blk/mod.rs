@@ -69,9 +69,12 @@
 //! requests), drains and frees the read workqueue, then the ordered one,
 //! then syncs and closes the engine.
 //!
-//! Each disk has its own engine, workqueues and tag set. A blk-mq disk and
-//! a dm table must not use the same backing device: the dm target's
-//! registry of open disks does not cover these disks.
+//! Each disk has its own engine, workqueues and tag set. One user per
+//! backing device: each disk is in the module's registry of open disks
+//! (`engine/registry.rs`, shared with the dm target) from before its engine
+//! opens until after it is closed, so a dm table on its device is refused
+//! naming the disk, and its engine claims the device exclusively (a
+//! mount, `mkfs`, another driver get `EBUSY`).
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
