@@ -1,30 +1,29 @@
 // SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
 
-//! MlsDisk kernel module: the `mlsdisk` device-mapper target.
+//! MlsDisk kernel module: the MlsDisk engine (`core/`, crate
+//! `mlsdisk_core`) behind two devices, the device-mapper target `mlsdisk`
+//! and the blk-mq disks `/dev/mlsdisk<N>`.
 //!
-//! Layout of `linux/`:
+//! Layout of `linux/` (each folder depends only on the ones after it):
 //!
-//! - `mlsdisk_main.rs` (this file): module entry, core self-test at load.
-//! - `kalloc.rs`: the global allocator for the core engine (`alloc` over
-//!   `kvmalloc`); `alloc_shim.rs`: the two runtime symbols `alloc` needs.
-//! - `dm.rs`: device-mapper abstraction (the only device-mapper `unsafe`).
-//! - `kcrypto.rs`, `kbio.rs`, `kplatform.c`: the kernel platform of the
-//!   engine: [`kcrypto::KernelCrypto`] (crypto API `gcm(aes)` transform
-//!   pool, SHA-256/HMAC library, kernel RNG) and [`kbio::BdevBlockSet`]
-//!   (bios on the backing device, real cache flushes).
-//! - `blkdev.rs`, `blk_helpers.c`: the blk-mq disks `/dev/mlsdisk<N>` on
-//!   the same engine, made from module parameters.
-//! - `target.rs`: the `mlsdisk` target, safe Rust; `table.rs`: table-line
-//!   grammar, plain `core` Rust, unit-tested in userspace.
-//! - `ksync.rs`: [`ksync::KernelSync`], the core's `SyncPlatform` (kernel
-//!   mutexes, condition variables, jobs on a workqueue), self-tested at load.
-//! - `helpers.c`, `bindings/mlsdisk_helpers.h`: C helpers and the header
-//!   bindgen reads.
+//! - `mlsdisk_main.rs` (this file): module entry, self-tests at load, the
+//!   init order (engines, then disks, then the dm target).
+//! - `dm/`: the dm target (`dm/target.rs`) on our device-mapper abstraction
+//!   (`binding.rs`).
+//! - `blk/`: the blk-mq disks, made from module parameters (`mod.rs`, C
+//!   side in `helpers.c`).
+//! - `engine/`: the one front end both devices share: the `Engine` trait,
+//!   the parallel-read protocol, the error mapping, the pass-through
+//!   engine, the core's `disk::MlsDisk` as an engine (`disk.rs`) and the
+//!   registry of open disks (`registry.rs`).
+//! - `table.rs`: the table line and key grammar (plain `core` Rust,
+//!   unit-tested in userspace), used by both devices.
+//! - `kernel_platform/`: crypto, bios, parallel sealing, the allocator,
+//!   and the C helpers with the headers bindgen reads (`bindings/`).
 //! - `Kbuild`: how `alloc` and the core crate are built and linked in.
 //!
-//! The target runs the core's `disk::MlsDisk` (`engine_disk.rs`); at load
-//! time [`mlsdisk_core::selftest`] proves the allocator bridge and the
-//! kernel crypto provider against userspace.
+//! At load time [`mlsdisk_core::selftest`] proves the allocator bridge and
+//! the kernel crypto provider against userspace.
 
 // The `alloc` crate built by Kbuild (found through `-L`), for the engine's
 // own handle types (`CryptoRef` is an `alloc::sync::Arc`).
@@ -32,45 +31,37 @@ extern crate alloc;
 
 use kernel::prelude::*;
 
-mod blkdev;
+mod blk;
 mod dm;
-#[cfg(not(mlsdisk_passthrough))]
-mod engine_disk;
-mod kalloc;
-mod kbio;
-mod kcrypto;
-// The pass-through build has no engine to seal for.
-#[cfg_attr(mlsdisk_passthrough, allow(dead_code))]
-mod kparallel;
-mod ksync;
+mod engine;
+mod kernel_platform;
 mod table;
-mod target;
 
 module! {
     type: MlsDiskModule,
     name: "mlsdisk",
     authors: ["MlsDisk developers"],
-    description: "MlsDisk: a log-structured secure virtual disk (device-mapper target)",
+    description: "MlsDisk: a log-structured secure virtual disk (dm target mlsdisk, blk-mq disks /dev/mlsdiskN)",
     license: "Dual MPL/GPL",
 }
 
 struct MlsDiskModule {
     /// The dm target, registered last at init and unregistered first
     /// (`None` only if registering failed after blk-mq disks were added).
-    _target: Option<dm::Registration<target::MlsDisk>>,
+    _target: Option<dm::binding::Registration<dm::target::MlsDisk>>,
     /// `/dev/mlsdisk0`, `/dev/mlsdisk1`, ... as the module parameters ask
-    /// for them (see `blkdev.rs`); dropped (synced, closed) after the
+    /// for them (see `blk/mod.rs`); dropped (synced, closed) after the
     /// target is unregistered.
-    _disks: blkdev::BlkDisks,
+    _disks: blk::BlkDisks,
     /// The workers that seal write buffers on several CPUs; dropped last.
-    _parallel: kparallel::ParallelWorkqueue,
+    _parallel: kernel_platform::parallel::ParallelWorkqueue,
 }
 
 impl kernel::Module for MlsDiskModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
         // Process context (insmod): the engine may allocate and sleep.
         // The `disk_key` parameter is zeroed however init ends.
-        let _wipe = blkdev::KeyParamWipe;
+        let _wipe = blk::KeyParamWipe;
         let checksum = match mlsdisk_core::selftest::run() {
             Ok(checksum) => checksum,
             Err(why) => {
@@ -90,23 +81,25 @@ impl kernel::Module for MlsDiskModule {
             "core selftest ok checksum={:016x} (matches userspace)\n",
             checksum
         );
-        target::set_selftest_checksum(checksum);
+        engine::set_selftest_checksum(checksum);
         crypto_selftest()?;
-        ksync::selftest()?;
 
-        let parallel = kparallel::ParallelWorkqueue::new().inspect_err(|e| {
-            pr_err!("cannot allocate the parallel workqueue: error {}\n", e.to_errno());
+        let parallel = kernel_platform::parallel::ParallelWorkqueue::new().inspect_err(|e| {
+            pr_err!(
+                "cannot allocate the parallel workqueue: error {}\n",
+                e.to_errno()
+            );
         })?;
-        target::init_registry();
+        engine::registry::init();
         // The order matters for a failed init: the module is freed even if
         // something outside holds a reference to it (`try_module_get`
         // succeeds while it is coming up). So every engine is opened first
         // (all failable steps), then the disks are added (after the first
         // one nothing fails init), then the dm target is registered (after
         // which nothing can fail).
-        let opened = blkdev::BlkDisks::open_params()?;
+        let opened = blk::BlkDisks::open_params()?;
         let disks = opened.add()?;
-        let target = match dm::Registration::new(module) {
+        let target = match dm::binding::Registration::new(module) {
             Ok(registration) => Some(registration),
             Err(e) if disks.is_empty() => {
                 pr_err!("cannot register the dm target: error {}\n", e.to_errno());
@@ -142,7 +135,7 @@ impl kernel::Module for MlsDiskModule {
 fn crypto_selftest() -> Result {
     use mlsdisk_core::selftest;
 
-    let crypto = kcrypto::KernelCrypto::new().inspect_err(|e| {
+    let crypto = kernel_platform::crypto::KernelCrypto::new().inspect_err(|e| {
         pr_err!(
             "kernel crypto selftest failed: cannot allocate gcm(aes) transforms: error {}\n",
             e.to_errno()
@@ -188,9 +181,11 @@ fn crypto_selftest() -> Result {
 
 impl Drop for MlsDiskModule {
     fn drop(&mut self) {
-        // The blk-mq disk (a field) is dropped after this body; it does not
-        // use the dm registry.
-        target::free_registry();
+        // The target first, then the blk-mq disks (each leaves the registry
+        // of open disks once closed), then the registry itself.
+        drop(self._target.take());
+        drop(core::mem::replace(&mut self._disks, blk::BlkDisks::none()));
+        engine::registry::free();
         pr_info!("unloading\n");
     }
 }

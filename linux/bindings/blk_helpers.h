@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MPL-2.0 OR GPL-2.0 */
 /*
- * C side of the blk-mq disk /dev/mlsdisk<N> (blk_helpers.c). blkdev.rs
+ * C side of the blk-mq disk /dev/mlsdisk<N> (blk/helpers.c). blk/mod.rs
  * declares the same functions in an `extern "C"` block by hand (the module's
  * bindgen run covers only mlsdisk_helpers.h): keep the two in step.
  */
@@ -18,9 +18,6 @@ const char *mlsdisk_blk_param_mode(void);
 const char *mlsdisk_blk_param_anchor(void);
 /* Overwrites the disk_key parameter's string with zeros. */
 void mlsdisk_blk_wipe_key_param(void);
-
-/* The dev_t of the block device at `path` (lookup_bdev), or a -errno. */
-int mlsdisk_blk_lookup(const char *path, u32 *dev);
 
 /*
  * Allocates the disk on `set` with `queuedata`, 4 KiB blocks, a volatile

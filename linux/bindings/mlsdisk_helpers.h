@@ -9,7 +9,7 @@
  * they are the same Rust types the rest of the kernel crate uses.
  *
  * The functions below wrap inline functions and macros, which bindgen cannot
- * bind; linux/helpers.c defines them. Each is a one-line accessor with no
+ * bind; kernel_platform/helpers.c and platform.c define them. Each is a one-line accessor with no
  * logic of its own.
  */
 #ifndef MLSDISK_HELPERS_H
@@ -44,10 +44,10 @@ void mlsdisk_bio_set_dev(struct bio *bio, struct block_device *bdev);
 sector_t mlsdisk_bdev_nr_sectors(struct block_device *bdev);
 
 /*
- * Kernel platform for the core engine (linux/kplatform.c): the crypto
+ * Kernel platform for the core engine (linux/kernel_platform/platform.c): the crypto
  * provider and the backing-device block I/O. Unlike the accessors above,
  * these hold a little logic of their own (scatterlists, bios); the Rust
- * side (kcrypto.rs, kbio.rs) wraps them in safe types.
+ * side (kernel_platform/crypto.rs, kernel_platform/bio.rs) wraps them in safe types.
  */
 
 /* One piece of a message for the hash helpers. */
@@ -111,7 +111,7 @@ unsigned int mlsdisk_noio_save(void);
 void mlsdisk_noio_restore(unsigned int flags);
 
 /*
- * Deferred bios (linux/kplatform.c): `map` hands a bio to one of two
+ * Deferred bios (linux/kernel_platform/platform.c): `map` hands a bio to one of two
  * queues of the target, in process context afterwards; the callbacks must
  * end each bio (mlsdisk_bio_end).
  *
@@ -193,19 +193,25 @@ int mlsdisk_keyring_read(bool logon, const char *desc, u8 *out, unsigned int siz
 /*
  * The engine's own reference to the backing device, independent of any
  * dm_target (a disk outlives the table that opened it when a reload hands
- * it to the new table): a read/write open by device number, exclusive (with
- * a claim of its own) when asked: the blk-mq disks claim their backing
- * device; the dm target relies on its table's dm_get_device claim.
+ * it to the new table): a read/write open by device number. With
+ * own_holder, exclusive with a claim of its own (a token allocated here):
+ * the blk-mq disks. Else exclusive for `holder` if not NULL: the dm target
+ * passes device-mapper's holder (mlsdisk_file_holder of its table's
+ * dm_dev), so the engine's claim joins the table's and outlives it.
  * NULL with *err set on failure. Sleeps.
  */
-struct file *mlsdisk_bdev_open(dev_t dev, bool exclusive, int *err);
+struct file *mlsdisk_bdev_open(dev_t dev, void *holder, bool own_holder, int *err);
 /* The block device of a file from mlsdisk_bdev_open. */
 struct block_device *mlsdisk_file_bdev(struct file *file);
+/* The holder of an exclusively opened block device file (else NULL). */
+void *mlsdisk_file_holder(struct file *file);
 /*
- * Closes a file from mlsdisk_bdev_open (and ends its exclusive claim, if
- * it has one).
+ * Closes a file from mlsdisk_bdev_open and ends its exclusive claim, if it
+ * has one (own_holder: as opened, the token is freed then).
  */
-void mlsdisk_bdev_close(struct file *file);
+void mlsdisk_bdev_close(struct file *file, bool own_holder);
+/* The dev_t of the block device at `path` (lookup_bdev), or a -errno. */
+int mlsdisk_lookup_bdev(const char *path, u32 *dev);
 /* bdev->bd_dev */
 dev_t mlsdisk_bdev_dev(struct block_device *bdev);
 
@@ -215,5 +221,9 @@ dev_t mlsdisk_bdev_dev(struct block_device *bdev);
  * otherwise stack on top of an ioctl path. Sleeps.
  */
 void mlsdisk_run_on_worker(void (*fn)(void *arg), void *arg);
+
+/* The other helpers' headers: bindgen reads them through this one. */
+#include "blk_helpers.h"
+#include "par_helpers.h"
 
 #endif /* MLSDISK_HELPERS_H */

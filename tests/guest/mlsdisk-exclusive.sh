@@ -1,13 +1,18 @@
-# One user of a backing device at a time. A blk-mq disk claims its backing
-# device exclusively, and a dm table claims its own through dm_get_device,
-# so that two engines never run on one device (each ignoring the other's
-# writes: blocks synced through one read as zeros after a reopen through
-# the other, as happened when both were accepted):
-# 1. blk-mq disk first: a dm table on the same device, a mount and mkfs of
-#    the backing device are refused (EBUSY); the disk's data is intact.
+# One user of a backing device at a time. The module's one registry of
+# open disks (both devices consult it) refuses a second mlsdisk user, and
+# the engine claims its backing device exclusively (a blk-mq disk with a
+# holder of its own, a dm table's engine with device-mapper's, next to the
+# table's dm_get_device claim), so that two engines never run on one
+# device (each ignoring the other's writes: blocks synced through one read
+# as zeros after a reopen through the other, as happened when both were
+# accepted):
+# 1. blk-mq disk first: a dm table on the same device is refused naming
+#    the disk; a mount and mkfs of the backing device are refused (EBUSY);
+#    the disk's data is intact.
 # 2. dm table first: a mount and mkfs of the backing device are refused;
-#    insmod with a blk-mq disk on a device a dm table holds fails with the
-#    cause in dmesg.
+#    the data written through the blk-mq disk reads back through the table
+#    before and after; insmod with a blk-mq disk on a device a dm table
+#    holds fails with the cause in dmesg.
 # 3. After the first user is gone, the device opens again.
 # shellcheck shell=sh
 # shellcheck source=qemu/guest/lib.sh
@@ -53,6 +58,8 @@ must_fail dmsetup create mlsdisk_x --table "0 8192 mlsdisk $D $KEY 1 open"
 dm_exists mlsdisk_x && fail "a dm table on a device a blk-mq disk holds was created"
 dmesg | tail -n +$((n0 + 1)) | grep -q "cannot open backing device" ||
 	fail "no 'cannot open backing device' in dmesg for the refused table"
+dmesg | tail -n +$((n0 + 1)) | grep -q "in use by the blk-mq disk /dev/mlsdisk0" ||
+	fail "the refused table's message does not name the blk-mq disk holding the device"
 mount_busy
 must_fail mkfs.ext4 -q -F $D
 got=$(dd if=$BDEV bs=4096 count=64 iflag=direct 2>/dev/null | md5sum)
@@ -69,6 +76,8 @@ got=$(dd if=/dev/mapper/mlsdisk_x bs=4096 count=64 iflag=direct 2>/dev/null | md
 [ "$got" = "$want" ] || fail "the dm table reads other data than the blk-mq disk wrote"
 mount_busy
 must_fail mkfs.ext4 -q -F $D
+got=$(dd if=/dev/mapper/mlsdisk_x bs=4096 count=64 iflag=direct 2>/dev/null | md5sum)
+[ "$got" = "$want" ] || fail "the dm table's data changed after the refused users"
 run dmsetup remove mlsdisk_x
 run rmmod mlsdisk
 

@@ -3,32 +3,20 @@
 //! [`KernelParallel`]: the core's [`Parallel`] runner on a kernel
 //! workqueue, so the write path seals a buffer's blocks on several CPUs.
 //!
-//! `run` hands the jobs to `mlsdisk_par_run` (`par_helpers.c`): job 0 on the
+//! `run` hands the jobs to `mlsdisk_par_run` (`kernel_platform/parallel.c`): job 0 on the
 //! calling thread, the others as work items on the module's unbound
 //! `mlsdisk_par` workqueue, then a wait for all of them. The jobs borrow
 //! the caller's buffers; that is sound because the C function returns only
 //! after every job has returned. The workqueue lives from module load
 //! ([`ParallelWorkqueue::new`]) to unload, after every disk is gone.
 
-use core::ffi::{c_int, c_uint, c_void};
+use core::ffi::{c_uint, c_void};
 
 use kernel::prelude::*;
 use mlsdisk_core::platform::{Job, Parallel};
 
-mod ffi {
-    use super::*;
-
-    extern "C" {
-        pub(super) fn mlsdisk_par_init() -> c_int;
-        pub(super) fn mlsdisk_par_exit();
-        pub(super) fn mlsdisk_par_width() -> c_uint;
-        pub(super) fn mlsdisk_par_run(
-            f: Option<unsafe extern "C" fn(*mut c_void, c_uint)>,
-            ctx: *mut c_void,
-            n: c_uint,
-        );
-    }
-}
+/// The C side (`parallel.c`, declared in `bindings/par_helpers.h`).
+use super::bindings as ffi;
 
 /// The module's workqueue for parallel jobs; destroyed when dropped.
 pub(crate) struct ParallelWorkqueue(());
@@ -87,8 +75,6 @@ impl Parallel for KernelParallel {
         // `mlsdisk_par_run` returns, which it does only after calling
         // `call_job` exactly once for each index below `n = jobs.len()`.
         // The jobs are `Send`, so running them on workers is allowed.
-        unsafe {
-            ffi::mlsdisk_par_run(Some(call_job), jobs.as_mut_ptr().cast::<c_void>(), n)
-        };
+        unsafe { ffi::mlsdisk_par_run(Some(call_job), jobs.as_mut_ptr().cast::<c_void>(), n) };
     }
 }

@@ -7,7 +7,7 @@
 //!   implementation where the CPU has it), allocated once when the provider
 //!   is made, one slot per possible CPU, each behind its own mutex. A call
 //!   takes a slot, sets the (per-block) key on its transform and runs one
-//!   request: never a transform allocation per block. See `kplatform.c`.
+//!   request: never a transform allocation per block. See `kernel_platform/platform.c`.
 //! - SHA-256 and HMAC-SHA256: the kernel's library functions
 //!   (`<crypto/sha2.h>`), no transform at all.
 //! - Random bytes: `get_random_bytes`.
@@ -21,7 +21,7 @@ use kernel::prelude::*;
 use mlsdisk_core::platform::{AeadKey, Crypto, Hash, Iv, Mac, HASH_LEN, MAC_LEN};
 use mlsdisk_core::{Error as CoreError, ErrorKind, Result as CoreResult};
 
-use crate::dm::{bindings, CtrError};
+use crate::kernel_platform::{bindings, CtrError};
 use crate::table::{KeyRef, RawKey, KEY_DESC_MAX};
 
 /// The kernel's crypto provider. See the module documentation.
@@ -135,10 +135,7 @@ impl Drop for KernelCrypto {
 const INLINE_PARTS: usize = 8;
 
 /// Calls `f` with `parts` as an array of `mlsdisk_part`.
-fn with_parts<R>(
-    parts: &[&[u8]],
-    f: impl FnOnce(&[bindings::mlsdisk_part]) -> R,
-) -> CoreResult<R> {
+fn with_parts<R>(parts: &[&[u8]], f: impl FnOnce(&[bindings::mlsdisk_part]) -> R) -> CoreResult<R> {
     let to_part = |p: &&[u8]| bindings::mlsdisk_part {
         data: p.as_ptr(),
         len: p.len(),
@@ -192,6 +189,20 @@ impl Crypto for KernelCrypto {
     }
 
     fn hmac_sha256(&self, key: &[u8], parts: &[&[u8]]) -> CoreResult<Hash> {
+        hmac_sha256(key, parts)
+    }
+
+    fn fill_random(&self, out: &mut [u8]) -> CoreResult<()> {
+        // SAFETY: `out` is valid for writes of `out.len()` bytes.
+        unsafe { bindings::mlsdisk_random_bytes(out.as_mut_ptr().cast(), out.len()) };
+        Ok(())
+    }
+}
+
+/// HMAC-SHA256 of the concatenated `parts` under `key` (the kernel's
+/// crypto library; no transform to allocate).
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> CoreResult<Hash> {
+    {
         let mut out = [0u8; HASH_LEN];
         with_parts(parts, |p| {
             // SAFETY: as in `sha256`; `key` is valid for `key.len()` bytes.
@@ -206,12 +217,6 @@ impl Crypto for KernelCrypto {
             }
         })?;
         Ok(out)
-    }
-
-    fn fill_random(&self, out: &mut [u8]) -> CoreResult<()> {
-        // SAFETY: `out` is valid for writes of `out.len()` bytes.
-        unsafe { bindings::mlsdisk_random_bytes(out.as_mut_ptr().cast(), out.len()) };
-        Ok(())
     }
 }
 
@@ -262,6 +267,10 @@ pub(crate) fn keyring_key(r: &KeyRef) -> Result<RawKey, CtrError> {
         why,
         ret
     );
-    let err = if ret < 0 { Error::from_errno(ret) } else { EINVAL };
+    let err = if ret < 0 {
+        Error::from_errno(ret)
+    } else {
+        EINVAL
+    };
     Err(CtrError::new(msg, err))
 }

@@ -16,7 +16,7 @@
 //! crate, built by `linux/Kbuild` with the kernel's flags but without that
 //! restriction, can. (The four allocation entry points, `__rust_alloc` and
 //! friends, rustc emits itself for the crate with `#[global_allocator]`:
-//! `kalloc.rs`.)
+//! `kernel_platform/allocator.rs`.)
 
 #![no_std]
 #![feature(rustc_attrs)]

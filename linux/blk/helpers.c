@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
 /*
- * C side of the blk-mq disk /dev/mlsdisk<N> (blkdev.rs): the module
+ * C side of the blk-mq disk /dev/mlsdisk<N> (blk/mod.rs): the module
  * parameters, the gendisk (queue limits and a block_device_operations with
  * .owner = THIS_MODULE, which the Rust GenDiskBuilder of 7.3 cannot set:
  * without it an open disk would not pin the module), request accessors for
@@ -15,6 +15,7 @@
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/overflow.h>
+#include <linux/refcount.h>
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/workqueue.h>
@@ -23,14 +24,44 @@
 
 /*
  * Permissions 0: none of these appears under /sys/module/mlsdisk/parameters,
- * so the key is never readable back; blkdev.rs wipes it after use.
+ * so the key is never readable back; blk/mod.rs wipes it after use.
  */
 static char *disk_backing;
 module_param(disk_backing, charp, 0);
 MODULE_PARM_DESC(disk_backing,
 		 "backing block devices of /dev/mlsdisk0, 1, ... (comma list of paths or major:minor, at most 8); none: no disk");
 static char *disk_key;
-module_param(disk_key, charp, 0);
+
+/*
+ * disk_key is a charp parameter whose string is zeroed before the kernel
+ * frees it, on every path: when the parameter is given again (param_set_charp
+ * frees the earlier string), and when the module's parameters are freed
+ * (after a failed init, or at unload). blkdev's init guard zeroes it too.
+ */
+static void mlsdisk_wipe_charp(char *p)
+{
+	if (p)
+		memzero_explicit(p, strlen(p));
+}
+
+static int mlsdisk_key_param_set(const char *val, const struct kernel_param *kp)
+{
+	mlsdisk_wipe_charp(*(char **)kp->arg);
+	return param_set_charp(val, kp);
+}
+
+static void mlsdisk_key_param_free(void *arg)
+{
+	mlsdisk_wipe_charp(*(char **)arg);
+	param_free_charp(arg);
+}
+
+static const struct kernel_param_ops mlsdisk_key_param_ops = {
+	.set = mlsdisk_key_param_set,
+	.get = param_get_charp,
+	.free = mlsdisk_key_param_free,
+};
+module_param_cb(disk_key, &mlsdisk_key_param_ops, &disk_key, 0);
 MODULE_PARM_DESC(disk_key,
 		 "root keys (one for all disks or a comma list): 32 or 64 hex digits, or :<size>:logon:<description>");
 static char *disk_mode;
@@ -64,19 +95,7 @@ const char *mlsdisk_blk_param_anchor(void)
 
 void mlsdisk_blk_wipe_key_param(void)
 {
-	if (disk_key)
-		memzero_explicit(disk_key, strlen(disk_key));
-}
-
-int mlsdisk_blk_lookup(const char *path, u32 *dev)
-{
-	dev_t d;
-	int err = lookup_bdev(path, &d);
-
-	if (err)
-		return err;
-	*dev = d;
-	return 0;
+	mlsdisk_wipe_charp(disk_key);
 }
 
 static const struct block_device_operations mlsdisk_blk_fops = {
@@ -177,6 +196,22 @@ size_t mlsdisk_blk_rq_copy(struct request *rq, void *buf, size_t len, bool to_rq
 
 void mlsdisk_blk_rq_end(struct request *rq, int err)
 {
+	/*
+	 * The Rust request wrapper (rust/kernel/block/mq/request.rs) keeps a
+	 * refcount_t, its only field, in the request's pdu: 2 while the driver
+	 * holds its one ARef, 0 once the block layer owns the request again.
+	 * Request::end_ok drops it from 2 to 0 before it ends a request; the
+	 * 7.3 Rust API has no call that ends with an error status, so this
+	 * does the same here. The tag set's pdu is that wrapper alone
+	 * (cmd_size), so with that size the refcount is at its start; a
+	 * wrapper of another size is left alone (queue_rq sets the count
+	 * afresh, and the driver never looks a request up by tag).
+	 */
+	if (rq->q->tag_set->cmd_size == sizeof(refcount_t)) {
+		refcount_t *ref = blk_mq_rq_to_pdu(rq);
+
+		atomic_cmpxchg(&ref->refs, 2, 0);
+	}
 	blk_mq_end_request(rq, errno_to_blk_status(err));
 }
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
 /*
- * C side of kparallel.rs: run n jobs of one callback at once on an unbound
+ * C side of kernel_platform/parallel.rs: run n jobs of one callback at once on an unbound
  * workqueue and wait for all of them (the core's platform::Parallel).
  *
  * The caller runs job 0 itself; jobs 1..n go to the module's "mlsdisk_par"
@@ -18,7 +18,7 @@
  * into I/O through reclaim.
  *
  * The same init also makes "mlsdisk_sync" (WQ_MEM_RECLAIM | WQ_UNBOUND),
- * the queue of mlsdisk_run_on_worker (kplatform.c): create, open, sync and
+ * the queue of mlsdisk_run_on_worker (kernel_platform/platform.c): create, open, sync and
  * close of a disk run there on a fresh stack, with a rescuer thread, rather
  * than on system_dfl_long_wq, which has none.
  */

@@ -9,7 +9,7 @@
 //! `BIO_MAX_VECS`), each waited for with `submit_bio_wait`. `flush` is a
 //! real cache flush of the backing device (`blkdev_issue_flush`, a
 //! `REQ_PREFLUSH`). Failures are logged (rate-limited, with the device,
-//! sector and errno) and come back as [`ErrorKind::Io`]. See `kplatform.c`.
+//! sector and errno) and come back as [`ErrorKind::Io`]. See `kernel_platform/platform.c`.
 //!
 //! Every method sleeps: process context only.
 
@@ -19,22 +19,49 @@ use kernel::prelude::*;
 use mlsdisk_core::bio::{check_range, BlockSet, BLOCK_SIZE};
 use mlsdisk_core::{Error as CoreError, ErrorKind, Result as CoreResult};
 
-use crate::dm::bindings;
+use crate::kernel_platform::bindings;
 
 /// 512-byte sectors per 4 KiB block.
 const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
 
-/// The engine's own open reference to a block device (non-exclusive, read
-/// and write, by device number), closed on drop. Independent of any
-/// `dm_target`, so a disk can outlive the table that opened it.
+/// How [`OpenBdev::open`] claims its device.
+#[derive(Clone, Copy)]
+pub(crate) enum Claim {
+    /// Exclusively, for a holder of its own: any other exclusive opener
+    /// (a dm table, a mount, `mkfs`, another disk) gets `EBUSY` while the
+    /// device is open. The blk-mq disks.
+    Own,
+    /// Exclusively, for device-mapper's holder (taken from a `dm_dev` of
+    /// the table, [`crate::dm::binding::DmDev::holder`]): the table's own claim is
+    /// joined and outlives it, so nothing but device-mapper gets the
+    /// device while the engine has it. The dm target.
+    Dm(*mut c_void),
+    // The pass-through build has no anchor devices.
+    #[cfg_attr(mlsdisk_passthrough, allow(dead_code))]
+    /// No claim (a rollback anchor device of a dm table is claimed by
+    /// device-mapper only while its table is built).
+    None,
+}
+
+// SAFETY: the holder is an identity token (compared by address by the
+// block layer, never dereferenced), valid as long as device-mapper is
+// loaded; passing it to another thread is harmless.
+unsafe impl Send for Claim {}
+// SAFETY: as above: nothing is reached through the token.
+unsafe impl Sync for Claim {}
+
+/// The engine's own open reference to a block device (read and write, by
+/// device number, exclusive as [`Claim`] says), closed on drop. Independent
+/// of any `dm_target`, so a disk can outlive the table that opened it.
 ///
 /// # Invariants
 ///
-/// `file` came from `mlsdisk_bdev_open` and is closed only by `drop`;
-/// `bdev` is its block device.
+/// `file` came from `mlsdisk_bdev_open` (with a token of its own if `own`)
+/// and is closed only by `drop`; `bdev` is its block device.
 pub(crate) struct OpenBdev {
     file: NonNull<kernel::bindings::file>,
     bdev: NonNull<kernel::bindings::block_device>,
+    own: bool,
 }
 
 // SAFETY: an open block device file may be used and closed from any thread.
@@ -44,32 +71,38 @@ unsafe impl Send for OpenBdev {}
 unsafe impl Sync for OpenBdev {}
 
 impl OpenBdev {
-    /// Opens device `dev` (`dev_t`) for reading and writing. Sleeps.
-    ///
-    /// `exclusive`: claim the device for this handle alone while it is
-    /// open, so that any other exclusive opener (another disk of this
-    /// module, a dm table, a mount, `mkfs`) is refused with `EBUSY`. The
-    /// dm target opens without a claim: the table's own `dm_get_device`
-    /// claim already protects its device.
+    /// Opens device `dev` (`dev_t`) for reading and writing, claimed as
+    /// `claim` says. Sleeps.
     ///
     /// # Errors
     ///
     /// The errno of the open (`ENXIO`, `EACCES`, `EBUSY`, ...).
-    pub(crate) fn open(dev: u32, exclusive: bool) -> Result<Self> {
+    pub(crate) fn open(dev: u32, claim: Claim) -> Result<Self> {
         let mut err: c_int = 0;
-        // SAFETY: `err` is a valid out-pointer; process context.
-        let file = unsafe { bindings::mlsdisk_bdev_open(dev, exclusive, &mut err) };
+        let (holder, own) = match claim {
+            Claim::Own => (core::ptr::null_mut(), true),
+            Claim::Dm(holder) => (holder, false),
+            Claim::None => (core::ptr::null_mut(), false),
+        };
+        // SAFETY: `err` is a valid out-pointer; `holder` is NULL or
+        // device-mapper's holder, which lives as long as device-mapper
+        // (a static of dm.c); process context.
+        let file = unsafe { bindings::mlsdisk_bdev_open(dev, holder, own, &mut err) };
         let Some(file) = NonNull::new(file) else {
-            return Err(if err < 0 { Error::from_errno(err) } else { ENXIO });
+            return Err(if err < 0 {
+                Error::from_errno(err)
+            } else {
+                ENXIO
+            });
         };
         // SAFETY: a file just opened by `mlsdisk_bdev_open`.
         let bdev = unsafe { bindings::mlsdisk_file_bdev(file.as_ptr()) };
         match NonNull::new(bdev) {
-            // INVARIANT: the file and its block device.
-            Some(bdev) => Ok(Self { file, bdev }),
+            // INVARIANT: the file and its block device, opened as `own`.
+            Some(bdev) => Ok(Self { file, bdev, own }),
             None => {
-                // SAFETY: opened above, closed once here.
-                unsafe { bindings::mlsdisk_bdev_close(file.as_ptr()) };
+                // SAFETY: opened above (as `own`), closed once here.
+                unsafe { bindings::mlsdisk_bdev_close(file.as_ptr(), own) };
                 Err(ENXIO)
             }
         }
@@ -84,9 +117,42 @@ impl OpenBdev {
 
 impl Drop for OpenBdev {
     fn drop(&mut self) {
-        // SAFETY: open (type invariant), closed once here.
-        unsafe { bindings::mlsdisk_bdev_close(self.file.as_ptr()) };
+        // SAFETY: open, as `own` says (type invariant), closed once here.
+        unsafe { bindings::mlsdisk_bdev_close(self.file.as_ptr(), self.own) };
     }
+}
+
+/// The `dev_t` of a device named by `name`: `major:minor`, or a path.
+pub(crate) fn device_number(name: &[u8]) -> Result<u32> {
+    let num = |s: &[u8]| -> Option<u32> {
+        if s.is_empty() || s.len() > 7 || !s.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(s.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')))
+    };
+    if let Some(i) = name.iter().position(|&c| c == b':') {
+        if let (Some(major), Some(minor)) =
+            (name.get(..i).and_then(num), name.get(i + 1..).and_then(num))
+        {
+            if major < (1 << 12) && minor < (1 << 20) {
+                return Ok((major << 20) | minor);
+            }
+        }
+    }
+    if name.is_empty() || name.contains(&0) {
+        return Err(EINVAL);
+    }
+    let mut path = KVec::with_capacity(name.len() + 1, GFP_KERNEL)?;
+    path.extend_from_slice(name, GFP_KERNEL)?;
+    path.push(0, GFP_KERNEL)?;
+    let mut dev = 0u32;
+    // SAFETY: `path` is NUL-terminated; `dev` is a valid out-pointer.
+    // Process context.
+    let ret = unsafe { bindings::mlsdisk_lookup_bdev(path.as_ptr().cast(), &mut dev) };
+    if ret < 0 {
+        return Err(Error::from_errno(ret));
+    }
+    Ok(dev)
 }
 
 /// A block device as 4 KiB blocks (a partial last block is unused).
@@ -160,7 +226,10 @@ impl NoIoScope {
     pub(crate) fn enter() -> Self {
         // SAFETY: marks the current task; paired with the restore in `drop`
         // on the same task (the scope is not `Send`, so it is dropped on this task).
-        Self(unsafe { bindings::mlsdisk_noio_save() }, core::marker::PhantomData)
+        Self(
+            unsafe { bindings::mlsdisk_noio_save() },
+            core::marker::PhantomData,
+        )
     }
 }
 
@@ -172,7 +241,7 @@ impl Drop for NoIoScope {
 }
 
 /// Runs `f` on a kernel worker (the module's `mlsdisk_sync` workqueue,
-/// `WQ_MEM_RECLAIM`, see `par_helpers.c`) and waits for its
+/// `WQ_MEM_RECLAIM`, see `kernel_platform/parallel.c`) and waits for its
 /// result: a fresh, shallow stack for the engine's deep calls (create,
 /// open, sync), which would otherwise sit on top of an ioctl path in a
 /// 16 KiB kernel stack. The worker runs in a `GFP_NOIO` scope. Sleeps.
@@ -207,10 +276,7 @@ pub(crate) fn on_worker<F: FnOnce() -> R + Send, R: Send>(f: F) -> Option<R> {
     // SAFETY: `run::<F, R>` matches the job's type; the job outlives the
     // call, which returns only after `run` finished; `F` and `R` are `Send`.
     unsafe {
-        bindings::mlsdisk_run_on_worker(
-            Some(run::<F, R>),
-            core::ptr::from_mut(&mut job).cast(),
-        )
+        bindings::mlsdisk_run_on_worker(Some(run::<F, R>), core::ptr::from_mut(&mut job).cast())
     };
     job.r
 }

@@ -28,11 +28,11 @@ use mlsdisk_core::disk::{
 };
 use mlsdisk_core::{Cause, CryptoRef, Error as CoreError, ErrorKind};
 
-use crate::dm::CtrError;
-use crate::kbio::{BdevBlockSet, NoIoScope};
-use crate::kcrypto::KernelCrypto;
+use crate::engine::Engine;
+use crate::kernel_platform::bio::{BdevBlockSet, NoIoScope};
+use crate::kernel_platform::crypto::KernelCrypto;
+use crate::kernel_platform::CtrError;
 use crate::table::Mode;
-use crate::target::Engine;
 
 impl Engine for MlsDisk<BdevBlockSet> {
     fn read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()> {
@@ -62,7 +62,7 @@ impl Engine for MlsDisk<BdevBlockSet> {
             "health={} sync={} capacity={} logical={} mapped={} free={} pending={} wa={}.{:03} cleaned={} anchor={}{}",
             if healthy { "ok" } else { "failed" },
             st.sync_counter,
-            st.logical_blocks.saturating_mul(crate::target::SECTORS_PER_BLOCK),
+            st.logical_blocks.saturating_mul(crate::engine::SECTORS_PER_BLOCK),
             st.logical_blocks,
             st.mapped_blocks,
             st.free_blocks,
@@ -95,13 +95,17 @@ fn ctr_error(e: CoreError, creating: bool) -> CtrError {
     let truncated = e.cause() == Cause::Truncated;
     let msg: &'static CStr = match (e.kind(), creating) {
         _ if is_anchor_error(&e) => anchor_error(e.kind()),
-        _ if truncated && !creating => c"the backing device is smaller than the disk on it (truncated)",
+        _ if truncated && !creating => {
+            c"the backing device is smaller than the disk on it (truncated)"
+        }
         (ErrorKind::WrongKey, _) => c"wrong key",
         (ErrorKind::Corrupted, false) => {
             c"no mlsdisk on the backing device (give the 'create' option to format it)"
         }
         (ErrorKind::Corrupted, true) => c"cannot format the backing device",
-        (ErrorKind::Integrity, _) => c"the backing device fails authentication (tampered or damaged)",
+        (ErrorKind::Integrity, _) => {
+            c"the backing device fails authentication (tampered or damaged)"
+        }
         (ErrorKind::Rollback, _) => c"the backing device was rolled back to an older state",
         (ErrorKind::Io, _) => c"I/O error on the backing device",
         (ErrorKind::OutOfMemory, _) => c"out of memory",
@@ -212,8 +216,7 @@ pub(crate) fn start_with_anchor(
     let anchor: Box<dyn RollbackAnchor> = match anchor {
         None => Box::new(NoAnchor),
         Some(adev) => Box::new(
-            BlockAnchor::new(adev, crypto.clone(), root_key)
-                .map_err(|e| ctr_error(e, creating))?,
+            BlockAnchor::new(adev, crypto.clone(), root_key).map_err(|e| ctr_error(e, creating))?,
         ),
     };
     let mut disk = if creating {
@@ -222,8 +225,10 @@ pub(crate) fn start_with_anchor(
         MlsDisk::open(dev, crypto, root_key, cfg, anchor)
     }
     .map_err(|e| ctr_error(e, creating))?;
-    // Write buffers are sealed on several CPUs (kparallel.rs).
-    disk.set_parallel(alloc::sync::Arc::new(crate::kparallel::KernelParallel));
+    // Write buffers are sealed on several CPUs (kernel_platform/parallel.rs).
+    disk.set_parallel(alloc::sync::Arc::new(
+        crate::kernel_platform::parallel::KernelParallel,
+    ));
     let capacity = disk.nblocks();
     Ok((Box::new(disk), capacity))
 }

@@ -1,0 +1,490 @@
+// SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
+
+//! The blk-mq disks `/dev/mlsdisk0`, `/dev/mlsdisk1`, ...: the same engine
+//! as the dm target, set up by module parameters instead of `dmsetup`.
+//!
+//! ```text
+//! insmod mlsdisk.ko disk_backing=/dev/vda,/dev/vdb disk_key=<hex>,<hex> \
+//!     disk_mode=create disk_anchor=none,/dev/vdc
+//! ```
+//!
+//! Each parameter is a comma list; `disk_key`, `disk_mode` and
+//! `disk_anchor` give either one item for every disk or one per disk.
+//!
+//! - `disk_backing`: the backing block devices (path or `major:minor`), at
+//!   most [`MAX_DISKS`]; the Nth makes `/dev/mlsdisk<N-1>`. Without it no
+//!   disk is made (the dm target works as always).
+//! - `disk_key`: the root keys as for the table line: 32 or 64 hex digits,
+//!   or a keyring reference `:<size>:logon:<description>` (no comma in the
+//!   description). The parameters have permissions 0 (nothing under
+//!   `/sys/module/mlsdisk/parameters`), and the key string is overwritten
+//!   with zeros once parsed, whether the disks came up or not.
+//! - `disk_mode`: `create` formats the device, `open` (the default) opens
+//!   an existing disk.
+//! - `disk_anchor`: `none` (the default) or the device of the disk's
+//!   rollback anchor (`engine_disk::start_with_anchor`, as the table's
+//!   `anchor=dev:<device>`).
+//!
+//! No device may serve two disks (as backing or anchor), nor be a disk's
+//! backing and anchor. All or nothing: the disks are opened in order, and
+//! if one fails (a wrong key, a device without an mlsdisk, a tampered one,
+//! a rollback its anchor catches) the ones already made are removed again
+//! and `insmod` fails, with the disk and the cause in the kernel log.
+//!
+//! The disk has 4 KiB logical and physical blocks and the engine's logical
+//! capacity. It declares a volatile write cache with FUA, so that the block
+//! layer sends flushes (`REQ_OP_FLUSH`) and FUA writes: a flush syncs the
+//! engine, a FUA write syncs after the data. Discards unmap. An engine error
+//! ends the request with an error status (`BLK_STS_IOERR`, `NOSPC`,
+//! `RESOURCE`, `NOTSUPP`) and a rate-limited
+//! `mlsdisk: mlsdisk<N>: <op> at block <n> failed: ...` line.
+//!
+//! # Where the engine runs
+//!
+//! `queue_rq` never calls the engine. The tag set of `kernel::block::mq` is
+//! not `BLK_MQ_F_BLOCKING`, so `queue_rq` runs under RCU and must not sleep,
+//! while the engine allocates (`GFP_KERNEL`, vmalloc) and waits for bios.
+//! Rather than a blocking queue (whose dispatch would then run the engine on
+//! whatever task submitted the I/O, on that task's stack), `queue_rq` hands
+//! each request to a workqueue, as the dm target does (see "Threads" in
+//! `dm/target.rs`):
+//!
+//! - reads go to the disk's read workqueue (`mlsdisk<N>_rd`,
+//!   `WQ_MEM_RECLAIM | WQ_UNBOUND`, one work item per tag, so up to
+//!   [`QUEUE_DEPTH`] at once and no allocation in `queue_rq`); each plans
+//!   under the engine's mutex, then fetches and decrypts into a bounce
+//!   buffer of its own without it ([`Reads`]), copies into the request and
+//!   ends it;
+//! - everything else is appended to a preallocated FIFO served by the
+//!   disk's ordered `WQ_MEM_RECLAIM` workqueue: its one work item ends the
+//!   requests in order, in a `GFP_NOIO` scope, and when the FIFO is empty
+//!   runs the engine's background work (compaction, cleaning) a bounded
+//!   step at a time, never while a read waits for the engine.
+//!
+//! # Lifetime
+//!
+//! The disk's `block_device_operations` name this module as owner, so an
+//! open (mounted) disk pins the module: `rmmod` fails with `EBUSY`. Module
+//! exit, for each disk (the last first), deletes the disk (waiting for its
+//! requests), drains and frees the read workqueue, then the ordered one,
+//! then syncs and closes the engine.
+//!
+//! Each disk has its own engine, workqueues and tag set. One user per
+//! backing device: each disk is in the module's registry of open disks
+//! (`engine/registry.rs`, shared with the dm target) from before its engine
+//! opens until after it is closed, so a dm table on its device is refused
+//! naming the disk, and its engine claims the device exclusively (a
+//! mount, `mkfs`, another driver get `EBUSY`).
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use kernel::ffi::{c_char, c_int, c_void};
+
+use kernel::block::mq::{self, Operations, TagSet};
+use kernel::prelude::*;
+use kernel::sync::aref::ARef;
+use kernel::sync::{Arc, ArcBorrow, Mutex, SpinLockIrq};
+use kernel::types::ForeignOwnable;
+use kernel::{bindings, new_mutex, new_spinlock_irq};
+
+use crate::engine::registry::BlkClaim;
+use crate::engine::serve::{serve_read, IoRequest, Op};
+use crate::engine::{Closed, Engine, Failure, Reads, Worker, SECTORS_PER_BLOCK};
+use crate::kernel_platform::bio::{
+    device_number, on_worker, BdevBlockSet, Claim, NoIoScope, OpenBdev,
+};
+use crate::table::{self, KeySpec, RawKey};
+
+mod disk;
+mod params;
+
+pub(crate) use disk::BlkDisks;
+pub(crate) use params::KeyParamWipe;
+
+/// The C side (`blk/helpers.c`, declared in `bindings/blk_helpers.h`,
+/// which bindgen reads).
+use crate::kernel_platform::bindings as ffi;
+
+/// Largest request in sectors (1 MiB, the worker's buffer).
+const MAX_IO_SECTORS: u32 = crate::engine::MAX_IO_SECTORS as u32;
+
+/// Largest discard in sectors (64 MiB).
+const MAX_DISCARD_SECTORS: u32 = 1 << 17;
+
+/// Tags of the one hardware queue.
+const QUEUE_DEPTH: u32 = 64;
+
+/// The FIFO holds every request the driver owns: at most one per tag, plus
+/// the flush machinery's own request (which borrows a tag); the rest is
+/// margin.
+const FIFO_CAPACITY: usize = QUEUE_DEPTH as usize + 8;
+
+/// Most disks the module parameters may ask for (`/dev/mlsdisk0` to
+/// `/dev/mlsdisk7`).
+const MAX_DISKS: usize = 8;
+
+/// Requests served, logged when the disk is removed (and checked by the
+/// guest test: flushes and discards must reach the engine).
+#[derive(Default)]
+struct Counts {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    /// Engine syncs: flushes, preflushes and FUA writes.
+    syncs: AtomicU64,
+    discards: AtomicU64,
+    /// Requests ended with an error.
+    errors: AtomicU64,
+}
+
+impl Counts {
+    fn one(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a served request.
+    fn count(&self, op: u32, bytes: usize, ok: bool) {
+        match (ok, op) {
+            (false, _) => Self::one(&self.errors),
+            (true, ffi::MLSDISK_RQ_READ) => Self::one(&self.reads),
+            (true, ffi::MLSDISK_RQ_WRITE) if bytes != 0 => Self::one(&self.writes),
+            (true, ffi::MLSDISK_RQ_DISCARD) => Self::one(&self.discards),
+            _ => {}
+        }
+    }
+}
+
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        write!(
+            f,
+            "reads={} writes={} syncs={} discards={} errors={}",
+            n(&self.reads),
+            n(&self.writes),
+            n(&self.syncs),
+            n(&self.discards),
+            n(&self.errors)
+        )
+    }
+}
+
+/// What the worker needs to know about a request.
+struct Rq {
+    raw: *mut bindings::request,
+    op: u32,
+    /// First sector.
+    pos: u64,
+    bytes: usize,
+    fua: bool,
+    preflush: bool,
+}
+
+impl Rq {
+    /// What the driver needs of `raw`.
+    ///
+    /// # Safety
+    ///
+    /// The driver owns `raw` (started by `queue_rq`, not ended yet) for as
+    /// long as the `Rq` lives.
+    unsafe fn new(raw: *mut bindings::request) -> Self {
+        // SAFETY: the caller's promise: a live request the driver owns.
+        unsafe {
+            Self {
+                raw,
+                op: ffi::mlsdisk_blk_rq_op(raw),
+                pos: ffi::mlsdisk_blk_rq_pos(raw),
+                bytes: ffi::mlsdisk_blk_rq_bytes(raw) as usize,
+                fua: ffi::mlsdisk_blk_rq_fua(raw),
+                preflush: ffi::mlsdisk_blk_rq_preflush(raw),
+            }
+        }
+    }
+}
+
+impl IoRequest for Rq {
+    fn op(&self) -> Op {
+        match self.op {
+            ffi::MLSDISK_RQ_READ => Op::Read,
+            ffi::MLSDISK_RQ_WRITE => Op::Write,
+            ffi::MLSDISK_RQ_FLUSH => Op::Flush,
+            ffi::MLSDISK_RQ_DISCARD => Op::Discard,
+            _ => Op::Other,
+        }
+    }
+    fn sector(&self) -> u64 {
+        self.pos
+    }
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+    fn preflush(&self) -> bool {
+        self.preflush
+    }
+    fn fua(&self) -> bool {
+        self.fua
+    }
+    fn copy_out(&mut self, buf: &mut [u8]) -> usize {
+        // SAFETY: the driver owns the request (`Rq::new`'s promise); `buf`
+        // is valid for `buf.len()` bytes, which the copy only writes.
+        unsafe { ffi::mlsdisk_blk_rq_copy(self.raw, buf.as_mut_ptr().cast(), buf.len(), false) }
+    }
+    fn copy_in(&mut self, buf: &[u8]) -> usize {
+        // SAFETY: as in `copy_out`; the copy only reads `buf` (to_rq).
+        unsafe {
+            ffi::mlsdisk_blk_rq_copy(self.raw, buf.as_ptr().cast_mut().cast(), buf.len(), true)
+        }
+    }
+}
+
+/// The disk's state, shared by `queue_rq` (as the queue's data) and the
+/// worker.
+#[pin_data]
+struct DiskState {
+    /// Requests handed over by `queue_rq`, oldest first. Allocated with
+    /// [`FIFO_CAPACITY`] up front: `queue_rq` never makes it grow.
+    #[pin]
+    pending: SpinLockIrq<VecDeque<ARef<mq::Request<BlkOps>>>>,
+    /// The engine, used by the workers (and at close).
+    #[pin]
+    io: Mutex<Worker>,
+    /// The parallel read path on the engine.
+    reads: Reads,
+    /// What reached the engine.
+    counts: Counts,
+    /// The disk's ordered workqueue; valid from before the disk is added
+    /// until after it is deleted (see [`BlkDisk`]).
+    work: WorkPtr,
+    /// The disk's read workqueue; valid as long as `work`.
+    rworks: ReadsPtr,
+    /// Set at teardown: no more background work.
+    closing: AtomicBool,
+    /// N of `/dev/mlsdisk<N>`, for the log.
+    index: c_int,
+}
+
+/// The C work item, owned by [`BlkDisk`].
+struct WorkPtr(NonNull<ffi::mlsdisk_blk_work>);
+
+// SAFETY: queue_work may be called from any context and thread.
+unsafe impl Send for WorkPtr {}
+// SAFETY: as above; the pointer itself never changes.
+unsafe impl Sync for WorkPtr {}
+
+/// The C read work items, owned by [`BlkDisk`].
+struct ReadsPtr(NonNull<ffi::mlsdisk_blk_reads>);
+
+// SAFETY: queue_work may be called from any context and thread.
+unsafe impl Send for ReadsPtr {}
+// SAFETY: as above; the pointer itself never changes.
+unsafe impl Sync for ReadsPtr {}
+
+impl DiskState {
+    /// Kicks the worker.
+    fn kick(&self) {
+        // SAFETY: the workqueue lives while the disk can take requests
+        // (`BlkDisk` frees it only after deleting the disk). Any context.
+        unsafe { ffi::mlsdisk_blk_work_queue(self.work.0.as_ptr()) };
+    }
+
+    /// The work item: serves every queued request, in order, then runs
+    /// background steps while nothing is queued.
+    fn run(&self) {
+        let _noio = NoIoScope::enter();
+        loop {
+            // A statement of its own: the lock is released before `serve`.
+            let next = self.pending.lock().pop_front();
+            let Some(rq) = next else { break };
+            self.serve(rq);
+        }
+        while !self.closing.load(Ordering::Relaxed) && self.pending.lock().is_empty() {
+            // Not while a read waits for the engine (it kicks us afterwards).
+            if !self.reads.background_may_run() {
+                break;
+            }
+            match self.io.lock().engine.background_step() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    if crate::kernel_platform::ratelimit() {
+                        pr_err!("mlsdisk{}: background work failed: {:?}\n", self.index, e);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    fn serve(&self, rq: ARef<mq::Request<BlkOps>>) {
+        // SAFETY: the worker owns `rq` until it ends it below.
+        let mut req = unsafe { Rq::new(raw_of(&rq)) };
+        let result = self.io.lock().serve(&mut req, Some(&self.counts.syncs));
+        self.counts.count(req.op, req.bytes, result.is_ok());
+        finish(rq, result, self.index);
+    }
+
+    /// Serves a read request on the read workqueue ([`serve_read`]:
+    /// planned under the engine's mutex, fetched without it), with a
+    /// bounce buffer of its own.
+    fn serve_read(&self, rq: ARef<mq::Request<BlkOps>>) {
+        let _noio = NoIoScope::enter();
+        // SAFETY: this worker owns `rq` until it ends it below.
+        let mut req = unsafe { Rq::new(raw_of(&rq)) };
+        let (result, wake) = serve_read(&self.reads, &self.io, &mut req);
+        if wake && !self.closing.load(Ordering::Relaxed) {
+            self.kick();
+        }
+        self.counts.count(req.op, req.bytes, result.is_ok());
+        finish(rq, result, self.index);
+    }
+}
+
+/// The C request behind `rq`.
+fn raw_of(rq: &ARef<mq::Request<BlkOps>>) -> *mut bindings::request {
+    // `Request` is `#[repr(transparent)]` over the C `struct request`
+    // (through `Opaque`), so its address is the C request's.
+    core::ptr::from_ref::<mq::Request<BlkOps>>(rq)
+        .cast_mut()
+        .cast::<bindings::request>()
+}
+
+/// Ends `rq` with `result`, logging a failure (rate-limited) for disk
+/// `index`.
+fn finish(rq: ARef<mq::Request<BlkOps>>, result: Result<(), Failure>, index: c_int) {
+    match result {
+        Ok(()) => {
+            if let Err(rq) = mq::Request::end_ok(rq) {
+                // Only if another reference existed, which this driver
+                // never makes; end it anyway.
+                end_with(rq, 0);
+            }
+        }
+        Err(f) => {
+            if crate::kernel_platform::ratelimit() {
+                pr_err!(
+                    "mlsdisk{}: {} at block {} failed: {:?}\n",
+                    index,
+                    f.what,
+                    f.lba,
+                    f.err
+                );
+            }
+            end_with(rq, f.errno());
+        }
+    }
+}
+
+/// Ends a request the driver owns with `errno` (0: success). The Rust
+/// `Request` has no way to end with an error status.
+fn end_with(rq: ARef<mq::Request<BlkOps>>, errno: c_int) {
+    // The reference is given up without being dropped; the C side drops
+    // the request's reference count (private to `kernel::block::mq`) from
+    // 2 to 0 as `Request::end_ok` does, so the request goes back to the
+    // block layer in the state the Rust side expects (blk/helpers.c).
+    let raw = ARef::into_raw(rq).as_ptr().cast::<bindings::request>();
+    // SAFETY: the driver owns the request (started by `queue_rq`, not ended
+    // yet) and holds no other reference to it; it is ended exactly once,
+    // here, and not touched afterwards.
+    unsafe { ffi::mlsdisk_blk_rq_end(raw, errno) };
+}
+
+/// The blk-mq operations of the disk.
+struct BlkOps;
+
+#[vtable]
+impl Operations for BlkOps {
+    type QueueData = Arc<DiskState>;
+
+    fn queue_rq(
+        state: ArcBorrow<'_, DiskState>,
+        rq: ARef<mq::Request<Self>>,
+        _is_last: bool,
+    ) -> Result {
+        // No engine here (it sleeps and allocates; this runs under RCU):
+        // hand the request to a worker. See the module documentation.
+        let raw = raw_of(&rq);
+        // SAFETY: `queue_rq` owns the request (started, not ended).
+        let read = unsafe {
+            ffi::mlsdisk_blk_rq_op(raw) == ffi::MLSDISK_RQ_READ
+                && ffi::mlsdisk_blk_rq_bytes(raw) != 0
+        };
+        let rq = if read {
+            let ptr = ARef::into_raw(rq);
+            // SAFETY: the read workqueue lives while the disk takes
+            // requests (`BlkDisk` frees it only after deleting the disk);
+            // the request is the driver's, and its reference goes with it
+            // (`read_fn` takes it back). Any context, no sleeping.
+            if unsafe { ffi::mlsdisk_blk_reads_queue(state.rworks.0.as_ptr(), raw) } {
+                return Ok(());
+            }
+            // Not queued (a tag out of range): the reference is still ours.
+            // SAFETY: from `into_raw` above, not used since.
+            unsafe { ARef::from_raw(ptr) }
+        } else {
+            rq
+        };
+        let refused = {
+            let mut pending = state.pending.lock();
+            if pending.len() < pending.capacity() {
+                // Within the capacity: no allocation.
+                pending.push_back(rq);
+                None
+            } else {
+                Some(rq)
+            }
+        };
+        match refused {
+            // Cannot happen (the FIFO holds every request the driver can
+            // own); never sleep or allocate here, so fail the request.
+            Some(rq) => end_with(rq, EIO.to_errno()),
+            None => state.kick(),
+        }
+        Ok(())
+    }
+
+    fn commit_rqs(_state: ArcBorrow<'_, DiskState>) {}
+
+    fn complete(rq: ARef<mq::Request<Self>>) {
+        // Requests are ended by the worker, never completed remotely; end
+        // one that gets here anyway.
+        if let Err(rq) = mq::Request::end_ok(rq) {
+            end_with(rq, 0);
+        }
+    }
+}
+
+/// The work item's entry point.
+///
+/// # Safety
+///
+/// `arg` is the [`DiskState`] set by [`BlkDisk::start`], alive until the
+/// workqueue is freed.
+unsafe extern "C" fn work_fn(arg: *mut c_void) {
+    // SAFETY: see the function's safety section; `BlkDisk` holds a
+    // reference to the state until after it freed the workqueue.
+    let state = unsafe { &*arg.cast::<DiskState>() };
+    state.run();
+}
+
+/// The read work items' entry point.
+///
+/// # Safety
+///
+/// `arg` is the [`DiskState`] set by [`BlkDisk::start`], alive until the
+/// read workqueue is freed; `rq` is a read request that `queue_rq` handed
+/// over with its reference (`ARef::into_raw`).
+unsafe extern "C" fn read_fn(arg: *mut c_void, rq: *mut bindings::request) {
+    // SAFETY: as in `work_fn`, for the read workqueue.
+    let state = unsafe { &*arg.cast::<DiskState>() };
+    let Some(rq) = NonNull::new(rq.cast::<mq::Request<BlkOps>>()) else {
+        return;
+    };
+    // SAFETY: the reference `queue_rq` gave up with `into_raw` (see the
+    // function's safety section); `Request` is transparent over the C
+    // request.
+    let rq = unsafe { ARef::from_raw(rq) };
+    state.serve_read(rq);
+}

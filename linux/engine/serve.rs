@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
+
+//! One request, from either device, against the engine: [`IoRequest`] is
+//! what a dm bio (`dm/target.rs`) and a blk-mq request (`blk/mod.rs`) both
+//! are, and [`Worker::serve`] (in order, under the engine's mutex) and
+//! [`serve_read`] (a read on the parallel path) serve it. The devices
+//! only hand requests over and end them.
+//!
+//! The rules, the same for both devices:
+//!
+//! - requests are whole 4 KiB blocks at a block boundary (both devices
+//!   declare 4 KiB logical blocks); anything else fails as an invalid
+//!   request;
+//! - a flush ([`Op::Flush`], or a write with `REQ_PREFLUSH`) syncs the
+//!   engine before the data; a write with `REQ_FUA` syncs after it; an
+//!   empty write without either flag is a flush too;
+//! - a discard unmaps its blocks; an empty read or discard does nothing;
+//! - any other operation fails as unsupported.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use kernel::sync::Mutex;
+use mlsdisk_core::bio::BLOCK_SIZE;
+use mlsdisk_core::{Error as CoreError, ErrorKind};
+
+use super::{Failure, Reads, Worker, SECTORS_PER_BLOCK};
+
+/// The operation of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Read,
+    Write,
+    Flush,
+    Discard,
+    /// Anything else (refused).
+    Other,
+}
+
+/// A request of either device, as the engine's front end sees it. The
+/// device keeps it until it ends it with the result of serving it.
+pub(crate) trait IoRequest {
+    /// The operation.
+    fn op(&self) -> Op;
+    /// The first sector (512 bytes) within the device (not meaningful for
+    /// an empty request).
+    fn sector(&self) -> u64;
+    /// The data's size in bytes (0 for an empty flush).
+    fn bytes(&self) -> usize;
+    /// `REQ_PREFLUSH`: sync before the data.
+    fn preflush(&self) -> bool;
+    /// `REQ_FUA`: sync after the data.
+    fn fua(&self) -> bool;
+    /// Copies the request's data into `buf` (a write); returns the bytes
+    /// copied.
+    fn copy_out(&mut self, buf: &mut [u8]) -> usize;
+    /// Copies `buf` into the request's data (a read); returns the bytes
+    /// copied.
+    fn copy_in(&mut self, buf: &[u8]) -> usize;
+}
+
+/// The first block of `rq` (0 for an empty request).
+fn lba_of(rq: &impl IoRequest) -> u64 {
+    if rq.bytes() == 0 {
+        0
+    } else {
+        rq.sector() / SECTORS_PER_BLOCK
+    }
+}
+
+/// Whether `rq` is whole 4 KiB blocks at a block boundary.
+fn whole_blocks(rq: &impl IoRequest) -> bool {
+    rq.sector() % SECTORS_PER_BLOCK == 0 && rq.bytes() % BLOCK_SIZE == 0
+}
+
+impl Worker {
+    /// Syncs the engine, counting it in `syncs` if given.
+    fn sync(&mut self, syncs: Option<&AtomicU64>) -> mlsdisk_core::Result<()> {
+        if let Some(n) = syncs {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        self.engine.sync()
+    }
+
+    /// Serves `rq` against the engine (see the module documentation),
+    /// through the worker's bounce buffer. Every sync is counted in
+    /// `syncs` if given.
+    pub(crate) fn serve(
+        &mut self,
+        rq: &mut impl IoRequest,
+        syncs: Option<&AtomicU64>,
+    ) -> Result<(), Failure> {
+        let lba = lba_of(rq);
+        let bytes = rq.bytes();
+        let fail = |what, err| Failure { what, lba, err };
+        let invalid = |what, why| fail(what, CoreError::new(ErrorKind::InvalidArgument, why));
+        if bytes != 0 && !whole_blocks(rq) {
+            return Err(invalid("request", "not whole 4 KiB blocks"));
+        }
+        match rq.op() {
+            Op::Read | Op::Discard if bytes == 0 => Ok(()),
+            Op::Read => {
+                let buf = self
+                    .buf
+                    .get_mut(..bytes)
+                    .ok_or_else(|| invalid("read", "request larger than the largest one taken"))?;
+                self.engine.read(lba, buf).map_err(|e| fail("read", e))?;
+                if rq.copy_in(buf) != bytes {
+                    return Err(invalid("read", "request data shorter than its size"));
+                }
+                Ok(())
+            }
+            Op::Flush => self.sync(syncs).map_err(|e| fail("flush", e)),
+            Op::Write => {
+                if rq.preflush() || (bytes == 0 && !rq.fua()) {
+                    self.sync(syncs).map_err(|e| fail("flush", e))?;
+                }
+                if bytes != 0 {
+                    let buf = self.buf.get_mut(..bytes).ok_or_else(|| {
+                        invalid("write", "request larger than the largest one taken")
+                    })?;
+                    if rq.copy_out(buf) != bytes {
+                        return Err(invalid("write", "request data shorter than its size"));
+                    }
+                    self.engine.write(lba, buf).map_err(|e| fail("write", e))?;
+                }
+                if rq.fua() {
+                    self.sync(syncs).map_err(|e| fail("FUA sync", e))?;
+                }
+                Ok(())
+            }
+            Op::Discard => self
+                .engine
+                .discard(lba, (bytes / BLOCK_SIZE) as u64)
+                .map_err(|e| fail("discard", e)),
+            Op::Other => Err(fail(
+                "request",
+                CoreError::new(ErrorKind::Unsupported, "operation not supported"),
+            )),
+        }
+    }
+}
+
+/// Serves the read `rq` on the parallel path ([`Reads`]: planned under the
+/// engine's mutex, fetched and decrypted without it) with a bounce buffer
+/// of its own. A request that is not whole blocks, or for which no bounce
+/// buffer can be allocated, is served whole under the mutex with the
+/// worker's preallocated buffer instead ([`Worker::serve`]), so reads
+/// still make progress under memory pressure. Returns the result and
+/// whether the ordered worker must be woken (background work was put off
+/// for this read). Call it in a `GFP_NOIO` scope.
+pub(crate) fn serve_read(
+    reads: &Reads,
+    worker: &Mutex<Worker>,
+    rq: &mut impl IoRequest,
+) -> (Result<(), Failure>, bool) {
+    let lba = lba_of(rq);
+    let bytes = rq.bytes();
+    let fail = |err| Failure {
+        what: "read",
+        lba,
+        err,
+    };
+    // kmalloc'ed (or vmalloc'ed) whole pages are page-aligned, so the
+    // backing device reads straight into it.
+    let mut buf = Vec::new();
+    if rq.op() != Op::Read
+        || bytes == 0
+        || !whole_blocks(rq)
+        || buf.try_reserve_exact(bytes).is_err()
+    {
+        return (worker.lock().serve(rq, None), false);
+    }
+    buf.resize(bytes, 0);
+    let (result, wake) = reads.read(lba, &mut buf, |f| f(&mut *worker.lock().engine));
+    let result = result.map_err(fail).and_then(|()| {
+        if rq.copy_in(&buf) == bytes {
+            Ok(())
+        } else {
+            Err(fail(CoreError::new(
+                ErrorKind::InvalidArgument,
+                "request data shorter than its size",
+            )))
+        }
+    });
+    (result, wake)
+}
