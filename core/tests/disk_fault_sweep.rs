@@ -1370,3 +1370,93 @@ fn every_operation_survives_allocation_failure_at_every_point() {
     );
     tally.print_and_assert("allocation-failure sweep", t0.elapsed().as_secs_f64());
 }
+
+/// An allocation failure that comes before the request's first device
+/// write is a refusal: the disk stays usable (no `failure()`), the request
+/// can be retried, and reads and syncs go on. Each allocation of a
+/// one-block buffered write and of a read is failed in turn; on the old
+/// guard every such `OutOfMemory` stopped the disk.
+#[test]
+fn an_allocation_failure_before_any_device_write_leaves_the_disk_usable() {
+    install_quiet_hook();
+    if std::env::var_os(ALLOC_CASE).is_some() {
+        return;
+    }
+    let setup = io_setup("meta-buffered", 8);
+    let mut rig = Rig::new(setup.cfg.clone(), setup.total);
+    rig.disk = Some(rig.create().unwrap());
+    let base = blocks(0, 8, 1);
+    rig.d().write(0, &base).unwrap();
+    rig.d().sync().unwrap();
+    let (mut refused, mut kept) = (0u64, 0u64);
+    // Writes: one block into a buffer that has room (no flush).
+    for k in 0.. {
+        let data = blocks(3, 1, 100 + k);
+        let writes = rig.d().device().counts().1;
+        fail_alloc::arm(k);
+        let d = rig.d();
+        let r = fail_alloc::engine(|| d.write(3, &data));
+        let hit = fail_alloc::disarm();
+        if !hit {
+            r.unwrap();
+            break;
+        }
+        let Err(e) = r else { continue };
+        assert_eq!(e.kind(), ErrorKind::OutOfMemory, "write, k={k}: {e:?}");
+        if rig.d().device().counts().1 != writes {
+            continue;
+        }
+        refused += 1;
+        assert!(
+            rig.d().failure().is_none(),
+            "write, k={k}: an allocation failure before any device write stopped the disk"
+        );
+        // The block reads as its old or its new content, and a retry works.
+        let mut got = vec![0u8; BLOCK_SIZE];
+        rig.d().read(3, &mut got).unwrap();
+        assert!(
+            got == data || got == base[3 * BLOCK_SIZE..4 * BLOCK_SIZE],
+            "write, k={k}"
+        );
+        rig.d().write(3, &data).unwrap();
+        rig.d().read(3, &mut got).unwrap();
+        assert_eq!(got, data, "write retry, k={k}");
+        kept += 1;
+    }
+    rig.d().sync().unwrap();
+    // Reads of synced (device) blocks.
+    let want = blocks(5, 1, 1);
+    for k in 0.. {
+        let mut got = vec![0u8; BLOCK_SIZE];
+        fail_alloc::arm(k);
+        let d = rig.d();
+        let r = fail_alloc::engine(|| d.read(5, &mut got));
+        let hit = fail_alloc::disarm();
+        if !hit {
+            r.unwrap();
+            assert_eq!(got, want);
+            break;
+        }
+        if let Err(e) = r {
+            assert_eq!(e.kind(), ErrorKind::OutOfMemory, "read, k={k}: {e:?}");
+            assert!(
+                rig.d().failure().is_none(),
+                "read, k={k}: an allocation failure stopped the disk"
+            );
+            refused += 1;
+        }
+        rig.d().read(5, &mut got).unwrap();
+        assert_eq!(got, want, "read retry, k={k}");
+    }
+    assert!(
+        refused > 0 && kept > 0,
+        "no allocation failure was injected"
+    );
+    rig.d().sync().unwrap();
+    rig.crash();
+    rig.disk = Some(rig.open().unwrap());
+    let mut got = vec![0u8; BLOCK_SIZE];
+    rig.d().read(5, &mut got).unwrap();
+    assert_eq!(got, want);
+    eprintln!("  {refused} allocation failures refused, the disk usable after each");
+}

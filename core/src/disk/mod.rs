@@ -32,10 +32,12 @@
 //! changes as steps that complete or stop the disk:
 //!
 //! - Refusals leave the disk usable: `InvalidArgument` (bad range or
-//!   buffer) and `NoSpace` from the checks made before a step starts (data
+//!   buffer), `NoSpace` from the checks made before a step starts (data
 //!   space for a whole write-buffer flush, index room for its updates and
-//!   the next sync, see [`DiskIndex::room_for`]). With `auto_sync` off,
-//!   `NoSpace` asks the caller to sync. A multi-block write or discard
+//!   the next sync, see [`DiskIndex::room_for`]), and `OutOfMemory` from
+//!   the work between steps (planning a flush, buffering a block). With
+//!   `auto_sync` off, `NoSpace` asks the caller to sync; `OutOfMemory` can
+//!   simply be retried. A multi-block write or discard
 //!   refused this way may have taken a prefix of itself (whole blocks in
 //!   LBA order; discards in batches of [`DISCARD_BATCH`]); each such block
 //!   reads as its old or new content and the next sync makes it durable.
@@ -50,7 +52,9 @@
 //!   update of the flush succeeded.
 //! - Device read errors and failed authentication of user data fail the
 //!   read only (`Io` stops the disk, `Integrity` does not: the block is
-//!   reported, the rest of the disk still reads).
+//!   reported, the rest of the disk still reads). A read that runs out of
+//!   memory fails alone too: it changes nothing but the index caches,
+//!   which stay consistent.
 //!
 //! # Sync
 //!
@@ -306,6 +310,22 @@ fn data_aad(uuid: &[u8; 16], lba: u64) -> [u8; 36] {
     u.copy_from_slice(uuid);
     b.copy_from_slice(&lba.to_le_bytes());
     a
+}
+
+/// Errors of a request that leave the disk usable when raised outside a
+/// step (see [`MlsDisk::guarded`]).
+fn refusal(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::InvalidArgument | ErrorKind::NoSpace | ErrorKind::OutOfMemory
+    )
+}
+
+/// Errors of a read that leave the disk usable: a block that failed
+/// authentication (the read fails, the disk does not), and an allocation
+/// failure (a read changes nothing but caches, which stay consistent).
+fn read_refusal(kind: ErrorKind) -> bool {
+    matches!(kind, ErrorKind::Integrity | ErrorKind::OutOfMemory)
 }
 
 fn blocks_of(len: usize) -> Result<u64> {
@@ -631,15 +651,18 @@ impl<D: BlockSet> MlsDisk<D> {
     }
 
     /// Runs a request `f`. An error stops the disk unless it is a refusal
-    /// made before anything changed: `InvalidArgument`, or `NoSpace` from
-    /// the checks that run before a step starts (data space, index room).
-    /// A `NoSpace` raised inside a step has already stopped the disk
-    /// through [`Self::critical`].
+    /// made before anything changed or between two complete steps:
+    /// `InvalidArgument`, or `NoSpace` / `OutOfMemory` from the work that
+    /// runs outside the steps (data space and index room checks, planning
+    /// allocations, buffering a block). The same kinds raised inside a step
+    /// have already stopped the disk through [`Self::critical`], so an
+    /// allocation failure stops the disk only where it can have left memory
+    /// and device out of step.
     fn guarded<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.check_ok()?;
         let r = f(self);
         if let Err(e) = r {
-            if !matches!(e.kind(), ErrorKind::InvalidArgument | ErrorKind::NoSpace) {
+            if !refusal(e.kind()) {
                 self.broken.get_or_insert(e);
             }
         }
@@ -766,7 +789,7 @@ impl<D: BlockSet> MlsDisk<D> {
         if let Err(e) = r {
             // Never hand out a partly filled or unauthenticated buffer.
             buf.fill(0);
-            if e.kind() != ErrorKind::Integrity {
+            if !read_refusal(e.kind()) {
                 self.broken = Some(e);
             }
         }
@@ -784,7 +807,7 @@ impl<D: BlockSet> MlsDisk<D> {
         let r = self.plan_read_inner(lba, buf);
         if let Err(e) = &r {
             buf.fill(0);
-            if e.kind() != ErrorKind::Integrity {
+            if !read_refusal(e.kind()) {
                 self.broken = Some(*e);
             }
         }
@@ -837,10 +860,11 @@ impl<D: BlockSet> MlsDisk<D> {
     /// Writes `buf.len() / 4096` blocks starting at `lba`. Durable after
     /// the next [`MlsDisk::sync`].
     ///
-    /// A write that fails with `NoSpace` (the disk stays usable) may have
-    /// taken a prefix of its blocks, in LBA order: each block of the
-    /// request then reads as its old or its new content, and the next sync
-    /// makes that durable, as with a failed write to a plain block device.
+    /// A write that fails with `NoSpace` or `OutOfMemory` (the disk stays
+    /// usable) may have taken a prefix of its blocks, in LBA order: each
+    /// block of the request then reads as its old or its new content, and
+    /// the next sync makes that durable, as with a failed write to a plain
+    /// block device.
     /// Any other failure stops the disk.
     pub fn write(&mut self, lba: u64, buf: &[u8]) -> Result<()> {
         let n = blocks_of(buf.len())?;
