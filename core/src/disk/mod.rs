@@ -1308,14 +1308,14 @@ impl<D: BlockSet> MlsDisk<D> {
         }
     }
 
-    /// The blocks of segment `v` that hold live data, (offset, LBA): read
-    /// from the segment's summary entries and each checked in the index
-    /// (the summary is a hint; the index decides). There must be as many
-    /// as the usage table counts.
-    fn live_blocks(&mut self, v: u32) -> Result<Vec<(u64, u32)>> {
+    /// The blocks of segment `v` that hold live data, (offset, LBA, index
+    /// record), in LBA order: read from the segment's summary entries and
+    /// each checked in the index (the summary is a hint; the index
+    /// decides). There must be as many as the usage table counts.
+    fn live_blocks(&mut self, v: u32) -> Result<Vec<(u64, u32, BlockRecord)>> {
         let sb = self.geo.seg_blocks;
         let base = u64::from(v) * u64::from(sb);
-        let mut live: Vec<(u64, u32)> = Vec::new();
+        let mut live: Vec<(u64, u32, BlockRecord)> = Vec::new();
         live.try_reserve(self.segs.valid_in(v) as usize)?;
         let per = meta::BLOCKS_PER_ENTRY;
         for first in (0..sb).step_by(per as usize) {
@@ -1330,7 +1330,7 @@ impl<D: BlockSet> MlsDisk<D> {
                 }
                 if let Some(r) = self.index.get(u64::from(*l))? {
                     if r.hba == base + off {
-                        live.push((off, *l));
+                        live.push((off, *l, r));
                     }
                 }
             }
@@ -1340,6 +1340,9 @@ impl<D: BlockSet> MlsDisk<D> {
             Corrupted,
             "cleaner: segment summary and usage table disagree"
         );
+        // Moved in LBA order: blocks that random writes scattered come
+        // back together, for later sequential reads.
+        live.sort_unstable_by_key(|(_, l, _)| *l);
         Ok(live)
     }
 
@@ -1361,7 +1364,7 @@ impl<D: BlockSet> MlsDisk<D> {
             out.try_reserve(now.len() * BLOCK_SIZE)?;
             lbas.clear();
             lbas.try_reserve(now.len())?;
-            for (off, l) in now {
+            for (off, l, _) in now {
                 let o = *off as usize * BLOCK_SIZE;
                 let b = self
                     .scratch
@@ -1372,17 +1375,16 @@ impl<D: BlockSet> MlsDisk<D> {
             }
             self.dev.write(self.geo.data_start + hba, &out)?;
             self.stats.data_blocks_written += run;
-            for (k, (off, l)) in now.iter().enumerate() {
+            // The records were looked up by `live_blocks` in this step;
+            // nothing else changed the index since.
+            for (k, (off, l, rec)) in now.iter().enumerate() {
                 let old = base + off;
-                let mut rec = self.index.get(u64::from(*l))?.ok_or(Error::new(
-                    ErrorKind::Corrupted,
-                    "cleaner: valid block without an index entry",
-                ))?;
                 ensure!(
                     rec.hba == old,
                     Corrupted,
                     "cleaner: index and segment summary disagree"
                 );
+                let mut rec = rec.clone();
                 rec.hba = hba + k as u64;
                 self.segs.invalidate(old)?;
                 self.segs.add_valid(rec.hba)?;
