@@ -54,6 +54,7 @@ impl ChunkPool {
     }
 
     /// Whether `c` is in use.
+    #[cfg(feature = "shared-store")]
     pub(crate) fn is_used(&self, c: ChunkId) -> Result<bool> {
         ensure!(c < self.nchunks, Corrupted, "chunk index out of range");
         let w = self

@@ -1,5 +1,6 @@
 //! The `log` layer: [`TxLogStore`], a transactional store of many
-//! append-only logs, and [`SharedLogStore`], the same store with
+//! append-only logs, and `SharedLogStore` (feature `shared-store`, not used by
+//! the engine), the same store with
 //! transactions from several threads at once.
 //!
 //! # What it gives the layer above
@@ -74,7 +75,7 @@
 //!   owner serialises callers. It is `Send` but not `Sync` (reads share a
 //!   node cache through a `RefCell`). The LSM-tree uses it.
 //!
-//! # Concurrency: [`SharedLogStore`]
+//! # Concurrency: `SharedLogStore`
 //!
 //! `SharedLogStore::new(store)` takes a formatted or opened [`TxLogStore`]
 //! and runs any number of transactions ([`TxHandle`], from
@@ -126,7 +127,7 @@
 //! possibly the one whose journal write was in flight). An aborted or
 //! dropped transaction leaves no trace and gives back its chunks. A chunk
 //! is owned by at most one log or running transaction
-//! ([`SharedLogStore::check_chunks`] verifies it). An error of a journal
+//! (`SharedLogStore::check_chunks` verifies it). An error of a journal
 //! write makes the store refuse every call until reopened, as before.
 //!
 //! The owner's root: [`TxHandle::commit_with`] runs a closure under the
@@ -152,7 +153,7 @@
 //! a bitmap (1 bit a chunk). The node cache holds [`DEFAULT_NODE_CACHE`]
 //! nodes (about 4.5 KiB each; `set_node_cache` changes it). A transaction
 //! holds copies of the logs it touches (a log's chunk list and frontier).
-//! A [`SharedLogStore`] adds per running transaction its copies, the
+//! A `SharedLogStore` adds per running transaction its copies, the
 //! versions of the logs it read (16 bytes a log) and its append rights (16
 //! bytes a log); a read of a committed log makes a temporary reader of about
 //! 100 bytes.
@@ -180,10 +181,15 @@ mod chunk;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_hooks;
 mod record;
+// Not used by the engine (one `TxLogStore` behind the disk's lock is
+// enough for it): transactions from several threads, kept with its tests
+// for a future concurrent index, outside every normal build.
+#[cfg(feature = "shared-store")]
 mod shared;
 mod store;
 
 pub use chunk::ChunkId;
+#[cfg(feature = "shared-store")]
 pub use shared::{CommitInfo, SharedLogStore, SharedStats, TxHandle};
 pub use store::{
     LogId, LogStoreConfig, StoreRoot, StoreStats, TxLogStore, DEFAULT_NODE_CACHE,

@@ -402,7 +402,7 @@ pub struct TxLogStore<D: BlockSet> {
     journal_base: AeadKey,
     /// Rotate to a new chain key once the chain has written this many blocks.
     rotate_after: u64,
-    /// The chunk region (shared with a [`super::SharedLogStore`]'s
+    /// The chunk region (shared with a `SharedLogStore`'s
     /// transactions, which append outside the state lock).
     pub(super) chunks: Arc<BlockRange<D>>,
     salt: [u8; 16],
@@ -702,6 +702,7 @@ impl<D: BlockSet> TxLogStore<D> {
     }
 
     /// The crypto provider the store was made with.
+    #[cfg(feature = "shared-store")]
     pub(super) fn crypto(&self) -> CryptoRef {
         self.crypto.clone()
     }

@@ -22,7 +22,7 @@
 //! Most of the engine is single-threaded per disk (`&mut self` APIs): the
 //! platform shim serialises callers with its own sleeping lock and runs the
 //! engine only in process context. The log layer's
-//! [`crate::log::SharedLogStore`] runs transactions from several threads on
+//! `SharedLogStore` (feature `shared-store`) runs transactions from several threads on
 //! a [`SyncPlatform`]. Every method here may sleep and may fail; failures come
 //! back as [`crate::Error`], never as a panic.
 //!
