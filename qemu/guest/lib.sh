@@ -33,6 +33,19 @@ must_fail() {
 	fi
 }
 
+# expect_fail WANT CMD...: CMD exits 1 (a CLI error, not usage or a crash)
+# and its stderr contains WANT.
+expect_fail() {
+	want=$1
+	shift
+	echo "+ (must fail with '$want') $*"
+	rc=0
+	"$@" 2>/tmp/err || rc=$?
+	sed 's/^/    /' /tmp/err
+	[ "$rc" -eq 1 ] || fail "exit status $rc (want 1): $*"
+	grep -qF "$want" /tmp/err || fail "no '$want' in the message of: $*"
+}
+
 disk_sectors() {
 	blockdev --getsz "$1" || fail "blockdev --getsz $1"
 }

@@ -34,18 +34,6 @@ echo "$KEY" | xxd -r -p >/tmp/key.bin
 # A blank anchor area (the spare disk may hold anything).
 run dd if=/dev/zero of=$ANC bs=4096 count=2 conv=fsync status=none
 
-# expect_fail WANT CMD...: CMD exits 1 and its stderr contains WANT.
-expect_fail() {
-	want=$1
-	shift
-	echo "+ (must fail with '$want') $*"
-	rc=0
-	"$@" 2>/tmp/err || rc=$?
-	sed 's/^/    /' /tmp/err
-	[ "$rc" -eq 1 ] || fail "exit status $rc (want 1): $*"
-	grep -qF "$want" /tmp/err || fail "no '$want' in the message of: $*"
-}
-
 # 1. Format and size.
 run mlsdisk format $DISK --key "$KEY" --anchor $ANC --batch
 sectors=$(mlsdisk size $DISK --key-file /tmp/key.hex) || fail "mlsdisk size failed"

@@ -30,18 +30,6 @@ run mkdir -p $mnt
 printf '%s\n' "$KEY" >/tmp/key.hex
 run dd if=/dev/zero of=$ANC bs=4096 count=2 conv=fsync status=none
 
-# expect_fail WANT CMD...: CMD exits 1 and its stderr contains WANT.
-expect_fail() {
-	want=$1
-	shift
-	echo "+ (must fail with '$want') $*"
-	rc=0
-	"$@" 2>/tmp/err || rc=$?
-	sed 's/^/    /' /tmp/err
-	[ "$rc" -eq 1 ] || fail "exit status $rc (want 1): $*"
-	grep -qF "$want" /tmp/err || fail "no '$want' in the message of: $*"
-}
-
 # alive PID: the process runs (a zombie does not).
 alive() {
 	[ -e "/proc/$1" ] && ! grep -q ') Z ' "/proc/$1/stat" 2>/dev/null
