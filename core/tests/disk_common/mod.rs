@@ -80,6 +80,8 @@ pub fn small_cfg() -> DiskConfig {
         write_buffer_blocks: 8,
         clean_batch_segments: 2,
         meta_write_buffer_blocks: 8,
+        // The cache sizes above, not a budget's split.
+        cache_budget_bytes: 0,
         ..DiskConfig::default()
     }
 }
