@@ -57,7 +57,11 @@ struct Reads {
 /// blocks read by a clean open, then by the open after a crash (writes
 /// and write-buffer flushes after the last sync, then the disk dropped).
 fn open_reads(mapped: u64) -> Reads {
-    let dir = std::env::temp_dir().join(format!("mlsd-oreads-{}-{mapped}", std::process::id()));
+    // A directory of its own per run: the two tests may run at once.
+    static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("mlsd-oreads-{}-{run}-{mapped}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("disk.img");
     let dev = FileDisk::create(&path, DEV_BLOCKS, false).unwrap();
