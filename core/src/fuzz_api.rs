@@ -313,8 +313,8 @@ impl MemLogStore {
 
     /// Reads a store written by [`Self::encode`]: `u16` user state length,
     /// the user state, then logs: tag selector `u8` (0..=6 table level, 7
-    /// WAL, else another tag), block count `u8`, the blocks (zero-padded
-    /// where the input ends).
+    /// WAL, 8 manifest, else another tag), block count `u8`, log id `u8`
+    /// (unique), the blocks (zero-padded where the input ends).
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let (len, rest) = bytes
             .split_first_chunk::<2>()
@@ -324,12 +324,17 @@ impl MemLogStore {
         let mut s = Self::default();
         s.user_state.try_reserve_exact(us.len())?;
         s.user_state.extend_from_slice(us);
-        while let Some((&[sel, nblocks], body)) = rest.split_first_chunk::<2>() {
-            let tag = match sel % 9 {
+        while let Some((&[sel, nblocks, id], body)) = rest.split_first_chunk::<3>() {
+            let tag = match sel % 10 {
                 l @ 0..=6 => table_tag(l),
                 7 => TAG_WAL,
+                8 => crate::lsm::TAG_MANIFEST,
                 _ => 0x1234,
             };
+            let id = u64::from(id);
+            if s.logs.iter().any(|l| l.id == id) {
+                return Err(fuzz_err("two logs of one id"));
+            }
             let len = usize::from(nblocks) * BLOCK_SIZE;
             let take = len.min(body.len());
             let (data, next) = body.split_at_checked(take).ok_or(fuzz_err("log"))?;
@@ -339,12 +344,12 @@ impl MemLogStore {
             blocks.resize(len, 0);
             s.logs.try_reserve(1)?;
             s.logs.push(MemLog {
-                id: s.next_id,
+                id,
                 tag,
                 blocks,
                 sealed: true,
             });
-            s.next_id += 1;
+            s.next_id = s.next_id.max(id + 1);
             rest = next;
             if s.logs.len() >= 24 {
                 break;
@@ -362,10 +367,17 @@ impl MemLogStore {
         for l in &self.logs {
             let sel = (0..7u8)
                 .find(|&lv| table_tag(lv) == l.tag)
-                .unwrap_or(if l.tag == TAG_WAL { 7 } else { 8 });
+                .unwrap_or(if l.tag == TAG_WAL {
+                    7
+                } else if l.tag == crate::lsm::TAG_MANIFEST {
+                    8
+                } else {
+                    9
+                });
             let nb = u8::try_from(l.blocks.len() / BLOCK_SIZE).map_err(|_| fuzz_err("log"))?;
-            out.try_reserve(2 + l.blocks.len())?;
-            out.extend_from_slice(&[sel, nb]);
+            let id = u8::try_from(l.id).map_err(|_| fuzz_err("log id"))?;
+            out.try_reserve(3 + l.blocks.len())?;
+            out.extend_from_slice(&[sel, nb, id]);
             out.extend_from_slice(&l.blocks);
         }
         Ok(out)
@@ -438,6 +450,9 @@ impl LogStore for MemLogStore {
     }
     fn log_len(&self, log: u64) -> Result<u64> {
         Ok((self.log(log)?.blocks.len() / BLOCK_SIZE) as u64)
+    }
+    fn log_key(&self, log: u64) -> u64 {
+        log
     }
     fn logs_with_tag(&self, tag: u64) -> Result<Vec<u64>> {
         let mut v = Vec::new();

@@ -26,6 +26,8 @@ fn cfg(pinned: usize) -> DiskConfig {
     c.lsm.meta_cache_blocks = 2;
     c.lsm.data_cache_blocks = 2;
     c.lsm.pinned_meta_blocks = pinned;
+    // These cache sizes, not the default budget's split.
+    c.cache_budget_bytes = 0;
     c
 }
 

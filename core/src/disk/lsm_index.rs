@@ -198,7 +198,10 @@ impl DiskConfig {
     /// configuration and geometry runs its index with (fitted to the
     /// region and the capacity).
     pub fn index_configs(&self, geo: &Geometry) -> (LogStoreConfig, LsmConfig) {
-        (store_fitted(&self.store, geo), lsm_fitted(&self.lsm, geo))
+        (
+            store_fitted(&self.store, geo),
+            lsm_fitted(&self.lsm_with_budget(), geo),
+        )
     }
 }
 
@@ -259,7 +262,11 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
             store_fitted(&cfg.store, &geo),
         );
         wipe(&mut sk);
-        let tree = LsmTree::format_boxed(store?, lsm_fitted(&cfg.lsm, &geo))?;
+        let mut store = store?;
+        if let Some(c) = cfg.cache_split() {
+            store.set_node_cache(c.node_cache_nodes);
+        }
+        let tree = LsmTree::format_boxed(store, lsm_fitted(&cfg.lsm_with_budget(), &geo))?;
         Ok((geo, uuid, Box::new(LsmIndex::<D>(tree))))
     }
 
@@ -331,7 +338,11 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
         let (journal, chunks) = regions(dev, &sp.geo, cfg)?;
         let store = TxLogStore::open(journal, chunks, crypto.clone(), &sk, &root);
         wipe(&mut sk);
-        let tree = LsmTree::open_boxed(store?, lsm_fitted(&cfg.lsm, &sp.geo))?;
+        let mut store = store?;
+        if let Some(c) = cfg.cache_split() {
+            store.set_node_cache(c.node_cache_nodes);
+        }
+        let tree = LsmTree::open_boxed(store, lsm_fitted(&cfg.lsm_with_budget(), &sp.geo))?;
         let us = UserState::decode(tree.user_state())?;
         if us.sync_counter < sp.sync_counter {
             return Err(Error::new(

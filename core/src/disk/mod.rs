@@ -144,8 +144,20 @@ pub struct DiskConfig {
     /// Index compaction steps run after each write-buffer flush (the rest
     /// is left to [`MlsDisk::background_step`]).
     pub compact_steps_per_flush: u32,
-    /// Tuning of the LSM-tree index (memtable, caches, levels).
+    /// Tuning of the LSM-tree index (memtable, caches, levels). Its cache
+    /// sizes are replaced by the split of [`Self::cache_budget_bytes`]
+    /// unless that is 0.
     pub lsm: LsmConfig,
+    /// The memory the disk may spend on caches, in bytes (default 64 MiB;
+    /// [`DiskConfig::with_cache_budget`]). The disk splits it (see
+    /// [`CacheSplit`]): a quarter for the index's pinned index and bloom
+    /// blocks, a sixteenth for its index and bloom block cache, a
+    /// thirty-second for the log store's cache of decrypted Merkle nodes,
+    /// the rest for its record (leaf) cache. 0 keeps the cache sizes of
+    /// `lsm` and the store's default node cache as they are. The rest of
+    /// the disk's memory is a fixed part of at most 32 MiB that does not
+    /// depend on the disk's size.
+    pub cache_budget_bytes: u64,
     /// Metadata blocks (index and journal) buffered and combined into
     /// larger writes until the next flush (see [`coalesce`]).
     pub meta_write_buffer_blocks: u32,
@@ -172,7 +184,84 @@ impl Default for DiskConfig {
                 ..LsmConfig::default()
             },
             meta_write_buffer_blocks: 1024,
+            cache_budget_bytes: DEFAULT_CACHE_BUDGET,
         }
+    }
+}
+
+/// The default of [`DiskConfig::cache_budget_bytes`]: 64 MiB.
+pub const DEFAULT_CACHE_BUDGET: u64 = 64 << 20;
+
+/// How [`DiskConfig::cache_budget_bytes`] is split, in entries of each
+/// cache (each entry counted with its bookkeeping: a 4 KiB block and 64
+/// bytes, a Merkle node at 4.6 KiB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheSplit {
+    /// Pinned index and bloom blocks ([`LsmConfig::pinned_meta_blocks`]).
+    pub pinned_meta_blocks: usize,
+    /// Cached index and bloom blocks ([`LsmConfig::meta_cache_blocks`]).
+    pub meta_cache_blocks: usize,
+    /// Cached record (leaf) blocks ([`LsmConfig::data_cache_blocks`]).
+    pub data_cache_blocks: usize,
+    /// Decrypted Merkle nodes the log store keeps.
+    pub node_cache_nodes: usize,
+}
+
+/// Bytes a cached block costs with its bookkeeping.
+const CACHED_BLOCK_BYTES: u64 = BLOCK_SIZE as u64 + 64;
+/// Bytes a cached Merkle node costs (about 4.5 KiB decrypted).
+const CACHED_NODE_BYTES: u64 = 4700;
+
+impl CacheSplit {
+    /// The split of `bytes`: never more than `bytes` in all.
+    pub fn of(bytes: u64) -> Self {
+        let n = |part: u64, each: u64| usize::try_from(part / each).unwrap_or(usize::MAX);
+        let pinned = bytes / 4;
+        let meta = bytes / 16;
+        let nodes = bytes / 32;
+        let data = bytes - pinned - meta - nodes;
+        Self {
+            pinned_meta_blocks: n(pinned, CACHED_BLOCK_BYTES),
+            meta_cache_blocks: n(meta, CACHED_BLOCK_BYTES),
+            data_cache_blocks: n(data, CACHED_BLOCK_BYTES),
+            node_cache_nodes: n(nodes, CACHED_NODE_BYTES),
+        }
+    }
+
+    /// The bytes these caches take at most.
+    pub fn bytes(&self) -> u64 {
+        let blocks = self
+            .pinned_meta_blocks
+            .saturating_add(self.meta_cache_blocks)
+            .saturating_add(self.data_cache_blocks) as u64;
+        blocks
+            .saturating_mul(CACHED_BLOCK_BYTES)
+            .saturating_add((self.node_cache_nodes as u64).saturating_mul(CACHED_NODE_BYTES))
+    }
+}
+
+impl DiskConfig {
+    /// This configuration with a cache budget of `bytes` (0: the cache
+    /// sizes of `lsm` as they are).
+    pub fn with_cache_budget(mut self, bytes: u64) -> Self {
+        self.cache_budget_bytes = bytes;
+        self
+    }
+
+    /// The split of the cache budget, or `None` for a budget of 0.
+    pub fn cache_split(&self) -> Option<CacheSplit> {
+        (self.cache_budget_bytes > 0).then(|| CacheSplit::of(self.cache_budget_bytes))
+    }
+
+    /// The LSM tuning with the cache sizes of the budget (if any).
+    pub fn lsm_with_budget(&self) -> LsmConfig {
+        let mut l = self.lsm.clone();
+        if let Some(c) = self.cache_split() {
+            l.pinned_meta_blocks = c.pinned_meta_blocks;
+            l.meta_cache_blocks = c.meta_cache_blocks;
+            l.data_cache_blocks = c.data_cache_blocks;
+        }
+        l
     }
 }
 

@@ -1,16 +1,17 @@
 //! The block header and record encoding shared by every LSM block.
 //!
-//! Every block the tree writes (table data, index, bloom, footer and WAL
-//! blocks) is exactly [`BLOCK_SIZE`] bytes and starts with a 24-byte header:
+//! Every block the tree writes (table data, index, bloom, footer, WAL and
+//! manifest blocks) is exactly [`BLOCK_SIZE`] bytes and starts with a 24-byte header:
 //!
 //! ```text
 //!   0..4    magic  b"MLSM"
 //!   4       format version (1)
-//!   5       kind   (1 data, 2 index, 3 bloom, 4 footer, 5 wal)
+//!   5       kind   (1 data, 2 index, 3 bloom, 4 footer, 5 wal, 6 manifest)
 //!   6..8    count  u16: records / entries in this block (kind-specific)
 //!   8..10   value size u16 (LsmValue::SIZE of the tree that wrote it)
 //!   10..16  reserved, zero
-//!   16..24  owner  u64: the table's sequence number, or the WAL generation
+//!   16..24  owner  u64: the table's sequence number, the WAL generation, or
+//!                       the manifest log's key
 //! ```
 //!
 //! A record (in data and WAL blocks) is `key u64 | flag u8 | value`, where the
@@ -48,6 +49,8 @@ pub enum BlockKind {
     Footer = 4,
     /// Records of the write-ahead log.
     Wal = 5,
+    /// A part of the table manifest (see `manifest`).
+    Manifest = 6,
 }
 
 impl TryFrom<u8> for BlockKind {
@@ -59,6 +62,7 @@ impl TryFrom<u8> for BlockKind {
             3 => Self::Bloom,
             4 => Self::Footer,
             5 => Self::Wal,
+            6 => Self::Manifest,
             _ => bail!(Corrupted, "lsm block: unknown kind"),
         })
     }

@@ -87,6 +87,32 @@ impl MemStore {
             .sum()
     }
 
+    /// Zeroes the last block of the `n`th log with `tag` (committed).
+    pub fn smash_last_block(&mut self, tag: u64, n: usize) {
+        let log = self
+            .committed
+            .logs
+            .values_mut()
+            .filter(|l| l.tag == tag)
+            .nth(n)
+            .unwrap();
+        let len = log.blocks.len();
+        log.blocks[len - BLOCK_SIZE..].fill(0);
+    }
+
+    /// Removes the `n`th log with `tag` (committed).
+    pub fn remove_log(&mut self, tag: u64, n: usize) {
+        let id = *self
+            .committed
+            .logs
+            .iter()
+            .filter(|(_, l)| l.tag == tag)
+            .nth(n)
+            .unwrap()
+            .0;
+        self.committed.logs.remove(&id);
+    }
+
     /// Flips a byte of block `pos` of the `n`th log with `tag` (committed).
     pub fn tamper(&mut self, tag: u64, n: usize, pos: usize, byte: usize) {
         let log = self
@@ -188,5 +214,8 @@ impl LogStore for MemStore {
     }
     fn user_state(&self) -> &[u8] {
         &self.committed.user_state
+    }
+    fn log_key(&self, log: u64) -> u64 {
+        log
     }
 }

@@ -15,10 +15,10 @@
 //!   sealing, deleting inputs of a flush or compaction) goes into one open
 //!   store transaction; [`TxLsmTree::sync`] commits it together with the
 //!   caller's `user_state` (one `TxLogStore::commit`). After a crash, `open`
-//!   sees exactly the last commit: its tables, and the WALs of its memtables,
-//!   which it replays. Tables whose log was committed before its footer was
-//!   written (a flush or compaction in progress at a sync) are orphans and
-//!   are deleted at open.
+//!   sees exactly the last commit: its tables (listed by the manifest of
+//!   that commit), and the WALs of its memtables, which it replays. Table
+//!   logs the manifest does not name (a flush or compaction in progress at
+//!   a sync) are orphans and are deleted at open.
 //! - **Lookups** ([`TxLsmTree::get`]): memtable, immutable memtable, the L0
 //!   tables newest first, then one table per deeper level; in each table the
 //!   bloom filter block (skipped in the deepest level), the index block,
@@ -52,6 +52,8 @@
 //! store's own per-log bound ([`LogStore::chunks_bound`]: data blocks,
 //! Merkle nodes, nodes rewritten per commit, a partly used chunk per log):
 //!
+//! - the manifest the next commit rewrites (every live table and every
+//!   table the running jobs may still install, a block of slack);
 //! - the rest of the running flush and compaction: tables for at most
 //!   `min(input records left, keys in the job's range)` records, one more
 //!   table than they fill, bloom filters sized for the input, a commit per
@@ -89,6 +91,8 @@
 //! - block caches: at most `C` blocks of 4 KiB (plus ~64 bytes each of map
 //!   entries), and at most `pinned_meta_blocks` pinned index and bloom
 //!   blocks;
+//! - while a commit writes the manifest (and while open reads it): the
+//!   manifest, 88 bytes per table (the same order as the descriptors);
 //! - one WAL block buffer (4 KiB); replay at open reads one block at a
 //!   time (each memtable's WAL has at most `wal_max_blocks` blocks, and
 //!   replay fills the same two memtables);
@@ -103,13 +107,22 @@
 //!
 //! # On disk
 //!
-//! Table and WAL block layouts are in `format`, `table` and `wal` (and in
-//! `docs/format.md`). Logs of the store are found by tag: tables of level `l`
-//! have tag [`table_tag`]`(l)`, WALs [`TAG_WAL`]; other users of the same
-//! store must not use tags in `TAG_BASE ..= TAG_BASE | 0xFF`. The tree's
-//! own header (32 bytes: magic `b"MLSMTREE"`, version, value size, next table
-//! sequence number, next WAL generation) is the first part of the store's
-//! `user_state`; the caller's user state follows it.
+//! Table, WAL and manifest block layouts are in `format`, `table`, `wal`
+//! and `manifest` (and in `docs/format.md`). Logs of the store are found by
+//! tag: tables of level `l` have tag [`table_tag`]`(l)`, WALs [`TAG_WAL`],
+//! the table manifest [`TAG_MANIFEST`]; other users of the same store must
+//! not use tags in `TAG_BASE ..= TAG_BASE | 0xFF`. The tree's own header
+//! (48 bytes: magic `b"MLSMTREE"`, version, value size, next table
+//! sequence number, next WAL generation, and the manifest's log key,
+//! blocks and tables) is the first part of the store's `user_state`; the
+//! caller's user state follows it.
+//!
+//! **Open** reads the header, the manifest (every live table's footer
+//! fields, about 46 tables a block; rewritten in the transaction of each
+//! commit that changed the table set, so it is atomic with it) and the
+//! WALs: never a table block. Logs of the table tags the manifest does not
+//! name are orphans of a flush or compaction in progress at the last
+//! commit, deleted with the next one.
 //!
 //! # Nonces
 //!
@@ -121,6 +134,7 @@ mod cache;
 mod format;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_hooks;
+mod manifest;
 mod memtable;
 mod merge;
 mod store_impl;
@@ -133,6 +147,7 @@ mod mem_store;
 #[cfg(test)]
 mod tree_tests;
 
+pub use manifest::TAG_MANIFEST;
 pub use table::BlockSource;
 pub use tree::{LogStore, LsmTree, SpaceCheck, StoreSpace, L0_STALL_FACTOR};
 

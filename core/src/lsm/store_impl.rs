@@ -42,6 +42,9 @@ impl<D: BlockSet> LogStore for TxLogStore<D> {
     fn user_state(&self) -> &[u8] {
         TxLogStore::user_state(self)
     }
+    fn log_key(&self, log: LogId) -> u64 {
+        log.0
+    }
     fn space(&self) -> Option<StoreSpace> {
         let s = self.stats();
         Some(StoreSpace {

@@ -30,8 +30,8 @@ use alloc::vec::Vec;
 
 use super::bloom::{self, BloomBuilder};
 use super::format::{
-    self, check_records, get_u32, get_u64, get_u8, put, record_at, records_per_block, BlockKind,
-    Header, FLAG_VALUE, HEADER_LEN, PAYLOAD_LEN,
+    self, check_records, get_u64, put, record_at, records_per_block, BlockKind, Header, FLAG_VALUE,
+    HEADER_LEN, PAYLOAD_LEN,
 };
 use super::LsmValue;
 use crate::bio::BLOCK_SIZE;
@@ -193,6 +193,9 @@ impl TableInfo {
     }
 
     /// Parses and checks a footer block of a log of `log_len` blocks.
+    /// (Open reads the manifest instead; the footers stay for checks,
+    /// tests and fuzzing.)
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn parse_footer(block: &[u8], value_size: usize, log_len: u64) -> Result<Self> {
         let h = Header::parse(block)?;
         ensure!(h.kind == BlockKind::Footer, Corrupted, "table: no footer");
@@ -206,11 +209,11 @@ impl TableInfo {
             records: get_u64(block, 24)?,
             min_key: get_u64(block, 32)?,
             max_key: get_u64(block, 40)?,
-            n_data: get_u32(block, 48)?,
-            n_index: get_u32(block, 52)?,
-            n_bloom: get_u32(block, 56)?,
-            level: get_u8(block, 60)?,
-            bloom_k: get_u8(block, 61)?,
+            n_data: format::get_u32(block, 48)?,
+            n_index: format::get_u32(block, 52)?,
+            n_bloom: format::get_u32(block, 56)?,
+            level: format::get_u8(block, 60)?,
+            bloom_k: format::get_u8(block, 61)?,
             tombstones: get_u64(block, 64)?,
             index_dir: Vec::new(),
             value_size,
@@ -220,7 +223,39 @@ impl TableInfo {
             Corrupted,
             "table: reserved footer bytes set"
         );
-        let rpb = records_per_block(value_size) as u64;
+        ensure!(
+            u32::from(h.count) == info.n_index,
+            Corrupted,
+            "table: index block count"
+        );
+        let n = info.n_index as usize;
+        ensure!(n <= MAX_INDEX_BLOCKS, Corrupted, "table: index block count");
+        let mut dir = Vec::new();
+        dir.try_reserve_exact(n)?;
+        for i in 0..n {
+            dir.push(get_u64(block, FOOTER_FIXED + 8 * i)?);
+        }
+        ensure!(
+            block
+                .get(FOOTER_FIXED + 8 * n..)
+                .is_some_and(|t| t.iter().all(|&b| b == 0)),
+            Corrupted,
+            "table: footer tail bytes set"
+        );
+        let info = Self {
+            index_dir: dir,
+            ..info
+        };
+        info.check(Some(log_len))?;
+        Ok(info)
+    }
+
+    /// Checks what a footer or a manifest entry says of a table whose log
+    /// has `log_len` blocks (`None`: its length is not known here): counts,
+    /// key range, bloom probes, the index directory.
+    pub fn check(&self, log_len: Option<u64>) -> Result<()> {
+        let info = self;
+        let rpb = records_per_block(info.value_size) as u64;
         let nd = u64::from(info.n_data);
         ensure!(
             info.n_data >= 1 && info.n_data as usize <= MAX_DATA_BLOCKS,
@@ -239,7 +274,7 @@ impl TableInfo {
         );
         ensure!(
             info.n_index as usize == (info.n_data as usize).div_ceil(INDEX_ENTRIES)
-                && u32::from(h.count) == info.n_index,
+                && info.index_dir.len() == info.n_index as usize,
             Corrupted,
             "table: index block count"
         );
@@ -250,16 +285,18 @@ impl TableInfo {
             "table: bloom probes"
         );
         ensure!(
-            info.total_blocks() == log_len,
+            usize::from(info.level) < super::MAX_LEVELS,
             Corrupted,
-            "table: length differs from its log"
+            "table: level"
         );
-        let n = info.n_index as usize;
-        let mut dir = Vec::new();
-        dir.try_reserve_exact(n)?;
-        for i in 0..n {
-            dir.push(get_u64(block, FOOTER_FIXED + 8 * i)?);
+        if let Some(len) = log_len {
+            ensure!(
+                info.total_blocks() == len,
+                Corrupted,
+                "table: length differs from its log"
+            );
         }
+        let dir = &info.index_dir;
         ensure!(
             dir.windows(2).all(|w| w.first() < w.get(1)),
             Corrupted,
@@ -270,17 +307,7 @@ impl TableInfo {
             Corrupted,
             "table: index directory range"
         );
-        ensure!(
-            block
-                .get(FOOTER_FIXED + 8 * n..)
-                .is_some_and(|t| t.iter().all(|&b| b == 0)),
-            Corrupted,
-            "table: footer tail bytes set"
-        );
-        Ok(Self {
-            index_dir: dir,
-            ..info
-        })
+        Ok(())
     }
 
     /// Checks data block `i` (already read).
@@ -418,6 +445,7 @@ impl TableInfo {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 fn get_u16_pair_zero(block: &[u8]) -> Result<bool> {
     Ok(format::get_u16(block, 62)? == 0)
 }

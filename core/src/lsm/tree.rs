@@ -5,7 +5,8 @@ use alloc::vec::Vec;
 use core::mem;
 
 use super::cache::{BlockCache, CachedFetch};
-use super::format::{self, get_u16, get_u32, get_u64, put, BlockKind, Header};
+use super::format::{self, get_u16, get_u32, get_u64, put, Header};
+use super::manifest::{self, TAG_MANIFEST};
 use super::merge::{Ctx, MemRef, MemTable, Merger, Source};
 use super::table::{BlockSource, TableBuilder, TableInfo, MAX_DATA_BLOCKS};
 use super::wal::{self, WalBuf};
@@ -40,6 +41,9 @@ pub trait LogStore {
     fn log_len(&self, log: Self::LogId) -> Result<u64>;
     /// The logs with `tag`.
     fn logs_with_tag(&self, tag: u64) -> Result<Vec<Self::LogId>>;
+    /// A number naming `log` among the store's logs (unique while it
+    /// lives): what the manifest stores to find a table's log again.
+    fn log_key(&self, log: Self::LogId) -> u64;
     /// The user state of the last commit.
     fn user_state(&self) -> &[u8];
     /// The store's space in chunks, or `None` if it has no limit (then
@@ -110,9 +114,11 @@ impl<S: LogStore> BlockSource for LogSource<'_, S> {
 }
 
 const TREE_MAGIC: [u8; 8] = *b"MLSMTREE";
-const TREE_VERSION: u16 = 1;
+/// Version 2: the header names the table manifest (version 1 trees listed
+/// their tables by reading every footer; they are not read any more).
+const TREE_VERSION: u16 = 2;
 /// The length of the tree's header at the start of the store's user state.
-const TREE_HEADER_LEN: usize = 32;
+const TREE_HEADER_LEN: usize = 48;
 /// Table sequence numbers and WAL generations read at open must be below
 /// this (2^63): they only grow by one, so honest ones never get near it.
 const COUNTER_LIMIT: u64 = 1 << 63;
@@ -198,6 +204,16 @@ pub struct LsmTree<S: LogStore, V: LsmValue> {
     unflushed_logs: u64,
     /// The batch the caller announced last ([`Self::expect_batch`]).
     batch: u64,
+    /// The manifest log of the last commit (or of the running
+    /// transaction, once `sync` rewrote it), its blocks and tables.
+    manifest: Option<S::LogId>,
+    manifest_blocks: u32,
+    manifest_tables: u32,
+    /// The table set changed since the manifest was written: the next
+    /// sync writes a new one.
+    manifest_dirty: bool,
+    /// The manifest entries of the live tables, in bytes.
+    manifest_bytes: usize,
 }
 
 fn check_value_size<V: LsmValue>() -> Result<()> {
@@ -256,6 +272,11 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             pins_pending: false,
             unflushed_logs: 0,
             batch: 0,
+            manifest: None,
+            manifest_blocks: 0,
+            manifest_tables: 0,
+            manifest_dirty: true,
+            manifest_bytes: 0,
         })
     }
 
@@ -289,15 +310,21 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                 "lsm: store already holds a tree"
             );
         }
+        ensure!(
+            t.store.logs_with_tag(TAG_MANIFEST)?.is_empty(),
+            InvalidState,
+            "lsm: store already holds a tree"
+        );
         t.mem_gen = t.next_gen;
         t.next_gen += 1;
         t.sync(&[])?;
         Ok(t)
     }
 
-    /// Opens the tree of the store's last commit: loads the table footers,
-    /// replays the WALs into the memtables, and deletes orphan logs (of a
-    /// flush or compaction that was in progress) in the next transaction.
+    /// Opens the tree of the store's last commit: reads its table manifest
+    /// (never a table's footer), replays the WALs into the memtables, and
+    /// deletes orphan logs (of a flush or compaction that was in progress)
+    /// in the next transaction.
     pub fn open(store: S, cfg: LsmConfig) -> Result<Self> {
         Self::open_boxed(store, cfg).map(|t| *t)
     }
@@ -306,46 +333,20 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     #[inline(never)]
     pub fn open_boxed(store: S, cfg: LsmConfig) -> Result<Box<Self>> {
         let mut t = Self::empty_boxed(store, cfg)?;
-        let (next_seq, next_gen) = t.parse_header()?;
-        t.next_seq = next_seq;
-        t.next_gen = next_gen;
+        let h = t.parse_header()?;
+        t.next_seq = h.next_seq;
+        t.next_gen = h.next_gen;
         let mut orphans = Vec::new();
         let mut buf = Vec::new();
         buf.try_reserve_exact(BLOCK_SIZE)?;
         buf.resize(BLOCK_SIZE, 0);
-        for l in 0..MAX_LEVELS {
-            for id in t.store.logs_with_tag(table_tag(level_u8(l)))? {
-                let len = t.store.log_len(id)?;
-                if len == 0 {
-                    orphans.try_reserve(1)?;
-                    orphans.push(id);
-                    continue;
-                }
-                t.store.read(id, len - 1, &mut buf)?;
-                if Header::parse(&buf)?.kind != BlockKind::Footer {
-                    orphans.try_reserve(1)?;
-                    orphans.push(id);
-                    continue;
-                }
-                let info = TableInfo::parse_footer(&buf, V::SIZE, len)?;
-                ensure!(
-                    usize::from(info.level) == l,
-                    Corrupted,
-                    "lsm: table level differs from its tag"
-                );
-                t.next_seq = t.next_seq.max(info.seq.saturating_add(1));
-                let lv = t
-                    .levels
-                    .get_mut(l)
-                    .ok_or(Error::new(ErrorKind::Corrupted, "lsm: level"))?;
-                lv.try_reserve(1)?;
-                lv.push(Table { id, info });
-            }
-        }
+        t.load_manifest(&h, &mut orphans)?;
         t.sort_and_check_levels()?;
+        t.manifest_dirty = false;
+        t.recount_manifest();
         // The pinned index and bloom blocks load on first use (a lookup
         // pins what it reads while there is room), not here: open reads
-        // nothing per table but its footer. Background steps load them.
+        // nothing per table. Background steps load them.
         t.pins_pending = true;
         // WALs: at most two generations (immutable + mutable memtable).
         let mut wals: Vec<(u64, S::LogId)> = Vec::new();
@@ -406,7 +407,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         Ok(t)
     }
 
-    fn parse_header(&mut self) -> Result<(u64, u64)> {
+    fn parse_header(&mut self) -> Result<TreeHeader> {
         let us = self.store.user_state();
         let (h, rest) = us
             .split_at_checked(TREE_HEADER_LEN)
@@ -427,17 +428,154 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             "lsm: tree has another value size"
         );
         ensure!(
-            get_u32(h, 12)? == 0,
+            get_u32(h, 44)? == 0,
             Corrupted,
             "lsm: reserved header bytes"
         );
-        let seq = get_u64(h, 16)?;
-        let gen = get_u64(h, 24)?;
+        let th = TreeHeader {
+            manifest_blocks: get_u32(h, 12)?,
+            next_seq: get_u64(h, 16)?,
+            next_gen: get_u64(h, 24)?,
+            manifest_key: get_u64(h, 32)?,
+            tables: get_u32(h, 40)?,
+        };
         let mut us = Vec::new();
         us.try_reserve_exact(rest.len())?;
         us.extend_from_slice(rest);
         self.user_state = us;
-        Ok((seq, gen))
+        Ok(th)
+    }
+
+    /// Reads the manifest the header names and installs its tables, each
+    /// matched with its log (by key, among the logs of its level's tag, of
+    /// the length the manifest says). Logs of the tree's table and
+    /// manifest tags that the manifest does not name are orphans.
+    fn load_manifest(&mut self, h: &TreeHeader, orphans: &mut Vec<S::LogId>) -> Result<()> {
+        let mut found = None;
+        for id in self.store.logs_with_tag(TAG_MANIFEST)? {
+            if self.store.log_key(id) == h.manifest_key && found.is_none() {
+                found = Some(id);
+            } else {
+                orphans.try_reserve(1)?;
+                orphans.push(id);
+            }
+        }
+        let mid = found.ok_or(Error::new(
+            ErrorKind::Corrupted,
+            "lsm: the manifest log is missing",
+        ))?;
+        let nblocks = h.manifest_blocks as usize;
+        ensure!(
+            (1..=manifest::MAX_BLOCKS).contains(&nblocks)
+                && self.store.log_len(mid)? == nblocks as u64,
+            Corrupted,
+            "lsm: manifest length differs from the tree header"
+        );
+        let mut mbuf = Vec::new();
+        mbuf.try_reserve_exact(nblocks * BLOCK_SIZE)?;
+        mbuf.resize(nblocks * BLOCK_SIZE, 0);
+        self.store.read(mid, 0, &mut mbuf)?;
+        let mut entries: Vec<(u64, TableInfo)> = Vec::new();
+        manifest::decode(&mbuf, h.manifest_key, V::SIZE, h.tables, &mut |k, info| {
+            entries.try_reserve(1)?;
+            entries.push((k, info));
+            Ok(())
+        })?;
+        drop(mbuf);
+        // The logs of each level's tag, by key; a slot is taken once.
+        let mut logs: Vec<Vec<(u64, S::LogId, bool)>> = Vec::new();
+        logs.try_reserve_exact(MAX_LEVELS)?;
+        for l in 0..MAX_LEVELS {
+            let ids = self.store.logs_with_tag(table_tag(level_u8(l)))?;
+            let mut v = Vec::new();
+            v.try_reserve_exact(ids.len())?;
+            v.extend(
+                ids.into_iter()
+                    .map(|id| (self.store.log_key(id), id, false)),
+            );
+            v.sort_unstable_by_key(|e| e.0);
+            logs.push(v);
+        }
+        for (key, info) in entries {
+            let l = usize::from(info.level);
+            let slot = logs
+                .get_mut(l)
+                .and_then(|v| {
+                    let i = v.binary_search_by_key(&key, |e| e.0).ok()?;
+                    v.get_mut(i)
+                })
+                .ok_or(Error::new(
+                    ErrorKind::Corrupted,
+                    "lsm: a table of the manifest has no log",
+                ))?;
+            ensure!(!slot.2, Corrupted, "lsm: two tables of one log");
+            slot.2 = true;
+            let id = slot.1;
+            ensure!(
+                self.store.log_len(id)? == info.total_blocks(),
+                Corrupted,
+                "lsm: table length differs from its log"
+            );
+            self.next_seq = self.next_seq.max(info.seq.saturating_add(1));
+            let lv = self
+                .levels
+                .get_mut(l)
+                .ok_or(Error::new(ErrorKind::Corrupted, "lsm: level"))?;
+            lv.try_reserve(1)?;
+            lv.push(Table { id, info });
+        }
+        for (_, id, used) in logs.into_iter().flatten() {
+            if !used {
+                orphans.try_reserve(1)?;
+                orphans.push(id);
+            }
+        }
+        self.manifest = Some(mid);
+        self.manifest_blocks = h.manifest_blocks;
+        self.manifest_tables = h.tables;
+        Ok(())
+    }
+
+    /// Writes the manifest of the current tables into a new log (deleting
+    /// the previous one) in the running transaction.
+    fn write_manifest(&mut self) -> Result<()> {
+        let id = self.store.create_log(TAG_MANIFEST)?;
+        let key = self.store.log_key(id);
+        let store = &self.store;
+        let tables = self
+            .levels
+            .iter()
+            .flatten()
+            .map(|t| (store.log_key(t.id), &t.info));
+        let n = tables.clone().count();
+        let blocks = manifest::encode(key, V::SIZE, tables)?;
+        self.store.append(id, &blocks)?;
+        self.store.seal(id)?;
+        if let Some(old) = self.manifest.replace(id) {
+            self.store.delete_log(old)?;
+        }
+        self.manifest_blocks = u32::try_from(blocks.len() / BLOCK_SIZE)
+            .map_err(|_| Error::new(ErrorKind::InvalidState, "lsm: manifest size"))?;
+        self.manifest_tables =
+            u32::try_from(n).map_err(|_| Error::new(ErrorKind::InvalidState, "lsm: tables"))?;
+        self.manifest_dirty = false;
+        self.unflushed_logs = self.unflushed_logs.saturating_add(1);
+        Ok(())
+    }
+
+    /// The table set changed: the next sync writes a new manifest.
+    fn recount_manifest(&mut self) {
+        self.manifest_bytes = self
+            .levels
+            .iter()
+            .flatten()
+            .map(|t| manifest::entry_len(&t.info))
+            .sum();
+    }
+
+    fn tables_changed(&mut self) {
+        self.manifest_dirty = true;
+        self.recount_manifest();
     }
 
     fn sort_and_check_levels(&mut self) -> Result<()> {
@@ -494,8 +632,18 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         put(&mut v, 0, &TREE_MAGIC)?;
         put(&mut v, 8, &TREE_VERSION.to_le_bytes())?;
         put(&mut v, 10, &(V::SIZE as u16).to_le_bytes())?;
+        put(&mut v, 12, &self.manifest_blocks.to_le_bytes())?;
         put(&mut v, 16, &self.next_seq.to_le_bytes())?;
         put(&mut v, 24, &self.next_gen.to_le_bytes())?;
+        let key = self
+            .manifest
+            .map(|m| self.store.log_key(m))
+            .ok_or(Error::new(
+                ErrorKind::InvalidState,
+                "lsm: no manifest to name",
+            ))?;
+        put(&mut v, 32, &key.to_le_bytes())?;
+        put(&mut v, 40, &self.manifest_tables.to_le_bytes())?;
         v.extend_from_slice(user_state);
         Ok(v)
     }
@@ -697,6 +845,9 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         self.guarded(|t| {
             t.ensure_tx()?;
             t.append_wal()?;
+            if t.manifest_dirty || t.manifest.is_none() {
+                t.write_manifest()?;
+            }
             let h = t.header(user_state)?;
             // Free space is lowest just before a commit (a transaction only
             // takes chunks; its deleted logs' chunks come back at commit).
@@ -875,6 +1026,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         }
         sort_small_by_key(l0, |t| core::cmp::Reverse(t.info.seq));
         self.stats.flushes += 1;
+        self.tables_changed();
         self.pin_new_tables();
         Ok(())
     }
@@ -1133,6 +1285,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         lv.extend(job.outputs);
         sort_small_by_key(lv, |t| t.info.min_key);
         self.stats.compactions += 1;
+        self.tables_changed();
         self.pin_new_tables();
         Ok(())
     }
@@ -1319,6 +1472,52 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                 self.store
                     .chunks_bound(n, 0, n.saturating_mul(LOG_NODE_LEVELS)),
             )
+            .saturating_add(if self.manifest_may_change() {
+                self.manifest_chunks(0)
+            } else {
+                0
+            })
+    }
+
+    /// Whether the next commit may write a manifest: the table set changed
+    /// since the last one, or a flush or compaction may install tables
+    /// before it. (A freeze the foreground causes is counted with it, in
+    /// [`Self::foreground_chunks`].)
+    fn manifest_may_change(&self) -> bool {
+        self.manifest_dirty
+            || self.manifest.is_none()
+            || self.imm.is_some()
+            || self.flush.is_some()
+            || self.job.is_some()
+    }
+
+    /// Chunks the manifest a commit writes may take: the entries of the
+    /// live tables, of every table the running flush and compaction may
+    /// still install (their outputs so far, one per `table_max_records`
+    /// input records left, one more each) and of `extra` more tables.
+    fn manifest_chunks(&self, extra: u64) -> u64 {
+        let rpb = format::records_per_block(V::SIZE).max(1) as u64;
+        let tmr = self.cfg.table_max_records.max(1);
+        let index = tmr
+            .div_ceil(rpb)
+            .saturating_add(1)
+            .div_ceil(super::table::INDEX_ENTRIES as u64);
+        let per_table = (manifest::ENTRY_FIXED as u64).saturating_add(index.saturating_mul(8));
+        let new = |j: Option<&Job<S::LogId, V>>, input: u64| {
+            j.map_or(0, |j| j.outputs.len() as u64)
+                .saturating_add(input.div_ceil(tmr))
+                .saturating_add(1)
+        };
+        let flush = match (&self.flush, &self.imm) {
+            (Some(j), _) => new(Some(j), j.remaining),
+            (None, Some(i)) => new(None, i.map.len() as u64),
+            (None, None) => 0,
+        };
+        let job = self.job.as_ref().map_or(0, |j| new(Some(j), j.remaining));
+        let tables = flush.saturating_add(job).saturating_add(extra);
+        let bytes = (self.manifest_bytes as u64).saturating_add(tables.saturating_mul(per_table));
+        let blocks = usize::try_from(bytes).map_or(u64::MAX, |b| manifest::blocks_for(b) as u64);
+        self.store.chunks_bound(1, blocks, 1)
     }
 
     /// Chunks the rest of the flush of the immutable memtable may take.
@@ -1352,7 +1551,24 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         wal = wal.saturating_add(freezes);
         let wal = self.store.chunks_bound(freezes + 1, wal, 1);
         let flush = self.job_chunks(None, e);
+        // The flushes of those freezes change the tables: the commit
+        // writes a manifest with their outputs.
+        // (What the commit's own manifest bound, in `commit_chunks`,
+        // already counts is not counted twice.)
+        let manifest = if freezes > 0 {
+            let tmr = self.cfg.table_max_records.max(1);
+            let all =
+                self.manifest_chunks(freezes.saturating_mul(e.div_ceil(tmr).saturating_add(1)));
+            if self.manifest_may_change() {
+                all.saturating_sub(self.manifest_chunks(0))
+            } else {
+                all
+            }
+        } else {
+            0
+        };
         wal.saturating_add(flush.saturating_mul(freezes))
+            .saturating_add(manifest)
     }
 
     /// Chunks a flush or compaction may still take to write `records`
@@ -1458,6 +1674,15 @@ fn sort_small_by_key<T, K: Ord>(v: &mut [T], key: impl Fn(&T) -> K) {
             j -= 1;
         }
     }
+}
+
+/// What the tree's header says (beyond the caller's user state).
+struct TreeHeader {
+    next_seq: u64,
+    next_gen: u64,
+    manifest_key: u64,
+    manifest_blocks: u32,
+    tables: u32,
 }
 
 fn single<Id: Copy>(t: &Table<Id>) -> Result<Vec<(Id, TableInfo)>> {

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::mem_store::MemStore;
 use super::tests::TestVal;
-use super::{table_tag, LsmConfig, LsmTree, TAG_WAL};
+use super::{table_tag, LsmConfig, LsmTree, TAG_MANIFEST, TAG_WAL};
 use crate::ErrorKind;
 
 type Tree = LsmTree<MemStore, TestVal>;
@@ -148,6 +148,59 @@ fn tampered_table_or_wal_fails() {
             }
         }
     }
+}
+
+/// Open reads the manifest, one log per commit that changed the tables:
+/// any flipped byte of it makes open fail (never a tree with other
+/// tables), a missing table log or manifest too; and open needs no table
+/// footer (a destroyed footer does not stop it).
+#[test]
+fn manifest_tampering_fails_open_and_footers_are_not_read() {
+    let cfg = LsmConfig::tiny();
+    let mut t = Tree::format(MemStore::default(), cfg.clone()).unwrap();
+    let mut model = BTreeMap::new();
+    for k in 0..200 {
+        t.put(k % 70, TestVal(k)).unwrap();
+        model.insert(k % 70, k);
+        t.compact_step().unwrap();
+    }
+    t.sync(b"x").unwrap();
+    let s = t.into_store();
+    assert_eq!(s.logs_with_tag_count(TAG_MANIFEST), 1, "one manifest log");
+    let mut t = Tree::open(s.clone(), cfg.clone()).unwrap();
+    check(&mut t, &model, 80);
+    let st = t.stats();
+    let ntables: u32 = st.tables.iter().sum();
+    assert!(ntables >= 3, "{st:?}");
+    drop(t);
+    for byte in (0..64).chain([100, 500, 4095]) {
+        let mut s2 = s.clone();
+        s2.tamper(TAG_MANIFEST, 0, 0, byte);
+        assert!(
+            Tree::open(s2, cfg.clone()).is_err(),
+            "manifest byte {byte} flipped, open succeeded"
+        );
+    }
+    // Every table's footer (its last block) destroyed: open reads none.
+    let mut s2 = s.clone();
+    for lvl in 0..7u8 {
+        for n in 0..s.logs_with_tag_count(table_tag(lvl)) {
+            s2.smash_last_block(table_tag(lvl), n);
+        }
+    }
+    let mut t = Tree::open(s2, cfg.clone()).unwrap();
+    check(&mut t, &model, 80);
+    drop(t);
+    // A table's log gone: the manifest names it, open fails.
+    let mut s2 = s.clone();
+    let lvl = (0..7u8)
+        .find(|&l| s.logs_with_tag_count(table_tag(l)) > 0)
+        .unwrap();
+    s2.remove_log(table_tag(lvl), 0);
+    assert!(Tree::open(s2, cfg.clone()).is_err());
+    let mut s2 = s.clone();
+    s2.remove_log(TAG_MANIFEST, 0);
+    assert!(Tree::open(s2, cfg).is_err());
 }
 
 #[derive(Clone, Debug)]

@@ -73,16 +73,21 @@ pub fn small_cfg() -> DiskConfig {
             seg_blocks: 8,
             op_percent: 10,
             journal_blocks: 64,
-            index_blocks: 256,
+            // 256 blocks, and two chunks for the table manifest (the one
+            // a commit writes, and the one it replaces, freed only then).
+            index_blocks: SMALL_INDEX,
         },
         write_buffer_blocks: 8,
         clean_batch_segments: 2,
         meta_write_buffer_blocks: 8,
+        // The cache sizes above, not a budget's split.
+        cache_budget_bytes: 0,
         ..DiskConfig::default()
     }
 }
 
-pub const SMALL_TOTAL: u64 = 2 + 64 + 256 + 16 * 8;
+pub const SMALL_INDEX: u64 = 256 + 2 * 4;
+pub const SMALL_TOTAL: u64 = 2 + 64 + SMALL_INDEX + 16 * 8;
 
 pub fn small_cap() -> u64 {
     (16 - 4) * 8 * 90 / 100

@@ -23,6 +23,9 @@
 //!                    (default 1; CryptDisk always uses one)
 //!   --key-len N      MlsDisk per-block key length, data and metadata:
 //!                    16 (AES-128-GCM) or 32 (AES-256-GCM, the default)
+//!   --cache-mib N    MlsDisk's cache budget in MiB (DiskConfig
+//!                    cache_budget_bytes; default 64, 0 = the LSM cache
+//!                    sizes of the default configuration)
 //!   --steady         run all phases back to back on one disk, so random
 //!                    writes overwrite a full disk and the cleaner runs
 //!                    (default: each random-write phase starts on a fresh
@@ -77,6 +80,7 @@ struct Opts {
     json: Option<PathBuf>,
     open_times: bool,
     key_len: u8,
+    cache_bytes: u64,
     iodepth: usize,
     phases: Vec<bool>,
 }
@@ -99,6 +103,7 @@ fn parse() -> Result<Opts, String> {
         json: None,
         open_times: true,
         key_len: DiskConfig::default().data_key_len,
+        cache_bytes: DiskConfig::default().cache_budget_bytes,
         iodepth: 1,
         phases: vec![true; PHASES.len()],
     };
@@ -150,6 +155,13 @@ fn parse() -> Result<Opts, String> {
                         .ok_or(format!("--phases: unknown phase {p}"))?;
                     o.phases[i] = true;
                 }
+            }
+            "--cache-mib" => {
+                let m = num(val()?)?;
+                if m > 1 << 20 {
+                    return Err("--cache-mib must be at most 1048576".into());
+                }
+                o.cache_bytes = m << 20;
             }
             "--key-len" => {
                 o.key_len = match num(val()?)? {
@@ -206,6 +218,7 @@ fn mls_cfg(o: &Opts) -> DiskConfig {
             key_len: usize::from(o.key_len),
             ..d.store
         },
+        cache_budget_bytes: o.cache_bytes,
         ..d
     }
 }
