@@ -1,7 +1,9 @@
 //! A bounded LRU cache of checked table blocks.
 //!
 //! Keyed by (table sequence number, block position). A block enters the
-//! cache only after its check passed, so a hit needs no re-check. At most
+//! cache only after its check passed, or as written by the tree itself
+//! ([`BlockCache::insert`], a table being built), so a hit needs no
+//! re-check. At most
 //! `max(capacity, 1)` blocks of 4 KiB are held (one is always kept as the
 //! buffer a miss is read into, so capacity 0 still works, uncached).
 //! Entries are a vector sorted by key (a hit is a binary search); the
