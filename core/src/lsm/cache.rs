@@ -1,7 +1,9 @@
 //! A bounded LRU cache of checked table blocks.
 //!
 //! Keyed by (table sequence number, block position). A block enters the
-//! cache only after its check passed, so a hit needs no re-check. At most
+//! cache only after its check passed, or as written by the tree itself
+//! ([`BlockCache::insert`], a table being built), so a hit needs no
+//! re-check. At most
 //! `max(capacity, 1)` blocks of 4 KiB are held (one is always kept as the
 //! buffer a miss is read into, so capacity 0 still works, uncached).
 //! Entries are a vector sorted by key (a hit is a binary search); the
@@ -85,6 +87,61 @@ impl BlockCache {
     /// (hits, misses) so far.
     pub fn counters(&self) -> (u64, u64) {
         (self.hits, self.misses)
+    }
+
+    /// Whether any block of table `table` is held.
+    pub fn holds_table(&self, table: u64) -> bool {
+        let i = self.map.partition_point(|e| e.key.0 < table);
+        self.map.get(i).is_some_and(|e| e.key.0 == table)
+    }
+
+    /// Puts block `pos` of `table` in the cache as the most recently used
+    /// (evicting the least recently used when full): a block the caller
+    /// wrote itself, so it needs no check. A block already held is
+    /// replaced. Best effort: when the entry cannot be allocated nothing
+    /// is cached and the error is returned (the cache stays consistent;
+    /// callers may ignore it).
+    pub fn insert(&mut self, table: u64, pos: u64, block: &[u8]) -> Result<()> {
+        if self.limit == 0 || block.len() != BLOCK_SIZE {
+            return Ok(());
+        }
+        let key = (table, pos);
+        self.tick += 1;
+        let tick = self.tick;
+        let mut at = match self.find(key) {
+            Ok(i) => {
+                if let Some(e) = self.map.get_mut(i) {
+                    e.data.copy_from_slice(block);
+                    e.tick = tick;
+                }
+                return Ok(());
+            }
+            Err(i) => i,
+        };
+        let mut data = Vec::new();
+        if self.map.len() >= self.cap {
+            let lru = self
+                .map
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.tick)
+                .map(|(i, _)| i);
+            if let Some(i) = lru {
+                data = self.map.remove(i).data;
+                if i < at {
+                    at -= 1;
+                }
+            }
+        }
+        if data.len() != BLOCK_SIZE {
+            data.clear();
+            data.try_reserve_exact(BLOCK_SIZE)?;
+            data.resize(BLOCK_SIZE, 0);
+        }
+        self.map.try_reserve(1)?;
+        data.copy_from_slice(block);
+        self.map.insert(at, Entry { key, tick, data });
+        Ok(())
     }
 
     /// Drops every block of table `table`.
@@ -217,6 +274,33 @@ mod tests {
             self.1.set(self.1.get() + 1);
             self.0.read_block(pos, buf)
         }
+    }
+
+    #[test]
+    fn inserted_blocks_are_hits_and_obey_the_bound() {
+        let reads = Cell::new(0);
+        let src = Counting((0..10u8).map(|i| vec![i; BLOCK_SIZE]).collect(), &reads);
+        let ok = |_: &[u8]| Ok(());
+        let mut c = BlockCache::new(2);
+        assert!(!c.holds_table(5));
+        c.insert(5, 1, &[0xaa; BLOCK_SIZE]).unwrap();
+        assert!(c.holds_table(5) && !c.holds_table(4) && !c.holds_table(6));
+        // Served from the cache, not the source.
+        assert_eq!(c.get_or_load(5, 1, &src, &ok).unwrap()[0], 0xaa);
+        assert_eq!(reads.get(), 0);
+        // Replacing keeps one entry; a third block evicts the LRU one.
+        c.insert(5, 1, &[0xbb; BLOCK_SIZE]).unwrap();
+        c.insert(6, 0, &[0xcc; BLOCK_SIZE]).unwrap();
+        assert_eq!(c.len(), 2);
+        c.insert(6, 1, &[0xdd; BLOCK_SIZE]).unwrap();
+        assert_eq!(c.len(), 2);
+        assert!(!c.holds(5, 1) && c.holds(6, 0) && c.holds(6, 1));
+        // A wrong-sized block and a capacity-0 cache store nothing.
+        c.insert(7, 0, &[1u8; 10]).unwrap();
+        assert!(!c.holds_table(7));
+        let mut z = BlockCache::new(0);
+        z.insert(1, 0, &[1u8; BLOCK_SIZE]).unwrap();
+        assert!(z.is_empty());
     }
 
     #[test]

@@ -26,7 +26,10 @@
 //!   ([`LsmConfig::pinned_meta_blocks`], loaded on first use and when a
 //!   flush or compaction installs a table, never at open), so once loaded
 //!   and while they fit a lookup reads at most one block, its data block, through a bounded
-//!   LRU cache.
+//!   LRU cache. The data blocks of the tables a flush writes, and those of
+//!   a compaction some of whose inputs had data blocks cached, go into that
+//!   cache as they are written (the disk's overwrites look up the keys just
+//!   flushed or compacted; reading them back would cost a device read each).
 //! - **Compaction** runs in bounded steps ([`TxLsmTree::compact_step`]): each
 //!   step merges at most [`LsmConfig::step_records`] records. A flush of the
 //!   immutable memtable goes first; then leveled compaction (all of L0 into

@@ -147,6 +147,10 @@ struct Imm<Id, V> {
 struct Output<Id> {
     builder: TableBuilder,
     log: Option<Id>,
+    /// The table's sequence number.
+    seq: u64,
+    /// Blocks appended to its log so far.
+    blocks: u64,
 }
 
 /// A flush (of the immutable memtable into L0) or a compaction, in progress.
@@ -162,6 +166,11 @@ struct Job<Id, V> {
     remaining: u64,
     /// Keys in the job's key range: it writes at most this many records.
     span: u64,
+    /// The data blocks it writes go into the data cache (see
+    /// [`append_block`]): a memtable flush (the keys just written), or a
+    /// compaction some of whose inputs had data blocks cached (what was
+    /// warm stays warm instead of being read back after the compaction).
+    warm: bool,
 }
 
 /// A transactional LSM-tree over a [`LogStore`]; see the module docs.
@@ -1053,6 +1062,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             outputs: Vec::new(),
             remaining: imm.map.len() as u64,
             span: hi.saturating_sub(lo).saturating_add(1),
+            warm: true,
         })
     }
 
@@ -1157,6 +1167,9 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             .filter(|(l, t)| inputs.contains(&(level_u8(*l), t.info.seq)))
             .map(|(_, t)| t.info.records)
             .sum();
+        let warm = inputs
+            .iter()
+            .any(|(_, seq)| self.data_cache.holds_table(*seq));
         Ok(Some(Job {
             merger: Merger::new(sources)?,
             out_level: level_u8(out_level),
@@ -1166,6 +1179,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             outputs: Vec::new(),
             remaining,
             span: hi.saturating_sub(lo).saturating_add(1),
+            warm,
         }))
     }
 
@@ -1206,6 +1220,8 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                         self.cfg.bloom_bits_per_key,
                     )?,
                     log: None,
+                    seq,
+                    blocks: 0,
                 });
             }
             let full = {
@@ -1213,11 +1229,16 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                     .out
                     .as_mut()
                     .ok_or(Error::new(ErrorKind::InvalidState, "lsm: no output"))?;
-                let store = &mut self.store;
-                let level = job.out_level;
-                let log = &mut out.log;
-                let mut sink = |blk: &[u8]| append_block(store, log, level, blk);
-                out.builder.add(key, val.as_ref(), &mut sink)?;
+                let mut sink = OutSink {
+                    store: &mut self.store,
+                    log: &mut out.log,
+                    level: job.out_level,
+                    seq: out.seq,
+                    blocks: &mut out.blocks,
+                    cache: job.warm.then_some(&mut self.data_cache),
+                };
+                out.builder
+                    .add(key, val.as_ref(), &mut |blk: &[u8]| sink.append(blk))?;
                 out.builder.records() >= self.cfg.table_max_records
             };
             self.stats.records_written += 1;
@@ -1232,12 +1253,21 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         let Some(out) = job.out.take() else {
             return Ok(());
         };
-        let mut log = out.log;
-        let level = job.out_level;
-        let store = &mut self.store;
-        let info = out
-            .builder
-            .finish(&mut |blk: &[u8]| append_block(store, &mut log, level, blk))?;
+        let Output {
+            builder,
+            mut log,
+            seq,
+            mut blocks,
+        } = out;
+        let mut sink = OutSink {
+            store: &mut self.store,
+            log: &mut log,
+            level: job.out_level,
+            seq,
+            blocks: &mut blocks,
+            cache: job.warm.then_some(&mut self.data_cache),
+        };
+        let info = builder.finish(&mut |blk: &[u8]| sink.append(blk))?;
         if let (Some(info), Some(id)) = (info, log) {
             job.outputs.try_reserve(1)?;
             job.outputs.push(Table { id, info });
@@ -1641,21 +1671,43 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     }
 }
 
-fn append_block<S: LogStore>(
-    store: &mut S,
-    log: &mut Option<S::LogId>,
+/// Where a job's output table is written: its log (created on the first
+/// block), and for a warm job ([`Job::warm`]) the data cache too.
+struct OutSink<'a, S: LogStore> {
+    store: &'a mut S,
+    log: &'a mut Option<S::LogId>,
     level: u8,
-    blk: &[u8],
-) -> Result<()> {
-    let id = match *log {
-        Some(id) => id,
-        None => {
-            let id = store.create_log(table_tag(level))?;
-            *log = Some(id);
-            id
+    seq: u64,
+    /// Blocks appended to the log so far (the next block's position).
+    blocks: &'a mut u64,
+    cache: Option<&'a mut BlockCache>,
+}
+
+impl<S: LogStore> OutSink<'_, S> {
+    /// Appends `blk` to the table's log. A data block of a warm job also
+    /// goes into the data cache, as the block a lookup would read back
+    /// (the table's data blocks come first, so its position is the count
+    /// of blocks before it); best effort: a cache entry that cannot be
+    /// allocated is skipped, the table is written all the same.
+    fn append(&mut self, blk: &[u8]) -> Result<()> {
+        let id = match *self.log {
+            Some(id) => id,
+            None => {
+                let id = self.store.create_log(table_tag(self.level))?;
+                *self.log = Some(id);
+                id
+            }
+        };
+        self.store.append(id, blk)?;
+        let pos = *self.blocks;
+        *self.blocks = pos.saturating_add(1);
+        if let Some(c) = self.cache.as_deref_mut() {
+            if Header::parse(blk).is_ok_and(|h| h.kind == BlockKind::Data) {
+                let _ = c.insert(self.seq, pos, blk);
+            }
         }
-    };
-    store.append(id, blk)
+        Ok(())
+    }
 }
 
 /// Sorts `v` by `key` in place: an insertion sort (stable), with no scratch

@@ -474,3 +474,36 @@ fn without_compact_steps_l0_stays_bounded() {
     assert!(st.stalls > 0, "{st:?}");
     check(&mut t, &model, 500);
 }
+
+/// The data blocks a flush or a warm compaction writes go into the data
+/// cache: right after the tree was built, every lookup finds its data
+/// block there (no store read). After a reopen the cache is cold, and the
+/// same lookups read every data block, so the first check can fail.
+#[test]
+fn written_tables_stay_in_the_data_cache() {
+    let mut cfg = LsmConfig::tiny();
+    cfg.data_cache_blocks = 4096;
+    cfg.pinned_meta_blocks = 4096;
+    let mut t = Tree::format(MemStore::default(), cfg.clone()).unwrap();
+    let mut model = BTreeMap::new();
+    for i in 0..2000u64 {
+        let k = (i * 7919) % 600;
+        t.put(k, TestVal(i)).unwrap();
+        model.insert(k, i);
+        t.compact_step().unwrap();
+    }
+    while t.compact_step().unwrap() {}
+    let st = t.stats();
+    assert!(st.compactions > 10, "{st:?}");
+    let lookups = |t: &mut Tree| {
+        let before = t.stats().data_cache_misses;
+        for k in 0..600u64 {
+            assert_eq!(t.get(k).unwrap().map(|v| v.0), model.get(&k).copied());
+        }
+        t.stats().data_cache_misses - before
+    };
+    assert_eq!(lookups(&mut t), 0, "{:?}", t.stats());
+    t.sync(b"").unwrap();
+    let mut t = Tree::open(t.into_store(), cfg).unwrap();
+    assert!(lookups(&mut t) > 10, "{:?}", t.stats());
+}
