@@ -28,7 +28,12 @@
 //! - `anchor=<spec>`: the trusted rollback anchor (at most
 //!   [`ANCHOR_MAX`] printable bytes), one of [`AnchorKind`]: `none` (the
 //!   default) or `dev:<device>` (path or `major:minor` of a small block
-//!   device the guest trusts).
+//!   device the guest trusts);
+//! - `cache_mib=<N>`: the memory budget of the disk's caches (index blocks,
+//!   bloom filters, Merkle nodes) in MiB, [`CACHE_MIB_MIN`] to
+//!   [`CACHE_MIB_MAX`]; the default is the engine's (`DiskConfig`, 64 MiB).
+//!   The disk's memory is this budget plus a fixed part that does not grow
+//!   with the disk's size.
 //!
 //! The key never leaves this module in printable form: [`RawKey`] has a
 //! redacting `Debug`, no `Display`, and wipes itself on drop.
@@ -37,6 +42,12 @@ use core::fmt;
 
 /// Longest accepted `anchor=` specification, in bytes.
 pub(crate) const ANCHOR_MAX: usize = 64;
+
+/// Smallest accepted `cache_mib=`.
+pub(crate) const CACHE_MIB_MIN: u32 = 4;
+
+/// Largest accepted `cache_mib=` (16 GiB).
+pub(crate) const CACHE_MIB_MAX: u32 = 16384;
 
 /// Largest accepted key, in bytes (AES-256).
 pub(crate) const KEY_MAX: usize = 32;
@@ -80,6 +91,8 @@ pub(crate) enum TableError<'a> {
     BadAnchor,
     /// `anchor=` of a kind other than `none` and `dev:<device>`.
     UnknownAnchor(&'a [u8]),
+    /// `cache_mib=` not a number in range.
+    BadCacheSize(&'a [u8]),
 }
 
 impl TableError<'_> {
@@ -103,6 +116,7 @@ impl TableError<'_> {
             Self::ConflictingOptions => c"options 'create', 'force_create' and 'open' conflict",
             Self::BadAnchor => c"bad anchor specification",
             Self::UnknownAnchor(_) => c"unknown anchor (expected 'none' or 'dev:<device>')",
+            Self::BadCacheSize(_) => c"bad cache_mib (expected a number of MiB, 4 to 16384)",
         }
     }
 }
@@ -157,6 +171,11 @@ impl fmt::Display for TableError<'_> {
             Self::UnknownAnchor(s) => write!(
                 f,
                 "unknown anchor '{}': expected 'none' or 'dev:<device>' (a path or major:minor)",
+                Escaped(s)
+            ),
+            Self::BadCacheSize(s) => write!(
+                f,
+                "bad cache_mib '{}': expected a number of MiB from {CACHE_MIB_MIN} to {CACHE_MIB_MAX}",
                 Escaped(s)
             ),
         }
@@ -352,12 +371,16 @@ pub(crate) struct Options {
     pub(crate) force: bool,
     /// `anchor=<spec>`, if given.
     pub(crate) anchor: Option<Anchor>,
+    /// `cache_mib=<N>`, if given.
+    pub(crate) cache_mib: Option<u32>,
 }
 
 impl Options {
     /// How many option words [`Options::emit`] writes.
     pub(crate) fn count(&self) -> usize {
-        usize::from(self.mode.is_some()) + usize::from(self.anchor.is_some())
+        usize::from(self.mode.is_some())
+            + usize::from(self.anchor.is_some())
+            + usize::from(self.cache_mib.is_some())
     }
 
     /// Writes the options back in table form (`<#opts> <opt>...`), nothing
@@ -374,6 +397,9 @@ impl Options {
         }
         if let Some(anchor) = &self.anchor {
             write!(w, " anchor={}", Escaped(anchor.as_bytes()))?;
+        }
+        if let Some(mib) = self.cache_mib {
+            write!(w, " cache_mib={mib}")?;
         }
         Ok(())
     }
@@ -535,6 +561,17 @@ fn parse_options<'a>(args: &[&'a [u8]]) -> Result<Options, TableError<'a>> {
                 *d = s;
             }
             options.anchor = Some(anchor);
+            continue;
+        }
+        if let Some(n) = opt.strip_prefix(b"cache_mib=") {
+            if options.cache_mib.is_some() {
+                return Err(TableError::DuplicateOption(b"cache_mib"));
+            }
+            let mib = parse_decimal(n)
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|v| (CACHE_MIB_MIN..=CACHE_MIB_MAX).contains(v))
+                .ok_or(TableError::BadCacheSize(n))?;
+            options.cache_mib = Some(mib);
             continue;
         }
         let (mode, force) = match opt {

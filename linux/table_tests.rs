@@ -119,6 +119,33 @@ fn refuses_bad_lines_with_named_causes() {
     assert!(err(&[b"/dev/vdb", KEY64, b"1", b"anchor=NONE"]).contains("unknown anchor"));
     assert!(err(&[b"/dev/vdb", KEY64, b"2", b"anchor=none", b"anchor=dev:8:0"]).contains("twice"));
     assert!(err(&[b"/dev/vdb", KEY64, b"1", b"\x01\xff"]).contains("'\\x01\\xff'"));
+    assert!(err(&[b"/dev/vdb", KEY64, b"1", b"cache_mib="]).contains("bad cache_mib ''"));
+    assert!(err(&[b"/dev/vdb", KEY64, b"1", b"cache_mib=3"]).contains("bad cache_mib '3'"));
+    assert!(err(&[b"/dev/vdb", KEY64, b"1", b"cache_mib=16385"]).contains("from 4 to 16384"));
+    assert!(err(&[b"/dev/vdb", KEY64, b"1", b"cache_mib=-1"]).contains("bad cache_mib"));
+    assert!(err(&[b"/dev/vdb", KEY64, b"1", b"cache_mib=99999999999"]).contains("bad cache_mib"));
+    assert!(err(&[b"/dev/vdb", KEY64, b"2", b"cache_mib=8", b"cache_mib=8"]).contains("twice"));
+}
+
+#[test]
+fn cache_budget_option() {
+    let line = parse(&[b"/dev/vdb", KEY64, b"2", b"cache_mib=128", b"open"]).unwrap();
+    assert_eq!(line.options.cache_mib, Some(128));
+    assert_eq!(line.options.mode, Some(Mode::Open));
+    assert_eq!(line.options.count(), 2);
+    let mut s = String::new();
+    line.options.emit(&mut s).unwrap();
+    assert_eq!(s, " 2 open cache_mib=128");
+    // What emit writes parses back to the same options.
+    let words: Vec<&[u8]> = s.split_whitespace().map(str::as_bytes).collect();
+    let mut args: Vec<&[u8]> = vec![b"/dev/vdb", KEY64];
+    args.extend(words);
+    assert_eq!(parse(&args).unwrap().options, line.options);
+    for (word, mib) in [(&b"cache_mib=4"[..], 4), (&b"cache_mib=16384"[..], 16384)] {
+        let line = parse(&[b"/dev/vdb", KEY64, b"1", word]).unwrap();
+        assert_eq!(line.options.cache_mib, Some(mib));
+    }
+    assert_eq!(parse(&[b"/dev/vdb", KEY64]).unwrap().options.cache_mib, None);
 }
 
 #[test]

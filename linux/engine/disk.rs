@@ -186,6 +186,19 @@ pub(crate) fn start_with_anchor(
     root_key: &[u8],
     anchor: Option<BdevBlockSet>,
 ) -> Result<(Box<dyn Engine>, u64), CtrError> {
+    start_with_options(mode, force, dev, root_key, anchor, None)
+}
+
+/// As [`start_with_anchor`], with the caches' memory budget in MiB
+/// (`cache_mib=`; `None`: the engine's default, `DiskConfig`'s 64 MiB).
+pub(crate) fn start_with_options(
+    mode: Option<Mode>,
+    force: bool,
+    dev: BdevBlockSet,
+    root_key: &[u8],
+    anchor: Option<BdevBlockSet>,
+    cache_mib: Option<u32>,
+) -> Result<(Box<dyn Engine>, u64), CtrError> {
     let creating = matches!(mode, Some(Mode::Create));
     if creating && !force {
         let _noio = NoIoScope::enter();
@@ -212,7 +225,10 @@ pub(crate) fn start_with_anchor(
     })?;
     let crypto: CryptoRef = alloc::sync::Arc::new(crypto);
     let _noio = NoIoScope::enter();
-    let cfg = DiskConfig::default();
+    let mut cfg = DiskConfig::default();
+    if let Some(mib) = cache_mib {
+        cfg = cfg.with_cache_budget(u64::from(mib) << 20);
+    }
     let anchor: Box<dyn RollbackAnchor> = match anchor {
         None => Box::new(NoAnchor),
         Some(adev) => Box::new(

@@ -40,8 +40,17 @@ bad_table "malformed key (bad length)" "0 $len mlsdisk $DISK 0001020304"
 bad_table "length beyond the device" "0 $((sectors + 8)) mlsdisk $DISK $KEY"
 bad_table "unknown option" "0 $len mlsdisk $DISK $KEY 1 no_such_option"
 bad_table "option count beyond the arguments" "0 $len mlsdisk $DISK $KEY 3 a"
+bad_table "cache budget below the minimum" "0 $len mlsdisk $DISK $KEY 2 force_create cache_mib=3"
+bad_table "cache budget not a number" "0 $len mlsdisk $DISK $KEY 2 force_create cache_mib=8M"
 
-# The target still works after all that.
-run dmsetup create mlsdisk_ok --table "0 $len mlsdisk $DISK $KEY 1 force_create"
+# The target still works after all that, with a cache budget given; the
+# table shows the budget (and 'open' in place of 'force_create').
+run dmsetup create mlsdisk_ok --table "0 $len mlsdisk $DISK $KEY 2 force_create cache_mib=8"
+line=$(dmsetup table mlsdisk_ok) || fail "dmsetup table failed"
+echo "    table: $line"
+case "$line" in
+*" 2 open cache_mib=8") ;;
+*) fail "the table line does not end in '2 open cache_mib=8': $line" ;;
+esac
 run dmsetup remove mlsdisk_ok
 unload_module

@@ -204,12 +204,13 @@ impl MlsDisk {
                     Some(adev) => Some(BdevBlockSet::new(open_anchor(adev)?)),
                     None => None,
                 };
-                crate::engine::disk::start_with_anchor(
+                crate::engine::disk::start_with_options(
                     options.mode,
                     options.force,
                     BdevBlockSet::new(open_bdev(dev)?),
                     key.as_bytes(),
                     anchor,
+                    options.cache_mib,
                 )
             };
             let shared = Self::attach(dev, ids, &key, options.mode, open_engine)?;
