@@ -54,7 +54,7 @@ struct MlsDiskModule {
     /// target is unregistered.
     _disks: blk::BlkDisks,
     /// The workers that seal write buffers on several CPUs; dropped last.
-    _parallel: kernel_platform::parallel::ParallelWorkqueue,
+    _parallel: kernel_platform::parallel::ModuleWorkqueues,
 }
 
 impl kernel::Module for MlsDiskModule {
@@ -84,7 +84,7 @@ impl kernel::Module for MlsDiskModule {
         engine::set_selftest_checksum(checksum);
         crypto_selftest()?;
 
-        let parallel = kernel_platform::parallel::ParallelWorkqueue::new().inspect_err(|e| {
+        let parallel = kernel_platform::parallel::ModuleWorkqueues::new().inspect_err(|e| {
             pr_err!(
                 "cannot allocate the parallel workqueue: error {}\n",
                 e.to_errno()

@@ -1,16 +1,20 @@
 //! Reads split into a plan (under the disk) and a fetch (without it):
 //! a stale plan never returns wrong data, and many readers on several
-//! threads, racing a writer, the segment cleaner and syncs, always read a
-//! version at least as new as the last write that completed before the
-//! read was planned.
+//! threads through the parallel-read protocol the kernel module and the
+//! tools run (`disk::ParallelReads`), racing a writer, the segment
+//! cleaner, syncs and background work, always read a version at least as
+//! new as the last write acknowledged before the read started; a failed
+//! fetch is read again under the lock; background work is put off for a
+//! planning read, never twice in a row.
 
 mod disk_common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use disk_common::*;
-use mlsdisk_core::bio::BLOCK_SIZE;
+use mlsdisk_core::bio::{IoKind, BLOCK_SIZE};
+use mlsdisk_core::disk::{EngineLock, ParallelReads, ReadPlan, ReadPlanner};
 use mlsdisk_core::ErrorKind;
 
 /// A tiny deterministic generator for workloads.
@@ -106,6 +110,7 @@ fn parallel_readers_race_writes_cleaning_and_syncs_without_wrong_or_old_data() {
     let cap = h.disk().nblocks();
     h.disk().write(0, &blocks(0, cap, 1)).unwrap();
     h.disk().sync().unwrap();
+    let reads = Arc::new(ParallelReads::new(Some(h.disk().reader())));
     let disk = Arc::new(Mutex::new(h.take().unwrap()));
     // Per LBA: the tag of the last write that returned (set under the lock).
     let done: Arc<Vec<AtomicU64>> = Arc::new((0..cap).map(|_| AtomicU64::new(1)).collect());
@@ -113,6 +118,9 @@ fn parallel_readers_race_writes_cleaning_and_syncs_without_wrong_or_old_data() {
     let writes = if long() { 20_000 } else { 3_000 };
     let readers = 4;
     let reads_each = if long() { 20_000 } else { 2_000 };
+    let stop = Arc::new(AtomicBool::new(false));
+    // Wakes the reads reported (`ReadDone::wake`).
+    let wakes = Arc::new(AtomicU64::new(0));
 
     let writer = {
         let (disk, done, newest) = (disk.clone(), done.clone(), newest.clone());
@@ -134,30 +142,50 @@ fn parallel_readers_race_writes_cleaning_and_syncs_without_wrong_or_old_data() {
             }
         })
     };
+    // The worker that runs background work when the protocol lets it.
+    let background = {
+        let (disk, reads, stop) = (disk.clone(), reads.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut steps, mut put_off) = (0u64, 0u64);
+            while !stop.load(Ordering::SeqCst) {
+                if !reads.background_may_run() {
+                    put_off += 1;
+                    std::thread::yield_now();
+                    continue;
+                }
+                match disk.lock().unwrap().background_step() {
+                    Ok(true) => steps += 1,
+                    Ok(false) => std::thread::yield_now(),
+                    Err(e) => panic!("background step failed: {e:?}"),
+                }
+            }
+            (steps, put_off)
+        })
+    };
     let mut handles = Vec::new();
     for r in 0..readers {
-        let (disk, done, newest) = (disk.clone(), done.clone(), newest.clone());
+        let (disk, done, newest, reads, wakes) = (
+            disk.clone(),
+            done.clone(),
+            newest.clone(),
+            reads.clone(),
+            wakes.clone(),
+        );
         handles.push(std::thread::spawn(move || {
             let mut rng = Rng(0x1234_5678 + r as u64 * 7919);
-            let (mut unlocked, mut fallbacks) = (0u64, 0u64);
             for _ in 0..reads_each {
                 let l = rng.below(cap - 2);
                 let mut buf = vec![0u8; 2 * BLOCK_SIZE];
-                let (plan, reader, floor) = {
-                    let mut d = disk.lock().unwrap();
-                    let floor = [
-                        done[l as usize].load(Ordering::SeqCst),
-                        done[l as usize + 1].load(Ordering::SeqCst),
-                    ];
-                    (d.plan_read(l, &mut buf).unwrap(), d.reader(), floor)
-                };
-                if let Err(e) = reader.fetch(&plan, &mut buf) {
-                    assert_eq!(e.kind(), ErrorKind::Integrity, "{e:?}");
-                    disk.lock().unwrap().read(l, &mut buf).unwrap();
-                    fallbacks += 1;
-                } else {
-                    unlocked += 1;
+                // The last writes acknowledged before the read starts.
+                let floor = [
+                    done[l as usize].load(Ordering::SeqCst),
+                    done[l as usize + 1].load(Ordering::SeqCst),
+                ];
+                let out = reads.read(&*disk, l, &mut buf);
+                if out.wake {
+                    wakes.fetch_add(1, Ordering::SeqCst);
                 }
+                out.result.unwrap();
                 let ceiling = newest.load(Ordering::SeqCst);
                 for (i, b) in buf.chunks_exact(BLOCK_SIZE).enumerate() {
                     let lba = l + i as u64;
@@ -170,23 +198,31 @@ fn parallel_readers_race_writes_cleaning_and_syncs_without_wrong_or_old_data() {
                     );
                 }
             }
-            (unlocked, fallbacks)
         }));
     }
     writer.join().unwrap();
-    let (mut unlocked, mut fallbacks) = (0, 0);
     for h in handles {
-        let (u, f) = h.join().unwrap();
-        unlocked += u;
-        fallbacks += f;
+        h.join().unwrap();
     }
+    stop.store(true, Ordering::SeqCst);
+    let (steps, put_off) = background.join().unwrap();
+    let (unlocked, rereads) = (reads.unlocked(), reads.rereads());
     let mut d = Arc::try_unwrap(disk).ok().unwrap().into_inner().unwrap();
     let st = d.stats();
     eprintln!(
-        "parallel reads: {unlocked} fetched without the lock, {fallbacks} fell back; {writes} writes, {} segments cleaned, sync {}",
-        st.segments_cleaned, st.sync_counter
+        "parallel reads: {unlocked} fetched without the lock, {rereads} re-read under it; {writes} writes, {} segments cleaned, sync {}; background: {steps} steps, {put_off} put off, {} wakes",
+        st.segments_cleaned,
+        st.sync_counter,
+        wakes.load(Ordering::SeqCst)
     );
-    assert_eq!(unlocked + fallbacks, readers as u64 * reads_each as u64);
+    assert!(
+        unlocked > 0,
+        "no read fetched without the lock: the test did not exercise the protocol"
+    );
+    assert!(
+        unlocked + rereads <= readers as u64 * reads_each as u64,
+        "more fetches than reads"
+    );
     assert!(st.segments_cleaned > 0, "the cleaner never ran: {st:?}");
     assert!(d.failure().is_none());
     // Everything still reads back as the last write after a reopen.
@@ -197,6 +233,131 @@ fn parallel_readers_race_writes_cleaning_and_syncs_without_wrong_or_old_data() {
         d.read(l, &mut b).unwrap();
         assert_eq!(tag_of(&b, l), Some(done[l as usize].load(Ordering::SeqCst)));
     }
+}
+
+/// The disk behind a lock, whose planning arms a fault on the device's
+/// next read, so the fetch made without the lock fails once.
+struct FailFetch(Mutex<FaultAfterPlan>);
+struct FaultAfterPlan(Disk, Dev);
+
+impl ReadPlanner for FaultAfterPlan {
+    fn plan_read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<ReadPlan> {
+        let plan = self.0.plan_read(lba, buf)?;
+        self.1.fail_nth(IoKind::Read, 0, false)?;
+        Ok(plan)
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()> {
+        self.0.read(lba, buf)
+    }
+}
+
+impl EngineLock for FailFetch {
+    type Engine = FaultAfterPlan;
+    fn locked<R>(&self, f: impl FnOnce(&mut FaultAfterPlan) -> R) -> R {
+        f(&mut self.0.lock().unwrap())
+    }
+}
+
+#[test]
+fn a_failed_fetch_is_read_again_under_the_lock() {
+    let mut h = Harness::new(Backend::Lsm, small_cfg());
+    h.disk().write(3, &blocks(3, 2, 7)).unwrap();
+    h.disk().sync().unwrap();
+    let reads = ParallelReads::new(Some(h.disk().reader()));
+    let fault = h.fault.clone();
+    let engine = FailFetch(Mutex::new(FaultAfterPlan(h.take().unwrap(), fault.clone())));
+    let mut buf = vec![0u8; 2 * BLOCK_SIZE];
+    let failed = fault.failed_count();
+    let out = reads.read(&engine, 3, &mut buf);
+    out.result.unwrap();
+    assert_eq!(fault.failed_count(), failed + 1, "the fault never hit");
+    assert_eq!((reads.unlocked(), reads.rereads()), (0, 1));
+    assert!(check(&buf[..BLOCK_SIZE], 3, 7) && check(&buf[BLOCK_SIZE..], 4, 7));
+    assert!(
+        !out.wake,
+        "nothing was put off, yet the read asks for a wake"
+    );
+}
+
+/// An engine that plans nothing and, while `hold` is set, waits inside the
+/// lock (a read that plans for as long as the test wants).
+struct Held {
+    hold: AtomicBool,
+    inside: AtomicBool,
+}
+
+impl ReadPlanner for &Held {
+    fn plan_read(&mut self, _: u64, buf: &mut [u8]) -> mlsdisk_core::Result<ReadPlan> {
+        self.inside.store(true, Ordering::SeqCst);
+        while self.hold.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        buf.fill(0xa5);
+        Ok(ReadPlan::default())
+    }
+    fn read(&mut self, _: u64, _: &mut [u8]) -> mlsdisk_core::Result<()> {
+        Err(mlsdisk_core::Error::new(
+            ErrorKind::InvalidState,
+            "not used",
+        ))
+    }
+}
+
+struct HeldLock(&'static Held);
+
+impl EngineLock for HeldLock {
+    type Engine = &'static Held;
+    fn locked<R>(&self, f: impl FnOnce(&mut &'static Held) -> R) -> R {
+        f(&mut { self.0 })
+    }
+}
+
+#[test]
+fn background_work_is_put_off_for_a_planning_read_but_never_twice_in_a_row() {
+    let held: &'static Held = Box::leak(Box::new(Held {
+        hold: AtomicBool::new(true),
+        inside: AtomicBool::new(false),
+    }));
+    let reads: Arc<ParallelReads<Dev>> = Arc::new(ParallelReads::new(None));
+    assert!(reads.background_may_run(), "no read: background work runs");
+    let reader = {
+        let reads = reads.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; BLOCK_SIZE];
+            let out = reads.read(&HeldLock(held), 0, &mut buf);
+            (
+                out.result.is_ok() && buf.iter().all(|&x| x == 0xa5),
+                out.wake,
+            )
+        })
+    };
+    while !held.inside.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    assert!(
+        !reads.background_may_run(),
+        "a step ran while a read planned"
+    );
+    assert!(
+        reads.background_may_run(),
+        "a step was put off twice in a row"
+    );
+    assert!(
+        !reads.background_may_run(),
+        "the step after the forced one was not put off"
+    );
+    held.hold.store(false, Ordering::SeqCst);
+    let (ok, wake) = reader.join().unwrap();
+    assert!(ok, "the read did not return what the engine planned");
+    assert!(
+        wake,
+        "the read did not report the background work put off for it"
+    );
+    assert!(
+        reads.background_may_run(),
+        "no read left, yet the step is put off"
+    );
+    assert!(reads.background_may_run());
 }
 
 /// A runner that counts the jobs it ran.

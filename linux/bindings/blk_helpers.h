@@ -1,8 +1,7 @@
 /* SPDX-License-Identifier: MPL-2.0 OR GPL-2.0 */
 /*
- * C side of the blk-mq disk /dev/mlsdisk<N> (blk/helpers.c). blk/mod.rs
- * declares the same functions in an `extern "C"` block by hand (the module's
- * bindgen run covers only mlsdisk_helpers.h): keep the two in step.
+ * C side of the blk-mq disk /dev/mlsdisk<N> (blk/helpers.c); bindgen reads
+ * it through mlsdisk_helpers.h.
  */
 #ifndef MLSDISK_BLK_HELPERS_H
 #define MLSDISK_BLK_HELPERS_H
@@ -53,14 +52,6 @@ bool mlsdisk_blk_rq_preflush(struct request *rq);
 size_t mlsdisk_blk_rq_copy(struct request *rq, void *buf, size_t len, bool to_rq);
 /* Ends a request the driver owns with errno_to_blk_status(err). */
 void mlsdisk_blk_rq_end(struct request *rq, int err);
-
-/* An ordered WQ_MEM_RECLAIM workqueue with one work item running fn(arg). */
-struct mlsdisk_blk_work;
-struct mlsdisk_blk_work *mlsdisk_blk_work_new(void (*fn)(void *), int index);
-void mlsdisk_blk_work_set_arg(struct mlsdisk_blk_work *w, void *arg);
-void mlsdisk_blk_work_queue(struct mlsdisk_blk_work *w);
-/* Waits for the work item, then frees the workqueue. */
-void mlsdisk_blk_work_free(struct mlsdisk_blk_work *w);
 
 /*
  * Parallel reads: a WQ_MEM_RECLAIM | WQ_UNBOUND workqueue (max_active

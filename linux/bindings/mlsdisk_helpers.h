@@ -111,48 +111,39 @@ unsigned int mlsdisk_noio_save(void);
 void mlsdisk_noio_restore(unsigned int flags);
 
 /*
- * Deferred bios (linux/kernel_platform/platform.c): `map` hands a bio to one of two
- * queues of the target, in process context afterwards; the callbacks must
- * end each bio (mlsdisk_bio_end).
+ * Deferred bios (linux/dm/queue.c): `map` hands a bio to one of two queues
+ * of the target, in process context afterwards; the callbacks must end
+ * each bio (mlsdisk_bio_end).
  *
- * - Ordered (mlsdisk_bioq_push): one work item on the target's own
- *   WQ_MEM_RECLAIM workqueue (max_active 1) pops the bios in order and
- *   calls `process(ctx, bio)`; it never runs on two CPUs at once. When
- *   nothing is queued and the queue is not paused, it runs `idle` steps.
+ * - Ordered: a bio list (mlsdisk_bioq_push, mlsdisk_bioq_pop) that the
+ *   target's ordered queue in Rust (kernel_platform/work.rs) serves in
+ *   order, with background work when it is empty.
  * - Parallel (mlsdisk_bioq_push_parallel): each bio is its own work item,
  *   kept in the bio's per-bio data (the target must have called
- *   mlsdisk_ti_set_per_bio_data in its constructor), on a second
+ *   mlsdisk_ti_set_per_bio_data in its constructor), on a
  *   WQ_MEM_RECLAIM | WQ_UNBOUND workqueue with max_active
  *   max(16, 4 x possible CPUs): `parallel(ctx, bio)` runs for many bios
- *   at once, in any order. It returns whether the ordered worker should
- *   be woken (mlsdisk_bioq_kick).
+ *   at once, in any order.
  */
 struct mlsdisk_bioq;
-typedef void (*mlsdisk_bioq_fn)(void *ctx, struct bio *bio);
-typedef bool (*mlsdisk_bioq_parallel_fn)(void *ctx, struct bio *bio);
-/* Background work when no bio is queued: one bounded step; returns whether
- * more is to do (the work item then runs again, bios first). */
-typedef bool (*mlsdisk_bioq_idle_fn)(void *ctx);
-/* A queue with its workqueues `name` and `name`_rd; `idle` may be NULL.
- * NULL on allocation failure. Starts paused (no background work). Sleeps. */
-struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name, mlsdisk_bioq_fn process,
-				      mlsdisk_bioq_parallel_fn parallel,
-				      mlsdisk_bioq_idle_fn idle, void *ctx);
+typedef void (*mlsdisk_bioq_parallel_fn)(void *ctx, struct bio *bio);
+/* A queue with its parallel workqueue `name`_rd. NULL on allocation
+ * failure. Sleeps. */
+struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name,
+				      mlsdisk_bioq_parallel_fn parallel, void *ctx);
 /* ti->per_io_data_size for the parallel queue's work items (constructor). */
 void mlsdisk_ti_set_per_bio_data(struct dm_target *ti);
-/* Stops background work and waits for both queues to be idle (suspend). */
-void mlsdisk_bioq_pause(struct mlsdisk_bioq *q);
-/* Allows background work again and kicks the worker (resume). */
-void mlsdisk_bioq_resume(struct mlsdisk_bioq *q);
-/* Queues `bio` on the ordered queue (any context, no sleeping). */
+/* Waits for every parallel bio queued so far (suspend). Sleeps. */
+void mlsdisk_bioq_flush_parallel(struct mlsdisk_bioq *q);
+/* Appends `bio` to the ordered list (any context, no sleeping). */
 void mlsdisk_bioq_push(struct mlsdisk_bioq *q, struct bio *bio);
+/* Takes the oldest bio of the ordered list; NULL when it is empty. */
+struct bio *mlsdisk_bioq_pop(struct mlsdisk_bioq *q);
 /* Queues `bio` on the parallel queue (any context, no sleeping); `bio` is
  * one device-mapper passed to the map function of a target that set
  * mlsdisk_ti_set_per_bio_data. */
 void mlsdisk_bioq_push_parallel(struct mlsdisk_bioq *q, struct bio *bio);
-/* Wakes the ordered worker (background work), unless paused. Any context. */
-void mlsdisk_bioq_kick(struct mlsdisk_bioq *q);
-/* Pauses, drains, then frees the queue and its workqueues. Sleeps. */
+/* Drains the parallel queue, then frees it and its workqueue. Sleeps. */
 void mlsdisk_bioq_free(struct mlsdisk_bioq *q);
 
 /* Ends `bio` with `status` (a BLK_STS_* value). */
@@ -216,14 +207,16 @@ int mlsdisk_lookup_bdev(const char *path, u32 *dev);
 dev_t mlsdisk_bdev_dev(struct block_device *bdev);
 
 /*
- * Runs fn(arg) on a kworker of system_dfl_long_wq and waits for it: a fresh,
- * shallow stack for the engine's deep calls (create/open/sync) that would
- * otherwise stack on top of an ioctl path. Sleeps.
+ * Runs fn(arg) on a kworker of `wq` (system_dfl_long_wq if NULL) in a
+ * memalloc_noio scope and waits for it: a fresh, shallow stack for the
+ * engine's deep calls (create/open/sync) that would otherwise stack on top
+ * of an ioctl path. Sleeps.
  */
-void mlsdisk_run_on_worker(void (*fn)(void *arg), void *arg);
+void mlsdisk_run_on_worker(struct workqueue_struct *wq, void (*fn)(void *arg), void *arg);
+/* num_online_cpus() */
+unsigned int mlsdisk_online_cpus(void);
 
 /* The other helpers' headers: bindgen reads them through this one. */
 #include "blk_helpers.h"
-#include "par_helpers.h"
 
 #endif /* MLSDISK_HELPERS_H */

@@ -13,15 +13,16 @@ use super::*;
 /// # Invariants
 ///
 /// `disk` was added by `mlsdisk_blk_add_disk` with `queuedata` (from
-/// `Arc<DiskState>::into_foreign`) on `tagset`; `work` and `rworks` are
-/// the ordered and the read workqueue of `state`, whose argument is
-/// `state`. All are released only by `drop`.
+/// `Arc<DiskQueue>::into_foreign`) on `tagset`; `rworks` is the read
+/// workqueue of `queue`'s state, whose argument is `queue`. All are
+/// released only by `drop`.
 pub(crate) struct BlkDisk {
     disk: NonNull<bindings::gendisk>,
     queuedata: *mut c_void,
-    work: NonNull<ffi::mlsdisk_blk_work>,
     rworks: NonNull<ffi::mlsdisk_blk_reads>,
-    state: Arc<DiskState>,
+    /// The ordered queue (its workqueue is destroyed with the last
+    /// reference, after `drop` paused it) and the disk's state.
+    queue: Arc<DiskQueue>,
     /// Kept for the disk, which uses it until `drop` deleted it.
     _tagset: Arc<TagSet<BlkOps>>,
     /// The registry entry of the backing device, dropped (after the
@@ -261,7 +262,7 @@ impl Opened {
         let mut disks = BlkDisks(KVec::with_capacity(n, GFP_KERNEL)?);
         let mut rest = self.0.into_iter();
         for one in rest.by_ref() {
-            let index = one.parts.as_ref().map_or(0, |p| p.state.index);
+            let index = one.parts.as_ref().map_or(0, |p| p.queue.server.index);
             match one.add() {
                 Ok(disk) => {
                     if let Err(e) = disks.0.push_within_capacity(disk) {
@@ -323,12 +324,11 @@ pub(super) struct Pending {
 ///
 /// # Invariants
 ///
-/// `work` and `rworks` are the ordered and the read workqueue of `state`
-/// (whose argument is `state`), never queued yet; `tagset` is initialised.
+/// `rworks` is the read workqueue of `queue`'s state (whose argument is
+/// `queue`), never queued yet, nor is `queue`; `tagset` is initialised.
 pub(super) struct Parts {
-    work: NonNull<ffi::mlsdisk_blk_work>,
     rworks: NonNull<ffi::mlsdisk_blk_reads>,
-    state: Arc<DiskState>,
+    queue: Arc<DiskQueue>,
     tagset: Arc<TagSet<BlkOps>>,
     /// Logical capacity in 4 KiB blocks.
     capacity: u64,
@@ -341,21 +341,18 @@ impl Parts {
     /// Frees the workqueues and closes (syncs) the engine of a disk that
     /// was never added.
     fn discard(self) {
-        // SAFETY: the workqueues were never queued (the disk was never
-        // added, so no request reached them); freed once, here, the read
-        // workqueue first.
-        unsafe {
-            ffi::mlsdisk_blk_reads_free(self.rworks.as_ptr());
-            ffi::mlsdisk_blk_work_free(self.work.as_ptr());
-        }
-        close(&self.state);
+        // SAFETY: the read workqueue was never queued (the disk was never
+        // added, so no request reached it); freed once, here.
+        unsafe { ffi::mlsdisk_blk_reads_free(self.rworks.as_ptr()) };
+        self.queue.pause();
+        close(&self.queue.server);
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(parts) = self.parts.take() {
-            let index = parts.state.index;
+            let index = parts.queue.server.index;
             parts.discard();
             pr_info!(
                 "mlsdisk{}: engine closed (synced); the disk was never added\n",
@@ -390,70 +387,61 @@ impl Pending {
         let mut fifo = VecDeque::new();
         fifo.try_reserve_exact(FIFO_CAPACITY).map_err(|_| ENOMEM)?;
         let reads = Reads::new(engine.reader());
-        // SAFETY: `work_fn` matches the callback type; process context.
-        let work = unsafe { ffi::mlsdisk_blk_work_new(Some(work_fn), index) };
-        let Some(work) = NonNull::new(work) else {
-            // The engine is dropped on this stack (an out-of-memory path).
-            return Err(ENOMEM);
-        };
         // SAFETY: `read_fn` matches the callback type; process context.
         let rworks = unsafe { ffi::mlsdisk_blk_reads_new(Some(read_fn), index, QUEUE_DEPTH) };
         let Some(rworks) = NonNull::new(rworks) else {
-            // SAFETY: created above, never queued, freed once.
-            unsafe { ffi::mlsdisk_blk_work_free(work.as_ptr()) };
+            // The engine is dropped on this stack (an out-of-memory path).
             return Err(ENOMEM);
         };
-        let free_work = || {
-            // SAFETY: created above, never queued, freed once; the read
-            // workqueue (which may kick `work`) first.
-            unsafe {
-                ffi::mlsdisk_blk_reads_free(rworks.as_ptr());
-                ffi::mlsdisk_blk_work_free(work.as_ptr());
-            }
+        let free_reads = || {
+            // SAFETY: created above, never queued, freed once.
+            unsafe { ffi::mlsdisk_blk_reads_free(rworks.as_ptr()) };
         };
-        let state = match Arc::pin_init(
-            pin_init!(DiskState {
-                pending <- new_spinlock_irq!(fifo),
-                io <- new_mutex!(Worker { engine, buf }),
-                reads,
-                counts: Counts::default(),
-                work: WorkPtr(work),
-                rworks: ReadsPtr(rworks),
-                closing: AtomicBool::new(false),
-                index,
-            }),
-            GFP_KERNEL,
-        ) {
-            Ok(state) => state,
+        let name = match kernel::str::CString::try_from_fmt(fmt!("mlsdisk{}", index)) {
+            Ok(name) => name,
             Err(e) => {
-                // The engine was moved into the failed initializer and is
-                // dropped with it (on this stack: an out-of-memory path).
-                free_work();
+                free_reads();
                 return Err(e);
             }
         };
-        // SAFETY: the state outlives both workqueues (`Parts::discard` and
-        // `BlkDisk::drop` free them before dropping their reference to it).
+        let state = pin_init!(DiskState {
+            pending <- new_spinlock_irq!(fifo),
+            io <- new_mutex!(Worker { engine, buf }),
+            reads,
+            counts: Counts::default(),
+            rworks: ReadsPtr(rworks),
+            index,
+        });
+        let queue = match Ordered::new(&name, state, false) {
+            Ok(queue) => queue,
+            Err(e) => {
+                // The engine was moved into the failed initializer and is
+                // dropped with it (on this stack: an out-of-memory path).
+                free_reads();
+                return Err(e);
+            }
+        };
+        // SAFETY: the queue outlives the read workqueue (`Parts::discard`
+        // and `BlkDisk::drop` free it before dropping their reference).
         unsafe {
-            let arg = Arc::as_ptr(&state).cast_mut().cast();
-            ffi::mlsdisk_blk_work_set_arg(work.as_ptr(), arg);
+            let arg = Arc::as_ptr(&queue).cast_mut().cast();
             ffi::mlsdisk_blk_reads_set_arg(rworks.as_ptr(), arg);
         };
         let tagset = match Arc::pin_init(TagSet::new(1, QUEUE_DEPTH, 1), GFP_KERNEL) {
             Ok(t) => t,
             Err(e) => {
-                free_work();
-                close(&state);
+                free_reads();
+                queue.pause();
+                close(&queue.server);
                 return Err(e);
             }
         };
-        // INVARIANT: the workqueues were made above for `state` and never
-        // queued; `tagset` is initialised.
+        // INVARIANT: the read workqueue was made above for `queue` and
+        // never queued, nor was `queue`; `tagset` is initialised.
         Ok(Self {
             parts: Some(Parts {
-                work,
                 rworks,
-                state,
+                queue,
                 tagset,
                 capacity,
                 claim,
@@ -467,15 +455,15 @@ impl Pending {
         let Some(parts) = self.parts.take() else {
             return Err(EIO);
         };
-        let index = parts.state.index;
-        let queuedata = parts.state.clone().into_foreign();
+        let index = parts.queue.server.index;
+        let queuedata = parts.queue.clone().into_foreign();
         // `TagSet` is `#[repr(transparent)]` over `Opaque<blk_mq_tag_set>`,
         // so its address is the C tag set's.
         let set = Arc::as_ptr(&parts.tagset)
             .cast_mut()
             .cast::<bindings::blk_mq_tag_set>();
         // SAFETY: `set` is an initialized tag set (kept alive by `tagset`
-        // for as long as the disk); `queuedata` is an `Arc<DiskState>`
+        // for as long as the disk); `queuedata` is an `Arc<DiskQueue>`
         // from `into_foreign`, as `BlkOps::QueueData` expects; process
         // context.
         let disk = unsafe {
@@ -501,19 +489,18 @@ impl Pending {
                 );
                 // SAFETY: the failed add left nothing behind and gave
                 // `queuedata` back (see blk_helpers.h).
-                drop(unsafe { Arc::<DiskState>::from_foreign(queuedata) });
+                drop(unsafe { Arc::<DiskQueue>::from_foreign(queuedata) });
                 parts.discard();
                 return Err(err);
             }
         };
-        // INVARIANT: added above with `queuedata` on `tagset`; `work` and
-        // `rworks` are the state's workqueues.
+        // INVARIANT: added above with `queuedata` on `tagset`; `rworks` is
+        // the read workqueue of the queue's state.
         Ok(BlkDisk {
             disk,
             queuedata,
-            work: parts.work,
             rworks: parts.rworks,
-            state: parts.state,
+            queue: parts.queue,
             _tagset: parts.tagset,
             _claim: parts.claim,
         })
@@ -523,7 +510,6 @@ impl Pending {
 /// Takes the engine out of `state`, then syncs and drops it on a worker,
 /// logging a failure. The state's engine is [`Closed`] afterwards.
 pub(super) fn close(state: &DiskState) {
-    state.closing.store(true, Ordering::Relaxed);
     // `Closed` is zero-sized: boxing it does not allocate.
     let index = state.index;
     pr_info!(
@@ -548,8 +534,8 @@ pub(super) fn close(state: &DiskState) {
 
 impl Drop for BlkDisk {
     fn drop(&mut self) {
-        // No background work from now on.
-        self.state.closing.store(true, Ordering::Relaxed);
+        // No background work from now on (requests are still served).
+        self.queue.pause();
         // SAFETY: a live disk (type invariant), deleted once. Waits for
         // every request (the worker ends them); no `queue_rq` afterwards.
         unsafe { ffi::mlsdisk_blk_del_disk(self.disk.as_ptr()) };
@@ -557,14 +543,16 @@ impl Drop for BlkDisk {
         // waits for the read work items (which may still kick the ordered
         // one after ending their request) and frees their workqueue, once.
         unsafe { ffi::mlsdisk_blk_reads_free(self.rworks.as_ptr()) };
-        // SAFETY: nothing queues the work any more; this waits for a
-        // running work item and frees the workqueue, once.
-        unsafe { ffi::mlsdisk_blk_work_free(self.work.as_ptr()) };
+        // Nothing queues the work item any more: wait for a running one.
+        self.queue.pause();
         // SAFETY: `queuedata` came from `into_foreign` and the disk that
         // borrowed it is released.
-        drop(unsafe { Arc::<DiskState>::from_foreign(self.queuedata) });
-        close(&self.state);
-        pr_info!("mlsdisk{}: removed (synced and closed)\n", self.state.index);
+        drop(unsafe { Arc::<DiskQueue>::from_foreign(self.queuedata) });
+        close(&self.queue.server);
+        pr_info!(
+            "mlsdisk{}: removed (synced and closed)\n",
+            self.queue.server.index
+        );
         // The tag set and the state go after this, with the fields.
     }
 }

@@ -5,9 +5,9 @@
  * .owner = THIS_MODULE, which the Rust GenDiskBuilder of 7.3 cannot set:
  * without it an open disk would not pin the module), request accessors for
  * what the Rust Request does not expose (sector, length, operation, data
- * segments, ending with an error), and the disk's workqueues: an ordered
- * one for writes, flushes, discards and background work, and one that runs
- * reads in parallel.
+ * segments, ending with an error), and the disk's read workqueue, which
+ * runs reads in parallel (the ordered queue for writes, flushes, discards
+ * and background work is kernel_platform/work.rs).
  */
 #include <linux/bio.h>
 #include <linux/bvec.h>
@@ -213,54 +213,6 @@ void mlsdisk_blk_rq_end(struct request *rq, int err)
 		atomic_cmpxchg(&ref->refs, 2, 0);
 	}
 	blk_mq_end_request(rq, errno_to_blk_status(err));
-}
-
-struct mlsdisk_blk_work {
-	struct work_struct work;
-	struct workqueue_struct *wq;
-	void (*fn)(void *arg);
-	void *arg;
-};
-
-static void mlsdisk_blk_work_fn(struct work_struct *work)
-{
-	struct mlsdisk_blk_work *w = container_of(work, struct mlsdisk_blk_work, work);
-
-	w->fn(w->arg);
-}
-
-struct mlsdisk_blk_work *mlsdisk_blk_work_new(void (*fn)(void *), int index)
-{
-	struct mlsdisk_blk_work *w = kzalloc(sizeof(*w), GFP_KERNEL);
-
-	if (!w)
-		return NULL;
-	/* Ordered (one work at a time) and able to make progress under memory
-	 * pressure: the disk may be where reclaim writes. */
-	w->wq = alloc_ordered_workqueue("mlsdisk%d", WQ_MEM_RECLAIM, index);
-	if (!w->wq) {
-		kfree(w);
-		return NULL;
-	}
-	INIT_WORK(&w->work, mlsdisk_blk_work_fn);
-	w->fn = fn;
-	return w;
-}
-
-void mlsdisk_blk_work_set_arg(struct mlsdisk_blk_work *w, void *arg)
-{
-	w->arg = arg;
-}
-
-void mlsdisk_blk_work_queue(struct mlsdisk_blk_work *w)
-{
-	queue_work(w->wq, &w->work);
-}
-
-void mlsdisk_blk_work_free(struct mlsdisk_blk_work *w)
-{
-	destroy_workqueue(w->wq);
-	kfree(w);
 }
 
 /*

@@ -81,7 +81,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::ffi::{c_char, c_int, c_void};
 
 use kernel::block::mq::{self, Operations, TagSet};
@@ -97,6 +97,7 @@ use crate::engine::{Closed, Engine, Failure, Reads, Worker, SECTORS_PER_BLOCK};
 use crate::kernel_platform::bio::{
     device_number, on_worker, BdevBlockSet, Claim, NoIoScope, OpenBdev,
 };
+use crate::kernel_platform::work::{Ordered, Serve};
 use crate::table::{self, KeySpec, RawKey};
 
 mod disk;
@@ -240,8 +241,8 @@ impl IoRequest for Rq {
     }
 }
 
-/// The disk's state, shared by `queue_rq` (as the queue's data) and the
-/// worker.
+/// The disk's state, shared by `queue_rq` (as the queue's data, inside
+/// the disk's [`Ordered`] queue) and the workers.
 #[pin_data]
 struct DiskState {
     /// Requests handed over by `queue_rq`, oldest first. Allocated with
@@ -255,24 +256,16 @@ struct DiskState {
     reads: Reads,
     /// What reached the engine.
     counts: Counts,
-    /// The disk's ordered workqueue; valid from before the disk is added
+    /// The disk's read workqueue; valid from before the disk is added
     /// until after it is deleted (see [`BlkDisk`]).
-    work: WorkPtr,
-    /// The disk's read workqueue; valid as long as `work`.
     rworks: ReadsPtr,
-    /// Set at teardown: no more background work.
-    closing: AtomicBool,
     /// N of `/dev/mlsdisk<N>`, for the log.
     index: c_int,
 }
 
-/// The C work item, owned by [`BlkDisk`].
-struct WorkPtr(NonNull<ffi::mlsdisk_blk_work>);
-
-// SAFETY: queue_work may be called from any context and thread.
-unsafe impl Send for WorkPtr {}
-// SAFETY: as above; the pointer itself never changes.
-unsafe impl Sync for WorkPtr {}
+/// The disk's ordered queue (writes, flushes, discards, background work)
+/// with its state: the queue's data.
+type DiskQueue = Ordered<DiskState>;
 
 /// The C read work items, owned by [`BlkDisk`].
 struct ReadsPtr(NonNull<ffi::mlsdisk_blk_reads>);
@@ -282,43 +275,15 @@ unsafe impl Send for ReadsPtr {}
 // SAFETY: as above; the pointer itself never changes.
 unsafe impl Sync for ReadsPtr {}
 
-impl DiskState {
-    /// Kicks the worker.
-    fn kick(&self) {
-        // SAFETY: the workqueue lives while the disk can take requests
-        // (`BlkDisk` frees it only after deleting the disk). Any context.
-        unsafe { ffi::mlsdisk_blk_work_queue(self.work.0.as_ptr()) };
+impl Serve for DiskState {
+    type Item = ARef<mq::Request<BlkOps>>;
+
+    fn pop(&self) -> Option<Self::Item> {
+        self.pending.lock().pop_front()
     }
 
-    /// The work item: serves every queued request, in order, then runs
-    /// background steps while nothing is queued.
-    fn run(&self) {
+    fn serve(&self, rq: Self::Item) {
         let _noio = NoIoScope::enter();
-        loop {
-            // A statement of its own: the lock is released before `serve`.
-            let next = self.pending.lock().pop_front();
-            let Some(rq) = next else { break };
-            self.serve(rq);
-        }
-        while !self.closing.load(Ordering::Relaxed) && self.pending.lock().is_empty() {
-            // Not while a read waits for the engine (it kicks us afterwards).
-            if !self.reads.background_may_run() {
-                break;
-            }
-            match self.io.lock().engine.background_step() {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => {
-                    if crate::kernel_platform::ratelimit() {
-                        pr_err!("mlsdisk{}: background work failed: {:?}\n", self.index, e);
-                    }
-                    break;
-                }
-            }
-        }
-    }
-
-    fn serve(&self, rq: ARef<mq::Request<BlkOps>>) {
         // SAFETY: the worker owns `rq` until it ends it below.
         let mut req = unsafe { Rq::new(raw_of(&rq)) };
         let result = self.io.lock().serve(&mut req, Some(&self.counts.syncs));
@@ -326,19 +291,37 @@ impl DiskState {
         finish(rq, result, self.index);
     }
 
+    fn idle_step(&self) -> bool {
+        // Not while a read waits for the engine (it kicks us afterwards).
+        if !self.reads.background_may_run() {
+            return false;
+        }
+        let _noio = NoIoScope::enter();
+        match self.io.lock().engine.background_step() {
+            Ok(more) => more,
+            Err(e) => {
+                if crate::kernel_platform::ratelimit() {
+                    pr_err!("mlsdisk{}: background work failed: {:?}\n", self.index, e);
+                }
+                false
+            }
+        }
+    }
+}
+
+impl DiskState {
     /// Serves a read request on the read workqueue ([`serve_read`]:
     /// planned under the engine's mutex, fetched without it), with a
-    /// bounce buffer of its own.
-    fn serve_read(&self, rq: ARef<mq::Request<BlkOps>>) {
+    /// bounce buffer of its own. Returns whether the ordered worker must
+    /// be woken.
+    fn serve_read(&self, rq: ARef<mq::Request<BlkOps>>) -> bool {
         let _noio = NoIoScope::enter();
         // SAFETY: this worker owns `rq` until it ends it below.
         let mut req = unsafe { Rq::new(raw_of(&rq)) };
         let (result, wake) = serve_read(&self.reads, &self.io, &mut req);
-        if wake && !self.closing.load(Ordering::Relaxed) {
-            self.kick();
-        }
         self.counts.count(req.op, req.bytes, result.is_ok());
         finish(rq, result, self.index);
+        wake
     }
 }
 
@@ -396,15 +379,16 @@ struct BlkOps;
 
 #[vtable]
 impl Operations for BlkOps {
-    type QueueData = Arc<DiskState>;
+    type QueueData = Arc<DiskQueue>;
 
     fn queue_rq(
-        state: ArcBorrow<'_, DiskState>,
+        queue: ArcBorrow<'_, DiskQueue>,
         rq: ARef<mq::Request<Self>>,
         _is_last: bool,
     ) -> Result {
         // No engine here (it sleeps and allocates; this runs under RCU):
         // hand the request to a worker. See the module documentation.
+        let state = &queue.server;
         let raw = raw_of(&rq);
         // SAFETY: `queue_rq` owns the request (started, not ended).
         let read = unsafe {
@@ -440,12 +424,12 @@ impl Operations for BlkOps {
             // Cannot happen (the FIFO holds every request the driver can
             // own); never sleep or allocate here, so fail the request.
             Some(rq) => end_with(rq, EIO.to_errno()),
-            None => state.kick(),
+            None => Ordered::kick(queue),
         }
         Ok(())
     }
 
-    fn commit_rqs(_state: ArcBorrow<'_, DiskState>) {}
+    fn commit_rqs(_queue: ArcBorrow<'_, DiskQueue>) {}
 
     fn complete(rq: ARef<mq::Request<Self>>) {
         // Requests are ended by the worker, never completed remotely; end
@@ -456,29 +440,17 @@ impl Operations for BlkOps {
     }
 }
 
-/// The work item's entry point.
-///
-/// # Safety
-///
-/// `arg` is the [`DiskState`] set by [`BlkDisk::start`], alive until the
-/// workqueue is freed.
-unsafe extern "C" fn work_fn(arg: *mut c_void) {
-    // SAFETY: see the function's safety section; `BlkDisk` holds a
-    // reference to the state until after it freed the workqueue.
-    let state = unsafe { &*arg.cast::<DiskState>() };
-    state.run();
-}
-
 /// The read work items' entry point.
 ///
 /// # Safety
 ///
-/// `arg` is the [`DiskState`] set by [`BlkDisk::start`], alive until the
-/// read workqueue is freed; `rq` is a read request that `queue_rq` handed
-/// over with its reference (`ARef::into_raw`).
+/// `arg` is the [`DiskQueue`] of an `Arc` (`Arc::as_ptr`) that `BlkDisk`
+/// holds until after the read workqueue is freed; `rq` is a read request
+/// that `queue_rq` handed over with its reference (`ARef::into_raw`).
 unsafe extern "C" fn read_fn(arg: *mut c_void, rq: *mut bindings::request) {
-    // SAFETY: as in `work_fn`, for the read workqueue.
-    let state = unsafe { &*arg.cast::<DiskState>() };
+    // SAFETY: see the function's safety section: the pointer of an `Arc`
+    // that outlives this call.
+    let queue = unsafe { ArcBorrow::from_raw(arg.cast::<DiskQueue>().cast_const()) };
     let Some(rq) = NonNull::new(rq.cast::<mq::Request<BlkOps>>()) else {
         return;
     };
@@ -486,5 +458,9 @@ unsafe extern "C" fn read_fn(arg: *mut c_void, rq: *mut bindings::request) {
     // function's safety section); `Request` is transparent over the C
     // request.
     let rq = unsafe { ARef::from_raw(rq) };
-    state.serve_read(rq);
+    if queue.server.serve_read(rq) {
+        // Background work was put off for this read (not while paused at
+        // teardown).
+        Ordered::kick_idle(queue);
+    }
 }

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
 /*
  * C side of our device-mapper abstraction (dm/binding/): the bio queues of
- * a worker target (an ordered work item with idle work, and a parallel
- * work item per bio in its per-bio data), ending bios, status codes, and
+ * a worker target (the ordered bio list, and a parallel work item per bio
+ * in its per-bio data), ending bios, status codes, and
  * the dm_target/queue_limits accessors Rust cannot reach. Declarations and
  * contracts: bindings/mlsdisk_helpers.h.
  */
@@ -17,27 +17,21 @@
 #include <linux/workqueue.h>
 
 #include "bindings/mlsdisk_helpers.h"
-#include "bindings/par_helpers.h"
 
 /* ---- Deferred bios -------------------------------------------------- */
 
 /*
- * Two queues per target. The ordered one: a bio list served by one work
- * item on a max_active = 1 workqueue (writes, flushes, discards, and
- * background work when idle). The parallel one: each bio is its own work
- * item, in the bio's per-bio data (ti->per_io_data_size, as dm-crypt
- * does), on an unbound workqueue that runs several at once (reads).
+ * Two queues per target. The ordered one: a bio list that the target's
+ * ordered queue in Rust (kernel_platform/work.rs) pops in order (writes,
+ * flushes, discards). The parallel one: each bio is its own work item, in
+ * the bio's per-bio data (ti->per_io_data_size, as dm-crypt does), on an
+ * unbound workqueue that runs several at once (reads).
  */
 struct mlsdisk_bioq {
 	spinlock_t lock;
 	struct bio_list bios;
-	struct work_struct work;
-	struct workqueue_struct *wq;
 	struct workqueue_struct *pwq;
-	mlsdisk_bioq_fn process;
 	mlsdisk_bioq_parallel_fn parallel;
-	mlsdisk_bioq_idle_fn idle;
-	bool paused;
 	void *ctx;
 };
 
@@ -46,33 +40,6 @@ struct mlsdisk_pio {
 	struct work_struct work;
 	struct mlsdisk_bioq *q;
 };
-
-static void mlsdisk_bioq_work(struct work_struct *work)
-{
-	struct mlsdisk_bioq *q = container_of(work, struct mlsdisk_bioq, work);
-	struct bio_list bios;
-	struct bio *bio;
-
-	bool run_idle;
-
-	for (;;) {
-		spin_lock_irq(&q->lock);
-		bios = q->bios;
-		bio_list_init(&q->bios);
-		run_idle = q->idle && !q->paused;
-		spin_unlock_irq(&q->lock);
-		if (bio_list_empty(&bios))
-			break;
-		while ((bio = bio_list_pop(&bios))) {
-			q->process(q->ctx, bio);
-			cond_resched();
-		}
-	}
-	/* Nothing queued: one step of background work, then again if more is
-	 * to do (bios queued meanwhile go first). */
-	if (run_idle && q->idle(q->ctx))
-		queue_work(q->wq, &q->work);
-}
 
 static void mlsdisk_pio_work(struct work_struct *work)
 {
@@ -83,13 +50,11 @@ static void mlsdisk_pio_work(struct work_struct *work)
 	/* Ends the bio, which may free it with `pio` (the clone's front pad):
 	 * neither is touched afterwards. The workqueue allows a work item to
 	 * be freed by its own function. */
-	if (q->parallel(q->ctx, bio))
-		mlsdisk_bioq_kick(q);
+	q->parallel(q->ctx, bio);
 }
 
-struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name, mlsdisk_bioq_fn process,
-				      mlsdisk_bioq_parallel_fn parallel,
-				      mlsdisk_bioq_idle_fn idle, void *ctx)
+struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name,
+				      mlsdisk_bioq_parallel_fn parallel, void *ctx)
 {
 	struct mlsdisk_bioq *q = kzalloc(sizeof(*q), GFP_KERNEL);
 	int active;
@@ -98,25 +63,14 @@ struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name, mlsdisk_bioq_fn process,
 		return NULL;
 	spin_lock_init(&q->lock);
 	bio_list_init(&q->bios);
-	INIT_WORK(&q->work, mlsdisk_bioq_work);
-	q->process = process;
 	q->parallel = parallel;
-	q->idle = idle;
-	q->paused = true;
 	q->ctx = ctx;
-	/* Ordered and able to make progress under memory pressure: it serves
-	 * the I/O that reclaim may be waiting for. */
-	q->wq = alloc_workqueue("%s", WQ_MEM_RECLAIM | WQ_UNBOUND, 1, name);
 	/* Parallel bios wait for the backing device most of their time: let
 	 * several per CPU be in flight, so that the device sees a queue and
-	 * the decryption runs on every CPU. */
+	 * the decryption runs on every CPU. Reclaim may be waiting for them. */
 	active = clamp_t(int, 4 * num_possible_cpus(), 16, WQ_MAX_ACTIVE);
 	q->pwq = alloc_workqueue("%s_rd", WQ_MEM_RECLAIM | WQ_UNBOUND, active, name);
-	if (!q->wq || !q->pwq) {
-		if (q->wq)
-			destroy_workqueue(q->wq);
-		if (q->pwq)
-			destroy_workqueue(q->pwq);
+	if (!q->pwq) {
 		kfree(q);
 		return NULL;
 	}
@@ -135,7 +89,17 @@ void mlsdisk_bioq_push(struct mlsdisk_bioq *q, struct bio *bio)
 	spin_lock_irqsave(&q->lock, flags);
 	bio_list_add(&q->bios, bio);
 	spin_unlock_irqrestore(&q->lock, flags);
-	queue_work(q->wq, &q->work);
+}
+
+struct bio *mlsdisk_bioq_pop(struct mlsdisk_bioq *q)
+{
+	unsigned long flags;
+	struct bio *bio;
+
+	spin_lock_irqsave(&q->lock, flags);
+	bio = bio_list_pop(&q->bios);
+	spin_unlock_irqrestore(&q->lock, flags);
+	return bio;
 }
 
 void mlsdisk_bioq_push_parallel(struct mlsdisk_bioq *q, struct bio *bio)
@@ -147,44 +111,16 @@ void mlsdisk_bioq_push_parallel(struct mlsdisk_bioq *q, struct bio *bio)
 	queue_work(q->pwq, &pio->work);
 }
 
-void mlsdisk_bioq_kick(struct mlsdisk_bioq *q)
+void mlsdisk_bioq_flush_parallel(struct mlsdisk_bioq *q)
 {
-	unsigned long flags;
-
-	spin_lock_irqsave(&q->lock, flags);
-	if (!q->paused)
-		queue_work(q->wq, &q->work);
-	spin_unlock_irqrestore(&q->lock, flags);
-}
-
-void mlsdisk_bioq_pause(struct mlsdisk_bioq *q)
-{
-	spin_lock_irq(&q->lock);
-	q->paused = true;
-	spin_unlock_irq(&q->lock);
-	/* Parallel bios first: one that finishes may kick the worker (which
-	 * `paused` now refuses). Then a run of the worker that started before
-	 * sees `paused` only next time: wait for it; it does not queue itself
-	 * again. */
 	flush_workqueue(q->pwq);
-	flush_workqueue(q->wq);
-}
-
-void mlsdisk_bioq_resume(struct mlsdisk_bioq *q)
-{
-	spin_lock_irq(&q->lock);
-	q->paused = false;
-	spin_unlock_irq(&q->lock);
-	queue_work(q->wq, &q->work);
 }
 
 void mlsdisk_bioq_free(struct mlsdisk_bioq *q)
 {
 	if (!q)
 		return;
-	mlsdisk_bioq_pause(q);
 	destroy_workqueue(q->pwq);
-	destroy_workqueue(q->wq);
 	WARN_ON(!bio_list_empty(&q->bios));
 	kfree(q);
 }

@@ -7,9 +7,11 @@
 //!   `engine/disk.rs`, or the pass-through engine of the
 //!   `MLSDISK_PASSTHROUGH=1` build, [`PassThrough`]); [`Closed`] stands in
 //!   for an engine taken out to be closed.
-//! - [`Reads`]: the parallel-read protocol (plan under the mutex, fetch and
-//!   decrypt without it, repeat under the mutex on any fetch error) and the
-//!   rule that background work never holds back a read by more than a step.
+//! - [`Reads`]: the core's parallel-read protocol (plan under the mutex,
+//!   fetch and decrypt without it, repeat under the mutex on any fetch
+//!   error, and the rule that background work never holds back a read by
+//!   more than a step) on the backing device; [`Locked`] hands it the
+//!   engine behind the worker's mutex.
 //! - [`Failure`]: one failed request, and the one mapping from the engine's
 //!   error kind to a block status ([`BlkError`]) and an errno.
 //! - [`Shared`]: an open disk as the dm target shares it between the
@@ -28,14 +30,14 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
 use core::pin::Pin;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::Mutex;
 #[cfg(mlsdisk_passthrough)]
 use mlsdisk_core::bio::BlockSet;
 use mlsdisk_core::bio::BLOCK_SIZE;
-use mlsdisk_core::disk::{DataReader, ReadPlan};
+use mlsdisk_core::disk::{DataReader, EngineLock, ParallelReads, ReadPlan, ReadPlanner};
 use mlsdisk_core::{Error as CoreError, ErrorKind};
 
 use crate::kernel_platform::bio::{on_worker, BdevBlockSet};
@@ -82,106 +84,32 @@ pub(crate) trait Engine: Send {
     }
 }
 
-/// Reads that run on many threads at once: the engine's mutex is held only
-/// to plan; fetching and decrypting run without it (see "Threads" in the
-/// module documentation). Shared by the dm target and the blk-mq disk.
-pub(crate) struct Reads {
-    /// Fetches planned reads (`None`: the engine does not split reads).
-    reader: Option<DataReader<BdevBlockSet>>,
-    /// Reads waiting for the engine's mutex or holding it to plan.
-    planning: AtomicUsize,
-    /// Background work was put off for a planning read; the last planning
-    /// read wakes the ordered worker.
-    deferred: AtomicBool,
-    /// The last background step was put off (only the ordered worker
-    /// reads and writes this).
-    put_off: AtomicBool,
-    /// Fetches that failed and were repeated under the mutex.
-    rereads: AtomicU64,
+/// Reads that run on many threads at once: the core's parallel-read
+/// protocol (`mlsdisk_core::disk::ParallelReads`: the engine's mutex is
+/// held only to plan; fetching and decrypting run without it; background
+/// work is put off for a planning read, never twice in a row), on the
+/// backing device. Shared by the dm target and the blk-mq disk; the
+/// userspace tools and the core's tests run the same type.
+pub(crate) type Reads = ParallelReads<BdevBlockSet>;
+
+impl ReadPlanner for dyn Engine {
+    fn plan_read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<ReadPlan> {
+        Engine::plan_read(self, lba, buf)
+    }
+
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()> {
+        Engine::read(self, lba, buf)
+    }
 }
 
-impl Reads {
-    /// The reads of an engine whose fetches `reader` makes.
-    pub(crate) fn new(reader: Option<DataReader<BdevBlockSet>>) -> Self {
-        Self {
-            reader,
-            planning: AtomicUsize::new(0),
-            deferred: AtomicBool::new(false),
-            put_off: AtomicBool::new(false),
-            rereads: AtomicU64::new(0),
-        }
-    }
+/// The engine behind the worker's mutex, as [`Reads`] takes it.
+pub(crate) struct Locked<'a>(pub(crate) &'a Mutex<Worker>);
 
-    /// Reads `buf.len() / 4096` blocks at `lba`. `locked` runs its
-    /// argument on the engine under the engine's mutex. Returns the result
-    /// and whether the ordered worker must be woken (background work was
-    /// put off for this read). On error `buf` holds no plaintext.
-    pub(crate) fn read(
-        &self,
-        lba: u64,
-        buf: &mut [u8],
-        locked: impl Fn(&mut dyn FnMut(&mut dyn Engine)),
-    ) -> (mlsdisk_core::Result<()>, bool) {
-        self.planning.fetch_add(1, Ordering::SeqCst);
-        let mut planned = Err(CoreError::new(ErrorKind::InvalidState, "read not planned"));
-        locked(&mut |engine| planned = engine.plan_read(lba, buf));
-        // The last planning read takes over background work put off for it.
-        let wake = self.planning.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.deferred.swap(false, Ordering::SeqCst);
-        let plan = match planned {
-            Ok(plan) => plan,
-            Err(e) => return (Err(e), wake),
-        };
-        if plan.is_empty() {
-            return (Ok(()), wake);
-        }
-        let fetched = match &self.reader {
-            Some(reader) => reader.fetch(&plan, buf),
-            None => Err(CoreError::new(
-                ErrorKind::InvalidState,
-                "read plan without a reader",
-            )),
-        };
-        drop(plan);
-        if fetched.is_ok() {
-            return (Ok(()), wake);
-        }
-        // A stale plan (authentication failed because the block moved or
-        // was rewritten meanwhile), or a device error: the read again,
-        // whole, under the mutex, where it cannot race. Its result is final.
-        self.rereads.fetch_add(1, Ordering::Relaxed);
-        let mut reread = Err(CoreError::new(ErrorKind::InvalidState, "read not run"));
-        locked(&mut |engine| reread = engine.read(lba, buf));
-        (reread, wake)
-    }
+impl EngineLock for Locked<'_> {
+    type Engine = dyn Engine;
 
-    /// Whether the ordered worker may run a background step now. Not
-    /// while a read waits for the engine's mutex or plans: the step is put
-    /// off, and the last planning read wakes the worker. But never twice in
-    /// a row: under a steady stream of reads, compaction must still keep
-    /// up with the writes (its debt fills the metadata region otherwise).
-    /// So a read waits for one step at most: the one running when it
-    /// arrived (the next one is put off for it).
-    pub(crate) fn background_may_run(&self) -> bool {
-        if self.planning.load(Ordering::SeqCst) == 0 || self.put_off.load(Ordering::Relaxed) {
-            self.put_off.store(false, Ordering::Relaxed);
-            return true;
-        }
-        self.deferred.store(true, Ordering::SeqCst);
-        if self.planning.load(Ordering::SeqCst) == 0 && self.deferred.swap(false, Ordering::SeqCst)
-        {
-            // The reads finished meanwhile and none of them took the
-            // deferred work over: run it now.
-            return true;
-        }
-        // Put off; a planning read wakes the worker when it is done.
-        self.put_off.store(true, Ordering::Relaxed);
-        false
-    }
-
-    /// Fetches repeated under the mutex so far.
-    pub(crate) fn rereads(&self) -> u64 {
-        self.rereads.load(Ordering::Relaxed)
+    fn locked<R>(&self, f: impl FnOnce(&mut (dyn Engine + 'static)) -> R) -> R {
+        f(&mut *self.0.lock().engine)
     }
 }
 

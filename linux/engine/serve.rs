@@ -24,7 +24,7 @@ use kernel::sync::Mutex;
 use mlsdisk_core::bio::BLOCK_SIZE;
 use mlsdisk_core::{Error as CoreError, ErrorKind};
 
-use super::{Failure, Reads, Worker, SECTORS_PER_BLOCK};
+use super::{Failure, Locked, Reads, Worker, SECTORS_PER_BLOCK};
 
 /// The operation of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,8 +172,8 @@ pub(crate) fn serve_read(
         return (worker.lock().serve(rq, None), false);
     }
     buf.resize(bytes, 0);
-    let (result, wake) = reads.read(lba, &mut buf, |f| f(&mut *worker.lock().engine));
-    let result = result.map_err(fail).and_then(|()| {
+    let done = reads.read(&Locked(worker), lba, &mut buf);
+    let result = done.result.map_err(fail).and_then(|()| {
         if rq.copy_in(&buf) == bytes {
             Ok(())
         } else {
@@ -183,5 +183,5 @@ pub(crate) fn serve_read(
             )))
         }
     });
-    (result, wake)
+    (result, done.wake)
 }

@@ -241,7 +241,7 @@ impl Drop for NoIoScope {
 }
 
 /// Runs `f` on a kernel worker (the module's `mlsdisk_sync` workqueue,
-/// `WQ_MEM_RECLAIM`, see `kernel_platform/parallel.c`) and waits for its
+/// `WQ_MEM_RECLAIM`, see `kernel_platform/parallel.rs`) and waits for its
 /// result: a fresh, shallow stack for the engine's deep calls (create,
 /// open, sync), which would otherwise sit on top of an ioctl path in a
 /// 16 KiB kernel stack. The worker runs in a `GFP_NOIO` scope. Sleeps.
@@ -276,7 +276,11 @@ pub(crate) fn on_worker<F: FnOnce() -> R + Send, R: Send>(f: F) -> Option<R> {
     // SAFETY: `run::<F, R>` matches the job's type; the job outlives the
     // call, which returns only after `run` finished; `F` and `R` are `Send`.
     unsafe {
-        bindings::mlsdisk_run_on_worker(Some(run::<F, R>), core::ptr::from_mut(&mut job).cast())
+        bindings::mlsdisk_run_on_worker(
+            super::parallel::sync_wq(),
+            Some(run::<F, R>),
+            core::ptr::from_mut(&mut job).cast(),
+        )
     };
     job.r
 }

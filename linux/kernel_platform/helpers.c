@@ -41,6 +41,11 @@ void mlsdisk_bio_set_dev(struct bio *bio, struct block_device *bdev)
 	bio_set_dev(bio, bdev);
 }
 
+unsigned int mlsdisk_online_cpus(void)
+{
+	return num_online_cpus();
+}
+
 sector_t mlsdisk_bdev_nr_sectors(struct block_device *bdev)
 {
 	return bdev_nr_sectors(bdev);

@@ -9,10 +9,14 @@
 //!   (bios, real cache flushes), the engine's exclusive open of its
 //!   backing device, `on_worker` and `NoIoScope`;
 //! - [`parallel`]: `KernelParallel`, the core's `Parallel` on an unbound
-//!   workqueue (sealing a write buffer on every CPU);
+//!   workqueue (sealing a write buffer on every CPU), and the module's
+//!   shared workqueues (`mlsdisk_par`, `mlsdisk_sync`);
+//! - [`work`]: `WorkQueue` and `Ordered`, the ordered queue with idle
+//!   background work both devices serve their writes on, over
+//!   `kernel::workqueue`;
 //! - [`allocator`]: the global allocator of `alloc` (and so of the engine) over
 //!   `kvmalloc`; `alloc_shim.rs` is built as a crate of its own (Kbuild);
-//! - `platform.c`, `parallel.c`, `helpers.c`: the C side, for what the 7.3
+//! - `platform.c`, `helpers.c`: the C side, for what the 7.3
 //!   kernel crate has no binding for, declared in `bindings/*.h`, which
 //!   bindgen reads ([`bindings`]).
 //!
@@ -24,10 +28,10 @@ pub(crate) mod crypto;
 // The pass-through build has no engine to seal for.
 #[cfg_attr(mlsdisk_passthrough, allow(dead_code))]
 pub(crate) mod parallel;
+pub(crate) mod work;
 
 /// The generated bindings for `<linux/device-mapper.h>` and our C helpers
-/// (`bindings/mlsdisk_helpers.h`, `bindings/blk_helpers.h`,
-/// `bindings/par_helpers.h`).
+/// (`bindings/mlsdisk_helpers.h`, `bindings/blk_helpers.h`).
 ///
 /// Types from other headers (`bio`, `block_device`, ...) come from the
 /// kernel crate's bindings through the glob import; items generated here

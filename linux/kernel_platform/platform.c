@@ -42,7 +42,6 @@
 #include <linux/workqueue.h>
 
 #include "bindings/mlsdisk_helpers.h"
-#include "bindings/par_helpers.h"
 
 #define MLSDISK_IV_LEN 12
 #define MLSDISK_TAG_LEN 16
@@ -506,15 +505,13 @@ static void mlsdisk_onstack_fn(struct work_struct *work)
 	memalloc_noio_restore(noio);
 }
 
-void mlsdisk_run_on_worker(void (*fn)(void *arg), void *arg)
+void mlsdisk_run_on_worker(struct workqueue_struct *wq, void (*fn)(void *arg), void *arg)
 {
 	struct mlsdisk_onstack_work w = { .fn = fn, .arg = arg };
 
-	struct workqueue_struct *wq = mlsdisk_sync_wq();
-
 	INIT_WORK_ONSTACK(&w.work, mlsdisk_onstack_fn);
-	/* The module's WQ_MEM_RECLAIM queue (kernel_platform/parallel.c); the system one
-	 * only if it is not there (never after module init made it). */
+	/* The module's WQ_MEM_RECLAIM queue (kernel_platform/parallel.rs); the
+	 * system one only if it is not there (never after module init made it). */
 	queue_work(wq ? wq : system_dfl_long_wq, &w.work);
 	flush_work(&w.work);
 	destroy_work_on_stack(&w.work);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mlsdisk_core::bio::{BlockSet, BLOCK_SIZE};
-use mlsdisk_core::disk::{Counted, MlsDisk};
+use mlsdisk_core::disk::{Counted, MlsDisk, ParallelReads};
 use mlsdisk_core::Result;
 
 use crate::cryptdisk::CryptDisk;
@@ -106,22 +106,29 @@ impl<D: BlockSet> Target for Crypt<D> {
 /// lock, one at a time; a read plans under the lock (write buffer, forward
 /// map, index lookup, including the index's device reads on a cache miss)
 /// and fetches and authenticates its data blocks without it
-/// ([`mlsdisk_core::disk::DataReader`]), so the data reads of many requests
-/// are in flight at once. A fetch that finds its plan stale (an integrity
-/// error) is repeated under the lock.
-pub struct Mls<D: BlockSet>(pub Mutex<MlsDisk<D>>);
+/// ([`ParallelReads`], the code the kernel module runs), so the data reads
+/// of many requests are in flight at once. A fetch that fails (a stale
+/// plan, or a device error) is repeated under the lock.
+pub struct Mls<D: BlockSet> {
+    disk: Mutex<MlsDisk<D>>,
+    reads: ParallelReads<D>,
+}
 
 impl<D: BlockSet> Mls<D> {
     /// Wraps a disk.
     pub fn new(d: MlsDisk<D>) -> Self {
-        Self(Mutex::new(d))
+        let reads = ParallelReads::new(Some(d.reader()));
+        Self {
+            disk: Mutex::new(d),
+            reads,
+        }
     }
     /// The disk back.
     pub fn into_inner(self) -> Result<MlsDisk<D>> {
-        self.0.into_inner().map_err(poisoned)
+        self.disk.into_inner().map_err(poisoned)
     }
     fn disk(&self) -> Result<std::sync::MutexGuard<'_, MlsDisk<D>>> {
-        self.0.lock().map_err(poisoned)
+        self.disk.lock().map_err(poisoned)
     }
 }
 
@@ -133,17 +140,8 @@ impl<D: BlockSet> Target for Mls<D> {
         self.disk()?.write(lba, buf)
     }
     fn read(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
-        let (plan, reader) = {
-            let mut d = self.disk()?;
-            (d.plan_read(lba, buf)?, d.reader())
-        };
-        if plan.is_empty() {
-            return Ok(());
-        }
-        match reader.fetch(&plan, buf) {
-            Err(e) if e.kind() == mlsdisk_core::ErrorKind::Integrity => self.disk()?.read(lba, buf),
-            r => r,
-        }
+        // Background work runs in `sync` only: the wake has nothing to wake.
+        self.reads.read(&self.disk, lba, buf).result
     }
     fn sync(&self) -> Result<()> {
         let mut d = self.disk()?;

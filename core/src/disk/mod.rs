@@ -90,6 +90,7 @@ pub mod index;
 pub mod layout;
 mod lsm_index;
 mod meta;
+pub mod parallel_reads;
 pub mod reader;
 pub mod record;
 mod segment;
@@ -111,6 +112,7 @@ pub use index::{DiskIndex, Room};
 #[cfg(feature = "std")]
 pub use index::{MemIndex, MemIndexStore};
 pub use layout::{Geometry, LayoutConfig};
+pub use parallel_reads::{EngineLock, ParallelReads, ReadDone, ReadPlanner};
 pub use reader::{DataReader, ReadPlan};
 pub use record::BlockRecord;
 

@@ -6,6 +6,10 @@
 
 use super::*;
 
+use kernel::sync::Arc;
+
+use crate::kernel_platform::work::{Ordered, Serve};
+
 /// A registered target type; unregistered on drop.
 ///
 /// # Invariants
@@ -149,13 +153,60 @@ unsafe extern "C" fn dtr_callback<T: Target>(ti: *mut dm_target) {
 /// # Invariants
 ///
 /// `queue`, if set, was made by `mlsdisk_bioq_new` with this instance's
-/// address as context, `process_callback::<T>` and
-/// `parallel_callback::<T>`, and is freed only by `drop`, before `target`;
-/// then the target's `per_io_data_size` was set by
-/// `mlsdisk_ti_set_per_bio_data`.
+/// address as context and `parallel_callback::<T>`, and is freed only by
+/// `drop`, before `target`; then the target's `per_io_data_size` was set
+/// by `mlsdisk_ti_set_per_bio_data`. `ordered` is set exactly when
+/// `queue` is, serves `queue`'s bio list into `target`, and `drop` pauses
+/// and drops it before it frees `queue`.
 struct Instance<T: Target> {
     queue: Option<NonNull<bindings::mlsdisk_bioq>>,
+    ordered: Option<Arc<Ordered<DmServe<T>>>>,
     target: KBox<T>,
+}
+
+/// The ordered queue's server of an [`Instance`]: pops its bio list into
+/// its target (`process`), background work through `idle`.
+///
+/// # Invariants
+///
+/// `queue` and `target` are those of the instance whose `ordered` this
+/// is, alive as long as that `Ordered` is in use (`Instance::drop`).
+struct DmServe<T: Target> {
+    queue: NonNull<bindings::mlsdisk_bioq>,
+    target: NonNull<T>,
+}
+
+// SAFETY: the bio list is locked on the C side; `T: Target` is `Send +
+// Sync` and only shared references to it are made.
+unsafe impl<T: Target> Send for DmServe<T> {}
+// SAFETY: as above.
+unsafe impl<T: Target> Sync for DmServe<T> {}
+
+impl<T: Target> DmServe<T> {
+    fn target(&self) -> &T {
+        // SAFETY: alive while the queue is in use (type invariant).
+        unsafe { self.target.as_ref() }
+    }
+}
+
+impl<T: Target> Serve for DmServe<T> {
+    type Item = DeferredBio;
+
+    fn pop(&self) -> Option<DeferredBio> {
+        // SAFETY: a live queue (type invariant); the list is locked inside.
+        let bio = NonNull::new(unsafe { bindings::mlsdisk_bioq_pop(self.queue.as_ptr()) })?;
+        // INVARIANT: a bio `map` deferred, taken off the list: nobody has
+        // ended it yet.
+        Some(DeferredBio { bio })
+    }
+
+    fn serve(&self, bio: DeferredBio) {
+        self.target().process(bio);
+    }
+
+    fn idle_step(&self) -> bool {
+        self.target().idle()
+    }
 }
 
 impl<T: Target> Instance<T> {
@@ -163,6 +214,7 @@ impl<T: Target> Instance<T> {
         let mut instance = KBox::new(
             Self {
                 queue: None,
+                ordered: None,
                 target,
             },
             GFP_KERNEL,
@@ -175,14 +227,24 @@ impl<T: Target> Instance<T> {
             let queue = unsafe {
                 bindings::mlsdisk_bioq_new(
                     T::NAME.as_char_ptr(),
-                    Some(process_callback::<T>),
                     Some(parallel_callback::<T>),
-                    Some(idle_callback::<T>),
                     ctx.cast(),
                 )
             };
+            let queue = NonNull::new(queue).ok_or(ENOMEM)?;
             // INVARIANT: made just now with this instance as context.
-            instance.queue = Some(NonNull::new(queue).ok_or(ENOMEM)?);
+            instance.queue = Some(queue);
+            let server = DmServe {
+                queue,
+                target: NonNull::from(&*instance.target),
+            };
+            // INVARIANT: serves `queue` into `target`; starts paused (no
+            // background work before resume).
+            instance.ordered = Some(Ordered::new::<core::convert::Infallible, _>(
+                T::NAME,
+                server,
+                true,
+            )?);
         }
         Ok(instance)
     }
@@ -190,30 +252,24 @@ impl<T: Target> Instance<T> {
 
 impl<T: Target> Drop for Instance<T> {
     fn drop(&mut self) {
+        if let Some(ordered) = self.ordered.take() {
+            // No background work; the parallel bios (whose end may kick
+            // it) drain first; then nothing queues the work item again.
+            ordered.pause();
+            if let Some(queue) = self.queue {
+                // SAFETY: a live queue (type invariant).
+                unsafe { bindings::mlsdisk_bioq_flush_parallel(queue.as_ptr()) };
+            }
+            ordered.pause();
+            // The last reference: its workqueue is destroyed here.
+            drop(ordered);
+        }
         if let Some(queue) = self.queue.take() {
             // SAFETY: the queue is live (type invariant) and freed once;
-            // it drains into `target`, which is still alive.
+            // its parallel bios drain into `target`, which is still alive.
             unsafe { bindings::mlsdisk_bioq_free(queue.as_ptr()) };
         }
     }
-}
-
-/// # Safety
-///
-/// Called by the bio queue of an `Instance<T>` (its context) with a bio
-/// that `map_callback::<T>` deferred.
-unsafe extern "C" fn process_callback<T: Target>(
-    ctx: *mut c_void,
-    bio: *mut kernel::bindings::bio,
-) {
-    // SAFETY: the queue's context is its live instance (`Instance`
-    // invariant: the queue is freed before the instance is).
-    let instance = unsafe { &*ctx.cast::<Instance<T>>() };
-    let Some(bio) = NonNull::new(bio) else {
-        return;
-    };
-    // INVARIANT: a deferred bio that nobody has ended yet.
-    instance.target.process(DeferredBio { bio });
 }
 
 /// # Safety
@@ -223,24 +279,21 @@ unsafe extern "C" fn process_callback<T: Target>(
 unsafe extern "C" fn parallel_callback<T: Target>(
     ctx: *mut c_void,
     bio: *mut kernel::bindings::bio,
-) -> bool {
-    // SAFETY: as in `process_callback`: the queue is freed (after waiting
-    // for every parallel work item) before the instance is.
+) {
+    // SAFETY: the queue's context is its live instance (`Instance`
+    // invariant: the queue is freed, after waiting for every parallel work
+    // item, before the instance is).
     let instance = unsafe { &*ctx.cast::<Instance<T>>() };
     let Some(bio) = NonNull::new(bio) else {
-        return false;
+        return;
     };
     // INVARIANT: a deferred bio that nobody has ended yet.
-    instance.target.process_parallel(DeferredBio { bio })
-}
-
-/// # Safety
-///
-/// Called by the bio queue of an `Instance<T>` (its context).
-unsafe extern "C" fn idle_callback<T: Target>(ctx: *mut c_void) -> bool {
-    // SAFETY: as in `process_callback`.
-    let instance = unsafe { &*ctx.cast::<Instance<T>>() };
-    instance.target.idle()
+    if instance.target.process_parallel(DeferredBio { bio }) {
+        if let Some(ordered) = &instance.ordered {
+            // Background work was put off for this read (not while paused).
+            Ordered::kick_idle(ordered.as_arc_borrow());
+        }
+    }
 }
 
 /// # Safety
@@ -273,14 +326,15 @@ unsafe extern "C" fn map_callback<T: Target>(
     // SAFETY: device-mapper lends the bio for the call.
     let lent = unsafe { Bio::from_raw(bio) };
     match instance.target.map(lent) {
-        MapResult::Deferred => match instance.queue {
-            Some(queue) => {
+        MapResult::Deferred => match (instance.queue, &instance.ordered) {
+            (Some(queue), Some(ordered)) => {
                 // SAFETY: a live queue (`Instance` invariant); the bio is
                 // ours to keep once we return DM_MAPIO_SUBMITTED.
                 unsafe { bindings::mlsdisk_bioq_push(queue.as_ptr(), bio) };
+                Ordered::kick(ordered.as_arc_borrow());
                 bindings::DM_MAPIO_SUBMITTED as c_int
             }
-            None => bindings::DM_MAPIO_KILL as c_int,
+            _ => bindings::DM_MAPIO_KILL as c_int,
         },
         MapResult::Parallel => match instance.queue {
             Some(queue) => {
@@ -302,10 +356,16 @@ unsafe extern "C" fn map_callback<T: Target>(
 unsafe extern "C" fn postsuspend_callback<T: Target>(ti: *mut dm_target) {
     // SAFETY: live target (callback contract).
     let instance = unsafe { instance_of::<T>(ti) };
-    if let Some(queue) = instance.queue {
-        // SAFETY: a live queue; device-mapper has drained I/O; this stops
-        // background work and waits for both queues' work items.
-        unsafe { bindings::mlsdisk_bioq_pause(queue.as_ptr()) };
+    if let Some(ordered) = &instance.ordered {
+        // Device-mapper has drained I/O: stop background work, then wait
+        // for the parallel work items (whose end may kick the ordered one,
+        // refused now) and for a running ordered one.
+        ordered.pause();
+        if let Some(queue) = instance.queue {
+            // SAFETY: a live queue (`Instance` invariant).
+            unsafe { bindings::mlsdisk_bioq_flush_parallel(queue.as_ptr()) };
+        }
+        ordered.pause();
     }
     instance.target.postsuspend();
 }
@@ -316,9 +376,8 @@ unsafe extern "C" fn postsuspend_callback<T: Target>(ti: *mut dm_target) {
 unsafe extern "C" fn resume_callback<T: Target>(ti: *mut dm_target) {
     // SAFETY: live target (callback contract).
     let instance = unsafe { instance_of::<T>(ti) };
-    if let Some(queue) = instance.queue {
-        // SAFETY: a live queue.
-        unsafe { bindings::mlsdisk_bioq_resume(queue.as_ptr()) };
+    if let Some(ordered) = &instance.ordered {
+        Ordered::resume(ordered.as_arc_borrow());
     }
 }
 

@@ -71,7 +71,7 @@ pub(crate) use crate::engine::BlkError;
 /// The trampolines in this file call these methods; implementations are
 /// safe Rust. All methods but [`Target::new`] may run concurrently on any
 /// CPU, hence `Send + Sync`.
-pub(crate) trait Target: Sized + Send + Sync {
+pub(crate) trait Target: Sized + Send + Sync + 'static {
     /// The target name used in table lines.
     const NAME: &'static CStr;
     /// The target version reported by `dmsetup targets`.

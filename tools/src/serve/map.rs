@@ -7,15 +7,15 @@
 //! Semantics are the dm target's (`linux/README.md`): a flush syncs the
 //! engine; a FUA write syncs after its data; a discard unmaps whole 4 KiB
 //! blocks. Reads plan under the disk's lock and fetch and authenticate
-//! their data blocks without it (the core's `DataReader`), so the queues'
-//! threads read in parallel while writes, syncs and discards take the disk
-//! one at a time.
+//! their data blocks without it (the core's `ParallelReads`, the protocol
+//! the kernel module runs), so the queues' threads read in parallel while
+//! writes, syncs and discards take the disk one at a time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use mlsdisk_core::bio::{BlockSet, BLOCK_SIZE};
-use mlsdisk_core::disk::MlsDisk;
+use mlsdisk_core::disk::{MlsDisk, ParallelReads};
 use mlsdisk_core::{Error, ErrorKind};
 
 use crate::admin;
@@ -121,8 +121,6 @@ pub struct Counters {
     pub discards: AtomicU64,
     /// Requests that failed.
     pub errors: AtomicU64,
-    /// Reads repeated under the lock after a stale plan.
-    pub reread: AtomicU64,
 }
 
 /// How many failures are logged one by one (then only counted).
@@ -131,6 +129,8 @@ const LOGGED_ERRORS: u64 = 64;
 /// The disk behind its lock, with the request counters.
 pub struct Engine<D: BlockSet> {
     disk: Mutex<MlsDisk<D>>,
+    /// The parallel read path on the disk (the kernel module's).
+    reads: ParallelReads<D>,
     capacity: u64,
     /// The counters.
     pub counters: Counters,
@@ -140,8 +140,10 @@ impl<D: BlockSet> Engine<D> {
     /// Wraps an open disk.
     pub fn new(disk: MlsDisk<D>) -> Self {
         let capacity = disk.nblocks();
+        let reads = ParallelReads::new(Some(disk.reader()));
         Self {
             disk: Mutex::new(disk),
+            reads,
             capacity,
             counters: Counters::default(),
         }
@@ -189,27 +191,18 @@ impl<D: BlockSet> Engine<D> {
             c.fua.load(Ordering::Relaxed),
             c.discards.load(Ordering::Relaxed),
             c.errors.load(Ordering::Relaxed),
-            c.reread.load(Ordering::Relaxed)
+            self.reads.rereads()
         )
     }
 
+    /// A read on the core's parallel path ([`ParallelReads`], as the kernel
+    /// module reads): planned under the disk's lock, fetched and
+    /// authenticated without it; a failed fetch (a stale plan, or a device
+    /// error) is read again under the lock, where it cannot race, and that
+    /// result is final. Background work runs only in [`Engine::sync`]
+    /// here, so the read's wake report has nothing to wake.
     fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), Error> {
-        let (plan, reader) = {
-            let mut d = self.disk()?;
-            (d.plan_read(lba, buf)?, d.reader())
-        };
-        if plan.is_empty() {
-            return Ok(());
-        }
-        match reader.fetch(&plan, buf) {
-            // A stale plan (the block moved since): again under the lock,
-            // where it cannot race; an integrity error there is real.
-            Err(e) if e.kind() == ErrorKind::Integrity => {
-                self.counters.reread.fetch_add(1, Ordering::Relaxed);
-                self.disk()?.read(lba, buf)
-            }
-            r => r,
-        }
+        self.reads.read(&self.disk, lba, buf).result
     }
 
     /// Runs `req` with the request's I/O buffer `buf`; the result for the
