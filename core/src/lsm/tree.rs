@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use core::mem;
 
 use super::cache::{BlockCache, CachedFetch};
-use super::format::{self, get_u16, get_u32, get_u64, put, Header};
+use super::format::{self, get_u16, get_u32, get_u64, put, BlockKind, Header};
 use super::manifest::{self, TAG_MANIFEST};
 use super::merge::{Ctx, MemRef, MemTable, Merger, Source};
 use super::table::{BlockSource, TableBuilder, TableInfo, MAX_DATA_BLOCKS};
