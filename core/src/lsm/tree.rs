@@ -239,7 +239,13 @@ fn level_u8(l: usize) -> u8 {
 }
 
 impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
-    fn empty(store: S, cfg: LsmConfig) -> Result<Self> {
+    /// An empty tree on the heap, in a frame of its own. Every check and
+    /// fallible allocation comes first; the tree itself is then built
+    /// straight into the box, so the frame holds one copy of it, not a
+    /// `Result` and a moved copy (the tree is about 2 KiB and the kernel's
+    /// frame limit is 4 KiB).
+    #[inline(never)]
+    fn empty_boxed(store: S, cfg: LsmConfig) -> Result<Box<Self>> {
         cfg.check()?;
         check_value_size::<V>()?;
         let max_records =
@@ -252,8 +258,9 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         let mut levels = Vec::new();
         levels.try_reserve_exact(MAX_LEVELS)?;
         levels.resize_with(MAX_LEVELS, Vec::new);
-        Ok(Self {
-            wal: WalBuf::new(V::SIZE)?,
+        let wal = WalBuf::new(V::SIZE)?;
+        Ok(Box::new(Self {
+            wal,
             meta_cache: BlockCache::new(cfg.meta_cache_blocks),
             data_cache: BlockCache::new(cfg.data_cache_blocks),
             pinned: Box::new(BlockCache::new(cfg.pinned_meta_blocks)),
@@ -286,13 +293,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             manifest_tables: 0,
             manifest_dirty: true,
             manifest_bytes: 0,
-        })
-    }
-
-    /// [`Self::empty`] moved to the heap, in a frame of its own.
-    #[inline(never)]
-    fn empty_boxed(store: S, cfg: LsmConfig) -> Result<Box<Self>> {
-        Ok(Box::new(Self::empty(store, cfg)?))
+        }))
     }
 
     /// Creates an empty tree in a fresh store (which must hold no log of the
