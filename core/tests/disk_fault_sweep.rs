@@ -461,12 +461,23 @@ fn write(rig: &mut Rig, m: &mut Model, lba: u64, n: u64) -> mlsdisk_core::Result
 }
 
 fn discard(rig: &mut Rig, m: &mut Model, lba: u64, n: u64) -> mlsdisk_core::Result<()> {
+    let auto = rig.cfg.auto_sync;
+    let counter = rig.sync_counter();
     let d = rig.d();
     let r = fail_alloc::engine(|| d.discard(lba, n));
     if trace() {
-        eprintln!("discard {lba}+{n}: {r:?}");
+        eprintln!(
+            "discard {lba}+{n}: {r:?} (sync counter {counter} -> {})",
+            rig.sync_counter()
+        );
     }
     m.request(lba, n, 0, r.is_ok());
+    // As for writes: a commit the disk made on its own (room for the
+    // index) may have made part of the discard durable; after a failure
+    // one may have been in flight.
+    if rig.sync_counter() != counter || (r.is_err() && auto) {
+        m.maybe_synced();
+    }
     r
 }
 

@@ -1400,9 +1400,15 @@ impl<D: BlockSet> MlsDisk<D> {
     }
 
     /// The blocks of segment `v` that hold live data, (offset, LBA, index
-    /// record), in LBA order: read from the segment's summary entries and
-    /// each checked in the index (the summary is a hint; the index
-    /// decides). There must be as many as the usage table counts.
+    /// record): read from the segment's summary entries and each checked in
+    /// the index (the summary is a hint; the index decides). There must be
+    /// as many as the usage table counts.
+    ///
+    /// Not sorted by LBA: moving them in LBA order changed the data log's
+    /// layout enough for the engine-`NoSpace` sweep to find a write that was
+    /// acknowledged and whose sync then found no index room (the cleaner
+    /// that the sync's flush ran used the room the write had counted on);
+    /// that has to be fixed first.
     fn live_blocks(&mut self, v: u32) -> Result<Vec<(u64, u32, BlockRecord)>> {
         let sb = self.geo.seg_blocks;
         let base = u64::from(v) * u64::from(sb);
@@ -1431,9 +1437,6 @@ impl<D: BlockSet> MlsDisk<D> {
             Corrupted,
             "cleaner: segment summary and usage table disagree"
         );
-        // Moved in LBA order: blocks that random writes scattered come
-        // back together, for later sequential reads.
-        live.sort_unstable_by_key(|(_, l, _)| *l);
         Ok(live)
     }
 
