@@ -52,6 +52,34 @@ impl BlockCache {
         }
     }
 
+    /// A block buffer for a new entry: the least recently used entry's,
+    /// taken out of the cache when it is full (`at`, the new entry's
+    /// place, moves down if the taken entry was before it), else a newly
+    /// reserved one.
+    fn free_buffer(&mut self, at: &mut usize) -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        if self.map.len() >= self.cap {
+            let lru = self
+                .map
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.tick)
+                .map(|(i, _)| i);
+            if let Some(i) = lru {
+                data = self.map.remove(i).data;
+                if i < *at {
+                    *at -= 1;
+                }
+            }
+        }
+        if data.len() != BLOCK_SIZE {
+            data.clear();
+            data.try_reserve_exact(BLOCK_SIZE)?;
+            data.resize(BLOCK_SIZE, 0);
+        }
+        Ok(data)
+    }
+
     /// Blocks held.
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -118,26 +146,7 @@ impl BlockCache {
             }
             Err(i) => i,
         };
-        let mut data = Vec::new();
-        if self.map.len() >= self.cap {
-            let lru = self
-                .map
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, e)| e.tick)
-                .map(|(i, _)| i);
-            if let Some(i) = lru {
-                data = self.map.remove(i).data;
-                if i < at {
-                    at -= 1;
-                }
-            }
-        }
-        if data.len() != BLOCK_SIZE {
-            data.clear();
-            data.try_reserve_exact(BLOCK_SIZE)?;
-            data.resize(BLOCK_SIZE, 0);
-        }
+        let mut data = self.free_buffer(&mut at)?;
         self.map.try_reserve(1)?;
         data.copy_from_slice(block);
         self.map.insert(at, Entry { key, tick, data });
@@ -184,28 +193,8 @@ impl BlockCache {
             Err(i) => i,
         };
         self.misses += 1;
-        // Reuse the least recently used buffer when full.
         let mut at = at;
-        let mut data = Vec::new();
-        if self.map.len() >= self.cap {
-            let lru = self
-                .map
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, e)| e.tick)
-                .map(|(i, _)| i);
-            if let Some(i) = lru {
-                data = self.map.remove(i).data;
-                if i < at {
-                    at -= 1;
-                }
-            }
-        }
-        if data.len() != BLOCK_SIZE {
-            data.clear();
-            data.try_reserve_exact(BLOCK_SIZE)?;
-            data.resize(BLOCK_SIZE, 0);
-        }
+        let mut data = self.free_buffer(&mut at)?;
         self.map.try_reserve(1)?;
         src.read_block(pos, &mut data)?;
         check(&data)?;
