@@ -1581,6 +1581,12 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         };
         wal = wal.saturating_add(freezes);
         let wal = self.store.chunks_bound(freezes + 1, wal, 1);
+        // Each freeze finishes a WAL log: the commit writes its nodes (as
+        // `commit_chunks` counts for the logs finished so far), so the
+        // bound after the freeze stays within the bound before it.
+        let finished = self
+            .store
+            .chunks_bound(freezes, 0, freezes.saturating_mul(LOG_NODE_LEVELS));
         let flush = self.job_chunks(None, e);
         // The flushes of those freezes change the tables: the commit
         // writes a manifest with their outputs.
@@ -1600,6 +1606,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         };
         wal.saturating_add(flush.saturating_mul(freezes))
             .saturating_add(manifest)
+            .saturating_add(finished)
     }
 
     /// Chunks a flush or compaction may still take to write `records`
