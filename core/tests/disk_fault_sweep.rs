@@ -567,6 +567,12 @@ fn check_after(rig: &mut Rig, m: &mut Model, never: u64, rep: &mut Report) {
             format!("a write returned Ok on a disk stopped by {e:?}"),
         );
     }
+    // 1b. A discard while that write is buffered (acknowledged or
+    // refused, it must not take the room the write's sync needs).
+    if let (Some(Ok(())), Some(d)) = (&w, rig.disk.as_ref()) {
+        let n = 8.min(d.nblocks() - NEVER - 1);
+        let _ = discard(rig, m, probe + 1, n);
+    }
     // 2. Reads of the live disk.
     let live = m.live.clone();
     let seen = match rig.disk.as_mut() {

@@ -778,9 +778,15 @@ impl<D: BlockSet> MlsDisk<D> {
     /// appends, and the usage entries the next commit stores (those
     /// changed so far and the distinct ones the batch changes; an old
     /// version not looked up may change one more each).
-    fn index_updates(&self, b: Batch<'_>) -> Result<u64> {
+    ///
+    /// `reserve`: buffered user blocks whose flush the batch must leave
+    /// room for (counted as a user append of that many blocks, old
+    /// versions not looked up). A write acknowledged them on the promise
+    /// that the next sync can flush them; whatever runs before that flush
+    /// (the cleaner the flush itself runs, a discard) counts them too.
+    fn index_updates(&self, b: Batch<'_>, reserve: u64) -> Result<u64> {
         let mut touched: Vec<u64> = Vec::new();
-        let (blocks, summaries, unknown) = match b {
+        let (mut blocks, mut summaries, mut unknown) = match b {
             Batch::Append { head, blocks, old } => {
                 let s = self.segs.append_plan(head, blocks, &mut touched)?;
                 let unknown = match old {
@@ -795,6 +801,12 @@ impl<D: BlockSet> MlsDisk<D> {
             }
             Batch::Unmap(blocks) => (blocks, 0, blocks),
         };
+        if reserve > 0 {
+            let s = self.segs.append_plan(Head::User, reserve, &mut touched)?;
+            summaries = summaries.saturating_add(s);
+            blocks = blocks.saturating_add(reserve);
+            unknown = unknown.saturating_add(reserve);
+        }
         let usage = self
             .segs
             .usage_with(&mut touched)
@@ -819,11 +831,13 @@ impl<D: BlockSet> MlsDisk<D> {
         Ok(out)
     }
 
-    /// Makes sure the index updates of batch `b` and a sync fit in the index
+    /// Makes sure the index updates of batch `b` (and of flushing
+    /// `reserve` buffered blocks, see [`Self::index_updates`]) and a sync
+    /// fit in the index
     /// (see [`DiskIndex::room_for`]), committing first when only a commit
     /// frees the room (or refusing with `NoSpace` when the disk may not
     /// commit on its own). Changes nothing but that commit.
-    fn ensure_index_room(&mut self, b: Batch<'_>) -> Result<()> {
+    fn ensure_index_room(&mut self, b: Batch<'_>, reserve: u64) -> Result<()> {
         // A commit frees the chunks that installed compactions pinned, and
         // compaction merges what a long run of updates (a whole-disk
         // discard, say) left in L0; nothing else runs during one request,
@@ -834,7 +848,7 @@ impl<D: BlockSet> MlsDisk<D> {
         for _ in 0..ROOM_ATTEMPTS {
             // Recounted each round: a commit stores (and clears) the
             // usage entries changed so far.
-            let updates = self.index_updates(b)?;
+            let updates = self.index_updates(b, reserve)?;
             let room = match self.index.room_for(updates) {
                 Ok(r) => Some(r),
                 Err(e) if e.kind() == ErrorKind::NoSpace => None,
@@ -962,20 +976,25 @@ impl<D: BlockSet> MlsDisk<D> {
         self.check_range(lba, n)?;
         self.guarded(|d| {
             // Acknowledge nothing the next sync could not commit: the
-            // buffered blocks and these (up to a buffer's worth) must fit
-            // in the index now, after a forced commit if need be. A
-            // refusal here changes nothing but that commit.
+            // buffered blocks and these (up to a buffer's worth) must have
+            // data space (cleaned for now, see `ensure_space`) and fit in
+            // the index now, after a forced commit if need be. A refusal
+            // here changes nothing but complete cleaner steps and commits.
             let buffered = (d.wbuf.len() as u64)
                 .saturating_add(n)
                 .min(d.wbuf.cap() as u64);
+            d.ensure_space(buffered)?;
             // Room now, not only after a commit: the index's bound may
             // grow across the commit the flush would force, and a buffer
             // the next sync cannot flush would stay acknowledged.
-            d.ensure_index_room(Batch::Append {
-                head: Head::User,
-                blocks: buffered,
-                old: None,
-            })?;
+            d.ensure_index_room(
+                Batch::Append {
+                    head: Head::User,
+                    blocks: buffered,
+                    old: None,
+                },
+                0,
+            )?;
             for (i, blk) in buf.chunks_exact(BLOCK_SIZE).enumerate() {
                 let l = lba + i as u64;
                 if d.wbuf.is_full() && !d.wbuf.contains(l) {
@@ -985,11 +1004,15 @@ impl<D: BlockSet> MlsDisk<D> {
                     // refusal now leaves a prefix written, and an empty
                     // buffer).
                     let left = (n - i as u64).min(d.wbuf.cap() as u64);
-                    d.ensure_index_room(Batch::Append {
-                        head: Head::User,
-                        blocks: left,
-                        old: None,
-                    })?;
+                    d.ensure_space(left)?;
+                    d.ensure_index_room(
+                        Batch::Append {
+                            head: Head::User,
+                            blocks: left,
+                            old: None,
+                        },
+                        0,
+                    )?;
                 }
                 d.wbuf.put(l, blk)?;
                 d.stats.user_blocks_written += 1;
@@ -1015,7 +1038,11 @@ impl<D: BlockSet> MlsDisk<D> {
             let mut batch = DISCARD_BATCH;
             while at < end {
                 let stop = end.min(at.saturating_add(batch));
-                match d.ensure_index_room(Batch::Unmap(stop - at)) {
+                // The buffered blocks stay acknowledged: their flush keeps
+                // its room (the unmapped ones leave the buffer, so this
+                // counts more than the sync will need).
+                let buffered = d.wbuf.len() as u64;
+                match d.ensure_index_room(Batch::Unmap(stop - at), buffered) {
                     Ok(()) => {}
                     // A small index region (or memtable) cannot take a
                     // whole batch at once: smaller batches, down to one.
@@ -1202,11 +1229,14 @@ impl<D: BlockSet> MlsDisk<D> {
     fn ensure_flush_room(&mut self, k: u64) -> Result<()> {
         // The old versions are looked up only when the bound that counts
         // a usage entry for each of them does not fit now.
-        let bound = self.index_updates(Batch::Append {
-            head: Head::User,
-            blocks: k,
-            old: None,
-        })?;
+        let bound = self.index_updates(
+            Batch::Append {
+                head: Head::User,
+                blocks: k,
+                old: None,
+            },
+            0,
+        )?;
         let from = self.wbuf.len().saturating_sub(k as usize);
         let old = match self.index.room_for(bound) {
             Ok(Room::Now) => None,
@@ -1214,11 +1244,14 @@ impl<D: BlockSet> MlsDisk<D> {
             Err(e) if e.kind() == ErrorKind::NoSpace => Some(self.old_entries_of_wbuf(from)?),
             Err(e) => return Err(e),
         };
-        self.ensure_index_room(Batch::Append {
-            head: Head::User,
-            blocks: k,
-            old: old.as_deref(),
-        })
+        self.ensure_index_room(
+            Batch::Append {
+                head: Head::User,
+                blocks: k,
+                old: old.as_deref(),
+            },
+            0,
+        )
     }
 
     /// The second phase of [`Self::flush_wbuf`] for the last `k` buffered
@@ -1334,7 +1367,12 @@ impl<D: BlockSet> MlsDisk<D> {
     /// without progress.
     ///
     /// Each cleaner move is a complete step (blocks copied, index and
-    /// validity updated); its index room is checked before it starts. A
+    /// validity updated); its index room is checked before it starts,
+    /// together with the room of flushing `need` user blocks: those are
+    /// buffered (or about to be) and acknowledged on the promise that the
+    /// next sync flushes them, so the cleaner never takes their room. When
+    /// the index has no room for a move and `need` blocks fit already, the
+    /// cleaner stops there. A
     /// `NoSpace` from here comes before any step started, or between two
     /// complete ones: the disk stays consistent and usable.
     fn ensure_space(&mut self, need: u64) -> Result<()> {
@@ -1353,14 +1391,27 @@ impl<D: BlockSet> MlsDisk<D> {
                 match self.segs.pick_victim() {
                     Some((v, valid)) if u64::from(valid) <= self.segs.free_for(Head::Cleaner) => {
                         // Every old version is in segment `v`.
-                        let updates = self.index_updates(Batch::Append {
-                            head: Head::Cleaner,
-                            blocks: u64::from(valid),
-                            old: Some(&[u64::from(v / meta::SEGS_PER_ENTRY)]),
-                        })?;
-                        if self.index.room_for(updates)? == Room::AfterCommit {
-                            index_full = true;
-                            break;
+                        let updates = self.index_updates(
+                            Batch::Append {
+                                head: Head::Cleaner,
+                                blocks: u64::from(valid),
+                                old: Some(&[u64::from(v / meta::SEGS_PER_ENTRY)]),
+                            },
+                            need,
+                        )?;
+                        match self.index.room_for(updates) {
+                            Ok(Room::Now) => {}
+                            Ok(Room::AfterCommit) => {
+                                index_full = true;
+                                break;
+                            }
+                            // Not even after a commit: what is left is
+                            // to stop (below) or refuse.
+                            Err(e) if e.kind() == ErrorKind::NoSpace => {
+                                index_full = true;
+                                break;
+                            }
+                            Err(e) => return Err(e),
                         }
                         self.critical(|d| d.clean(v))?;
                         moved += 1;
@@ -1369,6 +1420,11 @@ impl<D: BlockSet> MlsDisk<D> {
                 }
             }
             let enough_now = user(&self.segs) >= need + seg;
+            if index_full && enough_now {
+                // More cleaning would take index room the buffered blocks
+                // need; they fit already.
+                return Ok(());
+            }
             if self.segs.pending_blocks() == 0 && !index_full {
                 if enough_now {
                     return Ok(());
@@ -1402,13 +1458,7 @@ impl<D: BlockSet> MlsDisk<D> {
     /// The blocks of segment `v` that hold live data, (offset, LBA, index
     /// record): read from the segment's summary entries and each checked in
     /// the index (the summary is a hint; the index decides). There must be
-    /// as many as the usage table counts.
-    ///
-    /// Not sorted by LBA: moving them in LBA order changed the data log's
-    /// layout enough for the engine-`NoSpace` sweep to find a write that was
-    /// acknowledged and whose sync then found no index room (the cleaner
-    /// that the sync's flush ran used the room the write had counted on);
-    /// that has to be fixed first.
+    /// as many as the usage table counts. Sorted by LBA (see the end).
     fn live_blocks(&mut self, v: u32) -> Result<Vec<(u64, u32, BlockRecord)>> {
         let sb = self.geo.seg_blocks;
         let base = u64::from(v) * u64::from(sb);
@@ -1437,6 +1487,9 @@ impl<D: BlockSet> MlsDisk<D> {
             Corrupted,
             "cleaner: segment summary and usage table disagree"
         );
+        // Moved in LBA order: blocks that random writes scattered come
+        // back together, for later sequential reads.
+        live.sort_unstable_by_key(|(_, l, _)| *l);
         Ok(live)
     }
 
