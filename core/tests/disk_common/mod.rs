@@ -73,8 +73,13 @@ pub fn small_cfg() -> DiskConfig {
             seg_blocks: 8,
             op_percent: 10,
             journal_blocks: 64,
-            // 256 blocks, and two chunks for the table manifest (the one
+            // 512 blocks, and two chunks for the table manifest (the one
             // a commit writes, and the one it replaces, freed only then).
+            // 256 was too small for this LSM configuration: the tree's
+            // space bounds (a memtable's worth of foreground room, the
+            // work in progress, a compaction) add up to more than the
+            // free chunks, compaction is never admitted, L0 grows and
+            // writes end in `NoSpace` (see `disk_index_pace.rs`).
             index_blocks: SMALL_INDEX,
         },
         write_buffer_blocks: 8,
@@ -86,7 +91,7 @@ pub fn small_cfg() -> DiskConfig {
     }
 }
 
-pub const SMALL_INDEX: u64 = 256 + 2 * 4;
+pub const SMALL_INDEX: u64 = 512 + 2 * 4;
 pub const SMALL_TOTAL: u64 = 2 + 64 + SMALL_INDEX + 16 * 8;
 
 pub fn small_cap() -> u64 {
