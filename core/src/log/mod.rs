@@ -181,6 +181,7 @@ mod chunk;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_hooks;
 mod record;
+mod root;
 // Not used by the engine (one `TxLogStore` behind the disk's lock is
 // enough for it): transactions from several threads, kept with its tests
 // for a future concurrent index, outside every normal build.
@@ -189,9 +190,10 @@ mod shared;
 mod store;
 
 pub use chunk::ChunkId;
+pub use root::StoreRoot;
 #[cfg(feature = "shared-store")]
 pub use shared::{CommitInfo, SharedLogStore, SharedStats, TxHandle};
 pub use store::{
-    LogId, LogStoreConfig, StoreRoot, StoreStats, TxLogStore, DEFAULT_NODE_CACHE,
-    DEFAULT_ROTATE_AFTER, MIN_JOURNAL_BLOCKS,
+    LogId, LogStoreConfig, StoreStats, TxLogStore, DEFAULT_NODE_CACHE, DEFAULT_ROTATE_AFTER,
+    MIN_JOURNAL_BLOCKS,
 };

@@ -7,10 +7,11 @@ use core::cell::{Cell, RefCell};
 
 use super::chunk::{ChunkId, ChunkPool};
 use super::record::{self, Encoder, Header, Kind, LogFields, Record};
+use super::root::StoreRoot;
 use crate::bio::{BlockRange, BlockSet, BLOCK_SIZE};
 use crate::crypto::crypto_log::NodeCache;
 use crate::crypto::crypto_log::FANOUT;
-use crate::crypto::{mac_chain, BlockAlloc, ChainPos, CryptoLog, MacChain};
+use crate::crypto::{mac_chain, BlockAlloc, CryptoLog, MacChain};
 use crate::platform::{kdf_key, AeadKey};
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
 
@@ -63,103 +64,6 @@ pub struct StoreStats {
     /// Chunks of logs the running transaction deleted: still used (the
     /// last commit references them), free only once it commits.
     pub chunks_pinned: u32,
-}
-
-/// What the owner keeps (in its superblock) to find and verify the store:
-/// the journal key salt, the journal's start and its last trusted tail.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StoreRoot {
-    salt: [u8; 16],
-    /// Which half of the journal region the chain lives in (0 or 1).
-    half: u8,
-    start: ChainPos,
-    tail: ChainPos,
-}
-
-const ROOT_MAGIC: [u8; 4] = *b"MDLS";
-const ROOT_VERSION: u8 = 1;
-const ROOT_TYPE: u8 = 1;
-
-impl StoreRoot {
-    /// Bytes of an encoded root.
-    pub const ENCODED_LEN: usize = 8 + 16 + 2 * ChainPos::ENCODED_LEN;
-
-    /// `magic "MDLS" | version u8 | type u8 | half u8 | reserved u8 |
-    /// salt [16] | start ChainPos | tail ChainPos`.
-    pub fn encode(&self, out: &mut [u8]) -> Result<()> {
-        ensure!(
-            out.len() == Self::ENCODED_LEN,
-            InvalidArgument,
-            "store root buffer size"
-        );
-        let (h, rest) = out.split_at_mut(8);
-        h.copy_from_slice(&[
-            ROOT_MAGIC[0],
-            ROOT_MAGIC[1],
-            ROOT_MAGIC[2],
-            ROOT_MAGIC[3],
-            ROOT_VERSION,
-            ROOT_TYPE,
-            self.half,
-            0,
-        ]);
-        let (salt, rest) = rest.split_at_mut(16);
-        salt.copy_from_slice(&self.salt);
-        let (s, t) = rest.split_at_mut(ChainPos::ENCODED_LEN);
-        s.copy_from_slice(&self.start.encode());
-        t.copy_from_slice(&self.tail.encode());
-        Ok(())
-    }
-
-    /// Which half of the journal region the journal's chain is in (0 or 1);
-    /// it changes when the journal moves to a new key.
-    pub fn journal_half(&self) -> u8 {
-        self.half
-    }
-
-    /// The encoded root as a fixed-size array.
-    pub fn to_bytes(&self) -> Result<[u8; Self::ENCODED_LEN]> {
-        let mut b = [0u8; Self::ENCODED_LEN];
-        self.encode(&mut b)?;
-        Ok(b)
-    }
-
-    /// Parses a root written by [`Self::encode`].
-    pub fn decode(b: &[u8]) -> Result<Self> {
-        ensure!(b.len() == Self::ENCODED_LEN, Corrupted, "store root length");
-        let (h, rest) = b.split_at(8);
-        ensure!(
-            h.get(..4) == Some(&ROOT_MAGIC[..]),
-            Corrupted,
-            "bad store root magic"
-        );
-        ensure!(
-            h.get(4) == Some(&ROOT_VERSION),
-            Corrupted,
-            "unknown store root version"
-        );
-        ensure!(h.get(5) == Some(&ROOT_TYPE), Corrupted, "not a store root");
-        let half = h.get(6).copied().unwrap_or(u8::MAX);
-        ensure!(half <= 1, Corrupted, "store root journal half");
-        ensure!(h.get(7) == Some(&0), Corrupted, "store root reserved byte");
-        let (salt, rest) = rest.split_at(16);
-        let (s, t) = rest.split_at(ChainPos::ENCODED_LEN);
-        let start = ChainPos::decode(s)?;
-        let tail = ChainPos::decode(t)?;
-        ensure!(
-            tail.seq >= start.seq,
-            Corrupted,
-            "store root tail before start"
-        );
-        Ok(Self {
-            salt: salt
-                .try_into()
-                .map_err(|_| Error::new(ErrorKind::Corrupted, "salt"))?,
-            half,
-            start,
-            tail,
-        })
-    }
 }
 
 /// One log's state.

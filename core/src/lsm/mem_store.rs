@@ -5,7 +5,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use super::tree::LogStore;
+use super::store::LogStore;
 use crate::bio::BLOCK_SIZE;
 use crate::{bail, ensure, Result};
 

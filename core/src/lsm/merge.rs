@@ -10,8 +10,8 @@
 
 use alloc::vec::Vec;
 
+use super::store::{LogSource, LogStore};
 use super::table::{TableCursor, TableInfo};
-use super::tree::{LogSource, LogStore};
 use super::LsmValue;
 use crate::Result;
 

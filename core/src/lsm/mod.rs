@@ -137,9 +137,11 @@ mod cache;
 mod format;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_hooks;
+mod header;
 mod manifest;
 mod memtable;
 mod merge;
+mod store;
 mod store_impl;
 mod table;
 mod tree;
@@ -151,8 +153,9 @@ mod mem_store;
 mod tree_tests;
 
 pub use manifest::TAG_MANIFEST;
+pub use store::{LogStore, StoreSpace};
 pub use table::BlockSource;
-pub use tree::{LogStore, LsmTree, SpaceCheck, StoreSpace, L0_STALL_FACTOR};
+pub use tree::{LsmTree, SpaceCheck, L0_STALL_FACTOR};
 
 /// The tree on the disk's transactional log store.
 pub type TxLsmTree<D, V> = LsmTree<crate::log::TxLogStore<D>, V>;

@@ -2,7 +2,7 @@
 
 use alloc::vec::Vec;
 
-use super::tree::{LogStore, StoreSpace};
+use super::store::{LogStore, StoreSpace};
 use crate::bio::BlockSet;
 use crate::log::{LogId, TxLogStore};
 use crate::Result;

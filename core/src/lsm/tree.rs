@@ -5,72 +5,16 @@ use alloc::vec::Vec;
 use core::mem;
 
 use super::cache::{BlockCache, CachedFetch};
-use super::format::{self, get_u16, get_u32, get_u64, put, BlockKind, Header};
+use super::format::{self, BlockKind, Header};
+use super::header::TreeHeader;
 use super::manifest::{self, TAG_MANIFEST};
 use super::merge::{Ctx, MemRef, MemTable, Merger, Source};
-use super::table::{BlockSource, TableBuilder, TableInfo, MAX_DATA_BLOCKS};
+use super::store::{LogSource, LogStore};
+use super::table::{TableBuilder, TableInfo, MAX_DATA_BLOCKS};
 use super::wal::{self, WalBuf};
 use super::{table_tag, LsmConfig, LsmStats, LsmValue, MAX_LEVELS, TAG_WAL};
 use crate::bio::BLOCK_SIZE;
 use crate::{bail, ensure, Error, ErrorKind, Result};
-
-/// What the tree needs of its store: the transactional log store's API
-/// (see [`crate::log::TxLogStore`], which implements it). At most one
-/// transaction is open at a time; reads see committed data and the open
-/// transaction's own changes.
-pub trait LogStore {
-    /// Names a log.
-    type LogId: Copy + Eq + core::fmt::Debug;
-    /// Starts a transaction.
-    fn begin(&mut self) -> Result<()>;
-    /// Creates an empty log with `tag`.
-    fn create_log(&mut self, tag: u64) -> Result<Self::LogId>;
-    /// Appends whole blocks to an unsealed log.
-    fn append(&mut self, log: Self::LogId, blocks: &[u8]) -> Result<()>;
-    /// Seals a log (no more appends).
-    fn seal(&mut self, log: Self::LogId) -> Result<()>;
-    /// Deletes a log.
-    fn delete_log(&mut self, log: Self::LogId) -> Result<()>;
-    /// Commits the transaction with `user_state`, durably.
-    fn commit(&mut self, user_state: &[u8]) -> Result<()>;
-    /// Drops the transaction's changes.
-    fn abort(&mut self);
-    /// Reads blocks of a log from block `pos`.
-    fn read(&self, log: Self::LogId, pos: u64, buf: &mut [u8]) -> Result<()>;
-    /// The length of a log in blocks.
-    fn log_len(&self, log: Self::LogId) -> Result<u64>;
-    /// The logs with `tag`.
-    fn logs_with_tag(&self, tag: u64) -> Result<Vec<Self::LogId>>;
-    /// A number naming `log` among the store's logs (unique while it
-    /// lives): what the manifest stores to find a table's log again.
-    fn log_key(&self, log: Self::LogId) -> u64;
-    /// The user state of the last commit.
-    fn user_state(&self) -> &[u8];
-    /// The store's space in chunks, or `None` if it has no limit (then
-    /// the tree never counts space).
-    fn space(&self) -> Option<StoreSpace> {
-        None
-    }
-    /// An upper bound of the chunks that `logs` logs take for `blocks`
-    /// more blocks in all, committed `flushes` times while appended to
-    /// (see [`crate::log::TxLogStore::chunks_bound`]).
-    fn chunks_bound(&self, logs: u64, blocks: u64, flushes: u64) -> u64 {
-        let _ = (logs, blocks, flushes);
-        0
-    }
-}
-
-/// The space of a store, in chunks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StoreSpace {
-    /// Chunks of the region.
-    pub total: u64,
-    /// Chunks free now.
-    pub free: u64,
-    /// Chunks of logs the running transaction deleted: used until it
-    /// commits, free after.
-    pub pinned: u64,
-}
 
 /// The answer of [`LsmTree::space_for`]: what the tree may take from its
 /// store before and with the next commit, and what the store has.
@@ -99,26 +43,6 @@ impl SpaceCheck {
     }
 }
 
-/// "Block `pos` of log `log`" for the table reader.
-pub struct LogSource<'a, S: LogStore> {
-    /// The store.
-    pub store: &'a S,
-    /// The log.
-    pub log: S::LogId,
-}
-
-impl<S: LogStore> BlockSource for LogSource<'_, S> {
-    fn read_block(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
-        self.store.read(self.log, pos, buf)
-    }
-}
-
-const TREE_MAGIC: [u8; 8] = *b"MLSMTREE";
-/// Version 2: the header names the table manifest (version 1 trees listed
-/// their tables by reading every footer; they are not read any more).
-const TREE_VERSION: u16 = 2;
-/// The length of the tree's header at the start of the store's user state.
-const TREE_HEADER_LEN: usize = 48;
 /// Table sequence numbers and WAL generations read at open must be below
 /// this (2^63): they only grow by one, so honest ones never get near it.
 const COUNTER_LIMIT: u64 = 1 << 63;
@@ -418,37 +342,12 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     }
 
     fn parse_header(&mut self) -> Result<TreeHeader> {
-        let us = self.store.user_state();
-        let (h, rest) = us
-            .split_at_checked(TREE_HEADER_LEN)
-            .ok_or(Error::new(ErrorKind::Corrupted, "lsm: no tree header"))?;
+        let (th, rest) = TreeHeader::parse(self.store.user_state())?;
         ensure!(
-            h.get(..8) == Some(&TREE_MAGIC[..]),
-            Corrupted,
-            "lsm: bad tree magic"
-        );
-        ensure!(
-            get_u16(h, 8)? == TREE_VERSION,
-            Unsupported,
-            "lsm: unknown tree version"
-        );
-        ensure!(
-            usize::from(get_u16(h, 10)?) == V::SIZE,
+            usize::from(th.value_size) == V::SIZE,
             InvalidArgument,
             "lsm: tree has another value size"
         );
-        ensure!(
-            get_u32(h, 44)? == 0,
-            Corrupted,
-            "lsm: reserved header bytes"
-        );
-        let th = TreeHeader {
-            manifest_blocks: get_u32(h, 12)?,
-            next_seq: get_u64(h, 16)?,
-            next_gen: get_u64(h, 24)?,
-            manifest_key: get_u64(h, 32)?,
-            tables: get_u32(h, 40)?,
-        };
         let mut us = Vec::new();
         us.try_reserve_exact(rest.len())?;
         us.extend_from_slice(rest);
@@ -636,26 +535,23 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     }
 
     fn header(&self, user_state: &[u8]) -> Result<Vec<u8>> {
-        let mut v = Vec::new();
-        v.try_reserve_exact(TREE_HEADER_LEN + user_state.len())?;
-        v.resize(TREE_HEADER_LEN, 0);
-        put(&mut v, 0, &TREE_MAGIC)?;
-        put(&mut v, 8, &TREE_VERSION.to_le_bytes())?;
-        put(&mut v, 10, &(V::SIZE as u16).to_le_bytes())?;
-        put(&mut v, 12, &self.manifest_blocks.to_le_bytes())?;
-        put(&mut v, 16, &self.next_seq.to_le_bytes())?;
-        put(&mut v, 24, &self.next_gen.to_le_bytes())?;
-        let key = self
+        let manifest_key = self
             .manifest
             .map(|m| self.store.log_key(m))
             .ok_or(Error::new(
                 ErrorKind::InvalidState,
                 "lsm: no manifest to name",
             ))?;
-        put(&mut v, 32, &key.to_le_bytes())?;
-        put(&mut v, 40, &self.manifest_tables.to_le_bytes())?;
-        v.extend_from_slice(user_state);
-        Ok(v)
+        TreeHeader {
+            value_size: u16::try_from(V::SIZE)
+                .map_err(|_| Error::new(ErrorKind::InvalidArgument, "lsm: value size"))?,
+            manifest_blocks: self.manifest_blocks,
+            next_seq: self.next_seq,
+            next_gen: self.next_gen,
+            manifest_key,
+            tables: self.manifest_tables,
+        }
+        .emit(user_state)
     }
 
     /// Runs a mutating operation; on error, aborts the store transaction and
@@ -1734,15 +1630,6 @@ fn sort_small_by_key<T, K: Ord>(v: &mut [T], key: impl Fn(&T) -> K) {
             j -= 1;
         }
     }
-}
-
-/// What the tree's header says (beyond the caller's user state).
-struct TreeHeader {
-    next_seq: u64,
-    next_gen: u64,
-    manifest_key: u64,
-    manifest_blocks: u32,
-    tables: u32,
 }
 
 fn single<Id: Copy>(t: &Table<Id>) -> Result<Vec<(Id, TableInfo)>> {
