@@ -179,7 +179,7 @@ fn chain() -> Result<&'static Chain> {
 /// the fixed start and trusted tail of [`seeds`]' chain; also the record
 /// stream parser and the chain position decoder on the raw bytes.
 pub fn journal_chain(bytes: &[u8]) -> Result<()> {
-    let _ = ChainPos::decode(bytes.get(..ChainPos::ENCODED_LEN).unwrap_or(bytes));
+    let _ = ChainPos::parse(bytes.get(..ChainPos::ENCODED_LEN).unwrap_or(bytes));
     let mut recs = Vec::new();
     let _ = mac_chain::parse_records(bytes.get(..BLOCK_SIZE).unwrap_or(bytes), &mut recs);
     let c = chain()?;
@@ -192,14 +192,14 @@ pub fn journal_chain(bytes: &[u8]) -> Result<()> {
 /// it, reading block 0 from the node bytes as a device).
 pub fn merkle_node(bytes: &[u8]) -> Result<()> {
     let (level, node) = bytes.split_first().ok_or(fuzz_err("empty input"))?;
-    if let Ok(root) = RootMeta::decode(node.get(..RootMeta::ENCODED_LEN).unwrap_or(node)) {
+    if let Ok(root) = RootMeta::parse(node.get(..RootMeta::ENCODED_LEN).unwrap_or(node)) {
         if let Ok(log) = CryptoLog::open(DetCrypto::shared(4), 32, root) {
             let d = disk_with(node, 4)?;
             let mut buf = [0u8; BLOCK_SIZE];
             let _ = log.read(&d, 0, &mut buf);
         }
     }
-    crypto_log::fuzz_decode_node(node, usize::from(level % 4)).map(|_| ())
+    crypto_log::fuzz_parse_node(node, usize::from(level % 4)).map(|_| ())
 }
 
 // --- log layer ---------------------------------------------------------------
@@ -245,7 +245,7 @@ const CHUNK_REGION_BLOCKS: u64 = 16;
 /// written as authentic journal commits and the store is opened on them
 /// (record decoding, replay, chunk claims), and every log is read.
 pub fn log_store(bytes: &[u8]) -> Result<()> {
-    let _ = StoreRoot::decode(bytes.get(..StoreRoot::ENCODED_LEN).unwrap_or(bytes));
+    let _ = StoreRoot::parse(bytes.get(..StoreRoot::ENCODED_LEN).unwrap_or(bytes));
     let recs = split_records(bytes)?;
     let dev = Arc::new(MemDisk::new(JOURNAL_BLOCKS + CHUNK_REGION_BLOCKS)?);
     let crypto = DetCrypto::shared(5);
@@ -311,11 +311,11 @@ impl MemLogStore {
             .ok_or(fuzz_err("no such log"))
     }
 
-    /// Reads a store written by [`Self::encode`]: `u16` user state length,
+    /// Reads a store written by [`Self::emit`]: `u16` user state length,
     /// the user state, then logs: tag selector `u8` (0..=6 table level, 7
     /// WAL, 8 manifest, else another tag), block count `u8`, log id `u8`
     /// (unique), the blocks (zero-padded where the input ends).
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
         let (len, rest) = bytes
             .split_first_chunk::<2>()
             .ok_or(fuzz_err("no user state"))?;
@@ -358,8 +358,8 @@ impl MemLogStore {
         Ok(s)
     }
 
-    /// The input [`Self::decode`] reads back as this store.
-    pub fn encode(&self) -> Result<Vec<u8>> {
+    /// The input [`Self::parse`] reads back as this store.
+    pub fn emit(&self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         let n = u16::try_from(self.user_state.len()).map_err(|_| fuzz_err("user state"))?;
         out.extend_from_slice(&n.to_le_bytes());
@@ -475,7 +475,7 @@ fn tree_cfg() -> LsmConfig {
 /// (in the user state), table footers, index, filter and data blocks, WAL
 /// replay; then lookups, a scan, updates and a sync on what opened.
 pub fn lsm_tree(bytes: &[u8]) -> Result<()> {
-    let store = MemLogStore::decode(bytes)?;
+    let store = MemLogStore::parse(bytes)?;
     let mut t = LsmTree::<MemLogStore, BlockRecord>::open_boxed(store, tree_cfg())?;
     for k in 0..48 {
         let _ = t.get(k);
@@ -508,19 +508,19 @@ pub fn superblock_payload(bytes: &[u8]) -> Result<()> {
         .split_first_chunk::<8>()
         .ok_or(fuzz_err("no device size"))?;
     let dev_blocks = u64::from_le_bytes(*dev);
-    let _ = Geometry::decode(payload);
-    let _ = UserState::decode(payload);
-    let _ = BlockRecord::decode_from(payload);
-    let sp = SuperPayload::decode(payload, dev_blocks)?;
+    let _ = Geometry::parse(payload);
+    let _ = UserState::parse(payload);
+    let _ = BlockRecord::parse_from(payload);
+    let sp = SuperPayload::parse(payload, dev_blocks)?;
     let _ = sp.geo.validate(dev_blocks);
-    StoreRoot::decode(&sp.root).map(|_| ())
+    StoreRoot::parse(&sp.root).map(|_| ())
 }
 
 /// The rollback anchor's two slots (`bytes` are its device's two blocks),
 /// bound to the disk with the fixed UUID of [`seeds`]; also the payload
 /// decoder on the raw bytes.
 pub fn block_anchor(bytes: &[u8]) -> Result<()> {
-    let _ = block_anchor::decode(bytes, &ANCHOR_UUID);
+    let _ = block_anchor::parse(bytes, &ANCHOR_UUID);
     let d = disk_with(bytes, 2)?;
     let mut a = BlockAnchor::new(d, DetCrypto::shared(6), &KEY)?;
     a.bind(&ANCHOR_UUID, false)?;
@@ -766,7 +766,7 @@ pub fn seeds() -> Result<Vec<Seed>> {
             ..LogStoreConfig::default()
         },
     )?;
-    store.root().encode(&mut root)?;
+    store.root().emit(&mut root)?;
     for (name, key_len) in [("seed-aes128", 16u8), ("seed-aes256", 32)] {
         let sp = SuperPayload {
             uuid: [3; 16],
@@ -776,7 +776,7 @@ pub fn seeds() -> Result<Vec<Seed>> {
             root: root.to_vec(),
         };
         let mut b = IMAGE_BLOCKS.to_le_bytes().to_vec();
-        b.extend_from_slice(&sp.encode()?);
+        b.extend_from_slice(&sp.emit()?);
         out.push(("superblock_payload", name, b));
     }
 
@@ -843,7 +843,7 @@ pub fn seeds() -> Result<Vec<Seed>> {
     // A whole tree: formatted, filled past a few flushes, synced.
     let mut t = LsmTree::<MemLogStore, BlockRecord>::format(MemLogStore::default(), tree_cfg())?;
     t.sync(b"empty tree")?;
-    out.push(("lsm_tree", "seed-empty", t.store().encode()?));
+    out.push(("lsm_tree", "seed-empty", t.store().emit()?));
     for k in 0..30u64 {
         t.put(k * 3 % 40, crate::lsm::fuzz_hooks::record_value(k)?)?;
         if k % 7 == 6 {
@@ -852,7 +852,7 @@ pub fn seeds() -> Result<Vec<Seed>> {
         }
     }
     t.sync(b"user")?;
-    out.push(("lsm_tree", "seed-filled", t.store().encode()?));
+    out.push(("lsm_tree", "seed-filled", t.store().emit()?));
 
     // Rollback anchor: bound, then advanced.
     let d = Arc::new(MemDisk::new(2)?);

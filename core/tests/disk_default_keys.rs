@@ -26,7 +26,7 @@ fn disk_made_with_defaults_records_32_byte_data_keys() {
     let d = MlsDisk::create(mem.clone(), crypto(), &KEY, small_cfg(), Box::new(NoAnchor)).unwrap();
     d.close().unwrap();
     let (_, payload) = AuthBlob::open(mem.clone(), 0, crypto(), &KEY).unwrap();
-    let sp = SuperPayload::decode(&payload, mem.nblocks()).unwrap();
+    let sp = SuperPayload::parse(&payload, mem.nblocks()).unwrap();
     assert_eq!(sp.data_key_len, 32);
 }
 

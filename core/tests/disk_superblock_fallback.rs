@@ -33,8 +33,8 @@ fn cfg() -> DiskConfig {
 /// The newest slot of the superblock and the journal half its root names.
 fn newest(mem: &Arc<MemDisk>) -> (u64, u8, u64) {
     let (blob, payload) = AuthBlob::open(mem.clone(), 0, crypto(), &KEY).unwrap();
-    let sp = SuperPayload::decode(&payload, mem.nblocks()).unwrap();
-    let root = StoreRoot::decode(&sp.root).unwrap();
+    let sp = SuperPayload::parse(&payload, mem.nblocks()).unwrap();
+    let root = StoreRoot::parse(&sp.root).unwrap();
     (blob.newest_slot(), root.journal_half(), sp.sync_counter)
 }
 
@@ -157,7 +157,7 @@ fn damaged_newest_slot_after_journal_rotation_store_level() {
             .flip_byte(blob.newest_slot(), 1000, 0x01)
             .unwrap();
         let opened = AuthBlob::open(copy.clone(), 0, crypto(), &KEY).and_then(|(_, p)| {
-            let root = StoreRoot::decode(&p)?;
+            let root = StoreRoot::parse(&p)?;
             let (j, c) = regions(&copy);
             TxLogStore::open(j, c, crypto(), &KEY, &root)
         });

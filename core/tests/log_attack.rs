@@ -264,7 +264,7 @@ fn wrong_key_and_bad_root() {
     for i in 0..bytes.len() {
         let mut b = bytes;
         b[i] ^= 0x04;
-        match StoreRoot::decode(&b) {
+        match StoreRoot::parse(&b) {
             Err(e) => assert_eq!(e.kind(), ErrorKind::Corrupted),
             Ok(r) => {
                 // Salt, start or tail changed: the journal does not verify.

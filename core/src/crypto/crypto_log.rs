@@ -163,7 +163,7 @@ impl RootMeta {
 
     /// Writes the root into `out` (exactly [`Self::ENCODED_LEN`] bytes):
     /// `nblocks u64 | key_len u8 | addr u64 | key [32] | mac [16]`.
-    pub fn encode(&self, out: &mut [u8]) -> Result<()> {
+    pub fn emit(&self, out: &mut [u8]) -> Result<()> {
         ensure!(
             out.len() == Self::ENCODED_LEN,
             InvalidArgument,
@@ -176,8 +176,8 @@ impl RootMeta {
         self.entry().emit(e)
     }
 
-    /// Parses a root written by [`Self::encode`].
-    pub fn decode(b: &[u8]) -> Result<Self> {
+    /// Parses a root written by [`Self::emit`].
+    pub fn parse(b: &[u8]) -> Result<Self> {
         ensure!(b.len() == Self::ENCODED_LEN, Corrupted, "root length");
         let (n, rest) = b.split_at(8);
         let (kl, e) = rest.split_at(1);
@@ -389,7 +389,7 @@ impl CryptoLog {
                 continue;
             }
             let extra = carry.take();
-            encode_node(&mut buf, l, self.key_len, level.iter().chain(extra.iter()))?;
+            emit_node(&mut buf, l, self.key_len, level.iter().chain(extra.iter()))?;
             carry = Some(self.seal_write(disk, alloc, AAD_NODE, &mut buf)?);
         }
         let e = carry.ok_or(Error::new(ErrorKind::InvalidState, "no root written"))?;
@@ -601,7 +601,7 @@ impl CryptoLog {
                 Some(b) => b,
                 None => buf.insert(alloc_block_buf()?),
             };
-            encode_node(b, l, self.key_len, full.iter())?;
+            emit_node(b, l, self.key_len, full.iter())?;
             e = self.seal_write(disk, alloc, AAD_NODE, b)?;
             l += 1;
         }
@@ -650,7 +650,7 @@ impl CryptoLog {
         buf: &mut [u8],
     ) -> Result<Vec<Entry>> {
         self.open_block(disk, e, AAD_NODE, buf)?;
-        decode_node(buf, level)
+        parse_node(buf, level)
     }
 }
 
@@ -761,7 +761,7 @@ fn alloc_block_buf() -> Result<Vec<u8>> {
 
 /// Node plaintext: magic "MDLN" | version u8 | type u8 | level u8 | key_len u8
 /// | nentries u16 | reserved [6] | entries | zero padding.
-fn encode_node<'a>(
+fn emit_node<'a>(
     buf: &mut [u8],
     level: usize,
     key_len: usize,
@@ -792,14 +792,14 @@ fn encode_node<'a>(
     Ok(())
 }
 
-/// Fuzzing only: [`decode_node`] on a plaintext node, returning its entry
+/// Fuzzing only: [`parse_node`] on a plaintext node, returning its entry
 /// count.
 #[cfg(feature = "fuzzing")]
-pub(crate) fn fuzz_decode_node(buf: &[u8], level: usize) -> Result<usize> {
-    decode_node(buf, level).map(|e| e.len())
+pub(crate) fn fuzz_parse_node(buf: &[u8], level: usize) -> Result<usize> {
+    parse_node(buf, level).map(|e| e.len())
 }
 
-fn decode_node(buf: &[u8], level: usize) -> Result<Vec<Entry>> {
+fn parse_node(buf: &[u8], level: usize) -> Result<Vec<Entry>> {
     let (hdr, body) = buf
         .split_at_checked(NODE_HEADER_LEN)
         .ok_or(corrupted("node too short"))?;
@@ -861,15 +861,15 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn decoders_never_panic(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4200), level in 0usize..4) {
-            let _ = decode_node(&b, level);
+            let _ = parse_node(&b, level);
             let mut n = b.clone();
             n.resize(BLOCK_SIZE, 0);
             if let Some(m) = n.get_mut(..4) {
                 m.copy_from_slice(&NODE_MAGIC);
             }
-            let _ = decode_node(&n, level);
-            let _ = RootMeta::decode(&b);
-            let _ = RootMeta::decode(b.get(..RootMeta::ENCODED_LEN).unwrap_or(&b));
+            let _ = parse_node(&n, level);
+            let _ = RootMeta::parse(&b);
+            let _ = RootMeta::parse(b.get(..RootMeta::ENCODED_LEN).unwrap_or(&b));
         }
     }
 
@@ -892,10 +892,10 @@ mod tests {
             mac: [3; 16],
         };
         let mut buf = vec![0u8; BLOCK_SIZE];
-        encode_node(&mut buf, 2, 16, [e.clone(), e.clone()].iter()).unwrap();
-        let d = decode_node(&buf, 2).unwrap();
+        emit_node(&mut buf, 2, 16, [e.clone(), e.clone()].iter()).unwrap();
+        let d = parse_node(&buf, 2).unwrap();
         assert_eq!(d, vec![e.clone(), e.clone()]);
-        assert!(decode_node(&buf, 1).is_err());
+        assert!(parse_node(&buf, 1).is_err());
         let r = RootMeta {
             addr: 9,
             key: AeadKey::random(&c, 32).unwrap(),
@@ -903,25 +903,25 @@ mod tests {
             nblocks: 1234,
         };
         let mut rb = vec![0u8; RootMeta::ENCODED_LEN];
-        r.encode(&mut rb).unwrap();
-        assert_eq!(RootMeta::decode(&rb).unwrap(), r);
+        r.emit(&mut rb).unwrap();
+        assert_eq!(RootMeta::parse(&rb).unwrap(), r);
         // Flip one byte anywhere: an error or another value, never the same.
         for i in 0..rb.len() {
             let mut b = rb.clone();
             b[i] ^= 0x10;
-            if let Ok(d) = RootMeta::decode(&b) {
+            if let Ok(d) = RootMeta::parse(&b) {
                 assert_ne!(d, r, "root byte {i}");
             }
         }
         for i in 0..NODE_HEADER_LEN + 2 * ENTRY_LEN {
             let mut b = buf.clone();
             b[i] ^= 0x10;
-            if let Ok(d) = decode_node(&b, 2) {
+            if let Ok(d) = parse_node(&b, 2) {
                 assert_ne!(d, vec![e.clone(), e.clone()], "node byte {i}");
             }
         }
         rb[8] = 17;
-        assert!(RootMeta::decode(&rb).is_err());
+        assert!(RootMeta::parse(&rb).is_err());
     }
 
     #[test]

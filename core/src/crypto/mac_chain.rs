@@ -121,7 +121,7 @@ impl ChainPos {
     pub const ENCODED_LEN: usize = 8 + MAC_LEN;
 
     /// `seq` (u64 LE) followed by `mac`.
-    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+    pub fn emit(&self) -> [u8; Self::ENCODED_LEN] {
         let mut out = [0u8; Self::ENCODED_LEN];
         let (s, m) = out.split_at_mut(8);
         s.copy_from_slice(&self.seq.to_le_bytes());
@@ -129,8 +129,8 @@ impl ChainPos {
         out
     }
 
-    /// Parses [`ChainPos::encode`]'s output (exactly `ENCODED_LEN` bytes).
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
+    /// Parses [`ChainPos::emit`]'s output (exactly `ENCODED_LEN` bytes).
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
         ensure!(
             bytes.len() == Self::ENCODED_LEN,
             Corrupted,
@@ -537,9 +537,9 @@ mod tests {
             seq: 0x0102_0304_0506_0708,
             mac: [9; MAC_LEN],
         };
-        assert_eq!(ChainPos::decode(&p.encode()).unwrap(), p);
+        assert_eq!(ChainPos::parse(&p.emit()).unwrap(), p);
         assert_eq!(
-            ChainPos::decode(&p.encode()[1..]).unwrap_err().kind(),
+            ChainPos::parse(&p.emit()[1..]).unwrap_err().kind(),
             ErrorKind::Corrupted
         );
     }

@@ -288,11 +288,11 @@ mod file {
                 )
                 .with_cause(Cause::Anchor));
             }
-            decode(&b).map(Some)
+            parse(&b).map(Some)
         }
 
         fn store(&self, uuid: &[u8; 16], st: &AnchorState) -> Result<()> {
-            let b = encode(uuid, st);
+            let b = emit(uuid, st);
             let mut tmp = self.path.clone().into_os_string();
             tmp.push(".tmp");
             let mut f = fs::File::create(&tmp).map_err(|_| io())?;
@@ -316,7 +316,7 @@ mod file {
         Error::new(ErrorKind::Io, "rollback anchor file I/O failed").with_cause(Cause::Anchor)
     }
 
-    pub(super) fn encode(uuid: &[u8; 16], st: &AnchorState) -> [u8; FILE_LEN] {
+    pub(super) fn emit(uuid: &[u8; 16], st: &AnchorState) -> [u8; FILE_LEN] {
         let mut b = [0u8; FILE_LEN];
         let (magic, rest) = b.split_at_mut(8);
         magic.copy_from_slice(MAGIC);
@@ -332,7 +332,7 @@ mod file {
         b
     }
 
-    pub(super) fn decode(b: &[u8]) -> Result<([u8; 16], AnchorState)> {
+    pub(super) fn parse(b: &[u8]) -> Result<([u8; 16], AnchorState)> {
         let bad = || {
             Error::new(ErrorKind::Corrupted, "rollback anchor file is malformed")
                 .with_cause(Cause::Anchor)
@@ -460,20 +460,20 @@ mod tests {
     #[test]
     fn file_anchor_payload_round_trip_and_every_flip() {
         let s = st(0x0102_0304_0506_0708, 0xab);
-        let b = file::encode(&U, &s);
-        assert_eq!(file::decode(&b).unwrap(), (U, s));
+        let b = file::emit(&U, &s);
+        assert_eq!(file::parse(&b).unwrap(), (U, s));
         for i in 0..b.len() {
             for bit in [0x01u8, 0x80] {
                 let mut c = b;
                 c[i] ^= bit;
                 assert_eq!(
-                    file::decode(&c).unwrap_err().kind(),
+                    file::parse(&c).unwrap_err().kind(),
                     ErrorKind::Corrupted,
                     "byte {i}"
                 );
             }
         }
-        assert!(file::decode(&b[..file::FILE_LEN - 1]).is_err());
+        assert!(file::parse(&b[..file::FILE_LEN - 1]).is_err());
     }
 
     #[test]

@@ -163,7 +163,7 @@ impl<B: BlockSet> core::fmt::Debug for BlockAnchor<B> {
     }
 }
 
-fn encode(uuid: &[u8; 16], st: &AnchorState) -> [u8; PAYLOAD_LEN] {
+fn emit(uuid: &[u8; 16], st: &AnchorState) -> [u8; PAYLOAD_LEN] {
     let mut p = [0u8; PAYLOAD_LEN];
     let (magic, rest) = p.split_at_mut(8);
     magic.copy_from_slice(&PAYLOAD_MAGIC);
@@ -179,7 +179,7 @@ fn encode(uuid: &[u8; 16], st: &AnchorState) -> [u8; PAYLOAD_LEN] {
     p
 }
 
-pub(crate) fn decode(p: &[u8], uuid: &[u8; 16]) -> Result<AnchorState> {
+pub(crate) fn parse(p: &[u8], uuid: &[u8; 16]) -> Result<AnchorState> {
     let bad = || err(ErrorKind::Corrupted, "rollback anchor payload is malformed");
     if p.get(..8) != Some(&PAYLOAD_MAGIC[..]) {
         return Err(bad());
@@ -272,7 +272,7 @@ impl<B: BlockSet> BlockAnchor<B> {
         let b = self.bound()?;
         match AuthBlob::open(&self.dev, 0, self.crypto.clone(), &b.key) {
             Ok((blob, payload)) => {
-                let c = decode(&payload, &b.uuid)?;
+                let c = parse(&payload, &b.uuid)?;
                 Ok(Some((blob, c)))
             }
             Err(e) if e.kind() == ErrorKind::Corrupted && self.blank()? => Ok(None),
@@ -288,7 +288,7 @@ impl<B: BlockSet> BlockAnchor<B> {
             0,
             self.crypto.clone(),
             &b.key,
-            &encode(&b.uuid, st),
+            &emit(&b.uuid, st),
         )
         .map(|_| ())
         .map_err(name_it)
@@ -326,7 +326,7 @@ impl<B: BlockSet> RollbackAnchor for BlockAnchor<B> {
             Some((_, cur)) if !must_store(Some(&cur), &next)? => Ok(()),
             Some((mut blob, _)) => {
                 let b = self.bound()?;
-                blob.write(&encode(&b.uuid, &next)).map_err(name_it)
+                blob.write(&emit(&b.uuid, &next)).map_err(name_it)
             }
         }
     }
@@ -343,16 +343,16 @@ mod tests {
             counter: 0x0102_0304_0506_0708,
             digest: [0x5e; HASH_LEN],
         };
-        let p = encode(&u, &st);
-        assert_eq!(decode(&p, &u).unwrap(), st);
+        let p = emit(&u, &st);
+        assert_eq!(parse(&p, &u).unwrap(), st);
         assert_eq!(
-            decode(&p, &[4u8; 16]).unwrap_err().kind(),
+            parse(&p, &[4u8; 16]).unwrap_err().kind(),
             ErrorKind::WrongKey
         );
         for i in 0..PAYLOAD_LEN {
             let mut q = p;
             q[i] ^= 0x40;
-            let r = decode(&q, &u);
+            let r = parse(&q, &u);
             match i {
                 8 => assert_eq!(r.unwrap_err().kind(), ErrorKind::Corrupted, "version"),
                 0..16 => assert_eq!(r.unwrap_err().kind(), ErrorKind::Corrupted, "byte {i}"),
@@ -362,11 +362,11 @@ mod tests {
                 _ => assert_ne!(r.unwrap(), st, "byte {i}"),
             }
         }
-        assert!(decode(&p[..PAYLOAD_LEN - 1], &u).is_err());
+        assert!(parse(&p[..PAYLOAD_LEN - 1], &u).is_err());
         let mut v1 = p;
         v1[8] = 1;
         assert_eq!(
-            decode(&v1[..40], &u).unwrap_err().kind(),
+            parse(&v1[..40], &u).unwrap_err().kind(),
             ErrorKind::Unsupported
         );
     }

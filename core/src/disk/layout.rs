@@ -356,7 +356,7 @@ impl Geometry {
     }
 
     /// Little-endian encoding, [`GEOMETRY_LEN`] bytes.
-    pub fn encode(&self, out: &mut [u8]) -> Result<()> {
+    pub fn emit(&self, out: &mut [u8]) -> Result<()> {
         let out = out
             .get_mut(..GEOMETRY_LEN)
             .ok_or(Error::new(ErrorKind::InvalidArgument, "geometry buffer"))?;
@@ -374,8 +374,8 @@ impl Geometry {
         Ok(())
     }
 
-    /// Parses an encoding made by [`Geometry::encode`] (not validated).
-    pub fn decode(b: &[u8]) -> Result<Self> {
+    /// Parses an encoding made by [`Geometry::emit`] (not validated).
+    pub fn parse(b: &[u8]) -> Result<Self> {
         let mut r = super::codec::Reader::new(b);
         let g = Self {
             total_blocks: r.u64()?,
@@ -410,8 +410,8 @@ mod tests {
         assert!(g.data_start + g.data_blocks() <= 262_144);
         g.validate(262_144).unwrap();
         let mut b = [0u8; GEOMETRY_LEN];
-        g.encode(&mut b).unwrap();
-        assert_eq!(Geometry::decode(&b).unwrap(), g);
+        g.emit(&mut b).unwrap();
+        assert_eq!(Geometry::parse(&b).unwrap(), g);
     }
 
     #[test]
@@ -461,11 +461,11 @@ mod tests {
     fn validate_rejects_tampered_fields() {
         let g = Geometry::compute(1 << 18, &LayoutConfig::default()).unwrap();
         let mut b = [0u8; GEOMETRY_LEN];
-        g.encode(&mut b).unwrap();
+        g.emit(&mut b).unwrap();
         for i in 0..GEOMETRY_LEN {
             let mut c = b;
             c[i] ^= 0x40;
-            let ok = Geometry::decode(&c).and_then(|d| d.validate(1 << 18));
+            let ok = Geometry::parse(&c).and_then(|d| d.validate(1 << 18));
             assert!(ok.is_err(), "byte {i}");
         }
         // A truncated device is refused.

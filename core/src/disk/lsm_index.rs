@@ -29,17 +29,17 @@ type Region<D> = BlockRange<Meta<D>>;
 impl LsmValue for BlockRecord {
     const SIZE: usize = BlockRecord::SIZE;
 
-    fn encode(&self, out: &mut [u8]) {
+    fn emit(&self, out: &mut [u8]) {
         // `out` is exactly SIZE bytes and `hba` fits 56 bits (the data
         // region is far smaller); a failure leaves zeros, which decode
         // rejects, so it cannot go unnoticed.
-        if self.encode_into(out).is_err() {
+        if self.emit_into(out).is_err() {
             out.fill(0);
         }
     }
 
-    fn decode(b: &[u8]) -> Result<Self> {
-        BlockRecord::decode_from(b)
+    fn parse(b: &[u8]) -> Result<Self> {
+        BlockRecord::parse_from(b)
     }
 }
 
@@ -332,8 +332,8 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
         cfg: &DiskConfig,
     ) -> Result<Box<Opened<D>>> {
         let (blob, payload) = AuthBlob::open(dev.clone(), 0, crypto.clone(), root_key)?;
-        let sp = SuperPayload::decode(&payload, dev.nblocks())?;
-        let root = StoreRoot::decode(&sp.root)?;
+        let sp = SuperPayload::parse(&payload, dev.nblocks())?;
+        let root = StoreRoot::parse(&sp.root)?;
         let mut sk = store_key(crypto, root_key, &sp.uuid)?;
         let (journal, chunks) = regions(dev, &sp.geo, cfg)?;
         let store = TxLogStore::open(journal, chunks, crypto.clone(), &sk, &root);
@@ -343,7 +343,7 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
             store.set_node_cache(c.node_cache_nodes);
         }
         let tree = LsmTree::open_boxed(store, lsm_fitted(&cfg.lsm_with_budget(), &sp.geo))?;
-        let us = UserState::decode(tree.user_state())?;
+        let us = UserState::parse(tree.user_state())?;
         if us.sync_counter < sp.sync_counter {
             return Err(Error::new(
                 ErrorKind::Rollback,
@@ -393,7 +393,7 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
             sync_counter: self.sync_counter,
             root: self.index.root()?,
         }
-        .encode()
+        .emit()
     }
 }
 

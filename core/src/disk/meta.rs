@@ -118,14 +118,14 @@ mod tests {
         vals[3] = NONE;
         let rec = to_record(&pack(&vals)).unwrap();
         let mut enc = [0u8; BlockRecord::SIZE];
-        rec.encode_into(&mut enc).unwrap();
-        let back = BlockRecord::decode_from(&enc).unwrap();
+        rec.emit_into(&mut enc).unwrap();
+        let back = BlockRecord::parse_from(&enc).unwrap();
         assert_eq!(unpack(&from_record(&back).unwrap()), vals);
         // Any flipped byte of the marker makes it something else.
         for i in 0..8 {
             let mut e = enc;
             e[i] ^= 1;
-            match BlockRecord::decode_from(&e) {
+            match BlockRecord::parse_from(&e) {
                 Err(_) => {}
                 Ok(r) => assert!(from_record(&r).is_err(), "byte {i}"),
             }

@@ -601,7 +601,7 @@ impl<D: BlockSet> MlsDisk<D> {
     /// After the index is open: checks the user state and the anchor,
     /// rebuilds validity and the reverse map from the index.
     fn recover(&mut self) -> Result<()> {
-        let us = UserState::decode(self.index.user_state())?;
+        let us = UserState::parse(self.index.user_state())?;
         ensure!(
             us.uuid == self.uuid,
             Integrity,
@@ -687,7 +687,7 @@ impl<D: BlockSet> MlsDisk<D> {
     ) -> Result<Self> {
         let geo = Geometry::compute(dev.nblocks(), &cfg.layout)?;
         let index = Box::new(MemIndex::open(store));
-        let uuid = UserState::decode(index.user_state())?.uuid;
+        let uuid = UserState::parse(index.user_state())?.uuid;
         let dev = Arc::new(Counted::new(dev));
         let mut d = Self::assemble(dev, crypto, geo, uuid, cfg, index, None, anchor)?;
         d.recover()?;
@@ -1154,7 +1154,7 @@ impl<D: BlockSet> MlsDisk<D> {
         for (e, p) in self.segs.dirty_payloads()? {
             self.index.put(meta::USAGE_BASE + e, meta::to_record(&p)?)?;
         }
-        self.index.sync(&us.encode())?;
+        self.index.sync(&us.emit())?;
         self.segs.clear_dirty();
         self.sync_counter = next;
         self.state_digest = digest;
@@ -1170,7 +1170,7 @@ impl<D: BlockSet> MlsDisk<D> {
                 sync_counter: next,
                 root: self.index.root()?,
             }
-            .encode()?;
+            .emit()?;
             if let Some(sb) = self.sb.as_mut() {
                 sb.write(&payload)?;
             }

@@ -33,7 +33,7 @@ impl BlockRecord {
     pub const SIZE: usize = 56;
 
     /// Writes the record into `out[..SIZE]`.
-    pub fn encode_into(&self, out: &mut [u8]) -> Result<()> {
+    pub fn emit_into(&self, out: &mut [u8]) -> Result<()> {
         let out = out
             .get_mut(..Self::SIZE)
             .ok_or(Error::new(ErrorKind::InvalidArgument, "record buffer"))?;
@@ -52,8 +52,8 @@ impl BlockRecord {
         Ok(())
     }
 
-    /// Parses a record written by [`BlockRecord::encode_into`].
-    pub fn decode_from(b: &[u8]) -> Result<Self> {
+    /// Parses a record written by [`BlockRecord::emit_into`].
+    pub fn parse_from(b: &[u8]) -> Result<Self> {
         let bad = || Error::new(ErrorKind::Corrupted, "malformed block record");
         let b = b.get(..Self::SIZE).ok_or(bad())?;
         let (w, rest) = b.split_at(8);
@@ -93,18 +93,18 @@ mod tests {
                 mac: [7; 16],
             };
             let mut b = [0u8; BlockRecord::SIZE];
-            r.encode_into(&mut b).unwrap();
-            assert_eq!(BlockRecord::decode_from(&b).unwrap(), r);
+            r.emit_into(&mut b).unwrap();
+            assert_eq!(BlockRecord::parse_from(&b).unwrap(), r);
             for i in 0..BlockRecord::SIZE {
                 let mut c = b;
                 c[i] ^= 1;
                 // Every flip either fails or decodes to a different record.
-                if let Ok(d) = BlockRecord::decode_from(&c) {
+                if let Ok(d) = BlockRecord::parse_from(&c) {
                     assert_ne!(d, r, "byte {i}");
                 }
             }
         }
-        assert!(BlockRecord::decode_from(&[0u8; 10]).is_err());
-        assert!(BlockRecord::decode_from(&[0u8; 56]).is_err());
+        assert!(BlockRecord::parse_from(&[0u8; 10]).is_err());
+        assert!(BlockRecord::parse_from(&[0u8; 56]).is_err());
     }
 }

@@ -78,7 +78,7 @@ pub struct SuperPayload {
 
 impl SuperPayload {
     /// Encodes the payload.
-    pub fn encode(&self) -> Result<Vec<u8>> {
+    pub fn emit(&self) -> Result<Vec<u8>> {
         ensure!(
             self.root.len() <= MAX_ROOT,
             InvalidArgument,
@@ -95,7 +95,7 @@ impl SuperPayload {
         w.u32(0)?;
         w.bytes(&self.uuid)?;
         let mut g = [0u8; GEOMETRY_LEN];
-        self.geo.encode(&mut g)?;
+        self.geo.emit(&mut g)?;
         w.bytes(&g)?;
         w.bytes(&[self.data_key_len, 0, 0, 0, 0, 0, 0, 0])?;
         w.u64(self.sync_counter)?;
@@ -107,7 +107,7 @@ impl SuperPayload {
 
     /// Parses and checks a payload (geometry validated against a device of
     /// `dev_blocks` blocks).
-    pub fn decode(b: &[u8], dev_blocks: u64) -> Result<Self> {
+    pub fn parse(b: &[u8], dev_blocks: u64) -> Result<Self> {
         let mut r = Reader::new(b);
         ensure!(r.bytes(8)? == SB_MAGIC, Corrupted, "superblock: bad magic");
         let ver = r.u16()?;
@@ -117,7 +117,7 @@ impl SuperPayload {
         ensure!(r.u16()? == TYPE_SB, Corrupted, "superblock: bad type");
         ensure!(r.u32()? == 0, Unsupported, "superblock: unknown flags");
         let uuid = r.array::<16>()?;
-        let geo = Geometry::decode(r.bytes(GEOMETRY_LEN)?)?;
+        let geo = Geometry::parse(r.bytes(GEOMETRY_LEN)?)?;
         geo.validate(dev_blocks)?;
         let [data_key_len, pad @ ..] = r.array::<8>()?;
         ensure!(
@@ -183,11 +183,11 @@ impl UserState {
 
     /// The commit's digest: SHA-256 over a label and the encoded state.
     pub fn digest(&self, crypto: &dyn Crypto) -> Result<Hash> {
-        crypto.sha256(&[DIGEST_LABEL, &self.encode()])
+        crypto.sha256(&[DIGEST_LABEL, &self.emit()])
     }
 
     /// Encodes the user state.
-    pub fn encode(&self) -> [u8; USER_STATE_LEN] {
+    pub fn emit(&self) -> [u8; USER_STATE_LEN] {
         let mut out = [0u8; USER_STATE_LEN];
         let mut w = Writer::new(&mut out);
         // The buffer has exactly the right length: these cannot fail.
@@ -205,7 +205,7 @@ impl UserState {
 
     /// Parses a user state. A state of another format version is
     /// `Unsupported`.
-    pub fn decode(b: &[u8]) -> Result<Self> {
+    pub fn parse(b: &[u8]) -> Result<Self> {
         let mut r = Reader::new(b);
         ensure!(r.bytes(8)? == US_MAGIC, Corrupted, "user state: bad magic");
         if r.u16()? != USER_STATE_VERSION {
@@ -249,20 +249,20 @@ mod tests {
     #[test]
     fn superblock_round_trip_and_flips() {
         let p = payload();
-        let b = p.encode().unwrap();
-        assert_eq!(SuperPayload::decode(&b, 1 << 16).unwrap(), p);
+        let b = p.emit().unwrap();
+        assert_eq!(SuperPayload::parse(&b, 1 << 16).unwrap(), p);
         for i in 0..b.len() {
             let mut c = b.clone();
             c[i] ^= 0x10;
-            if let Ok(d) = SuperPayload::decode(&c, 1 << 16) {
+            if let Ok(d) = SuperPayload::parse(&c, 1 << 16) {
                 // Only the opaque fields may change without a parse error;
                 // the AuthBlob MAC is what catches those.
                 assert_ne!(d, p, "byte {i}");
                 assert!(i >= 16, "byte {i}");
             }
         }
-        assert!(SuperPayload::decode(&b[..b.len() - 1], 1 << 16).is_err());
-        assert!(SuperPayload::decode(&b, (1 << 16) - 1).is_err());
+        assert!(SuperPayload::parse(&b[..b.len() - 1], 1 << 16).is_err());
+        assert!(SuperPayload::parse(&b, (1 << 16) - 1).is_err());
     }
 
     fn user_state() -> UserState {
@@ -278,18 +278,18 @@ mod tests {
     #[test]
     fn user_state_round_trip_and_flips() {
         let u = user_state();
-        let b = u.encode();
-        assert_eq!(UserState::decode(&b).unwrap(), u);
+        let b = u.emit();
+        assert_eq!(UserState::parse(&b).unwrap(), u);
         for i in 0..b.len() {
             let mut c = b;
             c[i] ^= 1;
-            if let Ok(d) = UserState::decode(&c) {
+            if let Ok(d) = UserState::parse(&c) {
                 assert_ne!(d, u);
                 assert!(i >= 16);
             }
         }
-        assert!(UserState::decode(&b[..USER_STATE_LEN - 1]).is_err());
-        assert!(UserState::decode(&[]).is_err());
+        assert!(UserState::parse(&b[..USER_STATE_LEN - 1]).is_err());
+        assert!(UserState::parse(&[]).is_err());
     }
 
     #[test]
@@ -299,12 +299,12 @@ mod tests {
         v1[..8].copy_from_slice(US_MAGIC);
         v1[8..10].copy_from_slice(&1u16.to_le_bytes());
         v1[10..12].copy_from_slice(&TYPE_US.to_le_bytes());
-        let e = UserState::decode(&v1).unwrap_err();
+        let e = UserState::parse(&v1).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported);
-        let mut b = user_state().encode();
+        let mut b = user_state().emit();
         b[8..10].copy_from_slice(&1u16.to_le_bytes());
         assert_eq!(
-            UserState::decode(&b).unwrap_err().kind(),
+            UserState::parse(&b).unwrap_err().kind(),
             ErrorKind::Unsupported
         );
     }

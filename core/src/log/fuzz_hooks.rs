@@ -9,7 +9,7 @@ use crate::Result;
 
 /// Decodes one journal record (the plaintext a MAC chain carries).
 pub(crate) fn record(b: &[u8]) -> Result<()> {
-    record::decode(b).map(|_| ())
+    record::parse(b).map(|_| ())
 }
 
 /// A valid journal record: a snapshot (`delta == false`) or a delta of

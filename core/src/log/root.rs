@@ -33,7 +33,7 @@ impl StoreRoot {
 
     /// `magic "MDLS" | version u8 | type u8 | half u8 | reserved u8 |
     /// salt [16] | start ChainPos | tail ChainPos`.
-    pub fn encode(&self, out: &mut [u8]) -> Result<()> {
+    pub fn emit(&self, out: &mut [u8]) -> Result<()> {
         ensure!(
             out.len() == Self::ENCODED_LEN,
             InvalidArgument,
@@ -53,8 +53,8 @@ impl StoreRoot {
         let (salt, rest) = rest.split_at_mut(16);
         salt.copy_from_slice(&self.salt);
         let (s, t) = rest.split_at_mut(ChainPos::ENCODED_LEN);
-        s.copy_from_slice(&self.start.encode());
-        t.copy_from_slice(&self.tail.encode());
+        s.copy_from_slice(&self.start.emit());
+        t.copy_from_slice(&self.tail.emit());
         Ok(())
     }
 
@@ -67,12 +67,12 @@ impl StoreRoot {
     /// The encoded root as a fixed-size array.
     pub fn to_bytes(&self) -> Result<[u8; Self::ENCODED_LEN]> {
         let mut b = [0u8; Self::ENCODED_LEN];
-        self.encode(&mut b)?;
+        self.emit(&mut b)?;
         Ok(b)
     }
 
-    /// Parses a root written by [`Self::encode`].
-    pub fn decode(b: &[u8]) -> Result<Self> {
+    /// Parses a root written by [`Self::emit`].
+    pub fn parse(b: &[u8]) -> Result<Self> {
         ensure!(b.len() == Self::ENCODED_LEN, Corrupted, "store root length");
         let (h, rest) = b.split_at(8);
         ensure!(
@@ -91,8 +91,8 @@ impl StoreRoot {
         ensure!(h.get(7) == Some(&0), Corrupted, "store root reserved byte");
         let (salt, rest) = rest.split_at(16);
         let (s, t) = rest.split_at(ChainPos::ENCODED_LEN);
-        let start = ChainPos::decode(s)?;
-        let tail = ChainPos::decode(t)?;
+        let start = ChainPos::parse(s)?;
+        let tail = ChainPos::parse(t)?;
         ensure!(
             tail.seq >= start.seq,
             Corrupted,
@@ -133,10 +133,10 @@ mod tests {
     fn round_trip() {
         let r = sample();
         let b = r.to_bytes().unwrap();
-        assert_eq!(StoreRoot::decode(&b).unwrap(), r);
+        assert_eq!(StoreRoot::parse(&b).unwrap(), r);
         assert_eq!(r.journal_half(), 1);
         let mut short = [0u8; StoreRoot::ENCODED_LEN - 1];
-        assert!(r.encode(&mut short).is_err());
+        assert!(r.emit(&mut short).is_err());
     }
 
     #[test]
@@ -148,7 +148,7 @@ mod tests {
             for bit in 0..8 {
                 let mut c = b;
                 c[i] ^= 1 << bit;
-                match StoreRoot::decode(&c) {
+                match StoreRoot::parse(&c) {
                     Err(e) => {
                         assert_eq!(e.kind(), ErrorKind::Corrupted, "byte {i} bit {bit}");
                         refused += 1;
@@ -166,14 +166,14 @@ mod tests {
     fn wrong_lengths_and_a_tail_before_the_start_are_refused() {
         let b = sample().to_bytes().unwrap();
         for n in [0, 1, StoreRoot::ENCODED_LEN - 1] {
-            assert!(StoreRoot::decode(&b[..n]).is_err(), "{n} bytes");
+            assert!(StoreRoot::parse(&b[..n]).is_err(), "{n} bytes");
         }
         let mut long = [0u8; StoreRoot::ENCODED_LEN + 1];
         long[..StoreRoot::ENCODED_LEN].copy_from_slice(&b);
-        assert!(StoreRoot::decode(&long).is_err());
+        assert!(StoreRoot::parse(&long).is_err());
         let mut r = sample();
         r.tail.seq = 6;
-        let e = StoreRoot::decode(&r.to_bytes().unwrap()).unwrap_err();
+        let e = StoreRoot::parse(&r.to_bytes().unwrap()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupted);
     }
 }

@@ -460,7 +460,7 @@ impl<D: BlockSet> TxLogStore<D> {
         let region = half_range(&journal, root.half)?;
         let (chain, records) = MacChain::open(region, crypto.clone(), key, root.start, root.tail)?;
         let mut recs = records.iter();
-        let first = record::decode(recs.next().ok_or(Error::new(
+        let first = record::parse(recs.next().ok_or(Error::new(
             ErrorKind::Corrupted,
             "journal holds no snapshot",
         ))?)?;
@@ -506,7 +506,7 @@ impl<D: BlockSet> TxLogStore<D> {
         };
         store.apply(first, true)?;
         for r in recs {
-            store.apply(record::decode(r)?, false)?;
+            store.apply(record::parse(r)?, false)?;
         }
         for st in store.logs.values() {
             let cap = (st.chunks.len() as u64).saturating_mul(u64::from(cfg.chunk_blocks));

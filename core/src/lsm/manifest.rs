@@ -71,7 +71,7 @@ const FNV_START: u64 = 0xCBF2_9CE4_8422_2325;
 
 /// Encodes the manifest of `tables` (log key, table) into whole blocks,
 /// owned by the manifest log of key `owner`; returns the blocks.
-pub fn encode<'a>(
+pub fn emit<'a>(
     owner: u64,
     value_size: usize,
     tables: impl Iterator<Item = (u64, &'a TableInfo)> + Clone,
@@ -138,7 +138,7 @@ pub fn encode<'a>(
 /// with each entry's log key and table, in order. Anything that does not
 /// match (a block of another log or out of place, a count, a reserved
 /// byte, the checksum, a table's own checks) is `Corrupted`.
-pub fn decode(
+pub fn parse(
     blocks: &[u8],
     owner: u64,
     value_size: usize,
@@ -269,9 +269,9 @@ mod tests {
             .collect()
     }
 
-    fn decode_all(b: &[u8], owner: u64, n: u32) -> Result<Vec<(u64, TableInfo)>> {
+    fn parse_all(b: &[u8], owner: u64, n: u32) -> Result<Vec<(u64, TableInfo)>> {
         let mut v = vec![];
-        decode(b, owner, 8, n, &mut |k, t| {
+        parse(b, owner, 8, n, &mut |k, t| {
             v.push((k, t));
             Ok(())
         })?;
@@ -282,51 +282,51 @@ mod tests {
     fn round_trip() {
         for n in [0usize, 1, 2, 57, 300] {
             let ts = sample(n);
-            let b = encode(42, 8, ts.iter().map(|(k, t)| (*k, t))).unwrap();
+            let b = emit(42, 8, ts.iter().map(|(k, t)| (*k, t))).unwrap();
             let bytes: usize = ts.iter().map(|(_, t)| entry_len(t)).sum();
             assert_eq!(b.len(), blocks_for(bytes) * BLOCK_SIZE, "{n} tables");
-            assert_eq!(decode_all(&b, 42, n as u32).unwrap(), ts, "{n} tables");
+            assert_eq!(parse_all(&b, 42, n as u32).unwrap(), ts, "{n} tables");
         }
         // 300 tables of this sample take several blocks.
         let ts = sample(300);
-        let b = encode(42, 8, ts.iter().map(|(k, t)| (*k, t))).unwrap();
+        let b = emit(42, 8, ts.iter().map(|(k, t)| (*k, t))).unwrap();
         assert!(b.len() / BLOCK_SIZE >= 5);
     }
 
     #[test]
     fn mismatches_are_refused() {
         let ts = sample(60);
-        let b = encode(42, 8, ts.iter().map(|(k, t)| (*k, t))).unwrap();
-        assert!(decode_all(&b, 43, 60).is_err(), "another owner");
-        assert!(decode_all(&b, 42, 59).is_err(), "another count");
-        assert!(decode(&b, 42, 16, 60, &mut |_, _| Ok(())).is_err());
+        let b = emit(42, 8, ts.iter().map(|(k, t)| (*k, t))).unwrap();
+        assert!(parse_all(&b, 43, 60).is_err(), "another owner");
+        assert!(parse_all(&b, 42, 59).is_err(), "another count");
+        assert!(parse(&b, 42, 16, 60, &mut |_, _| Ok(())).is_err());
         // A block dropped, swapped or added.
-        assert!(decode_all(&b[BLOCK_SIZE..], 42, 60).is_err());
+        assert!(parse_all(&b[BLOCK_SIZE..], 42, 60).is_err());
         let mut sw = b.clone();
         let (x, y) = sw.split_at_mut(BLOCK_SIZE);
         x.swap_with_slice(&mut y[..BLOCK_SIZE]);
-        assert!(decode_all(&sw, 42, 60).is_err());
+        assert!(parse_all(&sw, 42, 60).is_err());
         let mut more = b.clone();
         more.extend_from_slice(&b[..BLOCK_SIZE]);
-        assert!(decode_all(&more, 42, 60).is_err());
-        assert!(decode_all(&[], 42, 0).is_err());
+        assert!(parse_all(&more, 42, 60).is_err());
+        assert!(parse_all(&[], 42, 0).is_err());
         // An entry that fails the table's own checks, checksum recomputed
         // by encoding it: refused.
         let mut bad = ts.clone();
         bad[5].1.min_key = bad[5].1.max_key + 1;
-        let b = encode(42, 8, bad.iter().map(|(k, t)| (*k, t))).unwrap();
-        assert!(decode_all(&b, 42, 60).is_err());
+        let b = emit(42, 8, bad.iter().map(|(k, t)| (*k, t))).unwrap();
+        assert!(parse_all(&b, 42, 60).is_err());
     }
 
     #[test]
     fn every_flipped_byte_is_refused() {
         let ts = sample(70);
-        let b = encode(9, 8, ts.iter().map(|(k, t)| (*k, t))).unwrap();
+        let b = emit(9, 8, ts.iter().map(|(k, t)| (*k, t))).unwrap();
         assert!(b.len() / BLOCK_SIZE >= 2);
         for i in 0..b.len() {
             let mut c = b.clone();
             c[i] ^= 0x10;
-            assert!(decode_all(&c, 9, 70).is_err(), "flip at byte {i} accepted");
+            assert!(parse_all(&c, 9, 70).is_err(), "flip at byte {i} accepted");
         }
     }
 }

@@ -168,9 +168,9 @@ pub trait LsmValue: Clone {
     /// The encoded size (at most [`MAX_VALUE_SIZE`]).
     const SIZE: usize;
     /// Encodes into `out` (exactly `SIZE` bytes, zeroed).
-    fn encode(&self, out: &mut [u8]);
+    fn emit(&self, out: &mut [u8]);
     /// Decodes `SIZE` bytes; an error for malformed bytes.
-    fn decode(b: &[u8]) -> Result<Self>;
+    fn parse(b: &[u8]) -> Result<Self>;
 }
 
 /// The largest [`LsmValue::SIZE`] the tree accepts.
@@ -365,10 +365,10 @@ pub(crate) mod tests {
 
     impl LsmValue for TestVal {
         const SIZE: usize = 8;
-        fn encode(&self, out: &mut [u8]) {
+        fn emit(&self, out: &mut [u8]) {
             out.copy_from_slice(&self.0.to_le_bytes());
         }
-        fn decode(b: &[u8]) -> Result<Self> {
+        fn parse(b: &[u8]) -> Result<Self> {
             let a: [u8; 8] = b
                 .try_into()
                 .map_err(|_| crate::Error::new(crate::ErrorKind::Corrupted, "len"))?;

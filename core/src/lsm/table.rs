@@ -438,7 +438,7 @@ impl TableInfo {
             return Ok(None);
         }
         if flag == FLAG_VALUE {
-            Ok(Some(Some(V::decode(val)?)))
+            Ok(Some(Some(V::parse(val)?)))
         } else {
             Ok(Some(None))
         }
@@ -525,7 +525,7 @@ impl TableBuilder {
         if self.count == records_per_block(self.value_size) {
             self.flush_data(sink)?;
         }
-        let enc = val.map(|v| move |o: &mut [u8]| v.encode(o));
+        let enc = val.map(|v| move |o: &mut [u8]| v.emit(o));
         format::emit_record(
             &mut self.block,
             self.count,
@@ -679,7 +679,7 @@ impl TableCursor {
         let (k, flag, val) = record_at(&self.buf, self.rec, info.value_size)?;
         self.rec += 1;
         let v = if flag == FLAG_VALUE {
-            Some(V::decode(val)?)
+            Some(V::parse(val)?)
         } else {
             None
         };
@@ -742,11 +742,11 @@ pub(crate) mod tests {
     struct Big(u64);
     impl LsmValue for Big {
         const SIZE: usize = 400;
-        fn encode(&self, out: &mut [u8]) {
+        fn emit(&self, out: &mut [u8]) {
             out[..8].copy_from_slice(&self.0.to_le_bytes());
             out[392..].copy_from_slice(&self.0.to_le_bytes());
         }
-        fn decode(b: &[u8]) -> Result<Self> {
+        fn parse(b: &[u8]) -> Result<Self> {
             let v = u64::from_le_bytes(b[..8].try_into().unwrap());
             ensure!(b[392..] == v.to_le_bytes(), Corrupted, "big");
             Ok(Self(v))

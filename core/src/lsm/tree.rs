@@ -385,7 +385,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         mbuf.resize(nblocks * BLOCK_SIZE, 0);
         self.store.read(mid, 0, &mut mbuf)?;
         let mut entries: Vec<(u64, TableInfo)> = Vec::new();
-        manifest::decode(&mbuf, h.manifest_key, V::SIZE, h.tables, &mut |k, info| {
+        manifest::parse(&mbuf, h.manifest_key, V::SIZE, h.tables, &mut |k, info| {
             entries.try_reserve(1)?;
             entries.push((k, info));
             Ok(())
@@ -457,7 +457,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             .flatten()
             .map(|t| (store.log_key(t.id), &t.info));
         let n = tables.clone().count();
-        let blocks = manifest::encode(key, V::SIZE, tables)?;
+        let blocks = manifest::emit(key, V::SIZE, tables)?;
         self.store.append(id, &blocks)?;
         self.store.seal(id)?;
         if let Some(old) = self.manifest.replace(id) {

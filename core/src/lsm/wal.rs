@@ -55,7 +55,7 @@ impl WalBuf {
     /// Adds a record (the buffer must not be full).
     pub fn push<V: LsmValue>(&mut self, key: u64, val: Option<&V>) -> Result<()> {
         ensure!(!self.is_full(), InvalidState, "wal: block full");
-        let enc = val.map(|v| move |o: &mut [u8]| v.encode(o));
+        let enc = val.map(|v| move |o: &mut [u8]| v.emit(o));
         emit_record(
             &mut self.block,
             self.count,
@@ -106,7 +106,7 @@ pub fn parse_block<V: LsmValue>(
     for i in 0..count {
         let (k, flag, val) = record_at(block, i, value_size)?;
         let v = if flag == FLAG_VALUE {
-            Some(V::decode(val)?)
+            Some(V::parse(val)?)
         } else {
             None
         };

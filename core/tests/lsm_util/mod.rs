@@ -25,12 +25,12 @@ pub struct Val(pub u64);
 
 impl LsmValue for Val {
     const SIZE: usize = 56;
-    fn encode(&self, out: &mut [u8]) {
+    fn emit(&self, out: &mut [u8]) {
         for c in out.chunks_exact_mut(8) {
             c.copy_from_slice(&self.0.to_le_bytes());
         }
     }
-    fn decode(b: &[u8]) -> Result<Self> {
+    fn parse(b: &[u8]) -> Result<Self> {
         if b.len() != 56 {
             return Err(Error::new(ErrorKind::Corrupted, "test value length"));
         }

@@ -636,7 +636,7 @@ fn read_geometry(p: &Path, l: &Locked, key: &[u8]) -> Res<Geometry> {
     let dev = disk_of(l, p)?;
     let n = dev.nblocks();
     let (_, payload) = AuthBlob::open(&dev, 0, crypto(), key).map_err(|e| core_fail(p, e))?;
-    let sp = SuperPayload::decode(&payload, n).map_err(|e| core_fail(p, e))?;
+    let sp = SuperPayload::parse(&payload, n).map_err(|e| core_fail(p, e))?;
     Ok(sp.geo)
 }
 
