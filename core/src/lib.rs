@@ -49,6 +49,7 @@ extern crate std;
 #[cfg(all(feature = "std", not(test)))]
 extern crate std;
 
+pub(crate) mod codec;
 mod error;
 
 pub mod bio;

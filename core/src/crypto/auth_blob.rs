@@ -44,6 +44,7 @@
 use alloc::vec::Vec;
 
 use crate::bio::{BlockSet, BLOCK_SIZE};
+use crate::codec::put_field;
 use crate::platform::{kdf, kdf_key, wipe, Crypto, Hash, Iv, Mac, IV_LEN};
 use crate::{ensure, CryptoRef, Error, ErrorKind, Result};
 
@@ -130,14 +131,6 @@ enum Slot {
 
 fn corrupted(msg: &'static str) -> Error {
     Error::new(ErrorKind::Corrupted, msg)
-}
-
-fn put(buf: &mut [u8], range: core::ops::Range<usize>, val: &[u8]) -> Result<()> {
-    buf.get_mut(range)
-        .filter(|d| d.len() == val.len())
-        .ok_or(corrupted("slot field"))?
-        .copy_from_slice(val);
-    Ok(())
 }
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -307,29 +300,29 @@ impl<D: BlockSet> AuthBlob<D> {
         let (header, body) = block
             .split_at_mut_checked(HEADER_LEN)
             .ok_or(corrupted("slot"))?;
-        put(header, field::MAGIC, &MAGIC)?;
-        put(
+        put_field(header, field::MAGIC, &MAGIC)?;
+        put_field(
             header,
             field::VERSION..field::VERSION + 1,
             &[FORMAT_VERSION],
         )?;
-        put(header, field::TYPE..field::TYPE + 1, &[SLOT_TYPE])?;
-        put(header, field::BLOB_VERSION, &version.to_le_bytes())?;
-        put(header, field::LEN, &(payload.len() as u32).to_le_bytes())?;
+        put_field(header, field::TYPE..field::TYPE + 1, &[SLOT_TYPE])?;
+        put_field(header, field::BLOB_VERSION, &version.to_le_bytes())?;
+        put_field(header, field::LEN, &(payload.len() as u32).to_le_bytes())?;
         let mut salt = [0u8; SALT_LEN];
         self.crypto.fill_random(&mut salt)?;
-        put(header, field::SALT, &salt)?;
+        put_field(header, field::SALT, &salt)?;
         let (seal, check) = self.keys(&salt)?;
-        put(header, field::CHECK, &check)?;
+        put_field(header, field::CHECK, &check)?;
         let mut iv: Iv = [0; IV_LEN];
         self.crypto.fill_random(&mut iv)?;
-        put(header, field::IV, &iv)?;
+        put_field(header, field::IV, &iv)?;
         body.get_mut(..payload.len())
             .ok_or(corrupted("slot"))?
             .copy_from_slice(payload);
         let aad = self.aad(slot, header.get(field::AUTH).ok_or(corrupted("slot"))?)?;
         let mac = self.crypto.aead_seal(&seal, &iv, &aad, body)?;
-        put(header, field::MAC, &mac)?;
+        put_field(header, field::MAC, &mac)?;
         let at = self
             .pos
             .checked_add(slot)

@@ -70,6 +70,7 @@
 use alloc::vec::Vec;
 
 use crate::bio::{BlockSet, BLOCK_SIZE};
+use crate::codec::put_field;
 use crate::platform::{AeadKey, Iv, Mac, IV_LEN, MAC_LEN};
 use crate::{ensure, CryptoRef, Error, ErrorKind, Result};
 
@@ -407,27 +408,27 @@ impl<D: BlockSet> MacChain<D> {
     fn seal(&self, block: &mut [u8], at: &ChainPos, flags: u8, payload: &[u8]) -> Result<Mac> {
         let (header, body) = block.split_at_mut_checked(HEADER_LEN).ok_or(corrupted())?;
         let len = u32::try_from(payload.len()).map_err(|_| corrupted())?;
-        put(header, field::MAGIC, &MAGIC)?;
-        put(
+        put_field(header, field::MAGIC, &MAGIC)?;
+        put_field(
             header,
             field::VERSION..field::VERSION + 1,
             &[FORMAT_VERSION],
         )?;
-        put(header, field::TYPE..field::TYPE + 1, &[BLOCK_TYPE])?;
-        put(header, field::FLAGS..field::FLAGS + 1, &[flags])?;
-        put(header, field::RESERVED..field::RESERVED + 1, &[0])?;
-        put(header, field::SEQ, &at.seq.to_le_bytes())?;
-        put(header, field::LEN, &len.to_le_bytes())?;
+        put_field(header, field::TYPE..field::TYPE + 1, &[BLOCK_TYPE])?;
+        put_field(header, field::FLAGS..field::FLAGS + 1, &[flags])?;
+        put_field(header, field::RESERVED..field::RESERVED + 1, &[0])?;
+        put_field(header, field::SEQ, &at.seq.to_le_bytes())?;
+        put_field(header, field::LEN, &len.to_le_bytes())?;
         let mut iv: Iv = [0; IV_LEN];
         self.crypto.fill_random(&mut iv)?;
-        put(header, field::IV, &iv)?;
+        put_field(header, field::IV, &iv)?;
         body.fill(0);
         body.get_mut(..payload.len())
             .ok_or(corrupted())?
             .copy_from_slice(payload);
         let aad = aad(header.get(field::AUTH).ok_or(corrupted())?, &at.mac).ok_or(corrupted())?;
         let mac = self.crypto.aead_seal(&self.key, &iv, &aad, body)?;
-        put(header, field::MAC, &mac)?;
+        put_field(header, field::MAC, &mac)?;
         Ok(mac)
     }
 
@@ -494,14 +495,6 @@ fn aad(auth: &[u8], prev: &Mac) -> Option<[u8; 20 + MAC_LEN]> {
     h.copy_from_slice(auth.get(..20)?);
     p.copy_from_slice(prev);
     Some(a)
-}
-
-fn put(buf: &mut [u8], range: core::ops::Range<usize>, val: &[u8]) -> Result<()> {
-    buf.get_mut(range)
-        .filter(|d| d.len() == val.len())
-        .ok_or(corrupted())?
-        .copy_from_slice(val);
-    Ok(())
 }
 
 /// Splits a commit's payload stream into records.

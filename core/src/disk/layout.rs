@@ -360,7 +360,7 @@ impl Geometry {
         let out = out
             .get_mut(..GEOMETRY_LEN)
             .ok_or(Error::new(ErrorKind::InvalidArgument, "geometry buffer"))?;
-        let mut w = super::codec::Writer::new(out);
+        let mut w = crate::codec::Writer::new(out);
         w.u64(self.total_blocks)?;
         w.u64(self.journal_start)?;
         w.u64(self.journal_len)?;
@@ -376,7 +376,7 @@ impl Geometry {
 
     /// Parses an encoding made by [`Geometry::emit`] (not validated).
     pub fn parse(b: &[u8]) -> Result<Self> {
-        let mut r = super::codec::Reader::new(b);
+        let mut r = crate::codec::Reader::new(b);
         let g = Self {
             total_blocks: r.u64()?,
             journal_start: r.u64()?,

@@ -84,7 +84,6 @@
 pub mod anchor;
 pub mod block_anchor;
 pub mod coalesce;
-mod codec;
 pub mod counted;
 pub mod index;
 pub mod layout;

@@ -41,8 +41,8 @@
 
 use alloc::vec::Vec;
 
-use super::codec::{Reader, Writer};
 use super::layout::{Geometry, GEOMETRY_LEN};
+use crate::codec::{Reader, Writer};
 use crate::platform::{Crypto, Hash, HASH_LEN};
 use crate::{bail, ensure, Error, ErrorKind, Result};
 

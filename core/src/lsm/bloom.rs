@@ -141,7 +141,7 @@ impl BloomBuilder {
             owner,
         }
         .emit(out)?;
-        super::format::put(out, HEADER_LEN, src)
+        crate::codec::put(out, HEADER_LEN, src)
     }
 }
 

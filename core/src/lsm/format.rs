@@ -24,6 +24,7 @@
 //! the MAC.
 
 use crate::bio::BLOCK_SIZE;
+use crate::codec::{get_u16, get_u64, get_u8, put};
 use crate::{bail, ensure, Error, ErrorKind, Result};
 
 /// Magic bytes at the start of every LSM block.
@@ -152,49 +153,6 @@ pub const fn records_per_block(value_size: usize) -> usize {
 
 /// The largest value size a tree accepts (at least 8 records per block).
 pub const MAX_VALUE_SIZE: usize = PAYLOAD_LEN / 8 - 9;
-
-/// Writes `bytes` at `off` of `buf`, with a length check.
-pub fn put(buf: &mut [u8], off: usize, bytes: &[u8]) -> Result<()> {
-    let end = off
-        .checked_add(bytes.len())
-        .ok_or(Error::new(ErrorKind::InvalidArgument, "offset overflow"))?;
-    buf.get_mut(off..end)
-        .ok_or(Error::new(ErrorKind::InvalidArgument, "write past buffer"))?
-        .copy_from_slice(bytes);
-    Ok(())
-}
-
-fn get_arr<const N: usize>(buf: &[u8], off: usize) -> Result<[u8; N]> {
-    let end = off
-        .checked_add(N)
-        .ok_or(Error::new(ErrorKind::Corrupted, "offset overflow"))?;
-    let s = buf
-        .get(off..end)
-        .ok_or(Error::new(ErrorKind::Corrupted, "lsm block: read past end"))?;
-    let mut a = [0u8; N];
-    a.copy_from_slice(s);
-    Ok(a)
-}
-
-/// Reads a byte at `off`.
-pub fn get_u8(buf: &[u8], off: usize) -> Result<u8> {
-    Ok(get_arr::<1>(buf, off)?[0])
-}
-
-/// Reads a little-endian u16 at `off`.
-pub fn get_u16(buf: &[u8], off: usize) -> Result<u16> {
-    get_arr(buf, off).map(u16::from_le_bytes)
-}
-
-/// Reads a little-endian u32 at `off`.
-pub fn get_u32(buf: &[u8], off: usize) -> Result<u32> {
-    get_arr(buf, off).map(u32::from_le_bytes)
-}
-
-/// Reads a little-endian u64 at `off`.
-pub fn get_u64(buf: &[u8], off: usize) -> Result<u64> {
-    get_arr(buf, off).map(u64::from_le_bytes)
-}
 
 /// Flag byte of a tombstone record.
 pub const FLAG_TOMBSTONE: u8 = 0;

@@ -24,7 +24,7 @@
 
 use alloc::vec::Vec;
 
-use super::format::{get_u16, get_u32, get_u64, put};
+use crate::codec::{get_u16, get_u32, get_u64, put};
 use crate::{ensure, Error, ErrorKind, Result};
 
 const MAGIC: [u8; 8] = *b"MLSMTREE";

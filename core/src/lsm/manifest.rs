@@ -33,10 +33,11 @@
 
 use alloc::vec::Vec;
 
-use super::format::{self, get_u32, get_u64, get_u8, put, BlockKind, Header, HEADER_LEN};
+use super::format::{self, BlockKind, Header, HEADER_LEN};
 use super::table::TableInfo;
 use super::TAG_BASE;
 use crate::bio::BLOCK_SIZE;
+use crate::codec::{self, get_u32, get_u64, get_u8, put};
 use crate::{ensure, Error, ErrorKind, Result};
 
 /// The tag of the manifest log.
@@ -182,7 +183,7 @@ pub fn parse(
             "manifest: index block count"
         );
         ensure!(
-            format::get_u16(&s, off + 62)? == 0,
+            codec::get_u16(&s, off + 62)? == 0,
             Corrupted,
             "manifest: reserved bytes set"
         );

@@ -30,11 +30,12 @@ use alloc::vec::Vec;
 
 use super::bloom::{self, BloomBuilder};
 use super::format::{
-    self, check_records, get_u64, put, record_at, records_per_block, BlockKind, Header, FLAG_VALUE,
-    HEADER_LEN, PAYLOAD_LEN,
+    self, check_records, record_at, records_per_block, BlockKind, Header, FLAG_VALUE, HEADER_LEN,
+    PAYLOAD_LEN,
 };
 use super::LsmValue;
 use crate::bio::BLOCK_SIZE;
+use crate::codec::{self, get_u64, put};
 use crate::{bail, ensure, Error, ErrorKind, Result};
 
 /// Index entries (data blocks) per index block.
@@ -209,11 +210,11 @@ impl TableInfo {
             records: get_u64(block, 24)?,
             min_key: get_u64(block, 32)?,
             max_key: get_u64(block, 40)?,
-            n_data: format::get_u32(block, 48)?,
-            n_index: format::get_u32(block, 52)?,
-            n_bloom: format::get_u32(block, 56)?,
-            level: format::get_u8(block, 60)?,
-            bloom_k: format::get_u8(block, 61)?,
+            n_data: codec::get_u32(block, 48)?,
+            n_index: codec::get_u32(block, 52)?,
+            n_bloom: codec::get_u32(block, 56)?,
+            level: codec::get_u8(block, 60)?,
+            bloom_k: codec::get_u8(block, 61)?,
             tombstones: get_u64(block, 64)?,
             index_dir: Vec::new(),
             value_size,
@@ -327,7 +328,7 @@ impl TableInfo {
 
     /// The number of records of a checked data block.
     pub fn data_count(block: &[u8]) -> Result<usize> {
-        format::get_u16(block, 6).map(usize::from)
+        codec::get_u16(block, 6).map(usize::from)
     }
 
     /// Checks index block `j`.
@@ -386,7 +387,7 @@ impl TableInfo {
         }
         let pos = u64::from(self.n_data) + j as u64;
         let blk = f.fetch(pos, BlockKind::Index, &|blk| self.check_index(j, blk))?;
-        let cnt = usize::from(format::get_u16(blk, 6)?);
+        let cnt = usize::from(codec::get_u16(blk, 6)?);
         let (mut lo, mut hi) = (0usize, cnt);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -447,7 +448,7 @@ impl TableInfo {
 
 #[cfg(any(test, feature = "fuzzing"))]
 fn get_u16_pair_zero(block: &[u8]) -> Result<bool> {
-    Ok(format::get_u16(block, 62)? == 0)
+    Ok(codec::get_u16(block, 62)? == 0)
 }
 
 /// Writes a table block by block, through a sink that appends each block to
