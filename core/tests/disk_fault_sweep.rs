@@ -56,7 +56,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Once};
 use std::time::Instant;
 
-use disk_common::{blocks, check, crypto, small_cfg, Crash, Dev, Disk, KEY};
+use disk_common::{blocks, check, crypto, small_cfg, Crash, Dev, Disk, Rng, KEY};
 use mlsdisk_core::bio::{CrashDisk, FaultDisk, IoKind, MemDisk, BLOCK_SIZE};
 use mlsdisk_core::disk::{DiskConfig, LayoutConfig, MemAnchor, MlsDisk, NoAnchor};
 use mlsdisk_core::{Error, ErrorKind};
@@ -700,18 +700,6 @@ impl Fault {
 
 /// LBAs at the end of the disk that no workload writes.
 const NEVER: u64 = 4;
-
-/// A deterministic generator for workloads.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// The setup of the I/O sweep.
 struct Setup {

@@ -18,18 +18,6 @@ mod disk_common;
 use disk_common::*;
 use mlsdisk_core::bio::BLOCK_SIZE;
 
-/// xorshift64.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Fills the disk, then `writes` random 1-4 block writes with a sync
 /// every 97 and `steps` background steps every `every` writes (none when
 /// `every` is 0). Checks every block at the end.

@@ -17,17 +17,6 @@ use mlsdisk_core::bio::{IoKind, BLOCK_SIZE};
 use mlsdisk_core::disk::{EngineLock, ParallelReads, ReadPlan, ReadPlanner};
 use mlsdisk_core::ErrorKind;
 
-/// A tiny deterministic generator for workloads.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// The tag a block made by `fill(b, lba, tag)` carries, if it is one.
 fn tag_of(b: &[u8], lba: u64) -> Option<u64> {
     if b.iter().all(|&x| x == 0) {

@@ -258,3 +258,16 @@ impl Harness {
         self.crash_and_reopen_keep(&|_| false)
     }
 }
+
+/// A tiny deterministic generator for workloads (xorshift64).
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value, below `n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
