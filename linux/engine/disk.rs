@@ -29,8 +29,9 @@ use mlsdisk_core::disk::{
 use mlsdisk_core::{Cause, CryptoRef, Error as CoreError, ErrorKind};
 
 use crate::engine::Engine;
-use crate::kernel_platform::bio::{BdevBlockSet, NoIoScope};
+use crate::kernel_platform::bio::BdevBlockSet;
 use crate::kernel_platform::crypto::KernelCrypto;
+use crate::kernel_platform::work::NoIoScope;
 use crate::kernel_platform::CtrError;
 use crate::table::Mode;
 

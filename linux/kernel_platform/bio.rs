@@ -20,6 +20,7 @@ use mlsdisk_core::bio::{check_range, BlockSet, BLOCK_SIZE};
 use mlsdisk_core::{Error as CoreError, ErrorKind, Result as CoreResult};
 
 use crate::kernel_platform::bindings;
+use crate::kernel_platform::work::NoIoScope;
 
 /// 512-byte sectors per 4 KiB block.
 const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
@@ -213,30 +214,6 @@ impl BlockSet for BdevBlockSet {
 
     fn nblocks(&self) -> u64 {
         self.nblocks
-    }
-}
-
-/// A scope in which the kernel's allocations do no I/O (`GFP_NOIO`
-/// implied), so that memory reclaim never writes back through the device
-/// whose I/O is being served. Restored on drop.
-pub(crate) struct NoIoScope(c_uint, core::marker::PhantomData<*mut ()>);
-
-impl NoIoScope {
-    /// Enters the scope for the current task.
-    pub(crate) fn enter() -> Self {
-        // SAFETY: marks the current task; paired with the restore in `drop`
-        // on the same task (the scope is not `Send`, so it is dropped on this task).
-        Self(
-            unsafe { bindings::mlsdisk_noio_save() },
-            core::marker::PhantomData,
-        )
-    }
-}
-
-impl Drop for NoIoScope {
-    fn drop(&mut self) {
-        // SAFETY: restores the flags saved by `enter` on this task.
-        unsafe { bindings::mlsdisk_noio_restore(self.0) };
     }
 }
 

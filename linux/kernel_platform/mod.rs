@@ -7,13 +7,14 @@
 //!   API (`gcm(aes)` transform pool, SHA-256/HMAC library, kernel RNG);
 //! - [`bio`]: `BdevBlockSet`, the core's `BlockSet` over a block device
 //!   (bios, real cache flushes), the engine's exclusive open of its
-//!   backing device, `on_worker` and `NoIoScope`;
+//!   backing device, and `on_worker`;
 //! - [`parallel`]: `KernelParallel`, the core's `Parallel` on an unbound
 //!   workqueue (sealing a write buffer on every CPU), and the module's
 //!   shared workqueues (`mlsdisk_par`, `mlsdisk_sync`);
 //! - [`work`]: `WorkQueue` and `Ordered`, the ordered queue with idle
 //!   background work both devices serve their writes on, over
-//!   `kernel::workqueue`;
+//!   `kernel::workqueue`, and `NoIoScope` (work the device's I/O may
+//!   wait on allocates without I/O);
 //! - [`allocator`]: the global allocator of `alloc` (and so of the engine) over
 //!   `kvmalloc`; `alloc_shim.rs` is built as a crate of its own (Kbuild);
 //! - `platform.c`, `helpers.c`: the C side, for what the 7.3

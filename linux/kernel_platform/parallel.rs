@@ -33,7 +33,7 @@ use kernel::sync::Completion;
 use kernel::workqueue::{impl_has_work, new_work, Queue, Work, WorkItem};
 use mlsdisk_core::platform::{Job, Parallel};
 
-use super::bio::NoIoScope;
+use super::work::NoIoScope;
 use super::work::WorkQueue;
 
 /// The C side (`helpers.c`, declared in `bindings/mlsdisk_helpers.h`).

@@ -208,3 +208,27 @@ impl<S: Serve> Ordered<S> {
         Self::kick(this);
     }
 }
+
+/// A scope in which the kernel's allocations do no I/O (`GFP_NOIO`
+/// implied), so that memory reclaim never writes back through the device
+/// whose I/O is being served. Restored on drop.
+pub(crate) struct NoIoScope(kernel::ffi::c_uint, core::marker::PhantomData<*mut ()>);
+
+impl NoIoScope {
+    /// Enters the scope for the current task.
+    pub(crate) fn enter() -> Self {
+        // SAFETY: marks the current task; paired with the restore in `drop`
+        // on the same task (the scope is not `Send`, so it is dropped on this task).
+        Self(
+            unsafe { crate::kernel_platform::bindings::mlsdisk_noio_save() },
+            core::marker::PhantomData,
+        )
+    }
+}
+
+impl Drop for NoIoScope {
+    fn drop(&mut self) {
+        // SAFETY: restores the flags saved by `enter` on this task.
+        unsafe { crate::kernel_platform::bindings::mlsdisk_noio_restore(self.0) };
+    }
+}
