@@ -74,7 +74,13 @@ pub struct LayoutConfig {
     /// Journal region size in blocks; 0 = `clamp(total / 1024, 128, 16384)`.
     pub journal_blocks: u64,
     /// Chunk (index) region size in blocks; 0 = sized for the index's
-    /// shape (see the module documentation).
+    /// shape (see the module documentation), what the CLI and the kernel
+    /// module always use. An explicit size is for tests: one too small
+    /// for the LSM configuration's space bounds (the foreground's room
+    /// for a memtable, the work in progress and the next compaction) never
+    /// admits a compaction, and writes to a full disk then end in
+    /// `NoSpace` (`core/tests/disk_index_pace.rs`; nothing checks this at
+    /// create).
     pub index_blocks: u64,
 }
 
