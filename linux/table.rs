@@ -306,6 +306,15 @@ fn hex_digit(c: u8) -> Option<u8> {
     }
 }
 
+/// Parses a cache budget in MiB: a decimal number from [`CACHE_MIB_MIN`]
+/// to [`CACHE_MIB_MAX`] (the table's `cache_mib=` and the blk-mq disks'
+/// `disk_cache_mib` parameter). `None` for anything else.
+pub(crate) fn parse_cache_mib(s: &[u8]) -> Option<u32> {
+    parse_decimal(s)
+        .and_then(|v| u32::try_from(v).ok())
+        .filter(|v| (CACHE_MIB_MIN..=CACHE_MIB_MAX).contains(v))
+}
+
 fn parse_decimal(s: &[u8]) -> Option<usize> {
     if s.is_empty() || s.len() > 9 {
         return None;
@@ -444,10 +453,7 @@ fn parse_options<'a>(args: &[&'a [u8]]) -> Result<Options, TableError<'a>> {
             if options.cache_mib.is_some() {
                 return Err(TableError::DuplicateOption(b"cache_mib"));
             }
-            let mib = parse_decimal(n)
-                .and_then(|v| u32::try_from(v).ok())
-                .filter(|v| (CACHE_MIB_MIN..=CACHE_MIB_MAX).contains(v))
-                .ok_or(TableError::BadCacheSize(n))?;
+            let mib = parse_cache_mib(n).ok_or(TableError::BadCacheSize(n))?;
             options.cache_mib = Some(mib);
             continue;
         }

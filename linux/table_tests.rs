@@ -149,6 +149,19 @@ fn cache_budget_option() {
 }
 
 #[test]
+fn cache_budget_alone() {
+    // The same grammar for the blk-mq disks' `disk_cache_mib` items.
+    assert_eq!(parse_cache_mib(b"4"), Some(CACHE_MIB_MIN));
+    assert_eq!(parse_cache_mib(b"16384"), Some(CACHE_MIB_MAX));
+    assert_eq!(parse_cache_mib(b"0064"), Some(64));
+    let out_of_range: [&[u8]; 4] = [b"0", b"3", b"16385", b"999999999999"];
+    let not_decimal: [&[u8]; 5] = [b"", b"-1", b"+8", b"8M", b" 8"];
+    for s in out_of_range.into_iter().chain(not_decimal) {
+        assert_eq!(parse_cache_mib(s), None, "{s:?}");
+    }
+}
+
+#[test]
 fn keyring_references_are_checked_and_kept() {
     let line = parse(&[b"/dev/vdb", b":32:logon:mlsdisk:test"]).unwrap();
     let KeySpec::Keyring(r) = line.key else {

@@ -15,6 +15,7 @@ const char *mlsdisk_blk_param_backing(void);
 const char *mlsdisk_blk_param_key(void);
 const char *mlsdisk_blk_param_mode(void);
 const char *mlsdisk_blk_param_anchor(void);
+const char *mlsdisk_blk_param_cache_mib(void);
 /* Overwrites the disk_key parameter's string with zeros. */
 void mlsdisk_blk_wipe_key_param(void);
 

@@ -38,14 +38,16 @@ unsafe impl Send for BlkDisk {}
 unsafe impl Sync for BlkDisk {}
 
 /// Creates or opens the engine of disk `index` on `dev`, with the rollback
-/// anchor on `anchor` if given (on a worker). Returns it and its logical
-/// capacity in blocks.
+/// anchor on `anchor` if given and the caches' budget `cache_mib` (`None`:
+/// the engine's default), on a worker. Returns it and its logical capacity
+/// in blocks.
 pub(super) fn start_engine(
     index: c_int,
     dev: u32,
     (create, force): (bool, bool),
     key: &RawKey,
     anchor: Option<u32>,
+    cache_mib: Option<u32>,
 ) -> Result<(Box<dyn Engine>, u64)> {
     let opened = on_worker(|| -> Result<(Box<dyn Engine>, u64)> {
         // Exclusive: a dm table, a mount or another disk on the same
@@ -82,16 +84,14 @@ pub(super) fn start_engine(
             } else {
                 table::Mode::Open
             });
-            match anchor {
-                Some(anchor) => crate::engine::disk::start_with_anchor(
-                    mode,
-                    force,
-                    set,
-                    key.as_bytes(),
-                    Some(anchor),
-                ),
-                None => crate::engine::disk::start(mode, force, set, key.as_bytes()),
-            }
+            crate::engine::disk::start_with_options(
+                mode,
+                force,
+                set,
+                key.as_bytes(),
+                anchor,
+                cache_mib,
+            )
             .map_err(|e| {
                 pr_err!("mlsdisk{}: {}\n", index, e.msg);
                 e.err
@@ -99,7 +99,7 @@ pub(super) fn start_engine(
         }
         #[cfg(mlsdisk_passthrough)]
         {
-            let _ = (create, force, key, anchor, index);
+            let _ = (create, force, key, anchor, index, cache_mib);
             let (engine, nblocks) = crate::engine::PassThrough::new(set);
             Ok((Box::new(engine) as Box<dyn Engine>, nblocks))
         }
@@ -140,6 +140,8 @@ impl BlkDisks {
         let mode = param(unsafe { ffi::mlsdisk_blk_param_mode() });
         // SAFETY: no preconditions.
         let anchors = param(unsafe { ffi::mlsdisk_blk_param_anchor() });
+        // SAFETY: no preconditions.
+        let cache = param(unsafe { ffi::mlsdisk_blk_param_cache_mib() });
         let n = items(backing).count();
         if n == 0 {
             // SAFETY: no preconditions.
@@ -153,6 +155,10 @@ impl BlkDisks {
                 pr_err!("disk_anchor given without disk_backing\n");
                 return Err(EINVAL);
             }
+            if !cache.is_empty() {
+                pr_err!("disk_cache_mib given without disk_backing\n");
+                return Err(EINVAL);
+            }
             return Ok(Opened(KVec::new()));
         }
         // The keys first: the parameter is wiped whatever happens next.
@@ -163,9 +169,10 @@ impl BlkDisks {
         }
         check_count("disk_mode", mode, n)?;
         check_count("disk_anchor", anchors, n)?;
+        check_count("disk_cache_mib", cache, n)?;
         let mut all = KVec::<DiskParams<'_>>::with_capacity(n, GFP_KERNEL)?;
         for (i, one) in items(backing).enumerate() {
-            all.push(disk_params(i, one, mode, anchors)?, GFP_KERNEL)?;
+            all.push(disk_params(i, one, mode, anchors, cache)?, GFP_KERNEL)?;
         }
         // No device twice: not two disks on one backing device, no anchor
         // on a backing device or shared by two disks.
@@ -205,6 +212,7 @@ impl BlkDisks {
                 (p.create, p.force),
                 key,
                 p.anchor.map(|(_, d)| d),
+                p.cache_mib,
             ) {
                 Ok(disk) => disk,
                 Err(e) => {
@@ -221,13 +229,14 @@ impl BlkDisks {
                 }
             };
             pr_info!(
-                "mlsdisk{}: {} on {} ({} blocks of 4 KiB, {}-bit root key, {}){}\n",
+                "mlsdisk{}: {} on {} ({} blocks of 4 KiB, {}-bit root key, {}, {}){}\n",
                 i,
                 if p.create { "created" } else { "opened" },
                 format_args!("{}", table::Escaped(p.backing)),
                 disk.capacity_blocks(),
                 key.bits(),
                 format_args!("{}", AnchorShown(p.anchor.map(|(name, _)| name))),
+                format_args!("{}", CacheShown(p.cache_mib)),
                 if cfg!(not(mlsdisk_passthrough)) {
                     ""
                 } else {
@@ -295,6 +304,18 @@ impl Opened {
         // Any disks left in `rest` are closed, never added.
         drop(rest);
         Ok(disks)
+    }
+}
+
+/// "cache budget <N> MiB" (`disk_cache_mib`) or "default cache budget".
+pub(super) struct CacheShown(Option<u32>);
+
+impl fmt::Display for CacheShown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(mib) => write!(f, "cache budget {mib} MiB"),
+            None => f.write_str("default cache budget"),
+        }
     }
 }
 
@@ -375,11 +396,12 @@ impl Pending {
         mode: (bool, bool),
         key: &RawKey,
         anchor: Option<u32>,
+        cache_mib: Option<u32>,
     ) -> Result<Self> {
         // One user per backing device: refused if a dm table (or another
         // disk) has it, and it stays registered until the engine is closed.
         let claim = BlkClaim::new(dev, index)?;
-        let (engine, capacity) = start_engine(index, dev, mode, key, anchor)?;
+        let (engine, capacity) = start_engine(index, dev, mode, key, anchor, cache_mib)?;
         let mut buf = Vec::new();
         buf.try_reserve_exact(MAX_IO_SECTORS as usize * 512)
             .map_err(|_| ENOMEM)?;

@@ -72,6 +72,10 @@ static char *disk_anchor;
 module_param(disk_anchor, charp, 0);
 MODULE_PARM_DESC(disk_anchor,
 		 "rollback anchor device per disk (comma list of none, a path or major:minor); default none");
+static char *disk_cache_mib;
+module_param(disk_cache_mib, charp, 0);
+MODULE_PARM_DESC(disk_cache_mib,
+		 "memory budget of each disk's caches in MiB, as the table's cache_mib= (4 to 16384; default the engine's, 64); one for all disks or a comma list");
 
 const char *mlsdisk_blk_param_backing(void)
 {
@@ -91,6 +95,11 @@ const char *mlsdisk_blk_param_mode(void)
 const char *mlsdisk_blk_param_anchor(void)
 {
 	return disk_anchor;
+}
+
+const char *mlsdisk_blk_param_cache_mib(void)
+{
+	return disk_cache_mib;
 }
 
 void mlsdisk_blk_wipe_key_param(void)

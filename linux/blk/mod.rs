@@ -8,8 +8,9 @@
 //!     disk_mode=create disk_anchor=none,/dev/vdc
 //! ```
 //!
-//! Each parameter is a comma list; `disk_key`, `disk_mode` and
-//! `disk_anchor` give either one item for every disk or one per disk.
+//! Each parameter is a comma list; `disk_key`, `disk_mode`, `disk_anchor`
+//! and `disk_cache_mib` give either one item for every disk or one per
+//! disk.
 //!
 //! - `disk_backing`: the backing block devices (path or `major:minor`), at
 //!   most [`MAX_DISKS`]; the Nth makes `/dev/mlsdisk<N-1>`. Without it no
@@ -22,8 +23,13 @@
 //! - `disk_mode`: `create` formats the device, `open` (the default) opens
 //!   an existing disk.
 //! - `disk_anchor`: `none` (the default) or the device of the disk's
-//!   rollback anchor (`engine_disk::start_with_anchor`, as the table's
+//!   rollback anchor (`engine::disk::start_with_options`, as the table's
 //!   `anchor=dev:<device>`).
+//! - `disk_cache_mib`: the memory budget of the disk's caches in MiB, as
+//!   the table's `cache_mib=` (the same range, [`table::CACHE_MIB_MIN`] to
+//!   [`table::CACHE_MIB_MAX`]); not given: the engine's default (64 MiB).
+//!   A value out of range or not a number fails `insmod`
+//!   (`mlsdisk<N>: disk_cache_mib '<value>': expected ...`).
 //!
 //! No device may serve two disks (as backing or anchor), nor be a disk's
 //! backing and anchor. All or nothing: the disks are opened in order, and

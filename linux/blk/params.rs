@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
 
 //! The module parameters of the blk-mq disks (`disk_backing`, `disk_key`,
-//! `disk_mode`, `disk_anchor`; see `mod.rs`): the comma lists, the keys
-//! (the `disk_key` string is wiped whatever happens) and each disk's
-//! checked parameters.
+//! `disk_mode`, `disk_anchor`, `disk_cache_mib`; see `mod.rs`): the comma
+//! lists, the keys (the `disk_key` string is wiped whatever happens) and
+//! each disk's checked parameters.
 
 use super::*;
 
@@ -111,15 +111,41 @@ pub(super) struct DiskParams<'a> {
     pub(super) force: bool,
     /// The anchor's name and `dev_t`.
     pub(super) anchor: Option<(&'a [u8], u32)>,
+    /// The caches' memory budget in MiB (`None`: the engine's default).
+    pub(super) cache_mib: Option<u32>,
 }
 
-/// The parameters of disk `i` of `n`, checked (mode, devices found, the
-/// anchor not the backing device).
+/// The cache budget of disk `i` from the `disk_cache_mib` list: `None`
+/// (the engine's default) when not given, else a number of MiB in the
+/// table option's range ([`table::CACHE_MIB_MIN`] to
+/// [`table::CACHE_MIB_MAX`]).
+pub(super) fn cache_mib_for(i: usize, cache: &[u8]) -> Result<Option<u32>> {
+    let Some(item) = item_for(cache, i) else {
+        return Ok(None);
+    };
+    match table::parse_cache_mib(item) {
+        Some(mib) => Ok(Some(mib)),
+        None => {
+            pr_err!(
+                "mlsdisk{}: disk_cache_mib '{}': expected a number of MiB from {} to {}\n",
+                i,
+                format_args!("{}", table::Escaped(item)),
+                table::CACHE_MIB_MIN,
+                table::CACHE_MIB_MAX
+            );
+            Err(EINVAL)
+        }
+    }
+}
+
+/// The parameters of disk `i` of `n`, checked (mode, cache budget, devices
+/// found, the anchor not the backing device).
 pub(super) fn disk_params<'a>(
     i: usize,
     backing: &'a [u8],
     mode: &'a [u8],
     anchors: &'a [u8],
+    cache: &[u8],
 ) -> Result<DiskParams<'a>> {
     let (create, force) = match item_for(mode, i).unwrap_or(b"") {
         b"" | b"open" => (false, false),
@@ -134,6 +160,7 @@ pub(super) fn disk_params<'a>(
             return Err(EINVAL);
         }
     };
+    let cache_mib = cache_mib_for(i, cache)?;
     let dev = device_number(backing).inspect_err(|e| {
         pr_err!(
             "mlsdisk{}: cannot find the backing device '{}': error {}\n",
@@ -169,5 +196,6 @@ pub(super) fn disk_params<'a>(
         create,
         force,
         anchor,
+        cache_mib,
     })
 }

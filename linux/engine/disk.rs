@@ -166,32 +166,12 @@ fn holds_superblock(dev: &BdevBlockSet) -> mlsdisk_core::Result<bool> {
 }
 
 /// Creates (`Mode::Create`) or opens the disk on `dev` with `root_key`,
-/// without a rollback anchor. Returns the engine and its logical capacity
-/// in 4 KiB blocks.
-pub(crate) fn start(
-    mode: Option<Mode>,
-    force: bool,
-    dev: BdevBlockSet,
-    root_key: &[u8],
-) -> Result<(Box<dyn Engine>, u64), CtrError> {
-    start_with_anchor(mode, force, dev, root_key, None)
-}
-
-/// As [`start`], with the rollback anchor on `anchor` (blocks 0 and 1 of
-/// that device) if given. `create` refuses a device whose block 0 or 1
-/// holds an mlsdisk superblock unless `force` (`force_create`).
-pub(crate) fn start_with_anchor(
-    mode: Option<Mode>,
-    force: bool,
-    dev: BdevBlockSet,
-    root_key: &[u8],
-    anchor: Option<BdevBlockSet>,
-) -> Result<(Box<dyn Engine>, u64), CtrError> {
-    start_with_options(mode, force, dev, root_key, anchor, None)
-}
-
-/// As [`start_with_anchor`], with the caches' memory budget in MiB
-/// (`cache_mib=`; `None`: the engine's default, `DiskConfig`'s 64 MiB).
+/// with the rollback anchor on `anchor` (blocks 0 and 1 of that device) if
+/// given, and the caches' memory budget in MiB (the table's `cache_mib=`,
+/// the blk-mq disks' `disk_cache_mib`; `None`: the engine's default,
+/// `DiskConfig`'s 64 MiB). `create` refuses a device whose block 0 or 1
+/// holds an mlsdisk superblock unless `force` (`force_create`). Returns the
+/// engine and its logical capacity in 4 KiB blocks.
 pub(crate) fn start_with_options(
     mode: Option<Mode>,
     force: bool,

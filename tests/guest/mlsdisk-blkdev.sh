@@ -4,6 +4,9 @@
 # sync, fstrim, unload refused while mounted, umount, e2fsck -fn clean,
 # rmmod (flushes and discards reached the engine, no request failed);
 # insmod again with disk_mode=open, mount, checksums match, rmmod.
+# The create and the open both run with disk_cache_mib=8 (a small cache
+# budget, shown in the open line); disk_cache_mib=3 (below the table's
+# cache_mib= range) fails insmod.
 # Bad parameters fail insmod with a message; with the engine built in, a
 # wrong key on open fails insmod with "wrong key" and no disk appears.
 # shellcheck shell=sh
@@ -37,6 +40,13 @@ must_fail insmod /mlsdisk.ko disk_backing=$BDISK disk_key=0011zz disk_mode=creat
 dmesg | tail -n +$((n0 + 1)) | grep -q 'mlsdisk: mlsdisk0: disk_key' || fail "no disk_key message for a malformed key"
 must_fail insmod /mlsdisk.ko disk_backing=$BDISK disk_key=$KEY disk_mode=format
 dmesg | tail -n +$((n0 + 1)) | grep -q "disk_mode 'format'" || fail "no disk_mode message"
+must_fail insmod /mlsdisk.ko disk_backing=$BDISK disk_key=$KEY disk_mode=create disk_cache_mib=3
+msg=$(dmesg | tail -n +$((n0 + 1)) | grep "mlsdisk0: disk_cache_mib '3'" | tail -n 1)
+echo "+ dmesg: $msg"
+case "$msg" in
+*"from 4 to 16384"*) ;;
+*) fail "no disk_cache_mib message naming the range for disk_cache_mib=3: '$msg'" ;;
+esac
 must_fail insmod /mlsdisk.ko disk_backing=/dev/nonexistent disk_key=$KEY
 dmesg | tail -n +$((n0 + 1)) | grep -q "cannot find the backing device '/dev/nonexistent'" || fail "no message for a missing backing device"
 ! grep -q '^mlsdisk ' /proc/modules || fail "module loaded after a failed insmod"
@@ -45,10 +55,15 @@ if dmesg | grep -q "$KEY"; then
 	fail "the key is in the kernel log"
 fi
 
-# 3. Create.
-run insmod /mlsdisk.ko disk_backing=$BDISK disk_key=$KEY disk_mode=force_create
+# 3. Create, with an 8 MiB cache budget (everything below writes through it).
+run insmod /mlsdisk.ko disk_backing=$BDISK disk_key=$KEY disk_mode=force_create disk_cache_mib=8
 [ -b $BDEV ] || fail "$BDEV is not a block device after insmod"
-echo "+ dmesg: $(dmesg | grep 'mlsdisk: mlsdisk0: created' | tail -n 1)"
+msg=$(dmesg | grep 'mlsdisk: mlsdisk0: created' | tail -n 1)
+echo "+ dmesg: $msg"
+case "$msg" in
+*"cache budget 8 MiB"*) ;;
+*) fail "the created line does not show disk_cache_mib=8: '$msg'" ;;
+esac
 if [ -e /sys/module/mlsdisk/parameters/disk_key ]; then
 	fail "disk_key is visible under /sys/module/mlsdisk/parameters"
 fi
@@ -104,9 +119,11 @@ case "$counts" in
 *) fail "requests failed: '$counts'" ;;
 esac
 
-# 5. Open again (disk_mode=open): the same files.
-run insmod /mlsdisk.ko disk_backing=$BDISK disk_key=$KEY disk_mode=open
+# 5. Open again (disk_mode=open, still disk_cache_mib=8): the same files.
+run insmod /mlsdisk.ko disk_backing=$BDISK disk_key=$KEY disk_mode=open disk_cache_mib=8
 [ -b $BDEV ] || fail "$BDEV missing after insmod disk_mode=open"
+dmesg | grep 'mlsdisk: mlsdisk0: opened' | tail -n 1 | grep -q 'cache budget 8 MiB' ||
+	fail "the opened line does not show disk_cache_mib=8"
 [ "$(disk_sectors $BDEV)" = "$sectors" ] || fail "capacity changed after open"
 run mount -t ext4 -o ro $BDEV $mnt
 checksum_tree $mnt >/tmp/blk.sums2 || fail "checksumming $mnt after open"
