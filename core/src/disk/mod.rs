@@ -1486,8 +1486,12 @@ impl<D: BlockSet> MlsDisk<D> {
             Corrupted,
             "cleaner: segment summary and usage table disagree"
         );
-        // Moved in LBA order: blocks that random writes scattered come
-        // back together, for later sequential reads.
+        // Moved in LBA order, so that nearby LBAs of one victim land next
+        // to each other. Under uniform random overwrites it makes no
+        // measurable difference (a victim's live blocks are far apart
+        // anyway): 1 GiB steady state, 3 alternated runs each, seq-read
+        // 154 vs 153 MiB/s, rnd-read-32K 128 vs 130 (segment vs LBA
+        // order); it may help workloads whose victims hold runs.
         live.sort_unstable_by_key(|(_, l, _)| *l);
         Ok(live)
     }
