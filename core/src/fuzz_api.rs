@@ -269,12 +269,12 @@ pub fn log_store(bytes: &[u8]) -> Result<()> {
 
 /// An LSM table of the disk's index: whole blocks, the last the footer.
 pub fn lsm_table(bytes: &[u8]) -> Result<()> {
-    crate::lsm::fuzz_hooks::table(bytes)
+    crate::lsm::fuzz_hooks::table::<BlockRecord>(bytes)
 }
 
 /// One WAL block of the disk's index.
 pub fn lsm_wal(bytes: &[u8]) -> Result<()> {
-    crate::lsm::fuzz_hooks::wal_block(bytes)
+    crate::lsm::fuzz_hooks::wal_block::<BlockRecord>(bytes)
 }
 
 /// One log of [`MemLogStore`].
@@ -486,7 +486,7 @@ pub fn lsm_tree(bytes: &[u8]) -> Result<()> {
         Ok(())
     });
     for k in 0..4 {
-        let v = crate::lsm::fuzz_hooks::record_value(k + 100)?;
+        let v = record_value(k + 100)?;
         if t.put(k * 7, v).is_err() {
             return Ok(());
         }
@@ -822,22 +822,22 @@ pub fn seeds() -> Result<Vec<Seed>> {
     out.push((
         "lsm_table",
         "seed-small",
-        crate::lsm::fuzz_hooks::table_seed(10, 20, 10)?,
+        crate::lsm::fuzz_hooks::table_seed(10, 20, 10, &record_value)?,
     ));
     out.push((
         "lsm_table",
         "seed-no-bloom",
-        crate::lsm::fuzz_hooks::table_seed(0, 150, 0)?,
+        crate::lsm::fuzz_hooks::table_seed(0, 150, 0, &record_value)?,
     ));
     out.push((
         "lsm_wal",
         "seed-gen1",
-        crate::lsm::fuzz_hooks::wal_seed(1, 0, 5)?,
+        crate::lsm::fuzz_hooks::wal_seed(1, 0, 5, &record_value)?,
     ));
     out.push((
         "lsm_wal",
         "seed-full",
-        crate::lsm::fuzz_hooks::wal_seed(4, 100, 1000)?,
+        crate::lsm::fuzz_hooks::wal_seed(4, 100, 1000, &record_value)?,
     ));
 
     // A whole tree: formatted, filled past a few flushes, synced.
@@ -845,7 +845,7 @@ pub fn seeds() -> Result<Vec<Seed>> {
     t.sync(b"empty tree")?;
     out.push(("lsm_tree", "seed-empty", t.store().emit()?));
     for k in 0..30u64 {
-        t.put(k * 3 % 40, crate::lsm::fuzz_hooks::record_value(k)?)?;
+        t.put(k * 3 % 40, record_value(k)?)?;
         if k % 7 == 6 {
             t.delete(k)?;
             t.sync(b"user")?;
@@ -868,4 +868,17 @@ pub fn seeds() -> Result<Vec<Seed>> {
     m.push(1);
     out.push(("image", "seed-data-flip", m));
     Ok(out)
+}
+
+/// The block record the seeds store for key `k`.
+fn record_value(k: u64) -> Result<BlockRecord> {
+    let mut key = [0u8; 32];
+    key.iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (k as u8).wrapping_add(i as u8));
+    Ok(BlockRecord {
+        hba: k,
+        key: crate::platform::AeadKey::from_slice(&key)?,
+        mac: [k as u8; 16],
+    })
 }

@@ -1,17 +1,16 @@
 //! Fuzzing entry points of the LSM block decoders (feature `fuzzing`):
-//! reached through [`crate::fuzz_api`], never by the engine itself.
+//! reached through [`crate::fuzz_api`], never by the engine itself. The
+//! value type is the caller's (the fuzz API uses the disk's block record),
+//! so this layer does not depend on the disk above it.
 
 use alloc::vec::Vec;
 
 use super::format::{self, BlockKind, Header};
 use super::table::{BlockFetch, TableBuilder, TableInfo};
+use super::LsmValue;
 use super::{bloom, wal};
 use crate::bio::BLOCK_SIZE;
-use crate::disk::record::BlockRecord;
 use crate::{ensure, Error, ErrorKind, Result};
-
-/// The value type of the disk's index, the one whose tables the disk reads.
-type Val = BlockRecord;
 
 /// Block `i` of `blocks` (whole 4 KiB blocks back to back).
 fn block(blocks: &[u8], i: u64) -> Result<&[u8]> {
@@ -47,7 +46,7 @@ impl BlockFetch for Direct<'_> {
 /// every block's header, checks the data and filter blocks against the
 /// footer and looks up keys at and around the table's range and every data
 /// block's first key. `Ok` if the footer parses.
-pub(crate) fn table(bytes: &[u8]) -> Result<()> {
+pub(crate) fn table<Val: LsmValue>(bytes: &[u8]) -> Result<()> {
     let n = (bytes.len() / BLOCK_SIZE) as u64;
     ensure!(n >= 1, Corrupted, "fuzz: no footer");
     for i in 0..n {
@@ -90,8 +89,8 @@ pub(crate) fn table(bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Decodes one WAL block of the disk's index (value: a block record).
-pub(crate) fn wal_block(b: &[u8]) -> Result<()> {
+/// Decodes one WAL block of a tree with values of type `Val`.
+pub(crate) fn wal_block<Val: LsmValue>(b: &[u8]) -> Result<()> {
     let mut n = 0usize;
     wal::parse_block::<Val>(b, Val::SIZE, &mut |_, _| {
         n += 1;
@@ -101,8 +100,14 @@ pub(crate) fn wal_block(b: &[u8]) -> Result<()> {
 }
 
 /// A valid table of `records` consecutive keys from `first` (every fourth
-/// a tombstone), footer included, for the seed corpus.
-pub(crate) fn table_seed(first: u64, records: u64, bloom_bits: u32) -> Result<Vec<u8>> {
+/// a tombstone, the others `value(key)`), footer included, for the seed
+/// corpus.
+pub(crate) fn table_seed<Val: LsmValue>(
+    first: u64,
+    records: u64,
+    bloom_bits: u32,
+    value: &dyn Fn(u64) -> Result<Val>,
+) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut b = TableBuilder::new(Val::SIZE, 7, 1, records, bloom_bits)?;
     let mut sink = |blk: &[u8]| -> Result<()> {
@@ -111,7 +116,7 @@ pub(crate) fn table_seed(first: u64, records: u64, bloom_bits: u32) -> Result<Ve
         Ok(())
     };
     for k in first..first.saturating_add(records) {
-        let v = record_value(k)?;
+        let v = value(k)?;
         b.add(k, (k % 4 != 3).then_some(&v), &mut sink)?;
     }
     if let Some(info) = b.finish(&mut sink)? {
@@ -125,28 +130,20 @@ pub(crate) fn table_seed(first: u64, records: u64, bloom_bits: u32) -> Result<Ve
     Ok(out)
 }
 
-/// The block record the seeds store for key `k`.
-pub(crate) fn record_value(k: u64) -> Result<BlockRecord> {
-    let mut key = [0u8; 32];
-    key.iter_mut()
-        .enumerate()
-        .for_each(|(i, b)| *b = (k as u8).wrapping_add(i as u8));
-    Ok(BlockRecord {
-        hba: k,
-        key: crate::platform::AeadKey::from_slice(&key)?,
-        mac: [k as u8; 16],
-    })
-}
-
 /// A valid WAL block of generation `gen` with `records` records from key
-/// `first` (every third a tombstone).
-pub(crate) fn wal_seed(gen: u64, first: u64, records: u64) -> Result<Vec<u8>> {
+/// `first` (every third a tombstone, the others `value(key)`).
+pub(crate) fn wal_seed<Val: LsmValue>(
+    gen: u64,
+    first: u64,
+    records: u64,
+    value: &dyn Fn(u64) -> Result<Val>,
+) -> Result<Vec<u8>> {
     let mut w = wal::WalBuf::new(Val::SIZE)?;
     for k in first..first.saturating_add(records) {
         if w.is_full() {
             break;
         }
-        let v = record_value(k)?;
+        let v = value(k)?;
         w.push(k, (k % 3 != 2).then_some(&v))?;
     }
     let b = w.block(gen)?;
