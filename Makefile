@@ -47,6 +47,8 @@ cargo-test:
 	cargo test --workspace
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo fmt --all --check
+	scripts/check-module-cycles.py --self-test
+	scripts/check-module-cycles.py core/src linux
 
 guest-test:
 	tests/harness/judge-log-test.sh
