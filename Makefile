@@ -15,7 +15,7 @@ FUZZ_SECONDS ?= 30
 FUZZ_TARGETS ?=
 export FUZZ_SECONDS FUZZ_TARGETS
 
-.PHONY: help toolchain kernel module initramfs cargo-test guest-test guest-test-kmemleak host-test crash-replay guest-demo guest-bench test demo bench fuzz fuzz-install fuzz-smoke kernel-debug module-debug test-debug
+.PHONY: help toolchain kernel module initramfs cargo-test guest-test guest-test-kmemleak host-test crash-replay guest-demo guest-bench test demo bench fuzz fuzz-install fuzz-smoke kernel-debug module-debug test-debug rust-analyzer
 
 help:
 	@echo "make demo        install toolchain, build kernel + module, run the fio demo in the guest"
@@ -92,6 +92,11 @@ guest-demo:
 
 guest-bench:
 	scripts/guest-bench.sh $(GUEST_ARGS)
+
+# linux/rust-project.json for rust-analyzer: the kernel's crates, the
+# module and the engine (needs `make kernel`).
+rust-analyzer:
+	scripts/rust-analyzer.sh
 
 # Sequential on purpose: each step needs the previous one.
 test:
