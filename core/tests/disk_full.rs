@@ -9,20 +9,6 @@ use mlsdisk_core::bio::BLOCK_SIZE;
 use mlsdisk_core::disk::DiskConfig;
 use mlsdisk_core::ErrorKind;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng};
-use rand_like::Rng;
-
-mod rand_like {
-    /// A tiny deterministic generator for workloads.
-    pub struct Rng(pub u64);
-    impl Rng {
-        pub fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
-}
 
 fn verify_all(h: &mut Harness, model: &[u64]) {
     let mut b = vec![0u8; BLOCK_SIZE];
