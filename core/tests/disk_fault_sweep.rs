@@ -28,7 +28,12 @@
 //!
 //! Allocation failure is injected by this binary's global allocator: the
 //! k-th allocation (or reallocation) of the operation's thread during the
-//! operation returns null. An allocation the engine does not make through
+//! operation returns null. The operations that seal a write buffer run a
+//! second time on a disk that seals on worker threads (`parallel-seal`:
+//! the kernel seals on workqueue items), with a crypto provider whose AEAD
+//! calls allocate as the kernel's may; the workers' allocations are
+//! counted in the same sequence, each of them is a point too (up to 16),
+//! and the sweep fails if none was made or failed on a worker. An allocation the engine does not make through
 //! `try_reserve` then aborts the process (the kernel's equivalent is an
 //! oops), so each of these cases runs in a child process of its own and a
 //! child that dies is a failure (`abort`); it is run again to print where
@@ -59,36 +64,53 @@ use std::time::Instant;
 use disk_common::{blocks, check, crypto, small_cfg, Crash, Dev, Disk, Rng, KEY};
 use mlsdisk_core::bio::{CrashDisk, FaultDisk, IoKind, MemDisk, BLOCK_SIZE};
 use mlsdisk_core::disk::{DiskConfig, LayoutConfig, MemAnchor, MlsDisk, NoAnchor};
+use mlsdisk_core::platform::{AeadKey, Crypto, Hash, Iv, Job, Mac, Parallel, StdCrypto};
 use mlsdisk_core::{Error, ErrorKind};
 
 /// The global allocator of this test binary: fails a chosen allocation of
-/// one thread while armed.
+/// the armed calls into the engine, on the calling thread or on the
+/// sealing workers it runs jobs on (see [`WorkerRunner`]).
 mod fail_alloc {
     use std::alloc::{GlobalAlloc, Layout, System};
     use std::cell::Cell;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 
     thread_local! {
         static ARMED: Cell<bool> = const { Cell::new(false) };
-        static SEEN: Cell<u64> = const { Cell::new(0) };
-        static AT: Cell<u64> = const { Cell::new(u64::MAX) };
-        static HIT: Cell<bool> = const { Cell::new(false) };
+        static WORKER: Cell<bool> = const { Cell::new(false) };
     }
+    // Shared by the caller and its workers: the workers run one at a time
+    // while the caller waits, so the k-th allocation is the same in every
+    // run.
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    static AT: AtomicU64 = AtomicU64::new(u64::MAX);
+    static HIT: AtomicBool = AtomicBool::new(false);
+    static HIT_WORKER: AtomicBool = AtomicBool::new(false);
+    /// The indexes of the first [`WORKER_MAX`] allocations made on workers.
+    const WORKER_MAX: usize = 64;
+    static WORKER_AT: [AtomicU64; WORKER_MAX] = [const { AtomicU64::new(0) }; WORKER_MAX];
+    static WORKER_N: AtomicUsize = AtomicUsize::new(0);
 
     pub struct FailAlloc;
 
-    /// Counts an allocation of this thread; true if it is the one to fail.
+    /// Counts an allocation of an armed thread; true if it is the one to
+    /// fail.
     fn fail_now() -> bool {
         if !ARMED.try_with(Cell::get).unwrap_or(false) {
             return false;
         }
-        let n = SEEN.with(|s| {
-            let n = s.get();
-            s.set(n + 1);
-            n
-        });
-        let hit = AT.with(|a| a.get() == n);
+        let n = SEEN.fetch_add(1, SeqCst);
+        let worker = WORKER.try_with(Cell::get).unwrap_or(false);
+        if worker {
+            let i = WORKER_N.fetch_add(1, SeqCst);
+            if let Some(slot) = WORKER_AT.get(i) {
+                slot.store(n, SeqCst);
+            }
+        }
+        let hit = AT.load(SeqCst) == n;
         if hit {
-            HIT.with(|h| h.set(true));
+            HIT.store(true, SeqCst);
+            HIT_WORKER.store(worker, SeqCst);
             if SITE.with(Cell::get) {
                 print_site();
             }
@@ -165,11 +187,14 @@ mod fail_alloc {
     }
 
     /// Fails the `at`-th allocation (0-based) of this thread's calls into
-    /// the engine (see [`engine`]) from now on.
+    /// the engine (see [`engine`]), and of the workers they run jobs on,
+    /// from now on.
     pub fn arm(at: u64) {
-        SEEN.with(|s| s.set(0));
-        AT.with(|a| a.set(at));
-        HIT.with(|h| h.set(false));
+        SEEN.store(0, SeqCst);
+        AT.store(at, SeqCst);
+        HIT.store(false, SeqCst);
+        HIT_WORKER.store(false, SeqCst);
+        WORKER_N.store(0, SeqCst);
         PENDING.with(|p| p.set(true));
     }
 
@@ -182,21 +207,126 @@ mod fail_alloc {
         r
     }
 
-    /// Allocations counted since the last `arm`.
-    pub fn seen() -> u64 {
-        SEEN.with(Cell::get)
+    /// Stops counting on this thread (while the test's runner starts a
+    /// worker); returns whether it was counting.
+    pub fn pause() -> bool {
+        ARMED.with(|a| a.replace(false))
     }
 
-    /// Stops counting; whether the chosen allocation was reached.
-    pub fn disarm() -> bool {
+    /// Counts again if `armed` (what [`pause`] returned).
+    pub fn resume(armed: bool) {
+        ARMED.with(|a| a.set(armed));
+    }
+
+    /// Runs a job on a worker thread: counted as the caller's were
+    /// (`armed`, from [`pause`]), and recorded as a worker's.
+    pub fn worker<T>(armed: bool, f: impl FnOnce() -> T) -> T {
+        WORKER.with(|w| w.set(true));
+        ARMED.with(|a| a.set(armed));
+        let r = f();
+        ARMED.with(|a| a.set(false));
+        WORKER.with(|w| w.set(false));
+        r
+    }
+
+    /// Allocations counted since the last `arm`.
+    pub fn seen() -> u64 {
+        SEEN.load(SeqCst)
+    }
+
+    /// The indexes of the allocations made on workers since the last
+    /// `arm` (the first 64).
+    pub fn worker_points() -> Vec<u64> {
+        let n = WORKER_N.load(SeqCst).min(WORKER_MAX);
+        WORKER_AT[..n].iter().map(|a| a.load(SeqCst)).collect()
+    }
+
+    /// Whether the allocation failed since the last `arm` was made on a
+    /// worker.
+    pub fn hit_worker() -> bool {
+        HIT_WORKER.load(SeqCst)
+    }
+
+    /// Stops counting; whether the chosen allocation was reached, and
+    /// whether it was made on a worker.
+    pub fn disarm() -> (bool, bool) {
         PENDING.with(|p| p.set(false));
         ARMED.with(|a| a.set(false));
-        HIT.with(Cell::get)
+        (HIT.load(SeqCst), HIT_WORKER.load(SeqCst))
     }
 }
 
 #[global_allocator]
 static ALLOC: fail_alloc::FailAlloc = fail_alloc::FailAlloc;
+
+/// A [`Parallel`] runner that runs each job on a thread of its own, one
+/// job at a time (so the k-th allocation is the same in every run), with
+/// the caller's allocation counting carried over to the worker: the
+/// allocation sweep then reaches the allocations the engine's sealing
+/// jobs make on the kernel's workers.
+struct WorkerRunner;
+
+impl Parallel for WorkerRunner {
+    fn width(&self) -> usize {
+        4
+    }
+    fn run(&self, jobs: &mut [Job<'_>]) {
+        // Starting a thread allocates: the runner's, not the engine's.
+        let armed = fail_alloc::pause();
+        for job in jobs.iter_mut() {
+            std::thread::scope(|s| {
+                s.spawn(|| fail_alloc::worker(armed, job));
+            });
+        }
+        fail_alloc::resume(armed);
+    }
+}
+
+/// The std provider, except that every AEAD call first allocates its
+/// request, and fails with `OutOfMemory` if that allocation fails, as the
+/// kernel's provider may (`ENOMEM` from the crypto API).
+struct AllocCrypto(StdCrypto);
+
+impl AllocCrypto {
+    fn request() -> mlsdisk_core::Result<Vec<u8>> {
+        let mut req = Vec::new();
+        req.try_reserve_exact(128).map_err(|_| Error::oom())?;
+        Ok(req)
+    }
+}
+
+impl Crypto for AllocCrypto {
+    fn aead_seal(
+        &self,
+        key: &AeadKey,
+        iv: &Iv,
+        aad: &[u8],
+        data: &mut [u8],
+    ) -> mlsdisk_core::Result<Mac> {
+        let _req = Self::request()?;
+        self.0.aead_seal(key, iv, aad, data)
+    }
+    fn aead_open(
+        &self,
+        key: &AeadKey,
+        iv: &Iv,
+        aad: &[u8],
+        data: &mut [u8],
+        mac: &Mac,
+    ) -> mlsdisk_core::Result<()> {
+        let _req = Self::request()?;
+        self.0.aead_open(key, iv, aad, data, mac)
+    }
+    fn sha256(&self, parts: &[&[u8]]) -> mlsdisk_core::Result<Hash> {
+        self.0.sha256(parts)
+    }
+    fn hmac_sha256(&self, key: &[u8], parts: &[&[u8]]) -> mlsdisk_core::Result<Hash> {
+        self.0.hmac_sha256(key, parts)
+    }
+    fn fill_random(&self, out: &mut [u8]) -> mlsdisk_core::Result<()> {
+        self.0.fill_random(out)
+    }
+}
 
 fn long() -> bool {
     std::env::var_os("MLSDISK_LONG").is_some_and(|v| v != "0")
@@ -364,6 +494,8 @@ struct Rig {
     fault: Dev,
     anchor: MemAnchor,
     disk: Option<Disk>,
+    /// Seal on [`WorkerRunner`] with [`AllocCrypto`] (see [`parallel_setup`]).
+    workers: bool,
 }
 
 impl Rig {
@@ -379,17 +511,33 @@ impl Rig {
             fault,
             anchor: MemAnchor::new(),
             disk: None,
+            workers: false,
         }
+    }
+
+    fn for_setup(cfg: DiskConfig, setup: &Setup) -> Self {
+        let mut rig = Self::new(cfg, setup.total);
+        rig.workers = setup.workers;
+        rig
     }
 
     fn create(&self) -> mlsdisk_core::Result<Disk> {
         let (dev, c, cfg, anchor) = self.args();
-        fail_alloc::engine(|| MlsDisk::create(dev, c, &KEY, cfg, anchor))
+        let d = fail_alloc::engine(|| MlsDisk::create(dev, c, &KEY, cfg, anchor));
+        d.map(|d| self.with_runner(d))
     }
 
     fn open(&self) -> mlsdisk_core::Result<Disk> {
         let (dev, c, cfg, anchor) = self.args();
-        fail_alloc::engine(|| MlsDisk::open(dev, c, &KEY, cfg, anchor))
+        let d = fail_alloc::engine(|| MlsDisk::open(dev, c, &KEY, cfg, anchor));
+        d.map(|d| self.with_runner(d))
+    }
+
+    fn with_runner(&self, mut d: Disk) -> Disk {
+        if self.workers {
+            d.set_parallel(Arc::new(WorkerRunner));
+        }
+        d
     }
 
     /// The arguments of create and open, made by the caller: their
@@ -404,9 +552,14 @@ impl Rig {
         DiskConfig,
         Box<dyn mlsdisk_core::disk::RollbackAnchor>,
     ) {
+        let c: mlsdisk_core::CryptoRef = if self.workers {
+            Arc::new(AllocCrypto(StdCrypto))
+        } else {
+            crypto()
+        };
         (
             self.fault.clone(),
-            crypto(),
+            c,
             self.cfg.clone(),
             Box::new(self.anchor.clone()),
         )
@@ -708,6 +861,8 @@ struct Setup {
     total: u64,
     /// Prelude writes of the cleaner case before the write that cleans.
     clean_prelude: u64,
+    /// Seals on [`WorkerRunner`]'s threads, with [`AllocCrypto`].
+    workers: bool,
 }
 
 /// The disks of the device-fault sweep: the small test disk with its
@@ -723,15 +878,35 @@ fn io_setup(name: &'static str, meta: u32) -> Setup {
     let nseg: u64 = if long() { 32 } else { 16 };
     let mut cfg = small_cfg();
     cfg.meta_write_buffer_blocks = meta;
-    cfg.layout.journal_blocks = 64;
     cfg.layout.index_blocks = 256;
-    let total = 2 + 64 + 256 + nseg * u64::from(cfg.layout.seg_blocks);
+    setup_with(name, cfg, nseg, false)
+}
+
+/// The allocation sweep's disk whose flushes seal on worker threads:
+/// [`WorkerRunner`] as the runner and [`AllocCrypto`] as the provider,
+/// whose AEAD calls allocate as the kernel's may. A run of 32 blocks or
+/// more is sealed in jobs, and a flush is sealed in runs that each fit in
+/// one segment: with a write buffer of 64 blocks and segments of 128, a
+/// full flush has a run of 32 or more wherever the segment boundary falls.
+fn parallel_setup() -> Setup {
+    let mut cfg = small_cfg();
+    cfg.meta_write_buffer_blocks = 8;
+    cfg.write_buffer_blocks = 64;
+    cfg.layout.seg_blocks = 128;
+    cfg.layout.index_blocks = 1024;
+    setup_with("parallel-seal", cfg, 12, true)
+}
+
+fn setup_with(name: &'static str, mut cfg: DiskConfig, nseg: u64, workers: bool) -> Setup {
+    cfg.layout.journal_blocks = 64;
+    let total = 2 + 64 + cfg.layout.index_blocks + nseg * u64::from(cfg.layout.seg_blocks);
     let clean_prelude = find_clean_prelude(&cfg, total);
     Setup {
         name,
         cfg,
         total,
         clean_prelude,
+        workers,
     }
 }
 
@@ -791,10 +966,15 @@ fn prelude(op: Op, rig: &mut Rig, setup: &Setup) -> Model {
         Op::WriteFlush => {
             write(rig, r, 0, 40).unwrap();
             sync(rig, r).unwrap();
-            // A full write buffer: 40..46, 3 and 5.
+            // A full write buffer: 40..46, 3 and 5 (and 56.. if it is
+            // bigger than 8 blocks).
             write(rig, r, 40, 6).unwrap();
             write(rig, r, 3, 1).unwrap();
             write(rig, r, 5, 1).unwrap();
+            let wb = u64::from(rig.cfg.write_buffer_blocks);
+            if wb > 8 {
+                write(rig, r, 56, wb - 8).unwrap();
+            }
         }
         Op::Sync => {
             write(rig, r, 0, 40).unwrap();
@@ -802,6 +982,11 @@ fn prelude(op: Op, rig: &mut Rig, setup: &Setup) -> Model {
             write(rig, r, 20, 16).unwrap();
             write(rig, r, 50, 5).unwrap();
             discard(rig, r, 2, 2).unwrap();
+            // A bigger write buffer holds more (never full: no flush).
+            let wb = u64::from(rig.cfg.write_buffer_blocks);
+            if wb > 8 {
+                write(rig, r, 60, (wb - 8) / 2).unwrap();
+            }
         }
         Op::Discard => {
             write(rig, r, 0, 72).unwrap();
@@ -895,7 +1080,7 @@ fn io_case_counted(op: Op, fault: Fault, k: u64, setup: &Setup) -> ((bool, Vec<S
         if op == Op::Compact {
             cfg.compact_steps_per_flush = 0;
         }
-        let mut rig = Rig::new(cfg, setup.total);
+        let mut rig = Rig::for_setup(cfg, setup);
         let mut m = if op == Op::Create {
             Model::new(
                 mlsdisk_core::disk::Geometry::compute(setup.total, &setup.cfg.layout)
@@ -912,7 +1097,7 @@ fn io_case_counted(op: Op, fault: Fault, k: u64, setup: &Setup) -> ((bool, Vec<S
         }
         let err = perform(op, &mut rig, &mut m, setup);
         seen = fail_alloc::seen();
-        let alloc_hit = fail_alloc::disarm();
+        let (alloc_hit, _) = fail_alloc::disarm();
         hit = match fault {
             Fault::Alloc => alloc_hit,
             _ => rig.fault.failed_count() > before,
@@ -1197,49 +1382,74 @@ fn every_operation_keeps_the_contract_when_the_engine_runs_out_of_space() {
 const ALLOC_TEST: &str = "every_operation_survives_allocation_failure_at_every_point";
 const ALLOC_CASE: &str = "MLSDISK_SWEEP_ALLOC_CASE";
 
-/// A child's report: (fault reached, allocations counted, failures), or
-/// None if it died.
-type ChildReport = Option<(bool, u64, Vec<String>)>;
+/// What a child reported.
+struct ChildReport {
+    /// The failed allocation was reached.
+    hit: bool,
+    /// ... and made on a sealing worker.
+    hit_worker: bool,
+    /// Allocations counted.
+    seen: u64,
+    /// The indexes of the allocations made on workers (the first 64).
+    workers: Vec<u64>,
+    fails: Vec<String>,
+}
 
-/// What a child reported, why it ended (exit status, abort message) and
-/// where the failed allocation was made (its callers, innermost first).
-fn alloc_child(op: Op, k: u64) -> (ChildReport, String, String) {
-    let r = alloc_child_run(op, k, false);
+/// What a child reported (None if it died), why it ended (exit status,
+/// abort message) and where the failed allocation was made (its callers,
+/// innermost first).
+fn alloc_child(setup: &str, op: Op, k: u64) -> (Option<ChildReport>, String, String) {
+    let r = alloc_child_run(setup, op, k, false);
     if r.0.is_some() {
         return r;
     }
     // It died: again, printing where (a backtrace per case is slow).
-    let again = alloc_child_run(op, k, true);
+    let again = alloc_child_run(setup, op, k, true);
     (r.0, r.1, again.2)
 }
 
 const ALLOC_SITE: &str = "MLSDISK_SWEEP_ALLOC_SITE";
 
-fn alloc_child_run(op: Op, k: u64, site: bool) -> (ChildReport, String, String) {
+fn alloc_child_run(
+    setup: &str,
+    op: Op,
+    k: u64,
+    site: bool,
+) -> (Option<ChildReport>, String, String) {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([ALLOC_TEST, "--exact", "--nocapture", "--test-threads=1"])
-        .env(ALLOC_CASE, format!("{}/{k}", op.name()));
+        .env(ALLOC_CASE, format!("{setup}/{}/{k}", op.name()));
     if site {
         cmd.env(ALLOC_SITE, "1");
     }
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let mut res = None;
+    let mut res: Option<ChildReport> = None;
     let mut fails = Vec::new();
     for line in stdout.lines() {
         // libtest may print the test's name on the same line first.
         if let Some(r) = line.split_once("SWEEP-ALLOC ").map(|x| x.1) {
-            let mut it = r.split(' ');
-            let hit = it.next() == Some("hit=1");
-            let seen = it
-                .next()
-                .and_then(|x| x.strip_prefix("seen="))
-                .and_then(|x| x.parse().ok())
-                .unwrap_or(0);
-            res = Some((hit, seen));
+            let field = |name: &str| {
+                r.split(' ')
+                    .find_map(|f| f.strip_prefix(name).and_then(|x| x.strip_prefix('=')))
+                    .unwrap_or("")
+            };
+            res = Some(ChildReport {
+                hit: field("hit") == "1",
+                hit_worker: field("hit_worker") == "1",
+                seen: field("seen").parse().unwrap_or(0),
+                workers: field("workers")
+                    .split(',')
+                    .filter_map(|x| x.parse().ok())
+                    .collect(),
+                fails: Vec::new(),
+            });
         } else if let Some(f) = line.split_once("SWEEP-FAIL ").map(|x| x.1) {
             fails.push(f.to_string());
         }
+    }
+    if let Some(r) = res.as_mut() {
+        r.fails = fails;
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr
@@ -1251,7 +1461,7 @@ fn alloc_child_run(op: Op, k: u64, site: bool) -> (ChildReport, String, String) 
         .lines()
         .find_map(|l| l.split_once("SWEEP-ALLOC-SITE ").map(|x| x.1.to_string()))
         .unwrap_or_default();
-    (res.map(|(h, n)| (h, n, fails)), why, site)
+    (res, why, site)
 }
 
 /// Whether the allocation that aborted is a fixed-size `Box::new` or
@@ -1285,20 +1495,51 @@ fn fixed_size_constructor(op: Op, site: &str) -> bool {
     false
 }
 
+/// The setups of the allocation sweep, by name.
+fn alloc_setup(name: &str) -> Setup {
+    match name {
+        "parallel-seal" => parallel_setup(),
+        _ => io_setup("meta-buffered", 8),
+    }
+}
+
 /// The child's side: runs the case named in the environment.
 fn alloc_child_main(case: &str) {
     if std::env::var_os(ALLOC_SITE).is_some() {
         fail_alloc::print_sites();
     }
-    let (op, k) = case.rsplit_once('/').unwrap();
+    let (setup, rest) = case.split_once('/').unwrap();
+    let (op, k) = rest.rsplit_once('/').unwrap();
     let op = OPS.into_iter().find(|o| o.name() == op).unwrap();
     let k: u64 = k.parse().unwrap();
-    let setup = io_setup("meta-buffered", 8);
+    let setup = alloc_setup(setup);
     let ((hit, fails), seen) = io_case_counted(op, Fault::Alloc, k, &setup);
-    println!("SWEEP-ALLOC hit={} seen={seen}", u8::from(hit));
+    let workers: Vec<String> = fail_alloc::worker_points()
+        .iter()
+        .map(u64::to_string)
+        .collect();
+    println!(
+        "SWEEP-ALLOC hit={} hit_worker={} seen={seen} workers={}",
+        u8::from(hit),
+        u8::from(hit && fail_alloc::hit_worker()),
+        workers.join(",")
+    );
     for f in fails {
         println!("SWEEP-FAIL {f}");
     }
+}
+
+/// `n` points spread over `0..total` (all of them if there are fewer):
+/// the first half at the start, the rest evenly over what is left.
+fn spread(total: u64, n: u64) -> Vec<u64> {
+    if total <= n {
+        return (0..total).collect();
+    }
+    let mut v: Vec<u64> = (0..n / 2).collect();
+    let rest = n - n / 2;
+    v.extend((0..rest).map(|i| n / 2 + (total - n / 2) * i / rest));
+    v.dedup();
+    v
 }
 
 #[test]
@@ -1315,52 +1556,93 @@ fn every_operation_survives_allocation_failure_at_every_point() {
     let budget: u64 = if long() { 200 } else { 24 };
     let strict = std::env::var_os("MLSDISK_SWEEP_STRICT").is_some_and(|v| v != "0");
     let mut known: Vec<String> = Vec::new();
-    for op in OPS {
-        let row = "alloc-failure meta-buffered";
-        tally.row(op.name(), row);
-        if !selected(&format!("meta-buffered/{}/alloc-failure", op.name())) {
+    // (setup, operation): every operation on the small disk; the ones that
+    // seal a write buffer on the disk that seals on worker threads, where
+    // each allocation a worker makes is a point as well (up to 16).
+    let mut cases: Vec<(&str, Op)> = OPS.iter().map(|&op| ("meta-buffered", op)).collect();
+    for op in [Op::WriteFlush, Op::Sync, Op::Clean] {
+        cases.push(("parallel-seal", op));
+    }
+    for (setup, op) in cases {
+        let row = format!("alloc-failure {setup}");
+        tally.row(op.name(), &row);
+        if !selected(&format!("{setup}/{}/alloc-failure", op.name())) {
             continue;
         }
         // A run that fails no allocation counts them.
-        let (res, why, _) = alloc_child(op, u64::MAX);
-        let Some((_, total, fails)) = res else {
+        let (res, why, _) = alloc_child(setup, op, u64::MAX);
+        let Some(clean) = res else {
             tally.add(
                 op.name(),
-                row,
-                &[format!("{}: no-fault run died: {why}", op.name())],
+                &row,
+                &[format!("{setup}/{}: no-fault run died: {why}", op.name())],
             );
             continue;
         };
-        if !fails.is_empty() {
-            tally.add(op.name(), row, &fails);
+        if !clean.fails.is_empty() {
+            tally.add(op.name(), &row, &clean.fails);
             continue;
         }
-        let points: Vec<u64> = if total <= budget {
-            (0..total).collect()
-        } else {
-            let mut v: Vec<u64> = (0..budget / 2).collect();
-            let rest = budget - budget / 2;
-            v.extend((0..rest).map(|i| budget / 2 + (total - budget / 2) * i / rest));
-            v.dedup();
-            v
-        };
+        let mut points = spread(clean.seen, budget);
+        let on_workers = setup == "parallel-seal";
+        if on_workers {
+            if clean.workers.is_empty() {
+                tally.add(
+                    op.name(),
+                    &row,
+                    &[format!(
+                        "{setup}/{}: no allocation was made on a sealing worker \
+                         ({} in all): the setup no longer seals in parallel",
+                        op.name(),
+                        clean.seen
+                    )],
+                );
+                continue;
+            }
+            let n = clean.workers.len() as u64;
+            points.extend(spread(n, 16).into_iter().map(|i| clean.workers[i as usize]));
+            points.sort_unstable();
+            points.dedup();
+        }
+        let mut worker_hits = 0u64;
         for k in points {
-            let name = format!("meta-buffered/{}/alloc-failure/k={k}", op.name());
-            match alloc_child(op, k) {
-                (Some((false, _, _)), _, _) => break,
-                (Some((true, _, fails)), _, _) => tally.add(op.name(), row, &fails),
+            let name = format!("{setup}/{}/alloc-failure/k={k}", op.name());
+            match alloc_child(setup, op, k) {
+                (Some(r), _, _) if !r.hit => break,
+                (Some(r), _, _) => {
+                    worker_hits += u64::from(r.hit_worker);
+                    tally.add(op.name(), &row, &r.fails)
+                }
                 (None, why, site) if !strict && fixed_size_constructor(op, &site) => {
                     known.push(format!("{name}: {why}; at {site}"));
                 }
                 (None, why, site) => tally.add(
                     op.name(),
-                    row,
+                    &row,
                     &[format!(
                         "{name}: abort: the process died ({why}; at {site}); rerun: \
-                         {ALLOC_CASE}={}/{k} <test binary> {ALLOC_TEST} --exact --nocapture",
+                         {ALLOC_CASE}={setup}/{}/{k} <test binary> {ALLOC_TEST} --exact --nocapture",
                         op.name()
                     )],
                 ),
+            }
+        }
+        if on_workers {
+            eprintln!(
+                "  {setup}/{}: {} allocations, {} on sealing workers; {worker_hits} worker points failed",
+                op.name(),
+                clean.seen,
+                clean.workers.len()
+            );
+            if worker_hits == 0 {
+                tally.add(
+                    op.name(),
+                    &row,
+                    &[format!(
+                        "{setup}/{}: no failed allocation was a worker's",
+                        op.name()
+                    )],
+                );
             }
         }
     }
@@ -1401,7 +1683,7 @@ fn an_allocation_failure_before_any_device_write_leaves_the_disk_usable() {
         fail_alloc::arm(k);
         let d = rig.d();
         let r = fail_alloc::engine(|| d.write(3, &data));
-        let hit = fail_alloc::disarm();
+        let (hit, _) = fail_alloc::disarm();
         if !hit {
             r.unwrap();
             break;
@@ -1436,7 +1718,7 @@ fn an_allocation_failure_before_any_device_write_leaves_the_disk_usable() {
         fail_alloc::arm(k);
         let d = rig.d();
         let r = fail_alloc::engine(|| d.read(5, &mut got));
-        let hit = fail_alloc::disarm();
+        let (hit, _) = fail_alloc::disarm();
         if !hit {
             r.unwrap();
             assert_eq!(got, want);
