@@ -252,8 +252,9 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
         dev.flush()?;
         let mut uuid = [0u8; 16];
         crypto.fill_random(&mut uuid)?;
-        let mut sk = store_key(crypto, root_key, &uuid)?;
+        // Nothing fallible between deriving the store key and its wipe.
         let (journal, chunks) = regions(dev, &geo, cfg)?;
+        let mut sk = store_key(crypto, root_key, &uuid)?;
         let store = TxLogStore::format(
             journal,
             chunks,
@@ -334,8 +335,8 @@ impl<D: BlockSet + 'static> MlsDisk<D> {
         let (blob, payload) = AuthBlob::open(dev.clone(), 0, crypto.clone(), root_key)?;
         let sp = SuperPayload::parse(&payload, dev.nblocks())?;
         let root = StoreRoot::parse(&sp.root)?;
-        let mut sk = store_key(crypto, root_key, &sp.uuid)?;
         let (journal, chunks) = regions(dev, &sp.geo, cfg)?;
+        let mut sk = store_key(crypto, root_key, &sp.uuid)?;
         let store = TxLogStore::open(journal, chunks, crypto.clone(), &sk, &root);
         wipe(&mut sk);
         let mut store = store?;

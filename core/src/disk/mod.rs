@@ -118,7 +118,9 @@ pub use record::BlockRecord;
 use crate::bio::{BlockSet, BLOCK_SIZE};
 use crate::log::LogStoreConfig;
 use crate::lsm::LsmConfig;
-use crate::platform::{AeadKey, Crypto, Hash, Iv, Job, Mac, Parallel, HASH_LEN, MAC_LEN};
+use crate::platform::{
+    AeadKey, Crypto, Hash, Iv, Job, Mac, Parallel, SecretBytes, HASH_LEN, MAC_LEN,
+};
 use crate::{bail, ensure, Cause, CryptoRef, Error, ErrorKind, Result};
 use segment::{Head, Segments, NO_LBA};
 
@@ -1284,12 +1286,13 @@ impl<D: BlockSet> MlsDisk<D> {
             .sealed
             .get_mut(..count * BLOCK_SIZE)
             .ok_or_else(range)?;
-        // One call to the RNG for every key of the run (wiped after use).
+        // One call to the RNG for every key of the run (wiped when dropped,
+        // on every path out of here).
         let klen = usize::from(self.cfg.data_key_len);
-        let mut keys: Vec<u8> = Vec::new();
-        keys.try_reserve_exact(count * klen)?;
-        keys.resize(count * klen, 0);
-        self.crypto.fill_random(&mut keys)?;
+        let mut keys = SecretBytes::default();
+        keys.0.try_reserve_exact(count * klen)?;
+        keys.0.resize(count * klen, 0);
+        self.crypto.fill_random(&mut keys.0)?;
         let mut macs: Vec<Mac> = Vec::new();
         macs.try_reserve_exact(count)?;
         macs.resize(count, [0u8; MAC_LEN]);
@@ -1300,17 +1303,14 @@ impl<D: BlockSet> MlsDisk<D> {
             lbas,
             plain,
             out,
-            &keys,
+            &keys.0,
             klen,
             &mut macs,
         );
-        if let Err(e) = sealed {
-            crate::platform::wipe(&mut keys);
-            return Err(e);
-        }
+        sealed?;
         for (k, ((l, kb), mac)) in lbas
             .iter()
-            .zip(keys.chunks_exact(klen))
+            .zip(keys.0.chunks_exact(klen))
             .zip(macs)
             .enumerate()
         {
@@ -1323,7 +1323,7 @@ impl<D: BlockSet> MlsDisk<D> {
                 },
             ));
         }
-        crate::platform::wipe(&mut keys);
+        drop(keys);
         self.dev.write(self.geo.data_start + hba, out)?;
         self.stats.data_blocks_written += count as u64;
         let mut run_lbas: Vec<u32> = Vec::new();

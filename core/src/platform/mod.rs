@@ -122,6 +122,18 @@ impl Drop for AeadKey {
     }
 }
 
+/// Secret bytes on the heap (a run of per-block keys), wiped when dropped,
+/// so that every way out of the code that holds them (an error included)
+/// wipes them.
+#[derive(Default)]
+pub struct SecretBytes(pub alloc::vec::Vec<u8>);
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
+}
+
 impl core::fmt::Debug for AeadKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "AeadKey(<{} bits>)", self.len as usize * 8)
