@@ -317,6 +317,22 @@ pub fn run_phase(
     iodepth: usize,
     rng: &mut Rng,
 ) -> Result<PhaseResult> {
+    run_phase_skewed(t, phase, ws, rnd_blocks, iodepth, None, rng)
+}
+
+/// [`run_phase`] with a skewed access pattern for the random phases:
+/// `Some((traffic, space))` sends `traffic` percent of the requests to the
+/// first `space` percent of the working set (the hot part) and the rest
+/// to the other blocks, each part uniformly (80/20: `Some((80, 20))`).
+pub fn run_phase_skewed(
+    t: &dyn Target,
+    phase: Phase,
+    ws: u64,
+    rnd_blocks: u64,
+    iodepth: usize,
+    skew: Option<(u64, u64)>,
+    rng: &mut Rng,
+) -> Result<PhaseResult> {
     const SEQ: u64 = 256;
     let iodepth = iodepth.max(1);
     let dev0 = t.dev_written();
@@ -347,7 +363,19 @@ pub fn run_phase(
             let (lba, n) = match phase {
                 Phase::SeqWrite | Phase::SeqRead => (i * SEQ, SEQ.min(ws - i * SEQ)),
                 Phase::RndWrite(bs) | Phase::RndRead(bs) => {
-                    (rng.next_u64() % (ws / bs).max(1) * bs, bs)
+                    let slots = (ws / bs).max(1);
+                    let slot = match skew {
+                        Some((traffic, space)) => {
+                            let hot = (slots * space.min(100) / 100).clamp(1, slots);
+                            if rng.next_u64() % 100 < traffic || hot == slots {
+                                rng.next_u64() % hot
+                            } else {
+                                hot + rng.next_u64() % (slots - hot)
+                            }
+                        }
+                        None => rng.next_u64() % slots,
+                    };
+                    (slot * bs, bs)
                 }
             };
             let s = Instant::now();

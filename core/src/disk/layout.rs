@@ -20,7 +20,8 @@
 //! `RESERVE_SEGMENTS` (4) covers the open segment, the cleaner's destination
 //! and the pigeonhole slack; `op_percent` (default 10) bounds the cleaning
 //! cost: the greedy victim has at most `100 - op_percent` percent valid
-//! blocks, so freeing one block moves at most `(100 - op) / op` blocks.
+//! blocks, so freeing one block moves at most `(100 - op) / op` blocks
+//! (the cost-benefit cleaner stays within the same bound, see `segment`).
 //!
 //! # The index (chunk) region
 //!

@@ -114,6 +114,7 @@ pub use layout::{Geometry, LayoutConfig};
 pub use parallel_reads::{EngineLock, ParallelReads, ReadDone, ReadPlanner};
 pub use reader::{DataReader, ReadPlan};
 pub use record::BlockRecord;
+pub use segment::CleanerPolicy;
 
 use crate::bio::{BlockSet, BLOCK_SIZE};
 use crate::log::LogStoreConfig;
@@ -141,6 +142,8 @@ pub struct DiskConfig {
     pub auto_sync: bool,
     /// Segments the cleaner tries to free in one round before syncing.
     pub clean_batch_segments: u32,
+    /// How the cleaner picks its victims (see [`CleanerPolicy`]).
+    pub cleaner_policy: CleanerPolicy,
     /// The log store under the index (chunk size, key length); used by
     /// `create` only (the store keeps it in its journal).
     pub store: LogStoreConfig,
@@ -174,6 +177,7 @@ impl Default for DiskConfig {
             write_buffer_blocks: 256,
             auto_sync: true,
             clean_batch_segments: 32,
+            cleaner_policy: CleanerPolicy::default(),
             store: LogStoreConfig {
                 chunk_blocks: 64,
                 ..LogStoreConfig::default()
@@ -1384,10 +1388,15 @@ impl<D: BlockSet> MlsDisk<D> {
                 return Ok(());
             }
             let goal = need + seg + 2 * batch;
+            // The most valid blocks a cost-benefit victim may have: what
+            // the over-provisioning guarantees of the greedy one.
+            let max_valid = (u64::from(self.geo.seg_blocks)
+                * u64::from(100 - self.geo.op_percent.min(100))
+                / 100) as u32;
             let mut index_full = false;
             let mut moved = 0u32;
             while user(&self.segs) + self.segs.pending_blocks() < goal {
-                match self.segs.pick_victim() {
+                match self.segs.pick_victim(self.cfg.cleaner_policy, max_valid) {
                     Some((v, valid)) if u64::from(valid) <= self.segs.free_for(Head::Cleaner) => {
                         // Every old version is in segment `v`.
                         let updates = self.index_updates(

@@ -8,8 +8,22 @@
 //! in the index as segment summaries; the table keeps the summary of the
 //! open segment of each head (`summ`, 4 bytes per block of a segment) so
 //! that writing a run can store its entries without reading them back.
-//! Memory: 9 bytes per segment (0.001 % of the data region with 1 MiB
+//! Memory: 11 bytes per segment (0.001 % of the data region with 1 MiB
 //! segments) plus a bit per 12 segments and two segment summaries.
+//!
+//! Victims: [`CleanerPolicy::Greedy`] takes the sealed segment with the
+//! fewest valid blocks; [`CleanerPolicy::CostBenefit`] (the LFS paper's
+//! rule) weighs the space a segment frees against the cost of moving its
+//! live blocks and against its age, `(1 - u) * age / (1 + u)`, so that a
+//! cold segment is cleaned at a higher utilization than a hot one, whose
+//! blocks may still die on their own. The age is kept in memory only (a
+//! 16-bit stamp per segment, from a clock that ticks once per
+//! `max(1, nseg / 4096)` segments the user head opens): a segment's age
+//! is the time since either head opened it. Ages are capped at 32768
+//! ticks (16 times the disk written over) before the clock could wrap. (Stamping the cleaner's segments with their victims' age
+//! instead, as the LFS paper keeps each block's age, measured worse: it
+//! cleaned the same moved blocks again and again.) After an open every
+//! segment has the same age, so the first victims are greedy ones.
 //!
 //! States: `Free` (may be written), `Active` (the open segment of a head),
 //! `Used` (sealed), `Pending` (no valid block left, but the last synced
@@ -48,6 +62,24 @@ pub(crate) struct Segments {
     active: [Option<(u32, u32)>; 2],
     /// The summary (LBA per block) of each head's open segment.
     summ: [Vec<u32>; 2],
+    /// Per segment: the clock when its data was written (see the module
+    /// documentation).
+    stamp: Vec<u16>,
+    /// Ticks once per `tick_every` segments the user head opens.
+    clock: u16,
+    tick_every: u32,
+    /// Segments the user head opened since the last tick.
+    since_tick: u32,
+}
+
+/// How the cleaner chooses its victim (see the module documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CleanerPolicy {
+    /// The sealed segment with the fewest valid blocks.
+    Greedy,
+    /// The most free space per block moved, weighted by age.
+    #[default]
+    CostBenefit,
 }
 
 /// Which head of the data log a run goes to.
@@ -106,6 +138,10 @@ impl Segments {
                 zeroed(seg_blocks as usize, NO_LBA)?,
                 zeroed(seg_blocks as usize, NO_LBA)?,
             ],
+            stamp: zeroed(n, 0)?,
+            clock: 0,
+            tick_every: (nseg / 4096).max(1),
+            since_tick: 0,
         })
     }
 
@@ -125,6 +161,7 @@ impl Segments {
             + self.free.capacity() * 4
             + self.dirty.capacity() * 8
             + self.summ.iter().map(|s| s.capacity() * 4).sum::<usize>()
+            + self.stamp.capacity() * 2
     }
 
     pub(crate) fn valid_in(&self, seg: u32) -> u32 {
@@ -375,6 +412,10 @@ impl Segments {
                     self.seal(o)?;
                 }
                 *self.state.get_mut(s as usize).ok_or(internal("segment"))? = SegState::Active;
+                if head == Head::User {
+                    self.tick();
+                }
+                *self.stamp.get_mut(s as usize).ok_or(internal("segment"))? = self.clock;
                 if let Some(sm) = self.summ.get_mut(head as usize) {
                     sm.iter_mut().for_each(|l| *l = NO_LBA);
                 }
@@ -432,6 +473,25 @@ impl Segments {
         Ok(out)
     }
 
+    /// Advances the age clock by one user segment; every 16384 ticks caps
+    /// the ages at 32768, so no age reaches the 16-bit wrap (65536).
+    fn tick(&mut self) {
+        self.since_tick += 1;
+        if self.since_tick < self.tick_every {
+            return;
+        }
+        self.since_tick = 0;
+        self.clock = self.clock.wrapping_add(1);
+        if self.clock % 16384 == 0 {
+            let oldest = self.clock.wrapping_sub(32768);
+            for t in self.stamp.iter_mut() {
+                if self.clock.wrapping_sub(*t) > 32768 {
+                    *t = oldest;
+                }
+            }
+        }
+    }
+
     fn seal(&mut self, s: u32) -> Result<()> {
         let v = self.valid_in(s);
         let st = self.state.get_mut(s as usize).ok_or(internal("segment"))?;
@@ -460,16 +520,41 @@ impl Segments {
         Ok(())
     }
 
-    /// The sealed segment with the fewest valid blocks, if it has at least
-    /// one invalid block.
-    pub(crate) fn pick_victim(&self) -> Option<(u32, u32)> {
-        self.state
-            .iter()
-            .zip(self.valid.iter())
-            .enumerate()
-            .filter(|(_, (st, v))| **st == SegState::Used && **v < self.seg_blocks)
-            .min_by_key(|(_, (_, v))| **v)
-            .map(|(i, (_, v))| (i as u32, *v))
+    /// The victim under `policy` among the sealed segments with at least
+    /// one invalid block: (segment, valid blocks). Cost-benefit only picks
+    /// among the segments with at most `max_valid` valid blocks (the bound
+    /// the over-provisioning guarantees the greedy victim, see `layout`),
+    /// so that every victim frees at least what the greedy one is
+    /// guaranteed to; with none such it takes the greedy victim.
+    pub(crate) fn pick_victim(&self, policy: CleanerPolicy, max_valid: u32) -> Option<(u32, u32)> {
+        let sb = u64::from(self.seg_blocks);
+        let candidates = || {
+            self.state
+                .iter()
+                .zip(self.valid.iter().zip(self.stamp.iter()))
+                .enumerate()
+                .filter(|(_, (st, (v, _)))| **st == SegState::Used && **v < self.seg_blocks)
+        };
+        let greedy = || {
+            candidates()
+                .min_by_key(|(_, (_, (v, _)))| **v)
+                .map(|(i, (_, (v, _)))| (i as u32, *v))
+        };
+        match policy {
+            CleanerPolicy::Greedy => greedy(),
+            CleanerPolicy::CostBenefit => candidates()
+                .filter(|(_, (_, (v, _)))| **v <= max_valid)
+                .max_by_key(|(_, (_, (v, t)))| {
+                    // (1 - u) * age / (1 + u) = (sb - v) * age / (sb + v),
+                    // in integers (sb <= 2^16, age <= 2^16: no overflow);
+                    // ties go to the fewer valid blocks.
+                    let age = u64::from(self.clock.wrapping_sub(**t)) + 1;
+                    let v = u64::from(**v);
+                    ((sb - v) * age * 1024 / (sb + v), sb - v)
+                })
+                .map(|(i, (_, (v, _)))| (i as u32, *v))
+                .or_else(greedy),
+        }
     }
 
     /// Counts of segments per state: (free, active, used, pending).
@@ -529,7 +614,44 @@ mod tests {
         s.invalidate(5).unwrap();
         s.invalidate(6).unwrap();
         s.invalidate(0).unwrap();
-        assert_eq!(s.pick_victim(), Some((1, 2)));
+        assert_eq!(s.pick_victim(CleanerPolicy::Greedy, 4), Some((1, 2)));
+    }
+
+    #[test]
+    fn ages_are_capped_before_the_clock_wraps() {
+        let mut s = Segments::new(8, 4).unwrap();
+        for k in 1..=200_000u32 {
+            s.tick();
+            let age = u32::from(s.clock.wrapping_sub(s.stamp[0]));
+            assert!(age >= k.min(32768) && age <= 49152, "tick {k}: age {age}");
+        }
+        // A big disk ticks once per nseg / 4096 segments.
+        let mut b = Segments::new(8192, 4).unwrap();
+        b.tick();
+        assert_eq!(b.clock, 0);
+        b.tick();
+        assert_eq!(b.clock, 1);
+    }
+
+    #[test]
+    fn cost_benefit_prefers_an_older_segment_within_the_bound() {
+        // Segments of 8 blocks; segment k is opened at clock k + 1.
+        let mut s = Segments::new(6, 8).unwrap();
+        for _ in 0..33u64 {
+            let (h, _) = s.alloc_run(Head::User, 1).unwrap();
+            s.add_valid(h).unwrap();
+        }
+        // Segment 0 (oldest) keeps 5 of 8, segment 3 (young) 4 of 8.
+        for h in [0, 1, 2, 24, 25, 26, 27] {
+            s.invalidate(h).unwrap();
+        }
+        assert_eq!(s.pick_victim(CleanerPolicy::Greedy, 8), Some((3, 4)));
+        // (8 - 5) * 5 / 13 > (8 - 4) * 2 / 12: age wins.
+        assert_eq!(s.pick_victim(CleanerPolicy::CostBenefit, 8), Some((0, 5)));
+        // Segment 0 is above the bound: the best one within it.
+        assert_eq!(s.pick_victim(CleanerPolicy::CostBenefit, 4), Some((3, 4)));
+        // Nothing within the bound: the greedy victim.
+        assert_eq!(s.pick_victim(CleanerPolicy::CostBenefit, 3), Some((3, 4)));
     }
 
     #[test]

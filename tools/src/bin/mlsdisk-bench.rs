@@ -34,6 +34,11 @@
 //!   --no-open-times  skip MlsDisk's create / clean-open / crash-recovery
 //!                    timing (default: measured once per rep on a disk of
 //!                    the same size and fill, after the phases)
+//!   --skew T/S       random phases send T percent of their requests to
+//!                    the first S percent of the working set (default:
+//!                    uniform; 80/20 is the classic skew)
+//!   --cleaner P      MlsDisk's victim choice: greedy or cost-benefit
+//!                    (DiskConfig cleaner_policy; default: its default)
 //!   --iodepth N      N requests in flight at once, one thread each, for
 //!                    every target (default 1; --jobs is the same). See
 //!                    `bench::Mls` for what of MlsDisk runs in parallel
@@ -55,7 +60,7 @@ use std::sync::Arc;
 
 use mlsdisk_core::bio::FileDisk;
 use mlsdisk_core::bio::BLOCK_SIZE;
-use mlsdisk_core::disk::{Counted, DiskConfig, MlsDisk, NoAnchor};
+use mlsdisk_core::disk::{CleanerPolicy, Counted, DiskConfig, MlsDisk, NoAnchor};
 use mlsdisk_core::log::LogStoreConfig;
 use mlsdisk_core::platform::{StdCrypto, StdParallel};
 use mlsdisk_core::CryptoRef;
@@ -83,6 +88,8 @@ struct Opts {
     cache_bytes: u64,
     iodepth: usize,
     phases: Vec<bool>,
+    skew: Option<(u64, u64)>,
+    cleaner: CleanerPolicy,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -106,6 +113,8 @@ fn parse() -> Result<Opts, String> {
         cache_bytes: DiskConfig::default().cache_budget_bytes,
         iodepth: 1,
         phases: vec![true; PHASES.len()],
+        skew: None,
+        cleaner: DiskConfig::default().cleaner_policy,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -123,6 +132,24 @@ fn parse() -> Result<Opts, String> {
             "--targets" => o.targets = val()?.split(',').map(String::from).collect(),
             "--index" => o.index = val()?,
             "--steady" => o.steady = true,
+            "--skew" => {
+                let v = val()?;
+                let (a, b) = v
+                    .split_once('/')
+                    .ok_or("--skew: TRAFFIC/SPACE in percent, e.g. 80/20")?;
+                let (a, b) = (num(a.to_string())?, num(b.to_string())?);
+                if !(1..=100).contains(&a) || !(1..=100).contains(&b) {
+                    return Err("--skew: both percentages must be 1..=100".into());
+                }
+                o.skew = Some((a, b));
+            }
+            "--cleaner" => {
+                o.cleaner = match val()?.as_str() {
+                    "greedy" => CleanerPolicy::Greedy,
+                    "cost-benefit" => CleanerPolicy::CostBenefit,
+                    c => return Err(format!("--cleaner {c}: greedy or cost-benefit")),
+                }
+            }
             "--threads" => o.threads = num(val()?)?.max(1) as usize,
             "--disk-gib" => {
                 let g = num(val()?)?;
@@ -219,6 +246,7 @@ fn mls_cfg(o: &Opts) -> DiskConfig {
             ..d.store
         },
         cache_budget_bytes: o.cache_bytes,
+        cleaner_policy: o.cleaner,
         ..d
     }
 }
@@ -312,6 +340,14 @@ fn main() {
             "fresh: each random-write phase on a freshly filled disk, reads after a sequential refill"
         }
     );
+    println!(
+        "# random requests: {}; MlsDisk cleaner: {:?}",
+        match o.skew {
+            Some((t, s)) => format!("{t} % to the first {s} % of the working set"),
+            None => "uniform".into(),
+        },
+        o.cleaner
+    );
     // results[target][phase] = per-rep results
     let mut results: Vec<Vec<Vec<PhaseResult>>> =
         vec![vec![Vec::new(); PHASES.len()]; o.targets.len()];
@@ -353,7 +389,7 @@ fn main() {
                         std::process::exit(1)
                     }
                 }
-                match run_phase(&*target, *phase, ws, rnd, o.iodepth, &mut rng) {
+                match run_phase_skewed(&*target, *phase, ws, rnd, o.iodepth, o.skew, &mut rng) {
                     Ok(r) => {
                         eprintln!(
                             "rep {rep} {t:5} {name:15} {:9.1} MiB/s {:9.0} IOPS p50 {:.0} us p99 {:.0} us dev reads/read {:.3} index reads/read {:.3} index hit {:.3} {}",
