@@ -8,8 +8,8 @@
 //!
 //! - `mlsdisk_main.rs` (this file): module entry, self-tests at load, the
 //!   init order (engines, then disks, then the dm target).
-//! - `dm/`: the dm target (`dm/target.rs`) on our device-mapper abstraction
-//!   (`binding.rs`).
+//! - `dm/`: the dm target (`dm/target.rs`, `dm/target/`) on our
+//!   device-mapper abstraction (`dm/binding/`).
 //! - `blk/`: the blk-mq disks, made from module parameters (`mod.rs`, C
 //!   side in `helpers.c`).
 //! - `engine/`: the one front end both devices share: the `Engine` trait,

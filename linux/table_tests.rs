@@ -145,7 +145,10 @@ fn cache_budget_option() {
         let line = parse(&[b"/dev/vdb", KEY64, b"1", word]).unwrap();
         assert_eq!(line.options.cache_mib, Some(mib));
     }
-    assert_eq!(parse(&[b"/dev/vdb", KEY64]).unwrap().options.cache_mib, None);
+    assert_eq!(
+        parse(&[b"/dev/vdb", KEY64]).unwrap().options.cache_mib,
+        None
+    );
 }
 
 #[test]

@@ -21,8 +21,6 @@
 
 /* bio->bi_iter.bi_sector */
 sector_t mlsdisk_bio_sector(const struct bio *bio);
-/* bio->bi_iter.bi_sector = sector */
-void mlsdisk_bio_set_sector(struct bio *bio, sector_t sector);
 /* bio_sectors(): the size of the bio in 512-byte sectors */
 unsigned int mlsdisk_bio_sectors(const struct bio *bio);
 /* The operations the target tells apart (values of enum req_op). */
@@ -38,8 +36,6 @@ unsigned int mlsdisk_bio_op(const struct bio *bio);
 bool mlsdisk_bio_preflush(const struct bio *bio);
 /* bio->bi_opf & REQ_FUA: this bio is durable on completion */
 bool mlsdisk_bio_fua(const struct bio *bio);
-/* bio_set_dev(): point the bio at another block device */
-void mlsdisk_bio_set_dev(struct bio *bio, struct block_device *bdev);
 /* bdev_nr_sectors(): the size of a block device in 512-byte sectors */
 sector_t mlsdisk_bdev_nr_sectors(struct block_device *bdev);
 

@@ -36,6 +36,7 @@ use kernel::prelude::*;
 use kernel::sync::Mutex;
 #[cfg(mlsdisk_passthrough)]
 use mlsdisk_core::bio::BlockSet;
+#[cfg(mlsdisk_passthrough)]
 use mlsdisk_core::bio::BLOCK_SIZE;
 use mlsdisk_core::disk::{DataReader, EngineLock, ParallelReads, ReadPlan, ReadPlanner};
 use mlsdisk_core::{Error as CoreError, ErrorKind};
@@ -43,8 +44,7 @@ use mlsdisk_core::{Error as CoreError, ErrorKind};
 use crate::kernel_platform::bio::{on_worker, BdevBlockSet};
 use crate::table::RawKey;
 
-/// Sectors per 4 KiB block.
-pub(crate) const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
+pub(crate) use crate::kernel_platform::bio::SECTORS_PER_BLOCK;
 
 /// Largest bio the target takes, in sectors (device-mapper splits larger
 /// ones): 1 MiB, the size of the worker's reusable buffer.

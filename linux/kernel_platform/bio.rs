@@ -23,7 +23,7 @@ use crate::kernel_platform::bindings;
 use crate::kernel_platform::work::NoIoScope;
 
 /// 512-byte sectors per 4 KiB block.
-const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
+pub(crate) const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
 
 /// How [`OpenBdev::open`] claims its device.
 #[derive(Clone, Copy)]

@@ -11,11 +11,6 @@ sector_t mlsdisk_bio_sector(const struct bio *bio)
 	return bio->bi_iter.bi_sector;
 }
 
-void mlsdisk_bio_set_sector(struct bio *bio, sector_t sector)
-{
-	bio->bi_iter.bi_sector = sector;
-}
-
 unsigned int mlsdisk_bio_sectors(const struct bio *bio)
 {
 	return bio_sectors(bio);
@@ -34,11 +29,6 @@ bool mlsdisk_bio_preflush(const struct bio *bio)
 bool mlsdisk_bio_fua(const struct bio *bio)
 {
 	return bio->bi_opf & REQ_FUA;
-}
-
-void mlsdisk_bio_set_dev(struct bio *bio, struct block_device *bdev)
-{
-	bio_set_dev(bio, bdev);
 }
 
 unsigned int mlsdisk_online_cpus(void)
