@@ -285,6 +285,28 @@ def ext4_lines(m):
     return out
 
 
+def mem_lines(m):
+    """The module's memory (BENCHINFO mlsdisk_mem): the most an open
+    mlsdisk held after its jobs, and the most left after its removal."""
+    out = []
+    for when, what in (("open", "held while open, after the jobs"), ("removed", "left after dmsetup remove")):
+        best = None
+        for line in m.info.get("mlsdisk_mem", []):
+            words = line.split()
+            if not words or words[0] != when:
+                continue
+            kv = dict(w.split("=", 1) for w in words[1:] if "=" in w)
+            try:
+                used = int(kv["used_kib"])
+            except (KeyError, ValueError):
+                continue
+            if best is None or used > best[0]:
+                best = (used, " ".join(words[1:]))
+        if best is not None:
+            out.append(f"mlsdisk memory {what} (max over passes, /proc/meminfo deltas in KiB): {best[1]}")
+    return out
+
+
 def text_table(m):
     w0, w = 18, 15
     out = []
@@ -311,6 +333,8 @@ def text_table(m):
         )
     for line in ext4_lines(m):
         out.append(f"  ext4: {line}")
+    for line in mem_lines(m):
+        out.append(f"  {line}")
     return "\n".join(out)
 
 
@@ -355,6 +379,10 @@ def md_table(m):
                 + " | ".join(fmt(m.req_kib(t, c)) if m.req_kib(t, c) is not None else "n/a" for c in COLUMNS)
                 + " |"
             )
+    mem = mem_lines(m)
+    if mem:
+        out.append("")
+        out.extend(f"- {line}" for line in mem)
     ext4 = ext4_lines(m)
     if ext4:
         out.append("")

@@ -12,13 +12,18 @@
 # prototype's ratios) and writes <out>/results.md, <out>/results.json and
 # <out>/chart.svg.
 #
-#   scripts/guest-bench.sh [--quick] [--models "plain ssd"] [--out DIR]
+#   scripts/guest-bench.sh [--quick | --large] [--models "plain ssd"] [--out DIR]
 #                          [--throttle IOPS:BYTES_PER_S] [--module FILE.ko]
 #                          [run-guest.sh args, e.g. --kvm]
 #
 # Full (make bench): 256 MiB working set, 5 s + 1 s warm-up per job, 3
 # repetitions, about 10 min per model under TCG. --quick (make demo):
-# 128 MiB, 2 s + 1 s, one repetition, about 2 min per model.
+# 128 MiB, 2 s + 1 s, one repetition, about 2 min per model. --large:
+# an 8 GiB mlsdisk backing device and a 2 GiB working set (2.25 GiB
+# regions for raw and dm-crypt, a 13 GiB sparse virtual disk), one
+# repetition; each target's 2 GiB fill takes minutes under TCG.
+# Every run reports the module's memory after each mlsdisk pass
+# (BENCHINFO mlsdisk_mem: /proc/meminfo deltas, open and after removal).
 # Environment: BENCH_RUNTIME, BENCH_RAMP, BENCH_SIZE_MB, BENCH_REPEATS,
 # BENCH_IODEPTH override the chosen profile; BENCH_READ_LAYOUT=as-written
 # reads what the write columns left instead of a sequential refill
@@ -37,6 +42,7 @@ die() {
 }
 
 quick=0
+large=0
 models="plain ssd"
 out=""
 # The SSD model: 250 requests/s and 10 MB/s, an SSD (~100k IOPS, ~3 GB/s)
@@ -52,18 +58,31 @@ pass=()
 while (($#)); do
 	case "$1" in
 	--quick) quick=1; shift ;;
+	--large) large=1; shift ;;
 	--models) models="${2:?}"; shift 2 ;;
 	--out) out="${2:?}"; shift 2 ;;
 	--throttle) throttle="${2:?}"; shift 2 ;;
 	--module) module="${2:?}"; shift 2 ;;
-	-h | --help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) pass+=("$1"); shift ;;
 	esac
 done
 
-if ((quick)); then
+disk_size=4G
+regions=""
+fill_s=0
+if ((quick && large)); then
+	die "--quick and --large exclude each other"
+elif ((quick)); then
 	runtime=${BENCH_RUNTIME:-2} ramp=${BENCH_RAMP:-1} size=${BENCH_SIZE_MB:-128} reps=${BENCH_REPEATS:-1}
 	out="${out:-$root/build/bench/demo}"
+elif ((large)); then
+	runtime=${BENCH_RUNTIME:-5} ramp=${BENCH_RAMP:-1} size=${BENCH_SIZE_MB:-2048} reps=${BENCH_REPEATS:-1}
+	out="${out:-$root/build/bench/large}"
+	disk_size=13G
+	regions=" BENCH_REGION_MB=2304 BENCH_MLS_REGION_MB=8192"
+	# A fill and a refill per target and repetition, at 5 MiB/s or more.
+	fill_s=$((2 * 4 * (reps + 1) * size / 5))
 else
 	runtime=${BENCH_RUNTIME:-5} ramp=${BENCH_RAMP:-1} size=${BENCH_SIZE_MB:-256} reps=${BENCH_REPEATS:-3}
 	out="${out:-$root/build/bench}"
@@ -95,7 +114,7 @@ fi
 # Guest budget per model: 24 jobs per repetition plus the fill, with room
 # for a slow (busy) host; QEMU is killed at this bound.
 jobs=$((24 * reps))
-timeout_s=$((300 + 3 * jobs * (runtime + ramp + 3)))
+timeout_s=$((300 + 3 * jobs * (runtime + ramp + 3) + fill_s))
 
 reports=()
 t_all=$SECONDS
@@ -109,8 +128,8 @@ for model in $models; do
 	t0=$SECONDS
 	rc=0
 	"$root/qemu/run-guest.sh" --mode demo "${mod_args[@]}" --run-dir "$out/$model" \
-		--disk-size 4G --timeout "$timeout_s" "${thr[@]}" \
-		--bench-env "BENCH_MODEL=$model BENCH_RUNTIME=$runtime BENCH_RAMP=$ramp BENCH_SIZE_MB=$size BENCH_REPEATS=$reps BENCH_IODEPTH=$iodepth$subset" \
+		--disk-size "$disk_size" --timeout "$timeout_s" "${thr[@]}" \
+		--bench-env "BENCH_MODEL=$model BENCH_RUNTIME=$runtime BENCH_RAMP=$ramp BENCH_SIZE_MB=$size BENCH_REPEATS=$reps BENCH_IODEPTH=$iodepth$regions$subset" \
 		"${pass[@]}" || rc=$?
 	echo "[bench] model $model: $((SECONDS - t0)) s, run-guest.sh status $rc"
 	((rc == 0)) || die "the $model run failed (see $out/$model/console.txt)"

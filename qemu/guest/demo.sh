@@ -148,6 +148,19 @@ ublk_stop() {
 	BDEV=/dev/mapper/bench
 }
 
+# The kernel memory an open mlsdisk holds, from /proc/meminfo (kB):
+# "MemFree Slab SUnreclaim VmallocUsed" (large kmallocs and page
+# allocations show in MemFree only).
+meminfo_kb() {
+	awk '/^(MemFree|Slab|SUnreclaim|VmallocUsed):/ {v[$1] = $2}
+		END {print v["MemFree:"], v["Slab:"], v["SUnreclaim:"], v["VmallocUsed:"]}' /proc/meminfo
+}
+# mem_delta BEFORE AFTER: what the kernel holds more in AFTER, in KiB.
+mem_delta() {
+	echo "$1 $2" | awk '{printf "used_kib=%d slab_kib=%+d sunreclaim_kib=%+d vmalloc_kib=%+d", $1 - $5, $6 - $2, $7 - $3, $8 - $4}'
+}
+mem_open=""
+
 # setup TARGET: create the device BDEV for TARGET.
 setup() {
 	BDEV=/dev/mapper/bench
@@ -157,6 +170,7 @@ setup() {
 	mlsdisk)
 		opts=""
 		[ $mls_created = 1 ] || opts=" 1 force_create"
+		mem_open=$(meminfo_kb)
 		run dmsetup create bench --table "0 $mls_len mlsdisk $mls_backing $KEY$opts"
 		mls_created=1
 		echo "BENCHINFO mlsdisk_status_open $(dmsetup status bench)"
@@ -172,8 +186,14 @@ teardown() {
 	fi
 	if [ "$1" = mlsdisk ]; then
 		echo "BENCHINFO mlsdisk_status $(dmsetup status bench)"
+		# The module's memory after the jobs, against before the table was
+		# created, and again after its removal (what it left behind).
+		echo "BENCHINFO mlsdisk_mem open $(mem_delta "$mem_open" "$(meminfo_kb)")"
 	fi
 	run dmsetup remove bench
+	if [ "$1" = mlsdisk ]; then
+		echo "BENCHINFO mlsdisk_mem removed $(mem_delta "$mem_open" "$(meminfo_kb)")"
+	fi
 }
 
 # The completion-latency percentiles fio reports (clat_ns.percentile in
