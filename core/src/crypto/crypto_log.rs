@@ -74,6 +74,8 @@ pub const FANOUT: usize = (BLOCK_SIZE - NODE_HEADER_LEN) / ENTRY_LEN;
 const AAD_DATA: u8 = 0xD0;
 const AAD_NODE: u8 = 0xA0;
 const ZERO_IV: Iv = [0u8; 12];
+/// Data blocks at consecutive device addresses read in one request.
+const MAX_READ_RUN: usize = 64;
 
 /// A source of fresh block addresses for copy-on-write writes.
 ///
@@ -428,19 +430,52 @@ impl CryptoLog {
             Some(end) if end <= self.nblocks => {}
             _ => bail!(InvalidArgument, "read past the end of the log"),
         }
-        for (i, out) in buf.chunks_exact_mut(BLOCK_SIZE).enumerate() {
-            self.read_one(disk, pos + i as u64, out, cache.as_deref_mut())?;
+        // Blocks whose device addresses follow each other are read in one
+        // device request (up to `MAX_READ_RUN`), then each is opened and
+        // checked against its own entry.
+        let n = count as usize;
+        let mut run: Vec<Entry> = Vec::new();
+        run.try_reserve_exact(n.min(MAX_READ_RUN))?;
+        let mut i = 0usize;
+        while i < n {
+            run.clear();
+            run.push(self.locate(disk, pos + i as u64, cache.as_deref_mut())?);
+            while i + run.len() < n && run.len() < MAX_READ_RUN {
+                let e = self.locate(disk, pos + (i + run.len()) as u64, cache.as_deref_mut())?;
+                let next = run.last().and_then(|l| l.addr.checked_add(1));
+                if Some(e.addr) != next {
+                    // Located again as the first of the next run.
+                    break;
+                }
+                run.push(e);
+            }
+            let k = run.len();
+            let first = run
+                .first()
+                .ok_or(Error::new(ErrorKind::InvalidState, "empty read run"))?;
+            let span = buf
+                .get_mut(i * BLOCK_SIZE..(i + k) * BLOCK_SIZE)
+                .ok_or(Error::new(
+                    ErrorKind::InvalidState,
+                    "read run past the buffer",
+                ))?;
+            disk.read(first.addr, span)?;
+            for (e, out) in run.iter().zip(span.chunks_exact_mut(BLOCK_SIZE)) {
+                self.open_read(e, AAD_DATA, out)?;
+            }
+            i += k;
         }
         Ok(())
     }
 
-    fn read_one<D: BlockSet + ?Sized>(
+    /// The entry (device address, key, MAC) of data block `pos`, from the
+    /// frontier or by descending the tree from the root.
+    fn locate<D: BlockSet + ?Sized>(
         &self,
         disk: &D,
         pos: u64,
-        out: &mut [u8],
         cache: Option<&mut NodeCache>,
-    ) -> Result<()> {
+    ) -> Result<Entry> {
         let (entry, level, base) = match &self.frontier {
             None => {
                 let h = height(self.nblocks);
@@ -457,7 +492,7 @@ impl CryptoLog {
                             .get(idx as usize)
                             .ok_or(Error::new(ErrorKind::InvalidState, "frontier index"))?;
                         if l == 0 {
-                            return self.open_block(disk, e, AAD_DATA, out);
+                            return Ok(e.clone());
                         }
                         found = Some((e.clone(), l - 1, base + idx * span(l)));
                         break;
@@ -470,12 +505,11 @@ impl CryptoLog {
                 ))?
             }
         };
-        self.descend(disk, entry, level, base, pos, out, cache)
+        self.descend(disk, entry, level, base, pos, cache)
     }
 
-    /// Reads the block at `pos` below the level-`level` node named by `entry`
-    /// that covers data blocks from `base`.
-    #[expect(clippy::too_many_arguments, reason = "a private walk helper")]
+    /// The entry of data block `pos` below the level-`level` node named by
+    /// `entry`, which covers data blocks from `base`.
     fn descend<D: BlockSet + ?Sized>(
         &self,
         disk: &D,
@@ -483,9 +517,8 @@ impl CryptoLog {
         mut level: usize,
         mut base: u64,
         pos: u64,
-        out: &mut [u8],
         mut cache: Option<&mut NodeCache>,
-    ) -> Result<()> {
+    ) -> Result<Entry> {
         let mut node: Option<Vec<u8>> = None;
         loop {
             let idx = ((pos - base) / span(level)) as usize;
@@ -512,7 +545,7 @@ impl CryptoLog {
                 }
             };
             if level == 0 {
-                return self.open_block(disk, &e, AAD_DATA, out);
+                return Ok(e);
             }
             base += idx as u64 * span(level);
             entry = e;
@@ -631,6 +664,11 @@ impl CryptoLog {
         out: &mut [u8],
     ) -> Result<()> {
         disk.read(e.addr, out)?;
+        self.open_read(e, kind, out)
+    }
+
+    /// Decrypts and checks block `out`, read from `e.addr`, in place.
+    fn open_read(&self, e: &Entry, kind: u8, out: &mut [u8]) -> Result<()> {
         self.crypto
             .aead_open(&e.key, &ZERO_IV, &aad(kind, e.addr), out, &e.mac)
             .map_err(|err| {

@@ -167,6 +167,82 @@ impl BlockCache {
         self.map.clear();
     }
 
+    /// [`Self::get_or_load`] for block `pos` of a run of blocks of the
+    /// same kind that ends before block `end` (a table's data blocks). On a
+    /// miss, while the cache has room for them without evicting anything
+    /// (it is filling up, as after an open), the blocks after `pos` that are
+    /// not cached yet are read in the same request, up to `ahead` blocks
+    /// in all and not past `end`, checked with `check` and cached
+    /// too: a cold cache warms several blocks per device request. A later
+    /// block that fails its check is only left out; `pos`'s decides, as in
+    /// [`Self::get_or_load`]. A full cache reads one block, as before.
+    #[allow(clippy::too_many_arguments)]
+    pub fn get_or_load_ahead(
+        &mut self,
+        table: u64,
+        pos: u64,
+        end: u64,
+        ahead: u64,
+        src: &dyn BlockSource,
+        check: &dyn Fn(&[u8]) -> Result<()>,
+    ) -> Result<&[u8]> {
+        if self.find((table, pos)).is_err() {
+            let mut n = 1u64;
+            while n < ahead
+                && pos.saturating_add(n) < end
+                && self.map.len().saturating_add(n as usize + 1) <= self.limit
+                && !self.holds(table, pos + n)
+            {
+                n += 1;
+            }
+            if n > 1 && self.load_run(table, pos, n, src, check)? {
+                // `pos` was read for this lookup: a miss.
+                self.misses += 1;
+                let i = self
+                    .find((table, pos))
+                    .map_err(|_| Error::new(ErrorKind::InvalidState, "cache: entry vanished"))?;
+                return self
+                    .map
+                    .get(i)
+                    .map(|e| e.data.as_slice())
+                    .ok_or(Error::new(ErrorKind::InvalidState, "cache: entry vanished"));
+            }
+        }
+        self.get_or_load(table, pos, src, check)
+    }
+
+    /// Reads blocks `pos..pos + n` of `table` in one request and caches
+    /// those that pass `check`; `pos` must pass it. Whether `pos` is cached
+    /// now (an allocation failure caches less, and is no error: the caller
+    /// then reads `pos` alone).
+    fn load_run(
+        &mut self,
+        table: u64,
+        pos: u64,
+        n: u64,
+        src: &dyn BlockSource,
+        check: &dyn Fn(&[u8]) -> Result<()>,
+    ) -> Result<bool> {
+        let mut buf: Vec<u8> = Vec::new();
+        if buf.try_reserve_exact(n as usize * BLOCK_SIZE).is_err() {
+            return Ok(false);
+        }
+        buf.resize(n as usize * BLOCK_SIZE, 0);
+        src.read_blocks(pos, &mut buf)?;
+        for (k, blk) in buf.chunks_exact(BLOCK_SIZE).enumerate().rev() {
+            match check(blk) {
+                Ok(()) => {
+                    // Best effort (an allocation failure caches less);
+                    // `pos` last, as the most recently used.
+                    let _ = self.insert(table, pos + k as u64, blk);
+                }
+                Err(e) if k == 0 => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(self.holds(table, pos))
+    }
+
     /// Block `pos` of table `table`: from the cache, or read from `src`,
     /// checked with `check` and cached. A failed read, check or allocation
     /// caches nothing (an evicted block stays evicted).
@@ -223,11 +299,24 @@ pub struct CachedFetch<'a> {
     pub use_bloom: bool,
     /// Cache of data blocks.
     pub data: &'a mut BlockCache,
+    /// Data blocks read in one request on a miss while the data cache
+    /// fills ([`BlockCache::get_or_load_ahead`]).
+    pub read_ahead: u64,
     /// Counts lookups the bloom filter answered.
     pub bloom_negatives: &'a mut u64,
 }
 
 impl BlockFetch for CachedFetch<'_> {
+    fn fetch_data(
+        &mut self,
+        pos: u64,
+        n_data: u64,
+        check: &dyn Fn(&[u8]) -> Result<()>,
+    ) -> Result<&[u8]> {
+        self.data
+            .get_or_load_ahead(self.table, pos, n_data, self.read_ahead, self.src, check)
+    }
+
     fn fetch(
         &mut self,
         pos: u64,
@@ -290,6 +379,72 @@ mod tests {
         let mut z = BlockCache::new(0);
         z.insert(1, 0, &[1u8; BLOCK_SIZE]).unwrap();
         assert!(z.is_empty());
+    }
+
+    /// Counts requests: a run of blocks is one.
+    struct Requests<'a>(Vec<Vec<u8>>, &'a Cell<u32>);
+    impl BlockSource for Requests<'_> {
+        fn read_block(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+            self.read_blocks(pos, buf)
+        }
+        fn read_blocks(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+            self.1.set(self.1.get() + 1);
+            for (i, b) in buf.chunks_exact_mut(BLOCK_SIZE).enumerate() {
+                self.0.read_block(pos + i as u64, b)?;
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_filling_cache_reads_ahead_and_a_full_one_does_not() {
+        let reqs = Cell::new(0);
+        let src = Requests((0..40u8).map(|i| vec![i; BLOCK_SIZE]).collect(), &reqs);
+        let ok = |_: &[u8]| Ok(());
+        let mut c = BlockCache::new(20);
+        // A miss reads `ahead` blocks in one request.
+        assert_eq!(c.get_or_load_ahead(1, 0, 20, 8, &src, &ok).unwrap()[0], 0);
+        assert_eq!((reqs.get(), c.len()), (1, 8));
+        assert_eq!(c.counters(), (0, 1));
+        // The blocks read ahead are hits.
+        assert_eq!(c.get_or_load_ahead(1, 5, 20, 8, &src, &ok).unwrap()[0], 5);
+        assert_eq!((reqs.get(), c.counters()), (1, (1, 1)));
+        // Not past `end`, and not over a block already cached.
+        assert_eq!(c.get_or_load_ahead(1, 17, 20, 8, &src, &ok).unwrap()[0], 17);
+        assert_eq!((reqs.get(), c.len()), (2, 11));
+        assert_eq!(c.get_or_load_ahead(1, 12, 20, 8, &src, &ok).unwrap()[0], 12);
+        assert_eq!((reqs.get(), c.len()), (3, 16));
+        assert!(c.holds(1, 16) && !c.holds(1, 8));
+        // Room for fewer than `ahead` more: only as many as fit.
+        c.get_or_load_ahead(2, 0, 40, 8, &src, &ok).unwrap();
+        assert_eq!((reqs.get(), c.len()), (4, 20));
+        assert!(c.holds(2, 3) && !c.holds(2, 4));
+        // A full cache reads the one block it needs.
+        c.get_or_load_ahead(2, 30, 40, 8, &src, &ok).unwrap();
+        assert_eq!((reqs.get(), c.len()), (5, 20));
+        assert!(c.holds(2, 30) && !c.holds(2, 31));
+        assert_eq!(c.counters(), (1, 5));
+    }
+
+    #[test]
+    fn a_block_read_ahead_that_fails_its_check_is_left_out() {
+        let reqs = Cell::new(0);
+        let src = Requests((0..10u8).map(|i| vec![i; BLOCK_SIZE]).collect(), &reqs);
+        let not3 = |b: &[u8]| {
+            if b[0] == 3 {
+                Err(Error::new(ErrorKind::Corrupted, "bad"))
+            } else {
+                Ok(())
+            }
+        };
+        let mut c = BlockCache::new(16);
+        c.get_or_load_ahead(1, 0, 10, 8, &src, &not3).unwrap();
+        assert!(c.holds(1, 2) && !c.holds(1, 3) && c.holds(1, 4));
+        // The block asked for decides: its failed check is the error, and
+        // nothing of that request stays for it.
+        let mut d = BlockCache::new(16);
+        assert!(d.get_or_load_ahead(1, 3, 10, 8, &src, &not3).is_err());
+        assert!(!d.holds(1, 3));
     }
 
     #[test]

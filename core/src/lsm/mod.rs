@@ -212,6 +212,11 @@ pub struct LsmConfig {
     pub pinned_meta_blocks: usize,
     /// Cached data blocks (4 KiB each).
     pub data_cache_blocks: usize,
+    /// Data blocks of a table read in one request on a data-cache miss
+    /// while the cache has room (it is filling, as after an open): a cold
+    /// cache warms that many leaves per device request. 1 reads only the
+    /// block asked for; at most 64.
+    pub read_ahead_blocks: u64,
     /// Bloom filter bits per key (0: no filter).
     pub bloom_bits_per_key: u32,
     /// L0 tables that trigger a compaction into L1.
@@ -234,6 +239,7 @@ impl Default for LsmConfig {
             wal_max_blocks: 2048,
             meta_cache_blocks: 1024,
             data_cache_blocks: 512,
+            read_ahead_blocks: 8,
             pinned_meta_blocks: 4096,
             bloom_bits_per_key: 10,
             l0_max_tables: 4,
@@ -254,6 +260,7 @@ impl LsmConfig {
             wal_max_blocks: 3,
             meta_cache_blocks: 4,
             data_cache_blocks: 2,
+            read_ahead_blocks: 8,
             pinned_meta_blocks: 4,
             bloom_bits_per_key: 10,
             l0_max_tables: 2,
@@ -275,6 +282,11 @@ impl LsmConfig {
             self.wal_max_blocks >= 1,
             InvalidArgument,
             "lsm config: wal_max_blocks must be positive"
+        );
+        crate::ensure!(
+            (1..=64).contains(&self.read_ahead_blocks),
+            InvalidArgument,
+            "lsm config: read_ahead_blocks must be 1..=64"
         );
         crate::ensure!(
             self.l0_max_tables >= 1 && self.l0_max_tables <= 64,

@@ -80,4 +80,8 @@ impl<S: LogStore> BlockSource for LogSource<'_, S> {
     fn read_block(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
         self.store.read(self.log, pos, buf)
     }
+    fn read_blocks(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+        // The store reads consecutive blocks in one device request.
+        self.store.read(self.log, pos, buf)
+    }
 }

@@ -51,6 +51,16 @@ pub const MAX_DATA_BLOCKS: usize = MAX_INDEX_BLOCKS * INDEX_ENTRIES;
 pub trait BlockSource {
     /// Reads block `pos` into `buf` (one block).
     fn read_block(&self, pos: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Reads blocks from `pos` into `buf` (whole blocks); a source that
+    /// can should read them in one request (the default reads them one by
+    /// one).
+    fn read_blocks(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+        for (i, b) in buf.chunks_exact_mut(BLOCK_SIZE).enumerate() {
+            self.read_block(pos + i as u64, b)?;
+        }
+        Ok(())
+    }
 }
 
 impl BlockSource for Vec<Vec<u8>> {
@@ -75,6 +85,20 @@ pub trait BlockFetch {
         kind: BlockKind,
         check: &dyn Fn(&[u8]) -> Result<()>,
     ) -> Result<&[u8]>;
+
+    /// Returns data block `pos` of the table, which has `n_data` data
+    /// blocks, after `check` accepted it. A caching fetch may read the
+    /// data blocks after it in the same request
+    /// ([`super::cache::CachedFetch`]); by default this is [`Self::fetch`].
+    fn fetch_data(
+        &mut self,
+        pos: u64,
+        n_data: u64,
+        check: &dyn Fn(&[u8]) -> Result<()>,
+    ) -> Result<&[u8]> {
+        let _ = n_data;
+        self.fetch(pos, BlockKind::Data, check)
+    }
 
     /// Called when the bloom filter answered "absent" (for statistics).
     fn bloom_negative(&mut self) {}
@@ -413,7 +437,9 @@ impl TableInfo {
             Corrupted,
             "table: index past data"
         );
-        let blk = f.fetch(d as u64, BlockKind::Data, &|blk| self.check_data(blk))?;
+        let blk = f.fetch_data(d as u64, u64::from(self.n_data), &|blk| {
+            self.check_data(blk)
+        })?;
         let cnt = Self::data_count(blk)?;
         let (first, _, _) = record_at(blk, 0, self.value_size)?;
         let (last, _, _) = record_at(blk, cnt.saturating_sub(1), self.value_size)?;

@@ -647,6 +647,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                     src: &src,
                     meta: &mut self.meta_cache,
                     data: &mut self.data_cache,
+                    read_ahead: self.cfg.read_ahead_blocks,
                     pinned: &mut self.pinned,
                     use_bloom: l == 0 || Some(l) != deepest,
                     bloom_negatives: &mut self.stats.bloom_negatives,
