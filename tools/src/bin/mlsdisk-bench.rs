@@ -271,8 +271,9 @@ fn make(o: &Opts, name: &str, crypto: &CryptoRef) -> mlsdisk_core::Result<Box<dy
         "raw" => Box::new(Raw(Arc::new(Counted::new(device(o, disk))))),
         "crypt" => {
             let dev = Arc::new(Counted::new(device(o, disk / 127 * 128 + 256)));
+            // The image file was just created: it reads as zeros.
             Box::new(Crypt(
-                CryptDisk::create(dev.clone(), crypto.clone(), &key)?,
+                CryptDisk::create_zeroed(dev.clone(), crypto.clone(), &key)?,
                 dev,
             ))
         }
