@@ -213,8 +213,8 @@ impl BlockCache {
 
     /// Reads blocks `pos..pos + n` of `table` in one request and caches
     /// those that pass `check`; `pos` must pass it. Whether `pos` is cached
-    /// now (an allocation failure caches less, and is no error: the caller
-    /// then reads `pos` alone).
+    /// now (a failed allocation or read caches nothing and is no error: the
+    /// caller then reads `pos` alone).
     fn load_run(
         &mut self,
         table: u64,
@@ -228,7 +228,12 @@ impl BlockCache {
             return Ok(false);
         }
         buf.resize(n as usize * BLOCK_SIZE, 0);
-        src.read_blocks(pos, &mut buf)?;
+        if src.read_blocks(pos, &mut buf).is_err() {
+            // A block read ahead may be what failed (a device error, a
+            // block that does not verify): the caller reads `pos` alone,
+            // so the lookup fails only if its own block does.
+            return Ok(false);
+        }
         for (k, blk) in buf.chunks_exact(BLOCK_SIZE).enumerate().rev() {
             match check(blk) {
                 Ok(()) => {
@@ -424,6 +429,39 @@ mod tests {
         assert_eq!((reqs.get(), c.len()), (5, 20));
         assert!(c.holds(2, 30) && !c.holds(2, 31));
         assert_eq!(c.counters(), (1, 5));
+    }
+
+    /// Fails every read that reaches block `bad`.
+    struct FailsAt<'a>(Requests<'a>, u64);
+    impl BlockSource for FailsAt<'_> {
+        fn read_block(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+            self.read_blocks(pos, buf)
+        }
+        fn read_blocks(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+            let n = (buf.len() / BLOCK_SIZE) as u64;
+            if (pos..pos + n).contains(&self.1) {
+                self.0 .1.set(self.0 .1.get() + 1);
+                return Err(Error::new(ErrorKind::Integrity, "bad block"));
+            }
+            self.0.read_blocks(pos, buf)
+        }
+    }
+
+    #[test]
+    fn a_read_ahead_that_fails_falls_back_to_the_one_block() {
+        let reqs = Cell::new(0);
+        let src = FailsAt(
+            Requests((0..10u8).map(|i| vec![i; BLOCK_SIZE]).collect(), &reqs),
+            4,
+        );
+        let ok = |_: &[u8]| Ok(());
+        let mut c = BlockCache::new(16);
+        // Block 4 is bad: the run 0..8 fails, block 0 alone is read.
+        assert_eq!(c.get_or_load_ahead(1, 0, 10, 8, &src, &ok).unwrap()[0], 0);
+        assert_eq!(reqs.get(), 2);
+        assert!(c.holds(1, 0) && !c.holds(1, 1));
+        // Block 4 itself still fails.
+        assert!(c.get_or_load_ahead(1, 4, 10, 8, &src, &ok).is_err());
     }
 
     #[test]
