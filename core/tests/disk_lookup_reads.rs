@@ -236,3 +236,56 @@ fn without_a_pinned_budget_lookups_read_index_and_bloom_blocks() {
     assert!(c.worst >= 3, "worst {}", c.worst);
     assert!(c.total >= 2 * n, "{} index blocks for {n} lookups", c.total);
 }
+
+#[test]
+fn with_a_budget_too_small_for_the_leaves_a_lookup_still_reads_at_most_one_index_block() {
+    // The budget's own split, not hand-set cache sizes: 512 KiB, so the
+    // leaves of this tree (hundreds of blocks) do not fit the leaf cache
+    // and most lookups read their leaf. What must not happen is a second
+    // read for the Merkle node above that leaf: the split gives the nodes
+    // enough room for every level-0 node of the index (one per 72 blocks
+    // of a table). With a thirty-second of the budget for nodes (3 nodes
+    // here, the split before) lookups read two or three blocks.
+    let mut c = cfg(0);
+    c.cache_budget_bytes = 512 << 10;
+    // No read-ahead: while the leaf cache has room, a missed leaf brings
+    // its neighbours along in the same request (more blocks, not more
+    // requests); this counts blocks, and is about the nodes.
+    c.lsm.read_ahead_blocks = 1;
+    let split = c.cache_split().unwrap();
+    let s = Setup::new("budget");
+    let mut d = s.create(c.clone());
+    let cap = populate(&mut d);
+    let tables: u64 = d
+        .index_stats()
+        .unwrap()
+        .tables
+        .iter()
+        .map(|&t| t as u64)
+        .sum();
+    assert!(levels(&d) >= 3, "the test needs three levels");
+    d.close().unwrap();
+    let mut d = s.open(c.clone());
+    while d.background_step().unwrap() {}
+    let n = 2000;
+    let cost = lookups(&mut d, cap, n);
+    eprintln!(
+        "budget 512 KiB ({split:?}), {tables} tables: index blocks per lookup worst {}, {} of {n} over one, mean {:.3}",
+        cost.worst,
+        cost.over_one,
+        cost.total as f64 / n as f64
+    );
+    // The leaves do not fit: lookups do read index blocks (this shows the
+    // counts measure a cold leaf cache, not a warm one).
+    assert!(
+        cost.total >= n / 2,
+        "only {} index blocks for {n} lookups: the leaves fit the cache",
+        cost.total
+    );
+    assert!(cost.worst <= 2, "a lookup read {} index blocks", cost.worst);
+    assert!(
+        cost.over_one <= n / 50,
+        "{} of {n} lookups read more than one index block",
+        cost.over_one
+    );
+}

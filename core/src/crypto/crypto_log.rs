@@ -697,12 +697,19 @@ impl CryptoLog {
 /// Keyed by a node's address and MAC, and checked against its key, so a hit
 /// is exactly the node its parent names (a node rewritten at the same address
 /// has another key and MAC). Holds at most `capacity` nodes (about 4.5 KiB
-/// each), evicted oldest first.
+/// each). Level-0 nodes (the parents of data blocks) are evicted first,
+/// oldest first; a node above level 0 only when no level-0 node is left:
+/// one upper node serves the lookups of up to `FANOUT` level-0 nodes, so a
+/// cache too small for every level-0 node still costs a lookup at most one
+/// node read, not one per level.
 #[derive(Debug, Default)]
 pub struct NodeCache {
     capacity: usize,
     map: VecMap<(u64, Mac), CachedNode>,
+    /// Level-0 nodes, oldest first.
     order: VecDeque<(u64, Mac)>,
+    /// Nodes above level 0, oldest first.
+    upper: VecDeque<(u64, Mac)>,
     hits: u64,
     misses: u64,
 }
@@ -732,6 +739,41 @@ impl NodeCache {
     pub fn clear(&mut self) {
         self.map.clear();
         self.order.clear();
+        self.upper.clear();
+    }
+
+    /// Nodes held now.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the cache holds no node.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Changes the capacity, evicting (level-0 nodes first) down to it.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity;
+        self.evict_to(capacity);
+    }
+
+    /// The capacity in nodes.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Evicts until at most `n` nodes are held: level-0 nodes oldest first,
+    /// then upper nodes oldest first.
+    fn evict_to(&mut self, n: usize) {
+        while self.map.len() > n {
+            match self.order.pop_front().or_else(|| self.upper.pop_front()) {
+                Some(k) => {
+                    self.map.remove(&k);
+                }
+                None => break,
+            }
+        }
     }
 
     fn child(&mut self, parent: &Entry, level: usize, idx: usize) -> Result<Option<Entry>> {
@@ -753,15 +795,13 @@ impl NodeCache {
         if self.capacity == 0 {
             return Ok(());
         }
-        while self.map.len() >= self.capacity {
-            match self.order.pop_front() {
-                Some(k) => {
-                    self.map.remove(&k);
-                }
-                None => break,
-            }
-        }
-        self.order.try_reserve(1)?;
+        self.evict_to(self.capacity.saturating_sub(1));
+        let fifo = if level == 0 {
+            &mut self.order
+        } else {
+            &mut self.upper
+        };
+        fifo.try_reserve(1)?;
         self.map.try_reserve(1)?;
         let k = (parent.addr, parent.mac);
         if self
@@ -776,7 +816,11 @@ impl NodeCache {
             )?
             .is_none()
         {
-            self.order.push_back(k);
+            if level == 0 {
+                self.order.push_back(k);
+            } else {
+                self.upper.push_back(k);
+            }
         }
         Ok(())
     }
@@ -909,6 +953,40 @@ mod tests {
             let _ = RootMeta::parse(&b);
             let _ = RootMeta::parse(b.get(..RootMeta::ENCODED_LEN).unwrap_or(&b));
         }
+    }
+
+    #[test]
+    fn node_cache_evicts_level_zero_nodes_first() {
+        let c = StdCrypto;
+        let entry = |a: u64| Entry {
+            addr: a,
+            key: AeadKey::random(&c, 16).unwrap(),
+            mac: [a as u8; 16],
+        };
+        let mut cache = NodeCache::new(3);
+        let up = entry(1);
+        cache.insert(&up, 1, vec![entry(100)]).unwrap();
+        let lows: Vec<Entry> = (2..6).map(entry).collect();
+        for e in &lows {
+            cache.insert(e, 0, vec![entry(200)]).unwrap();
+        }
+        assert_eq!(cache.len(), 3);
+        // The upper node stays although it is the oldest; the two oldest
+        // level-0 nodes went.
+        assert!(
+            cache.child(&up, 1, 0).unwrap().is_some(),
+            "upper node evicted"
+        );
+        assert!(cache.child(&lows[0], 0, 0).unwrap().is_none());
+        assert!(cache.child(&lows[1], 0, 0).unwrap().is_none());
+        assert!(cache.child(&lows[2], 0, 0).unwrap().is_some());
+        assert!(cache.child(&lows[3], 0, 0).unwrap().is_some());
+        // Shrinking evicts level-0 nodes first, then upper ones.
+        cache.set_capacity(1);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.child(&up, 1, 0).unwrap().is_some());
+        cache.set_capacity(0);
+        assert!(cache.is_empty());
     }
 
     #[test]
