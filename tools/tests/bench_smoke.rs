@@ -72,6 +72,7 @@ fn a_tiny_run_reports_every_measurement() {
     assert_eq!(numbers(&j, "open_s").len(), 1, "{j}");
     assert!(numbers(&j, "open_device_reads")[0] > 0.0);
     assert!(numbers(&j, "peak_rss_kib").iter().all(|&k| k > 0.0), "{j}");
+    assert!(numbers(&j, "peak_heap_kib").iter().all(|&k| k > 0.0), "{j}");
 }
 
 #[test]
