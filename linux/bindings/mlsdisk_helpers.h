@@ -180,14 +180,16 @@ int mlsdisk_keyring_read(bool logon, const char *desc, u8 *out, unsigned int siz
 /*
  * The engine's own reference to the backing device, independent of any
  * dm_target (a disk outlives the table that opened it when a reload hands
- * it to the new table): a read/write open by device number. With
+ * it to the new table): an open by device number, for reading, and for
+ * writing too if `write` (false for a read-only table). With
  * own_holder, exclusive with a claim of its own (a token allocated here):
  * the blk-mq disks. Else exclusive for `holder` if not NULL: the dm target
  * passes device-mapper's holder (mlsdisk_file_holder of its table's
  * dm_dev), so the engine's claim joins the table's and outlives it.
  * NULL with *err set on failure. Sleeps.
  */
-struct file *mlsdisk_bdev_open(dev_t dev, void *holder, bool own_holder, int *err);
+struct file *mlsdisk_bdev_open(dev_t dev, void *holder, bool own_holder, bool write,
+			       int *err);
 /* The block device of a file from mlsdisk_bdev_open. */
 struct block_device *mlsdisk_file_bdev(struct file *file);
 /* The holder of an exclusively opened block device file (else NULL). */

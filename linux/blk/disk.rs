@@ -52,7 +52,7 @@ pub(super) fn start_engine(
     let opened = on_worker(|| -> Result<(Box<dyn Engine>, u64)> {
         // Exclusive: a dm table, a mount or another disk on the same
         // device is refused while this disk is open (EBUSY).
-        let bdev = OpenBdev::open(dev, Claim::Own).inspect_err(|e| {
+        let bdev = OpenBdev::open(dev, Claim::Own, Access::ReadWrite).inspect_err(|e| {
             let why = match e.to_errno() == EBUSY.to_errno() {
                 true => " (in use: claimed by a mount, a dm table or another disk)",
                 false => "",
@@ -69,7 +69,7 @@ pub(super) fn start_engine(
         {
             let anchor = match anchor {
                 Some(adev) => Some(BdevBlockSet::new(
-                    OpenBdev::open(adev, Claim::None).inspect_err(|e| {
+                    OpenBdev::open(adev, Claim::None, Access::ReadWrite).inspect_err(|e| {
                         pr_err!(
                             "mlsdisk{}: cannot open the anchor device: error {}\n",
                             index,

@@ -100,7 +100,9 @@ use kernel::{bindings, new_mutex, new_spinlock_irq};
 use crate::engine::registry::BlkClaim;
 use crate::engine::serve::{serve_read, IoRequest, Op};
 use crate::engine::{Closed, Engine, Failure, Reads, Worker, SECTORS_PER_BLOCK};
-use crate::kernel_platform::bio::{device_number, on_worker, BdevBlockSet, Claim, OpenBdev};
+use crate::kernel_platform::bio::{
+    device_number, on_worker, Access, BdevBlockSet, Claim, OpenBdev,
+};
 use crate::kernel_platform::work::{NoIoScope, Ordered, Serve};
 use crate::table::{self, KeySpec, RawKey};
 

@@ -103,7 +103,9 @@ use crate::engine::PassThrough;
 use crate::engine::{
     Engine, Failure, KeyCheck, Reads, Shared, Worker, MAX_IO_SECTORS, SECTORS_PER_BLOCK,
 };
-use crate::kernel_platform::bio::{device_number, on_worker, BdevBlockSet, Claim, OpenBdev};
+use crate::kernel_platform::bio::{
+    device_number, on_worker, Access, BdevBlockSet, Claim, OpenBdev,
+};
 use crate::kernel_platform::work::NoIoScope;
 #[cfg(not(mlsdisk_passthrough))]
 use crate::table::AnchorKind;

@@ -41,7 +41,7 @@ use mlsdisk_core::bio::BLOCK_SIZE;
 use mlsdisk_core::disk::{DataReader, EngineLock, ParallelReads, ReadPlan, ReadPlanner};
 use mlsdisk_core::{Error as CoreError, ErrorKind};
 
-use crate::kernel_platform::bio::{on_worker, BdevBlockSet};
+use crate::kernel_platform::bio::{on_worker, Access, BdevBlockSet};
 use crate::table::RawKey;
 
 pub(crate) use crate::kernel_platform::bio::SECTORS_PER_BLOCK;
@@ -252,6 +252,10 @@ pub(crate) struct Shared {
     /// Which key the disk was opened with, not the key itself: a second
     /// table must give the same ([`KeyCheck`]).
     pub(crate) key_check: KeyCheck,
+    /// How the engine's devices are open: [`Access::ReadOnly`] when a
+    /// read-only table opened the disk (then every write and flush fails
+    /// below the engine, and only read-only tables may join it).
+    pub(crate) access: Access,
     /// Logical capacity in 4 KiB blocks.
     pub(crate) capacity: u64,
     /// The engine and the worker's buffer, behind a sleeping lock.

@@ -51,18 +51,33 @@ unsafe impl Send for Claim {}
 // SAFETY: as above: nothing is reached through the token.
 unsafe impl Sync for Claim {}
 
-/// The engine's own open reference to a block device (read and write, by
-/// device number, exclusive as [`Claim`] says), closed on drop. Independent
-/// of any `dm_target`, so a disk can outlive the table that opened it.
+/// Whether [`OpenBdev::open`] opens its device for writing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Reading and writing (`BLK_OPEN_READ | BLK_OPEN_WRITE`).
+    ReadWrite,
+    /// Reading only (`BLK_OPEN_READ`), for a read-only dm table: the
+    /// device is not opened for writing, and [`BdevBlockSet`] refuses
+    /// every write and flush on it before a bio is built, so nothing the
+    /// engine does (its open included) can write the device.
+    ReadOnly,
+}
+
+/// The engine's own open reference to a block device (by device number,
+/// for reading, and for writing as [`Access`] says, exclusive as [`Claim`]
+/// says), closed on drop. Independent of any `dm_target`, so a disk can
+/// outlive the table that opened it.
 ///
 /// # Invariants
 ///
-/// `file` came from `mlsdisk_bdev_open` (with a token of its own if `own`)
-/// and is closed only by `drop`; `bdev` is its block device.
+/// `file` came from `mlsdisk_bdev_open` (with a token of its own if `own`,
+/// for writing if `access` is [`Access::ReadWrite`]) and is closed only by
+/// `drop`; `bdev` is its block device.
 pub(crate) struct OpenBdev {
     file: NonNull<kernel::bindings::file>,
     bdev: NonNull<kernel::bindings::block_device>,
     own: bool,
+    access: Access,
 }
 
 // SAFETY: an open block device file may be used and closed from any thread.
@@ -72,23 +87,24 @@ unsafe impl Send for OpenBdev {}
 unsafe impl Sync for OpenBdev {}
 
 impl OpenBdev {
-    /// Opens device `dev` (`dev_t`) for reading and writing, claimed as
-    /// `claim` says. Sleeps.
+    /// Opens device `dev` (`dev_t`) as `access` says, claimed as `claim`
+    /// says. Sleeps.
     ///
     /// # Errors
     ///
     /// The errno of the open (`ENXIO`, `EACCES`, `EBUSY`, ...).
-    pub(crate) fn open(dev: u32, claim: Claim) -> Result<Self> {
+    pub(crate) fn open(dev: u32, claim: Claim, access: Access) -> Result<Self> {
         let mut err: c_int = 0;
         let (holder, own) = match claim {
             Claim::Own => (core::ptr::null_mut(), true),
             Claim::Dm(holder) => (holder, false),
             Claim::None => (core::ptr::null_mut(), false),
         };
+        let write = access == Access::ReadWrite;
         // SAFETY: `err` is a valid out-pointer; `holder` is NULL or
         // device-mapper's holder, which lives as long as device-mapper
         // (a static of dm.c); process context.
-        let file = unsafe { bindings::mlsdisk_bdev_open(dev, holder, own, &mut err) };
+        let file = unsafe { bindings::mlsdisk_bdev_open(dev, holder, own, write, &mut err) };
         let Some(file) = NonNull::new(file) else {
             return Err(if err < 0 {
                 Error::from_errno(err)
@@ -99,8 +115,14 @@ impl OpenBdev {
         // SAFETY: a file just opened by `mlsdisk_bdev_open`.
         let bdev = unsafe { bindings::mlsdisk_file_bdev(file.as_ptr()) };
         match NonNull::new(bdev) {
-            // INVARIANT: the file and its block device, opened as `own`.
-            Some(bdev) => Ok(Self { file, bdev, own }),
+            // INVARIANT: the file and its block device, opened as `own`
+            // and `access`.
+            Some(bdev) => Ok(Self {
+                file,
+                bdev,
+                own,
+                access,
+            }),
             None => {
                 // SAFETY: opened above (as `own`), closed once here.
                 unsafe { bindings::mlsdisk_bdev_close(file.as_ptr(), own) };
@@ -156,7 +178,9 @@ pub(crate) fn device_number(name: &[u8]) -> Result<u32> {
     Ok(dev)
 }
 
-/// A block device as 4 KiB blocks (a partial last block is unused).
+/// A block device as 4 KiB blocks (a partial last block is unused). On a
+/// device opened [`Access::ReadOnly`], writes and flushes fail with
+/// [`ErrorKind::InvalidState`] and reach no device.
 pub(crate) struct BdevBlockSet {
     dev: OpenBdev,
     nblocks: u64,
@@ -169,7 +193,30 @@ impl BdevBlockSet {
         Self { dev, nblocks }
     }
 
+    /// Refuses a write or flush on a device opened [`Access::ReadOnly`]
+    /// (logged, rate-limited): a read-only table writes nothing, not even
+    /// what the engine's open would (a rollback anchor started or brought
+    /// up, a recovery).
+    fn writable(&self, what: &str) -> CoreResult<()> {
+        if self.dev.access == Access::ReadWrite {
+            return Ok(());
+        }
+        if crate::kernel_platform::ratelimit() {
+            pr_err!(
+                "{} refused: the device is open read-only (a read-only table writes nothing)\n",
+                what
+            );
+        }
+        Err(CoreError::new(
+            ErrorKind::InvalidState,
+            "write refused: the device is open read-only",
+        ))
+    }
+
     fn rw(&self, write: bool, pos: u64, buf: *mut u8, len: usize) -> CoreResult<()> {
+        if write {
+            self.writable("write")?;
+        }
         check_range(self.nblocks, pos, len)?;
         // Cannot overflow: `pos < nblocks <= nr_sectors / 8`.
         let sector = pos * SECTORS_PER_BLOCK;
@@ -202,6 +249,7 @@ impl BlockSet for BdevBlockSet {
     }
 
     fn flush(&self) -> CoreResult<()> {
+        self.writable("cache flush")?;
         // SAFETY: as in `rw`: an open device; process context.
         match unsafe { bindings::mlsdisk_bdev_flush(self.dev.bdev.as_ptr()) } {
             0 => Ok(()),
@@ -214,6 +262,15 @@ impl BlockSet for BdevBlockSet {
 
     fn nblocks(&self) -> u64 {
         self.nblocks
+    }
+}
+
+impl BdevBlockSet {
+    /// How the device was opened.
+    // The pass-through build has no open errors to name.
+    #[cfg_attr(mlsdisk_passthrough, allow(dead_code))]
+    pub(crate) fn access(&self) -> Access {
+        self.dev.access
     }
 }
 

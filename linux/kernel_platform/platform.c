@@ -378,8 +378,10 @@ int mlsdisk_bdev_rw(struct block_device *bdev, bool write, sector_t sector,
  * the holder in file->private_data; mlsdisk_bdev_close reads it back, ends
  * the claim with bdev_fput and frees an own token.
  */
-struct file *mlsdisk_bdev_open(dev_t dev, void *holder, bool own_holder, int *err)
+struct file *mlsdisk_bdev_open(dev_t dev, void *holder, bool own_holder, bool write,
+			       int *err)
 {
+	blk_mode_t mode = BLK_OPEN_READ | (write ? BLK_OPEN_WRITE : 0);
 	struct file *file;
 
 	if (own_holder) {
@@ -389,7 +391,7 @@ struct file *mlsdisk_bdev_open(dev_t dev, void *holder, bool own_holder, int *er
 			return NULL;
 		}
 	}
-	file = bdev_file_open_by_dev(dev, BLK_OPEN_READ | BLK_OPEN_WRITE, holder, NULL);
+	file = bdev_file_open_by_dev(dev, mode, holder, NULL);
 	if (IS_ERR(file)) {
 		if (own_holder)
 			kfree(holder);

@@ -8,13 +8,14 @@
 use super::*;
 
 impl MlsDisk {
-    /// Finds the open disk on `dev` or opens one (`open_engine`), and
-    /// counts this instance's table (`table`, of mapped device `md`) as a
+    /// Finds the open disk on `dev` or opens one (`open_engine`, with its
+    /// devices opened as `access` says), and counts this instance's table (`table`, of mapped device `md`) as a
     /// user, in the registry of open disks ([`registry`], shared with the
     /// blk-mq disks). A device used by a blk-mq disk, a disk open for
     /// another mapped device, or already used by a target of the same
     /// table, is refused (`EBUSY`), as is one whose disk is being opened or
-    /// closed by another table just now. The registry's lock is not held
+    /// closed by another table just now, and a writable table on a disk a
+    /// read-only table opened (`EROFS`: its devices are open read-only). The registry's lock is not held
     /// while the engine opens: the entry is put in as [`State::Opening`]
     /// first, so the disk is never opened twice.
     pub(super) fn attach(
@@ -22,6 +23,7 @@ impl MlsDisk {
         (md, table): (usize, usize),
         key: &RawKey,
         mode: Option<table::Mode>,
+        access: Access,
         open_engine: impl FnOnce() -> Result<(Box<dyn Engine>, u64), CtrError> + Send,
     ) -> Result<Arc<Shared>, CtrError> {
         let oom = || {
@@ -90,6 +92,16 @@ impl MlsDisk {
                 );
                 return Err(Self::fail(c"the disk is in use: refusing 'create'", EBUSY));
             }
+            if access == Access::ReadWrite && shared.access == Access::ReadOnly {
+                pr_err!(
+                    "the disk on device {} is open read-only (by a read-only table): remove the mapped device to load a writable table\n",
+                    format_args!("{}", DevName(dev))
+                );
+                return Err(Self::fail(
+                    c"the disk is open read-only: a writable table needs a fresh open",
+                    EROFS,
+                ));
+            }
             if !shared.key_check.matches(key) {
                 pr_err!(
                     "wrong key: the disk on device {} is open with another key\n",
@@ -105,7 +117,7 @@ impl MlsDisk {
             return Ok(shared);
         }
         // The entry is ours (`Opening`): open without the registry's lock.
-        let opened = Self::open_shared(key, open_engine);
+        let opened = Self::open_shared(key, access, open_engine);
         registry::with(|open| {
             let Some(i) = open.iter().position(|e| e.dev == dev) else {
                 // Cannot happen: only this table removes an `Opening` entry.
@@ -129,6 +141,7 @@ impl MlsDisk {
     /// of the ioctl path) and the disk around it.
     fn open_shared(
         key: &RawKey,
+        access: Access,
         open_engine: impl FnOnce() -> Result<(Box<dyn Engine>, u64), CtrError> + Send,
     ) -> Result<Arc<Shared>, CtrError> {
         let (engine, capacity) =
@@ -148,6 +161,7 @@ impl MlsDisk {
         Arc::new(
             Shared {
                 key_check,
+                access,
                 capacity,
                 worker,
                 reads,
