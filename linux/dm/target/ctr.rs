@@ -81,9 +81,19 @@ impl MlsDisk {
             pr_err!("{}\n", format_args!("{e}"));
             Self::fail(e.summary(), EINVAL)
         })?;
-        let (key, keyref) = match line.key {
-            KeySpec::Raw(key) => (key, None),
-            KeySpec::Keyring(r) => (crate::kernel_platform::crypto::keyring_key(&r)?, Some(r)),
+        // The key is decoded (or read from the keyring) straight into this
+        // local, which is only borrowed from here on and wiped when it
+        // goes: no copy of it is left behind by a move.
+        let mut key = RawKey::empty();
+        let keyref = match line.key {
+            KeySpec::Hex(hex) => {
+                key.set_hex(hex);
+                None
+            }
+            KeySpec::Keyring(r) => {
+                crate::kernel_platform::crypto::keyring_key(&r, &mut key)?;
+                Some(r)
+            }
         };
 
         // One user per backing device: a blk-mq disk's device is refused
