@@ -137,34 +137,30 @@ impl MlsDisk {
         opened
     }
 
-    /// Opens the engine (on a worker: its deepest paths do not fit on top
-    /// of the ioctl path) and the disk around it.
+    /// Opens the disk ([`Disk::open`]: the engine on a worker) and shares
+    /// it.
     fn open_shared(
         key: &RawKey,
         access: Access,
         open_engine: impl FnOnce() -> Result<(Box<dyn Engine>, u64), CtrError> + Send,
     ) -> Result<Arc<Shared>, CtrError> {
-        let (engine, capacity) =
-            on_worker(open_engine).unwrap_or(Err(Self::fail(c"cannot open the disk", EIO)))?;
-        let reads = Reads::new(engine.reader());
         let oom = || {
             pr_err!("out of memory allocating the disk\n");
             Self::fail(c"out of memory", ENOMEM)
         };
-        let mut buf = Vec::new();
-        buf.try_reserve_exact((MAX_IO_SECTORS * 512) as usize)
-            .map_err(|_| oom())?;
-        buf.resize((MAX_IO_SECTORS * 512) as usize, 0);
-        let worker =
-            KBox::pin_init(new_mutex!(Worker { engine, buf }), GFP_KERNEL).map_err(|_| oom())?;
+        let disk = Disk::open(open_engine, |err| {
+            if err == ENOMEM {
+                oom()
+            } else {
+                Self::fail(c"cannot open the disk", err)
+            }
+        })?;
         let key_check = KeyCheck::of(key).map_err(|_| Self::fail(c"bad key", EINVAL))?;
         Arc::new(
             Shared {
                 key_check,
                 access,
-                capacity,
-                worker,
-                reads,
+                disk,
                 final_sync: AtomicBool::new(true),
             },
             GFP_KERNEL,
@@ -209,7 +205,7 @@ impl Drop for MlsDisk {
             // Another table still uses the disk; removal still syncs (not
             // from a read-only table, which writes nothing).
             if self.writable {
-                let _ = shared.sync("removal");
+                let _ = shared.disk.sync("removal");
             }
             return;
         }

@@ -240,7 +240,7 @@ impl MlsDisk {
             }
             (shared, options)
         };
-        let capacity = shared.capacity;
+        let capacity = shared.disk.capacity;
         let target = KBox::new(
             Self {
                 backing,
