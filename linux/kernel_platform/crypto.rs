@@ -193,8 +193,9 @@ impl Crypto for KernelCrypto {
     }
 
     fn fill_random(&self, out: &mut [u8]) -> CoreResult<()> {
-        // SAFETY: `out` is valid for writes of `out.len()` bytes.
-        unsafe { bindings::mlsdisk_random_bytes(out.as_mut_ptr().cast(), out.len()) };
+        // SAFETY: `out` is valid for writes of `out.len()` bytes;
+        // `get_random_bytes` may be called from any context.
+        unsafe { kernel::bindings::get_random_bytes(out.as_mut_ptr().cast(), out.len()) };
         Ok(())
     }
 }
