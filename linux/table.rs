@@ -60,27 +60,64 @@ mod error;
 pub(crate) use error::{Escaped, TableError};
 
 /// A raw AES key, wiped on drop.
+///
+/// The key is written where it stays: a `RawKey` is made empty
+/// ([`RawKey::empty`]) in its final place (a local of the constructor, a
+/// slot of a vector reserved up front) and filled there through `&mut`
+/// ([`RawKey::set_hex`], [`RawKey::fill`]); nothing returns or moves a
+/// filled key. A move is a copy of the bytes that leaves the old place
+/// unwiped (a dead stack slot), so a filled key must not be moved: the API
+/// gives no way to make one by value, and callers pass `&RawKey`.
 pub(crate) struct RawKey {
     bytes: [u8; KEY_MAX],
     len: usize,
 }
 
 impl RawKey {
-    /// A key from its bytes, 16 or 32 of them.
-    #[cfg_attr(test, allow(dead_code))]
-    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != 16 && bytes.len() != KEY_MAX {
-            return None;
-        }
-        let mut key = Self {
+    /// An empty key (no bytes), to be filled in place.
+    pub(crate) const fn empty() -> Self {
+        Self {
             bytes: [0; KEY_MAX],
-            len: bytes.len(),
-        };
-        key.bytes.get_mut(..bytes.len())?.copy_from_slice(bytes);
-        Some(key)
+            len: 0,
+        }
     }
 
-    /// The key bytes (16 or 32 of them).
+    /// Decodes `hex` (validated by the parser) into this key, in place.
+    pub(crate) fn set_hex(&mut self, hex: HexKey<'_>) {
+        self.clear();
+        for (slot, pair) in self.bytes.iter_mut().zip(hex.0.chunks(2)) {
+            if let (Some(hi), Some(lo)) = (
+                pair.first().copied().and_then(hex_digit),
+                pair.get(1).copied().and_then(hex_digit),
+            ) {
+                *slot = hi << 4 | lo;
+            }
+        }
+        self.len = hex.0.len() / 2;
+    }
+
+    /// The key's first `len` bytes (16 or 32) to be written in place by
+    /// the caller (a keyring read); `None` for another length. The key has
+    /// that length afterwards: on a failed read the caller [`clear`]s it.
+    ///
+    /// [`clear`]: RawKey::clear
+    #[cfg_attr(test, allow(dead_code))]
+    pub(crate) fn fill(&mut self, len: usize) -> Option<&mut [u8]> {
+        if len != 16 && len != KEY_MAX {
+            return None;
+        }
+        self.clear();
+        self.len = len;
+        self.bytes.get_mut(..len)
+    }
+
+    /// Wipes the key; it is empty afterwards.
+    pub(crate) fn clear(&mut self) {
+        wipe(&mut self.bytes);
+        self.len = 0;
+    }
+
+    /// The key bytes (16 or 32 of them; none while empty).
     pub(crate) fn as_bytes(&self) -> &[u8] {
         self.bytes.get(..self.len).unwrap_or(&[])
     }
@@ -97,6 +134,26 @@ impl fmt::Debug for RawKey {
     }
 }
 
+/// A hex key as the table line gives it: 32 or 64 hex digits, checked by
+/// the parser, borrowed from the argument word (which the constructor
+/// wipes). Decoded only by [`RawKey::set_hex`], straight into the key's
+/// final place; the parser itself copies no key byte.
+#[derive(Clone, Copy)]
+pub(crate) struct HexKey<'a>(&'a [u8]);
+
+impl HexKey<'_> {
+    /// The key's length in bits.
+    pub(crate) fn bits(&self) -> usize {
+        self.0.len() * 4
+    }
+}
+
+impl fmt::Debug for HexKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HexKey({} bits, redacted)", self.bits())
+    }
+}
+
 /// Overwrites `buf` with zeroes in a way the optimiser may not drop.
 pub(crate) fn wipe(buf: &mut [u8]) {
     for b in buf.iter_mut() {
@@ -108,8 +165,7 @@ pub(crate) fn wipe(buf: &mut [u8]) {
 
 impl Drop for RawKey {
     fn drop(&mut self) {
-        wipe(&mut self.bytes);
-        self.len = 0;
+        self.clear();
     }
 }
 
@@ -227,11 +283,11 @@ impl fmt::Debug for KeyRef {
     }
 }
 
-/// The key of a table line: the key itself, or where to find it.
+/// The key of a table line: its hex digits, or where to find it.
 #[derive(Debug)]
-pub(crate) enum KeySpec {
-    /// A hex key.
-    Raw(RawKey),
+pub(crate) enum KeySpec<'a> {
+    /// A hex key (decoded by [`RawKey::set_hex`]).
+    Hex(HexKey<'a>),
     /// A keyring reference, read by the constructor.
     Keyring(KeyRef),
 }
@@ -289,7 +345,7 @@ pub(crate) struct TableLine<'a> {
     /// The backing device path or `major:minor`, as given.
     pub(crate) device: &'a [u8],
     /// The key.
-    pub(crate) key: KeySpec,
+    pub(crate) key: KeySpec<'a>,
     /// The optional arguments.
     pub(crate) options: Options,
 }
@@ -334,38 +390,20 @@ fn parse_decimal(s: &[u8]) -> Option<usize> {
 /// [`TableError::MalformedKey`], [`TableError::KeyLength`] or, for a
 /// keyring reference of another type than `logon`/`user`,
 /// [`TableError::KeyringNotSupported`].
-pub(crate) fn parse_key(arg: &[u8]) -> Result<KeySpec, TableError<'static>> {
+pub(crate) fn parse_key(arg: &[u8]) -> Result<KeySpec<'_>, TableError<'static>> {
     if arg.first() == Some(&b':') {
         return parse_keyring(arg).map(KeySpec::Keyring);
     }
-    parse_hex_key(arg).map(KeySpec::Raw)
+    parse_hex_key(arg).map(KeySpec::Hex)
 }
 
-fn parse_hex_key(arg: &[u8]) -> Result<RawKey, TableError<'static>> {
-    if !arg.len().is_multiple_of(2) && arg.iter().all(|&c| hex_digit(c).is_some()) {
-        return Err(TableError::KeyLength { digits: arg.len() });
-    }
-    let mut key = RawKey {
-        bytes: [0; KEY_MAX],
-        len: 0,
-    };
-    for (slot, pair) in key.bytes.iter_mut().zip(arg.chunks(2)) {
-        let (Some(&hi), Some(&lo)) = (pair.first(), pair.get(1)) else {
-            return Err(TableError::MalformedKey("odd number of hex digits"));
-        };
-        let (Some(hi), Some(lo)) = (hex_digit(hi), hex_digit(lo)) else {
-            return Err(TableError::MalformedKey("not a hex string"));
-        };
-        *slot = hi << 4 | lo;
-    }
+/// Checks a hex key without decoding it (no copy of the key is made here).
+fn parse_hex_key(arg: &[u8]) -> Result<HexKey<'_>, TableError<'static>> {
     if arg.iter().any(|&c| hex_digit(c).is_none()) {
         return Err(TableError::MalformedKey("not a hex string"));
     }
     match arg.len() {
-        32 | 64 => {
-            key.len = arg.len() / 2;
-            Ok(key)
-        }
+        32 | 64 => Ok(HexKey(arg)),
         digits => Err(TableError::KeyLength { digits }),
     }
 }

@@ -18,9 +18,14 @@ fn err(args: &[&[u8]]) -> String {
     }
 }
 
-fn raw<'a>(line: &'a TableLine<'_>) -> &'a RawKey {
+/// The line's hex key, decoded.
+fn raw(line: &TableLine<'_>) -> RawKey {
     match &line.key {
-        KeySpec::Raw(k) => k,
+        KeySpec::Hex(h) => {
+            let mut key = RawKey::empty();
+            key.set_hex(*h);
+            key
+        }
         KeySpec::Keyring(r) => panic!("a keyring reference: {r:?}"),
     }
 }
@@ -209,10 +214,50 @@ fn errors_never_print_the_key() {
 }
 
 #[test]
-fn raw_key_from_bytes() {
-    assert_eq!(RawKey::from_bytes(&[7; 16]).unwrap().bits(), 128);
-    assert_eq!(RawKey::from_bytes(&[7; 32]).unwrap().as_bytes(), &[7; 32]);
-    assert!(RawKey::from_bytes(&[7; 24]).is_none());
+fn raw_key_is_filled_in_place() {
+    let mut key = RawKey::empty();
+    assert_eq!((key.bits(), key.as_bytes()), (0, &[][..]));
+    key.fill(16).unwrap().copy_from_slice(&[7; 16]);
+    assert_eq!((key.bits(), key.as_bytes()), (128, &[7; 16][..]));
+    key.fill(32).unwrap().copy_from_slice(&[9; 32]);
+    assert_eq!(key.as_bytes(), &[9; 32]);
+    assert!(key.fill(24).is_none());
+    key.clear();
+    assert_eq!((key.bits(), key.as_bytes()), (0, &[][..]));
+    // A shorter key over a longer one leaves none of the longer one.
+    key.fill(32).unwrap().copy_from_slice(&[9; 32]);
+    key.fill(16).unwrap().copy_from_slice(&[7; 16]);
+    assert!(key.bytes[16..].iter().all(|&b| b == 0));
+}
+
+/// The parser copies no key byte: a hex key is the argument word itself
+/// (wiped by the constructor), decoded only into the key's final place by
+/// `RawKey::set_hex`. (Before, `parse` returned the decoded key by value,
+/// and each move of the line left a copy of it behind.)
+#[test]
+fn the_parser_copies_no_key_byte() {
+    let words: [&[u8]; 2] = [b"/dev/vdb", KEY64];
+    let line = parse(&words).unwrap();
+    let KeySpec::Hex(h) = line.key else {
+        panic!("not a hex key");
+    };
+    assert!(core::ptr::eq(h.0, KEY64), "the hex key is not the word");
+    assert_eq!(h.bits(), 256);
+    let mut key = RawKey::empty();
+    key.set_hex(h);
+    assert_eq!(key.as_bytes()[..4], [0, 1, 2, 3]);
+    // Nothing of the key in the line itself: a pointer and a length.
+    assert_eq!(
+        core::mem::size_of::<HexKey<'_>>(),
+        core::mem::size_of::<&[u8]>()
+    );
+    // A 128-bit key over a 256-bit one leaves none of the longer one.
+    key.set_hex(match parse(&[b"/dev/vdb", KEY32]).unwrap().key {
+        KeySpec::Hex(h) => h,
+        KeySpec::Keyring(_) => panic!("not a hex key"),
+    });
+    assert_eq!(key.bits(), 128);
+    assert!(key.bytes[16..].iter().all(|&b| b == 0));
 }
 
 #[test]

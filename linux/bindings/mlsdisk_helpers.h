@@ -87,21 +87,18 @@ void mlsdisk_sha256(const struct mlsdisk_part *parts, size_t n, u8 *out);
 /* HMAC-SHA256 under `key` over the concatenation of `n` parts. */
 void mlsdisk_hmac_sha256(const u8 *key, size_t key_len,
 			 const struct mlsdisk_part *parts, size_t n, u8 *out);
-/* get_random_bytes() */
-void mlsdisk_random_bytes(void *out, size_t len);
 
 /*
  * Synchronous I/O of `len` bytes (a multiple of 512) at `sector` of
  * `bdev`, into or from `buf` (any kernel address, as above). Whole runs go
  * out as multi-page bios (up to BIO_MAX_VECS pages each) and are waited
  * for; a buffer that is not 512-byte aligned is bounced through a page.
- * Writes are REQ_SYNC; durability comes from mlsdisk_bdev_flush. Returns 0
+ * Writes are REQ_SYNC; durability comes from a cache flush
+ * (blkdev_issue_flush, called from kernel_platform/bio.rs). Returns 0
  * or a negative errno. Sleeps.
  */
 int mlsdisk_bdev_rw(struct block_device *bdev, bool write, sector_t sector,
 		    void *buf, size_t len);
-/* A cache flush (REQ_PREFLUSH) of `bdev`: blkdev_issue_flush(). */
-int mlsdisk_bdev_flush(struct block_device *bdev);
 /* memalloc_noio_save/restore: allocations in between do no I/O. */
 unsigned int mlsdisk_noio_save(void);
 void mlsdisk_noio_restore(unsigned int flags);
@@ -178,29 +175,13 @@ bool mlsdisk_ratelimit(void);
 int mlsdisk_keyring_read(bool logon, const char *desc, u8 *out, unsigned int size);
 
 /*
- * The engine's own reference to the backing device, independent of any
- * dm_target (a disk outlives the table that opened it when a reload hands
- * it to the new table): a read/write open by device number. With
- * own_holder, exclusive with a claim of its own (a token allocated here):
- * the blk-mq disks. Else exclusive for `holder` if not NULL: the dm target
- * passes device-mapper's holder (mlsdisk_file_holder of its table's
- * dm_dev), so the engine's claim joins the table's and outlives it.
- * NULL with *err set on failure. Sleeps.
+ * blk_mode_t flags for bdev_file_open_by_dev (kernel_platform/bio.rs):
+ * the macros are casts, which bindgen does not evaluate.
  */
-struct file *mlsdisk_bdev_open(dev_t dev, void *holder, bool own_holder, int *err);
-/* The block device of a file from mlsdisk_bdev_open. */
-struct block_device *mlsdisk_file_bdev(struct file *file);
-/* The holder of an exclusively opened block device file (else NULL). */
-void *mlsdisk_file_holder(struct file *file);
-/*
- * Closes a file from mlsdisk_bdev_open and ends its exclusive claim, if it
- * has one (own_holder: as opened, the token is freed then).
- */
-void mlsdisk_bdev_close(struct file *file, bool own_holder);
-/* The dev_t of the block device at `path` (lookup_bdev), or a -errno. */
-int mlsdisk_lookup_bdev(const char *path, u32 *dev);
-/* bdev->bd_dev */
-dev_t mlsdisk_bdev_dev(struct block_device *bdev);
+enum mlsdisk_blk_open {
+	MLSDISK_BLK_OPEN_READ = (__force unsigned int)BLK_OPEN_READ,
+	MLSDISK_BLK_OPEN_WRITE = (__force unsigned int)BLK_OPEN_WRITE,
+};
 
 /*
  * Runs fn(arg) on a kworker of `wq` (system_dfl_long_wq if NULL) in a

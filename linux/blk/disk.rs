@@ -39,9 +39,9 @@ unsafe impl Sync for BlkDisk {}
 
 /// Creates or opens the engine of disk `index` on `dev`, with the rollback
 /// anchor on `anchor` if given and the caches' budget `cache_mib` (`None`:
-/// the engine's default), on a worker. Returns it and its logical capacity
-/// in blocks.
-pub(super) fn start_engine(
+/// the engine's default). Returns it and its logical capacity in blocks.
+/// Runs on a worker ([`Disk::open`]).
+fn start_engine(
     index: c_int,
     dev: u32,
     (create, force): (bool, bool),
@@ -49,62 +49,52 @@ pub(super) fn start_engine(
     anchor: Option<u32>,
     cache_mib: Option<u32>,
 ) -> Result<(Box<dyn Engine>, u64)> {
-    let opened = on_worker(|| -> Result<(Box<dyn Engine>, u64)> {
-        // Exclusive: a dm table, a mount or another disk on the same
-        // device is refused while this disk is open (EBUSY).
-        let bdev = OpenBdev::open(dev, Claim::Own).inspect_err(|e| {
-            let why = match e.to_errno() == EBUSY.to_errno() {
-                true => " (in use: claimed by a mount, a dm table or another disk)",
-                false => "",
-            };
-            pr_err!(
-                "mlsdisk{}: cannot open the backing device{}: error {}\n",
-                index,
-                why,
-                e.to_errno()
-            );
-        })?;
-        let set = BdevBlockSet::new(bdev);
-        #[cfg(not(mlsdisk_passthrough))]
-        {
-            let anchor = match anchor {
-                Some(adev) => Some(BdevBlockSet::new(
-                    OpenBdev::open(adev, Claim::None).inspect_err(|e| {
-                        pr_err!(
-                            "mlsdisk{}: cannot open the anchor device: error {}\n",
-                            index,
-                            e.to_errno()
-                        );
-                    })?,
-                )),
-                None => None,
-            };
-            let mode = Some(if create {
-                table::Mode::Create
-            } else {
-                table::Mode::Open
-            });
-            crate::engine::disk::start_with_options(
-                mode,
-                force,
-                set,
-                key.as_bytes(),
-                anchor,
-                cache_mib,
-            )
+    // Exclusive: a dm table, a mount or another disk on the same
+    // device is refused while this disk is open (EBUSY).
+    let bdev = OpenBdev::open(dev, Claim::Own, Access::ReadWrite).inspect_err(|e| {
+        let why = match e.to_errno() == EBUSY.to_errno() {
+            true => " (in use: claimed by a mount, a dm table or another disk)",
+            false => "",
+        };
+        pr_err!(
+            "mlsdisk{}: cannot open the backing device{}: error {}\n",
+            index,
+            why,
+            e.to_errno()
+        );
+    })?;
+    let set = BdevBlockSet::new(bdev);
+    #[cfg(not(mlsdisk_passthrough))]
+    {
+        let anchor = match anchor {
+            Some(adev) => Some(BdevBlockSet::new(
+                OpenBdev::open(adev, Claim::None, Access::ReadWrite).inspect_err(|e| {
+                    pr_err!(
+                        "mlsdisk{}: cannot open the anchor device: error {}\n",
+                        index,
+                        e.to_errno()
+                    );
+                })?,
+            )),
+            None => None,
+        };
+        let mode = Some(if create {
+            table::Mode::Create
+        } else {
+            table::Mode::Open
+        });
+        crate::engine::disk::start_with_options(mode, force, set, key.as_bytes(), anchor, cache_mib)
             .map_err(|e| {
                 pr_err!("mlsdisk{}: {}\n", index, e.msg);
                 e.err
             })
-        }
-        #[cfg(mlsdisk_passthrough)]
-        {
-            let _ = (create, force, key, anchor, index, cache_mib);
-            let (engine, nblocks) = crate::engine::PassThrough::new(set);
-            Ok((Box::new(engine) as Box<dyn Engine>, nblocks))
-        }
-    });
-    opened.unwrap_or(Err(EIO))
+    }
+    #[cfg(mlsdisk_passthrough)]
+    {
+        let _ = (create, force, key, anchor, index, cache_mib);
+        let (engine, nblocks) = crate::engine::PassThrough::new(set);
+        Ok((Box::new(engine) as Box<dyn Engine>, nblocks))
+    }
 }
 
 /// The blk-mq disks the module parameters ask for (none, or
@@ -401,14 +391,13 @@ impl Pending {
         // One user per backing device: refused if a dm table (or another
         // disk) has it, and it stays registered until the engine is closed.
         let claim = BlkClaim::new(dev, index)?;
-        let (engine, capacity) = start_engine(index, dev, mode, key, anchor, cache_mib)?;
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(MAX_IO_SECTORS as usize * 512)
-            .map_err(|_| ENOMEM)?;
-        buf.resize(MAX_IO_SECTORS as usize * 512, 0);
+        let disk = Disk::open(
+            || start_engine(index, dev, mode, key, anchor, cache_mib),
+            |e| e,
+        )?;
+        let capacity = disk.capacity;
         let mut fifo = VecDeque::new();
         fifo.try_reserve_exact(FIFO_CAPACITY).map_err(|_| ENOMEM)?;
-        let reads = Reads::new(engine.reader());
         // SAFETY: `read_fn` matches the callback type; process context.
         let rworks = unsafe { ffi::mlsdisk_blk_reads_new(Some(read_fn), index, QUEUE_DEPTH) };
         let Some(rworks) = NonNull::new(rworks) else {
@@ -428,9 +417,8 @@ impl Pending {
         };
         let state = pin_init!(DiskState {
             pending <- new_spinlock_irq!(fifo),
-            io <- new_mutex!(Worker { engine, buf }),
-            reads,
-            counts: Counts::default(),
+            disk,
+            counts: Counters::default(),
             rworks: ReadsPtr(rworks),
             index,
         });
@@ -529,28 +517,20 @@ impl Pending {
     }
 }
 
-/// Takes the engine out of `state`, then syncs and drops it on a worker,
-/// logging a failure. The state's engine is [`Closed`] afterwards.
+/// Logs what reached the engine of `state`, then closes it ([`Disk::close`]:
+/// synced and dropped on a worker), logging a failure. Every request fails
+/// afterwards.
 pub(super) fn close(state: &DiskState) {
-    // `Closed` is zero-sized: boxing it does not allocate.
     let index = state.index;
     pr_info!(
-        "mlsdisk{}: closing: {} reread={}\n",
+        "mlsdisk{}: closing: {} syncs={} reread={}\n",
         index,
-        format_args!("{}", state.counts),
-        state.reads.rereads()
+        format_args!("{}", state.counts.requests()),
+        state.counts.syncs(),
+        state.disk.reads.rereads()
     );
-    let engine = core::mem::replace(&mut state.io.lock().engine, Box::new(Closed));
-    let result = on_worker(move || {
-        let mut engine = engine;
-        let result = engine.sync();
-        drop(engine);
-        result
-    });
-    match result {
-        Some(Ok(())) => {}
-        Some(Err(e)) => pr_err!("mlsdisk{}: sync at close failed: {:?}\n", index, e),
-        None => pr_err!("mlsdisk{}: sync at close did not run\n", index),
+    if let Err(e) = state.disk.close(true) {
+        pr_err!("mlsdisk{}: sync at close failed: {:?}\n", index, e);
     }
 }
 

@@ -84,23 +84,21 @@
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
-use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::ffi::{c_char, c_int, c_void};
 
 use kernel::block::mq::{self, Operations, TagSet};
 use kernel::prelude::*;
 use kernel::sync::aref::ARef;
-use kernel::sync::{Arc, ArcBorrow, Mutex, SpinLockIrq};
+use kernel::sync::{Arc, ArcBorrow, SpinLockIrq};
 use kernel::types::ForeignOwnable;
-use kernel::{bindings, new_mutex, new_spinlock_irq};
+use kernel::{bindings, new_spinlock_irq};
 
 use crate::engine::registry::BlkClaim;
-use crate::engine::serve::{serve_read, IoRequest, Op};
-use crate::engine::{Closed, Engine, Failure, Reads, Worker, SECTORS_PER_BLOCK};
-use crate::kernel_platform::bio::{device_number, on_worker, BdevBlockSet, Claim, OpenBdev};
+use crate::engine::serve::{serve_read, Counters, IoRequest, Op};
+use crate::engine::{Disk, Engine, Failure, SECTORS_PER_BLOCK};
+use crate::kernel_platform::bio::{device_number, Access, BdevBlockSet, Claim, OpenBdev};
 use crate::kernel_platform::work::{NoIoScope, Ordered, Serve};
 use crate::table::{self, KeySpec, RawKey};
 
@@ -131,51 +129,6 @@ const FIFO_CAPACITY: usize = QUEUE_DEPTH as usize + 8;
 /// Most disks the module parameters may ask for (`/dev/mlsdisk0` to
 /// `/dev/mlsdisk7`).
 const MAX_DISKS: usize = 8;
-
-/// Requests served, logged when the disk is removed (and checked by the
-/// guest test: flushes and discards must reach the engine).
-#[derive(Default)]
-struct Counts {
-    reads: AtomicU64,
-    writes: AtomicU64,
-    /// Engine syncs: flushes, preflushes and FUA writes.
-    syncs: AtomicU64,
-    discards: AtomicU64,
-    /// Requests ended with an error.
-    errors: AtomicU64,
-}
-
-impl Counts {
-    fn one(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a served request.
-    fn count(&self, op: u32, bytes: usize, ok: bool) {
-        match (ok, op) {
-            (false, _) => Self::one(&self.errors),
-            (true, ffi::MLSDISK_RQ_READ) => Self::one(&self.reads),
-            (true, ffi::MLSDISK_RQ_WRITE) if bytes != 0 => Self::one(&self.writes),
-            (true, ffi::MLSDISK_RQ_DISCARD) => Self::one(&self.discards),
-            _ => {}
-        }
-    }
-}
-
-impl fmt::Display for Counts {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        write!(
-            f,
-            "reads={} writes={} syncs={} discards={} errors={}",
-            n(&self.reads),
-            n(&self.writes),
-            n(&self.syncs),
-            n(&self.discards),
-            n(&self.errors)
-        )
-    }
-}
 
 /// What the worker needs to know about a request.
 struct Rq {
@@ -253,13 +206,12 @@ struct DiskState {
     /// [`FIFO_CAPACITY`] up front: `queue_rq` never makes it grow.
     #[pin]
     pending: SpinLockIrq<VecDeque<ARef<mq::Request<BlkOps>>>>,
-    /// The engine, used by the workers (and at close).
-    #[pin]
-    io: Mutex<Worker>,
-    /// The parallel read path on the engine.
-    reads: Reads,
-    /// What reached the engine.
-    counts: Counts,
+    /// The engine and its parallel read path, used by the workers (and
+    /// at close).
+    disk: Disk,
+    /// What reached the engine (logged at removal, and checked by the
+    /// guest test: flushes and discards must reach the engine).
+    counts: Counters,
     /// The disk's read workqueue; valid from before the disk is added
     /// until after it is deleted (see [`BlkDisk`]).
     rworks: ReadsPtr,
@@ -290,18 +242,21 @@ impl Serve for DiskState {
         let _noio = NoIoScope::enter();
         // SAFETY: the worker owns `rq` until it ends it below.
         let mut req = unsafe { Rq::new(raw_of(&rq)) };
-        let result = self.io.lock().serve(&mut req, Some(&self.counts.syncs));
-        self.counts.count(req.op, req.bytes, result.is_ok());
+        self.counts.request(&req);
+        let result = self.disk.worker.lock().serve(&mut req, &self.counts);
+        if result.is_err() {
+            self.counts.failed();
+        }
         finish(rq, result, self.index);
     }
 
     fn idle_step(&self) -> bool {
         // Not while a read waits for the engine (it kicks us afterwards).
-        if !self.reads.background_may_run() {
+        if !self.disk.reads.background_may_run() {
             return false;
         }
         let _noio = NoIoScope::enter();
-        match self.io.lock().engine.background_step() {
+        match self.disk.worker.lock().engine.background_step() {
             Ok(more) => more,
             Err(e) => {
                 if crate::kernel_platform::ratelimit() {
@@ -322,8 +277,12 @@ impl DiskState {
         let _noio = NoIoScope::enter();
         // SAFETY: this worker owns `rq` until it ends it below.
         let mut req = unsafe { Rq::new(raw_of(&rq)) };
-        let (result, wake) = serve_read(&self.reads, &self.io, &mut req);
-        self.counts.count(req.op, req.bytes, result.is_ok());
+        self.counts.request(&req);
+        let (result, wake) =
+            serve_read(&self.disk.reads, &self.disk.worker, &mut req, &self.counts);
+        if result.is_err() {
+            self.counts.failed();
+        }
         finish(rq, result, self.index);
         wake
     }

@@ -50,14 +50,20 @@ pub(super) fn check_count(name: &str, p: &[u8], n: usize) -> Result {
     Err(EINVAL)
 }
 
-/// Parses one key (hex or keyring reference) for disk `index`.
-pub(super) fn parse_one_key(index: usize, arg: &[u8]) -> Result<RawKey> {
+/// Parses one key (hex or keyring reference) for disk `index` into `key`,
+/// in place.
+pub(super) fn parse_one_key(index: usize, arg: &[u8], key: &mut RawKey) -> Result {
     match table::parse_key(arg) {
-        Ok(KeySpec::Raw(key)) => Ok(key),
-        Ok(KeySpec::Keyring(r)) => crate::kernel_platform::crypto::keyring_key(&r).map_err(|e| {
-            pr_err!("mlsdisk{}: disk_key: {}\n", index, e.msg);
-            e.err
-        }),
+        Ok(KeySpec::Hex(hex)) => {
+            key.set_hex(hex);
+            Ok(())
+        }
+        Ok(KeySpec::Keyring(r)) => {
+            crate::kernel_platform::crypto::keyring_key(&r, key).map_err(|e| {
+                pr_err!("mlsdisk{}: disk_key: {}\n", index, e.msg);
+                e.err
+            })
+        }
         Err(e) => {
             pr_err!("mlsdisk{}: disk_key: {}\n", index, format_args!("{e}"));
             Err(EINVAL)
@@ -87,13 +93,20 @@ pub(super) fn take_keys(n: usize) -> Result<KVec<RawKey>> {
     let arg = param(unsafe { ffi::mlsdisk_blk_param_key() });
     let keys = (|| -> Result<KVec<RawKey>> {
         check_count("disk_key", arg, n)?;
+        // Room for every key up front, so the vector never moves (a move of
+        // the buffer would leave the keys behind in freed memory); each key
+        // is pushed empty and filled in its slot.
         let mut keys = KVec::with_capacity(n, GFP_KERNEL)?;
         for i in 0..n {
             let Some(one) = item_for(arg, i) else {
                 pr_err!("mlsdisk{}: disk_key not given\n", i);
                 return Err(EINVAL);
             };
-            keys.push(parse_one_key(i, one)?, GFP_KERNEL)?;
+            keys.push(RawKey::empty(), GFP_KERNEL)?;
+            let Some(key) = keys.last_mut() else {
+                return Err(EINVAL);
+            };
+            parse_one_key(i, one, key)?;
         }
         Ok(keys)
     })();

@@ -84,11 +84,9 @@ mod attach;
 mod ctr;
 
 use alloc::boxed::Box;
-use alloc::vec::Vec;
 use core::fmt::{self, Write as _};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
-use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
@@ -97,13 +95,11 @@ use crate::dm::binding::{
     MapResult, StatusType, StatusWriter,
 };
 use crate::engine::registry::{self, DevName, DmUse, Entry, State, User, UserName};
-use crate::engine::serve::{serve_read, IoRequest, Op};
+use crate::engine::serve::{serve_read, Counters, IoRequest, Op};
 #[cfg(mlsdisk_passthrough)]
 use crate::engine::PassThrough;
-use crate::engine::{
-    Engine, Failure, KeyCheck, Reads, Shared, Worker, MAX_IO_SECTORS, SECTORS_PER_BLOCK,
-};
-use crate::kernel_platform::bio::{device_number, on_worker, BdevBlockSet, Claim, OpenBdev};
+use crate::engine::{Disk, Engine, Failure, KeyCheck, Shared, MAX_IO_SECTORS, SECTORS_PER_BLOCK};
+use crate::kernel_platform::bio::{device_number, Access, BdevBlockSet, Claim, OpenBdev};
 use crate::kernel_platform::work::NoIoScope;
 #[cfg(not(mlsdisk_passthrough))]
 use crate::table::AnchorKind;
@@ -122,13 +118,7 @@ struct DmRequest<'a> {
 
 impl IoRequest for DmRequest<'_> {
     fn op(&self) -> Op {
-        match self.bio.op() {
-            BioOp::Read => Op::Read,
-            BioOp::Write => Op::Write,
-            BioOp::Flush => Op::Flush,
-            BioOp::Discard => Op::Discard,
-            BioOp::Other(_) => Op::Other,
-        }
+        op_of(self.bio.op())
     }
     fn sector(&self) -> u64 {
         self.rel
@@ -150,40 +140,14 @@ impl IoRequest for DmRequest<'_> {
     }
 }
 
-/// Bios seen by `map`, for `dmsetup status` (and for tests: flushes and
-/// discards must reach the target).
-#[derive(Default)]
-struct Counters {
-    reads: AtomicU64,
-    writes: AtomicU64,
-    flushes: AtomicU64,
-    fua: AtomicU64,
-    discards: AtomicU64,
-    /// Bios ended with an error.
-    errors: AtomicU64,
-}
-
-impl Counters {
-    fn count(&self, bio: &Bio) {
-        let one = |c: &AtomicU64| {
-            c.fetch_add(1, Ordering::Relaxed);
-        };
-        match bio.op() {
-            BioOp::Read => one(&self.reads),
-            BioOp::Write | BioOp::Flush => {
-                if bio.is_preflush() || bio.op() == BioOp::Flush {
-                    one(&self.flushes);
-                }
-                if bio.is_fua() {
-                    one(&self.fua);
-                }
-                if bio.sectors() != 0 {
-                    one(&self.writes);
-                }
-            }
-            BioOp::Discard => one(&self.discards),
-            BioOp::Other(_) => {}
-        }
+/// The front end's operation of a bio's.
+fn op_of(op: BioOp) -> Op {
+    match op {
+        BioOp::Read => Op::Read,
+        BioOp::Write => Op::Write,
+        BioOp::Flush => Op::Flush,
+        BioOp::Discard => Op::Discard,
+        BioOp::Other(_) => Op::Other,
     }
 }
 
@@ -213,30 +177,15 @@ pub(crate) struct MlsDisk {
     keyref: Option<KeyRef>,
     /// The optional arguments, for `dmsetup table`.
     options: Options,
-    /// Bio counters for `dmsetup status`.
+    /// Bios seen by `map` (and the engine syncs they caused), for
+    /// `dmsetup status` (and for tests: flushes and discards must reach
+    /// the target).
     counters: Counters,
 }
 
 impl MlsDisk {
     fn fail(msg: &'static CStr, err: Error) -> CtrError {
         CtrError::new(msg, err)
-    }
-
-    /// The bio counters: `reads=.. writes=.. flushes=.. fua=.. discards=..
-    /// errors=..`.
-    fn write_counters(&self, out: &mut StatusWriter<'_>) -> fmt::Result {
-        let c = &self.counters;
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        write!(
-            out,
-            "reads={} writes={} flushes={} fua={} discards={} errors={}",
-            n(&c.reads),
-            n(&c.writes),
-            n(&c.flushes),
-            n(&c.fua),
-            n(&c.discards),
-            n(&c.errors)
-        )
     }
 
     /// The first sector of `bio` relative to the target. device-mapper only
@@ -256,7 +205,7 @@ impl MlsDisk {
         match result {
             Ok(()) => bio.end(Ok(())),
             Err(f) => {
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                self.counters.failed();
                 if crate::kernel_platform::ratelimit() {
                     pr_err!("{} at block {} failed: {:?}\n", f.what, f.lba, f.err);
                 }
@@ -268,7 +217,7 @@ impl MlsDisk {
     /// Syncs the engine, logging a failure; `why` names the occasion.
     fn sync(&self, why: &str) -> mlsdisk_core::Result<()> {
         match &self.shared {
-            Some(shared) => shared.sync(why),
+            Some(shared) => shared.disk.sync(why),
             None => Ok(()),
         }
     }
@@ -287,7 +236,12 @@ impl dm::Target for MlsDisk {
 
     fn map(&self, bio: &mut Bio) -> MapResult {
         // Atomic context possible: count and hand over, nothing else.
-        self.counters.count(bio);
+        self.counters.received(
+            op_of(bio.op()),
+            bio.sectors() as usize * 512,
+            bio.is_preflush(),
+            bio.is_fua(),
+        );
         if !self.writable {
             let writes = match bio.op() {
                 BioOp::Write => bio.sectors() != 0,
@@ -296,7 +250,7 @@ impl dm::Target for MlsDisk {
             };
             if writes {
                 // A read-only table: refused before the engine sees it.
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                self.counters.failed();
                 return MapResult::Kill;
             }
         }
@@ -324,9 +278,10 @@ impl dm::Target for MlsDisk {
         let result = {
             let _noio = NoIoScope::enter();
             shared
+                .disk
                 .worker
                 .lock()
-                .serve(&mut DmRequest { bio: &mut bio, rel }, None)
+                .serve(&mut DmRequest { bio: &mut bio, rel }, &self.counters)
         };
         self.end(bio, result);
     }
@@ -340,9 +295,10 @@ impl dm::Target for MlsDisk {
         let (result, wake) = {
             let _noio = NoIoScope::enter();
             serve_read(
-                &shared.reads,
-                &shared.worker,
+                &shared.disk.reads,
+                &shared.disk.worker,
                 &mut DmRequest { bio: &mut bio, rel },
+                &self.counters,
             )
         };
         self.end(bio, result);
@@ -364,11 +320,11 @@ impl dm::Target for MlsDisk {
             return false;
         }
         // Not while a read waits for the engine (it wakes us afterwards).
-        if !shared.reads.background_may_run() {
+        if !shared.disk.reads.background_may_run() {
             return false;
         }
         let _noio = NoIoScope::enter();
-        match shared.worker.lock().engine.background_step() {
+        match shared.disk.worker.lock().engine.background_step() {
             Ok(more) => more,
             Err(e) => {
                 if crate::kernel_platform::ratelimit() {
@@ -394,7 +350,7 @@ impl dm::Target for MlsDisk {
             }
             (b"sync", 1) => self.sync("message").map(|()| false).map_err(|_| EIO),
             (b"stats", 1) => {
-                self.write_counters(out).map_err(|_| ENOSPC)?;
+                self.counters.write_requests(out).map_err(|_| ENOSPC)?;
                 Ok(true)
             }
             _ => {
@@ -419,12 +375,12 @@ impl dm::Target for MlsDisk {
                     // Writeback may wait for the engine while we hold its
                     // mutex: no allocation here may recurse into I/O.
                     let _noio = NoIoScope::enter();
-                    shared.worker.lock().engine.status(out)?;
+                    shared.disk.worker.lock().engine.status(out)?;
                 }
                 out.write_str(" ")?;
-                self.write_counters(out)?;
+                self.counters.write_requests(out)?;
                 if let Some(shared) = &self.shared {
-                    write!(out, " reread={}", shared.reads.rereads())?;
+                    write!(out, " reread={}", shared.disk.reads.rereads())?;
                 }
                 Ok(())
             }

@@ -29,7 +29,7 @@ use mlsdisk_core::disk::{
 use mlsdisk_core::{Cause, CryptoRef, Error as CoreError, ErrorKind};
 
 use crate::engine::Engine;
-use crate::kernel_platform::bio::BdevBlockSet;
+use crate::kernel_platform::bio::{Access, BdevBlockSet};
 use crate::kernel_platform::crypto::KernelCrypto;
 use crate::kernel_platform::work::NoIoScope;
 use crate::kernel_platform::CtrError;
@@ -91,10 +91,20 @@ impl Engine for MlsDisk<BdevBlockSet> {
 
 /// Why the constructor could not create or open the disk, for `ti->error`,
 /// with the detail in the kernel log.
-fn ctr_error(e: CoreError, creating: bool) -> CtrError {
+/// `read_only`: the devices are open read-only (a read-only table), so a
+/// write the open needed was refused ([`BdevBlockSet`] refuses it with
+/// [`ErrorKind::InvalidState`]).
+fn ctr_error(e: CoreError, creating: bool, read_only: bool) -> CtrError {
     // The geometry check of a superblock that verifies names truncation.
     let truncated = e.cause() == Cause::Truncated;
+    let refused_write = read_only && e.kind() == ErrorKind::InvalidState;
     let msg: &'static CStr = match (e.kind(), creating) {
+        _ if refused_write && is_anchor_error(&e) => {
+            c"read-only table: the rollback anchor needs a write (open the disk writable once)"
+        }
+        _ if refused_write => {
+            c"read-only table: opening the disk needs a write (open it writable once)"
+        }
         _ if is_anchor_error(&e) => anchor_error(e.kind()),
         _ if truncated && !creating => {
             c"the backing device is smaller than the disk on it (truncated)"
@@ -123,6 +133,7 @@ fn ctr_error(e: CoreError, creating: bool) -> CtrError {
     let err = match e.kind() {
         ErrorKind::OutOfMemory => ENOMEM,
         ErrorKind::Io => EIO,
+        _ if refused_write => EROFS,
         _ => EINVAL,
     };
     CtrError::new(msg, err)
@@ -181,6 +192,7 @@ pub(crate) fn start_with_options(
     cache_mib: Option<u32>,
 ) -> Result<(Box<dyn Engine>, u64), CtrError> {
     let creating = matches!(mode, Some(Mode::Create));
+    let read_only = dev.access() == Access::ReadOnly;
     if creating && !force {
         let _noio = NoIoScope::enter();
         match holds_superblock(&dev) {
@@ -194,7 +206,7 @@ pub(crate) fn start_with_options(
                     EEXIST,
                 ));
             }
-            Err(e) => return Err(ctr_error(e, true)),
+            Err(e) => return Err(ctr_error(e, true, read_only)),
         }
     }
     let crypto = KernelCrypto::new().map_err(|err| {
@@ -213,7 +225,8 @@ pub(crate) fn start_with_options(
     let anchor: Box<dyn RollbackAnchor> = match anchor {
         None => Box::new(NoAnchor),
         Some(adev) => Box::new(
-            BlockAnchor::new(adev, crypto.clone(), root_key).map_err(|e| ctr_error(e, creating))?,
+            BlockAnchor::new(adev, crypto.clone(), root_key)
+                .map_err(|e| ctr_error(e, creating, read_only))?,
         ),
     };
     let mut disk = if creating {
@@ -221,7 +234,7 @@ pub(crate) fn start_with_options(
     } else {
         MlsDisk::open(dev, crypto, root_key, cfg, anchor)
     }
-    .map_err(|e| ctr_error(e, creating))?;
+    .map_err(|e| ctr_error(e, creating, read_only))?;
     // Write buffers are sealed on several CPUs (kernel_platform/parallel.rs).
     disk.set_parallel(alloc::sync::Arc::new(
         crate::kernel_platform::parallel::KernelParallel,

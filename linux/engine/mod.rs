@@ -14,8 +14,10 @@
 //!   engine behind the worker's mutex.
 //! - [`Failure`]: one failed request, and the one mapping from the engine's
 //!   error kind to a block status ([`BlkError`]) and an errno.
-//! - [`Shared`]: an open disk as the dm target shares it between the
-//!   tables of one mapped device; closing it syncs on a worker.
+//! - [`Disk`]: an open disk, opened ([`Disk::open`]: the engine on a
+//!   worker) and closed ([`Disk::close`]: synced and dropped on a worker)
+//!   the same way by both devices; [`Shared`]: a disk as the dm target
+//!   shares it between the tables of one mapped device.
 //! - [`registry`]: the one registry of open disks, keyed by backing device,
 //!   that both devices consult, so a backing device has one user.
 //!
@@ -32,6 +34,7 @@ use core::fmt;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::Mutex;
 #[cfg(mlsdisk_passthrough)]
@@ -41,7 +44,7 @@ use mlsdisk_core::bio::BLOCK_SIZE;
 use mlsdisk_core::disk::{DataReader, EngineLock, ParallelReads, ReadPlan, ReadPlanner};
 use mlsdisk_core::{Error as CoreError, ErrorKind};
 
-use crate::kernel_platform::bio::{on_worker, BdevBlockSet};
+use crate::kernel_platform::bio::{on_worker, Access, BdevBlockSet};
 use crate::table::RawKey;
 
 pub(crate) use crate::kernel_platform::bio::SECTORS_PER_BLOCK;
@@ -241,23 +244,104 @@ pub(crate) fn set_selftest_checksum(checksum: u64) {
     SELFTEST_CHECKSUM.store(checksum, Ordering::Relaxed);
 }
 
-/// A disk of the dm target: the engine on one backing device, with its
-/// own reference to that device, shared by the target instances of the
-/// successive tables of one mapped device (see [`registry`]). A table
-/// reload constructs the new table while the old one is still live: the
-/// new instance must take over the open disk, not open it a second time
-/// (two engines writing one device would destroy it). Dropping the last
-/// reference syncs the engine (on a worker) and closes it.
-pub(crate) struct Shared {
-    /// Which key the disk was opened with, not the key itself: a second
-    /// table must give the same ([`KeyCheck`]).
-    pub(crate) key_check: KeyCheck,
+/// An open disk, the same for both devices: the engine behind the
+/// worker's mutex, the parallel read path on it, and its capacity. Opened
+/// by [`Disk::open`] (the engine on a worker), closed by [`Disk::close`]
+/// (synced and dropped on a worker); the dm target shares one between the
+/// tables of a mapped device ([`Shared`]), a blk-mq disk owns its own.
+pub(crate) struct Disk {
     /// Logical capacity in 4 KiB blocks.
     pub(crate) capacity: u64,
     /// The engine and the worker's buffer, behind a sleeping lock.
     pub(crate) worker: Pin<KBox<Mutex<Worker>>>,
     /// The parallel read path on this engine.
     pub(crate) reads: Reads,
+}
+
+impl Disk {
+    /// Opens a disk: runs `open_engine` (which creates or opens the engine
+    /// and returns it with its capacity in blocks) on a kernel worker (a
+    /// fresh stack: its deepest paths do not fit on top of an ioctl or
+    /// insmod path), then allocates the worker's buffer and the parallel
+    /// read path around the engine. `fail` turns a failure of this
+    /// function's own (`ENOMEM`; `EIO` if the worker did not run) into the
+    /// caller's error; the engine is dropped (closed unsynced) then. Sleeps.
+    pub(crate) fn open<E>(
+        open_engine: impl FnOnce() -> Result<(Box<dyn Engine>, u64), E> + Send,
+        fail: impl FnOnce(Error) -> E,
+    ) -> Result<Self, E>
+    where
+        E: Send,
+    {
+        let (engine, capacity) = match on_worker(open_engine) {
+            Some(opened) => opened?,
+            None => return Err(fail(EIO)),
+        };
+        let reads = Reads::new(engine.reader());
+        let mut buf = Vec::new();
+        if buf
+            .try_reserve_exact((MAX_IO_SECTORS * 512) as usize)
+            .is_err()
+        {
+            return Err(fail(ENOMEM));
+        }
+        buf.resize((MAX_IO_SECTORS * 512) as usize, 0);
+        let worker = match KBox::pin_init(new_mutex!(Worker { engine, buf }), GFP_KERNEL) {
+            Ok(worker) => worker,
+            Err(_) => return Err(fail(ENOMEM)),
+        };
+        Ok(Self {
+            capacity,
+            worker,
+            reads,
+        })
+    }
+
+    /// Syncs the engine, logging a failure; `why` names the occasion. Runs
+    /// on a kernel worker (a fresh stack: callers are ioctl paths).
+    pub(crate) fn sync(&self, why: &str) -> mlsdisk_core::Result<()> {
+        let result = on_worker(|| self.worker.lock().engine.sync())
+            .unwrap_or(Err(CoreError::new(ErrorKind::Io, "sync did not run")));
+        if let Err(e) = result {
+            pr_err!("sync at {} failed: {:?}\n", why, e);
+        }
+        result
+    }
+
+    /// Takes the engine out (it is [`Closed`] afterwards: every request
+    /// fails) and, on a worker (a fresh stack), syncs it if `sync` and
+    /// drops it. Returns the sync's result; the caller logs a failure.
+    /// Sleeps.
+    pub(crate) fn close(&self, sync: bool) -> mlsdisk_core::Result<()> {
+        // `Closed` is zero-sized: boxing it does not allocate.
+        let engine = core::mem::replace(&mut self.worker.lock().engine, Box::new(Closed));
+        on_worker(move || {
+            let mut engine = engine;
+            let result = if sync { engine.sync() } else { Ok(()) };
+            drop(engine);
+            result
+        })
+        .unwrap_or(Err(CoreError::new(ErrorKind::Io, "close did not run")))
+    }
+}
+
+/// A disk of the dm target ([`Disk`]), shared by the target instances of
+/// the successive tables of one mapped device (see [`registry`]). A table
+/// reload constructs the new table while the old one is still live: the
+/// new instance must take over the open disk, not open it a second time
+/// (two engines writing one device would destroy it). Dropping the last
+/// reference closes the disk ([`Disk::close`]), with a sync unless the last
+/// table was read-only.
+pub(crate) struct Shared {
+    /// Which key the disk was opened with, not the key itself: a second
+    /// table must give the same ([`KeyCheck`]).
+    pub(crate) key_check: KeyCheck,
+    /// How the engine's devices are open: [`Access::ReadOnly`] when a
+    /// read-only table opened the disk (then every write and flush fails
+    /// below the engine, and only read-only tables may join it).
+    pub(crate) access: Access,
+    /// The disk.
+    pub(crate) disk: Disk,
     /// Whether closing syncs the engine: set by the last table to go, to
     /// whether it was writable (a read-only table never writes the
     /// device; what writable tables before it wrote was synced at their
@@ -291,19 +375,6 @@ impl KeyCheck {
     }
 }
 
-impl Shared {
-    /// Syncs the engine, logging a failure; `why` names the occasion. Runs
-    /// on a kernel worker (a fresh stack: callers are ioctl paths).
-    pub(crate) fn sync(&self, why: &str) -> mlsdisk_core::Result<()> {
-        let result = on_worker(|| self.worker.lock().engine.sync())
-            .unwrap_or(Err(CoreError::new(ErrorKind::Io, "sync did not run")));
-        if let Err(e) = result {
-            pr_err!("sync at {} failed: {:?}\n", why, e);
-        }
-        result
-    }
-}
-
 /// The engine of a closed disk: refuses everything (also stands in for
 /// the blk-mq disk's engine once it was taken out to be closed).
 pub(crate) struct Closed;
@@ -329,19 +400,8 @@ impl Engine for Closed {
 impl Drop for Shared {
     fn drop(&mut self) {
         // The final sync and the engine's own teardown, on a fresh stack.
-        // (`Closed` is zero-sized: boxing it does not allocate.)
-        let engine = core::mem::replace(&mut self.worker.lock().engine, Box::new(Closed));
-        let sync = self.final_sync.load(Ordering::Relaxed);
-        let result = on_worker(move || {
-            let mut engine = engine;
-            let result = if sync { engine.sync() } else { Ok(()) };
-            drop(engine);
-            result
-        });
-        match result {
-            Some(Ok(())) => {}
-            Some(Err(e)) => pr_err!("sync at close failed: {:?}\n", e),
-            None => pr_err!("sync at close did not run\n"),
+        if let Err(e) = self.disk.close(self.final_sync.load(Ordering::Relaxed)) {
+            pr_err!("sync at close failed: {:?}\n", e);
         }
     }
 }

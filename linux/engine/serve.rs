@@ -3,8 +3,9 @@
 //! One request, from either device, against the engine: [`IoRequest`] is
 //! what a dm bio (`dm/target.rs`) and a blk-mq request (`blk/mod.rs`) both
 //! are, and [`Worker::serve`] (in order, under the engine's mutex) and
-//! [`serve_read`] (a read on the parallel path) serve it. The devices
-//! only hand requests over and end them.
+//! [`serve_read`] (a read on the parallel path) serve it, and
+//! [`Counters`] counts them. The devices only hand requests over, count
+//! them and end them.
 //!
 //! The rules, the same for both devices:
 //!
@@ -18,6 +19,7 @@
 //! - any other operation fails as unsupported.
 
 use alloc::vec::Vec;
+use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use kernel::sync::Mutex;
@@ -59,6 +61,99 @@ pub(crate) trait IoRequest {
     fn copy_in(&mut self, buf: &[u8]) -> usize;
 }
 
+/// What a device received and what reached the engine: the one set of
+/// request counters of both devices (the dm target's `dmsetup status` and
+/// `stats`, the blk-mq disk's closing line). [`Counters::received`] counts
+/// a request by what it asks for, [`Counters::failed`] one that ended with
+/// an error; [`Worker::serve`] counts every engine sync it makes.
+#[derive(Default)]
+pub(crate) struct Counters {
+    reads: AtomicU64,
+    /// Writes with data.
+    writes: AtomicU64,
+    /// Flushes: `REQ_OP_FLUSH`, or a write with `REQ_PREFLUSH`.
+    flushes: AtomicU64,
+    /// Writes with `REQ_FUA`.
+    fua: AtomicU64,
+    discards: AtomicU64,
+    /// Requests ended with an error.
+    errors: AtomicU64,
+    /// Engine syncs (flushes, preflushes, FUA writes, empty writes).
+    syncs: AtomicU64,
+}
+
+impl Counters {
+    fn one(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request of `op` with `bytes` of data and its flags.
+    pub(crate) fn received(&self, op: Op, bytes: usize, preflush: bool, fua: bool) {
+        match op {
+            Op::Read => Self::one(&self.reads),
+            Op::Write | Op::Flush => {
+                if preflush || op == Op::Flush {
+                    Self::one(&self.flushes);
+                }
+                if fua {
+                    Self::one(&self.fua);
+                }
+                if bytes != 0 {
+                    Self::one(&self.writes);
+                }
+            }
+            Op::Discard => Self::one(&self.discards),
+            Op::Other => {}
+        }
+    }
+
+    /// Counts a request as received ([`Counters::received`]).
+    pub(crate) fn request(&self, rq: &impl IoRequest) {
+        self.received(rq.op(), rq.bytes(), rq.preflush(), rq.fua());
+    }
+
+    /// Counts a request that ended with an error.
+    pub(crate) fn failed(&self) {
+        Self::one(&self.errors);
+    }
+
+    /// `reads=.. writes=.. flushes=.. fua=.. discards=.. errors=..` (the
+    /// dm status line's fields 11-16).
+    pub(crate) fn write_requests(&self, out: &mut dyn fmt::Write) -> fmt::Result {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        write!(
+            out,
+            "reads={} writes={} flushes={} fua={} discards={} errors={}",
+            n(&self.reads),
+            n(&self.writes),
+            n(&self.flushes),
+            n(&self.fua),
+            n(&self.discards),
+            n(&self.errors)
+        )
+    }
+
+    /// [`Counters::write_requests`] as a `Display` (for a log line).
+    pub(crate) fn requests(&self) -> Requests<'_> {
+        Requests(self)
+    }
+
+    /// Engine syncs made by [`Worker::serve`].
+    pub(crate) fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+}
+
+/// The request counters as `reads=.. writes=.. flushes=.. fua=..
+/// discards=.. errors=..` ([`Counters::requests`]).
+pub(crate) struct Requests<'a>(&'a Counters);
+
+impl fmt::Display for Requests<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.write_requests(f)
+    }
+}
+
 /// The first block of `rq` (0 for an empty request).
 fn lba_of(rq: &impl IoRequest) -> u64 {
     if rq.bytes() == 0 {
@@ -74,21 +169,19 @@ fn whole_blocks(rq: &impl IoRequest) -> bool {
 }
 
 impl Worker {
-    /// Syncs the engine, counting it in `syncs` if given.
-    fn sync(&mut self, syncs: Option<&AtomicU64>) -> mlsdisk_core::Result<()> {
-        if let Some(n) = syncs {
-            n.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Syncs the engine, counting it.
+    fn sync(&mut self, counters: &Counters) -> mlsdisk_core::Result<()> {
+        Counters::one(&counters.syncs);
         self.engine.sync()
     }
 
     /// Serves `rq` against the engine (see the module documentation),
     /// through the worker's bounce buffer. Every sync is counted in
-    /// `syncs` if given.
+    /// `counters` (the request itself is counted by the device).
     pub(crate) fn serve(
         &mut self,
         rq: &mut impl IoRequest,
-        syncs: Option<&AtomicU64>,
+        counters: &Counters,
     ) -> Result<(), Failure> {
         let lba = lba_of(rq);
         let bytes = rq.bytes();
@@ -110,10 +203,10 @@ impl Worker {
                 }
                 Ok(())
             }
-            Op::Flush => self.sync(syncs).map_err(|e| fail("flush", e)),
+            Op::Flush => self.sync(counters).map_err(|e| fail("flush", e)),
             Op::Write => {
                 if rq.preflush() || (bytes == 0 && !rq.fua()) {
-                    self.sync(syncs).map_err(|e| fail("flush", e))?;
+                    self.sync(counters).map_err(|e| fail("flush", e))?;
                 }
                 if bytes != 0 {
                     let buf = self.buf.get_mut(..bytes).ok_or_else(|| {
@@ -125,7 +218,7 @@ impl Worker {
                     self.engine.write(lba, buf).map_err(|e| fail("write", e))?;
                 }
                 if rq.fua() {
-                    self.sync(syncs).map_err(|e| fail("FUA sync", e))?;
+                    self.sync(counters).map_err(|e| fail("FUA sync", e))?;
                 }
                 Ok(())
             }
@@ -153,6 +246,7 @@ pub(crate) fn serve_read(
     reads: &Reads,
     worker: &Mutex<Worker>,
     rq: &mut impl IoRequest,
+    counters: &Counters,
 ) -> (Result<(), Failure>, bool) {
     let lba = lba_of(rq);
     let bytes = rq.bytes();
@@ -169,7 +263,7 @@ pub(crate) fn serve_read(
         || !whole_blocks(rq)
         || buf.try_reserve_exact(bytes).is_err()
     {
-        return (worker.lock().serve(rq, None), false);
+        return (worker.lock().serve(rq, counters), false);
     }
     buf.resize(bytes, 0);
     let done = reads.read(&Locked(worker), lba, &mut buf);

@@ -51,18 +51,45 @@ unsafe impl Send for Claim {}
 // SAFETY: as above: nothing is reached through the token.
 unsafe impl Sync for Claim {}
 
-/// The engine's own open reference to a block device (read and write, by
-/// device number, exclusive as [`Claim`] says), closed on drop. Independent
-/// of any `dm_target`, so a disk can outlive the table that opened it.
+/// Whether [`OpenBdev::open`] opens its device for writing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Reading and writing (`BLK_OPEN_READ | BLK_OPEN_WRITE`).
+    ReadWrite,
+    /// Reading only (`BLK_OPEN_READ`), for a read-only dm table: the
+    /// device is not opened for writing, and [`BdevBlockSet`] refuses
+    /// every write and flush on it before a bio is built, so nothing the
+    /// engine does (its open included) can write the device.
+    ReadOnly,
+}
+
+/// The engine's own open reference to a block device (by device number,
+/// for reading, and for writing as [`Access`] says, exclusive as [`Claim`]
+/// says), closed on drop. Independent of any `dm_target`, so a disk can
+/// outlive the table that opened it.
+///
+/// An exclusive open claims the device for a holder: a token of its own
+/// (`_token`, a heap byte whose address is unique while the claim lasts),
+/// so that another exclusive opener (a second disk, a dm table, a mount)
+/// gets `EBUSY`; or device-mapper's, which claims again. The block layer
+/// keeps the holder in the file; `drop` ends the claim (`bdev_fput`),
+/// then frees the token.
 ///
 /// # Invariants
 ///
-/// `file` came from `mlsdisk_bdev_open` (with a token of its own if `own`)
-/// and is closed only by `drop`; `bdev` is its block device.
+/// `file` came from `bdev_file_open_by_dev` (for writing if `access` is
+/// [`Access::ReadWrite`], claimed for a holder if `claimed`: `token`'s
+/// address if there is a token) and is closed only by `drop`, before
+/// the token is freed; `bdev` is
+/// its block device.
 pub(crate) struct OpenBdev {
     file: NonNull<kernel::bindings::file>,
     bdev: NonNull<kernel::bindings::block_device>,
-    own: bool,
+    claimed: bool,
+    /// The claim's own holder token ([`Claim::Own`]), kept (not read)
+    /// until the claim has ended in `drop`.
+    _token: Option<KBox<u8>>,
+    access: Access,
 }
 
 // SAFETY: an open block device file may be used and closed from any thread.
@@ -72,41 +99,51 @@ unsafe impl Send for OpenBdev {}
 unsafe impl Sync for OpenBdev {}
 
 impl OpenBdev {
-    /// Opens device `dev` (`dev_t`) for reading and writing, claimed as
-    /// `claim` says. Sleeps.
+    /// Opens device `dev` (`dev_t`) as `access` says, claimed as `claim`
+    /// says. Sleeps.
     ///
     /// # Errors
     ///
     /// The errno of the open (`ENXIO`, `EACCES`, `EBUSY`, ...).
-    pub(crate) fn open(dev: u32, claim: Claim) -> Result<Self> {
-        let mut err: c_int = 0;
-        let (holder, own) = match claim {
-            Claim::Own => (core::ptr::null_mut(), true),
-            Claim::Dm(holder) => (holder, false),
-            Claim::None => (core::ptr::null_mut(), false),
+    pub(crate) fn open(dev: u32, claim: Claim, access: Access) -> Result<Self> {
+        let token = match claim {
+            Claim::Own => Some(KBox::new(0u8, GFP_KERNEL)?),
+            Claim::Dm(_) | Claim::None => None,
         };
-        // SAFETY: `err` is a valid out-pointer; `holder` is NULL or
-        // device-mapper's holder, which lives as long as device-mapper
-        // (a static of dm.c); process context.
-        let file = unsafe { bindings::mlsdisk_bdev_open(dev, holder, own, &mut err) };
-        let Some(file) = NonNull::new(file) else {
-            return Err(if err < 0 {
-                Error::from_errno(err)
-            } else {
-                ENXIO
-            });
+        let holder: *mut c_void = match (&token, claim) {
+            (Some(token), _) => core::ptr::from_ref::<u8>(token).cast_mut().cast(),
+            (None, Claim::Dm(holder)) => holder,
+            (None, _) => core::ptr::null_mut(),
         };
-        // SAFETY: a file just opened by `mlsdisk_bdev_open`.
-        let bdev = unsafe { bindings::mlsdisk_file_bdev(file.as_ptr()) };
-        match NonNull::new(bdev) {
-            // INVARIANT: the file and its block device, opened as `own`.
-            Some(bdev) => Ok(Self { file, bdev, own }),
-            None => {
-                // SAFETY: opened above (as `own`), closed once here.
-                unsafe { bindings::mlsdisk_bdev_close(file.as_ptr(), own) };
-                Err(ENXIO)
-            }
+        let mut mode = bindings::mlsdisk_blk_open_MLSDISK_BLK_OPEN_READ;
+        if access == Access::ReadWrite {
+            mode |= bindings::mlsdisk_blk_open_MLSDISK_BLK_OPEN_WRITE;
         }
+        // SAFETY: `holder` is NULL, device-mapper's holder (which lives as
+        // long as device-mapper, a static of dm.c), or the address of
+        // `token`, which is freed only after the claim ends (`drop`);
+        // no holder operations; process context.
+        let file = unsafe {
+            kernel::bindings::bdev_file_open_by_dev(dev, mode, holder, core::ptr::null())
+        };
+        let file = NonNull::new(kernel::error::from_err_ptr(file)?).ok_or(ENXIO)?;
+        // SAFETY: a block device file just opened.
+        let bdev = unsafe { kernel::bindings::file_bdev(file.as_ptr()) };
+        let claimed = !holder.is_null();
+        let Some(bdev) = NonNull::new(bdev) else {
+            // SAFETY: opened above (claimed as `claimed`), closed once here.
+            unsafe { close_file(file, claimed) };
+            return Err(ENXIO);
+        };
+        // INVARIANT: the file and its block device, opened as `access`,
+        // claimed for `holder` (`token`'s address, if any) if not NULL.
+        Ok(Self {
+            file,
+            bdev,
+            claimed,
+            _token: token,
+            access,
+        })
     }
 
     /// The size in 512-byte sectors.
@@ -116,10 +153,33 @@ impl OpenBdev {
     }
 }
 
+/// Closes a block device file; `bdev_fput` ends its claim first (now, not
+/// at the last reference's release) if `claimed`.
+///
+/// # Safety
+///
+/// `file` is an open block device file from `bdev_file_open_by_dev`,
+/// claimed for a holder if and only if `claimed`, not used afterwards.
+/// Process context.
+unsafe fn close_file(file: NonNull<kernel::bindings::file>, claimed: bool) {
+    // SAFETY: the caller's promise: an open block device file, claimed as
+    // `claimed` says, closed once here.
+    unsafe {
+        if claimed {
+            kernel::bindings::bdev_fput(file.as_ptr());
+        } else {
+            kernel::bindings::fput(file.as_ptr());
+        }
+    }
+}
+
 impl Drop for OpenBdev {
     fn drop(&mut self) {
-        // SAFETY: open, as `own` says (type invariant), closed once here.
-        unsafe { bindings::mlsdisk_bdev_close(self.file.as_ptr(), self.own) };
+        // SAFETY: an open block device file, claimed as `claimed` says
+        // (type invariant), closed once here; process context (the engine
+        // is dropped on a worker or in a constructor).
+        unsafe { close_file(self.file, self.claimed) };
+        // The claim has ended: the token may go (with the fields).
     }
 }
 
@@ -146,17 +206,19 @@ pub(crate) fn device_number(name: &[u8]) -> Result<u32> {
     let mut path = KVec::with_capacity(name.len() + 1, GFP_KERNEL)?;
     path.extend_from_slice(name, GFP_KERNEL)?;
     path.push(0, GFP_KERNEL)?;
-    let mut dev = 0u32;
+    let mut dev: kernel::bindings::dev_t = 0;
     // SAFETY: `path` is NUL-terminated; `dev` is a valid out-pointer.
     // Process context.
-    let ret = unsafe { bindings::mlsdisk_lookup_bdev(path.as_ptr().cast(), &mut dev) };
+    let ret = unsafe { kernel::bindings::lookup_bdev(path.as_ptr().cast(), &mut dev) };
     if ret < 0 {
         return Err(Error::from_errno(ret));
     }
     Ok(dev)
 }
 
-/// A block device as 4 KiB blocks (a partial last block is unused).
+/// A block device as 4 KiB blocks (a partial last block is unused). On a
+/// device opened [`Access::ReadOnly`], writes and flushes fail with
+/// [`ErrorKind::InvalidState`] and reach no device.
 pub(crate) struct BdevBlockSet {
     dev: OpenBdev,
     nblocks: u64,
@@ -169,7 +231,30 @@ impl BdevBlockSet {
         Self { dev, nblocks }
     }
 
+    /// Refuses a write or flush on a device opened [`Access::ReadOnly`]
+    /// (logged, rate-limited): a read-only table writes nothing, not even
+    /// what the engine's open would (a rollback anchor started or brought
+    /// up, a recovery).
+    fn writable(&self, what: &str) -> CoreResult<()> {
+        if self.dev.access == Access::ReadWrite {
+            return Ok(());
+        }
+        if crate::kernel_platform::ratelimit() {
+            pr_err!(
+                "{} refused: the device is open read-only (a read-only table writes nothing)\n",
+                what
+            );
+        }
+        Err(CoreError::new(
+            ErrorKind::InvalidState,
+            "write refused: the device is open read-only",
+        ))
+    }
+
     fn rw(&self, write: bool, pos: u64, buf: *mut u8, len: usize) -> CoreResult<()> {
+        if write {
+            self.writable("write")?;
+        }
         check_range(self.nblocks, pos, len)?;
         // Cannot overflow: `pos < nblocks <= nr_sectors / 8`.
         let sector = pos * SECTORS_PER_BLOCK;
@@ -202,18 +287,40 @@ impl BlockSet for BdevBlockSet {
     }
 
     fn flush(&self) -> CoreResult<()> {
+        self.writable("cache flush")?;
         // SAFETY: as in `rw`: an open device; process context.
-        match unsafe { bindings::mlsdisk_bdev_flush(self.dev.bdev.as_ptr()) } {
+        match unsafe { kernel::bindings::blkdev_issue_flush(self.dev.bdev.as_ptr()) } {
             0 => Ok(()),
-            _ => Err(CoreError::new(
-                ErrorKind::Io,
-                "backing device cache flush failed",
-            )),
+            err => {
+                if crate::kernel_platform::ratelimit() {
+                    // SAFETY: an open device; its `bd_dev` never changes.
+                    let dev = unsafe { (*self.dev.bdev.as_ptr()).bd_dev };
+                    pr_err!(
+                        "backing device {}:{}: cache flush failed: error {}\n",
+                        dev >> 20,
+                        dev & 0xfffff,
+                        err
+                    );
+                }
+                Err(CoreError::new(
+                    ErrorKind::Io,
+                    "backing device cache flush failed",
+                ))
+            }
         }
     }
 
     fn nblocks(&self) -> u64 {
         self.nblocks
+    }
+}
+
+impl BdevBlockSet {
+    /// How the device was opened.
+    // The pass-through build has no open errors to name.
+    #[cfg_attr(mlsdisk_passthrough, allow(dead_code))]
+    pub(crate) fn access(&self) -> Access {
+        self.dev.access
     }
 }
 

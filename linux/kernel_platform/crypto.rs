@@ -193,8 +193,9 @@ impl Crypto for KernelCrypto {
     }
 
     fn fill_random(&self, out: &mut [u8]) -> CoreResult<()> {
-        // SAFETY: `out` is valid for writes of `out.len()` bytes.
-        unsafe { bindings::mlsdisk_random_bytes(out.as_mut_ptr().cast(), out.len()) };
+        // SAFETY: `out` is valid for writes of `out.len()` bytes;
+        // `get_random_bytes` may be called from any context.
+        unsafe { kernel::bindings::get_random_bytes(out.as_mut_ptr().cast(), out.len()) };
         Ok(())
     }
 }
@@ -221,37 +222,40 @@ pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> CoreResult<Hash> {
 }
 
 /// Reads the key `r` refers to from the kernel keyring (a `logon` or `user`
-/// key of exactly `r.size` bytes). Sleeps.
+/// key of exactly `r.size` bytes) into `key`, in place (no copy of it is
+/// made here). Sleeps.
 ///
 /// # Errors
 ///
 /// The constructor error naming why (not found, revoked or expired, not
-/// readable, another size), with the detail in the kernel log.
-pub(crate) fn keyring_key(r: &KeyRef) -> Result<RawKey, CtrError> {
+/// readable, another size), with the detail in the kernel log; `key` is
+/// empty then.
+pub(crate) fn keyring_key(r: &KeyRef, key: &mut RawKey) -> Result<(), CtrError> {
     let mut desc = [0u8; KEY_DESC_MAX + 1];
     if let Some(d) = desc.get_mut(..r.desc().len()) {
         d.copy_from_slice(r.desc());
     }
-    let mut buf = [0u8; 32];
-    let size = r.size.min(buf.len());
-    // SAFETY: `desc` is NUL-terminated (one byte more than the longest
-    // description, zero-filled); `buf` has room for `size` bytes.
-    let ret = unsafe {
-        bindings::mlsdisk_keyring_read(
-            matches!(r.kind, crate::table::KeyKind::Logon),
-            desc.as_ptr().cast(),
-            buf.as_mut_ptr(),
-            size as u32,
-        )
+    let ret = match key.fill(r.size) {
+        Some(buf) => {
+            // SAFETY: `desc` is NUL-terminated (one byte more than the
+            // longest description, zero-filled); `buf` has room for
+            // `buf.len()` bytes, which the call writes at most.
+            unsafe {
+                bindings::mlsdisk_keyring_read(
+                    matches!(r.kind, crate::table::KeyKind::Logon),
+                    desc.as_ptr().cast(),
+                    buf.as_mut_ptr(),
+                    buf.len() as u32,
+                )
+            }
+        }
+        // The parser allows only 16 and 32.
+        None => EMSGSIZE.to_errno(),
     };
-    let key = match ret {
-        0 => RawKey::from_bytes(buf.get(..size).unwrap_or(&[])),
-        _ => None,
-    };
-    crate::table::wipe(&mut buf);
-    if let Some(key) = key {
-        return Ok(key);
+    if ret == 0 {
+        return Ok(());
     }
+    key.clear();
     let (why, msg): (&str, &'static CStr) = match ret {
         e if e == ENOKEY.to_errno() => ("not found", c"keyring key not found"),
         e if e == EKEYREVOKED.to_errno() || e == EKEYEXPIRED.to_errno() => {

@@ -6,8 +6,12 @@
  * - a pool of synchronous "gcm(aes)" AEAD transforms, allocated once per
  *   pool (one slot per possible CPU), used with a fresh key per call;
  * - SHA-256 and HMAC-SHA256 from the kernel's crypto library;
- * - random bytes from the kernel RNG;
- * - synchronous multi-page bio I/O and cache flushes on the backing device.
+ * - synchronous multi-page bio I/O on the backing device;
+ * - keyring payloads, memalloc_noio scopes, running on a fresh stack.
+ *
+ * Opening, claiming, closing and flushing block devices and random bytes
+ * are in Rust (kernel_platform/bio.rs, crypto.rs) on the kernel crate's
+ * bindings of the exported functions.
  *
  * The Rust side (kernel_platform/crypto.rs, kernel_platform/bio.rs) owns these objects through safe
  * types. Declarations and contracts: bindings/mlsdisk_helpers.h.
@@ -26,13 +30,11 @@
 #include <linux/bio.h>
 #include <linux/blkdev.h>
 #include <linux/cpumask.h>
-#include <linux/file.h>
 #include <linux/highmem.h>
 #include <linux/key.h>
 #include <linux/mm.h>
 #include <linux/mutex.h>
 #include <linux/overflow.h>
-#include <linux/random.h>
 #include <linux/ratelimit.h>
 #include <linux/scatterlist.h>
 #include <linux/sched/mm.h>
@@ -276,11 +278,6 @@ void mlsdisk_hmac_sha256(const u8 *key, size_t key_len,
 	hmac_sha256_final(&ctx, out);
 }
 
-void mlsdisk_random_bytes(void *out, size_t len)
-{
-	get_random_bytes(out, len);
-}
-
 static void mlsdisk_io_failed(struct block_device *bdev, bool write,
 			      sector_t sector, size_t len, int err)
 {
@@ -368,86 +365,6 @@ int mlsdisk_bdev_rw(struct block_device *bdev, bool write, sector_t sector,
 		sector += done >> SECTOR_SHIFT;
 	}
 	return 0;
-}
-
-/*
- * An exclusive open claims the device for a holder: a token allocated here
- * (own_holder), unique while the claim lasts, so that another exclusive
- * opener (a second mlsdisk disk, a dm table, a mount) gets EBUSY; or the
- * caller's (device-mapper's, which claims again). The block layer keeps
- * the holder in file->private_data; mlsdisk_bdev_close reads it back, ends
- * the claim with bdev_fput and frees an own token.
- */
-struct file *mlsdisk_bdev_open(dev_t dev, void *holder, bool own_holder, int *err)
-{
-	struct file *file;
-
-	if (own_holder) {
-		holder = kzalloc(1, GFP_KERNEL);
-		if (!holder) {
-			*err = -ENOMEM;
-			return NULL;
-		}
-	}
-	file = bdev_file_open_by_dev(dev, BLK_OPEN_READ | BLK_OPEN_WRITE, holder, NULL);
-	if (IS_ERR(file)) {
-		if (own_holder)
-			kfree(holder);
-		*err = PTR_ERR(file);
-		return NULL;
-	}
-	*err = 0;
-	return file;
-}
-
-struct block_device *mlsdisk_file_bdev(struct file *file)
-{
-	return file_bdev(file);
-}
-
-void *mlsdisk_file_holder(struct file *file)
-{
-	return file->private_data;
-}
-
-void mlsdisk_bdev_close(struct file *file, bool own_holder)
-{
-	void *holder = file->private_data;
-
-	if (holder) {
-		/* Ends the claim now (bdev_fput), then an own token can go. */
-		bdev_fput(file);
-		if (own_holder)
-			kfree(holder);
-	} else {
-		fput(file);
-	}
-}
-
-int mlsdisk_lookup_bdev(const char *path, u32 *dev)
-{
-	dev_t d;
-	int err = lookup_bdev(path, &d);
-
-	if (err)
-		return err;
-	*dev = d;
-	return 0;
-}
-
-dev_t mlsdisk_bdev_dev(struct block_device *bdev)
-{
-	return bdev->bd_dev;
-}
-
-int mlsdisk_bdev_flush(struct block_device *bdev)
-{
-	int ret = blkdev_issue_flush(bdev);
-
-	if (ret)
-		pr_err_ratelimited("backing device %pg: cache flush failed: error %d\n",
-				   bdev, ret);
-	return ret;
 }
 
 unsigned int mlsdisk_noio_save(void)

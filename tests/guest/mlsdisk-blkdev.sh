@@ -105,10 +105,15 @@ run rmmod mlsdisk
 [ ! -e $BDEV ] || fail "$BDEV still exists after rmmod"
 dmesg | grep -q 'mlsdisk: mlsdisk0: removed (synced and closed)' || fail "no 'removed (synced and closed)' at rmmod"
 # Flushes (sync, umount, journal commits) and fstrim's discards reached
-# the engine, and nothing failed.
+# the engine, and nothing failed. The line has the dm status line's
+# request counters (one counter type for both devices) plus the syncs.
 counts=$(dmesg | grep 'mlsdisk: mlsdisk0: closing: ' | tail -n 1)
 echo "+ dmesg: $counts"
-for field in syncs discards writes reads; do
+case "$counts" in
+*": closing: reads="*" writes="*" flushes="*" fua="*" discards="*" errors="*" syncs="*" reread="*) ;;
+*) fail "the closing line lacks the request counters: '$counts'" ;;
+esac
+for field in flushes syncs discards writes reads; do
 	n=$(echo "$counts" | sed -n "s/.* $field=\([0-9]*\).*/\1/p")
 	if [ -z "$n" ] || [ "$n" -le 0 ]; then
 		fail "no $field reached the engine: '$counts'"

@@ -343,16 +343,19 @@ impl DmDev {
 
     /// The device number (`dev_t`) of the block device.
     pub(crate) fn dev_t(&self) -> u32 {
-        // SAFETY: `bdev` of a held `dm_dev` is a valid, open block device.
-        unsafe { bindings::mlsdisk_bdev_dev(self.raw().bdev) }
+        // SAFETY: `bdev` of a held `dm_dev` is a valid, open block device;
+        // its `bd_dev` never changes.
+        unsafe { (*self.raw().bdev).bd_dev }
     }
 
     /// Device-mapper's holder of the exclusive claim on the device (the
     /// table's `dm_get_device` claims it), for the engine to claim it as
     /// well ([`crate::kernel_platform::bio::Claim::Dm`]).
     pub(crate) fn holder(&self) -> *mut c_void {
-        // SAFETY: `bdev_file` of a held `dm_dev` is a valid, open file.
-        unsafe { bindings::mlsdisk_file_holder(self.raw().bdev_file) }
+        // SAFETY: `bdev_file` of a held `dm_dev` is a valid, open block
+        // device file; the block layer keeps its holder in `private_data`
+        // (block/bdev.c) and does not change it while the file is open.
+        unsafe { (*self.raw().bdev_file).private_data }
     }
 
     /// The device's name in `major:minor` form, as `dmsetup table` shows it.

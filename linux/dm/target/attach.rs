@@ -8,13 +8,14 @@
 use super::*;
 
 impl MlsDisk {
-    /// Finds the open disk on `dev` or opens one (`open_engine`), and
-    /// counts this instance's table (`table`, of mapped device `md`) as a
+    /// Finds the open disk on `dev` or opens one (`open_engine`, with its
+    /// devices opened as `access` says), and counts this instance's table (`table`, of mapped device `md`) as a
     /// user, in the registry of open disks ([`registry`], shared with the
     /// blk-mq disks). A device used by a blk-mq disk, a disk open for
     /// another mapped device, or already used by a target of the same
     /// table, is refused (`EBUSY`), as is one whose disk is being opened or
-    /// closed by another table just now. The registry's lock is not held
+    /// closed by another table just now, and a writable table on a disk a
+    /// read-only table opened (`EROFS`: its devices are open read-only). The registry's lock is not held
     /// while the engine opens: the entry is put in as [`State::Opening`]
     /// first, so the disk is never opened twice.
     pub(super) fn attach(
@@ -22,6 +23,7 @@ impl MlsDisk {
         (md, table): (usize, usize),
         key: &RawKey,
         mode: Option<table::Mode>,
+        access: Access,
         open_engine: impl FnOnce() -> Result<(Box<dyn Engine>, u64), CtrError> + Send,
     ) -> Result<Arc<Shared>, CtrError> {
         let oom = || {
@@ -90,6 +92,16 @@ impl MlsDisk {
                 );
                 return Err(Self::fail(c"the disk is in use: refusing 'create'", EBUSY));
             }
+            if access == Access::ReadWrite && shared.access == Access::ReadOnly {
+                pr_err!(
+                    "the disk on device {} is open read-only (by a read-only table): remove the mapped device to load a writable table\n",
+                    format_args!("{}", DevName(dev))
+                );
+                return Err(Self::fail(
+                    c"the disk is open read-only: a writable table needs a fresh open",
+                    EROFS,
+                ));
+            }
             if !shared.key_check.matches(key) {
                 pr_err!(
                     "wrong key: the disk on device {} is open with another key\n",
@@ -105,7 +117,7 @@ impl MlsDisk {
             return Ok(shared);
         }
         // The entry is ours (`Opening`): open without the registry's lock.
-        let opened = Self::open_shared(key, open_engine);
+        let opened = Self::open_shared(key, access, open_engine);
         registry::with(|open| {
             let Some(i) = open.iter().position(|e| e.dev == dev) else {
                 // Cannot happen: only this table removes an `Opening` entry.
@@ -125,32 +137,30 @@ impl MlsDisk {
         opened
     }
 
-    /// Opens the engine (on a worker: its deepest paths do not fit on top
-    /// of the ioctl path) and the disk around it.
+    /// Opens the disk ([`Disk::open`]: the engine on a worker) and shares
+    /// it.
     fn open_shared(
         key: &RawKey,
+        access: Access,
         open_engine: impl FnOnce() -> Result<(Box<dyn Engine>, u64), CtrError> + Send,
     ) -> Result<Arc<Shared>, CtrError> {
-        let (engine, capacity) =
-            on_worker(open_engine).unwrap_or(Err(Self::fail(c"cannot open the disk", EIO)))?;
-        let reads = Reads::new(engine.reader());
         let oom = || {
             pr_err!("out of memory allocating the disk\n");
             Self::fail(c"out of memory", ENOMEM)
         };
-        let mut buf = Vec::new();
-        buf.try_reserve_exact((MAX_IO_SECTORS * 512) as usize)
-            .map_err(|_| oom())?;
-        buf.resize((MAX_IO_SECTORS * 512) as usize, 0);
-        let worker =
-            KBox::pin_init(new_mutex!(Worker { engine, buf }), GFP_KERNEL).map_err(|_| oom())?;
+        let disk = Disk::open(open_engine, |err| {
+            if err == ENOMEM {
+                oom()
+            } else {
+                Self::fail(c"cannot open the disk", err)
+            }
+        })?;
         let key_check = KeyCheck::of(key).map_err(|_| Self::fail(c"bad key", EINVAL))?;
         Arc::new(
             Shared {
                 key_check,
-                capacity,
-                worker,
-                reads,
+                access,
+                disk,
                 final_sync: AtomicBool::new(true),
             },
             GFP_KERNEL,
@@ -195,7 +205,7 @@ impl Drop for MlsDisk {
             // Another table still uses the disk; removal still syncs (not
             // from a read-only table, which writes nothing).
             if self.writable {
-                let _ = shared.sync("removal");
+                let _ = shared.disk.sync("removal");
             }
             return;
         }

@@ -81,9 +81,19 @@ impl MlsDisk {
             pr_err!("{}\n", format_args!("{e}"));
             Self::fail(e.summary(), EINVAL)
         })?;
-        let (key, keyref) = match line.key {
-            KeySpec::Raw(key) => (key, None),
-            KeySpec::Keyring(r) => (crate::kernel_platform::crypto::keyring_key(&r)?, Some(r)),
+        // The key is decoded (or read from the keyring) straight into this
+        // local, which is only borrowed from here on and wiped when it
+        // goes: no copy of it is left behind by a move.
+        let mut key = RawKey::empty();
+        let keyref = match line.key {
+            KeySpec::Hex(hex) => {
+                key.set_hex(hex);
+                None
+            }
+            KeySpec::Keyring(r) => {
+                crate::kernel_platform::crypto::keyring_key(&r, &mut key)?;
+                Some(r)
+            }
         };
 
         // One user per backing device: a blk-mq disk's device is refused
@@ -148,12 +158,21 @@ impl MlsDisk {
         })?;
 
         let device = line.device;
+        let writable = ti.writable();
+        // A read-only table's engine opens its devices read-only, and their
+        // block sets refuse writes and flushes: nothing the engine does, its
+        // open included, writes them.
+        let access = if writable {
+            Access::ReadWrite
+        } else {
+            Access::ReadOnly
+        };
         // The engine claims the device exclusively with the table's holder
         // (device-mapper's): the claim outlives the table while the disk
         // closes, and nothing outside device-mapper can open it meanwhile.
         let claim = Claim::Dm(backing.holder());
         let open_bdev = move |dev: u32| {
-            OpenBdev::open(dev, claim).map_err(|err| {
+            OpenBdev::open(dev, claim, access).map_err(|err| {
                 pr_err!(
                     "cannot open backing device '{}' for the engine: error {}\n",
                     format_args!("{}", Escaped(device)),
@@ -164,7 +183,6 @@ impl MlsDisk {
         };
         let dev = backing.dev_t();
         let ids = (ti.md_id(), ti.table_id());
-        let writable = ti.writable();
         if !writable && line.options.mode == Some(table::Mode::Create) {
             pr_err!("'create' on a read-only table: formatting writes the device\n");
             return Err(Self::fail(c"'create' needs a writable table", EROFS));
@@ -178,7 +196,7 @@ impl MlsDisk {
                 let (engine, nblocks) = PassThrough::new(BdevBlockSet::new(open_bdev(dev)?));
                 Ok((Box::new(engine) as Box<dyn Engine>, nblocks))
             };
-            let shared = Self::attach(dev, ids, &key, line.options.mode, open_engine)?;
+            let shared = Self::attach(dev, ids, &key, line.options.mode, access, open_engine)?;
             (shared, line.options)
         };
         #[cfg(not(mlsdisk_passthrough))]
@@ -189,7 +207,7 @@ impl MlsDisk {
                 Some(AnchorKind::Dev(name)) => Some(Self::anchor_device(ti, name, dev)?),
             };
             let open_anchor = |adev: u32| {
-                OpenBdev::open(adev, Claim::None).map_err(|err| {
+                OpenBdev::open(adev, Claim::None, access).map_err(|err| {
                     pr_err!(
                         "cannot open the anchor device {}:{} for the engine: error {}\n",
                         adev >> 20,
@@ -213,7 +231,7 @@ impl MlsDisk {
                     options.cache_mib,
                 )
             };
-            let shared = Self::attach(dev, ids, &key, options.mode, open_engine)?;
+            let shared = Self::attach(dev, ids, &key, options.mode, access, open_engine)?;
             // A table line read back and loaded again must never reformat:
             // once created, the disk is shown (and reloaded) as 'open'.
             if options.mode.is_some() {
@@ -222,7 +240,7 @@ impl MlsDisk {
             }
             (shared, options)
         };
-        let capacity = shared.capacity;
+        let capacity = shared.disk.capacity;
         let target = KBox::new(
             Self {
                 backing,
