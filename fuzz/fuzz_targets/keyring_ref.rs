@@ -17,8 +17,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             let _ = format!("{r} {r:?} {}", r.kind_name());
             let _ = r.desc();
         }
-        Ok(table::KeySpec::Raw(k)) => {
-            let _ = (k.bits(), k.as_bytes().len());
+        Ok(table::KeySpec::Hex(h)) => {
+            let bits = h.bits();
+            let mut k = table::RawKey::empty();
+            k.set_hex(h);
+            let _ = (bits, k.bits(), k.as_bytes().len());
         }
         Err(e) => {
             let _ = format!("{e}");
