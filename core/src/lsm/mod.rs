@@ -333,6 +333,9 @@ pub struct LsmStats {
     pub flushes: u64,
     /// Compactions finished.
     pub compactions: u64,
+    /// Tables moved a level down without being rewritten (a due
+    /// compaction whose inputs overlap nothing below).
+    pub moves: u64,
     /// Compaction steps run.
     pub compact_steps: u64,
     /// Compactions run inside an update because L0 had too many tables

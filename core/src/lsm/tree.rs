@@ -407,11 +407,15 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         }
         for (key, info) in entries {
             let l = usize::from(info.level);
+            // A table moved down without a rewrite (`move_down`) keeps the
+            // tag of the level it was written at: this level or one above.
             let slot = logs
-                .get_mut(l)
-                .and_then(|v| {
-                    let i = v.binary_search_by_key(&key, |e| e.0).ok()?;
-                    v.get_mut(i)
+                .get_mut(..=l)
+                .and_then(|up| {
+                    up.iter_mut().rev().find_map(|v| {
+                        let i = v.binary_search_by_key(&key, |e| e.0).ok()?;
+                        v.get_mut(i)
+                    })
                 })
                 .ok_or(Error::new(
                     ErrorKind::Corrupted,
@@ -864,6 +868,10 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         if self.job.is_some() {
             return Ok(true);
         }
+        // Tables that need no rewrite go down first (each move ends a due
+        // compaction or brings the level below it closer to one; tables
+        // only go down, so this ends).
+        while self.move_down()? {}
         let ptr = self.compact_ptr;
         let Some(job) = self.plan_compaction()? else {
             return Ok(false);
@@ -1079,6 +1087,115 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             span: hi.saturating_sub(lo).saturating_add(1),
             warm,
         }))
+    }
+
+    /// Does the compaction that is due as a move when it would only copy
+    /// its inputs: they overlap no table of the level below (nor, from L0,
+    /// each other), so the merge would write the same records in the same
+    /// order. The tables change level without a block being written; only
+    /// the manifest of the next commit records it (a moved table's log
+    /// keeps the tag of the level it was written at, and open looks for it
+    /// at that level or above: `load_manifest`). Tables under half of
+    /// `table_max_records` are merged as before, so a level never holds
+    /// many small tables (each takes at least one chunk of the store).
+    /// Refused, as a compaction is, when the commit's manifest would not
+    /// fit in the free chunks. True if tables moved.
+    fn move_down(&mut self) -> Result<bool> {
+        let half = (self.cfg.table_max_records / 2).max(1);
+        let l0 = self.levels.first().map(Vec::as_slice).unwrap_or_default();
+        let from = if l0.len() >= self.cfg.l0_max_tables {
+            0
+        } else {
+            match (1..MAX_LEVELS - 1).find(|&l| self.level_records(l) > self.level_target(l)) {
+                Some(l) => l,
+                None => return Ok(false),
+            }
+        };
+        let lv = self.levels.get(from).map(Vec::as_slice).unwrap_or_default();
+        let below = self
+            .levels
+            .get(from + 1)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        // The inputs of the compaction `plan_compaction` would plan: all of
+        // L0, or the table after the level's pointer.
+        let picked: &[Table<S::LogId>] = if from == 0 {
+            lv
+        } else {
+            let ptr = self.compact_ptr.get(from).copied().unwrap_or(0);
+            let i = lv.iter().position(|t| t.info.min_key > ptr).unwrap_or(0);
+            lv.get(i..i + 1).unwrap_or_default()
+        };
+        if picked.is_empty()
+            || picked.iter().any(|t| {
+                t.info.records < half
+                    || below
+                        .iter()
+                        .any(|b| b.info.overlaps(t.info.min_key, t.info.max_key))
+            })
+        {
+            return Ok(false);
+        }
+        // L0 tables may overlap one another (then the merge keeps the
+        // newest version of a key: not a move).
+        let mut spans: Vec<(u64, u64, u64)> = Vec::new();
+        spans.try_reserve_exact(picked.len())?;
+        spans.extend(
+            picked
+                .iter()
+                .map(|t| (t.info.min_key, t.info.max_key, t.info.seq)),
+        );
+        sort_small_by_key(&mut spans, |s| s.0);
+        if spans.windows(2).any(|w| match w {
+            [a, b] => a.1 >= b.0,
+            _ => false,
+        }) {
+            return Ok(false);
+        }
+        let manifest = if self.manifest_may_change() {
+            0
+        } else {
+            self.manifest_chunks(0)
+        };
+        if self.gate(manifest).is_some_and(|c| !c.fits_now()) {
+            return Ok(false);
+        }
+        self.ensure_tx()?;
+        let to = from + 1;
+        let mut moved = Vec::new();
+        moved.try_reserve_exact(spans.len())?;
+        self.levels
+            .get_mut(to)
+            .ok_or(Error::new(ErrorKind::InvalidState, "lsm: level"))?
+            .try_reserve(spans.len())?;
+        let lv = self
+            .levels
+            .get_mut(from)
+            .ok_or(Error::new(ErrorKind::InvalidState, "lsm: level"))?;
+        for (_, _, seq) in &spans {
+            let Some(i) = lv.iter().position(|t| t.info.seq == *seq) else {
+                bail!(InvalidState, "lsm: moved table vanished");
+            };
+            let mut t = lv.remove(i);
+            t.info.level = level_u8(to);
+            moved.push(t);
+        }
+        if from > 0 {
+            if let (Some(p), Some(last)) = (self.compact_ptr.get_mut(from), spans.last()) {
+                *p = last.1;
+            }
+        }
+        let n = moved.len() as u64;
+        let dst = self
+            .levels
+            .get_mut(to)
+            .ok_or(Error::new(ErrorKind::InvalidState, "lsm: level"))?;
+        dst.extend(moved);
+        sort_small_by_key(dst, |t| t.info.min_key);
+        self.stats.moves = self.stats.moves.saturating_add(n);
+        self.tables_changed();
+        self.pin_new_tables();
+        Ok(true)
     }
 
     /// Merges up to `budget` records of a job into its outputs; true when the
