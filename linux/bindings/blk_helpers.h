@@ -54,21 +54,4 @@ size_t mlsdisk_blk_rq_copy(struct request *rq, void *buf, size_t len, bool to_rq
 /* Ends a request the driver owns with errno_to_blk_status(err). */
 void mlsdisk_blk_rq_end(struct request *rq, int err);
 
-/*
- * Parallel reads: a WQ_MEM_RECLAIM | WQ_UNBOUND workqueue (max_active
- * `depth`) with one work item per tag (0..depth). mlsdisk_blk_reads_queue
- * runs fn(arg, rq) on it for a request the driver owns, concurrently with
- * the others; it returns false (and does nothing) if the request's tag is
- * out of range, true once the request is the work item's (a slot found
- * still pending WARNs and is not reported as a failure, so the request is
- * never ended twice). fn must end the request.
- */
-struct mlsdisk_blk_reads;
-struct mlsdisk_blk_reads *mlsdisk_blk_reads_new(void (*fn)(void *, struct request *),
-						int index, unsigned int depth);
-void mlsdisk_blk_reads_set_arg(struct mlsdisk_blk_reads *r, void *arg);
-bool mlsdisk_blk_reads_queue(struct mlsdisk_blk_reads *r, struct request *rq);
-/* Waits for every queued read, then frees the workqueue. */
-void mlsdisk_blk_reads_free(struct mlsdisk_blk_reads *r);
-
 #endif

@@ -5,20 +5,17 @@
  * .owner = THIS_MODULE, which the Rust GenDiskBuilder of 7.3 cannot set:
  * without it an open disk would not pin the module), request accessors for
  * what the Rust Request does not expose (sector, length, operation, data
- * segments, ending with an error), and the disk's read workqueue, which
- * runs reads in parallel (the ordered queue for writes, flushes, discards
- * and background work is kernel_platform/work.rs).
+ * segments, ending with an error). The disk's workqueues are in Rust:
+ * blk/reads.rs (parallel reads), kernel_platform/work.rs (the ordered
+ * queue).
  */
 #include <linux/bio.h>
 #include <linux/bvec.h>
 #include <linux/err.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
-#include <linux/overflow.h>
 #include <linux/refcount.h>
-#include <linux/slab.h>
 #include <linux/string.h>
-#include <linux/workqueue.h>
 
 #include "bindings/blk_helpers.h"
 
@@ -222,91 +219,4 @@ void mlsdisk_blk_rq_end(struct request *rq, int err)
 		atomic_cmpxchg(&ref->refs, 2, 0);
 	}
 	blk_mq_end_request(rq, errno_to_blk_status(err));
-}
-
-/*
- * Parallel reads: one work item per tag of the (single) hardware queue, so
- * a read request needs no allocation to be handed over: its tag is unique
- * among the requests the driver owns, and the slot's previous request was
- * ended (freeing the tag) inside the previous run of the slot's work item,
- * after that run had read `rq`; a work item never runs twice at once.
- */
-struct mlsdisk_blk_rslot {
-	struct work_struct work;
-	struct request *rq;
-	struct mlsdisk_blk_reads *reads;
-};
-
-struct mlsdisk_blk_reads {
-	struct workqueue_struct *wq;
-	void (*fn)(void *arg, struct request *rq);
-	void *arg;
-	unsigned int depth;
-	struct mlsdisk_blk_rslot slots[] __counted_by(depth);
-};
-
-static void mlsdisk_blk_read_fn(struct work_struct *work)
-{
-	struct mlsdisk_blk_rslot *slot = container_of(work, struct mlsdisk_blk_rslot, work);
-	struct mlsdisk_blk_reads *r = slot->reads;
-
-	r->fn(r->arg, READ_ONCE(slot->rq));
-}
-
-struct mlsdisk_blk_reads *mlsdisk_blk_reads_new(void (*fn)(void *, struct request *),
-						int index, unsigned int depth)
-{
-	struct mlsdisk_blk_reads *r;
-	unsigned int i;
-
-	r = kvzalloc(struct_size(r, slots, depth), GFP_KERNEL);
-	if (!r)
-		return NULL;
-	r->depth = depth;
-	/* Reads wait for the backing device most of their time: every tag may
-	 * be in flight, and the decryption runs on every CPU. Reclaim may be
-	 * waiting for them too. */
-	r->wq = alloc_workqueue("mlsdisk%d_rd", WQ_MEM_RECLAIM | WQ_UNBOUND,
-				clamp_t(int, depth, 1, WQ_MAX_ACTIVE), index);
-	if (!r->wq) {
-		kvfree(r);
-		return NULL;
-	}
-	r->fn = fn;
-	for (i = 0; i < depth; i++) {
-		INIT_WORK(&r->slots[i].work, mlsdisk_blk_read_fn);
-		r->slots[i].reads = r;
-	}
-	return r;
-}
-
-void mlsdisk_blk_reads_set_arg(struct mlsdisk_blk_reads *r, void *arg)
-{
-	r->arg = arg;
-}
-
-bool mlsdisk_blk_reads_queue(struct mlsdisk_blk_reads *r, struct request *rq)
-{
-	struct mlsdisk_blk_rslot *slot;
-
-	if (rq->tag < 0 || (unsigned int)rq->tag >= r->depth)
-		return false;
-	slot = &r->slots[rq->tag];
-	WRITE_ONCE(slot->rq, rq);
-	/*
-	 * Cannot be pending: a tag's slot is queued again only after its
-	 * request ended, which its work item does as its last use of the
-	 * slot. Were it pending all the same, that pending run serves slot->rq
-	 * (this request): report the broken invariant, and still return true,
-	 * so that the caller does not end the request a second time through
-	 * its other queue.
-	 */
-	WARN_ON_ONCE(!queue_work(r->wq, &slot->work));
-	return true;
-}
-
-void mlsdisk_blk_reads_free(struct mlsdisk_blk_reads *r)
-{
-	destroy_workqueue(r->wq);
-	kvfree(r);
 }
