@@ -10,12 +10,16 @@
 #include <linux/blkdev.h>
 #include <linux/types.h>
 
-/* Module parameters (perms 0: not in sysfs). NULL when not given. */
-const char *mlsdisk_blk_param_backing(void);
-const char *mlsdisk_blk_param_key(void);
-const char *mlsdisk_blk_param_mode(void);
-const char *mlsdisk_blk_param_anchor(void);
-const char *mlsdisk_blk_param_cache_mib(void);
+/*
+ * The module parameters disk_backing, disk_key, disk_mode, disk_anchor,
+ * disk_cache_mib (perms 0: not in sysfs): NULL when not given; set before
+ * module init and freed after module exit, read only in between.
+ */
+extern char *mlsdisk_disk_backing;
+extern char *mlsdisk_disk_key;
+extern char *mlsdisk_disk_mode;
+extern char *mlsdisk_disk_anchor;
+extern char *mlsdisk_disk_cache_mib;
 /* Overwrites the disk_key parameter's string with zeros. */
 void mlsdisk_blk_wipe_key_param(void);
 
@@ -29,8 +33,6 @@ void mlsdisk_blk_wipe_key_param(void);
 struct gendisk *mlsdisk_blk_add_disk(struct blk_mq_tag_set *set, void *queuedata,
 				     int index, u64 sectors, u32 max_sectors,
 				     u32 max_discard_sectors);
-/* del_gendisk + put_disk. Waits for every request to end. */
-void mlsdisk_blk_del_disk(struct gendisk *disk);
 
 /* Operation classes of mlsdisk_blk_rq_op. */
 enum {
@@ -43,8 +45,6 @@ enum {
 u64 mlsdisk_blk_rq_pos(struct request *rq);
 u32 mlsdisk_blk_rq_bytes(struct request *rq);
 u32 mlsdisk_blk_rq_op(struct request *rq);
-bool mlsdisk_blk_rq_fua(struct request *rq);
-bool mlsdisk_blk_rq_preflush(struct request *rq);
 /*
  * Copies the request's data segments into `buf` (to_rq false) or from it
  * (to_rq true). Returns the bytes copied; less than the request's size

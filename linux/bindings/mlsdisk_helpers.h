@@ -19,8 +19,6 @@
 #include <linux/blkdev.h>
 #include <linux/device-mapper.h>
 
-/* bio->bi_iter.bi_sector */
-sector_t mlsdisk_bio_sector(const struct bio *bio);
 /* bio_sectors(): the size of the bio in 512-byte sectors */
 unsigned int mlsdisk_bio_sectors(const struct bio *bio);
 /* The operations the target tells apart (values of enum req_op). */
@@ -32,10 +30,15 @@ enum mlsdisk_req_op {
 };
 /* bio_op(): the REQ_OP_* of the bio */
 unsigned int mlsdisk_bio_op(const struct bio *bio);
-/* bio->bi_opf & REQ_PREFLUSH: flush the cache before this bio */
-bool mlsdisk_bio_preflush(const struct bio *bio);
-/* bio->bi_opf & REQ_FUA: this bio is durable on completion */
-bool mlsdisk_bio_fua(const struct bio *bio);
+/*
+ * The flags the module tests in bio->bi_opf and rq->cmd_flags: the macros
+ * are casts, which bindgen does not evaluate. REQ_PREFLUSH: flush the
+ * cache before this I/O; REQ_FUA: durable on completion.
+ */
+enum mlsdisk_req_flag {
+	MLSDISK_REQ_PREFLUSH = (__force unsigned int)REQ_PREFLUSH,
+	MLSDISK_REQ_FUA = (__force unsigned int)REQ_FUA,
+};
 /* bdev_nr_sectors(): the size of a block device in 512-byte sectors */
 sector_t mlsdisk_bdev_nr_sectors(struct block_device *bdev);
 
@@ -136,8 +139,6 @@ enum mlsdisk_blk_open {
  * of an ioctl path. Sleeps.
  */
 void mlsdisk_run_on_worker(struct workqueue_struct *wq, void (*fn)(void *arg), void *arg);
-/* num_online_cpus() */
-unsigned int mlsdisk_online_cpus(void);
 
 /* The other helpers' headers: bindgen reads them through this one. */
 #include "blk_helpers.h"

@@ -122,18 +122,22 @@ impl BlkDisks {
     /// of them or none (a failure closes the ones already opened); adds no
     /// disk ([`Opened::add`] does). Process context (module init).
     pub(crate) fn open_params() -> Result<Opened> {
-        // SAFETY: no preconditions.
-        let backing = param(unsafe { ffi::mlsdisk_blk_param_backing() });
-        // SAFETY: no preconditions.
-        let mode = param(unsafe { ffi::mlsdisk_blk_param_mode() });
-        // SAFETY: no preconditions.
-        let anchors = param(unsafe { ffi::mlsdisk_blk_param_anchor() });
-        // SAFETY: no preconditions.
-        let cache = param(unsafe { ffi::mlsdisk_blk_param_cache_mib() });
+        // SAFETY: the parameters are set before module init, which this
+        // is part of, and not changed while the module lives.
+        let (backing, mode, anchors, cache) = unsafe {
+            (
+                ffi::mlsdisk_disk_backing,
+                ffi::mlsdisk_disk_mode,
+                ffi::mlsdisk_disk_anchor,
+                ffi::mlsdisk_disk_cache_mib,
+            )
+        };
+        let (backing, mode, anchors, cache) =
+            (param(backing), param(mode), param(anchors), param(cache));
         let n = items(backing).count();
         if n == 0 {
-            // SAFETY: no preconditions.
-            if !param(unsafe { ffi::mlsdisk_blk_param_key() }).is_empty() {
+            // SAFETY: as above.
+            if !param(unsafe { ffi::mlsdisk_disk_key }).is_empty() {
                 // SAFETY: no preconditions.
                 unsafe { ffi::mlsdisk_blk_wipe_key_param() };
                 pr_err!("disk_key given without disk_backing\n");
@@ -516,7 +520,10 @@ impl Drop for BlkDisk {
         self.queue.pause();
         // SAFETY: a live disk (type invariant), deleted once. Waits for
         // every request (the worker ends them); no `queue_rq` afterwards.
-        unsafe { ffi::mlsdisk_blk_del_disk(self.disk.as_ptr()) };
+        unsafe {
+            bindings::del_gendisk(self.disk.as_ptr());
+            bindings::put_disk(self.disk.as_ptr());
+        }
         // The disk is gone, so nothing queues a read any more: wait for the
         // read work items (which may still kick the ordered one after
         // ending their request); their workqueue goes with the state.

@@ -21,13 +21,14 @@
 
 /*
  * Permissions 0: none of these appears under /sys/module/mlsdisk/parameters,
- * so the key is never readable back; blk/mod.rs wipes it after use.
+ * so the key is never readable back; blk/mod.rs wipes it after use. The
+ * variables are declared in blk_helpers.h, which Rust reads them through.
  */
-static char *disk_backing;
-module_param(disk_backing, charp, 0);
+char *mlsdisk_disk_backing;
+module_param_named(disk_backing, mlsdisk_disk_backing, charp, 0);
 MODULE_PARM_DESC(disk_backing,
 		 "backing block devices of /dev/mlsdisk0, 1, ... (comma list of paths or major:minor, at most 8); none: no disk");
-static char *disk_key;
+char *mlsdisk_disk_key;
 
 /*
  * disk_key is a charp parameter whose string is zeroed before the kernel
@@ -58,50 +59,25 @@ static const struct kernel_param_ops mlsdisk_key_param_ops = {
 	.get = param_get_charp,
 	.free = mlsdisk_key_param_free,
 };
-module_param_cb(disk_key, &mlsdisk_key_param_ops, &disk_key, 0);
+module_param_cb(disk_key, &mlsdisk_key_param_ops, &mlsdisk_disk_key, 0);
 MODULE_PARM_DESC(disk_key,
 		 "root keys (one for all disks or a comma list): 32 or 64 hex digits, or :<size>:logon:<description>");
-static char *disk_mode;
-module_param(disk_mode, charp, 0);
+char *mlsdisk_disk_mode;
+module_param_named(disk_mode, mlsdisk_disk_mode, charp, 0);
 MODULE_PARM_DESC(disk_mode,
 		 "create (format the backing device) or open (the default); one for all disks or a comma list");
-static char *disk_anchor;
-module_param(disk_anchor, charp, 0);
+char *mlsdisk_disk_anchor;
+module_param_named(disk_anchor, mlsdisk_disk_anchor, charp, 0);
 MODULE_PARM_DESC(disk_anchor,
 		 "rollback anchor device per disk (comma list of none, a path or major:minor); default none");
-static char *disk_cache_mib;
-module_param(disk_cache_mib, charp, 0);
+char *mlsdisk_disk_cache_mib;
+module_param_named(disk_cache_mib, mlsdisk_disk_cache_mib, charp, 0);
 MODULE_PARM_DESC(disk_cache_mib,
 		 "memory budget of each disk's caches in MiB, as the table's cache_mib= (4 to 16384; default the engine's, 64); one for all disks or a comma list");
 
-const char *mlsdisk_blk_param_backing(void)
-{
-	return disk_backing;
-}
-
-const char *mlsdisk_blk_param_key(void)
-{
-	return disk_key;
-}
-
-const char *mlsdisk_blk_param_mode(void)
-{
-	return disk_mode;
-}
-
-const char *mlsdisk_blk_param_anchor(void)
-{
-	return disk_anchor;
-}
-
-const char *mlsdisk_blk_param_cache_mib(void)
-{
-	return disk_cache_mib;
-}
-
 void mlsdisk_blk_wipe_key_param(void)
 {
-	mlsdisk_wipe_charp(disk_key);
+	mlsdisk_wipe_charp(mlsdisk_disk_key);
 }
 
 static const struct block_device_operations mlsdisk_blk_fops = {
@@ -140,12 +116,6 @@ struct gendisk *mlsdisk_blk_add_disk(struct blk_mq_tag_set *set, void *queuedata
 	return disk;
 }
 
-void mlsdisk_blk_del_disk(struct gendisk *disk)
-{
-	del_gendisk(disk);
-	put_disk(disk);
-}
-
 u64 mlsdisk_blk_rq_pos(struct request *rq)
 {
 	return blk_rq_pos(rq);
@@ -170,16 +140,6 @@ u32 mlsdisk_blk_rq_op(struct request *rq)
 	default:
 		return MLSDISK_RQ_OTHER;
 	}
-}
-
-bool mlsdisk_blk_rq_fua(struct request *rq)
-{
-	return rq->cmd_flags & REQ_FUA;
-}
-
-bool mlsdisk_blk_rq_preflush(struct request *rq)
-{
-	return rq->cmd_flags & REQ_PREFLUSH;
 }
 
 size_t mlsdisk_blk_rq_copy(struct request *rq, void *buf, size_t len, bool to_rq)

@@ -157,8 +157,8 @@ impl Rq {
                 op: ffi::mlsdisk_blk_rq_op(raw),
                 pos: ffi::mlsdisk_blk_rq_pos(raw),
                 bytes: ffi::mlsdisk_blk_rq_bytes(raw) as usize,
-                fua: ffi::mlsdisk_blk_rq_fua(raw),
-                preflush: ffi::mlsdisk_blk_rq_preflush(raw),
+                fua: (*raw).cmd_flags & ffi::mlsdisk_req_flag_MLSDISK_REQ_FUA != 0,
+                preflush: (*raw).cmd_flags & ffi::mlsdisk_req_flag_MLSDISK_REQ_PREFLUSH != 0,
             }
         }
     }

@@ -8,11 +8,6 @@
 
 #include "bindings/mlsdisk_helpers.h"
 
-sector_t mlsdisk_bio_sector(const struct bio *bio)
-{
-	return bio->bi_iter.bi_sector;
-}
-
 unsigned int mlsdisk_bio_sectors(const struct bio *bio)
 {
 	return bio_sectors(bio);
@@ -21,21 +16,6 @@ unsigned int mlsdisk_bio_sectors(const struct bio *bio)
 unsigned int mlsdisk_bio_op(const struct bio *bio)
 {
 	return bio_op(bio);
-}
-
-bool mlsdisk_bio_preflush(const struct bio *bio)
-{
-	return bio->bi_opf & REQ_PREFLUSH;
-}
-
-bool mlsdisk_bio_fua(const struct bio *bio)
-{
-	return bio->bi_opf & REQ_FUA;
-}
-
-unsigned int mlsdisk_online_cpus(void)
-{
-	return num_online_cpus();
 }
 
 sector_t mlsdisk_bdev_nr_sectors(struct block_device *bdev)

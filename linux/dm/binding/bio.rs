@@ -47,7 +47,7 @@ impl Bio {
     /// The first sector (`bi_iter.bi_sector`).
     pub(crate) fn sector(&self) -> u64 {
         // SAFETY: the bio is valid (type invariant).
-        unsafe { bindings::mlsdisk_bio_sector(self.as_ptr()) }
+        unsafe { (*self.as_ptr()).bi_iter.bi_sector }
     }
 
     /// The size in 512-byte sectors (0 for an empty flush).
@@ -73,13 +73,15 @@ impl Bio {
     /// an empty write with this flag is a pure flush.
     pub(crate) fn is_preflush(&self) -> bool {
         // SAFETY: the bio is valid (type invariant).
-        unsafe { bindings::mlsdisk_bio_preflush(self.as_ptr()) }
+        let opf = unsafe { (*self.as_ptr()).bi_opf };
+        opf & bindings::mlsdisk_req_flag_MLSDISK_REQ_PREFLUSH != 0
     }
 
     /// Whether the bio must be durable when it completes (`REQ_FUA`).
     pub(crate) fn is_fua(&self) -> bool {
         // SAFETY: the bio is valid (type invariant).
-        unsafe { bindings::mlsdisk_bio_fua(self.as_ptr()) }
+        let opf = unsafe { (*self.as_ptr()).bi_opf };
+        opf & bindings::mlsdisk_req_flag_MLSDISK_REQ_FUA != 0
     }
 }
 
