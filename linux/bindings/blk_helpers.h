@@ -10,12 +10,16 @@
 #include <linux/blkdev.h>
 #include <linux/types.h>
 
-/* Module parameters (perms 0: not in sysfs). NULL when not given. */
-const char *mlsdisk_blk_param_backing(void);
-const char *mlsdisk_blk_param_key(void);
-const char *mlsdisk_blk_param_mode(void);
-const char *mlsdisk_blk_param_anchor(void);
-const char *mlsdisk_blk_param_cache_mib(void);
+/*
+ * The module parameters disk_backing, disk_key, disk_mode, disk_anchor,
+ * disk_cache_mib (perms 0: not in sysfs): NULL when not given; set before
+ * module init and freed after module exit, read only in between.
+ */
+extern char *mlsdisk_disk_backing;
+extern char *mlsdisk_disk_key;
+extern char *mlsdisk_disk_mode;
+extern char *mlsdisk_disk_anchor;
+extern char *mlsdisk_disk_cache_mib;
 /* Overwrites the disk_key parameter's string with zeros. */
 void mlsdisk_blk_wipe_key_param(void);
 
@@ -29,8 +33,6 @@ void mlsdisk_blk_wipe_key_param(void);
 struct gendisk *mlsdisk_blk_add_disk(struct blk_mq_tag_set *set, void *queuedata,
 				     int index, u64 sectors, u32 max_sectors,
 				     u32 max_discard_sectors);
-/* del_gendisk + put_disk. Waits for every request to end. */
-void mlsdisk_blk_del_disk(struct gendisk *disk);
 
 /* Operation classes of mlsdisk_blk_rq_op. */
 enum {
@@ -43,8 +45,6 @@ enum {
 u64 mlsdisk_blk_rq_pos(struct request *rq);
 u32 mlsdisk_blk_rq_bytes(struct request *rq);
 u32 mlsdisk_blk_rq_op(struct request *rq);
-bool mlsdisk_blk_rq_fua(struct request *rq);
-bool mlsdisk_blk_rq_preflush(struct request *rq);
 /*
  * Copies the request's data segments into `buf` (to_rq false) or from it
  * (to_rq true). Returns the bytes copied; less than the request's size
@@ -53,22 +53,5 @@ bool mlsdisk_blk_rq_preflush(struct request *rq);
 size_t mlsdisk_blk_rq_copy(struct request *rq, void *buf, size_t len, bool to_rq);
 /* Ends a request the driver owns with errno_to_blk_status(err). */
 void mlsdisk_blk_rq_end(struct request *rq, int err);
-
-/*
- * Parallel reads: a WQ_MEM_RECLAIM | WQ_UNBOUND workqueue (max_active
- * `depth`) with one work item per tag (0..depth). mlsdisk_blk_reads_queue
- * runs fn(arg, rq) on it for a request the driver owns, concurrently with
- * the others; it returns false (and does nothing) if the request's tag is
- * out of range, true once the request is the work item's (a slot found
- * still pending WARNs and is not reported as a failure, so the request is
- * never ended twice). fn must end the request.
- */
-struct mlsdisk_blk_reads;
-struct mlsdisk_blk_reads *mlsdisk_blk_reads_new(void (*fn)(void *, struct request *),
-						int index, unsigned int depth);
-void mlsdisk_blk_reads_set_arg(struct mlsdisk_blk_reads *r, void *arg);
-bool mlsdisk_blk_reads_queue(struct mlsdisk_blk_reads *r, struct request *rq);
-/* Waits for every queued read, then frees the workqueue. */
-void mlsdisk_blk_reads_free(struct mlsdisk_blk_reads *r);
 
 #endif

@@ -19,8 +19,6 @@
 #include <linux/blkdev.h>
 #include <linux/device-mapper.h>
 
-/* bio->bi_iter.bi_sector */
-sector_t mlsdisk_bio_sector(const struct bio *bio);
 /* bio_sectors(): the size of the bio in 512-byte sectors */
 unsigned int mlsdisk_bio_sectors(const struct bio *bio);
 /* The operations the target tells apart (values of enum req_op). */
@@ -32,10 +30,15 @@ enum mlsdisk_req_op {
 };
 /* bio_op(): the REQ_OP_* of the bio */
 unsigned int mlsdisk_bio_op(const struct bio *bio);
-/* bio->bi_opf & REQ_PREFLUSH: flush the cache before this bio */
-bool mlsdisk_bio_preflush(const struct bio *bio);
-/* bio->bi_opf & REQ_FUA: this bio is durable on completion */
-bool mlsdisk_bio_fua(const struct bio *bio);
+/*
+ * The flags the module tests in bio->bi_opf and rq->cmd_flags: the macros
+ * are casts, which bindgen does not evaluate. REQ_PREFLUSH: flush the
+ * cache before this I/O; REQ_FUA: durable on completion.
+ */
+enum mlsdisk_req_flag {
+	MLSDISK_REQ_PREFLUSH = (__force unsigned int)REQ_PREFLUSH,
+	MLSDISK_REQ_FUA = (__force unsigned int)REQ_FUA,
+};
 /* bdev_nr_sectors(): the size of a block device in 512-byte sectors */
 sector_t mlsdisk_bdev_nr_sectors(struct block_device *bdev);
 
@@ -103,65 +106,11 @@ int mlsdisk_bdev_rw(struct block_device *bdev, bool write, sector_t sector,
 unsigned int mlsdisk_noio_save(void);
 void mlsdisk_noio_restore(unsigned int flags);
 
-/*
- * Deferred bios (linux/dm/queue.c): `map` hands a bio to one of two queues
- * of the target, in process context afterwards; the callbacks must end
- * each bio (mlsdisk_bio_end).
- *
- * - Ordered: a bio list (mlsdisk_bioq_push, mlsdisk_bioq_pop) that the
- *   target's ordered queue in Rust (kernel_platform/work.rs) serves in
- *   order, with background work when it is empty.
- * - Parallel (mlsdisk_bioq_push_parallel): each bio is its own work item,
- *   kept in the bio's per-bio data (the target must have called
- *   mlsdisk_ti_set_per_bio_data in its constructor), on a
- *   WQ_MEM_RECLAIM | WQ_UNBOUND workqueue with max_active
- *   max(16, 4 x possible CPUs): `parallel(ctx, bio)` runs for many bios
- *   at once, in any order.
- */
-struct mlsdisk_bioq;
-typedef void (*mlsdisk_bioq_parallel_fn)(void *ctx, struct bio *bio);
-/* A queue with its parallel workqueue `name`_rd. NULL on allocation
- * failure. Sleeps. */
-struct mlsdisk_bioq *mlsdisk_bioq_new(const char *name,
-				      mlsdisk_bioq_parallel_fn parallel, void *ctx);
-/* ti->per_io_data_size for the parallel queue's work items (constructor). */
-void mlsdisk_ti_set_per_bio_data(struct dm_target *ti);
-/* Waits for every parallel bio queued so far (suspend). Sleeps. */
-void mlsdisk_bioq_flush_parallel(struct mlsdisk_bioq *q);
-/* Appends `bio` to the ordered list (any context, no sleeping). */
-void mlsdisk_bioq_push(struct mlsdisk_bioq *q, struct bio *bio);
-/* Takes the oldest bio of the ordered list; NULL when it is empty. */
-struct bio *mlsdisk_bioq_pop(struct mlsdisk_bioq *q);
-/* Queues `bio` on the parallel queue (any context, no sleeping); `bio` is
- * one device-mapper passed to the map function of a target that set
- * mlsdisk_ti_set_per_bio_data. */
-void mlsdisk_bioq_push_parallel(struct mlsdisk_bioq *q, struct bio *bio);
-/* Drains the parallel queue, then frees it and its workqueue. Sleeps. */
-void mlsdisk_bioq_free(struct mlsdisk_bioq *q);
-
-/* Ends `bio` with `status` (a BLK_STS_* value). */
-void mlsdisk_bio_end(struct bio *bio, blk_status_t status);
-/* BLK_STS_IOERR, BLK_STS_NOSPC, BLK_STS_RESOURCE, BLK_STS_NOTSUPP, BLK_STS_OK */
-blk_status_t mlsdisk_blk_sts_ioerr(void);
-blk_status_t mlsdisk_blk_sts_nospc(void);
-blk_status_t mlsdisk_blk_sts_resource(void);
-blk_status_t mlsdisk_blk_sts_notsupp(void);
 /* Copies the bio's data (its whole remaining iterator, `len` bytes) into
  * `buf` (to_bio = false) or from `buf` into the bio (to_bio = true).
  * Returns the bytes copied. */
 size_t mlsdisk_bio_copy(struct bio *bio, u8 *buf, size_t len, bool to_bio);
 
-/* Target setup for a worker-backed target: flushes and discards reach it
- * whatever the backing device supports; bios are split at `max_io_len`
- * sectors. Returns 0 or a negative errno. */
-int mlsdisk_ti_setup_worker(struct dm_target *ti, sector_t max_io_len);
-/* Whether the target's table was loaded for writing (dm_table_get_mode has
- * BLK_OPEN_WRITE; `dmsetup create --readonly` loads it without). */
-bool mlsdisk_ti_writable(struct dm_target *ti);
-/* io_hints of a target of 4 KiB blocks: logical and physical block size
- * and io_min 4096, discards in 4 KiB granules of at most
- * `max_discard_sectors`. */
-void mlsdisk_limits_4k(struct queue_limits *limits, unsigned int max_discard_sectors);
 /* A shared printk rate limit for the target's per-bio errors. */
 bool mlsdisk_ratelimit(void);
 
@@ -190,8 +139,6 @@ enum mlsdisk_blk_open {
  * of an ioctl path. Sleeps.
  */
 void mlsdisk_run_on_worker(struct workqueue_struct *wq, void (*fn)(void *arg), void *arg);
-/* num_online_cpus() */
-unsigned int mlsdisk_online_cpus(void);
 
 /* The other helpers' headers: bindgen reads them through this one. */
 #include "blk_helpers.h"

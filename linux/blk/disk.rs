@@ -13,13 +13,11 @@ use super::*;
 /// # Invariants
 ///
 /// `disk` was added by `mlsdisk_blk_add_disk` with `queuedata` (from
-/// `Arc<DiskQueue>::into_foreign`) on `tagset`; `rworks` is the read
-/// workqueue of `queue`'s state, whose argument is `queue`. All are
-/// released only by `drop`.
+/// `Arc<DiskQueue>::into_foreign`) on `tagset`; the read work items of
+/// `queue`'s state serve `queue`. All are released only by `drop`.
 pub(crate) struct BlkDisk {
     disk: NonNull<bindings::gendisk>,
     queuedata: *mut c_void,
-    rworks: NonNull<ffi::mlsdisk_blk_reads>,
     /// The ordered queue (its workqueue is destroyed with the last
     /// reference, after `drop` paused it) and the disk's state.
     queue: Arc<DiskQueue>,
@@ -124,18 +122,22 @@ impl BlkDisks {
     /// of them or none (a failure closes the ones already opened); adds no
     /// disk ([`Opened::add`] does). Process context (module init).
     pub(crate) fn open_params() -> Result<Opened> {
-        // SAFETY: no preconditions.
-        let backing = param(unsafe { ffi::mlsdisk_blk_param_backing() });
-        // SAFETY: no preconditions.
-        let mode = param(unsafe { ffi::mlsdisk_blk_param_mode() });
-        // SAFETY: no preconditions.
-        let anchors = param(unsafe { ffi::mlsdisk_blk_param_anchor() });
-        // SAFETY: no preconditions.
-        let cache = param(unsafe { ffi::mlsdisk_blk_param_cache_mib() });
+        // SAFETY: the parameters are set before module init, which this
+        // is part of, and not changed while the module lives.
+        let (backing, mode, anchors, cache) = unsafe {
+            (
+                ffi::mlsdisk_disk_backing,
+                ffi::mlsdisk_disk_mode,
+                ffi::mlsdisk_disk_anchor,
+                ffi::mlsdisk_disk_cache_mib,
+            )
+        };
+        let (backing, mode, anchors, cache) =
+            (param(backing), param(mode), param(anchors), param(cache));
         let n = items(backing).count();
         if n == 0 {
-            // SAFETY: no preconditions.
-            if !param(unsafe { ffi::mlsdisk_blk_param_key() }).is_empty() {
+            // SAFETY: as above.
+            if !param(unsafe { ffi::mlsdisk_disk_key }).is_empty() {
                 // SAFETY: no preconditions.
                 unsafe { ffi::mlsdisk_blk_wipe_key_param() };
                 pr_err!("disk_key given without disk_backing\n");
@@ -335,10 +337,9 @@ pub(super) struct Pending {
 ///
 /// # Invariants
 ///
-/// `rworks` is the read workqueue of `queue`'s state (whose argument is
-/// `queue`), never queued yet, nor is `queue`; `tagset` is initialised.
+/// The read work items of `queue`'s state serve `queue` and were never
+/// queued yet, nor was `queue`; `tagset` is initialised.
 pub(super) struct Parts {
-    rworks: NonNull<ffi::mlsdisk_blk_reads>,
     queue: Arc<DiskQueue>,
     tagset: Arc<TagSet<BlkOps>>,
     /// Logical capacity in 4 KiB blocks.
@@ -349,12 +350,10 @@ pub(super) struct Parts {
 }
 
 impl Parts {
-    /// Frees the workqueues and closes (syncs) the engine of a disk that
-    /// was never added.
+    /// Closes (syncs) the engine of a disk that was never added; the
+    /// workqueues go with the queue (the read one was never queued: no
+    /// request reached the disk).
     fn discard(self) {
-        // SAFETY: the read workqueue was never queued (the disk was never
-        // added, so no request reached it); freed once, here.
-        unsafe { ffi::mlsdisk_blk_reads_free(self.rworks.as_ptr()) };
         self.queue.pause();
         close(&self.queue.server);
     }
@@ -398,59 +397,41 @@ impl Pending {
         let capacity = disk.capacity;
         let mut fifo = VecDeque::new();
         fifo.try_reserve_exact(FIFO_CAPACITY).map_err(|_| ENOMEM)?;
-        // SAFETY: `read_fn` matches the callback type; process context.
-        let rworks = unsafe { ffi::mlsdisk_blk_reads_new(Some(read_fn), index, QUEUE_DEPTH) };
-        let Some(rworks) = NonNull::new(rworks) else {
-            // The engine is dropped on this stack (an out-of-memory path).
-            return Err(ENOMEM);
-        };
-        let free_reads = || {
-            // SAFETY: created above, never queued, freed once.
-            unsafe { ffi::mlsdisk_blk_reads_free(rworks.as_ptr()) };
-        };
-        let name = match kernel::str::CString::try_from_fmt(fmt!("mlsdisk{}", index)) {
-            Ok(name) => name,
-            Err(e) => {
-                free_reads();
-                return Err(e);
-            }
-        };
+        // On failure the engine is dropped on this stack (an
+        // out-of-memory path).
+        let rworks = super::reads::ReadWorks::new(index, QUEUE_DEPTH)?;
+        let name = kernel::str::CString::try_from_fmt(fmt!("mlsdisk{}", index))?;
         let state = pin_init!(DiskState {
             pending <- new_spinlock_irq!(fifo),
             disk,
             counts: Counters::default(),
-            rworks: ReadsPtr(rworks),
+            rworks,
             index,
         });
         let queue = match Ordered::new(&name, state, false) {
             Ok(queue) => queue,
             Err(e) => {
-                // The engine was moved into the failed initializer and is
-                // dropped with it (on this stack: an out-of-memory path).
-                free_reads();
+                // The engine and the read works were moved into the failed
+                // initializer and are dropped with it (on this stack: an
+                // out-of-memory path).
                 return Err(e);
             }
         };
-        // SAFETY: the queue outlives the read workqueue (`Parts::discard`
-        // and `BlkDisk::drop` free it before dropping their reference).
-        unsafe {
-            let arg = Arc::as_ptr(&queue).cast_mut().cast();
-            ffi::mlsdisk_blk_reads_set_arg(rworks.as_ptr(), arg);
-        };
+        // The read work items live in the queue's state, so it outlives
+        // them.
+        queue.server.rworks.set_owner(Arc::as_ptr(&queue));
         let tagset = match Arc::pin_init(TagSet::new(1, QUEUE_DEPTH, 1), GFP_KERNEL) {
             Ok(t) => t,
             Err(e) => {
-                free_reads();
                 queue.pause();
                 close(&queue.server);
                 return Err(e);
             }
         };
-        // INVARIANT: the read workqueue was made above for `queue` and
+        // INVARIANT: the read work items were made above for `queue` and
         // never queued, nor was `queue`; `tagset` is initialised.
         Ok(Self {
             parts: Some(Parts {
-                rworks,
                 queue,
                 tagset,
                 capacity,
@@ -504,12 +485,11 @@ impl Pending {
                 return Err(err);
             }
         };
-        // INVARIANT: added above with `queuedata` on `tagset`; `rworks` is
-        // the read workqueue of the queue's state.
+        // INVARIANT: added above with `queuedata` on `tagset`; the read work
+        // items of the queue's state serve it.
         Ok(BlkDisk {
             disk,
             queuedata,
-            rworks: parts.rworks,
             queue: parts.queue,
             _tagset: parts.tagset,
             _claim: parts.claim,
@@ -540,11 +520,14 @@ impl Drop for BlkDisk {
         self.queue.pause();
         // SAFETY: a live disk (type invariant), deleted once. Waits for
         // every request (the worker ends them); no `queue_rq` afterwards.
-        unsafe { ffi::mlsdisk_blk_del_disk(self.disk.as_ptr()) };
-        // SAFETY: the disk is gone, so nothing queues a read any more; this
-        // waits for the read work items (which may still kick the ordered
-        // one after ending their request) and frees their workqueue, once.
-        unsafe { ffi::mlsdisk_blk_reads_free(self.rworks.as_ptr()) };
+        unsafe {
+            bindings::del_gendisk(self.disk.as_ptr());
+            bindings::put_disk(self.disk.as_ptr());
+        }
+        // The disk is gone, so nothing queues a read any more: wait for the
+        // read work items (which may still kick the ordered one after
+        // ending their request); their workqueue goes with the state.
+        self.queue.server.rworks.flush();
         // Nothing queues the work item any more: wait for a running one.
         self.queue.pause();
         // SAFETY: `queuedata` came from `into_foreign` and the disk that

@@ -5,32 +5,30 @@
  * .owner = THIS_MODULE, which the Rust GenDiskBuilder of 7.3 cannot set:
  * without it an open disk would not pin the module), request accessors for
  * what the Rust Request does not expose (sector, length, operation, data
- * segments, ending with an error), and the disk's read workqueue, which
- * runs reads in parallel (the ordered queue for writes, flushes, discards
- * and background work is kernel_platform/work.rs).
+ * segments, ending with an error). The disk's workqueues are in Rust:
+ * blk/reads.rs (parallel reads), kernel_platform/work.rs (the ordered
+ * queue).
  */
 #include <linux/bio.h>
 #include <linux/bvec.h>
 #include <linux/err.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
-#include <linux/overflow.h>
 #include <linux/refcount.h>
-#include <linux/slab.h>
 #include <linux/string.h>
-#include <linux/workqueue.h>
 
 #include "bindings/blk_helpers.h"
 
 /*
  * Permissions 0: none of these appears under /sys/module/mlsdisk/parameters,
- * so the key is never readable back; blk/mod.rs wipes it after use.
+ * so the key is never readable back; blk/mod.rs wipes it after use. The
+ * variables are declared in blk_helpers.h, which Rust reads them through.
  */
-static char *disk_backing;
-module_param(disk_backing, charp, 0);
+char *mlsdisk_disk_backing;
+module_param_named(disk_backing, mlsdisk_disk_backing, charp, 0);
 MODULE_PARM_DESC(disk_backing,
 		 "backing block devices of /dev/mlsdisk0, 1, ... (comma list of paths or major:minor, at most 8); none: no disk");
-static char *disk_key;
+char *mlsdisk_disk_key;
 
 /*
  * disk_key is a charp parameter whose string is zeroed before the kernel
@@ -61,50 +59,25 @@ static const struct kernel_param_ops mlsdisk_key_param_ops = {
 	.get = param_get_charp,
 	.free = mlsdisk_key_param_free,
 };
-module_param_cb(disk_key, &mlsdisk_key_param_ops, &disk_key, 0);
+module_param_cb(disk_key, &mlsdisk_key_param_ops, &mlsdisk_disk_key, 0);
 MODULE_PARM_DESC(disk_key,
 		 "root keys (one for all disks or a comma list): 32 or 64 hex digits, or :<size>:logon:<description>");
-static char *disk_mode;
-module_param(disk_mode, charp, 0);
+char *mlsdisk_disk_mode;
+module_param_named(disk_mode, mlsdisk_disk_mode, charp, 0);
 MODULE_PARM_DESC(disk_mode,
 		 "create (format the backing device) or open (the default); one for all disks or a comma list");
-static char *disk_anchor;
-module_param(disk_anchor, charp, 0);
+char *mlsdisk_disk_anchor;
+module_param_named(disk_anchor, mlsdisk_disk_anchor, charp, 0);
 MODULE_PARM_DESC(disk_anchor,
 		 "rollback anchor device per disk (comma list of none, a path or major:minor); default none");
-static char *disk_cache_mib;
-module_param(disk_cache_mib, charp, 0);
+char *mlsdisk_disk_cache_mib;
+module_param_named(disk_cache_mib, mlsdisk_disk_cache_mib, charp, 0);
 MODULE_PARM_DESC(disk_cache_mib,
 		 "memory budget of each disk's caches in MiB, as the table's cache_mib= (4 to 16384; default the engine's, 64); one for all disks or a comma list");
 
-const char *mlsdisk_blk_param_backing(void)
-{
-	return disk_backing;
-}
-
-const char *mlsdisk_blk_param_key(void)
-{
-	return disk_key;
-}
-
-const char *mlsdisk_blk_param_mode(void)
-{
-	return disk_mode;
-}
-
-const char *mlsdisk_blk_param_anchor(void)
-{
-	return disk_anchor;
-}
-
-const char *mlsdisk_blk_param_cache_mib(void)
-{
-	return disk_cache_mib;
-}
-
 void mlsdisk_blk_wipe_key_param(void)
 {
-	mlsdisk_wipe_charp(disk_key);
+	mlsdisk_wipe_charp(mlsdisk_disk_key);
 }
 
 static const struct block_device_operations mlsdisk_blk_fops = {
@@ -143,12 +116,6 @@ struct gendisk *mlsdisk_blk_add_disk(struct blk_mq_tag_set *set, void *queuedata
 	return disk;
 }
 
-void mlsdisk_blk_del_disk(struct gendisk *disk)
-{
-	del_gendisk(disk);
-	put_disk(disk);
-}
-
 u64 mlsdisk_blk_rq_pos(struct request *rq)
 {
 	return blk_rq_pos(rq);
@@ -173,16 +140,6 @@ u32 mlsdisk_blk_rq_op(struct request *rq)
 	default:
 		return MLSDISK_RQ_OTHER;
 	}
-}
-
-bool mlsdisk_blk_rq_fua(struct request *rq)
-{
-	return rq->cmd_flags & REQ_FUA;
-}
-
-bool mlsdisk_blk_rq_preflush(struct request *rq)
-{
-	return rq->cmd_flags & REQ_PREFLUSH;
 }
 
 size_t mlsdisk_blk_rq_copy(struct request *rq, void *buf, size_t len, bool to_rq)
@@ -222,91 +179,4 @@ void mlsdisk_blk_rq_end(struct request *rq, int err)
 		atomic_cmpxchg(&ref->refs, 2, 0);
 	}
 	blk_mq_end_request(rq, errno_to_blk_status(err));
-}
-
-/*
- * Parallel reads: one work item per tag of the (single) hardware queue, so
- * a read request needs no allocation to be handed over: its tag is unique
- * among the requests the driver owns, and the slot's previous request was
- * ended (freeing the tag) inside the previous run of the slot's work item,
- * after that run had read `rq`; a work item never runs twice at once.
- */
-struct mlsdisk_blk_rslot {
-	struct work_struct work;
-	struct request *rq;
-	struct mlsdisk_blk_reads *reads;
-};
-
-struct mlsdisk_blk_reads {
-	struct workqueue_struct *wq;
-	void (*fn)(void *arg, struct request *rq);
-	void *arg;
-	unsigned int depth;
-	struct mlsdisk_blk_rslot slots[] __counted_by(depth);
-};
-
-static void mlsdisk_blk_read_fn(struct work_struct *work)
-{
-	struct mlsdisk_blk_rslot *slot = container_of(work, struct mlsdisk_blk_rslot, work);
-	struct mlsdisk_blk_reads *r = slot->reads;
-
-	r->fn(r->arg, READ_ONCE(slot->rq));
-}
-
-struct mlsdisk_blk_reads *mlsdisk_blk_reads_new(void (*fn)(void *, struct request *),
-						int index, unsigned int depth)
-{
-	struct mlsdisk_blk_reads *r;
-	unsigned int i;
-
-	r = kvzalloc(struct_size(r, slots, depth), GFP_KERNEL);
-	if (!r)
-		return NULL;
-	r->depth = depth;
-	/* Reads wait for the backing device most of their time: every tag may
-	 * be in flight, and the decryption runs on every CPU. Reclaim may be
-	 * waiting for them too. */
-	r->wq = alloc_workqueue("mlsdisk%d_rd", WQ_MEM_RECLAIM | WQ_UNBOUND,
-				clamp_t(int, depth, 1, WQ_MAX_ACTIVE), index);
-	if (!r->wq) {
-		kvfree(r);
-		return NULL;
-	}
-	r->fn = fn;
-	for (i = 0; i < depth; i++) {
-		INIT_WORK(&r->slots[i].work, mlsdisk_blk_read_fn);
-		r->slots[i].reads = r;
-	}
-	return r;
-}
-
-void mlsdisk_blk_reads_set_arg(struct mlsdisk_blk_reads *r, void *arg)
-{
-	r->arg = arg;
-}
-
-bool mlsdisk_blk_reads_queue(struct mlsdisk_blk_reads *r, struct request *rq)
-{
-	struct mlsdisk_blk_rslot *slot;
-
-	if (rq->tag < 0 || (unsigned int)rq->tag >= r->depth)
-		return false;
-	slot = &r->slots[rq->tag];
-	WRITE_ONCE(slot->rq, rq);
-	/*
-	 * Cannot be pending: a tag's slot is queued again only after its
-	 * request ended, which its work item does as its last use of the
-	 * slot. Were it pending all the same, that pending run serves slot->rq
-	 * (this request): report the broken invariant, and still return true,
-	 * so that the caller does not end the request a second time through
-	 * its other queue.
-	 */
-	WARN_ON_ONCE(!queue_work(r->wq, &slot->work));
-	return true;
-}
-
-void mlsdisk_blk_reads_free(struct mlsdisk_blk_reads *r)
-{
-	destroy_workqueue(r->wq);
-	kvfree(r);
 }

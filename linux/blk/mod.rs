@@ -104,6 +104,7 @@ use crate::table::{self, KeySpec, RawKey};
 
 mod disk;
 mod params;
+mod reads;
 
 pub(crate) use disk::BlkDisks;
 pub(crate) use params::KeyParamWipe;
@@ -156,8 +157,8 @@ impl Rq {
                 op: ffi::mlsdisk_blk_rq_op(raw),
                 pos: ffi::mlsdisk_blk_rq_pos(raw),
                 bytes: ffi::mlsdisk_blk_rq_bytes(raw) as usize,
-                fua: ffi::mlsdisk_blk_rq_fua(raw),
-                preflush: ffi::mlsdisk_blk_rq_preflush(raw),
+                fua: (*raw).cmd_flags & ffi::mlsdisk_req_flag_MLSDISK_REQ_FUA != 0,
+                preflush: (*raw).cmd_flags & ffi::mlsdisk_req_flag_MLSDISK_REQ_PREFLUSH != 0,
             }
         }
     }
@@ -212,9 +213,9 @@ struct DiskState {
     /// What reached the engine (logged at removal, and checked by the
     /// guest test: flushes and discards must reach the engine).
     counts: Counters,
-    /// The disk's read workqueue; valid from before the disk is added
-    /// until after it is deleted (see [`BlkDisk`]).
-    rworks: ReadsPtr,
+    /// The disk's read work items (`reads.rs`), flushed after the disk is
+    /// deleted (see [`BlkDisk`]).
+    rworks: reads::ReadWorks,
     /// N of `/dev/mlsdisk<N>`, for the log.
     index: c_int,
 }
@@ -222,14 +223,6 @@ struct DiskState {
 /// The disk's ordered queue (writes, flushes, discards, background work)
 /// with its state: the queue's data.
 type DiskQueue = Ordered<DiskState>;
-
-/// The C read work items, owned by [`BlkDisk`].
-struct ReadsPtr(NonNull<ffi::mlsdisk_blk_reads>);
-
-// SAFETY: queue_work may be called from any context and thread.
-unsafe impl Send for ReadsPtr {}
-// SAFETY: as above; the pointer itself never changes.
-unsafe impl Sync for ReadsPtr {}
 
 impl Serve for DiskState {
     type Item = ARef<mq::Request<BlkOps>>;
@@ -360,11 +353,11 @@ impl Operations for BlkOps {
         };
         let rq = if read {
             let ptr = ARef::into_raw(rq);
-            // SAFETY: the read workqueue lives while the disk takes
-            // requests (`BlkDisk` frees it only after deleting the disk);
-            // the request is the driver's, and its reference goes with it
-            // (`read_fn` takes it back). Any context, no sleeping.
-            if unsafe { ffi::mlsdisk_blk_reads_queue(state.rworks.0.as_ptr(), raw) } {
+            // SAFETY: the request is the driver's, and its reference goes
+            // with it (`read_fn` takes it back); the owner was set before
+            // the disk was added and outlives the read works' flush
+            // (`BlkDisk::drop`). Any context, no sleeping.
+            if unsafe { state.rworks.queue(raw) } {
                 return Ok(());
             }
             // Not queued (a tag out of range): the reference is still ours.
@@ -403,17 +396,18 @@ impl Operations for BlkOps {
     }
 }
 
-/// The read work items' entry point.
+/// The read work items' entry point (`reads.rs`).
 ///
 /// # Safety
 ///
-/// `arg` is the [`DiskQueue`] of an `Arc` (`Arc::as_ptr`) that `BlkDisk`
-/// holds until after the read workqueue is freed; `rq` is a read request
-/// that `queue_rq` handed over with its reference (`ARef::into_raw`).
-unsafe extern "C" fn read_fn(arg: *mut c_void, rq: *mut bindings::request) {
+/// `queue` is the [`DiskQueue`] of an `Arc` (`Arc::as_ptr`) that `BlkDisk`
+/// holds until after the read work items are flushed; `rq` is a read
+/// request that `queue_rq` handed over with its reference
+/// (`ARef::into_raw`).
+unsafe fn read_fn(queue: *const DiskQueue, rq: *mut bindings::request) {
     // SAFETY: see the function's safety section: the pointer of an `Arc`
     // that outlives this call.
-    let queue = unsafe { ArcBorrow::from_raw(arg.cast::<DiskQueue>().cast_const()) };
+    let queue = unsafe { ArcBorrow::from_raw(queue) };
     let Some(rq) = NonNull::new(rq.cast::<mq::Request<BlkOps>>()) else {
         return;
     };

@@ -89,8 +89,9 @@ impl Drop for KeyParamWipe {
 /// The root keys of the `n` disks from the `disk_key` parameter (one for
 /// all, or one per disk), which is wiped whether or not it parses.
 pub(super) fn take_keys(n: usize) -> Result<KVec<RawKey>> {
-    // SAFETY: no preconditions.
-    let arg = param(unsafe { ffi::mlsdisk_blk_param_key() });
+    // SAFETY: the parameter is set before module init (which calls this)
+    // and not changed while the module lives.
+    let arg = param(unsafe { ffi::mlsdisk_disk_key });
     let keys = (|| -> Result<KVec<RawKey>> {
         check_count("disk_key", arg, n)?;
         // Room for every key up front, so the vector never moves (a move of

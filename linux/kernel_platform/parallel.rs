@@ -28,6 +28,7 @@ use core::ptr::null_mut;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use kernel::bindings;
+use kernel::cpumask::Cpumask;
 use kernel::prelude::*;
 use kernel::sync::Completion;
 use kernel::workqueue::{impl_has_work, new_work, Queue, Work, WorkItem};
@@ -35,9 +36,6 @@ use mlsdisk_core::platform::{Job, Parallel};
 
 use super::work::NoIoScope;
 use super::work::WorkQueue;
-
-/// The C side (`helpers.c`, declared in `bindings/mlsdisk_helpers.h`).
-use super::bindings as ffi;
 
 /// `mlsdisk_par`, published by [`ModuleWorkqueues`] (null outside its life).
 static PAR_WQ: AtomicPtr<bindings::workqueue_struct> = AtomicPtr::new(null_mut());
@@ -154,8 +152,10 @@ impl Parallel for KernelParallel {
         if PAR_WQ.load(Ordering::Acquire).is_null() {
             return 1;
         }
-        // SAFETY: reads the online CPU count; no other effect.
-        unsafe { ffi::mlsdisk_online_cpus() as usize }
+        // SAFETY: the kernel's mask of online CPUs, which lives forever;
+        // its weight is `num_online_cpus()` (a snapshot either way).
+        let online = unsafe { Cpumask::from_raw(&raw const bindings::__cpu_online_mask) };
+        online.weight() as usize
     }
 
     fn run(&self, jobs: &mut [Job<'_>]) {

@@ -54,8 +54,14 @@ impl WorkQueue {
     /// An unbound `WQ_MEM_RECLAIM` workqueue named `name` with the
     /// default concurrency. Process context.
     pub(crate) fn unbound(name: &CStr) -> Result<Self> {
+        Self::unbound_active(name, 0)
+    }
+
+    /// An unbound `WQ_MEM_RECLAIM` workqueue named `name` that runs up to
+    /// `max_active` work items at once (0: the default). Process context.
+    pub(crate) fn unbound_active(name: &CStr, max_active: kernel::ffi::c_int) -> Result<Self> {
         let flags = bindings::wq_flags_WQ_MEM_RECLAIM | bindings::wq_flags_WQ_UNBOUND;
-        Self::alloc(name, flags, 0)
+        Self::alloc(name, flags, max_active)
     }
 
     fn alloc(

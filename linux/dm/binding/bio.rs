@@ -47,7 +47,7 @@ impl Bio {
     /// The first sector (`bi_iter.bi_sector`).
     pub(crate) fn sector(&self) -> u64 {
         // SAFETY: the bio is valid (type invariant).
-        unsafe { bindings::mlsdisk_bio_sector(self.as_ptr()) }
+        unsafe { (*self.as_ptr()).bi_iter.bi_sector }
     }
 
     /// The size in 512-byte sectors (0 for an empty flush).
@@ -73,13 +73,15 @@ impl Bio {
     /// an empty write with this flag is a pure flush.
     pub(crate) fn is_preflush(&self) -> bool {
         // SAFETY: the bio is valid (type invariant).
-        unsafe { bindings::mlsdisk_bio_preflush(self.as_ptr()) }
+        let opf = unsafe { (*self.as_ptr()).bi_opf };
+        opf & bindings::mlsdisk_req_flag_MLSDISK_REQ_PREFLUSH != 0
     }
 
     /// Whether the bio must be durable when it completes (`REQ_FUA`).
     pub(crate) fn is_fua(&self) -> bool {
         // SAFETY: the bio is valid (type invariant).
-        unsafe { bindings::mlsdisk_bio_fua(self.as_ptr()) }
+        let opf = unsafe { (*self.as_ptr()).bi_opf };
+        opf & bindings::mlsdisk_req_flag_MLSDISK_REQ_FUA != 0
     }
 }
 
@@ -194,14 +196,28 @@ impl DeferredBio {
         core::mem::forget(self);
         // SAFETY: the bio is valid and not yet ended (type invariant); the
         // handle is gone, so it is ended exactly once.
-        unsafe { bindings::mlsdisk_bio_end(bio.as_ptr(), status) };
+        unsafe { end_bio(bio, status) };
     }
 }
 
 impl Drop for DeferredBio {
     fn drop(&mut self) {
         // SAFETY: not ended yet (`end` forgets the handle); ended once here.
-        unsafe { bindings::mlsdisk_bio_end(self.bio.as_ptr(), BlkError::IoErr.status()) };
+        unsafe { end_bio(self.bio, BlkError::IoErr.status()) };
+    }
+}
+
+/// Ends `bio` with `status`.
+///
+/// # Safety
+///
+/// `bio` is a valid bio the caller owns and has not ended; it is not used
+/// afterwards.
+unsafe fn end_bio(bio: NonNull<kernel::bindings::bio>, status: kernel::bindings::blk_status_t) {
+    // SAFETY: the caller's promise: the bio is ours to complete.
+    unsafe {
+        (*bio.as_ptr()).bi_status = status;
+        kernel::bindings::bio_endio(bio.as_ptr());
     }
 }
 
@@ -212,8 +228,12 @@ impl Limits<'_> {
     /// 4 KiB logical and physical blocks, discards in 4 KiB granules of at
     /// most `max_discard_sectors` sectors.
     pub(crate) fn set_4k_blocks(&mut self, max_discard_sectors: u32) {
-        // SAFETY: a valid, exclusively borrowed `queue_limits`.
-        unsafe { bindings::mlsdisk_limits_4k(self.0, max_discard_sectors) }
+        let l = &mut *self.0;
+        l.logical_block_size = l.logical_block_size.max(4096);
+        l.physical_block_size = l.physical_block_size.max(4096);
+        l.io_min = l.io_min.max(4096);
+        l.discard_granularity = 4096;
+        l.max_hw_discard_sectors = max_discard_sectors;
     }
 }
 

@@ -8,7 +8,8 @@ use super::*;
 
 use kernel::sync::Arc;
 
-use crate::kernel_platform::work::{Ordered, Serve};
+use super::queue::{self, OrderedBios, ServeParallel};
+use crate::kernel_platform::work::{Ordered, Serve, WorkQueue};
 
 /// A registered target type; unregistered on drop.
 ///
@@ -114,9 +115,9 @@ unsafe extern "C" fn ctr_callback<T: Target>(
         })
     });
     if result.is_ok() && T::WORKER {
-        // SAFETY: `ti` is valid and ours during the constructor, where
+        // SAFETY: `ti` is valid and ours during the constructor;
         // device-mapper reads `per_io_data_size` afterwards.
-        unsafe { bindings::mlsdisk_ti_set_per_bio_data(ti) };
+        unsafe { (*ti).per_io_data_size = queue::per_bio_data_size::<Instance<T>>() };
     }
     match result {
         Ok(instance) => {
@@ -152,32 +153,39 @@ unsafe extern "C" fn dtr_callback<T: Target>(ti: *mut dm_target) {
 ///
 /// # Invariants
 ///
-/// `queue`, if set, was made by `mlsdisk_bioq_new` with this instance's
-/// address as context and `parallel_callback::<T>`, and is freed only by
-/// `drop`, before `target`; then the target's `per_io_data_size` was set
-/// by `mlsdisk_ti_set_per_bio_data`. `ordered` is set exactly when
-/// `queue` is, serves `queue`'s bio list into `target`, and `drop` pauses
-/// and drops it before it frees `queue`.
+/// `queues` is set exactly for a worker target, whose `per_io_data_size`
+/// is then `queue::per_bio_data_size::<Self>()`; its ordered queue serves
+/// into `target`, and `drop` stops and drains both queues before `target`
+/// is dropped.
 struct Instance<T: Target> {
-    queue: Option<NonNull<bindings::mlsdisk_bioq>>,
-    ordered: Option<Arc<Ordered<DmServe<T>>>>,
+    queues: Option<Queues<T>>,
     target: KBox<T>,
 }
 
-/// The ordered queue's server of an [`Instance`]: pops its bio list into
+/// The two bio queues of a worker target (see `queue.rs`).
+struct Queues<T: Target> {
+    /// The ordered queue; its server holds the FIFO of deferred bios.
+    ordered: Arc<Ordered<DmServe<T>>>,
+    /// The parallel queue's workqueue (`<name>_rd`).
+    parallel: WorkQueue,
+}
+
+/// The ordered queue's server of an [`Instance`]: pops its bio FIFO into
 /// its target (`process`), background work through `idle`.
 ///
 /// # Invariants
 ///
-/// `queue` and `target` are those of the instance whose `ordered` this
-/// is, alive as long as that `Ordered` is in use (`Instance::drop`).
+/// `target` is that of the instance whose `ordered` this is, alive as long
+/// as that `Ordered` is in use (`Instance::drop`).
+#[pin_data]
 struct DmServe<T: Target> {
-    queue: NonNull<bindings::mlsdisk_bioq>,
+    #[pin]
+    bios: OrderedBios<Instance<T>>,
     target: NonNull<T>,
 }
 
-// SAFETY: the bio list is locked on the C side; `T: Target` is `Send +
-// Sync` and only shared references to it are made.
+// SAFETY: the FIFO is locked; `T: Target` is `Send + Sync` and only
+// shared references to it are made.
 unsafe impl<T: Target> Send for DmServe<T> {}
 // SAFETY: as above.
 unsafe impl<T: Target> Sync for DmServe<T> {}
@@ -193,11 +201,7 @@ impl<T: Target> Serve for DmServe<T> {
     type Item = DeferredBio;
 
     fn pop(&self) -> Option<DeferredBio> {
-        // SAFETY: a live queue (type invariant); the list is locked inside.
-        let bio = NonNull::new(unsafe { bindings::mlsdisk_bioq_pop(self.queue.as_ptr()) })?;
-        // INVARIANT: a bio `map` deferred, taken off the list: nobody has
-        // ended it yet.
-        Some(DeferredBio { bio })
+        self.bios.pop()
     }
 
     fn serve(&self, bio: DeferredBio) {
@@ -213,85 +217,53 @@ impl<T: Target> Instance<T> {
     fn new(target: KBox<T>) -> Result<KBox<Self>> {
         let mut instance = KBox::new(
             Self {
-                queue: None,
-                ordered: None,
+                queues: None,
                 target,
             },
             GFP_KERNEL,
         )?;
         if T::WORKER {
-            let ctx: *mut Self = &mut *instance;
-            // SAFETY: `ctx` is the boxed instance, which stays at this
-            // address until dropped, and `drop` frees the queue first;
-            // `T::NAME` is a static string. Process context.
-            let queue = unsafe {
-                bindings::mlsdisk_bioq_new(
-                    T::NAME.as_char_ptr(),
-                    Some(parallel_callback::<T>),
-                    ctx.cast(),
-                )
-            };
-            let queue = NonNull::new(queue).ok_or(ENOMEM)?;
-            // INVARIANT: made just now with this instance as context.
-            instance.queue = Some(queue);
-            let server = DmServe {
-                queue,
-                target: NonNull::from(&*instance.target),
-            };
-            // INVARIANT: serves `queue` into `target`; starts paused (no
-            // background work before resume).
-            instance.ordered = Some(Ordered::new::<core::convert::Infallible, _>(
-                T::NAME,
-                server,
-                true,
-            )?);
+            let parallel = queue::parallel_workqueue(T::NAME)?;
+            // INVARIANT: serves into `target`; starts paused (no background
+            // work before resume).
+            let target = NonNull::from(&*instance.target);
+            let server = pin_init!(DmServe {
+                bios <- OrderedBios::new(),
+                target,
+            });
+            let ordered = Ordered::new::<core::convert::Infallible, _>(T::NAME, server, true)?;
+            instance.queues = Some(Queues { ordered, parallel });
         }
         Ok(instance)
     }
 }
 
-impl<T: Target> Drop for Instance<T> {
-    fn drop(&mut self) {
-        if let Some(ordered) = self.ordered.take() {
-            // No background work; the parallel bios (whose end may kick
-            // it) drain first; then nothing queues the work item again.
-            ordered.pause();
-            if let Some(queue) = self.queue {
-                // SAFETY: a live queue (type invariant).
-                unsafe { bindings::mlsdisk_bioq_flush_parallel(queue.as_ptr()) };
+impl<T: Target> ServeParallel for Instance<T> {
+    fn serve_parallel(&self, bio: DeferredBio) {
+        if self.target.process_parallel(bio) {
+            if let Some(queues) = &self.queues {
+                // Background work was put off for this read (not while
+                // paused).
+                Ordered::kick_idle(queues.ordered.as_arc_borrow());
             }
-            ordered.pause();
-            // The last reference: its workqueue is destroyed here.
-            drop(ordered);
-        }
-        if let Some(queue) = self.queue.take() {
-            // SAFETY: the queue is live (type invariant) and freed once;
-            // its parallel bios drain into `target`, which is still alive.
-            unsafe { bindings::mlsdisk_bioq_free(queue.as_ptr()) };
         }
     }
 }
 
-/// # Safety
-///
-/// Called by the parallel queue of an `Instance<T>` (its context) with a
-/// bio that `map_callback::<T>` sent there.
-unsafe extern "C" fn parallel_callback<T: Target>(
-    ctx: *mut c_void,
-    bio: *mut kernel::bindings::bio,
-) {
-    // SAFETY: the queue's context is its live instance (`Instance`
-    // invariant: the queue is freed, after waiting for every parallel work
-    // item, before the instance is).
-    let instance = unsafe { &*ctx.cast::<Instance<T>>() };
-    let Some(bio) = NonNull::new(bio) else {
-        return;
-    };
-    // INVARIANT: a deferred bio that nobody has ended yet.
-    if instance.target.process_parallel(DeferredBio { bio }) {
-        if let Some(ordered) = &instance.ordered {
-            // Background work was put off for this read (not while paused).
-            Ordered::kick_idle(ordered.as_arc_borrow());
+impl<T: Target> Drop for Instance<T> {
+    fn drop(&mut self) {
+        if let Some(Queues { ordered, parallel }) = self.queues.take() {
+            // No background work; the parallel bios (whose end may kick
+            // it) drain first; then nothing queues the work item again.
+            ordered.pause();
+            parallel.flush();
+            ordered.pause();
+            // Every deferred bio was served (device-mapper drained I/O).
+            kernel::warn_on!(!ordered.server.bios.is_empty());
+            // The last reference: its workqueue is destroyed here; then the
+            // parallel one (drained already).
+            drop(ordered);
+            drop(parallel);
         }
     }
 }
@@ -325,27 +297,25 @@ unsafe extern "C" fn map_callback<T: Target>(
     let instance = unsafe { instance_of::<T>(ti) };
     // SAFETY: device-mapper lends the bio for the call.
     let lent = unsafe { Bio::from_raw(bio) };
-    match instance.target.map(lent) {
-        MapResult::Deferred => match (instance.queue, &instance.ordered) {
-            (Some(queue), Some(ordered)) => {
-                // SAFETY: a live queue (`Instance` invariant); the bio is
-                // ours to keep once we return DM_MAPIO_SUBMITTED.
-                unsafe { bindings::mlsdisk_bioq_push(queue.as_ptr(), bio) };
-                Ordered::kick(ordered.as_arc_borrow());
-                bindings::DM_MAPIO_SUBMITTED as c_int
-            }
-            _ => bindings::DM_MAPIO_KILL as c_int,
-        },
-        MapResult::Parallel => match instance.queue {
-            Some(queue) => {
-                // SAFETY: a live queue (`Instance` invariant), whose target
-                // set `per_io_data_size` for the work item (invariant); the
-                // bio is ours to keep once we return DM_MAPIO_SUBMITTED.
-                unsafe { bindings::mlsdisk_bioq_push_parallel(queue.as_ptr(), bio) };
-                bindings::DM_MAPIO_SUBMITTED as c_int
-            }
-            None => bindings::DM_MAPIO_KILL as c_int,
-        },
+    let result = instance.target.map(lent);
+    let (Some(queues), Some(bio)) = (&instance.queues, NonNull::new(bio)) else {
+        return bindings::DM_MAPIO_KILL as c_int;
+    };
+    match result {
+        MapResult::Deferred => {
+            // SAFETY: a bio of this worker target, whose per-bio data is a
+            // `PerBio<Instance<T>>` (`Instance` invariant); it is the
+            // FIFO's once we return DM_MAPIO_SUBMITTED.
+            unsafe { queues.ordered.server.bios.push(bio) };
+            Ordered::kick(queues.ordered.as_arc_borrow());
+            bindings::DM_MAPIO_SUBMITTED as c_int
+        }
+        MapResult::Parallel => {
+            // SAFETY: as above; the instance outlives the parallel
+            // workqueue's flush (`Instance::drop`).
+            unsafe { queue::push_parallel(&queues.parallel, instance, bio) };
+            bindings::DM_MAPIO_SUBMITTED as c_int
+        }
         MapResult::Kill => bindings::DM_MAPIO_KILL as c_int,
     }
 }
@@ -356,15 +326,12 @@ unsafe extern "C" fn map_callback<T: Target>(
 unsafe extern "C" fn postsuspend_callback<T: Target>(ti: *mut dm_target) {
     // SAFETY: live target (callback contract).
     let instance = unsafe { instance_of::<T>(ti) };
-    if let Some(ordered) = &instance.ordered {
+    if let Some(Queues { ordered, parallel }) = &instance.queues {
         // Device-mapper has drained I/O: stop background work, then wait
         // for the parallel work items (whose end may kick the ordered one,
         // refused now) and for a running ordered one.
         ordered.pause();
-        if let Some(queue) = instance.queue {
-            // SAFETY: a live queue (`Instance` invariant).
-            unsafe { bindings::mlsdisk_bioq_flush_parallel(queue.as_ptr()) };
-        }
+        parallel.flush();
         ordered.pause();
     }
     instance.target.postsuspend();
@@ -376,8 +343,8 @@ unsafe extern "C" fn postsuspend_callback<T: Target>(ti: *mut dm_target) {
 unsafe extern "C" fn resume_callback<T: Target>(ti: *mut dm_target) {
     // SAFETY: live target (callback contract).
     let instance = unsafe { instance_of::<T>(ti) };
-    if let Some(ordered) = &instance.ordered {
-        Ordered::resume(ordered.as_arc_borrow());
+    if let Some(queues) = &instance.queues {
+        Ordered::resume(queues.ordered.as_arc_borrow());
     }
 }
 

@@ -28,7 +28,7 @@
 //! dropped before it returns, and the trampoline sets `ti->error`.
 //!
 //! Deferred I/O: a target with [`Target::WORKER`] gets two bio queues
-//! (`dm/queue.c`); `map` picks one, device-mapper is told
+//! (`queue.rs`); `map` picks one, device-mapper is told
 //! `DM_MAPIO_SUBMITTED`, and the target later ends the bio exactly once
 //! through a [`DeferredBio`] (dropping it unended ends it with an I/O
 //! error), in process context.
@@ -152,15 +152,18 @@ pub(crate) trait Target: Sized + Send + Sync + 'static {
 /// The `blk_status_t` of a [`BlkError`].
 impl BlkError {
     fn status(self) -> kernel::bindings::blk_status_t {
-        // SAFETY: the helpers only return constants.
-        unsafe {
-            match self {
-                Self::IoErr => bindings::mlsdisk_blk_sts_ioerr(),
-                Self::NoSpc => bindings::mlsdisk_blk_sts_nospc(),
-                Self::Resource => bindings::mlsdisk_blk_sts_resource(),
-                Self::NotSupp => bindings::mlsdisk_blk_sts_notsupp(),
-            }
-        }
+        // The block layer's own mapping (`BLK_STS_*` are casts, which
+        // bindgen does not evaluate): EIO is `BLK_STS_IOERR`, ENOSPC
+        // `BLK_STS_NOSPC`, ENOMEM `BLK_STS_RESOURCE`, EOPNOTSUPP
+        // `BLK_STS_NOTSUPP`.
+        let errno = match self {
+            Self::IoErr => EIO,
+            Self::NoSpc => ENOSPC,
+            Self::Resource => ENOMEM,
+            Self::NotSupp => EOPNOTSUPP,
+        };
+        // SAFETY: a table lookup, no preconditions.
+        unsafe { kernel::bindings::errno_to_blk_status(errno.to_errno()) }
     }
 }
 
@@ -168,6 +171,7 @@ pub(crate) use crate::kernel_platform::CtrError;
 
 mod bio;
 mod callbacks;
+mod queue;
 
 pub(crate) use bio::{Bio, BioOp, DeferredBio, Devices, Limits, StatusWriter};
 pub(crate) use callbacks::Registration;
@@ -236,7 +240,8 @@ impl Ctr<'_> {
     pub(crate) fn writable(&self) -> bool {
         // SAFETY: `ti` is valid (type invariant) and its `table` was set by
         // device-mapper before calling the constructor.
-        unsafe { bindings::mlsdisk_ti_writable(self.ti.as_ptr()) }
+        let mode = unsafe { bindings::dm_table_get_mode(self.raw().table) };
+        mode & bindings::mlsdisk_blk_open_MLSDISK_BLK_OPEN_WRITE != 0
     }
 
     /// Identifies the table this target is being built for (the address of
@@ -275,8 +280,11 @@ impl Ctr<'_> {
     ///
     /// `EINVAL` for a bad length.
     pub(crate) fn setup_worker(&mut self, max_io_len: u64) -> Result {
+        let ti = self.raw_mut();
+        ti.set_flush_supported(true);
+        ti.set_discards_supported(true);
         // SAFETY: `ti` is valid and exclusively ours (type invariant).
-        let ret = unsafe { bindings::mlsdisk_ti_setup_worker(self.ti.as_ptr(), max_io_len) };
+        let ret = unsafe { bindings::dm_set_target_max_io_len(ti, max_io_len) };
         if ret == 0 {
             Ok(())
         } else {
