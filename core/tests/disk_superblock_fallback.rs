@@ -134,7 +134,7 @@ fn damaged_newest_slot_after_journal_rotation_store_level() {
         0,
         crypto(),
         &KEY,
-        &s.root().to_bytes().unwrap(),
+        &s.root().emit_array().unwrap(),
     )
     .unwrap();
     let mut rotations = 0;
@@ -145,7 +145,7 @@ fn damaged_newest_slot_after_journal_rotation_store_level() {
         s.append(id, &vec![i as u8; BLOCK_SIZE]).unwrap();
         s.commit(&i.to_le_bytes()).unwrap();
         // As the disk writes its superblock (both slots).
-        blob.write_both(&s.root().to_bytes().unwrap()).unwrap();
+        blob.write_both(&s.root().emit_array().unwrap()).unwrap();
         if s.root().journal_half() != half {
             rotations += 1;
             half = s.root().journal_half();

@@ -65,7 +65,7 @@ fn create_append_commit_reopen_delete() {
     let root = s.root();
 
     // Reopen from the encoded root.
-    let root = StoreRoot::parse(&root.to_bytes().unwrap()).unwrap();
+    let root = StoreRoot::parse(&root.emit_array().unwrap()).unwrap();
     let mut s = open(&disk, &root);
     assert_eq!(s.user_state(), b"one");
     assert_eq!(s.logs_with_tag(1), vec![a]);

@@ -91,7 +91,7 @@ impl<D: BlockSet> DiskIndex for LsmIndex<D> {
         Some(self.0.stats())
     }
     fn root(&self) -> Result<Vec<u8>> {
-        let r = self.0.store().root().to_bytes()?;
+        let r = self.0.store().root().emit_array()?;
         let mut v = Vec::new();
         v.try_reserve_exact(r.len())?;
         v.extend_from_slice(&r);

@@ -64,8 +64,8 @@ impl StoreRoot {
         self.half
     }
 
-    /// The encoded root as a fixed-size array.
-    pub fn to_bytes(&self) -> Result<[u8; Self::ENCODED_LEN]> {
+    /// The encoded root as a fixed-size array ([`Self::emit`]).
+    pub fn emit_array(&self) -> Result<[u8; Self::ENCODED_LEN]> {
         let mut b = [0u8; Self::ENCODED_LEN];
         self.emit(&mut b)?;
         Ok(b)
@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let r = sample();
-        let b = r.to_bytes().unwrap();
+        let b = r.emit_array().unwrap();
         assert_eq!(StoreRoot::parse(&b).unwrap(), r);
         assert_eq!(r.journal_half(), 1);
         let mut short = [0u8; StoreRoot::ENCODED_LEN - 1];
@@ -142,7 +142,7 @@ mod tests {
     #[test]
     fn every_flipped_byte_is_refused_or_reads_as_another_root() {
         let r = sample();
-        let b = r.to_bytes().unwrap();
+        let b = r.emit_array().unwrap();
         let mut refused = 0;
         for i in 0..b.len() {
             for bit in 0..8 {
@@ -164,7 +164,7 @@ mod tests {
 
     #[test]
     fn wrong_lengths_and_a_tail_before_the_start_are_refused() {
-        let b = sample().to_bytes().unwrap();
+        let b = sample().emit_array().unwrap();
         for n in [0, 1, StoreRoot::ENCODED_LEN - 1] {
             assert!(StoreRoot::parse(&b[..n]).is_err(), "{n} bytes");
         }
@@ -173,7 +173,7 @@ mod tests {
         assert!(StoreRoot::parse(&long).is_err());
         let mut r = sample();
         r.tail.seq = 6;
-        let e = StoreRoot::parse(&r.to_bytes().unwrap()).unwrap_err();
+        let e = StoreRoot::parse(&r.emit_array().unwrap()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupted);
     }
 }
