@@ -34,8 +34,12 @@
 //!   step merges at most [`LsmConfig::step_records`] records. A flush of the
 //!   immutable memtable goes first; then leveled compaction (all of L0 into
 //!   L1 when L0 has [`LsmConfig::l0_max_tables`] tables; one table of Li into
-//!   Li+1 when Li holds more than its target). Tombstones are dropped when no
-//!   older table below can hold the key. If the mutable memtable fills while
+//!   Li+1 when Li holds more than its target). A compaction that would only
+//!   copy its inputs (they overlap nothing in the level below, nor, from L0,
+//!   each other; each holds at least half of `table_max_records`) is a move
+//!   instead: the tables change level in the manifest and no block is
+//!   written, so keys written in order reach a table once. Tombstones are
+//!   dropped when no older table below can hold the key. If the mutable memtable fills while
 //!   the immutable one is still being flushed, `put` finishes that flush
 //!   first, and when L0 holds `2 * l0_max_tables` tables it compacts
 //!   before going on (back-pressure: a caller that never runs
