@@ -16,10 +16,15 @@
 //! The core has no lock of its own (`no_std`, no `unsafe`), so the buffer
 //! is made of atomics: always memory-safe, and exact as long as writes and
 //! flushes are not issued concurrently with each other, which the disk
-//! guarantees (it is single-threaded per instance).
+//! guarantees (it is single-threaded per instance). The block contents are
+//! stored and loaded `Relaxed` (plain moves; a sequentially consistent
+//! store is a locked instruction, 512 per block: 5.5 % of the CPU samples
+//! of a fill and steady 256 KiB overwrites of a 2 GiB disk, 1.1 % since): a block copied word by word is never
+//! atomic as a whole anyway, whatever the ordering of each word, and the
+//! slot tags keep their ordering.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 use crate::bio::{check_range, BlockSet, BLOCK_SIZE};
 use crate::{Error, ErrorKind, Result};
@@ -77,14 +82,14 @@ impl<D: BlockSet> Coalesce<D> {
         for (w, c) in self.slot_words(slot)?.iter().zip(data.chunks_exact(8)) {
             let mut b = [0u8; 8];
             b.copy_from_slice(c);
-            w.store(u64::from_le_bytes(b), SeqCst);
+            w.store(u64::from_le_bytes(b), Relaxed);
         }
         Ok(())
     }
 
     fn load(&self, slot: usize, out: &mut [u8]) -> Result<()> {
         for (w, c) in self.slot_words(slot)?.iter().zip(out.chunks_exact_mut(8)) {
-            c.copy_from_slice(&w.load(SeqCst).to_le_bytes());
+            c.copy_from_slice(&w.load(Relaxed).to_le_bytes());
         }
         Ok(())
     }
