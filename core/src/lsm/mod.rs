@@ -38,7 +38,9 @@
 //!   copy its inputs (they overlap nothing in the level below, nor, from L0,
 //!   each other; each holds at least half of `table_max_records`) is a move
 //!   instead: the tables change level in the manifest and no block is
-//!   written, so keys written in order reach a table once. Tombstones are
+//!   written, so keys written in order are not rewritten at every level
+//!   (the disk's memtables also hold its segment metadata, above every LBA,
+//!   so there its L0 tables overlap and the moves start at L1). Tombstones are
 //!   dropped when no older table below can hold the key. If the mutable memtable fills while
 //!   the immutable one is still being flushed, `put` finishes that flush
 //!   first, and when L0 holds `2 * l0_max_tables` tables it compacts
