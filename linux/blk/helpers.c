@@ -17,7 +17,7 @@
 #include <linux/refcount.h>
 #include <linux/string.h>
 
-#include "bindings/blk_helpers.h"
+#include "bindings/mlsdisk_helpers.h"
 
 /*
  * Permissions 0: none of these appears under /sys/module/mlsdisk/parameters,
@@ -144,18 +144,18 @@ u32 mlsdisk_blk_rq_op(struct request *rq)
 
 size_t mlsdisk_blk_rq_copy(struct request *rq, void *buf, size_t len, bool to_rq)
 {
-	struct req_iterator iter;
-	struct bio_vec bv;
+	struct bio *bio;
 	size_t done = 0;
 
-	rq_for_each_segment(bv, rq, iter) {
-		if (bv.bv_len > len - done)
+	/* The bios of the request in turn, each copied by the dm target's
+	 * helper (kernel_platform/helpers.c): rq_for_each_segment walks the
+	 * same segments in the same order. */
+	__rq_for_each_bio(bio, rq) {
+		size_t n = mlsdisk_bio_copy(bio, (u8 *)buf + done, len - done, to_rq);
+
+		done += n;
+		if (n < bio->bi_iter.bi_size)
 			break;
-		if (to_rq)
-			memcpy_to_bvec(&bv, (char *)buf + done);
-		else
-			memcpy_from_bvec((char *)buf + done, &bv);
-		done += bv.bv_len;
 	}
 	return done;
 }
