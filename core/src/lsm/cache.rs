@@ -3,15 +3,29 @@
 //! Keyed by (table sequence number, block position). A block enters the
 //! cache only after its check passed, or as written by the tree itself
 //! ([`BlockCache::insert`], a table being built), so a hit needs no
-//! re-check. At most
-//! `max(capacity, 1)` blocks of 4 KiB are held (one is always kept as the
-//! buffer a miss is read into, so capacity 0 still works, uncached).
-//! Entries are a vector sorted by key (a hit is a binary search); the
-//! least recently used entry is found by a scan of the ticks, on a miss
-//! only (which reads and checks a block, far costlier). The vector is
-//! reserved with `try_reserve`, so a full cache or a failed allocation is
-//! an error (`OutOfMemory`), never an abort.
+//! re-check. At most `max(capacity, 1)` blocks of 4 KiB are held (one is
+//! always kept as the buffer a miss is read into, so capacity 0 still
+//! works, uncached).
+//!
+//! A hit and a miss each cost O(1): the entries live in slots, found
+//! through an open-addressing hash index (linear probing, kept at most
+//! half full, deletions by backward shift, so no tombstones), and linked in
+//! a doubly linked list from the most to the least recently used, so the
+//! victim of a miss is the list's tail. The order is exact LRU, as with
+//! the sorted vector and its scan of ticks this replaced (a miss scanned
+//! every entry and moved half the vector twice). Only the per-table
+//! operations (dropping a deleted table's blocks, asking whether a table
+//! has any) scan the slots; they run once per compaction, not per lookup.
+//!
+//! Memory: one slot (48 bytes and a 4 KiB buffer) per block held, and
+//! 4 bytes per hash bucket, with at most 4 buckets per slot (the index
+//! doubles when it would be more than half full). Slots, buffers and the
+//! index grow as blocks are cached, never past the capacity, and every
+//! allocation is fallible: a failed one is an error (`OutOfMemory`) that
+//! leaves the cache consistent, never an abort. A slot freed by a dropped
+//! table keeps its buffer for the next miss.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use super::format::BlockKind;
@@ -21,10 +35,22 @@ use crate::{Error, ErrorKind, Result};
 
 type Key = (u64, u64);
 
-struct Entry {
+/// No slot: an empty hash bucket, or the end of a list.
+const NIL: u32 = u32::MAX;
+
+/// Buckets of the smallest hash index.
+const MIN_BUCKETS: usize = 16;
+
+struct Slot {
     key: Key,
-    tick: u64,
-    data: Vec<u8>,
+    /// One block.
+    data: Box<[u8]>,
+    /// Towards the most recently used (LRU list), or unused (free list).
+    prev: u32,
+    /// Towards the least recently used (LRU list), or the next free slot.
+    next: u32,
+    /// Whether the slot holds a cached block (else it is on the free list).
+    live: bool,
 }
 
 /// An LRU cache of blocks.
@@ -32,11 +58,44 @@ pub struct BlockCache {
     cap: usize,
     /// The capacity asked for (`cap` is at least 1).
     limit: usize,
-    tick: u64,
-    /// Sorted by key.
-    map: Vec<Entry>,
+    slots: Vec<Slot>,
+    /// The hash index: slot numbers, `NIL` for an empty bucket; a power of
+    /// two long (or empty before the first entry).
+    buckets: Vec<u32>,
+    /// Live slots.
+    len: usize,
+    /// Most recently used live slot.
+    head: u32,
+    /// Least recently used live slot (the next victim).
+    tail: u32,
+    /// First slot of the free list (slots with a buffer and no block).
+    free: u32,
     hits: u64,
     misses: u64,
+}
+
+fn oom() -> Error {
+    Error::new(ErrorKind::OutOfMemory, "block cache")
+}
+
+fn vanished() -> Error {
+    Error::new(ErrorKind::InvalidState, "cache: entry vanished")
+}
+
+/// A well-mixed 64-bit hash of a key (the table's sequence number and the
+/// block's position; neither is chosen by the device).
+fn hash(key: Key) -> u64 {
+    let mut h = key.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.1;
+    h = (h ^ (h >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+    h ^ (h >> 32)
+}
+
+/// A zeroed block buffer, or `OutOfMemory`.
+fn new_buffer() -> Result<Box<[u8]>> {
+    let mut v: Vec<u8> = Vec::new();
+    v.try_reserve_exact(BLOCK_SIZE).map_err(|_| oom())?;
+    v.resize(BLOCK_SIZE, 0);
+    Ok(v.into_boxed_slice())
 }
 
 impl BlockCache {
@@ -45,71 +104,270 @@ impl BlockCache {
         Self {
             cap: cap.max(1),
             limit: cap,
-            tick: 0,
-            map: Vec::new(),
+            slots: Vec::new(),
+            buckets: Vec::new(),
+            len: 0,
+            head: NIL,
+            tail: NIL,
+            free: NIL,
             hits: 0,
             misses: 0,
         }
     }
 
-    /// A block buffer for a new entry: the least recently used entry's,
-    /// taken out of the cache when it is full (`at`, the new entry's
-    /// place, moves down if the taken entry was before it), else a newly
-    /// reserved one.
-    fn free_buffer(&mut self, at: &mut usize) -> Result<Vec<u8>> {
-        let mut data = Vec::new();
-        if self.map.len() >= self.cap {
-            let lru = self
-                .map
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, e)| e.tick)
-                .map(|(i, _)| i);
-            if let Some(i) = lru {
-                data = self.map.remove(i).data;
-                if i < *at {
-                    *at -= 1;
-                }
+    fn slot(&self, s: u32) -> Result<&Slot> {
+        self.slots.get(s as usize).ok_or_else(vanished)
+    }
+
+    fn slot_mut(&mut self, s: u32) -> Result<&mut Slot> {
+        self.slots.get_mut(s as usize).ok_or_else(vanished)
+    }
+
+    fn mask(&self) -> usize {
+        self.buckets.len().wrapping_sub(1)
+    }
+
+    /// The bucket a key's probe starts at.
+    fn home(&self, key: Key) -> usize {
+        (hash(key) as usize) & self.mask()
+    }
+
+    /// The bucket holding `key`'s slot, and the slot.
+    fn find(&self, key: Key) -> Option<(usize, u32)> {
+        if self.buckets.is_empty() {
+            return None;
+        }
+        let mut i = self.home(key);
+        // The index is at most half full: a probe meets an empty bucket.
+        for _ in 0..self.buckets.len() {
+            let s = *self.buckets.get(i)?;
+            if s == NIL {
+                return None;
+            }
+            if self.slots.get(s as usize).is_some_and(|e| e.key == key) {
+                return Some((i, s));
+            }
+            i = (i + 1) & self.mask();
+        }
+        None
+    }
+
+    /// Puts slot `s` (holding `key`, not indexed yet) into the hash index,
+    /// which has room.
+    fn index_put(&mut self, key: Key, s: u32) -> Result<()> {
+        let mut i = self.home(key);
+        for _ in 0..self.buckets.len() {
+            let b = self.buckets.get_mut(i).ok_or_else(vanished)?;
+            if *b == NIL {
+                *b = s;
+                return Ok(());
+            }
+            i = (i + 1) & self.mask();
+        }
+        Err(Error::new(
+            ErrorKind::InvalidState,
+            "cache: hash index full",
+        ))
+    }
+
+    /// Empties bucket `i` and shifts back the entries of its probe run
+    /// that would no longer be found past the gap.
+    fn index_remove_at(&mut self, mut i: usize) -> Result<()> {
+        let mask = self.mask();
+        let mut j = i;
+        for _ in 0..self.buckets.len() {
+            j = (j + 1) & mask;
+            let s = *self.buckets.get(j).ok_or_else(vanished)?;
+            if s == NIL {
+                break;
+            }
+            let k = self.home(self.slot(s)?.key);
+            // Whether `k` lies cyclically in (i, j]: then the entry at `j`
+            // is still reachable from its home and stays.
+            let stays = if i <= j {
+                i < k && k <= j
+            } else {
+                i < k || k <= j
+            };
+            if !stays {
+                *self.buckets.get_mut(i).ok_or_else(vanished)? = s;
+                i = j;
             }
         }
-        if data.len() != BLOCK_SIZE {
-            data.clear();
-            data.try_reserve_exact(BLOCK_SIZE)?;
-            data.resize(BLOCK_SIZE, 0);
+        *self.buckets.get_mut(i).ok_or_else(vanished)? = NIL;
+        Ok(())
+    }
+
+    /// Makes the hash index big enough for `n` entries at most half full
+    /// (rebuilt twice as large when not).
+    fn reserve_index(&mut self, n: usize) -> Result<()> {
+        let want = n.checked_mul(2).ok_or_else(oom)?.max(MIN_BUCKETS);
+        if self.buckets.len() >= want {
+            return Ok(());
         }
-        Ok(data)
+        let size = want.checked_next_power_of_two().ok_or_else(oom)?;
+        let mut fresh: Vec<u32> = Vec::new();
+        fresh.try_reserve_exact(size).map_err(|_| oom())?;
+        fresh.resize(size, NIL);
+        self.buckets = fresh;
+        for s in 0..self.slots.len() {
+            let e = self.slots.get(s).ok_or_else(vanished)?;
+            if e.live {
+                let key = e.key;
+                self.index_put(key, s as u32)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes live slot `s` out of the LRU list.
+    fn unlink(&mut self, s: u32) -> Result<()> {
+        let (p, n) = {
+            let e = self.slot(s)?;
+            (e.prev, e.next)
+        };
+        if p == NIL {
+            self.head = n;
+        } else {
+            self.slot_mut(p)?.next = n;
+        }
+        if n == NIL {
+            self.tail = p;
+        } else {
+            self.slot_mut(n)?.prev = p;
+        }
+        Ok(())
+    }
+
+    /// Links slot `s` as the most recently used.
+    fn push_front(&mut self, s: u32) -> Result<()> {
+        let old = self.head;
+        {
+            let e = self.slot_mut(s)?;
+            e.prev = NIL;
+            e.next = old;
+        }
+        if old == NIL {
+            self.tail = s;
+        } else {
+            self.slot_mut(old)?.prev = s;
+        }
+        self.head = s;
+        Ok(())
+    }
+
+    /// Marks live slot `s` the most recently used.
+    fn touch(&mut self, s: u32) -> Result<()> {
+        if self.head != s {
+            self.unlink(s)?;
+            self.push_front(s)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the block of live slot `s` (indexed at bucket `at`): the slot
+    /// goes to the free list with its buffer.
+    fn evict(&mut self, at: usize, s: u32) -> Result<()> {
+        self.index_remove_at(at)?;
+        self.unlink(s)?;
+        let free = self.free;
+        let e = self.slot_mut(s)?;
+        e.live = false;
+        e.next = free;
+        e.prev = NIL;
+        self.free = s;
+        self.len = self.len.saturating_sub(1);
+        Ok(())
+    }
+
+    /// A slot, not live and off every list, whose buffer a new entry can
+    /// fill: a free one, a new one while under capacity, else the least
+    /// recently used entry's, evicted. An error (no memory) changes nothing.
+    fn take_slot(&mut self) -> Result<u32> {
+        if self.free == NIL && self.slots.len() >= self.cap {
+            let victim = self.tail;
+            let key = self.slot(victim)?.key;
+            let (at, _) = self.find(key).ok_or_else(vanished)?;
+            self.evict(at, victim)?;
+        }
+        if self.free != NIL {
+            let s = self.free;
+            self.free = self.slot(s)?.next;
+            return Ok(s);
+        }
+        if self.slots.len() == self.slots.capacity() {
+            let grow = self
+                .slots
+                .len()
+                .max(MIN_BUCKETS)
+                .min(self.cap - self.slots.len());
+            self.slots
+                .try_reserve_exact(grow.max(1))
+                .map_err(|_| oom())?;
+        }
+        let data = new_buffer()?;
+        let s = u32::try_from(self.slots.len()).map_err(|_| oom())?;
+        if s == NIL {
+            return Err(oom());
+        }
+        self.slots.push(Slot {
+            key: (0, 0),
+            data,
+            prev: NIL,
+            next: NIL,
+            live: false,
+        });
+        Ok(s)
+    }
+
+    /// Gives back a slot from [`Self::take_slot`] that got no block.
+    fn untake(&mut self, s: u32) -> Result<()> {
+        let free = self.free;
+        self.slot_mut(s)?.next = free;
+        self.free = s;
+        Ok(())
+    }
+
+    /// Makes slot `s` (from [`Self::take_slot`], its buffer filled) the
+    /// live, most recently used entry of `key`; the index has room.
+    fn admit(&mut self, key: Key, s: u32) -> Result<()> {
+        {
+            let e = self.slot_mut(s)?;
+            e.key = key;
+            e.live = true;
+        }
+        self.index_put(key, s)?;
+        self.push_front(s)?;
+        self.len += 1;
+        Ok(())
     }
 
     /// Blocks held.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     /// Whether no block is held.
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    fn find(&self, key: Key) -> core::result::Result<usize, usize> {
-        self.map.binary_search_by_key(&key, |e| e.key)
+        self.len == 0
     }
 
     /// Whether block `pos` of `table` is held, or there is room to load it
     /// without evicting anything (never, for a capacity of 0).
     pub fn holds_or_has_room(&self, table: u64, pos: u64) -> bool {
-        self.find((table, pos)).is_ok() || self.map.len() < self.limit
+        self.holds(table, pos) || self.len < self.limit
     }
 
     /// Whether block `pos` of `table` is held.
     pub fn holds(&self, table: u64, pos: u64) -> bool {
-        self.find((table, pos)).is_ok()
+        self.find((table, pos)).is_some()
     }
 
     /// Blocks held.
     pub fn blocks(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     /// (hits, misses) so far.
@@ -117,10 +375,9 @@ impl BlockCache {
         (self.hits, self.misses)
     }
 
-    /// Whether any block of table `table` is held.
+    /// Whether any block of table `table` is held (a scan of the slots).
     pub fn holds_table(&self, table: u64) -> bool {
-        let i = self.map.partition_point(|e| e.key.0 < table);
-        self.map.get(i).is_some_and(|e| e.key.0 == table)
+        self.slots.iter().any(|e| e.live && e.key.0 == table)
     }
 
     /// Puts block `pos` of `table` in the cache as the most recently used
@@ -134,37 +391,43 @@ impl BlockCache {
             return Ok(());
         }
         let key = (table, pos);
-        self.tick += 1;
-        let tick = self.tick;
-        let mut at = match self.find(key) {
-            Ok(i) => {
-                if let Some(e) = self.map.get_mut(i) {
-                    e.data.copy_from_slice(block);
-                    e.tick = tick;
-                }
-                return Ok(());
-            }
-            Err(i) => i,
-        };
-        let mut data = self.free_buffer(&mut at)?;
-        self.map.try_reserve(1)?;
-        data.copy_from_slice(block);
-        self.map.insert(at, Entry { key, tick, data });
-        Ok(())
+        if let Some((_, s)) = self.find(key) {
+            self.slot_mut(s)?.data.copy_from_slice(block);
+            return self.touch(s);
+        }
+        self.reserve_index(self.len + 1)?;
+        let s = self.take_slot()?;
+        self.slot_mut(s)?.data.copy_from_slice(block);
+        self.admit(key, s)
     }
 
-    /// Drops every block of table `table`.
+    /// Drops every block of table `table` (a scan of the slots).
     pub fn remove_table(&mut self, table: u64) {
-        let lo = self.map.partition_point(|e| e.key.0 < table);
-        let hi = self.map.partition_point(|e| e.key.0 <= table);
-        if lo < hi {
-            self.map.drain(lo..hi);
+        for s in 0..self.slots.len() {
+            let key = match self.slots.get(s) {
+                Some(e) if e.live && e.key.0 == table => e.key,
+                _ => continue,
+            };
+            let Some((at, s)) = self.find(key) else {
+                continue;
+            };
+            if self.evict(at, s).is_err() {
+                // Unreachable with consistent links; start afresh rather
+                // than keep a half-unlinked entry.
+                self.clear();
+                return;
+            }
         }
     }
 
-    /// Drops everything.
+    /// Drops everything, and the memory with it.
     pub fn clear(&mut self) {
-        self.map.clear();
+        self.slots = Vec::new();
+        self.buckets = Vec::new();
+        self.len = 0;
+        self.head = NIL;
+        self.tail = NIL;
+        self.free = NIL;
     }
 
     /// [`Self::get_or_load`] for block `pos` of a run of blocks of the
@@ -186,11 +449,11 @@ impl BlockCache {
         src: &dyn BlockSource,
         check: &dyn Fn(&[u8]) -> Result<()>,
     ) -> Result<&[u8]> {
-        if self.find((table, pos)).is_err() {
+        if !self.holds(table, pos) {
             let mut n = 1u64;
             while n < ahead
                 && pos.saturating_add(n) < end
-                && self.map.len().saturating_add(n as usize + 1) <= self.limit
+                && self.len.saturating_add(n as usize + 1) <= self.limit
                 && !self.holds(table, pos + n)
             {
                 n += 1;
@@ -198,14 +461,8 @@ impl BlockCache {
             if n > 1 && self.load_run(table, pos, n, src, check)? {
                 // `pos` was read for this lookup: a miss.
                 self.misses += 1;
-                let i = self
-                    .find((table, pos))
-                    .map_err(|_| Error::new(ErrorKind::InvalidState, "cache: entry vanished"))?;
-                return self
-                    .map
-                    .get(i)
-                    .map(|e| e.data.as_slice())
-                    .ok_or(Error::new(ErrorKind::InvalidState, "cache: entry vanished"));
+                let (_, s) = self.find((table, pos)).ok_or_else(vanished)?;
+                return Ok(&self.slot(s)?.data);
             }
         }
         self.get_or_load(table, pos, src, check)
@@ -259,31 +516,25 @@ impl BlockCache {
         check: &dyn Fn(&[u8]) -> Result<()>,
     ) -> Result<&[u8]> {
         let key = (table, pos);
-        self.tick += 1;
-        let tick = self.tick;
-        let at = match self.find(key) {
-            Ok(i) => {
-                self.hits += 1;
-                let e = self
-                    .map
-                    .get_mut(i)
-                    .ok_or(Error::new(ErrorKind::InvalidState, "cache: entry vanished"))?;
-                e.tick = tick;
-                return Ok(e.data.as_slice());
-            }
-            Err(i) => i,
-        };
+        if let Some((_, s)) = self.find(key) {
+            self.hits += 1;
+            self.touch(s)?;
+            return Ok(&self.slot(s)?.data);
+        }
         self.misses += 1;
-        let mut at = at;
-        let mut data = self.free_buffer(&mut at)?;
-        self.map.try_reserve(1)?;
-        src.read_block(pos, &mut data)?;
-        check(&data)?;
-        self.map.insert(at, Entry { key, tick, data });
-        self.map
-            .get(at)
-            .map(|e| e.data.as_slice())
-            .ok_or(Error::new(ErrorKind::InvalidState, "cache: entry vanished"))
+        self.reserve_index(self.len + 1)?;
+        let s = self.take_slot()?;
+        let filled = {
+            let e = self.slot_mut(s)?;
+            src.read_block(pos, &mut e.data)
+                .and_then(|()| check(&e.data))
+        };
+        if let Err(e) = filled {
+            self.untake(s)?;
+            return Err(e);
+        }
+        self.admit(key, s)?;
+        Ok(&self.slot(s)?.data)
     }
 }
 
@@ -483,6 +734,109 @@ mod tests {
         let mut d = BlockCache::new(16);
         assert!(d.get_or_load_ahead(1, 3, 10, 8, &src, &not3).is_err());
         assert!(!d.holds(1, 3));
+    }
+
+    /// A source whose block `pos` of table `t` starts with `t * 64 + pos`
+    /// (as a byte), and fails its reads of positions that are multiples of
+    /// 13 (odd tables only).
+    struct Keyed(u64);
+    impl BlockSource for Keyed {
+        fn read_block(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+            if self.0 % 2 == 1 && pos % 13 == 0 {
+                return Err(Error::new(ErrorKind::Io, "bad read"));
+            }
+            buf.fill(0);
+            buf[0] = (self.0 * 64 + pos) as u8;
+            Ok(())
+        }
+    }
+
+    /// The cache against a plain model of LRU (a list of (key, first
+    /// byte, tick) scanned for everything) over random lookups, inserts,
+    /// failed reads and checks, and dropped tables: the same hits and
+    /// misses, blocks held, and bytes served after every step. Catches a
+    /// lost entry in the hash index (a bad backward shift), a wrong victim
+    /// or a broken link in the LRU list.
+    #[test]
+    fn matches_a_model_lru_over_random_operations() {
+        for (round, cap) in [0usize, 1, 2, 3, 17, 64, 200].into_iter().enumerate() {
+            let mut seed = 0x2545_f491_4f6c_dd1du64 ^ round as u64;
+            let mut rnd = move |n: u64| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed % n
+            };
+            let mut c = BlockCache::new(cap);
+            let mut model: Vec<((u64, u64), u8, u64)> = Vec::new();
+            let (mut hits, mut misses, mut tick) = (0u64, 0u64, 0u64);
+            let ok = |_: &[u8]| Ok(());
+            let no = |_: &[u8]| Err(Error::new(ErrorKind::Corrupted, "bad"));
+            for step in 0..6000u32 {
+                tick += 1;
+                let key = (rnd(4), rnd(64));
+                let at = model.iter().position(|e| e.0 == key);
+                let op = rnd(100);
+                if op < 70 {
+                    let bad_check = rnd(20) == 0;
+                    let check: &dyn Fn(&[u8]) -> Result<()> = if bad_check { &no } else { &ok };
+                    let got = c
+                        .get_or_load(key.0, key.1, &Keyed(key.0), check)
+                        .map(|b| b[0]);
+                    match at {
+                        Some(i) => {
+                            hits += 1;
+                            model[i].2 = tick;
+                            assert_eq!(got.unwrap(), model[i].1, "hit at step {step}");
+                        }
+                        None => {
+                            misses += 1;
+                            if model.len() >= cap.max(1) {
+                                let lru = (0..model.len()).min_by_key(|&i| model[i].2).unwrap();
+                                model.remove(lru);
+                            }
+                            let fails = bad_check || (key.0 % 2 == 1 && key.1 % 13 == 0);
+                            if fails {
+                                assert!(got.is_err(), "step {step}");
+                            } else {
+                                let b = (key.0 * 64 + key.1) as u8;
+                                assert_eq!(got.unwrap(), b, "miss at step {step}");
+                                model.push((key, b, tick));
+                            }
+                        }
+                    }
+                } else if op < 95 {
+                    let b = 200 + rnd(50) as u8;
+                    c.insert(key.0, key.1, &[b; BLOCK_SIZE]).unwrap();
+                    if cap > 0 {
+                        match at {
+                            Some(i) => model[i] = (key, b, tick),
+                            None => {
+                                if model.len() >= cap {
+                                    let lru = (0..model.len()).min_by_key(|&i| model[i].2).unwrap();
+                                    model.remove(lru);
+                                }
+                                model.push((key, b, tick));
+                            }
+                        }
+                    }
+                } else {
+                    c.remove_table(key.0);
+                    model.retain(|e| e.0 .0 != key.0);
+                }
+                assert_eq!(c.len(), model.len(), "step {step}");
+                assert_eq!(c.counters(), (hits, misses), "step {step}");
+                if step % 97 == 0 {
+                    for t in 0..4 {
+                        assert_eq!(c.holds_table(t), model.iter().any(|e| e.0 .0 == t));
+                        for p in 0..64 {
+                            let held = model.iter().any(|e| e.0 == (t, p));
+                            assert_eq!(c.holds(t, p), held, "({t}, {p}) at step {step}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
