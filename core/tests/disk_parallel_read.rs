@@ -413,3 +413,81 @@ fn write_buffers_sealed_on_several_threads_read_back_and_reopen() {
         assert!(check(&b, l as u64, t), "lba {l} after reopen");
     }
 }
+
+/// A runner that records how many jobs each of its runs had.
+struct RunSizes(mlsdisk_core::platform::StdParallel, Mutex<Vec<usize>>);
+impl mlsdisk_core::platform::Parallel for RunSizes {
+    fn width(&self) -> usize {
+        self.0.width()
+    }
+    fn run(&self, jobs: &mut [mlsdisk_core::platform::Job<'_>]) {
+        self.1.lock().unwrap().push(jobs.len());
+        self.0.run(jobs)
+    }
+}
+
+#[test]
+fn victims_read_on_a_worker_while_the_index_checks_them_move_intact() {
+    use mlsdisk_core::disk::DiskConfig;
+    use mlsdisk_core::platform::StdParallel;
+    // A write buffer under two sealing jobs' worth of blocks (16 each):
+    // the write path never splits its sealing, so every run of the runner
+    // is a cleaner move (its victim read beside its live check).
+    let mut cfg = DiskConfig {
+        write_buffer_blocks: 24,
+        ..small_cfg()
+    };
+    cfg.layout.index_blocks = 1280;
+    cfg.layout.seg_blocks = 32;
+    let total = 2 + 64 + 1280 + 24 * 32;
+    let mut h = Harness::with(Backend::Lsm, cfg, total, true);
+    let runner = Arc::new(RunSizes(StdParallel::new(2), Mutex::new(Vec::new())));
+    h.disk().set_parallel(runner.clone());
+    let cap = h.disk().nblocks();
+    let mut model = vec![0u64; cap as usize];
+    // Every block written once, then random overwrites: the disk is full,
+    // so each flush needs the cleaner.
+    for l in (0..cap).step_by(16) {
+        let n = 16.min(cap - l);
+        h.disk().write(l, &blocks(l, n, 1)).unwrap();
+        for k in l..l + n {
+            model[k as usize] = 1;
+        }
+    }
+    h.disk().sync().unwrap();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let rounds = if long() { 3000 } else { 600 };
+    for tag in 2..rounds {
+        let l = rng.below(cap);
+        let n = (1 + rng.below(8)).min(cap - l);
+        h.disk().write(l, &blocks(l, n, tag)).unwrap();
+        for k in l..l + n {
+            model[k as usize] = tag;
+        }
+        if tag % 97 == 0 {
+            h.disk().sync().unwrap();
+        }
+    }
+    let st = h.disk().stats();
+    let runs = runner.1.lock().unwrap().clone();
+    assert!(
+        st.segments_cleaned >= 10 && st.cleaner_blocks_moved > 0,
+        "the workload did not clean: {st:?}"
+    );
+    assert_eq!(
+        runs.len() as u64,
+        st.segments_cleaned,
+        "not every cleaner move read its victim beside its live check"
+    );
+    assert!(runs.iter().all(|&n| n == 2), "runs of {runs:?} jobs");
+    let mut b = vec![0u8; BLOCK_SIZE];
+    for (l, &t) in model.iter().enumerate() {
+        h.disk().read(l as u64, &mut b).unwrap();
+        assert!(check(&b, l as u64, t), "lba {l}");
+    }
+    h.close_and_reopen().unwrap();
+    for (l, &t) in model.iter().enumerate() {
+        h.disk().read(l as u64, &mut b).unwrap();
+        assert!(check(&b, l as u64, t), "lba {l} after reopen");
+    }
+}

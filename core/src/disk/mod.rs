@@ -83,6 +83,7 @@
 
 pub mod anchor;
 pub mod block_anchor;
+mod cleaner;
 pub mod coalesce;
 pub mod counted;
 pub mod index;
@@ -123,7 +124,7 @@ use crate::platform::{
     AeadKey, Crypto, Hash, Iv, Job, Mac, Parallel, SecretBytes, HASH_LEN, MAC_LEN,
 };
 use crate::{bail, ensure, Cause, CryptoRef, Error, ErrorKind, Result};
-use segment::{Head, Segments, NO_LBA};
+use segment::{Head, Segments};
 
 use state::UserState;
 use wbuf::WriteBuffer;
@@ -1363,207 +1364,6 @@ impl<D: BlockSet> MlsDisk<D> {
         for (k, p) in self.segs.record_run(head, hba, lbas)? {
             self.index.put(k, meta::to_record(&p)?)?;
         }
-        Ok(())
-    }
-
-    /// Blocks the cleaner tries to free per round (one sync per round).
-    fn clean_batch_blocks(&self) -> u64 {
-        let seg = u64::from(self.geo.seg_blocks);
-        let op_space = self.geo.data_blocks() - self.geo.capacity;
-        (u64::from(self.cfg.clean_batch_segments.max(1)) * seg).min(op_space / 4)
-    }
-
-    /// Makes `need` blocks writable, keeping one segment in reserve for the
-    /// cleaner. Cleaning starts when free space falls under
-    /// `need + segment + batch` and runs in rounds of one sync each (moved
-    /// and emptied segments are reusable only after a sync). Every round
-    /// frees at least one block or the call returns, so it never loops
-    /// without progress.
-    ///
-    /// Each cleaner move is a complete step (blocks copied, index and
-    /// validity updated); its index room is checked before it starts,
-    /// together with the room of flushing `need` user blocks: those are
-    /// buffered (or about to be) and acknowledged on the promise that the
-    /// next sync flushes them, so the cleaner never takes their room. When
-    /// the index has no room for a move and `need` blocks fit already, the
-    /// cleaner stops there. A
-    /// `NoSpace` from here comes before any step started, or between two
-    /// complete ones: the disk stays consistent and usable.
-    fn ensure_space(&mut self, need: u64) -> Result<()> {
-        let seg = u64::from(self.geo.seg_blocks);
-        let batch = self.clean_batch_blocks();
-        let mut stalled = false;
-        loop {
-            let user = |s: &Segments| s.free_for(Head::User);
-            if user(&self.segs) >= need + seg + batch {
-                return Ok(());
-            }
-            let goal = need + seg + 2 * batch;
-            // The most valid blocks a cost-benefit victim may have: what
-            // the over-provisioning guarantees of the greedy one.
-            let max_valid = (u64::from(self.geo.seg_blocks)
-                * u64::from(100 - self.geo.op_percent.min(100))
-                / 100) as u32;
-            let mut index_full = false;
-            let mut moved = 0u32;
-            while user(&self.segs) + self.segs.pending_blocks() < goal {
-                match self.segs.pick_victim(self.cfg.cleaner_policy, max_valid) {
-                    Some((v, valid)) if u64::from(valid) <= self.segs.free_for(Head::Cleaner) => {
-                        // Every old version is in segment `v`.
-                        let updates = self.index_updates(
-                            Batch::Append {
-                                head: Head::Cleaner,
-                                blocks: u64::from(valid),
-                                old: Some(&[u64::from(v / meta::SEGS_PER_ENTRY)]),
-                            },
-                            need,
-                        )?;
-                        match self.index.room_for(updates) {
-                            Ok(Room::Now) => {}
-                            Ok(Room::AfterCommit) => {
-                                index_full = true;
-                                break;
-                            }
-                            // Not even after a commit: what is left is
-                            // to stop (below) or refuse.
-                            Err(e) if e.kind() == ErrorKind::NoSpace => {
-                                index_full = true;
-                                break;
-                            }
-                            Err(e) => return Err(e),
-                        }
-                        self.critical(|d| d.clean(v))?;
-                        moved += 1;
-                    }
-                    _ => break,
-                }
-            }
-            let enough_now = user(&self.segs) >= need + seg;
-            if index_full && enough_now {
-                // More cleaning would take index room the buffered blocks
-                // need; they fit already.
-                return Ok(());
-            }
-            if self.segs.pending_blocks() == 0 && !index_full {
-                if enough_now {
-                    return Ok(());
-                }
-                bail!(NoSpace, "data log full: no segment can be cleaned");
-            }
-            if !self.cfg.auto_sync && !self.in_sync {
-                if enough_now {
-                    return Ok(());
-                }
-                bail!(NoSpace, "data log full until the next sync");
-            }
-            // The index asked for a commit before the cleaner could move
-            // anything, twice in a row: the commit did not free its room,
-            // and committing again would not either.
-            if index_full && moved == 0 {
-                if stalled {
-                    bail!(
-                        NoSpace,
-                        "index full: cleaning needs room a commit does not free"
-                    );
-                }
-                stalled = true;
-            } else {
-                stalled = false;
-            }
-            self.commit(true)?;
-        }
-    }
-
-    /// The blocks of segment `v` that hold live data, (offset, LBA, index
-    /// record): read from the segment's summary entries and each checked in
-    /// the index (the summary is a hint; the index decides). There must be
-    /// as many as the usage table counts. Sorted by LBA (see the end).
-    fn live_blocks(&mut self, v: u32) -> Result<Vec<(u64, u32, BlockRecord)>> {
-        let sb = self.geo.seg_blocks;
-        let base = u64::from(v) * u64::from(sb);
-        let mut live: Vec<(u64, u32, BlockRecord)> = Vec::new();
-        live.try_reserve(self.segs.valid_in(v) as usize)?;
-        let per = meta::BLOCKS_PER_ENTRY;
-        for first in (0..sb).step_by(per as usize) {
-            let Some(rec) = self.index.get(meta::summary_key(v, first, sb))? else {
-                continue;
-            };
-            let lbas = meta::unpack(&meta::from_record(&rec)?);
-            for (i, l) in lbas.iter().enumerate() {
-                let off = u64::from(first) + i as u64;
-                if *l == NO_LBA || off >= u64::from(sb) || u64::from(*l) >= self.geo.capacity {
-                    continue;
-                }
-                if let Some(r) = self.index.get(u64::from(*l))? {
-                    if r.hba == base + off {
-                        live.push((off, *l, r));
-                    }
-                }
-            }
-        }
-        ensure!(
-            live.len() as u64 == u64::from(self.segs.valid_in(v)),
-            Corrupted,
-            "cleaner: segment summary and usage table disagree"
-        );
-        // Moved in LBA order, so that nearby LBAs of one victim land next
-        // to each other. Under uniform random overwrites it makes no
-        // measurable difference (a victim's live blocks are far apart
-        // anyway): 1 GiB steady state, 3 alternated runs each, seq-read
-        // 154 vs 153 MiB/s, rnd-read-32K 128 vs 130 (segment vs LBA
-        // order); it may help workloads whose victims hold runs.
-        live.sort_unstable_by_key(|(_, l, _)| *l);
-        Ok(live)
-    }
-
-    /// Moves the valid blocks of segment `v` to the head of the data log.
-    fn clean(&mut self, v: u32) -> Result<()> {
-        let seg = u64::from(self.geo.seg_blocks);
-        let base = u64::from(v) * seg;
-        let live = self.live_blocks(v)?;
-        self.dev
-            .read(self.geo.data_start + base, &mut self.scratch)?;
-        let mut rest = live.as_slice();
-        let mut out: Vec<u8> = Vec::new();
-        let mut lbas: Vec<u32> = Vec::new();
-        while !rest.is_empty() {
-            let (hba, run) = self.segs.alloc_run(Head::Cleaner, rest.len() as u64)?;
-            let (now, later) = rest.split_at(run as usize);
-            rest = later;
-            out.clear();
-            out.try_reserve(now.len() * BLOCK_SIZE)?;
-            lbas.clear();
-            lbas.try_reserve(now.len())?;
-            for (off, l, _) in now {
-                let o = *off as usize * BLOCK_SIZE;
-                let b = self
-                    .scratch
-                    .get(o..o + BLOCK_SIZE)
-                    .ok_or(Error::new(ErrorKind::InvalidState, "cleaner scratch"))?;
-                out.extend_from_slice(b);
-                lbas.push(*l);
-            }
-            self.dev.write(self.geo.data_start + hba, &out)?;
-            self.stats.data_blocks_written += run;
-            // The records were looked up by `live_blocks` in this step;
-            // nothing else changed the index since.
-            for (k, (off, l, rec)) in now.iter().enumerate() {
-                let old = base + off;
-                ensure!(
-                    rec.hba == old,
-                    Corrupted,
-                    "cleaner: index and segment summary disagree"
-                );
-                let mut rec = rec.clone();
-                rec.hba = hba + k as u64;
-                self.segs.invalidate(old)?;
-                self.segs.add_valid(rec.hba)?;
-                self.index.put(u64::from(*l), rec)?;
-            }
-            self.put_summary(Head::Cleaner, hba, &lbas)?;
-            self.stats.cleaner_blocks_moved += run;
-        }
-        self.stats.segments_cleaned += 1;
         Ok(())
     }
 }
