@@ -161,13 +161,21 @@ impl<D: BlockSet> Target for Mls<D> {
             return "lock poisoned".into();
         };
         let s = d.stats();
-        format!(
-            "{} forced_syncs={} moved={} flushes={}",
+        let mut line = format!(
+            "{} forced_syncs={} moved={} skipped={} flushes={}",
             s.status_line(true),
             s.forced_syncs,
             s.cleaner_blocks_moved,
+            s.cleaner_lookups_skipped,
             s.device_flushes
-        )
+        );
+        if let Some(l) = d.index_stats() {
+            line.push_str(&format!(
+                " index: records_written={} wal_blocks={} compactions={} moves={} syncs={} tables={:?} records={:?} meta_cache={}/{} data_cache={}/{}",
+                l.records_written, l.wal_blocks, l.compactions, l.moves, l.syncs, l.tables, l.records, l.cache_hits, l.cache_misses, l.data_cache_hits, l.data_cache_misses
+            ));
+        }
+        line
     }
     fn index_counters(&self) -> IndexCounters {
         match self.disk().ok().and_then(|d| d.index_stats()) {

@@ -66,6 +66,7 @@
 
 #[cfg(feature = "std")]
 mod adversary;
+mod aligned;
 #[cfg(feature = "std")]
 mod crash_disk;
 #[cfg(feature = "std")]
@@ -84,6 +85,8 @@ pub use fault_disk::{FaultDisk, IoKind};
 pub use file_disk::FileDisk;
 #[cfg(feature = "std")]
 pub use mem_disk::MemDisk;
+
+pub use aligned::{is_page_aligned, AlignedBuf, PAGE_ALIGN};
 
 use alloc::sync::Arc;
 

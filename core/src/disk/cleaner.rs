@@ -5,12 +5,15 @@
 //!   a write-buffer flush, in rounds of one sync each) and checks the index
 //!   room of every move before it starts.
 //! - `MlsDisk::clean` moves one victim: a live check of its blocks in the
-//!   index, one read of the whole segment, the live blocks written as
+//!   index (blocks the in-memory hint `DeadBlocks` knows dead are skipped:
+//!   a tracked victim costs a lookup per live block only), one read of the
+//!   whole segment, the live blocks written as
 //!   ciphertext (no re-encryption: the AAD binds the LBA, not the place),
 //!   the index pointed at the new places. Each move is one complete step.
 
 use alloc::vec::Vec;
 
+use super::dead_blocks::DeadBlocks;
 use super::segment::{Head, Segments, NO_LBA};
 use super::{meta, Batch, BlockRecord, MlsDisk, Room};
 use crate::bio::{BlockSet, BLOCK_SIZE};
@@ -138,28 +141,34 @@ impl<D: BlockSet> MlsDisk<D> {
         let base = u64::from(v) * seg;
         let live = self.live_blocks(v)?;
         self.dev
-            .read(self.geo.data_start + base, &mut self.scratch)?;
+            .read(self.geo.data_start + base, self.scratch.as_mut_slice())?;
         let mut rest = live.as_slice();
-        let mut out: Vec<u8> = Vec::new();
         let mut lbas: Vec<u32> = Vec::new();
         while !rest.is_empty() {
             let (hba, run) = self.segs.alloc_run(Head::Cleaner, rest.len() as u64)?;
             let (now, later) = rest.split_at(run as usize);
             rest = later;
-            out.clear();
-            out.try_reserve(now.len() * BLOCK_SIZE)?;
             lbas.clear();
             lbas.try_reserve(now.len())?;
-            for (off, l, _) in now {
+            let out = self
+                .moved
+                .as_mut_slice()
+                .get_mut(..now.len() * BLOCK_SIZE)
+                .ok_or(Error::new(ErrorKind::InvalidState, "cleaner buffer"))?;
+            for (k, (off, l, _)) in now.iter().enumerate() {
+                let dst = out
+                    .get_mut(k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE)
+                    .ok_or(Error::new(ErrorKind::InvalidState, "cleaner buffer"))?;
                 let o = *off as usize * BLOCK_SIZE;
                 let b = self
                     .scratch
+                    .as_slice()
                     .get(o..o + BLOCK_SIZE)
                     .ok_or(Error::new(ErrorKind::InvalidState, "cleaner scratch"))?;
-                out.extend_from_slice(b);
+                dst.copy_from_slice(b);
                 lbas.push(*l);
             }
-            self.dev.write(self.geo.data_start + hba, &out)?;
+            self.dev.write(self.geo.data_start + hba, out)?;
             self.stats.data_blocks_written += run;
             // The records were looked up by `live_blocks` in this step;
             // nothing else changed the index since.
@@ -193,7 +202,23 @@ impl<D: BlockSet> MlsDisk<D> {
         let mut live: Vec<(u64, u32, BlockRecord)> = Vec::new();
         live.try_reserve(self.segs.valid_in(v) as usize)?;
         let per = meta::BLOCKS_PER_ENTRY;
+        // Blocks known dead need no lookup (a hint: see `DeadBlocks`).
+        let mut dead: Vec<u64> = Vec::new();
+        let known = match self.segs.known_dead(v) {
+            Some(d) => {
+                dead.try_reserve_exact(d.len())?;
+                dead.extend_from_slice(d);
+                true
+            }
+            None => false,
+        };
+        let is_dead = |off: u32| known && DeadBlocks::is_dead(&dead, off);
         for first in (0..sb).step_by(per as usize) {
+            let end = first.saturating_add(per).min(sb);
+            if (first..end).all(is_dead) {
+                self.stats.cleaner_lookups_skipped += u64::from(end - first);
+                continue;
+            }
             let Some(rec) = self.index.get(meta::summary_key(v, first, sb))? else {
                 continue;
             };
@@ -201,6 +226,10 @@ impl<D: BlockSet> MlsDisk<D> {
             for (i, l) in lbas.iter().enumerate() {
                 let off = u64::from(first) + i as u64;
                 if *l == NO_LBA || off >= u64::from(sb) || u64::from(*l) >= self.geo.capacity {
+                    continue;
+                }
+                if is_dead(off as u32) {
+                    self.stats.cleaner_lookups_skipped += 1;
                     continue;
                 }
                 if let Some(r) = self.index.get(u64::from(*l))? {

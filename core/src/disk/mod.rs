@@ -75,10 +75,12 @@
 //!
 //! The write buffer (`write_buffer_blocks` x 4 KiB, default 1 MiB), the
 //! metadata write-combining buffer (`meta_write_buffer_blocks` x 4 KiB,
-//! default 4 MiB), one segment of scratch for the cleaner, and the segment
-//! table: 4 bytes per data block (reverse map), 4 bytes per logical block
-//! (forward map) and 8 bytes per segment, i.e. about 0.2% of the device
-//! (2 MiB per GiB): the one part that grows with the disk size. The index
+//! default 4 MiB), two segments of buffer for the cleaner (the victim's
+//! read and the live blocks gathered for their write), and the segment
+//! table: 11 bytes per segment (usage count, state, age), two segment
+//! summaries and at most 2 MiB of the cleaner's dead-block hint
+//! (`dead_blocks`). Nothing per block of the disk; the per-segment part is
+//! about 11 KiB per GiB of data region with 1 MiB segments. The index
 //! brings its own bound (memtables and block caches, see `lsm`).
 
 pub mod anchor;
@@ -86,6 +88,7 @@ pub mod block_anchor;
 mod cleaner;
 pub mod coalesce;
 pub mod counted;
+mod dead_blocks;
 pub mod index;
 pub mod layout;
 mod lsm_index;
@@ -117,7 +120,7 @@ pub use reader::{DataReader, ReadPlan};
 pub use record::BlockRecord;
 pub use segment::CleanerPolicy;
 
-use crate::bio::{BlockSet, BLOCK_SIZE};
+use crate::bio::{AlignedBuf, BlockSet, BLOCK_SIZE};
 use crate::log::LogStoreConfig;
 use crate::lsm::LsmConfig;
 use crate::platform::{
@@ -314,6 +317,9 @@ pub struct DiskStats {
     pub cleaner_blocks_moved: u64,
     /// Segments cleaned.
     pub segments_cleaned: u64,
+    /// Blocks of cleaned segments that the live check did not look up in
+    /// the index, known dead from the in-memory hint (see the cleaner).
+    pub cleaner_lookups_skipped: u64,
     /// Every block written to the backing device, metadata included.
     pub device_blocks_written: u64,
     /// Every block read from the backing device.
@@ -393,8 +399,13 @@ pub struct MlsDisk<D: BlockSet> {
     segs: Segments,
     wbuf: WriteBuffer,
     /// Where a flush seals the write buffer's blocks (never in place).
-    sealed: Vec<u8>,
-    scratch: Vec<u8>,
+    /// Page-aligned, as the two cleaner buffers: a device that needs aligned
+    /// memory (`O_DIRECT`) takes them without a bounce copy.
+    sealed: AlignedBuf,
+    /// The cleaner's read of a whole victim segment.
+    scratch: AlignedBuf,
+    /// The cleaner's gathered live blocks (at most a segment).
+    moved: AlignedBuf,
     sync_counter: u64,
     /// Digest of the last committed user state (the next commit's `prev`).
     state_digest: Hash,
@@ -578,12 +589,9 @@ impl<D: BlockSet> MlsDisk<D> {
         let segs = Segments::new(geo.nseg, geo.seg_blocks)?;
         let wbuf_blocks = effective_wbuf_blocks(&geo, cfg.write_buffer_blocks);
         let wbuf = WriteBuffer::new(wbuf_blocks)?;
-        let mut sealed = Vec::new();
-        sealed.try_reserve_exact(wbuf_blocks * BLOCK_SIZE)?;
-        sealed.resize(wbuf_blocks * BLOCK_SIZE, 0);
-        let mut scratch = Vec::new();
-        scratch.try_reserve_exact(geo.seg_blocks as usize * BLOCK_SIZE)?;
-        scratch.resize(geo.seg_blocks as usize * BLOCK_SIZE, 0);
+        let sealed = AlignedBuf::zeroed(wbuf_blocks * BLOCK_SIZE)?;
+        let scratch = AlignedBuf::zeroed(geo.seg_blocks as usize * BLOCK_SIZE)?;
+        let moved = AlignedBuf::zeroed(geo.seg_blocks as usize * BLOCK_SIZE)?;
         let stats = DiskStats {
             logical_blocks: geo.capacity,
             physical_blocks: geo.total_blocks,
@@ -604,6 +612,7 @@ impl<D: BlockSet> MlsDisk<D> {
             segs,
             wbuf,
             sealed,
+            moved,
             scratch,
             sync_counter: 0,
             state_digest: [0u8; HASH_LEN],
@@ -1146,6 +1155,7 @@ impl<D: BlockSet> MlsDisk<D> {
         s.disk_memory_bytes = (self.wbuf.mem_bytes()
             + self.sealed.capacity()
             + self.scratch.capacity()
+            + self.moved.capacity()
             + self.segs.mem_bytes()) as u64;
     }
 
@@ -1300,6 +1310,7 @@ impl<D: BlockSet> MlsDisk<D> {
             .ok_or_else(range)?;
         let out = self
             .sealed
+            .as_mut_slice()
             .get_mut(..count * BLOCK_SIZE)
             .ok_or_else(range)?;
         // One call to the RNG for every key of the run (wiped when dropped,

@@ -9,7 +9,8 @@
 //! open segment of each head (`summ`, 4 bytes per block of a segment) so
 //! that writing a run can store its entries without reading them back.
 //! Memory: 11 bytes per segment (0.001 % of the data region with 1 MiB
-//! segments) plus a bit per 12 segments and two segment summaries.
+//! segments) plus a bit per 12 segments, two segment summaries and the
+//! dead-block hint of the cleaner ([`DeadBlocks`], at most 2 MiB).
 //!
 //! Victims: [`CleanerPolicy::Greedy`] takes the sealed segment with the
 //! fewest valid blocks; [`CleanerPolicy::CostBenefit`] (the LFS paper's
@@ -32,6 +33,7 @@
 
 use alloc::vec::Vec;
 
+use super::dead_blocks::{DeadBlocks, DEAD_BLOCKS_BUDGET};
 use super::meta::{self, NONE};
 use crate::{Error, ErrorKind, Result};
 
@@ -70,6 +72,9 @@ pub(crate) struct Segments {
     tick_every: u32,
     /// Segments the user head opened since the last tick.
     since_tick: u32,
+    /// Which blocks of recently opened segments died (a hint for the
+    /// cleaner's live check; see [`DeadBlocks`]).
+    dead: DeadBlocks,
 }
 
 /// How the cleaner chooses its victim (see the module documentation).
@@ -142,6 +147,7 @@ impl Segments {
             clock: 0,
             tick_every: (nseg / 4096).max(1),
             since_tick: 0,
+            dead: DeadBlocks::new(nseg, seg_blocks, DEAD_BLOCKS_BUDGET)?,
         })
     }
 
@@ -162,6 +168,7 @@ impl Segments {
             + self.dirty.capacity() * 8
             + self.summ.iter().map(|s| s.capacity() * 4).sum::<usize>()
             + self.stamp.capacity() * 2
+            + self.dead.mem_bytes()
     }
 
     pub(crate) fn valid_in(&self, seg: u32) -> u32 {
@@ -297,6 +304,12 @@ impl Segments {
         Ok(sum)
     }
 
+    /// The blocks of `seg` known to be dead, if it is tracked (see
+    /// [`DeadBlocks`]): bit `i` of word `i / 64` for block `i`.
+    pub(crate) fn known_dead(&self, seg: u32) -> Option<&[u64]> {
+        self.dead.of(seg)
+    }
+
     /// Counts one more valid block at `hba` (a new write or a moved block).
     pub(crate) fn add_valid(&mut self, hba: u64) -> Result<()> {
         let seg = self.seg_of(hba);
@@ -334,6 +347,8 @@ impl Segments {
         *v -= 1;
         let now = *v;
         self.mark_dirty(seg);
+        self.dead
+            .mark(seg, (hba % u64::from(self.seg_blocks.max(1))) as u32);
         if now == 0 {
             let st = self
                 .state
@@ -416,6 +431,7 @@ impl Segments {
                     self.tick();
                 }
                 *self.stamp.get_mut(s as usize).ok_or(internal("segment"))? = self.clock;
+                self.dead.track(s);
                 if let Some(sm) = self.summ.get_mut(head as usize) {
                     sm.iter_mut().for_each(|l| *l = NO_LBA);
                 }

@@ -39,6 +39,10 @@
 //!                    uniform; 80/20 is the classic skew)
 //!   --cleaner P      MlsDisk's victim choice: greedy or cost-benefit
 //!                    (DiskConfig cleaner_policy; default: its default)
+//!   --reserve-pct P  MlsDisk's over-provisioning: the percent of the data
+//!                    region kept out of the logical capacity (layout
+//!                    op_percent, 1..=50, default 10; `mlsdisk format
+//!                    --reserve`); more reserve, cheaper cleaning
 //!   --iodepth N      N requests in flight at once, one thread each, for
 //!                    every target (default 1; --jobs is the same). See
 //!                    `bench::Mls` for what of MlsDisk runs in parallel
@@ -66,7 +70,7 @@ use peak_alloc::PeakAlloc;
 
 use mlsdisk_core::bio::FileDisk;
 use mlsdisk_core::bio::BLOCK_SIZE;
-use mlsdisk_core::disk::{CleanerPolicy, Counted, DiskConfig, MlsDisk, NoAnchor};
+use mlsdisk_core::disk::{CleanerPolicy, Counted, DiskConfig, LayoutConfig, MlsDisk, NoAnchor};
 use mlsdisk_core::log::LogStoreConfig;
 use mlsdisk_core::platform::{StdCrypto, StdParallel};
 use mlsdisk_core::CryptoRef;
@@ -101,6 +105,7 @@ struct Opts {
     phases: Vec<bool>,
     skew: Option<(u64, u64)>,
     cleaner: CleanerPolicy,
+    reserve_pct: u8,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -126,6 +131,7 @@ fn parse() -> Result<Opts, String> {
         phases: vec![true; PHASES.len()],
         skew: None,
         cleaner: DiskConfig::default().cleaner_policy,
+        reserve_pct: DiskConfig::default().layout.op_percent,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -159,6 +165,12 @@ fn parse() -> Result<Opts, String> {
                     "greedy" => CleanerPolicy::Greedy,
                     "cost-benefit" => CleanerPolicy::CostBenefit,
                     c => return Err(format!("--cleaner {c}: greedy or cost-benefit")),
+                }
+            }
+            "--reserve-pct" => {
+                o.reserve_pct = match num(val()?)? {
+                    p @ 1..=50 => p as u8,
+                    p => return Err(format!("--reserve-pct {p}: 1..=50")),
                 }
             }
             "--threads" => o.threads = num(val()?)?.max(1) as usize,
@@ -258,6 +270,10 @@ fn mls_cfg(o: &Opts) -> DiskConfig {
         },
         cache_budget_bytes: o.cache_bytes,
         cleaner_policy: o.cleaner,
+        layout: LayoutConfig {
+            op_percent: o.reserve_pct,
+            ..d.layout
+        },
         ..d
     }
 }
@@ -353,12 +369,13 @@ fn main() {
         }
     );
     println!(
-        "# random requests: {}; MlsDisk cleaner: {:?}",
+        "# random requests: {}; MlsDisk cleaner: {:?}, reserve {} %",
         match o.skew {
             Some((t, s)) => format!("{t} % to the first {s} % of the working set"),
             None => "uniform".into(),
         },
-        o.cleaner
+        o.cleaner,
+        o.reserve_pct
     );
     // results[target][phase] = per-rep results
     let mut results: Vec<Vec<Vec<PhaseResult>>> =
