@@ -51,6 +51,7 @@ extern crate std;
 
 pub(crate) mod codec;
 mod error;
+pub(crate) mod fallible;
 
 pub mod bio;
 pub mod crypto;

@@ -42,9 +42,7 @@ impl Adversary {
 
     /// A copy of block `pos`.
     pub fn read_block(&self, pos: u64) -> Result<Vec<u8>> {
-        let mut v = Vec::new();
-        v.try_reserve_exact(BLOCK_SIZE)?;
-        v.resize(BLOCK_SIZE, 0);
+        let mut v = crate::fallible::filled_vec(BLOCK_SIZE, 0)?;
         self.disk.read(pos, &mut v)?;
         Ok(v)
     }

@@ -47,9 +47,7 @@ impl AlignedBuf {
                 ErrorKind::InvalidArgument,
                 "aligned buffer too large",
             ))?;
-            let mut buf = Vec::new();
-            buf.try_reserve_exact(total)?;
-            buf.resize(total, 0);
+            let buf = crate::fallible::filled_vec(total, 0)?;
             let addr = buf.as_ptr() as usize;
             self.off = (PAGE_ALIGN - addr % PAGE_ALIGN) % PAGE_ALIGN;
             self.buf = buf;

@@ -20,9 +20,7 @@ impl MemDisk {
             .ok()
             .and_then(|n| n.checked_mul(BLOCK_SIZE))
             .ok_or(Error::new(ErrorKind::InvalidArgument, "disk too large"))?;
-        let mut v = Vec::new();
-        v.try_reserve_exact(bytes)?;
-        v.resize(bytes, 0);
+        let v = crate::fallible::filled_vec(bytes, 0)?;
         Ok(Self {
             blocks: Mutex::new(v),
             nblocks,

@@ -166,9 +166,7 @@ impl<D: BlockSet> AuthBlob<D> {
         let mut blob = Self::new(disk, pos, crypto, root_key)?;
         let mut best: Option<(u64, u64, Vec<u8>)> = None;
         let (mut tampered, mut wrong_key) = (false, false);
-        let mut block = Vec::new();
-        block.try_reserve_exact(BLOCK_SIZE)?;
-        block.resize(BLOCK_SIZE, 0);
+        let mut block = crate::fallible::filled_vec(BLOCK_SIZE, 0)?;
         for slot in 0..2u64 {
             blob.disk.read(pos + slot, &mut block)?;
             match blob.check_slot(slot, &mut block)? {
@@ -294,9 +292,7 @@ impl<D: BlockSet> AuthBlob<D> {
             InvalidArgument,
             "blob payload too large"
         );
-        let mut block = Vec::new();
-        block.try_reserve_exact(BLOCK_SIZE)?;
-        block.resize(BLOCK_SIZE, 0);
+        let mut block = crate::fallible::filled_vec(BLOCK_SIZE, 0)?;
         let (header, body) = block
             .split_at_mut_checked(HEADER_LEN)
             .ok_or(corrupted("slot"))?;

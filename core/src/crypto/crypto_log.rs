@@ -835,10 +835,7 @@ fn aad(kind: u8, addr: u64) -> [u8; 9] {
 }
 
 fn alloc_block_buf() -> Result<Vec<u8>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(BLOCK_SIZE)?;
-    v.resize(BLOCK_SIZE, 0);
-    Ok(v)
+    crate::fallible::filled_vec(BLOCK_SIZE, 0)
 }
 
 /// Node plaintext: magic "MDLN" | version u8 | type u8 | level u8 | key_len u8

@@ -253,9 +253,7 @@ impl<D: BlockSet> MacChain<D> {
         // Blocks are read ahead in batches of up to READ_AHEAD (one I/O
         // each, never across the end of the ring or past `nblocks` blocks
         // from the start).
-        let mut batch = Vec::new();
-        batch.try_reserve_exact(READ_AHEAD * BLOCK_SIZE)?;
-        batch.resize(READ_AHEAD * BLOCK_SIZE, 0);
+        let mut batch = crate::fallible::filled_vec(READ_AHEAD * BLOCK_SIZE, 0)?;
         let (mut have, mut used) = (0usize, 0usize);
         let mut cur = start;
         while cur.seq - start.seq < nblocks {
@@ -364,9 +362,7 @@ impl<D: BlockSet> MacChain<D> {
             .ok()
             .and_then(|c| c.checked_mul(BLOCK_SIZE))
             .ok_or(Error::new(ErrorKind::NoSpace, "commit too large"))?;
-        let mut out = Vec::new();
-        out.try_reserve_exact(bytes)?;
-        out.resize(bytes, 0);
+        let mut out = crate::fallible::filled_vec(bytes, 0)?;
         let mut cur = self.tail;
         let nchunks = self.pending.chunks(PAYLOAD_CAP).len();
         for (i, (chunk, block)) in self

@@ -21,6 +21,7 @@
 
 use alloc::vec::Vec;
 
+use crate::fallible::filled_vec;
 use crate::{Error, Result};
 
 /// The most memory the hint takes (2 MiB: every segment of a 60 GiB data
@@ -41,13 +42,6 @@ pub(crate) struct DeadBlocks {
     bits: Vec<u64>,
 }
 
-fn zeroed<T: Clone>(n: usize, v: T) -> Result<Vec<T>> {
-    let mut x = Vec::new();
-    x.try_reserve_exact(n)?;
-    x.resize(n, v);
-    Ok(x)
-}
-
 impl DeadBlocks {
     /// No segment tracked; `min(nseg, budget / slot size)` slots.
     pub(crate) fn new(nseg: u32, seg_blocks: u32, budget: usize) -> Result<Self> {
@@ -58,8 +52,8 @@ impl DeadBlocks {
         Ok(Self {
             seg_blocks,
             words,
-            tag: zeroed(slots, UNTRACKED)?,
-            bits: zeroed(nbits, 0)?,
+            tag: filled_vec(slots, UNTRACKED)?,
+            bits: filled_vec(nbits, 0)?,
         })
     }
 

@@ -35,6 +35,7 @@ use alloc::vec::Vec;
 
 use super::dead_blocks::{DeadBlocks, DEAD_BLOCKS_BUDGET};
 use super::meta::{self, NONE};
+use crate::fallible::filled_vec;
 use crate::{Error, ErrorKind, Result};
 
 /// A summary slot that holds no LBA.
@@ -106,13 +107,6 @@ fn ensure_run(active: Option<(u32, u32)>, seg: u32, first: u32, n: u32) -> Resul
     }
 }
 
-fn zeroed<T: Clone>(n: usize, v: T) -> Result<Vec<T>> {
-    let mut x = Vec::new();
-    x.try_reserve_exact(n)?;
-    x.resize(n, v);
-    Ok(x)
-}
-
 impl Segments {
     /// An empty table (every segment free).
     pub(crate) fn new(nseg: u32, seg_blocks: u32) -> Result<Self> {
@@ -132,18 +126,18 @@ impl Segments {
             usize::try_from(meta::usage_entries(nseg).div_ceil(64)).map_err(|_| Error::oom())?;
         Ok(Self {
             seg_blocks,
-            valid: zeroed(n, 0)?,
-            state: zeroed(n, SegState::Free)?,
+            valid: filled_vec(n, 0)?,
+            state: filled_vec(n, SegState::Free)?,
             free,
             npending: 0,
-            dirty: zeroed(words, 0)?,
+            dirty: filled_vec(words, 0)?,
             ndirty: 0,
             active: [None, None],
             summ: [
-                zeroed(seg_blocks as usize, NO_LBA)?,
-                zeroed(seg_blocks as usize, NO_LBA)?,
+                filled_vec(seg_blocks as usize, NO_LBA)?,
+                filled_vec(seg_blocks as usize, NO_LBA)?,
             ],
-            stamp: zeroed(n, 0)?,
+            stamp: filled_vec(n, 0)?,
             clock: 0,
             tick_every: (nseg / 4096).max(1),
             since_tick: 0,

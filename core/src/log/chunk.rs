@@ -25,9 +25,7 @@ impl ChunkPool {
     /// A pool of `nchunks` free chunks.
     pub(crate) fn new(nchunks: u32) -> Result<Self> {
         let words = (nchunks as usize).div_ceil(64);
-        let mut used = Vec::new();
-        used.try_reserve_exact(words)?;
-        used.resize(words, 0);
+        let used = crate::fallible::filled_vec(words, 0)?;
         Ok(Self {
             used,
             nchunks,

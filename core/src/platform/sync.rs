@@ -227,9 +227,7 @@ impl PageBuf {
             ErrorKind::InvalidArgument,
             "page buffer too large",
         ))?;
-        let mut raw = Vec::new();
-        raw.try_reserve_exact(len)?;
-        raw.resize(len, 0);
+        let raw = crate::fallible::filled_vec(len, 0)?;
         if Self::misalignment(&raw) == 0 {
             return Ok(Self { raw, off: 0, len });
         }
@@ -237,9 +235,7 @@ impl PageBuf {
             ErrorKind::InvalidArgument,
             "page buffer too large",
         ))?;
-        let mut raw = Vec::new();
-        raw.try_reserve_exact(slack)?;
-        raw.resize(slack, 0);
+        let raw = crate::fallible::filled_vec(slack, 0)?;
         let off = (PAGE_SIZE - Self::misalignment(&raw)) % PAGE_SIZE;
         Ok(Self { raw, off, len })
     }
