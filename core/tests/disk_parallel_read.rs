@@ -413,3 +413,86 @@ fn write_buffers_sealed_on_several_threads_read_back_and_reopen() {
         assert!(check(&b, l as u64, t), "lba {l} after reopen");
     }
 }
+
+/// A device that records how many ranges each `read_ranges` call names
+/// (and reads them one after another, as the default does).
+struct RangeRecorder {
+    mem: mlsdisk_core::bio::MemDisk,
+    calls: Mutex<Vec<usize>>,
+}
+
+impl mlsdisk_core::bio::BlockSet for RangeRecorder {
+    fn read(&self, pos: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()> {
+        self.mem.read(pos, buf)
+    }
+    fn write(&self, pos: u64, buf: &[u8]) -> mlsdisk_core::Result<()> {
+        self.mem.write(pos, buf)
+    }
+    fn flush(&self) -> mlsdisk_core::Result<()> {
+        self.mem.flush()
+    }
+    fn nblocks(&self) -> u64 {
+        self.mem.nblocks()
+    }
+    fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> mlsdisk_core::Result<()> {
+        self.calls.lock().unwrap().push(ranges.len());
+        for (pos, buf) in ranges.iter_mut() {
+            self.mem.read(*pos, buf)?;
+        }
+        Ok(())
+    }
+}
+
+/// A read of data that writes scattered on the device hands all of its
+/// device reads to the device in one `read_ranges` call (so a device that
+/// can keep them in flight at once does), each range in its place in the
+/// buffer; blocks from the write buffer and unmapped blocks are not in it;
+/// a read of one contiguous run is a plain read.
+#[test]
+fn a_scattered_read_hands_every_device_read_over_at_once() {
+    use mlsdisk_core::bio::MemDisk;
+    use mlsdisk_core::disk::{MlsDisk, NoAnchor};
+    let dev = Arc::new(RangeRecorder {
+        mem: MemDisk::new(SMALL_TOTAL).unwrap(),
+        calls: Mutex::new(Vec::new()),
+    });
+    let mut d =
+        MlsDisk::create(dev.clone(), crypto(), &KEY, small_cfg(), Box::new(NoAnchor)).unwrap();
+    // Even LBAs first, then odd ones: on the device, LBA i and i + 1 are
+    // never neighbours.
+    for parity in [0u64, 1] {
+        for lba in (parity..40).step_by(2) {
+            d.write(lba, &blocks(lba, 1, 1 + parity)).unwrap();
+        }
+        d.sync().unwrap();
+    }
+    // LBA 7 only in the write buffer; LBAs 40.. never written.
+    d.write(7, &blocks(7, 1, 9)).unwrap();
+    let tag = |lba: u64| match lba {
+        7 => 9,
+        40.. => 0,
+        l => 1 + l % 2,
+    };
+    dev.calls.lock().unwrap().clear();
+    let mut buf = vec![0xeeu8; 44 * BLOCK_SIZE];
+    d.read(0, &mut buf).unwrap();
+    for (i, b) in buf.chunks_exact(BLOCK_SIZE).enumerate() {
+        assert!(check(b, i as u64, tag(i as u64)), "block {i} read wrong");
+    }
+    // 40 mapped blocks, one in the write buffer: 39 device reads, at once.
+    assert_eq!(*dev.calls.lock().unwrap(), [39]);
+    // The same through a plan and a fetch without the disk.
+    dev.calls.lock().unwrap().clear();
+    let mut buf2 = vec![0x11u8; 44 * BLOCK_SIZE];
+    let plan = d.plan_read(0, &mut buf2).unwrap();
+    assert_eq!((plan.device_blocks(), plan.device_reads()), (39, 39));
+    d.reader().fetch(&plan, &mut buf2).unwrap();
+    assert!(buf2 == buf, "fetch differs from read");
+    assert_eq!(*dev.calls.lock().unwrap(), [39]);
+    // One contiguous run is a plain read, not a `read_ranges` call.
+    dev.calls.lock().unwrap().clear();
+    let mut one = vec![0u8; BLOCK_SIZE];
+    d.read(2, &mut one).unwrap();
+    assert!(check(&one, 2, 1));
+    assert!(dev.calls.lock().unwrap().is_empty());
+}

@@ -102,6 +102,23 @@ void mlsdisk_hmac_sha256(const u8 *key, size_t key_len,
  */
 int mlsdisk_bdev_rw(struct block_device *bdev, bool write, sector_t sector,
 		    void *buf, size_t len);
+/* One range of a mlsdisk_bdev_read_ranges call: `len` bytes (a multiple
+ * of 512) at `sector`, into `buf` (any kernel address). */
+struct mlsdisk_range {
+	sector_t sector;
+	void *buf;
+	size_t len;
+};
+/*
+ * Reads `n` ranges with every bio in flight at once (chained to the last,
+ * which is waited for); the ranges may be anywhere on the device, in any
+ * order. If any buffer is not 512-byte aligned, reads them one after
+ * another as mlsdisk_bdev_rw does. Returns 0 or a negative errno (the
+ * first error of any bio; which ranges were read is then unspecified).
+ * Sleeps.
+ */
+int mlsdisk_bdev_read_ranges(struct block_device *bdev,
+			     const struct mlsdisk_range *ranges, size_t n);
 /* memalloc_noio_save/restore: allocations in between do no I/O. */
 unsigned int mlsdisk_noio_save(void);
 void mlsdisk_noio_restore(unsigned int flags);

@@ -318,9 +318,40 @@ static int mlsdisk_bdev_rw_bounce(struct block_device *bdev, bool write,
 	return ret;
 }
 
+/*
+ * One bio of operation `opf` over the pages of `*p` (up to BIO_MAX_VECS of
+ * them) at `sector`; advances `*p` and `*len` past what it holds. NULL
+ * when not even one page could be added (then nothing moved).
+ */
+static struct bio *mlsdisk_next_bio(struct block_device *bdev, blk_opf_t opf,
+				    sector_t sector, u8 **p, size_t *len)
+{
+	unsigned short nr = min_t(size_t, mlsdisk_pages(*p, *len), BIO_MAX_VECS);
+	struct bio *bio = bio_alloc(bdev, nr, opf, GFP_NOIO);
+	size_t done = 0;
+
+	bio->bi_iter.bi_sector = sector;
+	while (*len) {
+		unsigned int off = offset_in_page(*p);
+		unsigned int chunk = min_t(size_t, *len, PAGE_SIZE - off);
+
+		if (bio_add_page(bio, mlsdisk_addr_page(*p), chunk, off) != chunk)
+			break;
+		*p += chunk;
+		*len -= chunk;
+		done += chunk;
+	}
+	if (!done) {
+		bio_put(bio);
+		return NULL;
+	}
+	return bio;
+}
+
 int mlsdisk_bdev_rw(struct block_device *bdev, bool write, sector_t sector,
 		    void *buf, size_t len)
 {
+	blk_opf_t opf = write ? REQ_OP_WRITE | REQ_SYNC : REQ_OP_READ;
 	u8 *p = buf;
 
 	if (len & (SECTOR_SIZE - 1))
@@ -328,30 +359,17 @@ int mlsdisk_bdev_rw(struct block_device *bdev, bool write, sector_t sector,
 	if ((unsigned long)buf & (SECTOR_SIZE - 1))
 		return mlsdisk_bdev_rw_bounce(bdev, write, sector, buf, len);
 	while (len) {
-		unsigned short nr = min_t(size_t, mlsdisk_pages(p, len), BIO_MAX_VECS);
-		struct bio *bio = bio_alloc(bdev, nr, write ? REQ_OP_WRITE | REQ_SYNC : REQ_OP_READ,
-					    GFP_NOIO);
 		bool vmap = is_vmalloc_or_module_addr(p);
 		u8 *start = p;
-		size_t done = 0;
+		size_t before = len, done;
+		struct bio *bio = mlsdisk_next_bio(bdev, opf, sector, &p, &len);
 		int ret;
 
-		bio->bi_iter.bi_sector = sector;
-		while (len) {
-			unsigned int off = offset_in_page(p);
-			unsigned int chunk = min_t(size_t, len, PAGE_SIZE - off);
-
-			if (bio_add_page(bio, mlsdisk_addr_page(p), chunk, off) != chunk)
-				break;
-			p += chunk;
-			len -= chunk;
-			done += chunk;
-		}
-		if (!done) {
-			bio_put(bio);
+		if (!bio) {
 			mlsdisk_io_failed(bdev, write, sector, len, -EIO);
 			return -EIO;
 		}
+		done = before - len;
 		if (vmap && write)
 			flush_kernel_vmap_range(start, done);
 		ret = submit_bio_wait(bio);
@@ -363,6 +381,73 @@ int mlsdisk_bdev_rw(struct block_device *bdev, bool write, sector_t sector,
 		if (vmap && !write)
 			invalidate_kernel_vmap_range(start, done);
 		sector += done >> SECTOR_SHIFT;
+	}
+	return 0;
+}
+
+int mlsdisk_bdev_read_ranges(struct block_device *bdev,
+			     const struct mlsdisk_range *ranges, size_t n)
+{
+	struct bio *last = NULL;
+	size_t i, total = 0;
+	int ret = 0;
+
+	for (i = 0; i < n; i++) {
+		if ((ranges[i].len & (SECTOR_SIZE - 1)) ||
+		    ((unsigned long)ranges[i].buf & (SECTOR_SIZE - 1)))
+			goto one_by_one;
+		total += ranges[i].len;
+	}
+	/*
+	 * Every bio is chained to the next one and submitted as soon as the
+	 * next exists (as blk_next_bio does): the last one completes only
+	 * after all the others, carries the first error of any, and is the
+	 * one waited for. At most two bios are unsubmitted at any time.
+	 */
+	for (i = 0; i < n && !ret; i++) {
+		u8 *p = ranges[i].buf;
+		size_t len = ranges[i].len;
+		sector_t sector = ranges[i].sector;
+
+		while (len) {
+			size_t before = len;
+			struct bio *bio = mlsdisk_next_bio(bdev, REQ_OP_READ, sector, &p, &len);
+
+			if (!bio) {
+				mlsdisk_io_failed(bdev, false, sector, len, -EIO);
+				ret = -EIO;
+				break;
+			}
+			sector += (before - len) >> SECTOR_SHIFT;
+			if (last) {
+				bio_chain(last, bio);
+				submit_bio(last);
+			}
+			last = bio;
+		}
+	}
+	if (last) {
+		int err = submit_bio_wait(last);
+
+		bio_put(last);
+		if (err && !ret) {
+			mlsdisk_io_failed(bdev, false, ranges[0].sector, total, err);
+			ret = err;
+		}
+	}
+	if (ret)
+		return ret;
+	for (i = 0; i < n; i++)
+		if (is_vmalloc_or_module_addr(ranges[i].buf))
+			invalidate_kernel_vmap_range(ranges[i].buf, ranges[i].len);
+	return 0;
+
+one_by_one:
+	for (i = 0; i < n; i++) {
+		ret = mlsdisk_bdev_rw(bdev, false, ranges[i].sector, ranges[i].buf,
+				      ranges[i].len);
+		if (ret)
+			return ret;
 	}
 	return 0;
 }

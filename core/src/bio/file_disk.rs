@@ -133,6 +133,18 @@ fn with_bounce<T>(len: usize, f: impl FnOnce(&mut [u8]) -> Result<T>) -> Result<
     f(own.as_mut_slice())
 }
 
+/// [`FileDisk::read_ranges`] reads this many ranges or more on threads.
+const PARALLEL_MIN: usize = 3;
+/// At most this many threads read one [`FileDisk::read_ranges`] call.
+const PARALLEL_READS: usize = 8;
+
+fn read_each(d: &FileDisk, ranges: &mut [(u64, &mut [u8])]) -> Result<()> {
+    for (pos, buf) in ranges.iter_mut() {
+        d.read(*pos, buf)?;
+    }
+    Ok(())
+}
+
 impl BlockSet for FileDisk {
     fn read(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
         check_range(self.nblocks, pos, buf.len())?;
@@ -167,6 +179,51 @@ impl BlockSet for FileDisk {
                 .write_all_at(buf, off)
                 .map_err(io("disk file write failed"))
         }
+    }
+
+    /// Reads up to [`PARALLEL_READS`] ranges at once on scoped threads,
+    /// the caller's among them, which take the ranges from a shared queue
+    /// (a file has no asynchronous interface without a new dependency).
+    /// Fewer than [`PARALLEL_MIN`] ranges are read in turn on the caller's
+    /// thread; so is everything when no thread can be started.
+    fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> Result<()> {
+        for (pos, buf) in ranges.iter() {
+            check_range(self.nblocks, *pos, buf.len())?;
+        }
+        if ranges.len() < PARALLEL_MIN {
+            return read_each(self, ranges);
+        }
+        let helpers = ranges.len().min(PARALLEL_READS) - 1;
+        let queue = std::sync::Mutex::new(ranges.iter_mut());
+        let work = || -> Result<()> {
+            loop {
+                let next = queue
+                    .lock()
+                    .map_err(|_| Error::new(ErrorKind::Io, "read queue poisoned"))?
+                    .next();
+                match next {
+                    Some((pos, buf)) => self.read(*pos, buf)?,
+                    None => return Ok(()),
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            // A thread that cannot be started is simply not there: the
+            // others (at least the caller) drain the queue.
+            let started: std::vec::Vec<_> = (0..helpers)
+                .filter_map(|_| std::thread::Builder::new().spawn_scoped(s, work).ok())
+                .collect();
+            let mut r = work();
+            for h in started {
+                let x = h
+                    .join()
+                    .unwrap_or(Err(Error::new(ErrorKind::Io, "read thread failed")));
+                if r.is_ok() {
+                    r = x;
+                }
+            }
+            r
+        })
     }
 
     fn flush(&self) -> Result<()> {

@@ -29,6 +29,10 @@
 //!   crash may keep any subset of the unflushed writes, in any order.
 //! - Methods take `&self`: implementations do their own locking, so one device
 //!   can be shared (an [`alloc::sync::Arc`] of it is a `BlockSet` too).
+//! - [`BlockSet::read_ranges`] reads several ranges in one call; a device
+//!   that can keep requests in flight issues them all before waiting, and
+//!   a wrapper device forwards the call (else its inner device sees the
+//!   ranges one at a time).
 //!
 //! # Example
 //!
@@ -105,6 +109,18 @@ pub trait BlockSet: Send + Sync {
     fn flush(&self) -> Result<()>;
     /// The number of blocks of the device.
     fn nblocks(&self) -> u64;
+    /// Reads several ranges: each `(pos, buf)` as [`BlockSet::read`]
+    /// would. The default reads them one after another; a device that can
+    /// keep several requests in flight overrides it to issue them all
+    /// before waiting for any (a read of data that random writes
+    /// scattered is many small device reads). On error, which buffers
+    /// were filled is unspecified.
+    fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> Result<()> {
+        for (pos, buf) in ranges.iter_mut() {
+            self.read(*pos, buf)?;
+        }
+        Ok(())
+    }
 }
 
 /// Checks that `len` bytes at block `pos` are whole blocks inside a device of
@@ -130,6 +146,9 @@ impl<T: BlockSet + ?Sized> BlockSet for Arc<T> {
     fn read(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
         (**self).read(pos, buf)
     }
+    fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> Result<()> {
+        (**self).read_ranges(ranges)
+    }
     fn write(&self, pos: u64, buf: &[u8]) -> Result<()> {
         (**self).write(pos, buf)
     }
@@ -144,6 +163,9 @@ impl<T: BlockSet + ?Sized> BlockSet for Arc<T> {
 impl<T: BlockSet + ?Sized> BlockSet for &T {
     fn read(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
         (**self).read(pos, buf)
+    }
+    fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> Result<()> {
+        (**self).read_ranges(ranges)
     }
     fn write(&self, pos: u64, buf: &[u8]) -> Result<()> {
         (**self).write(pos, buf)
@@ -195,6 +217,21 @@ impl<D: BlockSet> BlockSet for BlockRange<D> {
         check_range(self.len, pos, buf.len())?;
         self.disk.read(self.start + pos, buf)
     }
+    fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> Result<()> {
+        // Every range is checked before any moves: on an error the
+        // positions are left as the caller gave them.
+        for (pos, buf) in ranges.iter() {
+            check_range(self.len, *pos, buf.len())?;
+        }
+        for (pos, _) in ranges.iter_mut() {
+            *pos += self.start;
+        }
+        let r = self.disk.read_ranges(ranges);
+        for (pos, _) in ranges.iter_mut() {
+            *pos -= self.start;
+        }
+        r
+    }
     fn write(&self, pos: u64, buf: &[u8]) -> Result<()> {
         check_range(self.len, pos, buf.len())?;
         self.disk.write(self.start + pos, buf)
@@ -204,5 +241,46 @@ impl<D: BlockSet> BlockSet for BlockRange<D> {
     }
     fn nblocks(&self) -> u64 {
         self.len
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+    use crate::disk::Counted;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    /// A region view moves every range by its start and back, refuses a
+    /// range past its end before reading anything, and the counting
+    /// wrapper counts the blocks of every range.
+    #[test]
+    fn read_ranges_through_a_region_and_the_counters() {
+        let mem = Arc::new(MemDisk::new(32).unwrap());
+        let mut all = vec![0u8; 32 * BLOCK_SIZE];
+        for (i, b) in all.chunks_exact_mut(BLOCK_SIZE).enumerate() {
+            b.fill(i as u8 + 1);
+        }
+        mem.write(0, &all).unwrap();
+        let counted = Counted::new(mem.clone());
+        let region = BlockRange::new(&counted, 10, 12).unwrap();
+        let (mut a, mut b) = (vec![0u8; 2 * BLOCK_SIZE], vec![0u8; BLOCK_SIZE]);
+        let mut ranges: [(u64, &mut [u8]); 2] = [(5, &mut a), (0, &mut b)];
+        region.read_ranges(&mut ranges).unwrap();
+        assert_eq!((ranges[0].0, ranges[1].0), (5, 0), "positions restored");
+        assert!(a[..BLOCK_SIZE].iter().all(|&x| x == 16));
+        assert!(a[BLOCK_SIZE..].iter().all(|&x| x == 17));
+        assert!(b.iter().all(|&x| x == 11));
+        assert_eq!(counted.counts().0, 3);
+        let mut c = vec![0u8; 2 * BLOCK_SIZE];
+        let mut d = vec![7u8; BLOCK_SIZE];
+        let mut past: [(u64, &mut [u8]); 2] = [(0, &mut d), (11, &mut c)];
+        let e = region.read_ranges(&mut past).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert_eq!((past[0].0, past[1].0), (0, 11));
+        assert!(d.iter().all(|&x| x == 7), "nothing read before the check");
+        assert_eq!(counted.counts().0, 3, "a failed call is not counted");
+        let mut none: Vec<(u64, &mut [u8])> = Vec::new();
+        region.read_ranges(&mut none).unwrap();
     }
 }

@@ -47,6 +47,12 @@ impl<D: BlockSet> BlockSet for Counted<D> {
             .fetch_add((buf.len() / BLOCK_SIZE) as u64, Ordering::Relaxed);
         Ok(())
     }
+    fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> Result<()> {
+        self.inner.read_ranges(ranges)?;
+        let blocks: usize = ranges.iter().map(|(_, b)| b.len() / BLOCK_SIZE).sum();
+        self.reads.fetch_add(blocks as u64, Ordering::Relaxed);
+        Ok(())
+    }
     fn write(&self, pos: u64, buf: &[u8]) -> Result<()> {
         self.inner.write(pos, buf)?;
         self.writes

@@ -145,6 +145,7 @@ impl<D: BlockSet> DataReader<D> {
     }
 
     fn fetch_inner(&self, plan: &ReadPlan, buf: &mut [u8]) -> Result<()> {
+        self.read_runs(plan, buf)?;
         for run in &plan.runs {
             let s = run.buf_block * BLOCK_SIZE;
             let dst = buf
@@ -154,7 +155,6 @@ impl<D: BlockSet> DataReader<D> {
                 .blocks
                 .get(run.first..run.first + run.count)
                 .ok_or(Error::new(ErrorKind::InvalidState, "read plan"))?;
-            self.dev.read(run.dev_block, dst)?;
             for ((lba, rec), blk) in recs.iter().zip(dst.chunks_exact_mut(BLOCK_SIZE)) {
                 let aad = data_aad(&self.uuid, *lba);
                 self.crypto
@@ -165,5 +165,35 @@ impl<D: BlockSet> DataReader<D> {
             }
         }
         Ok(())
+    }
+
+    /// Reads every run of the plan into its place in `buf`, all at once
+    /// ([`BlockSet::read_ranges`]: the device may keep them all in
+    /// flight). Runs are in buffer order and do not overlap
+    /// ([`ReadPlan::push`]), so the buffer splits into their slices front
+    /// to back.
+    fn read_runs(&self, plan: &ReadPlan, buf: &mut [u8]) -> Result<()> {
+        let bad = || Error::new(ErrorKind::InvalidArgument, "read plan buffer");
+        if let [run] = plan.runs.as_slice() {
+            let s = run.buf_block * BLOCK_SIZE;
+            let dst = buf.get_mut(s..s + run.count * BLOCK_SIZE).ok_or_else(bad)?;
+            return self.dev.read(run.dev_block, dst);
+        }
+        let mut ranges: Vec<(u64, &mut [u8])> = Vec::new();
+        ranges.try_reserve_exact(plan.runs.len())?;
+        let mut rest = buf;
+        let mut at = 0;
+        for run in &plan.runs {
+            let skip = (run.buf_block * BLOCK_SIZE)
+                .checked_sub(at)
+                .ok_or_else(bad)?;
+            let len = run.count * BLOCK_SIZE;
+            let (_, tail) = rest.split_at_mut_checked(skip).ok_or_else(bad)?;
+            let (dst, tail) = tail.split_at_mut_checked(len).ok_or_else(bad)?;
+            ranges.push((run.dev_block, dst));
+            rest = tail;
+            at += skip + len;
+        }
+        self.dev.read_ranges(&mut ranges)
     }
 }
