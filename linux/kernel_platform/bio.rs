@@ -28,8 +28,8 @@ use crate::kernel_platform::work::NoIoScope;
 pub(crate) const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / 512) as u64;
 
 /// Ranges one `mlsdisk_bdev_read_ranges` call takes (a 1.5 KiB array on
-/// the stack): a 256 KiB read of fully scattered blocks is two calls.
-const RANGES_AT_ONCE: usize = 32;
+/// the stack): a 256 KiB read, however scattered, is one call.
+const RANGES_AT_ONCE: usize = 64;
 
 /// How [`OpenBdev::open`] claims its device.
 #[derive(Clone, Copy)]
