@@ -496,3 +496,170 @@ fn a_scattered_read_hands_every_device_read_over_at_once() {
     assert!(check(&one, 2, 1));
     assert!(dev.calls.lock().unwrap().is_empty());
 }
+
+/// A device that records every read (plain or in a `read_ranges` call) as
+/// its list of (device block, blocks), and can flip a byte.
+struct ReadLog {
+    mem: mlsdisk_core::bio::MemDisk,
+    reads: Mutex<Vec<Vec<(u64, usize)>>>,
+}
+
+impl mlsdisk_core::bio::BlockSet for ReadLog {
+    fn read(&self, pos: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()> {
+        self.reads
+            .lock()
+            .unwrap()
+            .push(vec![(pos, buf.len() / BLOCK_SIZE)]);
+        self.mem.read(pos, buf)
+    }
+    fn write(&self, pos: u64, buf: &[u8]) -> mlsdisk_core::Result<()> {
+        self.mem.write(pos, buf)
+    }
+    fn flush(&self) -> mlsdisk_core::Result<()> {
+        self.mem.flush()
+    }
+    fn nblocks(&self) -> u64 {
+        self.mem.nblocks()
+    }
+    fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> mlsdisk_core::Result<()> {
+        self.reads.lock().unwrap().push(
+            ranges
+                .iter()
+                .map(|(p, b)| (*p, b.len() / BLOCK_SIZE))
+                .collect(),
+        );
+        for (pos, buf) in ranges.iter_mut() {
+            self.mem.read(*pos, buf)?;
+        }
+        Ok(())
+    }
+}
+
+impl ReadLog {
+    fn flip(&self, block: u64) {
+        use mlsdisk_core::bio::BlockSet;
+        let mut b = vec![0u8; BLOCK_SIZE];
+        self.mem.read(block, &mut b).unwrap();
+        b[100] ^= 0x01;
+        self.mem.write(block, &b).unwrap();
+    }
+}
+
+/// A long read on a disk with a runner (`set_parallel`) is fetched in
+/// parts, one job each: every planned block is read from the device
+/// exactly once, split between the parts' reads, and decrypted into its
+/// place; a read shorter than two parts of 32 blocks is one fetch on the
+/// caller. A flipped byte in either part fails the whole fetch with
+/// `Integrity` and leaves no plaintext of the plan in the buffer.
+#[test]
+fn a_long_read_is_fetched_in_parts_on_the_runner() {
+    use mlsdisk_core::bio::MemDisk;
+    use mlsdisk_core::disk::{DiskConfig, MlsDisk, NoAnchor};
+    use mlsdisk_core::platform::StdParallel;
+    let mut cfg = DiskConfig {
+        write_buffer_blocks: 128,
+        ..small_cfg()
+    };
+    cfg.layout.index_blocks = 1280;
+    cfg.layout.seg_blocks = 64;
+    let total = 2 + 64 + 1280 + 16 * 64;
+    let dev = Arc::new(ReadLog {
+        mem: MemDisk::new(total).unwrap(),
+        reads: Mutex::new(Vec::new()),
+    });
+    let mut d = MlsDisk::create(dev.clone(), crypto(), &KEY, cfg, Box::new(NoAnchor)).unwrap();
+    let runner = Arc::new(Counting(StdParallel::new(2), AtomicU64::new(0)));
+    d.set_parallel(runner.clone());
+    // LBAs 0..200 in order, then the odd ones of 100..200 again: the
+    // second half of a read of 0..208 is scattered.
+    d.write(0, &blocks(0, 200, 1)).unwrap();
+    d.sync().unwrap();
+    for lba in (101..200).step_by(2) {
+        d.write(lba, &blocks(lba, 1, 2)).unwrap();
+    }
+    d.sync().unwrap();
+    // LBA 5 only in the write buffer; 200.. never written.
+    d.write(5, &blocks(5, 1, 3)).unwrap();
+    let tag = |l: u64| match l {
+        5 => 3,
+        200.. => 0,
+        l if l > 100 && l % 2 == 1 => 2,
+        _ => 1,
+    };
+    let jobs = |r: &Counting| r.1.load(Ordering::SeqCst);
+
+    let before = jobs(&runner);
+    dev.reads.lock().unwrap().clear();
+    let mut buf = vec![0xeeu8; 208 * BLOCK_SIZE];
+    let plan = d.plan_read(0, &mut buf).unwrap();
+    assert_eq!(plan.device_blocks(), 199);
+    d.reader().fetch(&plan, &mut buf).unwrap();
+    for (i, b) in buf.chunks_exact(BLOCK_SIZE).enumerate() {
+        assert!(check(b, i as u64, tag(i as u64)), "block {i} read wrong");
+    }
+    assert_eq!(jobs(&runner) - before, 2, "not fetched as two jobs");
+    let reads = dev.reads.lock().unwrap().clone();
+    assert_eq!(reads.len(), 2, "one read call per part: {reads:?}");
+    let mut blocks_read: Vec<u64> = reads
+        .iter()
+        .flatten()
+        .flat_map(|&(p, n)| p..p + n as u64)
+        .collect();
+    blocks_read.sort_unstable();
+    let mut planned: Vec<u64> = (0..208)
+        .filter(|&l| l != 5)
+        .filter_map(|l| d.locate(l).unwrap())
+        .collect();
+    planned.sort_unstable();
+    assert_eq!(blocks_read, planned, "each planned block read exactly once");
+    let part_blocks: Vec<usize> = reads
+        .iter()
+        .map(|r| r.iter().map(|&(_, n)| n).sum())
+        .collect();
+    assert!(
+        part_blocks.iter().all(|&n| n == 99 || n == 100),
+        "parts of unequal size: {part_blocks:?}"
+    );
+
+    // 40 blocks: one fetch on the caller.
+    let before = jobs(&runner);
+    let mut short = vec![0u8; 40 * BLOCK_SIZE];
+    d.read(60, &mut short).unwrap();
+    for (i, b) in short.chunks_exact(BLOCK_SIZE).enumerate() {
+        assert!(check(b, 60 + i as u64, tag(60 + i as u64)));
+    }
+    assert_eq!(jobs(&runner), before, "a short read used the runner");
+
+    // A flipped byte in the first part, then in the second: the fetch
+    // fails and the plan's blocks are zeroed (LBA 5 and the unmapped
+    // blocks came from the plan, not the device, and stay).
+    for lba in [10u64, 197] {
+        let at = d.locate(lba).unwrap().unwrap();
+        dev.flip(at);
+        let mut b = vec![0xeeu8; 208 * BLOCK_SIZE];
+        let plan = d.plan_read(0, &mut b).unwrap();
+        let e = d.reader().fetch(&plan, &mut b).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Integrity, "lba {lba}: {e:?}");
+        for (i, blk) in b.chunks_exact(BLOCK_SIZE).enumerate() {
+            let i = i as u64;
+            if i == 5 || i >= 200 {
+                assert!(
+                    check(blk, i, tag(i)),
+                    "lba {lba}: block {i} not from the plan"
+                );
+            } else {
+                assert!(
+                    blk.iter().all(|&x| x == 0),
+                    "lba {lba}: plaintext of block {i} left"
+                );
+            }
+        }
+        dev.flip(at);
+    }
+    let mut again = vec![0u8; 208 * BLOCK_SIZE];
+    d.read(0, &mut again).unwrap();
+    assert!(
+        again == buf,
+        "the disk reads back after the flips are undone"
+    );
+}

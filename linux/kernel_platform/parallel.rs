@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MPL-2.0 OR GPL-2.0
 
 //! [`KernelParallel`]: the core's [`Parallel`] runner on a kernel
-//! workqueue, so the write path seals a buffer's blocks on several CPUs;
-//! and the module's two shared workqueues ([`ModuleWorkqueues`]).
+//! workqueue, so the write path seals a buffer's blocks on several CPUs
+//! and a long read (at least 2 x 128 KiB to fetch) reads and decrypts its
+//! parts on several CPUs; and the module's two shared workqueues
+//! ([`ModuleWorkqueues`]).
 //!
 //! `run` runs job 0 on the calling thread and the others as work items
 //! (`kernel::workqueue::Work`, one boxed item each, allocated in a
@@ -13,9 +15,12 @@
 //! must), then waits on a completion until the last job signals it. The
 //! jobs borrow the caller's buffers; that is sound because `run` returns
 //! only after every job has returned. Every job runs in a `GFP_NOIO`
-//! scope: the caller holds the engine's mutex, which writeback may be
-//! waiting for, so an allocation in a job (the crypto API's included) must
-//! not recurse into I/O through reclaim.
+//! scope: the caller holds the engine's mutex, or serves a read, either of
+//! which writeback may be waiting for, so an allocation in a job (the
+//! crypto API's included) must not recurse into I/O through reclaim. Read
+//! jobs wait for their bios in the work item; the reads that queue them
+//! run on the devices' read workqueues, never on `mlsdisk_par`, so a job
+//! never waits for a job behind it on its own queue.
 //!
 //! The same init makes `mlsdisk_sync` (`WQ_MEM_RECLAIM | WQ_UNBOUND`), the
 //! queue `on_worker` (`kernel_platform/bio.rs`) runs create, open, sync and
@@ -172,11 +177,11 @@ impl Parallel for KernelParallel {
             return;
         }
         // SAFETY: the module's workqueue lives while any disk does, and a
-        // disk's engine is the only caller.
+        // disk's engine and its readers are the only callers.
         let queue = unsafe { Queue::from_raw(wq) };
         let left = AtomicUsize::new(rest.len());
         // The items are allocated in a no-I/O scope (`GFP_KERNEL` becomes
-        // `GFP_NOIO`: the caller holds the engine's mutex).
+        // `GFP_NOIO`: the caller holds the engine's mutex or serves a read).
         let _noio = NoIoScope::enter();
         pin_init::stack_pin_init!(let done = Completion::new());
         let done: &Completion = &done;

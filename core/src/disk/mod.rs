@@ -951,11 +951,14 @@ impl<D: BlockSet> MlsDisk<D> {
             dev: self.dev.clone(),
             crypto: self.crypto.clone(),
             uuid: self.uuid,
+            parallel: self.parallel.clone(),
         }
     }
 
-    /// Seals write-buffer blocks on several CPUs through `parallel` (by
-    /// default they are sealed on the calling thread).
+    /// Seals write-buffer blocks, and fetches reads of at least
+    /// 2 x 128 KiB from the device, on several CPUs through `parallel` (by
+    /// default both run on the calling thread). Readers made by
+    /// [`Self::reader`] before this call keep the runner they had.
     pub fn set_parallel(&mut self, parallel: Arc<dyn Parallel>) {
         self.parallel = Some(parallel);
     }

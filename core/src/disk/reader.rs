@@ -31,6 +31,7 @@ use alloc::vec::Vec;
 
 use super::{data_aad, BlockRecord, Counted, ZERO_IV};
 use crate::bio::{BlockSet, BLOCK_SIZE};
+use crate::platform::{Job, Parallel};
 use crate::{Error, ErrorKind, Result};
 
 /// One contiguous device read: `count` blocks at device block `dev_block`
@@ -114,6 +115,9 @@ pub struct DataReader<D> {
     pub(super) dev: Arc<Counted<D>>,
     pub(super) crypto: crate::CryptoRef,
     pub(super) uuid: [u8; 16],
+    /// The disk's runner for bulk crypto, if it has one: a long fetch is
+    /// split into parts that read and decrypt on several CPUs at once.
+    pub(super) parallel: Option<Arc<dyn Parallel>>,
 }
 
 impl<D> Clone for DataReader<D> {
@@ -122,9 +126,14 @@ impl<D> Clone for DataReader<D> {
             dev: self.dev.clone(),
             crypto: self.crypto.clone(),
             uuid: self.uuid,
+            parallel: self.parallel.clone(),
         }
     }
 }
+
+/// Blocks per part below which a fetch is not split (a part's read and
+/// decryption must be worth a job: 128 KiB).
+pub(super) const MIN_BLOCKS_PER_PART: usize = 32;
 
 impl<D: BlockSet> DataReader<D> {
     /// Reads and decrypts the blocks of `plan` into `buf` (the buffer the
@@ -145,14 +154,37 @@ impl<D: BlockSet> DataReader<D> {
     }
 
     fn fetch_inner(&self, plan: &ReadPlan, buf: &mut [u8]) -> Result<()> {
-        self.read_runs(plan, buf)?;
-        for run in &plan.runs {
-            let s = run.buf_block * BLOCK_SIZE;
+        let parts = self
+            .parallel
+            .as_ref()
+            .map_or(1, |p| p.width())
+            .min(plan.blocks.len() / MIN_BLOCKS_PER_PART);
+        match self.parallel.as_deref() {
+            Some(p) if parts > 1 => self.fetch_parts(p, plan, buf, parts),
+            _ => self.fetch_runs(&plan.runs, &plan.blocks, 0, buf),
+        }
+    }
+
+    /// Reads and decrypts `runs` (records in `blocks`) into `buf`, which
+    /// starts at buffer block `base` of the request.
+    fn fetch_runs(
+        &self,
+        runs: &[Run],
+        blocks: &[(u64, BlockRecord)],
+        base: usize,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        self.read_runs(runs, base, buf)?;
+        for run in runs {
+            let s = run
+                .buf_block
+                .checked_sub(base)
+                .ok_or(Error::new(ErrorKind::InvalidState, "read plan part"))?
+                * BLOCK_SIZE;
             let dst = buf
                 .get_mut(s..s + run.count * BLOCK_SIZE)
                 .ok_or(Error::new(ErrorKind::InvalidArgument, "read plan buffer"))?;
-            let recs = plan
-                .blocks
+            let recs = blocks
                 .get(run.first..run.first + run.count)
                 .ok_or(Error::new(ErrorKind::InvalidState, "read plan"))?;
             for ((lba, rec), blk) in recs.iter().zip(dst.chunks_exact_mut(BLOCK_SIZE)) {
@@ -167,26 +199,101 @@ impl<D: BlockSet> DataReader<D> {
         Ok(())
     }
 
-    /// Reads every run of the plan into its place in `buf`, all at once
-    /// ([`BlockSet::read_ranges`]: the device may keep them all in
-    /// flight). Runs are in buffer order and do not overlap
-    /// ([`ReadPlan::push`]), so the buffer splits into their slices front
-    /// to back.
-    fn read_runs(&self, plan: &ReadPlan, buf: &mut [u8]) -> Result<()> {
+    /// [`Self::fetch_runs`] in `parts` parts of about the same number of
+    /// blocks (a run longer than that is cut), each reading and decrypting
+    /// its own slice of `buf` as one job of `p`: the parts' device reads
+    /// are in flight together and their decryption runs on several CPUs.
+    /// The first error of a part is the fetch's error.
+    fn fetch_parts(
+        &self,
+        p: &dyn Parallel,
+        plan: &ReadPlan,
+        buf: &mut [u8],
+        parts: usize,
+    ) -> Result<()> {
+        let per = plan.blocks.len().div_ceil(parts);
+        // The runs cut at every multiple of `per` blocks of the plan, then
+        // grouped by part: `cuts[k]..cuts[k + 1]` are the pieces of part k.
+        let mut pieces: Vec<Run> = Vec::new();
+        pieces.try_reserve_exact(plan.runs.len() + parts)?;
+        let mut cuts: Vec<usize> = Vec::new();
+        cuts.try_reserve_exact(parts + 1)?;
+        cuts.push(0);
+        for run in &plan.runs {
+            let mut r = *run;
+            while r.count > 0 {
+                // Records `0..first` are in earlier pieces: this piece
+                // belongs to part `first / per` and ends at its boundary.
+                let end = (r.first / per + 1) * per;
+                let n = r.count.min(end - r.first);
+                if r.first % per == 0 && r.first > 0 {
+                    cuts.push(pieces.len());
+                }
+                pieces.push(Run { count: n, ..r });
+                r.buf_block += n;
+                r.dev_block += n as u64;
+                r.first += n;
+                r.count -= n;
+            }
+        }
+        cuts.push(pieces.len());
+        let bad = || Error::new(ErrorKind::InvalidState, "read plan part");
+        let n = cuts.len() - 1;
+        let mut results: Vec<Result<()>> = crate::fallible::filled_vec(n, Ok(()))?;
+        let mut closures = Vec::new();
+        closures.try_reserve_exact(n)?;
+        let mut rest = buf;
+        let mut at = 0usize;
+        for (w, r) in cuts.windows(2).zip(results.iter_mut()) {
+            let (&a, &b) = (w.first().ok_or_else(bad)?, w.get(1).ok_or_else(bad)?);
+            let mine = pieces.get(a..b).ok_or_else(bad)?;
+            let (first, last) = (mine.first().ok_or_else(bad)?, mine.last().ok_or_else(bad)?);
+            let (start, end) = (first.buf_block, last.buf_block + last.count);
+            let skip = (start.checked_sub(at).ok_or_else(bad)?) * BLOCK_SIZE;
+            let (_, tail) = rest.split_at_mut_checked(skip).ok_or_else(bad)?;
+            let (slice, tail) = tail
+                .split_at_mut_checked((end - start) * BLOCK_SIZE)
+                .ok_or_else(bad)?;
+            rest = tail;
+            at = end;
+            let blocks = &plan.blocks;
+            closures.push(move || *r = self.fetch_runs(mine, blocks, start, slice));
+        }
+        let mut jobs: Vec<Job<'_>> = Vec::new();
+        jobs.try_reserve_exact(closures.len())?;
+        for c in closures.iter_mut() {
+            jobs.push(c);
+        }
+        p.run(&mut jobs);
+        drop(jobs);
+        drop(closures);
+        results.into_iter().collect()
+    }
+
+    /// Reads every run of `runs` into its place in `buf` (which starts at
+    /// buffer block `base`), all at once ([`BlockSet::read_ranges`]: the
+    /// device may keep them all in flight). Runs are in buffer order and
+    /// do not overlap ([`ReadPlan::push`]), so the buffer splits into their
+    /// slices front to back.
+    fn read_runs(&self, runs: &[Run], base: usize, buf: &mut [u8]) -> Result<()> {
         let bad = || Error::new(ErrorKind::InvalidArgument, "read plan buffer");
-        if let [run] = plan.runs.as_slice() {
-            let s = run.buf_block * BLOCK_SIZE;
+        let at_of = |run: &Run| {
+            run.buf_block
+                .checked_sub(base)
+                .map(|b| b * BLOCK_SIZE)
+                .ok_or_else(bad)
+        };
+        if let [run] = runs {
+            let s = at_of(run)?;
             let dst = buf.get_mut(s..s + run.count * BLOCK_SIZE).ok_or_else(bad)?;
             return self.dev.read(run.dev_block, dst);
         }
         let mut ranges: Vec<(u64, &mut [u8])> = Vec::new();
-        ranges.try_reserve_exact(plan.runs.len())?;
+        ranges.try_reserve_exact(runs.len())?;
         let mut rest = buf;
         let mut at = 0;
-        for run in &plan.runs {
-            let skip = (run.buf_block * BLOCK_SIZE)
-                .checked_sub(at)
-                .ok_or_else(bad)?;
+        for run in runs {
+            let skip = at_of(run)?.checked_sub(at).ok_or_else(bad)?;
             let len = run.count * BLOCK_SIZE;
             let (_, tail) = rest.split_at_mut_checked(skip).ok_or_else(bad)?;
             let (dst, tail) = tail.split_at_mut_checked(len).ok_or_else(bad)?;

@@ -19,7 +19,8 @@
 //!   --file PATH      image file (default $TMPDIR/mlsdisk-bench.img)
 //!   --targets LIST   comma list of raw,crypt,mls (default all)
 //!   --index KIND     MlsDisk index: lsm (default) or mem
-//!   --threads N      MlsDisk seals each write buffer on N threads
+//!   --threads N      MlsDisk seals each write buffer, and fetches each
+//!                    read of 64 or more device blocks, on N threads
 //!                    (default 1; CryptDisk always uses one)
 //!   --key-len N      MlsDisk per-block key length, data and metadata:
 //!                    16 (AES-128-GCM) or 32 (AES-256-GCM, the default)
