@@ -72,6 +72,10 @@ pub struct BlockCache {
     free: u32,
     hits: u64,
     misses: u64,
+    /// The block after the last one the previous miss of
+    /// [`Self::get_or_load_ahead`] loaded: a miss there is a sequential
+    /// scan, which reads ahead even into a full cache.
+    seq_next: Option<Key>,
 }
 
 fn oom() -> Error {
@@ -112,6 +116,7 @@ impl BlockCache {
             free: NIL,
             hits: 0,
             misses: 0,
+            seq_next: None,
         }
     }
 
@@ -432,13 +437,21 @@ impl BlockCache {
 
     /// [`Self::get_or_load`] for block `pos` of a run of blocks of the
     /// same kind that ends before block `end` (a table's data blocks). On a
-    /// miss, while the cache has room for them without evicting anything
-    /// (it is filling up, as after an open), the blocks after `pos` that are
-    /// not cached yet are read in the same request, up to `ahead` blocks
-    /// in all and not past `end`, checked with `check` and cached
-    /// too: a cold cache warms several blocks per device request. A later
-    /// block that fails its check is only left out; `pos`'s decides, as in
-    /// [`Self::get_or_load`]. A full cache reads one block, as before.
+    /// miss, the blocks after `pos` that are not cached yet are read in the
+    /// same request, up to `ahead` blocks in all and not past `end`,
+    /// checked with `check` and cached too, when
+    /// - the cache has room for them without evicting anything (it is
+    ///   filling up, as after an open): a cold cache warms several blocks
+    ///   per device request; or
+    /// - the miss is at the block right after the last one the previous
+    ///   miss loaded (a sequential scan, such as the lookups of a long
+    ///   read): then the least recently used blocks make room (never more
+    ///   than half the cache).
+    ///
+    /// Otherwise (a full cache, a random miss) it reads the one block, so
+    /// random lookups do not flush the cache. A later block that fails its
+    /// check is only left out; `pos`'s decides, as in
+    /// [`Self::get_or_load`].
     #[allow(clippy::too_many_arguments)]
     pub fn get_or_load_ahead(
         &mut self,
@@ -450,17 +463,25 @@ impl BlockCache {
         check: &dyn Fn(&[u8]) -> Result<()>,
     ) -> Result<&[u8]> {
         if !self.holds(table, pos) {
+            let sequential = self.seq_next == Some((table, pos));
+            let fits = |n: u64| {
+                let n = n as usize + 1;
+                if sequential {
+                    n <= self.limit / 2
+                } else {
+                    self.len.saturating_add(n) <= self.limit
+                }
+            };
             let mut n = 1u64;
-            while n < ahead
-                && pos.saturating_add(n) < end
-                && self.len.saturating_add(n as usize + 1) <= self.limit
-                && !self.holds(table, pos + n)
+            while n < ahead && pos.saturating_add(n) < end && fits(n) && !self.holds(table, pos + n)
             {
                 n += 1;
             }
+            self.seq_next = Some((table, pos.saturating_add(1)));
             if n > 1 && self.load_run(table, pos, n, src, check)? {
                 // `pos` was read for this lookup: a miss.
                 self.misses += 1;
+                self.seq_next = Some((table, pos.saturating_add(n)));
                 let (_, s) = self.find((table, pos)).ok_or_else(vanished)?;
                 return Ok(&self.slot(s)?.data);
             }
@@ -680,6 +701,53 @@ mod tests {
         assert_eq!((reqs.get(), c.len()), (5, 20));
         assert!(c.holds(2, 30) && !c.holds(2, 31));
         assert_eq!(c.counters(), (1, 5));
+    }
+
+    #[test]
+    fn a_full_cache_reads_ahead_for_a_sequential_scan_only() {
+        let reqs = Cell::new(0);
+        let src = Requests((0..100u8).map(|i| vec![i; BLOCK_SIZE]).collect(), &reqs);
+        let ok = |_: &[u8]| Ok(());
+        let mut c = BlockCache::new(20);
+        // Fill it: blocks 0..20 of table 1, eight at a time.
+        for p in (0..20).step_by(8) {
+            c.get_or_load_ahead(1, p, 20, 8, &src, &ok).unwrap();
+        }
+        assert_eq!((c.len(), reqs.get()), (20, 3));
+        // A random miss into the full cache: one block.
+        c.get_or_load_ahead(2, 50, 100, 8, &src, &ok).unwrap();
+        assert_eq!(reqs.get(), 4);
+        assert!(c.holds(2, 50) && !c.holds(2, 51));
+        // The next block is a scan: `ahead` blocks in one request, the
+        // least recently used evicted, the cache no larger.
+        assert_eq!(
+            c.get_or_load_ahead(2, 51, 100, 8, &src, &ok).unwrap()[0],
+            51
+        );
+        assert_eq!((reqs.get(), c.len()), (5, 20));
+        assert!((51..59).all(|p| c.holds(2, p)) && !c.holds(2, 59));
+        // Hits up to the end of the run, then the scan goes on: again.
+        for p in 52..59 {
+            c.get_or_load_ahead(2, p, 100, 8, &src, &ok).unwrap();
+        }
+        assert_eq!(reqs.get(), 5);
+        c.get_or_load_ahead(2, 59, 100, 8, &src, &ok).unwrap();
+        assert_eq!(reqs.get(), 6);
+        assert!((59..67).all(|p| c.holds(2, p)));
+        // Not the next block (a gap of one, another table): one block each.
+        c.get_or_load_ahead(2, 68, 100, 8, &src, &ok).unwrap();
+        c.get_or_load_ahead(3, 69, 100, 8, &src, &ok).unwrap();
+        assert_eq!(reqs.get(), 8);
+        assert!(!c.holds(2, 69) && !c.holds(3, 70));
+        // A scan never takes more than half the cache in one request.
+        let mut small = BlockCache::new(6);
+        for p in 0..6 {
+            small.get_or_load(9, p, &src, &ok).unwrap();
+        }
+        small.get_or_load_ahead(2, 80, 100, 8, &src, &ok).unwrap();
+        small.get_or_load_ahead(2, 81, 100, 8, &src, &ok).unwrap();
+        assert!((81..84).all(|p| small.holds(2, p)) && !small.holds(2, 84));
+        assert_eq!(small.len(), 6);
     }
 
     /// Fails every read that reaches block `bad`.
