@@ -2,7 +2,10 @@
 //! that flushes the write buffer, sync, discard, a cleaner step, a
 //! compaction step, create, open) and each fault kind (device read / write /
 //! flush error, torn write), the fault is injected at device operation
-//! index k = 0, 1, 2, ... until the operation completes without reaching k.
+//! index k = 0, 1, 2, ... until the operation completes without reaching k;
+//! the operations that seal a write buffer (a flushing write, sync, a
+//! cleaner step) also on the disk that seals on worker threads
+//! (`parallel-seal`, below).
 //! The engine's own `NoSpace` is reached through configuration (a shrunken
 //! index region, segments smaller than the write buffer, with and without
 //! auto-sync) by a workload that runs until the first error.
@@ -1204,8 +1207,13 @@ fn every_operation_survives_every_device_fault_at_every_point() {
     // long operations repeat the same few shapes); long: every index.
     let stride = |k: u64| if long() || k < 48 { 1 } else { 4 };
     let mut tally = Tally::default();
-    for setup in io_setups() {
-        for op in OPS {
+    // The operations that seal a write buffer also on the disk that seals
+    // on worker threads, as the kernel's does.
+    let mut cases: Vec<(Setup, Vec<Op>)> =
+        io_setups().into_iter().map(|s| (s, OPS.to_vec())).collect();
+    cases.push((parallel_setup(), vec![Op::WriteFlush, Op::Sync, Op::Clean]));
+    for (setup, ops) in cases {
+        for op in ops {
             for fault in FAULTS {
                 let row = format!("{} {}", fault.name(), setup.name);
                 // A row of zero points: the operation does no such I/O.
