@@ -361,23 +361,28 @@ impl mlsdisk_core::platform::Parallel for Counting {
     }
 }
 
-#[test]
-fn write_buffers_sealed_on_several_threads_read_back_and_reopen() {
-    use mlsdisk_core::disk::DiskConfig;
-    use mlsdisk_core::platform::StdParallel;
-    // A write buffer of 128 blocks: sealed as up to 4 jobs of 32.
-    let mut cfg = DiskConfig {
+/// The small configuration with a write buffer of 128 blocks (sealed as up
+/// to 4 jobs of 32) and 16 segments of 64 blocks; the device's size.
+fn wide_cfg() -> (mlsdisk_core::disk::DiskConfig, u64) {
+    let mut cfg = mlsdisk_core::disk::DiskConfig {
         write_buffer_blocks: 128,
         ..small_cfg()
     };
     // An index region of 1280 blocks: with 1024 the tree of this tiny
-    // LSM configuration runs out of index room under this workload
-    // (L0 grows while its compaction waits for room a commit does not
-    // free): the long run (MLSDISK_LONG_TESTS=1) failed so before tables
-    // could move down a level without a rewrite, the short one since.
+    // LSM configuration runs out of index room under the sealing test's
+    // workload (L0 grows while its compaction waits for room a commit
+    // does not free): the long run (MLSDISK_LONG_TESTS=1) failed so before
+    // tables could move down a level without a rewrite, the short one
+    // since.
     cfg.layout.index_blocks = 1280;
     cfg.layout.seg_blocks = 64;
-    let total = 2 + 64 + 1280 + 16 * 64;
+    (cfg, 2 + 64 + 1280 + 16 * 64)
+}
+
+#[test]
+fn write_buffers_sealed_on_several_threads_read_back_and_reopen() {
+    use mlsdisk_core::platform::StdParallel;
+    let (cfg, total) = wide_cfg();
     let mut h = Harness::with(Backend::Lsm, cfg, total, true);
     let runner = Arc::new(Counting(StdParallel::new(4), AtomicU64::new(0)));
     h.disk().set_parallel(runner.clone());
@@ -414,15 +419,24 @@ fn write_buffers_sealed_on_several_threads_read_back_and_reopen() {
     }
 }
 
-/// A device that records how many ranges each `read_ranges` call names
-/// (and reads them one after another, as the default does).
-struct RangeRecorder {
+/// A device that records every read as its list of (device block,
+/// blocks), `true` for a `read_ranges` call (which it serves one range
+/// after another, as the default does), and can flip a byte.
+struct ReadLog {
     mem: mlsdisk_core::bio::MemDisk,
-    calls: Mutex<Vec<usize>>,
+    reads: Mutex<Vec<ReadCall>>,
 }
 
-impl mlsdisk_core::bio::BlockSet for RangeRecorder {
+/// One read of [`ReadLog`]: whether it was a `read_ranges` call, and its
+/// (device block, blocks) ranges.
+type ReadCall = (bool, Vec<(u64, usize)>);
+
+impl mlsdisk_core::bio::BlockSet for ReadLog {
     fn read(&self, pos: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()> {
+        self.reads
+            .lock()
+            .unwrap()
+            .push((false, vec![(pos, buf.len() / BLOCK_SIZE)]));
         self.mem.read(pos, buf)
     }
     fn write(&self, pos: u64, buf: &[u8]) -> mlsdisk_core::Result<()> {
@@ -435,11 +449,44 @@ impl mlsdisk_core::bio::BlockSet for RangeRecorder {
         self.mem.nblocks()
     }
     fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> mlsdisk_core::Result<()> {
-        self.calls.lock().unwrap().push(ranges.len());
+        self.reads.lock().unwrap().push((
+            true,
+            ranges
+                .iter()
+                .map(|(p, b)| (*p, b.len() / BLOCK_SIZE))
+                .collect(),
+        ));
         for (pos, buf) in ranges.iter_mut() {
             self.mem.read(*pos, buf)?;
         }
         Ok(())
+    }
+}
+
+impl ReadLog {
+    fn new(nblocks: u64) -> Self {
+        Self {
+            mem: mlsdisk_core::bio::MemDisk::new(nblocks).unwrap(),
+            reads: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The number of ranges of each `read_ranges` call so far.
+    fn ranged_calls(&self) -> Vec<usize> {
+        self.reads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(ranged, _)| *ranged)
+            .map(|(_, r)| r.len())
+            .collect()
+    }
+    fn flip(&self, block: u64) {
+        use mlsdisk_core::bio::BlockSet;
+        let mut b = vec![0u8; BLOCK_SIZE];
+        self.mem.read(block, &mut b).unwrap();
+        b[100] ^= 0x01;
+        self.mem.write(block, &b).unwrap();
     }
 }
 
@@ -450,12 +497,8 @@ impl mlsdisk_core::bio::BlockSet for RangeRecorder {
 /// a read of one contiguous run is a plain read.
 #[test]
 fn a_scattered_read_hands_every_device_read_over_at_once() {
-    use mlsdisk_core::bio::MemDisk;
     use mlsdisk_core::disk::{MlsDisk, NoAnchor};
-    let dev = Arc::new(RangeRecorder {
-        mem: MemDisk::new(SMALL_TOTAL).unwrap(),
-        calls: Mutex::new(Vec::new()),
-    });
+    let dev = Arc::new(ReadLog::new(SMALL_TOTAL));
     let mut d =
         MlsDisk::create(dev.clone(), crypto(), &KEY, small_cfg(), Box::new(NoAnchor)).unwrap();
     // Even LBAs first, then odd ones: on the device, LBA i and i + 1 are
@@ -473,76 +516,28 @@ fn a_scattered_read_hands_every_device_read_over_at_once() {
         40.. => 0,
         l => 1 + l % 2,
     };
-    dev.calls.lock().unwrap().clear();
+    dev.reads.lock().unwrap().clear();
     let mut buf = vec![0xeeu8; 44 * BLOCK_SIZE];
     d.read(0, &mut buf).unwrap();
     for (i, b) in buf.chunks_exact(BLOCK_SIZE).enumerate() {
         assert!(check(b, i as u64, tag(i as u64)), "block {i} read wrong");
     }
     // 40 mapped blocks, one in the write buffer: 39 device reads, at once.
-    assert_eq!(*dev.calls.lock().unwrap(), [39]);
+    assert_eq!(dev.ranged_calls(), [39]);
     // The same through a plan and a fetch without the disk.
-    dev.calls.lock().unwrap().clear();
+    dev.reads.lock().unwrap().clear();
     let mut buf2 = vec![0x11u8; 44 * BLOCK_SIZE];
     let plan = d.plan_read(0, &mut buf2).unwrap();
     assert_eq!((plan.device_blocks(), plan.device_reads()), (39, 39));
     d.reader().fetch(&plan, &mut buf2).unwrap();
     assert!(buf2 == buf, "fetch differs from read");
-    assert_eq!(*dev.calls.lock().unwrap(), [39]);
+    assert_eq!(dev.ranged_calls(), [39]);
     // One contiguous run is a plain read, not a `read_ranges` call.
-    dev.calls.lock().unwrap().clear();
+    dev.reads.lock().unwrap().clear();
     let mut one = vec![0u8; BLOCK_SIZE];
     d.read(2, &mut one).unwrap();
     assert!(check(&one, 2, 1));
-    assert!(dev.calls.lock().unwrap().is_empty());
-}
-
-/// A device that records every read (plain or in a `read_ranges` call) as
-/// its list of (device block, blocks), and can flip a byte.
-struct ReadLog {
-    mem: mlsdisk_core::bio::MemDisk,
-    reads: Mutex<Vec<Vec<(u64, usize)>>>,
-}
-
-impl mlsdisk_core::bio::BlockSet for ReadLog {
-    fn read(&self, pos: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()> {
-        self.reads
-            .lock()
-            .unwrap()
-            .push(vec![(pos, buf.len() / BLOCK_SIZE)]);
-        self.mem.read(pos, buf)
-    }
-    fn write(&self, pos: u64, buf: &[u8]) -> mlsdisk_core::Result<()> {
-        self.mem.write(pos, buf)
-    }
-    fn flush(&self) -> mlsdisk_core::Result<()> {
-        self.mem.flush()
-    }
-    fn nblocks(&self) -> u64 {
-        self.mem.nblocks()
-    }
-    fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> mlsdisk_core::Result<()> {
-        self.reads.lock().unwrap().push(
-            ranges
-                .iter()
-                .map(|(p, b)| (*p, b.len() / BLOCK_SIZE))
-                .collect(),
-        );
-        for (pos, buf) in ranges.iter_mut() {
-            self.mem.read(*pos, buf)?;
-        }
-        Ok(())
-    }
-}
-
-impl ReadLog {
-    fn flip(&self, block: u64) {
-        use mlsdisk_core::bio::BlockSet;
-        let mut b = vec![0u8; BLOCK_SIZE];
-        self.mem.read(block, &mut b).unwrap();
-        b[100] ^= 0x01;
-        self.mem.write(block, &b).unwrap();
-    }
+    assert!(dev.ranged_calls().is_empty());
 }
 
 /// A long read on a disk with a runner (`set_parallel`) is fetched in
@@ -553,20 +548,10 @@ impl ReadLog {
 /// `Integrity` and leaves no plaintext of the plan in the buffer.
 #[test]
 fn a_long_read_is_fetched_in_parts_on_the_runner() {
-    use mlsdisk_core::bio::MemDisk;
-    use mlsdisk_core::disk::{DiskConfig, MlsDisk, NoAnchor};
+    use mlsdisk_core::disk::{MlsDisk, NoAnchor};
     use mlsdisk_core::platform::StdParallel;
-    let mut cfg = DiskConfig {
-        write_buffer_blocks: 128,
-        ..small_cfg()
-    };
-    cfg.layout.index_blocks = 1280;
-    cfg.layout.seg_blocks = 64;
-    let total = 2 + 64 + 1280 + 16 * 64;
-    let dev = Arc::new(ReadLog {
-        mem: MemDisk::new(total).unwrap(),
-        reads: Mutex::new(Vec::new()),
-    });
+    let (cfg, total) = wide_cfg();
+    let dev = Arc::new(ReadLog::new(total));
     let mut d = MlsDisk::create(dev.clone(), crypto(), &KEY, cfg, Box::new(NoAnchor)).unwrap();
     let runner = Arc::new(Counting(StdParallel::new(2), AtomicU64::new(0)));
     d.set_parallel(runner.clone());
@@ -598,7 +583,13 @@ fn a_long_read_is_fetched_in_parts_on_the_runner() {
         assert!(check(b, i as u64, tag(i as u64)), "block {i} read wrong");
     }
     assert_eq!(jobs(&runner) - before, 2, "not fetched as two jobs");
-    let reads = dev.reads.lock().unwrap().clone();
+    let reads: Vec<Vec<(u64, usize)>> = dev
+        .reads
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, r)| r.clone())
+        .collect();
     assert_eq!(reads.len(), 2, "one read call per part: {reads:?}");
     let mut blocks_read: Vec<u64> = reads
         .iter()

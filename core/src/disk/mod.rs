@@ -123,9 +123,7 @@ pub use segment::CleanerPolicy;
 use crate::bio::{AlignedBuf, BlockSet, BLOCK_SIZE};
 use crate::log::LogStoreConfig;
 use crate::lsm::LsmConfig;
-use crate::platform::{
-    AeadKey, Crypto, Hash, Iv, Job, Mac, Parallel, SecretBytes, HASH_LEN, MAC_LEN,
-};
+use crate::platform::{AeadKey, Crypto, Hash, Iv, Mac, Parallel, SecretBytes, HASH_LEN, MAC_LEN};
 use crate::{bail, ensure, Cause, CryptoRef, Error, ErrorKind, Result};
 use segment::{Head, Segments};
 
@@ -551,13 +549,7 @@ fn seal_blocks(
         let seal = &seal;
         closures.push(move || *r = seal(l, p, d, k, m));
     }
-    let mut jobs: Vec<Job<'_>> = Vec::new();
-    jobs.try_reserve_exact(closures.len())?;
-    for c in closures.iter_mut() {
-        jobs.push(c);
-    }
-    p.run(&mut jobs);
-    drop(jobs);
+    crate::platform::run_each(&**p, &mut closures)?;
     drop(closures);
     results.into_iter().collect()
 }

@@ -31,7 +31,7 @@ use alloc::vec::Vec;
 
 use super::{data_aad, BlockRecord, Counted, ZERO_IV};
 use crate::bio::{BlockSet, BLOCK_SIZE};
-use crate::platform::{Job, Parallel};
+use crate::platform::Parallel;
 use crate::{Error, ErrorKind, Result};
 
 /// One contiguous device read: `count` blocks at device block `dev_block`
@@ -259,13 +259,7 @@ impl<D: BlockSet> DataReader<D> {
             let blocks = &plan.blocks;
             closures.push(move || *r = self.fetch_runs(mine, blocks, start, slice));
         }
-        let mut jobs: Vec<Job<'_>> = Vec::new();
-        jobs.try_reserve_exact(closures.len())?;
-        for c in closures.iter_mut() {
-            jobs.push(c);
-        }
-        p.run(&mut jobs);
-        drop(jobs);
+        crate::platform::run_each(p, &mut closures)?;
         drop(closures);
         results.into_iter().collect()
     }

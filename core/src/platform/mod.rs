@@ -35,6 +35,7 @@ mod std_crypto;
 #[cfg(feature = "std")]
 mod std_sync;
 pub mod sync;
+pub(crate) use parallel::run_each;
 #[cfg(feature = "std")]
 pub use parallel::StdParallel;
 pub use parallel::{Job, Parallel, Serial};

@@ -30,6 +30,22 @@ pub trait Parallel: Send + Sync {
     fn run(&self, jobs: &mut [Job<'_>]);
 }
 
+/// Runs each closure of `closures` exactly once through `p` and returns
+/// when all of them have returned. `OutOfMemory`, before any ran, if the
+/// list of jobs cannot be allocated.
+pub(crate) fn run_each<F: FnMut() + Send>(
+    p: &dyn Parallel,
+    closures: &mut [F],
+) -> crate::Result<()> {
+    let mut jobs: alloc::vec::Vec<Job<'_>> = alloc::vec::Vec::new();
+    jobs.try_reserve_exact(closures.len())?;
+    for c in closures.iter_mut() {
+        jobs.push(c);
+    }
+    p.run(&mut jobs);
+    Ok(())
+}
+
 /// Runs the jobs one after another on the caller's thread.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Serial;
