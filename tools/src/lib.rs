@@ -6,6 +6,7 @@ pub mod admin;
 pub mod bench;
 pub mod cryptdisk;
 pub mod logwrites;
+pub mod pool;
 pub mod replay;
 pub mod serve;
 pub mod throttle;

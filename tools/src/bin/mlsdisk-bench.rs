@@ -19,9 +19,10 @@
 //!   --file PATH      image file (default $TMPDIR/mlsdisk-bench.img)
 //!   --targets LIST   comma list of raw,crypt,mls (default all)
 //!   --index KIND     MlsDisk index: lsm (default) or mem
-//!   --threads N      MlsDisk seals each write buffer, and fetches each
-//!                    read of 64 or more device blocks, on N threads
-//!                    (default 1; CryptDisk always uses one)
+//!   --threads N      MlsDisk seals each write buffer, writes it beside
+//!                    its index updates, and fetches each read of 64 or
+//!                    more device blocks, on a pool of N threads (default
+//!                    1: all on the caller's; CryptDisk always uses one)
 //!   --key-len N      MlsDisk per-block key length, data and metadata:
 //!                    16 (AES-128-GCM) or 32 (AES-256-GCM, the default)
 //!   --cache-mib N    MlsDisk's cache budget in MiB (DiskConfig
@@ -73,10 +74,11 @@ use mlsdisk_core::bio::FileDisk;
 use mlsdisk_core::bio::BLOCK_SIZE;
 use mlsdisk_core::disk::{CleanerPolicy, Counted, DiskConfig, LayoutConfig, MlsDisk, NoAnchor};
 use mlsdisk_core::log::LogStoreConfig;
-use mlsdisk_core::platform::{StdCrypto, StdParallel};
+use mlsdisk_core::platform::StdCrypto;
 use mlsdisk_core::CryptoRef;
 use mlsdisk_tools::bench::*;
 use mlsdisk_tools::cryptdisk::CryptDisk;
+use mlsdisk_tools::pool::PoolParallel;
 
 /// Counts live heap bytes and their peak (what the engine and the
 /// workload hold, without the allocator's retained free memory).
@@ -319,7 +321,7 @@ fn make(o: &Opts, name: &str, crypto: &CryptoRef) -> mlsdisk_core::Result<Box<dy
                 _ => MlsDisk::create(dev, crypto.clone(), &key, cfg, Box::new(NoAnchor))?,
             };
             if o.threads > 1 {
-                disk.set_parallel(Arc::new(StdParallel::new(o.threads)));
+                disk.set_parallel(Arc::new(PoolParallel::new(o.threads)?));
             }
             Box::new(Mls::new(disk))
         }
