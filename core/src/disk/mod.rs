@@ -90,6 +90,7 @@ pub mod coalesce;
 pub mod counted;
 mod dead_blocks;
 pub mod index;
+mod index_sink;
 pub mod layout;
 mod lsm_index;
 mod meta;
@@ -125,6 +126,7 @@ use crate::log::LogStoreConfig;
 use crate::lsm::LsmConfig;
 use crate::platform::{AeadKey, Crypto, Hash, Iv, Mac, Parallel, SecretBytes, HASH_LEN, MAC_LEN};
 use crate::{bail, ensure, Cause, CryptoRef, Error, ErrorKind, Result};
+use index_sink::IndexSink;
 use segment::{Head, Segments};
 
 use state::UserState;
@@ -1219,6 +1221,7 @@ impl<D: BlockSet> MlsDisk<D> {
         if left > 0 {
             self.ensure_space(left)?;
         }
+        let steps = self.cfg.compact_steps_per_flush;
         // A small index may not take the whole buffer in one batch (its
         // bound grows with the batch, and a forced commit takes room of
         // its own): the buffer's tail in halves then, down to one block.
@@ -1233,10 +1236,14 @@ impl<D: BlockSet> MlsDisk<D> {
                 }
                 Err(e) => return Err(e),
             }
-            self.critical(|d| d.write_wbuf_tail(k))?;
+            // The flush's compaction steps go with its last part.
+            let last = k == left;
+            self.critical(|d| d.write_wbuf_tail(k, if last { steps } else { 0 }))?;
             left -= k;
+            if last {
+                return Ok(());
+            }
         }
-        let steps = self.cfg.compact_steps_per_flush;
         self.critical(|d| {
             for _ in 0..steps {
                 if !d.index.background_step()? {
@@ -1278,25 +1285,70 @@ impl<D: BlockSet> MlsDisk<D> {
 
     /// The second phase of [`Self::flush_wbuf`] for the last `k` buffered
     /// blocks (space and room already made); they leave the buffer after
-    /// every index update succeeded.
-    fn write_wbuf_tail(&mut self, k: u64) -> Result<()> {
+    /// every index update succeeded. `steps`: compaction steps to run
+    /// after the index updates (the flush's last part).
+    ///
+    /// Every run of the tail is sealed first (into `sealed`, one after
+    /// another); then the device writes of the runs go beside the index
+    /// updates and the compaction steps, as two jobs of the parallel
+    /// runner when the disk has one (the device's time, about half of a
+    /// flush, then hides the index's), else one after the other. Nothing
+    /// durable refers to the new blocks before the next commit, which
+    /// comes after both jobs and a device flush.
+    fn write_wbuf_tail(&mut self, k: u64, steps: u32) -> Result<()> {
         let from = self.wbuf.len().saturating_sub(k as usize);
+        let mut recs: Vec<(u64, BlockRecord)> = Vec::new();
+        recs.try_reserve_exact(k as usize)?;
+        let mut runs: Vec<(u64, usize, usize)> = Vec::new();
+        let mut summaries = Vec::new();
+        let mut lbas: Vec<u32> = Vec::new();
         let mut done = 0u64;
         while done < k {
             let (hba, run) = self.segs.alloc_run(Head::User, k - done)?;
             ensure!(run > 0, InvalidState, "data log: empty run");
-            self.seal_and_write(from + done as usize, run as usize, hba)?;
+            runs.try_reserve(1)?;
+            self.seal_run(
+                from + done as usize,
+                run as usize,
+                hba,
+                done as usize,
+                &mut recs,
+            )?;
+            runs.push((hba, done as usize, run as usize));
+            // The run's validity and summary now, while its segment is
+            // its head's last: the next run may close the segment, and a
+            // segment closed with no valid block goes to the free list
+            // at the next commit.
+            lbas.clear();
+            lbas.try_reserve(run as usize)?;
+            for (l, rec) in recs.get(done as usize..).unwrap_or_default() {
+                self.segs.add_valid(rec.hba)?;
+                lbas.push(
+                    u32::try_from(*l).map_err(|_| Error::new(ErrorKind::InvalidState, "LBA"))?,
+                );
+            }
+            let entries = self.segs.record_run(Head::User, hba, &lbas)?;
+            summaries.try_reserve(entries.len())?;
+            summaries.extend(entries);
             done += run;
         }
+        self.store_runs(&runs, recs, summaries, steps)?;
+        self.stats.data_blocks_written += k;
         self.wbuf.truncate(from);
         Ok(())
     }
 
-    /// Seals buffer slots `first..first + count` into data blocks
-    /// `hba..hba + count`, writes them, and updates index and validity.
-    fn seal_and_write(&mut self, first: usize, count: usize, hba: u64) -> Result<()> {
-        let mut recs: Vec<(u64, BlockRecord)> = Vec::new();
-        recs.try_reserve_exact(count)?;
+    /// Seals buffer slots `first..first + count`, the new content of data
+    /// blocks `hba..hba + count`, into `sealed` from block `at` on, and
+    /// pushes their index records to `recs`.
+    fn seal_run(
+        &mut self,
+        first: usize,
+        count: usize,
+        hba: u64,
+        at: usize,
+        recs: &mut Vec<(u64, BlockRecord)>,
+    ) -> Result<()> {
         let range = || Error::new(ErrorKind::InvalidState, "write buffer range");
         let (lbas, plain) = self.wbuf.parts();
         let lbas = lbas.get(first..first + count).ok_or_else(range)?;
@@ -1306,7 +1358,7 @@ impl<D: BlockSet> MlsDisk<D> {
         let out = self
             .sealed
             .as_mut_slice()
-            .get_mut(..count * BLOCK_SIZE)
+            .get_mut(at * BLOCK_SIZE..(at + count) * BLOCK_SIZE)
             .ok_or_else(range)?;
         // One call to the RNG for every key of the run (wiped when dropped,
         // on every path out of here).
@@ -1318,7 +1370,7 @@ impl<D: BlockSet> MlsDisk<D> {
         let mut macs: Vec<Mac> = Vec::new();
         macs.try_reserve_exact(count)?;
         macs.resize(count, [0u8; MAC_LEN]);
-        let sealed = seal_blocks(
+        seal_blocks(
             self.parallel.as_ref(),
             &*self.crypto,
             &self.uuid,
@@ -1328,8 +1380,7 @@ impl<D: BlockSet> MlsDisk<D> {
             &keys.0,
             klen,
             &mut macs,
-        );
-        sealed?;
+        )?;
         for (k, ((l, kb), mac)) in lbas
             .iter()
             .zip(keys.0.chunks_exact(klen))
@@ -1345,31 +1396,71 @@ impl<D: BlockSet> MlsDisk<D> {
                 },
             ));
         }
-        drop(keys);
-        self.dev.write(self.geo.data_start + hba, out)?;
-        self.stats.data_blocks_written += count as u64;
-        let mut run_lbas: Vec<u32> = Vec::new();
-        run_lbas.try_reserve_exact(count)?;
-        for (l, rec) in recs {
-            // The old version (looked up in the index: no forward map in
-            // memory) loses its place in its segment's count.
-            match self.index.get(l)? {
-                Some(old) => self.segs.invalidate(old.hba)?,
-                None => self.mapped += 1,
+        Ok(())
+    }
+
+    /// Writes the sealed runs (`(hba, first block in sealed, blocks)`) to
+    /// the data log and, beside that, records their blocks `recs` and
+    /// summary entries in the index (with validity and mapped count), then
+    /// runs `steps` compaction steps. See [`Self::write_wbuf_tail`].
+    fn store_runs(
+        &mut self,
+        runs: &[(u64, usize, usize)],
+        recs: Vec<(u64, BlockRecord)>,
+        summaries: Vec<(u64, meta::Payload)>,
+        steps: u32,
+    ) -> Result<()> {
+        let data_start = self.geo.data_start;
+        let dev = &self.dev;
+        let sealed: &[u8] = self.sealed.as_mut_slice();
+        let mut written: Result<()> = Ok(());
+        let mut write_job = || {
+            written = runs.iter().try_for_each(|&(hba, at, n)| {
+                let blocks = sealed
+                    .get(at * BLOCK_SIZE..(at + n) * BLOCK_SIZE)
+                    .ok_or(Error::new(ErrorKind::InvalidState, "sealed range"))?;
+                dev.write(data_start + hba, blocks)
+            });
+        };
+        let mut sink = IndexSink {
+            index: &mut self.index,
+            segs: &mut self.segs,
+            mapped: &mut self.mapped,
+        };
+        let mut indexed: Result<()> = Ok(());
+        let mut updates = Some((recs, summaries));
+        let mut index_job = || {
+            indexed = match updates.take() {
+                Some((r, s)) => sink.record(r, s, steps),
+                None => Err(Error::new(
+                    ErrorKind::InvalidState,
+                    "flush: index job ran twice",
+                )),
             }
-            self.segs.add_valid(rec.hba)?;
-            self.index.put(l, rec)?;
-            run_lbas
-                .push(u32::try_from(l).map_err(|_| Error::new(ErrorKind::InvalidState, "LBA"))?);
+        };
+        match self.parallel.as_ref().filter(|p| p.width() > 1) {
+            // The index job first: a runner runs the first job on the
+            // calling thread (the kernel's, in its no-I/O scope: the
+            // index job allocates).
+            Some(p) => p.run(&mut [&mut index_job, &mut write_job]),
+            None => {
+                write_job();
+                if written.is_ok() {
+                    index_job();
+                }
+            }
         }
-        self.put_summary(Head::User, hba, &run_lbas)
+        written?;
+        indexed
     }
 
     /// Stores the summary entries of the run of `head` at `hba`.
     fn put_summary(&mut self, head: Head, hba: u64, lbas: &[u32]) -> Result<()> {
-        for (k, p) in self.segs.record_run(head, hba, lbas)? {
-            self.index.put(k, meta::to_record(&p)?)?;
+        IndexSink {
+            index: &mut self.index,
+            segs: &mut self.segs,
+            mapped: &mut self.mapped,
         }
-        Ok(())
+        .put_summary(head, hba, lbas)
     }
 }
