@@ -54,35 +54,45 @@ impl Parallel for PoolParallel {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
 
+    /// Three jobs on a pool three wide: each waits until all three have
+    /// started (so they ran at once, not in turn) and bumps its own slot.
     #[test]
-    fn runs_every_job_exactly_once_and_borrows_end_with_the_call() {
+    fn runs_its_jobs_at_once_each_exactly_once() {
         let p = PoolParallel::new(3).unwrap();
-        for n in [0usize, 1, 2, 7] {
-            let mut outs = vec![0u64; n];
-            let calls = AtomicUsize::new(0);
-            let mut closures: Vec<_> = outs
-                .iter_mut()
-                .enumerate()
-                .map(|(i, o)| {
-                    let calls = &calls;
-                    move || {
-                        *o += i as u64 + 1;
-                        calls.fetch_add(1, Ordering::SeqCst);
-                    }
-                })
-                .collect();
-            let mut jobs: Vec<Job<'_>> = closures
-                .iter_mut()
-                .map(|c| c as &mut (dyn FnMut() + Send))
-                .collect();
-            p.run(&mut jobs);
-            drop(jobs);
-            drop(closures);
-            assert_eq!(calls.load(Ordering::SeqCst), n);
-            let want: Vec<u64> = (1..=n as u64).collect();
-            assert_eq!(outs, want);
-        }
         assert_eq!(p.width(), 3);
+        let started = AtomicUsize::new(0);
+        let mut slots = [0u32; 3];
+        let mut closures: Vec<_> = slots
+            .iter_mut()
+            .map(|slot| {
+                let started = &started;
+                move || {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let t0 = Instant::now();
+                    while started.load(Ordering::SeqCst) < 3
+                        && t0.elapsed() < Duration::from_secs(10)
+                    {
+                        std::thread::yield_now();
+                    }
+                    *slot += u32::from(started.load(Ordering::SeqCst) == 3);
+                }
+            })
+            .collect();
+        let mut jobs: Vec<Job<'_>> = Vec::new();
+        for c in closures.iter_mut() {
+            jobs.push(c);
+        }
+        p.run(&mut jobs);
+        drop(jobs);
+        drop(closures);
+        assert_eq!(slots, [1, 1, 1], "the jobs did not all run at once");
+        // No jobs, and one job: nothing to hand out.
+        p.run(&mut []);
+        let mut ran = false;
+        let mut one = || ran = true;
+        p.run(&mut [&mut one]);
+        assert!(ran);
     }
 }
