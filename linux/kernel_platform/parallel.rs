@@ -2,9 +2,10 @@
 
 //! [`KernelParallel`]: the core's [`Parallel`] runner on a kernel
 //! workqueue, so the write path seals a buffer's blocks on several CPUs
-//! and a long read (at least 2 x 128 KiB to fetch) reads and decrypts its
-//! parts on several CPUs; and the module's two shared workqueues
-//! ([`ModuleWorkqueues`]).
+//! and writes a flush's blocks to the backing device while the caller
+//! updates the index, and a long read (at least 2 x 128 KiB to fetch)
+//! reads and decrypts its parts on several CPUs; and the module's two
+//! shared workqueues ([`ModuleWorkqueues`]).
 //!
 //! `run` runs job 0 on the calling thread and the others as work items
 //! (`kernel::workqueue::Work`, one boxed item each, allocated in a
@@ -18,9 +19,10 @@
 //! scope: the caller holds the engine's mutex, or serves a read, either of
 //! which writeback may be waiting for, so an allocation in a job (the
 //! crypto API's included) must not recurse into I/O through reclaim. Read
-//! jobs wait for their bios in the work item; the reads that queue them
-//! run on the devices' read workqueues, never on `mlsdisk_par`, so a job
-//! never waits for a job behind it on its own queue.
+//! jobs and a flush's write job wait for their bios in the work item; the
+//! reads and writes that queue them run on the devices' read workqueues
+//! and ordered workers, never on `mlsdisk_par`, so a job never waits for
+//! a job behind it on its own queue.
 //!
 //! The same init makes `mlsdisk_sync` (`WQ_MEM_RECLAIM | WQ_UNBOUND`), the
 //! queue `on_worker` (`kernel_platform/bio.rs`) runs create, open, sync and
