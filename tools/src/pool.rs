@@ -3,13 +3,23 @@
 //! fetching a long read's parts) run on threads that already exist, as the
 //! kernel module's run on its workqueue, instead of threads spawned for
 //! each call ([`mlsdisk_core::platform::StdParallel`]).
+//!
+//! One caller at a time has the pool: a call made while another one runs
+//! its jobs runs its own on its own thread. Many callers at once (16
+//! readers, say) are parallel already, and queueing all their jobs for
+//! the pool's few threads made reads at queue depth 16 slower, not faster
+//! (measured: see `mlsdisk-bench --threads`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use mlsdisk_core::platform::{Job, Parallel};
 
-/// Runs jobs on a pool of `width - 1` worker threads plus the caller's.
+/// Runs jobs on a pool of `width` worker threads and the caller's.
 pub struct PoolParallel {
     pool: rayon::ThreadPool,
     width: usize,
+    /// A call is running jobs on the pool.
+    busy: AtomicBool,
 }
 
 impl PoolParallel {
@@ -26,7 +36,11 @@ impl PoolParallel {
                     "thread pool: cannot start its threads",
                 )
             })?;
-        Ok(Self { pool, width })
+        Ok(Self {
+            pool,
+            width,
+            busy: AtomicBool::new(false),
+        })
     }
 }
 
@@ -39,6 +53,14 @@ impl Parallel for PoolParallel {
         let Some((first, rest)) = jobs.split_first_mut() else {
             return;
         };
+        if rest.is_empty() || self.busy.swap(true, Ordering::Acquire) {
+            // One job, or the pool is another caller's: all on this thread.
+            first();
+            for job in rest.iter_mut() {
+                job();
+            }
+            return;
+        }
         // The caller runs the first job itself while the pool takes the
         // others; `in_place_scope` returns when every one has returned.
         self.pool.in_place_scope(|s| {
@@ -47,6 +69,7 @@ impl Parallel for PoolParallel {
             }
             first();
         });
+        self.busy.store(false, Ordering::Release);
     }
 }
 
@@ -94,5 +117,51 @@ mod tests {
         let mut one = || ran = true;
         p.run(&mut [&mut one]);
         assert!(ran);
+    }
+
+    /// While one call's jobs hold the pool, another call runs its jobs on
+    /// its own thread; once the first call is done, the pool is free again.
+    #[test]
+    fn a_second_caller_runs_its_jobs_itself_while_the_pool_is_busy() {
+        let p = PoolParallel::new(2).unwrap();
+        let release = AtomicUsize::new(0);
+        let holding = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut hold = || {
+                    holding.fetch_add(1, Ordering::SeqCst);
+                    let t0 = Instant::now();
+                    while release.load(Ordering::SeqCst) == 0
+                        && t0.elapsed() < Duration::from_secs(10)
+                    {
+                        std::thread::yield_now();
+                    }
+                };
+                let mut other = || {};
+                p.run(&mut [&mut hold, &mut other]);
+            });
+            let t0 = Instant::now();
+            while holding.load(Ordering::SeqCst) == 0 && t0.elapsed() < Duration::from_secs(10) {
+                std::thread::yield_now();
+            }
+            let me = std::thread::current().id();
+            let mut ids = Vec::new();
+            let (mut a, mut b) = (None, None);
+            let mut ja = || a = Some(std::thread::current().id());
+            let mut jb = || b = Some(std::thread::current().id());
+            p.run(&mut [&mut ja, &mut jb]);
+            ids.extend([a, b]);
+            release.store(1, Ordering::SeqCst);
+            assert_eq!(ids, [Some(me), Some(me)], "the busy pool took the jobs");
+        });
+        // Free again: the two jobs of a call run on two threads.
+        let (mut a, mut b) = (None, None);
+        let mut ja = || a = Some(std::thread::current().id());
+        let mut jb = || {
+            std::thread::sleep(Duration::from_millis(20));
+            b = Some(std::thread::current().id());
+        };
+        p.run(&mut [&mut ja, &mut jb]);
+        assert!(a.is_some() && b.is_some() && a != b, "{a:?} {b:?}");
     }
 }
