@@ -1412,7 +1412,7 @@ impl<D: BlockSet> MlsDisk<D> {
     ) -> Result<()> {
         let data_start = self.geo.data_start;
         let dev = &self.dev;
-        let sealed: &[u8] = self.sealed.as_mut_slice();
+        let sealed = self.sealed.as_slice();
         let mut written: Result<()> = Ok(());
         let mut write_job = || {
             written = runs.iter().try_for_each(|&(hba, at, n)| {
