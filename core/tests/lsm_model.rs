@@ -19,6 +19,8 @@ enum Op {
     Put(u64, u64),
     Del(u64),
     Get(u64),
+    /// `get_sorted` of the keys `from, from + step, ...` below 24.
+    GetSorted(u64, u64),
     Sync,
     Compact(u8),
     Crash(u64),
@@ -30,6 +32,7 @@ fn op() -> impl Strategy<Value = Op> {
         10 => (0..24u64, any::<u64>()).prop_map(|(k, v)| Op::Put(k, v)),
         3 => (0..24u64).prop_map(Op::Del),
         4 => (0..24u64).prop_map(Op::Get),
+        2 => (0..24u64, 1..5u64).prop_map(|(f, s)| Op::GetSorted(f, s)),
         2 => Just(Op::Sync),
         3 => (1..6u8).prop_map(Op::Compact),
         1 => any::<u64>().prop_map(Op::Crash),
@@ -60,6 +63,14 @@ proptest! {
                 Op::Put(k, v) => { t.put(k, Val(v)).unwrap(); cur.insert(k, v); }
                 Op::Del(k) => { t.delete(k).unwrap(); cur.remove(&k); }
                 Op::Get(k) => prop_assert_eq!(t.get(k).unwrap().map(|v| v.0), cur.get(&k).copied()),
+                Op::GetSorted(from, step) => {
+                    let ks: Vec<u64> = (from..24).step_by(step as usize).collect();
+                    let mut out = Vec::new();
+                    t.get_sorted(&ks, &mut out).unwrap();
+                    let got: Vec<Option<u64>> = out.iter().map(|v| v.as_ref().map(|v| v.0)).collect();
+                    let want: Vec<Option<u64>> = ks.iter().map(|k| cur.get(k).copied()).collect();
+                    prop_assert_eq!(got, want);
+                }
                 Op::Sync => {
                     nsync += 1;
                     t.sync(&nsync.to_le_bytes()).unwrap();

@@ -27,6 +27,22 @@ pub enum Room {
 pub trait DiskIndex: Send {
     /// The record of `lba`, if mapped.
     fn get(&mut self, lba: u64) -> Result<Option<BlockRecord>>;
+    /// The records of `lbas` (strictly ascending, else `InvalidArgument`)
+    /// into `out`, one per LBA, as `get` gives each. The LSM tree answers
+    /// them in one pass; by default this is one `get` each.
+    fn get_sorted(&mut self, lbas: &[u64], out: &mut Vec<Option<BlockRecord>>) -> Result<()> {
+        crate::ensure!(
+            crate::lsm::strictly_ascending(lbas),
+            InvalidArgument,
+            "index: get_sorted wants strictly ascending LBAs"
+        );
+        out.clear();
+        out.try_reserve_exact(lbas.len())?;
+        for &l in lbas {
+            out.push(self.get(l)?);
+        }
+        Ok(())
+    }
     /// Maps `lba` to `rec`.
     fn put(&mut self, lba: u64, rec: BlockRecord) -> Result<()>;
     /// Unmaps `lba`.

@@ -11,7 +11,7 @@ use super::index::DiskIndex;
 use super::meta;
 use super::record::BlockRecord;
 use super::segment::{Head, Segments};
-use crate::Result;
+use crate::{ensure, Result};
 
 /// The parts of a disk a flush's index updates change.
 pub(crate) struct IndexSink<'a> {
@@ -31,13 +31,17 @@ impl IndexSink<'_> {
         summaries: Vec<(u64, meta::Payload)>,
         steps: u32,
     ) -> Result<()> {
-        for (l, rec) in recs {
-            // The old version (looked up in the index: no forward map in
-            // memory) loses its place in its segment's count.
-            match self.index.get(l)? {
+        // The old versions (looked up in the index: no forward map in
+        // memory) lose their places in their segments' counts. The buffer
+        // holds each LBA once, so all are looked up before any is put, in
+        // one pass over the tree, in LBA order.
+        for old in self.old_versions(&recs)? {
+            match old {
                 Some(old) => self.segs.invalidate(old.hba)?,
                 None => *self.mapped += 1,
             }
+        }
+        for (l, rec) in recs {
             self.index.put(l, rec)?;
         }
         for (k, p) in summaries {
@@ -49,6 +53,27 @@ impl IndexSink<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The index records of the LBAs of `recs` (distinct), in LBA order.
+    fn old_versions(&mut self, recs: &[(u64, BlockRecord)]) -> Result<Vec<Option<BlockRecord>>> {
+        let mut olds: Vec<Option<BlockRecord>> = Vec::new();
+        if let [(l, _)] = recs {
+            olds.try_reserve_exact(1)?;
+            olds.push(self.index.get(*l)?);
+            return Ok(olds);
+        }
+        let mut lbas: Vec<u64> = Vec::new();
+        lbas.try_reserve_exact(recs.len())?;
+        lbas.extend(recs.iter().map(|(l, _)| *l));
+        lbas.sort_unstable();
+        self.index.get_sorted(&lbas, &mut olds)?;
+        ensure!(
+            olds.len() == recs.len(),
+            InvalidState,
+            "index: a lookup per block"
+        );
+        Ok(olds)
     }
 
     /// Stores the summary entries of the run of `head` at `hba`.

@@ -50,6 +50,9 @@ impl<D: BlockSet> DiskIndex for LsmIndex<D> {
     fn get(&mut self, lba: u64) -> Result<Option<BlockRecord>> {
         self.0.get(lba)
     }
+    fn get_sorted(&mut self, lbas: &[u64], out: &mut Vec<Option<BlockRecord>>) -> Result<()> {
+        self.0.get_sorted(lbas, out)
+    }
     fn put(&mut self, lba: u64, rec: BlockRecord) -> Result<()> {
         self.0.put(lba, rec)
     }

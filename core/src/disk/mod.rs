@@ -960,16 +960,38 @@ impl<D: BlockSet> MlsDisk<D> {
     fn plan_read_inner(&mut self, lba: u64, buf: &mut [u8]) -> Result<ReadPlan> {
         let n = buf.len() / BLOCK_SIZE;
         let mut plan = ReadPlan::with_capacity(n)?;
+        // Blocks in the write buffer are copied; the others are looked up
+        // in the index together (one pass over the tree for the run).
+        let mut lbas: Vec<u64> = Vec::new();
+        lbas.try_reserve_exact(n)?;
         for (i, blk) in buf.chunks_exact_mut(BLOCK_SIZE).enumerate() {
             let l = lba + i as u64;
             self.stats.user_blocks_read += 1;
-            if let Some(b) = self.wbuf.get(l) {
-                blk.copy_from_slice(b);
-                continue;
+            match self.wbuf.get(l) {
+                Some(b) => blk.copy_from_slice(b),
+                None => lbas.push(l),
             }
-            match self.index.get(l)? {
+        }
+        let mut recs: Vec<Option<BlockRecord>> = Vec::new();
+        match lbas.as_slice() {
+            [l] => {
+                recs.try_reserve_exact(1)?;
+                recs.push(self.index.get(*l)?);
+            }
+            ls => self.index.get_sorted(ls, &mut recs)?,
+        }
+        ensure!(
+            recs.len() == lbas.len(),
+            InvalidState,
+            "index: a lookup per block"
+        );
+        for (l, rec) in lbas.into_iter().zip(recs) {
+            let i = (l - lba) as usize;
+            match rec {
                 None => {
-                    blk.fill(0);
+                    if let Some(blk) = buf.get_mut(i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE) {
+                        blk.fill(0);
+                    }
                     self.stats.unmapped_blocks_read += 1;
                 }
                 Some(rec) => {

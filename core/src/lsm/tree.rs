@@ -664,6 +664,118 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         Ok(None)
     }
 
+    /// The values of `keys` (strictly ascending, else `InvalidArgument`)
+    /// into `out`, one per key, each as [`Self::get`] gives it, in one pass
+    /// over the tree: each table is asked once for all the keys still
+    /// unresolved in its range ([`TableInfo::get_sorted`]), so keys that
+    /// share a data block share its search. For the runs of LBAs of a read
+    /// or a write-buffer flush.
+    pub fn get_sorted(&mut self, keys: &[u64], out: &mut Vec<Option<V>>) -> Result<()> {
+        self.check_alive()?;
+        ensure!(
+            strictly_ascending(keys),
+            InvalidArgument,
+            "lsm: get_sorted wants strictly ascending keys"
+        );
+        out.clear();
+        out.try_reserve_exact(keys.len())?;
+        // The keys no memtable answers, as indexes into `keys`.
+        let mut open: Vec<usize> = Vec::new();
+        open.try_reserve_exact(keys.len())?;
+        for (i, k) in keys.iter().enumerate() {
+            let v = self
+                .mem
+                .get(k)
+                .or_else(|| self.imm.as_ref().and_then(|m| m.map.get(k)));
+            match v {
+                Some(v) => out.push(v.clone()),
+                None => {
+                    out.push(None);
+                    open.push(i);
+                }
+            }
+        }
+        let mut sub: Vec<u64> = Vec::new();
+        sub.try_reserve_exact(open.len())?;
+        let mut done: Vec<bool> = crate::fallible::filled_vec(keys.len(), false)?;
+        let deepest = self.levels.iter().rposition(|lv| !lv.is_empty());
+        for (l, lv) in self.levels.iter().enumerate() {
+            if open.is_empty() {
+                break;
+            }
+            // L0's tables overlap: each is asked for every open key, newest
+            // first (as `get` does). Below, each open key has one table.
+            let mut rest: &[usize] = &open;
+            let mut t_at = 0usize;
+            while !rest.is_empty() {
+                let (t, n) = if l == 0 {
+                    match lv.get(t_at) {
+                        Some(t) => (t, rest.len()),
+                        None => break,
+                    }
+                } else {
+                    let first = rest
+                        .first()
+                        .and_then(|&j| keys.get(j))
+                        .copied()
+                        .unwrap_or(u64::MAX);
+                    let i = lv.partition_point(|t| t.info.max_key < first);
+                    let Some(t) = lv.get(i) else { break };
+                    let n = rest
+                        .partition_point(|&j| keys.get(j).is_some_and(|&k| k <= t.info.max_key));
+                    (t, n)
+                };
+                let (these, later) = rest.split_at(n);
+                if l == 0 {
+                    t_at += 1;
+                } else {
+                    rest = later;
+                }
+                if !these
+                    .iter()
+                    .any(|&j| keys.get(j).is_some_and(|&k| t.info.overlaps(k, k)))
+                {
+                    continue;
+                }
+                sub.clear();
+                sub.extend(these.iter().filter_map(|&j| keys.get(j).copied()));
+                let src = LogSource {
+                    store: &self.store,
+                    log: t.id,
+                };
+                let mut f = CachedFetch {
+                    table: t.info.seq,
+                    src: &src,
+                    meta: &mut self.meta_cache,
+                    data: &mut self.data_cache,
+                    read_ahead: self.cfg.read_ahead_blocks,
+                    pinned: &mut self.pinned,
+                    use_bloom: l == 0 || Some(l) != deepest,
+                    bloom_negatives: &mut self.stats.bloom_negatives,
+                };
+                t.info.get_sorted::<V>(&sub, &mut f, &mut |i, v| {
+                    let j = *these
+                        .get(i)
+                        .ok_or(Error::new(ErrorKind::InvalidState, "lsm: get_sorted index"))?;
+                    *out.get_mut(j)
+                        .ok_or(Error::new(ErrorKind::InvalidState, "lsm: get_sorted index"))? = v;
+                    *done
+                        .get_mut(j)
+                        .ok_or(Error::new(ErrorKind::InvalidState, "lsm: get_sorted index"))? =
+                        true;
+                    Ok(())
+                })?;
+                if l == 0 {
+                    // Newer tables answer first: drop what this one did.
+                    open.retain(|&j| !done.get(j).copied().unwrap_or(true));
+                    rest = &open;
+                }
+            }
+            open.retain(|&j| !done.get(j).copied().unwrap_or(true));
+        }
+        Ok(())
+    }
+
     /// Sets the value of `key` (in the memtable and the WAL buffer).
     pub fn put(&mut self, key: u64, v: V) -> Result<()> {
         self.update(key, Some(v))
@@ -1736,6 +1848,11 @@ impl<S: LogStore> OutSink<'_, S> {
 /// on the stack. The library's sorts keep up to about 4 KiB of scratch in
 /// their stack frame, too much under the kernel's 16 KiB stacks; the lists
 /// sorted here (the tables of a level, the WALs) are short.
+/// Whether `keys` ascend strictly (no key twice).
+pub fn strictly_ascending(keys: &[u64]) -> bool {
+    keys.iter().zip(keys.iter().skip(1)).all(|(a, b)| a < b)
+}
+
 fn sort_small_by_key<T, K: Ord>(v: &mut [T], key: impl Fn(&T) -> K) {
     for i in 1..v.len() {
         let mut j = i;

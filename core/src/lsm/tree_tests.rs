@@ -29,7 +29,32 @@ fn check(t: &mut Tree, model: &BTreeMap<u64, u64>, keys: u64) {
             "key {k}"
         );
     }
+    let ks: alloc::vec::Vec<u64> = (0..keys).collect();
+    let mut out = alloc::vec::Vec::new();
+    t.get_sorted(&ks, &mut out).unwrap();
+    for (k, v) in ks.iter().zip(&out) {
+        assert_eq!(
+            v.as_ref().map(|v| v.0),
+            model.get(k).copied(),
+            "get_sorted, key {k}"
+        );
+    }
     assert_eq!(&contents(t), model);
+}
+
+#[test]
+fn get_sorted_refuses_keys_out_of_order_and_the_tree_stays_usable() {
+    let mut t = Tree::format(MemStore::default(), LsmConfig::tiny()).unwrap();
+    t.put(5, TestVal(50)).unwrap();
+    let mut out = alloc::vec::Vec::new();
+    for bad in [&[3u64, 2][..], &[4, 4], &[1, 7, 6]] {
+        let e = t.get_sorted(bad, &mut out).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad:?}");
+    }
+    t.get_sorted(&[4, 5, 6], &mut out).unwrap();
+    assert_eq!(out, [None, Some(TestVal(50)), None]);
+    t.put(6, TestVal(60)).unwrap();
+    assert_eq!(t.get(6).unwrap(), Some(TestVal(60)));
 }
 
 #[test]

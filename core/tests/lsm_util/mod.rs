@@ -130,6 +130,18 @@ pub fn compare<D: BlockSet>(
         let got = t.get(k)?.map(|v| v.0);
         assert_eq!(got, model.get(&k).copied(), "get({k}) returned wrong data");
     }
+    // The same keys in one pass, all of them and every third.
+    for step in [1, 3] {
+        let ks: Vec<u64> = (0..keys).step_by(step).collect();
+        let mut out = Vec::new();
+        t.get_sorted(&ks, &mut out)?;
+        let got: Vec<Option<u64>> = out.iter().map(|v| v.as_ref().map(|v| v.0)).collect();
+        let want: Vec<Option<u64>> = ks.iter().map(|k| model.get(k).copied()).collect();
+        assert_eq!(
+            got, want,
+            "get_sorted(0..{keys} step {step}) returned wrong data"
+        );
+    }
     let all = contents(t)?;
     assert_eq!(&all, model, "for_each returned wrong data");
     Ok(())
