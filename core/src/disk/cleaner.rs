@@ -195,7 +195,7 @@ impl<D: BlockSet> MlsDisk<D> {
     /// The blocks of segment `v` that hold live data, (offset, LBA, index
     /// record): read from the segment's summary entries and each checked in
     /// the index (the summary is a hint; the index decides). There must be
-    /// as many as the usage table counts. Sorted by LBA (see the end).
+    /// as many as the usage table counts. In LBA order.
     fn live_blocks(&mut self, v: u32) -> Result<Vec<(u64, u32, BlockRecord)>> {
         let sb = self.geo.seg_blocks;
         let base = u64::from(v) * u64::from(sb);
@@ -213,18 +213,33 @@ impl<D: BlockSet> MlsDisk<D> {
             None => false,
         };
         let is_dead = |off: u32| known && DeadBlocks::is_dead(&dead, off);
+        // The summary entries not known all dead, looked up together (their
+        // keys ascend with the offset).
+        let mut keys: Vec<u64> = Vec::new();
+        let mut firsts: Vec<u32> = Vec::new();
+        let entries = sb.div_ceil(per) as usize;
+        keys.try_reserve_exact(entries)?;
+        firsts.try_reserve_exact(entries)?;
         for first in (0..sb).step_by(per as usize) {
             let end = first.saturating_add(per).min(sb);
             if (first..end).all(is_dead) {
                 self.stats.cleaner_lookups_skipped += u64::from(end - first);
                 continue;
             }
-            let Some(rec) = self.index.get(meta::summary_key(v, first, sb))? else {
-                continue;
-            };
+            keys.push(meta::summary_key(v, first, sb));
+            firsts.push(first);
+        }
+        let mut found = Vec::new();
+        self.index.get_sorted(&keys, &mut found)?;
+        // (LBA, offset) of every block the summary names and the hint does
+        // not know dead.
+        let mut cands: Vec<(u32, u64)> = Vec::new();
+        cands.try_reserve_exact(sb as usize)?;
+        for (first, rec) in firsts.iter().zip(found) {
+            let Some(rec) = rec else { continue };
             let lbas = meta::unpack(&meta::from_record(&rec)?);
             for (i, l) in lbas.iter().enumerate() {
-                let off = u64::from(first) + i as u64;
+                let off = u64::from(*first) + i as u64;
                 if *l == NO_LBA || off >= u64::from(sb) || u64::from(*l) >= self.geo.capacity {
                     continue;
                 }
@@ -232,10 +247,37 @@ impl<D: BlockSet> MlsDisk<D> {
                     self.stats.cleaner_lookups_skipped += 1;
                     continue;
                 }
-                if let Some(r) = self.index.get(u64::from(*l))? {
-                    if r.hba == base + off {
-                        live.push((off, *l, r));
-                    }
+                cands.try_reserve(1)?;
+                cands.push((*l, off));
+            }
+        }
+        // Each LBA looked up once (a segment may hold several versions of
+        // one), all in one pass, in LBA order; `live` comes out in LBA
+        // order too. Moved in LBA order, nearby LBAs of one victim land
+        // next to each other. Under uniform random overwrites that makes
+        // no measurable difference (a victim's live blocks are far apart
+        // anyway): 1 GiB steady state, 3 alternated runs each, seq-read
+        // 154 vs 153 MiB/s, rnd-read-32K 128 vs 130 (segment vs LBA
+        // order); it may help workloads whose victims hold runs.
+        cands.sort_unstable();
+        let mut lbas: Vec<u64> = Vec::new();
+        lbas.try_reserve_exact(cands.len())?;
+        for (l, _) in &cands {
+            if lbas.last() != Some(&u64::from(*l)) {
+                lbas.push(u64::from(*l));
+            }
+        }
+        let mut recs = Vec::new();
+        self.index.get_sorted(&lbas, &mut recs)?;
+        let mut at = 0usize;
+        for (l, off) in cands {
+            while lbas.get(at).is_some_and(|&x| x < u64::from(l)) {
+                at += 1;
+            }
+            if let Some(Some(r)) = recs.get(at) {
+                if r.hba == base + off {
+                    live.try_reserve(1)?;
+                    live.push((off, l, r.clone()));
                 }
             }
         }
@@ -244,13 +286,6 @@ impl<D: BlockSet> MlsDisk<D> {
             Corrupted,
             "cleaner: segment summary and usage table disagree"
         );
-        // Moved in LBA order, so that nearby LBAs of one victim land next
-        // to each other. Under uniform random overwrites it makes no
-        // measurable difference (a victim's live blocks are far apart
-        // anyway): 1 GiB steady state, 3 alternated runs each, seq-read
-        // 154 vs 153 MiB/s, rnd-read-32K 128 vs 130 (segment vs LBA
-        // order); it may help workloads whose victims hold runs.
-        live.sort_unstable_by_key(|(_, l, _)| *l);
         Ok(live)
     }
 }
