@@ -57,6 +57,24 @@ const LOG_NODE_LEVELS: u64 = 3;
 /// Pinned blocks one background step loads after an open.
 const PIN_STEP_BLOCKS: usize = 64;
 
+/// The fetcher of table `$t`'s blocks from `$src` through the tree's
+/// caches (a macro, not a method: the caller holds `$t` borrowed from the
+/// tree's levels while the caches are borrowed mutably).
+macro_rules! table_fetch {
+    ($tree:ident, $t:ident, $src:expr, $use_bloom:expr) => {
+        CachedFetch {
+            table: $t.info.seq,
+            src: $src,
+            meta: &mut $tree.meta_cache,
+            data: &mut $tree.data_cache,
+            read_ahead: $tree.cfg.read_ahead_blocks,
+            pinned: &mut $tree.pinned,
+            use_bloom: $use_bloom,
+            bloom_negatives: &mut $tree.stats.bloom_negatives,
+        }
+    };
+}
+
 #[derive(Clone)]
 struct Table<Id> {
     id: Id,
@@ -646,16 +664,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                     store: &self.store,
                     log: t.id,
                 };
-                let mut f = CachedFetch {
-                    table: t.info.seq,
-                    src: &src,
-                    meta: &mut self.meta_cache,
-                    data: &mut self.data_cache,
-                    read_ahead: self.cfg.read_ahead_blocks,
-                    pinned: &mut self.pinned,
-                    use_bloom: l == 0 || Some(l) != deepest,
-                    bloom_negatives: &mut self.stats.bloom_negatives,
-                };
+                let mut f = table_fetch!(self, t, &src, l == 0 || Some(l) != deepest);
                 if let Some(r) = t.info.get::<V>(key, &mut f)? {
                     return Ok(r);
                 }
@@ -743,16 +752,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                     store: &self.store,
                     log: t.id,
                 };
-                let mut f = CachedFetch {
-                    table: t.info.seq,
-                    src: &src,
-                    meta: &mut self.meta_cache,
-                    data: &mut self.data_cache,
-                    read_ahead: self.cfg.read_ahead_blocks,
-                    pinned: &mut self.pinned,
-                    use_bloom: l == 0 || Some(l) != deepest,
-                    bloom_negatives: &mut self.stats.bloom_negatives,
-                };
+                let mut f = table_fetch!(self, t, &src, l == 0 || Some(l) != deepest);
                 t.info.get_sorted::<V>(&sub, &mut f, &mut |i, v| {
                     let j = *these
                         .get(i)
