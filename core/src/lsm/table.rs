@@ -950,6 +950,55 @@ pub(crate) mod tests {
         }
     }
 
+    /// Keys far apart keep their bloom probes in `get_sorted`: an absent
+    /// key costs a probe, not a data block (the old versions of a flush of
+    /// random writes are such keys).
+    #[test]
+    fn get_sorted_probes_blooms_for_scattered_keys() {
+        struct Counting<'a> {
+            inner: DirectFetch<'a>,
+            bloom: u32,
+            data: u32,
+        }
+        impl BlockFetch for Counting<'_> {
+            fn fetch(
+                &mut self,
+                pos: u64,
+                kind: BlockKind,
+                check: &dyn Fn(&[u8]) -> Result<()>,
+            ) -> Result<&[u8]> {
+                match kind {
+                    BlockKind::Bloom => self.bloom += 1,
+                    BlockKind::Data => self.data += 1,
+                    _ => {}
+                }
+                self.inner.fetch(pos, kind, check)
+            }
+        }
+        let recs: Vec<_> = (0..3000u64).map(|i| (i * 4, Some(TestVal(i)))).collect();
+        let (blocks, info) = build(&recs, 3, 10);
+        let info = info.unwrap();
+        let mut f = Counting {
+            inner: DirectFetch {
+                src: &blocks,
+                buf: Vec::new(),
+            },
+            bloom: 0,
+            data: 0,
+        };
+        // 40 absent keys, 300 apart: a probe each, a data block only for
+        // the filter's false positives.
+        let scattered: Vec<u64> = (0..40u64).map(|i| i * 300 + 1).collect();
+        let mut hits = 0;
+        info.get_sorted::<TestVal>(&scattered, &mut f, &mut |_, _| {
+            hits += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((f.bloom, hits), (40, 0));
+        assert!(f.data <= 4, "{} data blocks for absent keys", f.data);
+    }
+
     /// A large value: few records per block, so tables get several index
     /// blocks cheaply.
     #[derive(Clone, Debug, PartialEq, Eq)]
