@@ -333,3 +333,56 @@ fn a_long_read_fetches_each_index_block_once_not_once_per_block() {
         "a 256-block read fetched {worst} index blocks: not one pass"
     );
 }
+
+/// A discard asks the index once per batch for the mapped LBAs of its
+/// range (`DiskIndex::range`: each table's blocks that span the range),
+/// not once per LBA: a lookup per LBA fetched at least one block per LBA
+/// (a bloom probe of each upper table, then the index and data blocks).
+/// The discarded blocks read as zeros and the others as written, before
+/// and after a reopen.
+#[test]
+fn a_discard_scans_the_index_once_per_range_not_once_per_block() {
+    let s = Setup::new("discard");
+    let mut c = cfg(4096);
+    c.lsm.meta_cache_blocks = 4096;
+    c.lsm.data_cache_blocks = 4096;
+    let mut d = s.create(c.clone());
+    let cap = populate(&mut d);
+    assert!(levels(&d) >= 3, "the test needs three levels");
+    let mapped = d.stats().mapped_blocks;
+    assert_eq!(mapped, cap);
+    // Every block of the range is mapped, and the range runs on past the
+    // populated blocks into never-written ones when the disk has them.
+    let (from, n) = (cap / 2, 2048 + (d.nblocks() - cap).min(2048));
+    let end = (from + n).min(d.nblocks());
+    let blocks = end - from;
+    let k = fetches(&mut d, |d| d.discard(from, blocks).unwrap());
+    eprintln!("discard of {blocks} blocks: {k} index block fetches");
+    assert!(
+        k <= blocks / 4,
+        "a discard of {blocks} blocks fetched {k} index blocks: a lookup per block"
+    );
+    assert_eq!(d.stats().mapped_blocks, mapped - (cap - from).min(blocks));
+    let check = |d: &mut MlsDisk<FileDisk>| {
+        let mut b = vec![0u8; BLOCK_SIZE];
+        // From 1: block 0 holds its LBA, 0, and reads as zeros either way.
+        for l in (1..d.nblocks().min(end + 64)).step_by(7) {
+            d.read(l, &mut b).unwrap();
+            let want = if l >= from && l < end || l >= cap {
+                None
+            } else {
+                Some(l)
+            };
+            let got = b
+                .iter()
+                .any(|&x| x != 0)
+                .then(|| u64::from_le_bytes(b[..8].try_into().unwrap()));
+            assert_eq!(got, want, "lba {l}");
+        }
+    };
+    check(&mut d);
+    d.close().unwrap();
+    let mut d = s.open(c);
+    assert_eq!(d.stats().mapped_blocks, mapped - (cap - from).min(blocks));
+    check(&mut d);
+}

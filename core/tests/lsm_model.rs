@@ -21,6 +21,8 @@ enum Op {
     Get(u64),
     /// `get_sorted` of the keys `from, from + step, ...` below 24.
     GetSorted(u64, u64),
+    /// `range(from, to)`.
+    Range(u64, u64),
     Sync,
     Compact(u8),
     Crash(u64),
@@ -33,6 +35,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..24u64).prop_map(Op::Del),
         4 => (0..24u64).prop_map(Op::Get),
         2 => (0..24u64, 1..5u64).prop_map(|(f, s)| Op::GetSorted(f, s)),
+        2 => (0..26u64, 0..26u64).prop_map(|(f, t)| Op::Range(f, t)),
         2 => Just(Op::Sync),
         3 => (1..6u8).prop_map(Op::Compact),
         1 => any::<u64>().prop_map(Op::Crash),
@@ -69,6 +72,17 @@ proptest! {
                     t.get_sorted(&ks, &mut out).unwrap();
                     let got: Vec<Option<u64>> = out.iter().map(|v| v.as_ref().map(|v| v.0)).collect();
                     let want: Vec<Option<u64>> = ks.iter().map(|k| cur.get(k).copied()).collect();
+                    prop_assert_eq!(got, want);
+                }
+                Op::Range(from, to) => {
+                    let mut out = Vec::new();
+                    t.range(from, to, &mut out).unwrap();
+                    let got: Vec<(u64, u64)> = out.iter().map(|(k, v)| (*k, v.0)).collect();
+                    let want: Vec<(u64, u64)> = if from < to {
+                        cur.range(from..to).map(|(k, v)| (*k, *v)).collect()
+                    } else {
+                        Vec::new()
+                    };
                     prop_assert_eq!(got, want);
                 }
                 Op::Sync => {

@@ -43,6 +43,20 @@ pub trait DiskIndex: Send {
         }
         Ok(())
     }
+    /// The mapped LBAs of `from..to` with their records, ascending, into
+    /// `out`. The LSM tree scans each of its tables once for the range
+    /// (no lookup per LBA; at most [`crate::lsm::MAX_RANGE`] LBAs wide);
+    /// by default this is one `get` each.
+    fn range(&mut self, from: u64, to: u64, out: &mut Vec<(u64, BlockRecord)>) -> Result<()> {
+        out.clear();
+        for l in from..to {
+            if let Some(r) = self.get(l)? {
+                out.try_reserve(1)?;
+                out.push((l, r));
+            }
+        }
+        Ok(())
+    }
     /// Maps `lba` to `rec`.
     fn put(&mut self, lba: u64, rec: BlockRecord) -> Result<()>;
     /// Unmaps `lba`.

@@ -53,6 +53,9 @@ impl<D: BlockSet> DiskIndex for LsmIndex<D> {
     fn get_sorted(&mut self, lbas: &[u64], out: &mut Vec<Option<BlockRecord>>) -> Result<()> {
         self.0.get_sorted(lbas, out)
     }
+    fn range(&mut self, from: u64, to: u64, out: &mut Vec<(u64, BlockRecord)>) -> Result<()> {
+        self.0.range(from, to, out)
+    }
     fn put(&mut self, lba: u64, rec: BlockRecord) -> Result<()> {
         self.0.put(lba, rec)
     }

@@ -161,7 +161,7 @@ mod tree_tests;
 pub use manifest::TAG_MANIFEST;
 pub use store::{LogStore, StoreSpace};
 pub use table::BlockSource;
-pub use tree::{strictly_ascending, LsmTree, SpaceCheck, L0_STALL_FACTOR};
+pub use tree::{strictly_ascending, LsmTree, SpaceCheck, L0_STALL_FACTOR, MAX_RANGE};
 
 /// The tree on the disk's transactional log store.
 pub type TxLsmTree<D, V> = LsmTree<crate::log::TxLogStore<D>, V>;

@@ -54,6 +54,9 @@ pub const L0_STALL_FACTOR: usize = 2;
 /// Levels of Merkle nodes of a table's log at most (a table has fewer than
 /// 72^3 blocks).
 const LOG_NODE_LEVELS: u64 = 3;
+/// Keys [`LsmTree::range`] covers at most in one call (bounds its memory:
+/// a slot of a value per key).
+pub const MAX_RANGE: u64 = 1 << 16;
 /// Pinned blocks one background step loads after an open.
 const PIN_STEP_BLOCKS: usize = 64;
 
@@ -772,6 +775,85 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                 }
             }
             open.retain(|&j| !done.get(j).copied().unwrap_or(true));
+        }
+        Ok(())
+    }
+
+    /// Every live key of `from..to` with its value, ascending, into `out`
+    /// (each as [`Self::get`] gives it; keys without a value or whose
+    /// newest record is a tombstone are left out). At most [`MAX_RANGE`]
+    /// keys wide, else `InvalidArgument`.
+    ///
+    /// Each source is scanned once for the range, newest first (memtables,
+    /// L0 newest first, then the levels' tables that overlap it), and the
+    /// first record of a key wins. No bloom probe and no lookup per key: an
+    /// unmapped range costs a data block of each table whose keys span it
+    /// (for a discard, where most of a range is usually unmapped).
+    pub fn range(&mut self, from: u64, to: u64, out: &mut Vec<(u64, V)>) -> Result<()> {
+        self.check_alive()?;
+        out.clear();
+        let width = to.saturating_sub(from);
+        ensure!(
+            width <= MAX_RANGE,
+            InvalidArgument,
+            "lsm: range wider than MAX_RANGE keys"
+        );
+        if width == 0 {
+            return Ok(());
+        }
+        // The newest record of each key seen so far, by offset from `from`.
+        let mut seen: Vec<Option<Option<V>>> = Vec::new();
+        seen.try_reserve_exact(width as usize)?;
+        seen.resize_with(width as usize, || None);
+        let mut first = |k: u64, v: &Option<V>| -> Result<()> {
+            let slot = k
+                .checked_sub(from)
+                .and_then(|o| seen.get_mut(o as usize))
+                .ok_or(Error::new(
+                    ErrorKind::Corrupted,
+                    "lsm: range record out of range",
+                ))?;
+            if slot.is_none() {
+                *slot = Some(v.clone());
+            }
+            Ok(())
+        };
+        for m in core::iter::once(&self.mem).chain(self.imm.as_ref().map(|i| &i.map)) {
+            let mut after = from.checked_sub(1);
+            while let Some((&k, v)) = m.next_after(after) {
+                if k >= to {
+                    break;
+                }
+                first(k, v)?;
+                after = Some(k);
+            }
+        }
+        for (l, lv) in self.levels.iter().enumerate() {
+            // L0's tables overlap (newest first); below, the tables of a
+            // level hold disjoint key ranges in order.
+            let start = if l == 0 {
+                0
+            } else {
+                lv.partition_point(|t| t.info.max_key < from)
+            };
+            for t in lv.get(start..).unwrap_or_default() {
+                if l > 0 && t.info.min_key >= to {
+                    break;
+                }
+                let src = LogSource {
+                    store: &self.store,
+                    log: t.id,
+                };
+                let mut f = table_fetch!(self, t, &src, false);
+                t.info
+                    .range::<V>(from, to, &mut f, &mut |k, v| first(k, &v))?;
+            }
+        }
+        out.try_reserve_exact(seen.iter().filter(|s| matches!(s, Some(Some(_)))).count())?;
+        for (k, s) in (from..to).zip(seen) {
+            if let Some(Some(v)) = s {
+                out.push((k, v));
+            }
         }
         Ok(())
     }

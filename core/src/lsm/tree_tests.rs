@@ -31,6 +31,7 @@ fn check(t: &mut Tree, model: &BTreeMap<u64, u64>, keys: u64) {
     }
     let ks: alloc::vec::Vec<u64> = (0..keys).collect();
     let mut out = alloc::vec::Vec::new();
+    let mut out_r = alloc::vec::Vec::new();
     t.get_sorted(&ks, &mut out).unwrap();
     for (k, v) in ks.iter().zip(&out) {
         assert_eq!(
@@ -39,7 +40,37 @@ fn check(t: &mut Tree, model: &BTreeMap<u64, u64>, keys: u64) {
             "get_sorted, key {k}"
         );
     }
+    for w in [1u64, 13, keys.clamp(1, super::MAX_RANGE)] {
+        let mut from = 0;
+        while from < keys {
+            let to = (from + w).min(keys);
+            t.range(from, to, &mut out_r).unwrap();
+            let got: alloc::vec::Vec<(u64, u64)> = out_r.iter().map(|(k, v)| (*k, v.0)).collect();
+            let want: alloc::vec::Vec<(u64, u64)> =
+                model.range(from..to).map(|(k, v)| (*k, *v)).collect();
+            assert_eq!(got, want, "range {from}..{to}");
+            from = to;
+        }
+    }
     assert_eq!(&contents(t), model);
+}
+
+#[test]
+fn range_refuses_a_range_too_wide_and_the_tree_stays_usable() {
+    let mut t = Tree::format(MemStore::default(), LsmConfig::tiny()).unwrap();
+    t.put(5, TestVal(50)).unwrap();
+    t.put(super::MAX_RANGE + 9, TestVal(90)).unwrap();
+    let mut out = alloc::vec::Vec::new();
+    let e = t.range(0, super::MAX_RANGE + 10, &mut out).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    t.range(0, super::MAX_RANGE, &mut out).unwrap();
+    assert_eq!(out, [(5, TestVal(50))]);
+    t.range(9, 3, &mut out).unwrap();
+    assert!(out.is_empty());
+    t.range(u64::MAX - 1, u64::MAX, &mut out).unwrap();
+    assert!(out.is_empty());
+    t.put(6, TestVal(60)).unwrap();
+    assert_eq!(t.get(6).unwrap(), Some(TestVal(60)));
 }
 
 #[test]

@@ -119,8 +119,8 @@ pub fn contents<D: BlockSet>(t: &mut TxLsmTree<D, Val>) -> Result<BTreeMap<u64, 
     Ok(m)
 }
 
-/// Checks every key of `0..keys` by `get` and the whole content by
-/// `for_each` against `model`; errors pass through (for attack tests).
+/// Checks every key of `0..keys` by `get`, `get_sorted` and `range`, and
+/// the whole content by `for_each`, against `model`; errors pass through (for attack tests).
 pub fn compare<D: BlockSet>(
     t: &mut TxLsmTree<D, Val>,
     model: &BTreeMap<u64, u64>,
@@ -142,6 +142,25 @@ pub fn compare<D: BlockSet>(
             "get_sorted(0..{keys} step {step}) returned wrong data"
         );
     }
+    // The same keys by range scans: windows of several widths (the widest
+    // up to the scan's limit), and one past the end.
+    for w in [7u64, 1000, mlsdisk_core::lsm::MAX_RANGE] {
+        let mut from = 0;
+        while from < keys {
+            let to = (from + w).min(keys);
+            let mut out = Vec::new();
+            t.range(from, to, &mut out)?;
+            let got: Vec<(u64, u64)> = out.iter().map(|(k, v)| (*k, v.0)).collect();
+            let want: Vec<(u64, u64)> = model.range(from..to).map(|(k, v)| (*k, *v)).collect();
+            assert_eq!(got, want, "range({from}..{to}) returned wrong data");
+            from = to;
+        }
+    }
+    let mut out = Vec::new();
+    t.range(keys, keys + 100, &mut out)?;
+    let want: Vec<u64> = model.range(keys..keys + 100).map(|(k, _)| *k).collect();
+    let got: Vec<u64> = out.iter().map(|(k, _)| *k).collect();
+    assert_eq!(got, want, "range past the compared keys");
     let all = contents(t)?;
     assert_eq!(&all, model, "for_each returned wrong data");
     Ok(())
