@@ -220,8 +220,9 @@ pub struct LsmConfig {
     pub data_cache_blocks: usize,
     /// Data blocks of a table read in one request on a data-cache miss
     /// while the cache has room (it is filling, as after an open): a cold
-    /// cache warms that many leaves per device request. 1 reads only the
-    /// block asked for; at most 64.
+    /// cache warms that many leaves per device request; a sequential scan
+    /// reads at least 32 (`SEQ_AHEAD`). 1 reads only the blocks a
+    /// lookup needs (no read-ahead at all); at most 64.
     pub read_ahead_blocks: u64,
     /// Bloom filter bits per key (0: no filter).
     pub bloom_bits_per_key: u32,

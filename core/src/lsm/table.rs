@@ -100,6 +100,20 @@ pub trait BlockFetch {
         self.fetch(pos, BlockKind::Data, check)
     }
 
+    /// [`Self::fetch_data`] for a lookup that will read the `need` data
+    /// blocks from `pos` now: a caching fetch reads them in one request
+    /// on a miss. By default this is [`Self::fetch_data`].
+    fn fetch_data_run(
+        &mut self,
+        pos: u64,
+        n_data: u64,
+        need: u64,
+        check: &dyn Fn(&[u8]) -> Result<()>,
+    ) -> Result<&[u8]> {
+        let _ = need;
+        self.fetch_data(pos, n_data, check)
+    }
+
     /// Called when the bloom filter answered "absent" (for statistics).
     fn bloom_negative(&mut self) {}
 
@@ -111,6 +125,10 @@ pub trait BlockFetch {
         true
     }
 }
+
+/// Data blocks a lookup of a run of keys asks the cache to read in one
+/// request at most ([`BlockFetch::fetch_data_run`]).
+pub const MAX_RUN: u64 = 64;
 
 /// A fetcher without a cache, over a block source (tests).
 #[cfg(test)]
@@ -399,7 +417,7 @@ impl TableInfo {
         let Some(at) = self.locate(key, f)? else {
             return Ok(None);
         };
-        let blk = self.load_data(&at, f)?;
+        let blk = self.load_data(&at, 1, f)?;
         let i = self.search(blk, 0, key)?;
         self.value_at(blk, i, key)
     }
@@ -424,6 +442,7 @@ impl TableInfo {
         let mut held: Vec<u8> = Vec::new();
         let mut held_last: Option<u64> = None;
         let mut from = 0usize;
+        let mut run_end: Option<Option<u64>> = None;
         for (i, &key) in keys.iter().enumerate() {
             if key < self.min_key {
                 continue;
@@ -440,7 +459,20 @@ impl TableInfo {
                 let Some(at) = self.locate(key, f)? else {
                     break;
                 };
-                let blk = self.load_data(&at, f)?;
+                // The last data block the keys need (dense keys only),
+                // found at the first load.
+                let end = match run_end {
+                    Some(e) => e,
+                    None => {
+                        let e = self.run_end(&at, keys.get(i..).unwrap_or_default(), f)?;
+                        run_end = Some(e);
+                        e
+                    }
+                };
+                let need = end.map_or(1, |e| {
+                    e.saturating_sub(at.block).saturating_add(1).min(MAX_RUN)
+                });
+                let blk = self.load_data(&at, need, f)?;
                 if held.is_empty() {
                     held = crate::fallible::filled_vec(BLOCK_SIZE, 0u8)?;
                 }
@@ -478,8 +510,14 @@ impl TableInfo {
             return Ok(());
         }
         let mut at = self.locate(from.max(self.min_key), f)?;
+        // The range's last data block: every block up to it is read.
+        let end = match &at {
+            Some(d) => self.block_of(d, (to - 1).min(self.max_key), f)?,
+            None => 0,
+        };
         while let Some(d) = at {
-            let blk = self.load_data(&d, f)?;
+            let need = end.saturating_sub(d.block).saturating_add(1).min(MAX_RUN);
+            let blk = self.load_data(&d, need, f)?;
             let mut i = self.search(blk, 0, from)?;
             let cnt = Self::data_count(blk)?;
             while i < cnt {
@@ -502,6 +540,36 @@ impl TableInfo {
             };
         }
         Ok(())
+    }
+
+    /// The data block that would hold `last` (the last one if `last` is
+    /// past the table's keys).
+    fn block_of(&self, at: &DataAt, last: u64, f: &mut dyn BlockFetch) -> Result<u64> {
+        if last <= at.last {
+            return Ok(at.block);
+        }
+        Ok(match self.locate(last, f)? {
+            Some(e) => e.block,
+            None => u64::from(self.n_data).saturating_sub(1),
+        })
+    }
+
+    /// The last data block a lookup of `keys` (ascending; the first one in
+    /// `at`) reads, when the keys are dense (at least every other key of
+    /// their span asked for: the blocks of a run of LBAs, each needed);
+    /// `None` when they are not (keys far apart may need few of the blocks
+    /// between them, and their bloom probes may skip the table).
+    fn run_end(&self, at: &DataAt, keys: &[u64], f: &mut dyn BlockFetch) -> Result<Option<u64>> {
+        let cnt = keys.partition_point(|&k| k <= self.max_key);
+        let (Some(&first), Some(&last)) =
+            (keys.first(), cnt.checked_sub(1).and_then(|j| keys.get(j)))
+        else {
+            return Ok(None);
+        };
+        if last <= at.last || (last - first) / 2 >= cnt as u64 {
+            return Ok(None);
+        }
+        self.block_of(at, last, f).map(Some)
     }
 
     /// Whether the bloom filter lets `key` through (always when the fetch
@@ -567,8 +635,11 @@ impl TableInfo {
     /// Fetches the data block `at` names. It must span exactly
     /// (prev entry, entry]: a misrouted lookup is an error, never a silent
     /// miss.
-    fn load_data<'f>(&self, at: &DataAt, f: &'f mut dyn BlockFetch) -> Result<&'f [u8]> {
-        let blk = f.fetch_data(at.block, u64::from(self.n_data), &|blk| {
+    ///
+    /// `need`: the data blocks from `at` the lookup will read now (see
+    /// [`BlockFetch::fetch_data_run`]).
+    fn load_data<'f>(&self, at: &DataAt, need: u64, f: &'f mut dyn BlockFetch) -> Result<&'f [u8]> {
+        let blk = f.fetch_data_run(at.block, u64::from(self.n_data), need, &|blk| {
             self.check_data(blk)
         })?;
         let cnt = Self::data_count(blk)?;
