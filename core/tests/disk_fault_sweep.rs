@@ -64,7 +64,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Once};
 use std::time::Instant;
 
-use disk_common::{blocks, check, crypto, small_cfg, Crash, Dev, Disk, Rng, KEY};
+use disk_common::{blocks, check, crypto, small_cfg, Crash, Dev, Disk, Lazy, Rng, KEY};
 use mlsdisk_core::bio::{CrashDisk, FaultDisk, IoKind, MemDisk, BLOCK_SIZE};
 use mlsdisk_core::disk::{DiskConfig, LayoutConfig, MemAnchor, MlsDisk, NoAnchor};
 use mlsdisk_core::platform::{AeadKey, Crypto, Hash, Iv, Job, Mac, Parallel, StdCrypto};
@@ -499,6 +499,9 @@ struct Rig {
     disk: Option<Disk>,
     /// Seal on [`WorkerRunner`] with [`AllocCrypto`] (see [`parallel_setup`]).
     workers: bool,
+    /// Write flushed buffers in the background, as late as the disk allows
+    /// (see [`async_setup`]).
+    lazy_writes: bool,
 }
 
 impl Rig {
@@ -515,12 +518,14 @@ impl Rig {
             anchor: MemAnchor::new(),
             disk: None,
             workers: false,
+            lazy_writes: false,
         }
     }
 
     fn for_setup(cfg: DiskConfig, setup: &Setup) -> Self {
         let mut rig = Self::new(cfg, setup.total);
         rig.workers = setup.workers;
+        rig.lazy_writes = setup.lazy_writes;
         rig
     }
 
@@ -539,6 +544,10 @@ impl Rig {
     fn with_runner(&self, mut d: Disk) -> Disk {
         if self.workers {
             d.set_parallel(Arc::new(WorkerRunner));
+        }
+        if self.lazy_writes {
+            // Nothing is in flight on a disk just opened.
+            let _ = d.set_async_writes(Arc::new(Lazy::default()));
         }
         d
     }
@@ -866,6 +875,8 @@ struct Setup {
     clean_prelude: u64,
     /// Seals on [`WorkerRunner`]'s threads, with [`AllocCrypto`].
     workers: bool,
+    /// Writes flushed buffers in the background, when waited for (`Lazy`).
+    lazy_writes: bool,
 }
 
 /// The disks of the device-fault sweep: the small test disk with its
@@ -900,6 +911,15 @@ fn parallel_setup() -> Setup {
     setup_with("parallel-seal", cfg, 12, true)
 }
 
+/// The small test disk writing its flushed buffers in the background, as
+/// late as it allows (`Lazy`): a fault in such a write surfaces at the
+/// next flush, cleaner move or commit, which waits for it.
+fn async_setup() -> Setup {
+    let mut s = io_setup("async-write", 8);
+    s.lazy_writes = true;
+    s
+}
+
 fn setup_with(name: &'static str, mut cfg: DiskConfig, nseg: u64, workers: bool) -> Setup {
     cfg.layout.journal_blocks = 64;
     let total = 2 + 64 + cfg.layout.index_blocks + nseg * u64::from(cfg.layout.seg_blocks);
@@ -910,6 +930,7 @@ fn setup_with(name: &'static str, mut cfg: DiskConfig, nseg: u64, workers: bool)
         total,
         clean_prelude,
         workers,
+        lazy_writes: false,
     }
 }
 
@@ -1212,6 +1233,7 @@ fn every_operation_survives_every_device_fault_at_every_point() {
     let mut cases: Vec<(Setup, Vec<Op>)> =
         io_setups().into_iter().map(|s| (s, OPS.to_vec())).collect();
     cases.push((parallel_setup(), vec![Op::WriteFlush, Op::Sync, Op::Clean]));
+    cases.push((async_setup(), vec![Op::WriteFlush, Op::Sync, Op::Clean]));
     for (setup, ops) in cases {
         for op in ops {
             for fault in FAULTS {

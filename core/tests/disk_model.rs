@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use disk_common::*;
 use mlsdisk_core::bio::BLOCK_SIZE;
+use mlsdisk_core::platform::{Spawn, StdSpawn};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -72,18 +73,24 @@ impl mlsdisk_core::platform::Parallel for Reversed {
 }
 
 fn run(ops: Vec<Op>, backend: Backend) -> Result<(), TestCaseError> {
-    run_with(ops, backend, None)
+    run_with(ops, backend, None, None)
 }
 
 fn run_with(
     ops: Vec<Op>,
     backend: Backend,
     runner: Option<Arc<Reversed>>,
+    spawn: Option<Arc<dyn Spawn>>,
 ) -> Result<(), TestCaseError> {
     let mut h = Harness::new(backend, small_cfg());
     let set_runner = |h: &mut Harness| {
         if let Some(r) = &runner {
             h.disk().set_parallel(r.clone());
+        }
+        if let Some(s) = &spawn {
+            h.disk()
+                .set_async_writes(s.clone())
+                .expect("nothing in flight on a new disk");
         }
     };
     set_runner(&mut h);
@@ -227,8 +234,53 @@ proptest! {
 
     #[test]
     fn model_lsm_index_flush_jobs_in_reverse(ops in proptest::collection::vec(op(small_cap()), 1..300)) {
-        run_with(ops, Backend::Lsm, Some(Arc::new(Reversed::default())))?;
+        run_with(ops, Backend::Lsm, Some(Arc::new(Reversed::default())), None)?;
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
+
+    /// Flushed buffers reach the device only when the disk waits for them
+    /// (`Lazy`): a read, cleaner move or commit that did not wait would
+    /// find the old device content.
+    #[test]
+    fn model_lsm_index_async_writes_as_late_as_allowed(ops in proptest::collection::vec(op(small_cap()), 1..300)) {
+        run_with(ops, Backend::Lsm, None, Some(Arc::new(Lazy::default())))?;
+    }
+
+    /// The same on threads, with the flush's jobs in reverse order.
+    #[test]
+    fn model_mem_index_async_writes_on_threads(ops in proptest::collection::vec(op(small_cap()), 1..300)) {
+        run_with(ops, Backend::MemIndex, Some(Arc::new(Reversed::default())), Some(Arc::new(StdSpawn)))?;
+    }
+}
+
+/// The lazy runner above does get the flushes (the proptest cannot tell: a
+/// case may never flush).
+#[test]
+fn flushes_go_to_the_async_runner_when_the_disk_has_one() {
+    let lazy = Arc::new(Lazy::default());
+    let mut rng = Rng(0x7654_3210_fedc_ba98);
+    let cap = small_cap();
+    let ops: Vec<Op> = (0..400)
+        .map(|i| match i % 40 {
+            39 => Op::Sync,
+            19 => Op::Crash,
+            _ if i % 3 == 0 => Op::Read {
+                lba: rng.below(cap - 4),
+                n: 1 + rng.below(4),
+            },
+            _ => Op::Write {
+                lba: rng.below(cap - 4),
+                n: 1 + rng.below(4),
+            },
+        })
+        .collect();
+    let r = run_with(ops, Backend::Lsm, None, Some(lazy.clone()));
+    assert!(r.is_ok(), "{r:?}");
+    let started = lazy.started.load(Ordering::Relaxed);
+    assert!(started >= 50, "{started} asynchronous writes");
 }
 
 /// The reversed runner above does get the flush's two jobs (the proptest
@@ -247,7 +299,7 @@ fn a_flush_hands_its_device_writes_and_index_updates_to_the_runner() {
             },
         })
         .collect();
-    let r = run_with(ops, Backend::Lsm, Some(runner.clone()));
+    let r = run_with(ops, Backend::Lsm, Some(runner.clone()), None);
     assert!(r.is_ok(), "{r:?}");
     let batches = runner.0.load(Ordering::Relaxed);
     assert!(batches >= 50, "{batches} two-job batches");

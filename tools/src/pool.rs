@@ -1,5 +1,6 @@
 //! A [`Parallel`] runner on a persistent thread pool (rayon's), for the
-//! userspace tools: the engine's jobs (sealing a write buffer's parts,
+//! userspace tools, and a [`Spawn`] runner on a persistent thread
+//! ([`PoolSpawn`], for background device writes): the engine's jobs (sealing a write buffer's parts,
 //! fetching a long read's parts) run on threads that already exist, as the
 //! kernel module's run on its workqueue, instead of threads spawned for
 //! each call ([`mlsdisk_core::platform::StdParallel`]).
@@ -11,8 +12,9 @@
 //! (measured: see `mlsdisk-bench --threads`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 
-use mlsdisk_core::platform::{Job, Parallel};
+use mlsdisk_core::platform::{Job, OwnedJob, Parallel, Pending, Spawn};
 
 /// Runs jobs on a pool of `width` worker threads and the caller's.
 pub struct PoolParallel {
@@ -70,6 +72,55 @@ impl Parallel for PoolParallel {
             first();
         });
         self.busy.store(false, Ordering::Release);
+    }
+}
+
+/// Runs owned jobs one after another on a persistent thread of its own
+/// (a thread started per job, as `StdSpawn` does, costs a new stack per
+/// flush).
+pub struct PoolSpawn {
+    pool: rayon::ThreadPool,
+}
+
+impl PoolSpawn {
+    /// A runner with one worker thread.
+    pub fn new() -> mlsdisk_core::Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "mlsdisk-write".into())
+            .build()
+            .map_err(|_| {
+                mlsdisk_core::Error::new(
+                    mlsdisk_core::ErrorKind::OutOfMemory,
+                    "write thread: cannot start it",
+                )
+            })?;
+        Ok(Self { pool })
+    }
+}
+
+/// The result of a job on [`PoolSpawn`]'s thread, when it comes.
+struct Sent(mpsc::Receiver<mlsdisk_core::Result<()>>);
+
+impl Spawn for PoolSpawn {
+    fn spawn(&self, job: OwnedJob) -> mlsdisk_core::Result<Box<dyn Pending>> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.pool.spawn(move || {
+            // The call consumes the job: what it owned is dropped before
+            // the result is sent.
+            let r = job();
+            let _ = tx.send(r);
+        });
+        Ok(Box::new(Sent(rx)))
+    }
+}
+
+impl Pending for Sent {
+    fn wait(self: Box<Self>) -> mlsdisk_core::Result<()> {
+        self.0.recv().unwrap_or(Err(mlsdisk_core::Error::new(
+            mlsdisk_core::ErrorKind::Io,
+            "write thread: job lost",
+        )))
     }
 }
 
@@ -163,5 +214,40 @@ mod tests {
         };
         p.run(&mut [&mut ja, &mut jb]);
         assert!(a.is_some() && b.is_some() && a != b, "{a:?} {b:?}");
+    }
+
+    /// A spawned job runs on the pool's thread, not the caller's, while
+    /// the caller goes on; its result (and an error) comes back at `wait`,
+    /// after the job dropped what it owned.
+    #[test]
+    fn a_spawned_job_runs_on_the_write_thread_and_its_result_comes_back() {
+        let p = PoolSpawn::new().unwrap();
+        let owned = std::sync::Arc::new(());
+        let held = owned.clone();
+        let go = std::sync::Arc::new(AtomicUsize::new(0));
+        let seen = go.clone();
+        let me = std::thread::current().id();
+        let (tx, rx) = mpsc::channel();
+        let pending = p
+            .spawn(Box::new(move || {
+                let t0 = Instant::now();
+                while seen.load(Ordering::SeqCst) == 0 && t0.elapsed() < Duration::from_secs(10) {
+                    std::thread::yield_now();
+                }
+                let _keep = &held;
+                let _ = tx.send(std::thread::current().id());
+                Err(mlsdisk_core::Error::new(
+                    mlsdisk_core::ErrorKind::Io,
+                    "device",
+                ))
+            }))
+            .unwrap();
+        // The caller was not held up by the job, which waits for it.
+        go.store(1, Ordering::SeqCst);
+        let e = pending.wait().unwrap_err();
+        assert_eq!(e.kind(), mlsdisk_core::ErrorKind::Io);
+        assert_ne!(rx.recv().unwrap(), me);
+        assert_eq!(std::sync::Arc::strong_count(&owned), 1);
+        assert!(p.spawn(Box::new(|| Ok(()))).unwrap().wait().is_ok());
     }
 }

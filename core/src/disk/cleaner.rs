@@ -137,6 +137,9 @@ impl<D: BlockSet> MlsDisk<D> {
     /// device model), because the live check's index lookups, not the
     /// read, are the cost. It was taken out again.
     fn clean(&mut self, v: u32) -> Result<()> {
+        // The victim may hold blocks of a flush still on its way to the
+        // device.
+        self.wait_for_writes()?;
         let seg = u64::from(self.geo.seg_blocks);
         let base = u64::from(v) * seg;
         let live = self.live_blocks(v)?;

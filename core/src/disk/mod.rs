@@ -84,6 +84,7 @@
 //! brings its own bound (memtables and block caches, see `lsm`).
 
 pub mod anchor;
+mod async_write;
 pub mod block_anchor;
 mod cleaner;
 pub mod coalesce;
@@ -124,7 +125,9 @@ pub use segment::CleanerPolicy;
 use crate::bio::{AlignedBuf, BlockSet, BLOCK_SIZE};
 use crate::log::LogStoreConfig;
 use crate::lsm::LsmConfig;
-use crate::platform::{AeadKey, Crypto, Hash, Iv, Mac, Parallel, SecretBytes, HASH_LEN, MAC_LEN};
+use crate::platform::{
+    AeadKey, Crypto, Hash, Iv, Mac, Parallel, SecretBytes, Spawn, HASH_LEN, MAC_LEN,
+};
 use crate::{bail, ensure, Cause, CryptoRef, Error, ErrorKind, Result};
 use index_sink::IndexSink;
 use segment::{Head, Segments};
@@ -343,6 +346,11 @@ pub struct DiskStats {
     /// image was trusted on first use; true until the first sync that the
     /// anchor stored.
     pub anchor_tofu: bool,
+    /// Flushed write buffers written to the device in the background (a
+    /// disk with [`MlsDisk::set_async_writes`]).
+    pub async_writes: u64,
+    /// Reads that waited for such a write because their blocks were in it.
+    pub reads_waited_for_writes: u64,
 }
 
 impl DiskStats {
@@ -416,6 +424,22 @@ pub struct MlsDisk<D: BlockSet> {
     in_sync: bool,
     /// Runs the sealing of a write buffer on several CPUs, if set.
     parallel: Option<Arc<dyn Parallel>>,
+    /// Writes flushed buffers to the device in the background, if set
+    /// (see [`Self::set_async_writes`]). Boxed: the kernel module keeps a
+    /// disk on its stack while it opens one.
+    writes: Option<Box<async_write::AsyncWrites>>,
+}
+
+impl<D: BlockSet> Drop for MlsDisk<D> {
+    /// A disk dropped without a sync still waits for the flushed buffer
+    /// in flight to the device: once the disk is gone, nothing may write
+    /// to the device on its behalf (the same device may be opened again
+    /// at once, and its next writes must not be overwritten by this one).
+    fn drop(&mut self) {
+        // The disk is gone: there is no one left to report an error to,
+        // and whatever a failed write lost was not synced.
+        let _ = self.wait_for_writes();
+    }
 }
 
 const ZERO_IV: Iv = [0u8; 12];
@@ -615,6 +639,7 @@ impl<D: BlockSet> MlsDisk<D> {
             broken: None,
             in_sync: false,
             parallel: None,
+            writes: None,
         })
     }
 
@@ -957,6 +982,31 @@ impl<D: BlockSet> MlsDisk<D> {
         self.parallel = Some(parallel);
     }
 
+    /// Writes each flushed write buffer to the device on `spawn`'s threads
+    /// and returns from the flush without waiting for it: the next requests
+    /// fill the buffer meanwhile. At most one buffer is in flight; the next
+    /// flush, a commit, the cleaner and a read of its blocks wait for it
+    /// (see the `async_write` module). Costs a second sealing buffer.
+    pub fn set_async_writes(&mut self, spawn: Arc<dyn Spawn>) -> Result<()>
+    where
+        D: 'static,
+    {
+        self.wait_for_writes()?;
+        let dev: Arc<dyn BlockSet> = self.dev.clone();
+        self.writes = Some(Box::new(async_write::AsyncWrites::new(spawn, dev)));
+        Ok(())
+    }
+
+    /// Waits for the flushed buffer in flight to the device, if any. Its
+    /// error stops the disk (the callers run in [`Self::critical`] steps or
+    /// mark the disk stopped themselves).
+    fn wait_for_writes(&mut self) -> Result<()> {
+        match self.writes.as_mut() {
+            Some(w) => w.wait(),
+            None => Ok(()),
+        }
+    }
+
     fn plan_read_inner(&mut self, lba: u64, buf: &mut [u8]) -> Result<ReadPlan> {
         let n = buf.len() / BLOCK_SIZE;
         let mut plan = ReadPlan::with_capacity(n)?;
@@ -985,6 +1035,15 @@ impl<D: BlockSet> MlsDisk<D> {
             InvalidState,
             "index: a lookup per block"
         );
+        // Blocks still on their way to the device are read after they
+        // arrived.
+        if let Some(w) = self.writes.as_mut() {
+            let start = self.geo.data_start;
+            if recs.iter().flatten().any(|r| w.covers(start + r.hba)) {
+                w.reads_waited += 1;
+                w.wait()?;
+            }
+        }
         for (l, rec) in lbas.into_iter().zip(recs) {
             let i = (l - lba) as usize;
             match rec {
@@ -1194,7 +1253,12 @@ impl<D: BlockSet> MlsDisk<D> {
             + self.sealed.capacity()
             + self.scratch.capacity()
             + self.moved.capacity()
+            + self.writes.as_ref().map_or(0, |w| w.mem_bytes())
             + self.segs.mem_bytes()) as u64;
+        if let Some(w) = &self.writes {
+            s.async_writes = w.started;
+            s.reads_waited_for_writes = w.reads_waited;
+        }
     }
 
     /// Commits the index (data must already be on the device). Any error
@@ -1204,6 +1268,8 @@ impl<D: BlockSet> MlsDisk<D> {
     }
 
     fn commit_inner(&mut self, forced: bool) -> Result<()> {
+        // The data the index points at must be on the device first.
+        self.wait_for_writes()?;
         self.dev.flush()?;
         let next = self.sync_counter + 1;
         let us = UserState::next(
@@ -1452,6 +1518,21 @@ impl<D: BlockSet> MlsDisk<D> {
         steps: u32,
     ) -> Result<()> {
         let data_start = self.geo.data_start;
+        if let Some(w) = self.writes.as_mut() {
+            // The sealed buffer goes with its write; the next flush seals
+            // into the previous write's buffer, once that write is done.
+            let mut at_dev = Vec::new();
+            at_dev.try_reserve_exact(runs.len())?;
+            at_dev.extend(runs.iter().map(|&(hba, at, n)| (data_start + hba, at, n)));
+            let next = w.start(core::mem::take(&mut self.sealed), at_dev)?;
+            self.sealed = next;
+            return IndexSink {
+                index: &mut self.index,
+                segs: &mut self.segs,
+                mapped: &mut self.mapped,
+            }
+            .record(recs, summaries, steps);
+        }
         let dev = &self.dev;
         let sealed = self.sealed.as_slice();
         let mut written: Result<()> = Ok(());

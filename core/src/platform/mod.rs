@@ -30,6 +30,7 @@
 //! derives the same keys from the same root key.
 
 mod parallel;
+mod spawn;
 #[cfg(feature = "std")]
 mod std_crypto;
 #[cfg(feature = "std")]
@@ -39,6 +40,9 @@ pub(crate) use parallel::run_each;
 #[cfg(feature = "std")]
 pub use parallel::StdParallel;
 pub use parallel::{Job, Parallel, Serial};
+#[cfg(feature = "std")]
+pub use spawn::StdSpawn;
+pub use spawn::{OwnedJob, Pending, Spawn};
 #[cfg(feature = "std")]
 pub use std_crypto::StdCrypto;
 #[cfg(feature = "std")]

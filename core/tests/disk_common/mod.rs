@@ -14,7 +14,7 @@ use mlsdisk_core::disk::{
 };
 use mlsdisk_core::log::LogStoreConfig;
 use mlsdisk_core::lsm::LsmConfig;
-use mlsdisk_core::platform::StdCrypto;
+use mlsdisk_core::platform::{OwnedJob, Pending, Spawn, StdCrypto};
 use mlsdisk_core::{CryptoRef, Result};
 
 pub const KEY: [u8; 32] = [0x5a; 32];
@@ -122,6 +122,31 @@ pub fn check(b: &[u8], lba: u64, tag: u64) -> bool {
     let mut want = vec![0u8; BLOCK_SIZE];
     fill(&mut want, lba, tag);
     b == &want[..]
+}
+
+/// A `Spawn` runner that runs each job only when it is waited for, on the
+/// waiting thread: a flushed buffer reaches the device as late as the disk
+/// allows, so any path that reads, moves or commits its blocks without
+/// waiting for it sees the old device content. Counts the jobs started.
+#[derive(Default)]
+pub struct Lazy {
+    pub started: std::sync::atomic::AtomicU64,
+}
+
+struct LazyJob(OwnedJob);
+
+impl Spawn for Lazy {
+    fn spawn(&self, job: OwnedJob) -> Result<Box<dyn Pending>> {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Box::new(LazyJob(job)))
+    }
+}
+
+impl Pending for LazyJob {
+    fn wait(self: Box<Self>) -> Result<()> {
+        (self.0)()
+    }
 }
 
 pub enum AnchorKind {

@@ -23,6 +23,10 @@
 //!                    its index updates, and fetches each read of 64 or
 //!                    more device blocks, on a pool of N threads (default
 //!                    1: all on the caller's; CryptDisk always uses one)
+//!   --async-writes   MlsDisk writes each flushed write buffer to the
+//!                    device on a write thread and goes on (the
+//!                    next flush, a sync, the cleaner and a read of its
+//!                    blocks wait for it); default: the flush waits
 //!   --key-len N      MlsDisk per-block key length, data and metadata:
 //!                    16 (AES-128-GCM) or 32 (AES-256-GCM, the default)
 //!   --cache-mib N    MlsDisk's cache budget in MiB (DiskConfig
@@ -78,7 +82,7 @@ use mlsdisk_core::platform::StdCrypto;
 use mlsdisk_core::CryptoRef;
 use mlsdisk_tools::bench::*;
 use mlsdisk_tools::cryptdisk::CryptDisk;
-use mlsdisk_tools::pool::PoolParallel;
+use mlsdisk_tools::pool::{PoolParallel, PoolSpawn};
 
 /// Counts live heap bytes and their peak (what the engine and the
 /// workload hold, without the allocator's retained free memory).
@@ -98,6 +102,7 @@ struct Opts {
     index: String,
     steady: bool,
     threads: usize,
+    async_writes: bool,
     disk_blocks: u64,
     fill_pct: u64,
     json: Option<PathBuf>,
@@ -124,6 +129,7 @@ fn parse() -> Result<Opts, String> {
         index: "lsm".into(),
         steady: false,
         threads: 1,
+        async_writes: false,
         disk_blocks: 0,
         fill_pct: 0,
         json: None,
@@ -177,6 +183,7 @@ fn parse() -> Result<Opts, String> {
                 }
             }
             "--threads" => o.threads = num(val()?)?.max(1) as usize,
+            "--async-writes" => o.async_writes = true,
             "--disk-gib" => {
                 let g = num(val()?)?;
                 if g == 0 || g > 16 * 1024 {
@@ -322,6 +329,9 @@ fn make(o: &Opts, name: &str, crypto: &CryptoRef) -> mlsdisk_core::Result<Box<dy
             };
             if o.threads > 1 {
                 disk.set_parallel(Arc::new(PoolParallel::new(o.threads)?));
+            }
+            if o.async_writes {
+                disk.set_async_writes(Arc::new(PoolSpawn::new()?))?;
             }
             Box::new(Mls::new(disk))
         }
