@@ -511,6 +511,9 @@ const ROOM_ATTEMPTS: u32 = 256;
 /// Blocks unmapped per index-room check in a discard.
 pub const DISCARD_BATCH: u64 = 1024;
 
+// A batch is one range lookup in the index, which refuses wider ones.
+const _: () = assert!(DISCARD_BATCH <= crate::lsm::MAX_RANGE);
+
 /// Blocks per sealing job below which a write buffer is sealed on one CPU.
 const MIN_BLOCKS_PER_JOB: usize = 16;
 
@@ -861,17 +864,23 @@ impl<D: BlockSet> MlsDisk<D> {
     }
 
     /// The usage entries of the old versions of the buffered blocks from
-    /// slot `from` on
-    /// (looked up in the index), for an exact count when room is tight.
+    /// slot `from` on (looked up in the index together, in one pass), for
+    /// an exact count when room is tight. In no particular order.
     fn old_entries_of_wbuf(&mut self, from: usize) -> Result<Vec<u64>> {
-        let mut out: Vec<u64> = Vec::new();
         let (lbas, _) = self.wbuf.parts();
         let lbas = lbas.get(from..).unwrap_or(&[]);
-        out.try_reserve(lbas.len())?;
-        for l in lbas {
-            if let Some(r) = self.index.get(*l)? {
-                out.push(u64::from(self.segs.seg_of(r.hba) / meta::SEGS_PER_ENTRY));
-            }
+        // The buffer holds each LBA once, in arrival order.
+        let mut keys: Vec<u64> = Vec::new();
+        keys.try_reserve_exact(lbas.len())?;
+        keys.extend_from_slice(lbas);
+        keys.sort_unstable();
+        keys.dedup();
+        let mut recs = Vec::new();
+        self.index.get_sorted(&keys, &mut recs)?;
+        let mut out: Vec<u64> = Vec::new();
+        out.try_reserve_exact(recs.len())?;
+        for r in recs.into_iter().flatten() {
+            out.push(u64::from(self.segs.seg_of(r.hba) / meta::SEGS_PER_ENTRY));
         }
         Ok(out)
     }
