@@ -4,7 +4,11 @@
 # with O_DIRECT, in one command. Each run prints mlsdisk-bench's tables;
 # everything also goes to <out>/<run>.json and <out>/<run>.txt.
 #
-#   scripts/bench-scale.sh [--out DIR] [--file IMAGE] [--quick]
+#   scripts/bench-scale.sh [--out DIR] [--file IMAGE] [--quick] [--only RUN]
+#                          [-- MLSDISK-BENCH-ARGS...]
+#
+# Arguments after `--` go to every mlsdisk-bench run (for example
+# `-- --async-writes`); --only runs one of the runs below.
 #
 # Runs, in order (sparse image files: a 100 GiB disk costs what is written):
 #   fresh-1g     100 GiB disk, 1 GiB working set, the eight columns, QD1,
@@ -29,12 +33,16 @@ root="$(cd "$here/.." && pwd)"
 out="$root/build/bench-scale"
 file="${TMPDIR:-/tmp}/mlsdisk-bench-scale.img"
 quick=0
+only=""
+extra=()
 while (($#)); do
 	case "$1" in
 	--out) out="${2:?}"; shift 2 ;;
 	--file) file="${2:?}"; shift 2 ;;
 	--quick) quick=1; shift ;;
-	-h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--only) only="${2:?}"; shift 2 ;;
+	--) shift; extra=("$@"); break ;;
+	-h | --help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "bench-scale: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
@@ -58,6 +66,11 @@ fi
 run() {
 	local name="$1"
 	shift
+	if [[ -n "$only" && "$only" != "$name" ]]; then
+		return 0
+	fi
+	set -- "$@" "${extra[@]}"
+	ran=$((ran + 1))
 	echo
 	echo "[bench-scale] ==== $name: mlsdisk-bench $* ===="
 	local t0=$SECONDS
@@ -67,6 +80,7 @@ run() {
 }
 
 t_all=$SECONDS
+ran=0
 run fresh-1g --disk-gib "$big" --size-mib "$ws1" --rnd-mib "$rnd" --reps "$reps" --no-open-times
 run fresh-1g-qd16 --disk-gib "$big" --size-mib "$ws1" --rnd-mib "$rnd" --reps 1 --iodepth 16 --no-open-times
 run read-16g --disk-gib "$big" --size-mib "$ws16" --rnd-mib "$rnd" --reps 1 \
@@ -75,5 +89,9 @@ run steady-8g --disk-gib "$steady" --size-mib $((steady * 1024)) --fill-pct 100 
 	--rnd-mib "$rnd" --reps 1 --no-open-times
 run steady-8g-skew --disk-gib "$steady" --size-mib $((steady * 1024)) --fill-pct 100 --steady \
 	--skew 80/20 --rnd-mib "$rnd" --reps 1 --no-open-times
+if ((ran == 0)); then
+	echo "bench-scale: no run named '$only'" >&2
+	exit 2
+fi
 echo
 echo "[bench-scale] total $((SECONDS - t_all)) s; tables and JSON in $out"
