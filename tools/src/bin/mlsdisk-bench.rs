@@ -382,13 +382,19 @@ fn main() {
         }
     );
     println!(
-        "# random requests: {}; MlsDisk cleaner: {:?}, reserve {} %",
+        "# random requests: {}; MlsDisk cleaner: {:?}, reserve {} %, {} thread(s), flush writes {}",
         match o.skew {
             Some((t, s)) => format!("{t} % to the first {s} % of the working set"),
             None => "uniform".into(),
         },
         o.cleaner,
-        o.reserve_pct
+        o.reserve_pct,
+        o.threads,
+        if o.async_writes {
+            "in the background (--async-writes)"
+        } else {
+            "waited for"
+        }
     );
     // results[target][phase] = per-rep results
     let mut results: Vec<Vec<Vec<PhaseResult>>> =
