@@ -28,16 +28,7 @@ impl PoolParallel {
     /// A runner `width` jobs wide (at least one).
     pub fn new(width: usize) -> mlsdisk_core::Result<Self> {
         let width = width.max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(width)
-            .thread_name(|i| format!("mlsdisk-par-{i}"))
-            .build()
-            .map_err(|_| {
-                mlsdisk_core::Error::new(
-                    mlsdisk_core::ErrorKind::OutOfMemory,
-                    "thread pool: cannot start its threads",
-                )
-            })?;
+        let pool = threads(width, "mlsdisk-par")?;
         Ok(Self {
             pool,
             width,
@@ -85,18 +76,24 @@ pub struct PoolSpawn {
 impl PoolSpawn {
     /// A runner with one worker thread.
     pub fn new() -> mlsdisk_core::Result<Self> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .thread_name(|_| "mlsdisk-write".into())
-            .build()
-            .map_err(|_| {
-                mlsdisk_core::Error::new(
-                    mlsdisk_core::ErrorKind::OutOfMemory,
-                    "write thread: cannot start it",
-                )
-            })?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool: threads(1, "mlsdisk-write")?,
+        })
     }
+}
+
+/// A rayon pool of `n` threads named `name-<i>`.
+fn threads(n: usize, name: &'static str) -> mlsdisk_core::Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(move |i| format!("{name}-{i}"))
+        .build()
+        .map_err(|_| {
+            mlsdisk_core::Error::new(
+                mlsdisk_core::ErrorKind::OutOfMemory,
+                "thread pool: cannot start its threads",
+            )
+        })
 }
 
 /// The result of a job on [`PoolSpawn`]'s thread, when it comes.
