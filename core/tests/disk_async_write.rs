@@ -124,21 +124,21 @@ fn the_cleaner_never_moves_blocks_still_in_flight() {
     assert!(cleaned_in_flight > 0, "the cleaner never ran");
 }
 
-/// A runner whose jobs never run and fail when waited for: a device write
-/// that failed in the background.
-struct Failing;
+/// A runner whose jobs never run and fail with this kind when waited for:
+/// a device write that failed in the background.
+struct Failing(ErrorKind);
 
-struct Failed;
+struct Failed(ErrorKind);
 
 impl Spawn for Failing {
     fn spawn(&self, _job: OwnedJob) -> mlsdisk_core::Result<Box<dyn Pending>> {
-        Ok(Box::new(Failed))
+        Ok(Box::new(Failed(self.0)))
     }
 }
 
 impl Pending for Failed {
     fn wait(self: Box<Self>) -> mlsdisk_core::Result<()> {
-        Err(Error::new(ErrorKind::Io, "background write failed"))
+        Err(Error::new(self.0, "background write failed"))
     }
 }
 
@@ -151,7 +151,9 @@ fn a_failed_background_write_fails_the_next_sync_and_stops_the_disk() {
         let mut h = Harness::new(backend, small_cfg());
         h.disk().write(0, &blocks(0, 8, 1)).unwrap();
         h.disk().sync().unwrap();
-        h.disk().set_async_writes(Arc::new(Failing)).unwrap();
+        h.disk()
+            .set_async_writes(Arc::new(Failing(ErrorKind::Io)))
+            .unwrap();
         h.disk().write(0, &blocks(0, 8, 2)).unwrap();
         // Flushes the eight blocks into a write that fails.
         h.disk().write(40, &blocks(40, 1, 2)).unwrap();
@@ -166,5 +168,34 @@ fn a_failed_background_write_fails_the_next_sync_and_stops_the_disk() {
             read_tag(&mut h, l, 1);
         }
         read_tag(&mut h, 40, 0);
+    }
+}
+
+/// A background write that failed for want of memory stops the disk at the
+/// read that waits for it, though a read's own allocation failure leaves
+/// the disk usable: the blocks it carried are acknowledged, and no later
+/// sync may commit an index that points at them.
+#[test]
+fn a_background_write_that_failed_stops_the_disk_even_when_a_read_finds_it() {
+    for kind in [ErrorKind::OutOfMemory, ErrorKind::Integrity, ErrorKind::Io] {
+        let mut h = Harness::new(Backend::Lsm, small_cfg());
+        h.disk().write(0, &blocks(0, 8, 1)).unwrap();
+        h.disk().sync().unwrap();
+        h.disk().set_async_writes(Arc::new(Failing(kind))).unwrap();
+        h.disk().write(0, &blocks(0, 8, 2)).unwrap();
+        h.disk().write(40, &blocks(40, 1, 2)).unwrap();
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        let e = h.disk().read(3, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), kind);
+        assert!(
+            buf.iter().all(|&b| b == 0),
+            "{kind:?}: a failed read hands out nothing"
+        );
+        assert!(h.disk().failure().is_some(), "{kind:?}: the disk goes on");
+        assert!(h.disk().sync().is_err(), "{kind:?}: a sync committed");
+        h.crash_and_reopen().unwrap();
+        for l in 0..8 {
+            read_tag(&mut h, l, 1);
+        }
     }
 }

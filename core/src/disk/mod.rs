@@ -1007,13 +1007,19 @@ impl<D: BlockSet> MlsDisk<D> {
     }
 
     /// Waits for the flushed buffer in flight to the device, if any. Its
-    /// error stops the disk (the callers run in [`Self::critical`] steps or
-    /// mark the disk stopped themselves).
+    /// error, whatever its kind, stops the disk here: the blocks it carried
+    /// are acknowledged and the index points at them, so no later sync may
+    /// commit (a read that waits would otherwise pass an `OutOfMemory` on
+    /// as a refusal that leaves the disk usable).
     fn wait_for_writes(&mut self) -> Result<()> {
-        match self.writes.as_mut() {
+        let r = match self.writes.as_mut() {
             Some(w) => w.wait(),
             None => Ok(()),
+        };
+        if let Err(e) = r {
+            self.broken.get_or_insert(e);
         }
+        r
     }
 
     fn plan_read_inner(&mut self, lba: u64, buf: &mut [u8]) -> Result<ReadPlan> {
@@ -1050,7 +1056,7 @@ impl<D: BlockSet> MlsDisk<D> {
             let start = self.geo.data_start;
             if recs.iter().flatten().any(|r| w.covers(start + r.hba)) {
                 w.reads_waited += 1;
-                w.wait()?;
+                self.wait_for_writes()?;
             }
         }
         for (l, rec) in lbas.into_iter().zip(recs) {
