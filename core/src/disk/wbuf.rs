@@ -117,9 +117,14 @@ impl WriteBuffer {
         if keep >= self.lbas.len() {
             return;
         }
-        for l in self.lbas.drain(keep..) {
-            self.slot.remove(&l);
+        // One pass over the slot map, not a removal (and a shift of the
+        // map's tail) per dropped LBA; a whole flush empties it.
+        if keep == 0 {
+            self.slot.clear();
+        } else {
+            self.slot.retain(|_, i| *i < keep);
         }
+        self.lbas.truncate(keep);
         self.data.truncate(keep * BLOCK_SIZE);
     }
 }
