@@ -8,6 +8,7 @@
 //! planning read, never twice in a row.
 
 mod disk_common;
+mod read_log;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use disk_common::*;
 use mlsdisk_core::bio::{IoKind, BLOCK_SIZE};
 use mlsdisk_core::disk::{EngineLock, ParallelReads, ReadPlan, ReadPlanner};
 use mlsdisk_core::ErrorKind;
+use read_log::ReadLog;
 
 /// The tag a block made by `fill(b, lba, tag)` carries, if it is one.
 fn tag_of(b: &[u8], lba: u64) -> Option<u64> {
@@ -419,77 +421,6 @@ fn write_buffers_sealed_on_several_threads_read_back_and_reopen() {
     }
 }
 
-/// A device that records every read as its list of (device block,
-/// blocks), `true` for a `read_ranges` call (which it serves one range
-/// after another, as the default does), and can flip a byte.
-struct ReadLog {
-    mem: mlsdisk_core::bio::MemDisk,
-    reads: Mutex<Vec<ReadCall>>,
-}
-
-/// One read of [`ReadLog`]: whether it was a `read_ranges` call, and its
-/// (device block, blocks) ranges.
-type ReadCall = (bool, Vec<(u64, usize)>);
-
-impl mlsdisk_core::bio::BlockSet for ReadLog {
-    fn read(&self, pos: u64, buf: &mut [u8]) -> mlsdisk_core::Result<()> {
-        self.reads
-            .lock()
-            .unwrap()
-            .push((false, vec![(pos, buf.len() / BLOCK_SIZE)]));
-        self.mem.read(pos, buf)
-    }
-    fn write(&self, pos: u64, buf: &[u8]) -> mlsdisk_core::Result<()> {
-        self.mem.write(pos, buf)
-    }
-    fn flush(&self) -> mlsdisk_core::Result<()> {
-        self.mem.flush()
-    }
-    fn nblocks(&self) -> u64 {
-        self.mem.nblocks()
-    }
-    fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> mlsdisk_core::Result<()> {
-        self.reads.lock().unwrap().push((
-            true,
-            ranges
-                .iter()
-                .map(|(p, b)| (*p, b.len() / BLOCK_SIZE))
-                .collect(),
-        ));
-        for (pos, buf) in ranges.iter_mut() {
-            self.mem.read(*pos, buf)?;
-        }
-        Ok(())
-    }
-}
-
-impl ReadLog {
-    fn new(nblocks: u64) -> Self {
-        Self {
-            mem: mlsdisk_core::bio::MemDisk::new(nblocks).unwrap(),
-            reads: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// The number of ranges of each `read_ranges` call so far.
-    fn ranged_calls(&self) -> Vec<usize> {
-        self.reads
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(ranged, _)| *ranged)
-            .map(|(_, r)| r.len())
-            .collect()
-    }
-    fn flip(&self, block: u64) {
-        use mlsdisk_core::bio::BlockSet;
-        let mut b = vec![0u8; BLOCK_SIZE];
-        self.mem.read(block, &mut b).unwrap();
-        b[100] ^= 0x01;
-        self.mem.write(block, &b).unwrap();
-    }
-}
-
 /// A read of data that writes scattered on the device hands all of its
 /// device reads to the device in one `read_ranges` call (so a device that
 /// can keep them in flight at once does), each range in its place in the
@@ -516,7 +447,7 @@ fn a_scattered_read_hands_every_device_read_over_at_once() {
         40.. => 0,
         l => 1 + l % 2,
     };
-    dev.reads.lock().unwrap().clear();
+    dev.clear();
     let mut buf = vec![0xeeu8; 44 * BLOCK_SIZE];
     d.read(0, &mut buf).unwrap();
     for (i, b) in buf.chunks_exact(BLOCK_SIZE).enumerate() {
@@ -525,7 +456,7 @@ fn a_scattered_read_hands_every_device_read_over_at_once() {
     // 40 mapped blocks, one in the write buffer: 39 device reads, at once.
     assert_eq!(dev.ranged_calls(), [39]);
     // The same through a plan and a fetch without the disk.
-    dev.reads.lock().unwrap().clear();
+    dev.clear();
     let mut buf2 = vec![0x11u8; 44 * BLOCK_SIZE];
     let plan = d.plan_read(0, &mut buf2).unwrap();
     assert_eq!((plan.device_blocks(), plan.device_reads()), (39, 39));
@@ -533,7 +464,7 @@ fn a_scattered_read_hands_every_device_read_over_at_once() {
     assert!(buf2 == buf, "fetch differs from read");
     assert_eq!(dev.ranged_calls(), [39]);
     // One contiguous run is a plain read, not a `read_ranges` call.
-    dev.reads.lock().unwrap().clear();
+    dev.clear();
     let mut one = vec![0u8; BLOCK_SIZE];
     d.read(2, &mut one).unwrap();
     assert!(check(&one, 2, 1));
@@ -574,7 +505,7 @@ fn a_long_read_is_fetched_in_parts_on_the_runner() {
     let jobs = |r: &Counting| r.1.load(Ordering::SeqCst);
 
     let before = jobs(&runner);
-    dev.reads.lock().unwrap().clear();
+    dev.clear();
     let mut buf = vec![0xeeu8; 208 * BLOCK_SIZE];
     let plan = d.plan_read(0, &mut buf).unwrap();
     assert_eq!(plan.device_blocks(), 199);

@@ -468,6 +468,30 @@ impl CryptoLog {
         Ok(())
     }
 
+    /// Where data block `pos` is on the device and what opens it: the first
+    /// half of a scattered read, which reads the blocks of several logs in
+    /// one batch ([`read_located`]) and then opens each
+    /// ([`Self::open_located`]).
+    pub fn locate_data<D: BlockSet + ?Sized>(
+        &self,
+        disk: &D,
+        pos: u64,
+        cache: Option<&mut NodeCache>,
+    ) -> Result<LocatedBlock> {
+        ensure!(
+            pos < self.nblocks,
+            InvalidArgument,
+            "read past the end of the log"
+        );
+        Ok(LocatedBlock(self.locate(disk, pos, cache)?))
+    }
+
+    /// Decrypts and checks in place data block `out`, read from where
+    /// `at` (located by [`Self::locate_data`] of this log) says.
+    pub fn open_located(&self, at: &LocatedBlock, out: &mut [u8]) -> Result<()> {
+        self.open_read(&at.0, AAD_DATA, out)
+    }
+
     /// The entry (device address, key, MAC) of data block `pos`, from the
     /// frontier or by descending the tree from the root.
     fn locate<D: BlockSet + ?Sized>(
@@ -690,6 +714,50 @@ impl CryptoLog {
         self.open_block(disk, e, AAD_NODE, buf)?;
         parse_node(buf, level)
     }
+}
+
+/// A data block of a log, located on the device ([`CryptoLog::locate_data`]).
+#[derive(Clone, Debug)]
+pub struct LocatedBlock(Entry);
+
+impl LocatedBlock {
+    /// The device block it is read from.
+    pub fn addr(&self) -> u64 {
+        self.0.addr
+    }
+}
+
+/// Reads the device blocks `addrs` (one each, in any order) into
+/// consecutive blocks of `buf` in one [`BlockSet::read_ranges`] call: the
+/// device may keep all of them in flight at once. Addresses that follow
+/// each other share a range (up to `MAX_READ_RUN` blocks).
+pub fn read_located<D: BlockSet + ?Sized>(disk: &D, addrs: &[u64], buf: &mut [u8]) -> Result<()> {
+    ensure!(
+        buf.len() == addrs.len() * BLOCK_SIZE,
+        InvalidArgument,
+        "scattered read: one block per address"
+    );
+    let mut ranges: Vec<(u64, &mut [u8])> = Vec::new();
+    ranges.try_reserve_exact(addrs.len())?;
+    let mut rest = buf;
+    let mut i = 0usize;
+    while let Some(&first) = addrs.get(i) {
+        let mut k = 1usize;
+        while k < MAX_READ_RUN
+            && addrs
+                .get(i + k)
+                .is_some_and(|&a| Some(a) == first.checked_add(k as u64))
+        {
+            k += 1;
+        }
+        let (span, tail) = rest
+            .split_at_mut_checked(k * BLOCK_SIZE)
+            .ok_or(Error::new(ErrorKind::InvalidState, "scattered read buffer"))?;
+        ranges.push((first, span));
+        rest = tail;
+        i += k;
+    }
+    disk.read_ranges(&mut ranges)
 }
 
 /// A bounded cache of decrypted tree nodes, shared by the logs of one owner.

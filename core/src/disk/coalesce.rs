@@ -168,6 +168,31 @@ impl<D: BlockSet> BlockSet for Coalesce<D> {
         Ok(())
     }
 
+    fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> Result<()> {
+        for (pos, buf) in ranges.iter() {
+            check_range(self.inner.nblocks(), *pos, buf.len())?;
+        }
+        if self.used.load(SeqCst) == 0 {
+            return self.inner.read_ranges(ranges);
+        }
+        // A range with a buffered block is read as by `read` (its buffered
+        // blocks copied); all the others go below together, in one call.
+        let mut below: Vec<(u64, &mut [u8])> = Vec::new();
+        below.try_reserve_exact(ranges.len())?;
+        for (pos, buf) in ranges.iter_mut() {
+            let n = (buf.len() / BLOCK_SIZE) as u64;
+            if (0..n).any(|i| self.slot_of(*pos + i).is_some()) {
+                self.read(*pos, buf)?;
+            } else {
+                below.push((*pos, &mut **buf));
+            }
+        }
+        if below.is_empty() {
+            return Ok(());
+        }
+        self.inner.read_ranges(&mut below)
+    }
+
     fn write(&self, pos: u64, buf: &[u8]) -> Result<()> {
         check_range(self.inner.nblocks(), pos, buf.len())?;
         for (i, blk) in buf.chunks_exact(BLOCK_SIZE).enumerate() {
@@ -230,5 +255,84 @@ mod tests {
             assert!(one.iter().all(|&x| x == v), "block {p}");
         }
         assert!(c.read(15, &mut r).is_err());
+    }
+
+    /// A device that counts `read_ranges` calls and their ranges.
+    struct Batches {
+        mem: MemDisk,
+        calls: AtomicUsize,
+        ranges: AtomicUsize,
+    }
+    impl Batches {
+        /// (calls, ranges) since the last look, and starts again.
+        fn take(&self) -> (usize, usize) {
+            (self.calls.swap(0, SeqCst), self.ranges.swap(0, SeqCst))
+        }
+    }
+    impl BlockSet for Batches {
+        fn read(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+            self.mem.read(pos, buf)
+        }
+        fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> Result<()> {
+            self.calls.fetch_add(1, SeqCst);
+            self.ranges.fetch_add(ranges.len(), SeqCst);
+            for (p, b) in ranges.iter_mut() {
+                self.mem.read(*p, b)?;
+            }
+            Ok(())
+        }
+        fn write(&self, pos: u64, buf: &[u8]) -> Result<()> {
+            self.mem.write(pos, buf)
+        }
+        fn flush(&self) -> Result<()> {
+            Ok(())
+        }
+        fn nblocks(&self) -> u64 {
+            self.mem.nblocks()
+        }
+    }
+
+    /// A scattered read with blocks buffered: the ranges that hold one see
+    /// the buffered data; all the others still go below in one call (the
+    /// index's scattered reads happen while index writes are buffered).
+    #[test]
+    fn read_ranges_sees_the_buffer_and_sends_the_rest_below_at_once() {
+        let dev = Batches {
+            mem: MemDisk::new(32).unwrap(),
+            calls: AtomicUsize::new(0),
+            ranges: AtomicUsize::new(0),
+        };
+        for p in 0..32u64 {
+            dev.mem.write(p, &vec![p as u8; BLOCK_SIZE]).unwrap();
+        }
+        let c = Coalesce::new(&dev, 8).unwrap();
+        c.write(5, &vec![0xaa; BLOCK_SIZE]).unwrap();
+        c.write(20, &vec![0xbb; 2 * BLOCK_SIZE]).unwrap();
+        let (mut a, mut b, mut d, mut e) = (
+            vec![0u8; 2 * BLOCK_SIZE],
+            vec![0u8; BLOCK_SIZE],
+            vec![0u8; 3 * BLOCK_SIZE],
+            vec![0u8; BLOCK_SIZE],
+        );
+        let mut ranges: Vec<(u64, &mut [u8])> =
+            vec![(4, &mut a), (9, &mut b), (19, &mut d), (30, &mut e)];
+        c.read_ranges(&mut ranges).unwrap();
+        let blocks = |v: &[u8]| -> Vec<u8> { v.chunks_exact(BLOCK_SIZE).map(|b| b[0]).collect() };
+        assert_eq!(blocks(&a), [4, 0xaa]);
+        assert_eq!(blocks(&b), [9]);
+        assert_eq!(blocks(&d), [19, 0xbb, 0xbb]);
+        assert_eq!(blocks(&e), [30]);
+        // The two ranges without a buffered block, in one call.
+        assert_eq!(dev.take(), (1, 2));
+        // Nothing buffered: the whole batch goes below as it is.
+        c.flush().unwrap();
+        let mut ranges: Vec<(u64, &mut [u8])> = vec![(4, &mut a), (19, &mut d)];
+        c.read_ranges(&mut ranges).unwrap();
+        assert_eq!(dev.take(), (1, 2));
+        assert_eq!(blocks(&a), [4, 0xaa]);
+        // Out of range: refused before anything is read.
+        let mut ranges: Vec<(u64, &mut [u8])> = vec![(4, &mut a), (31, &mut d)];
+        assert!(c.read_ranges(&mut ranges).is_err());
+        assert_eq!(dev.take(), (0, 0));
     }
 }

@@ -9,8 +9,8 @@ use super::chunk::{ChunkId, ChunkPool};
 use super::record::{self, Encoder, Header, Kind, LogFields, Record};
 use super::root::StoreRoot;
 use crate::bio::{BlockRange, BlockSet, BLOCK_SIZE};
-use crate::crypto::crypto_log::NodeCache;
 use crate::crypto::crypto_log::FANOUT;
+use crate::crypto::crypto_log::{read_located, LocatedBlock, NodeCache};
 use crate::crypto::{mac_chain, BlockAlloc, CryptoLog, MacChain};
 use crate::platform::{kdf_key, AeadKey};
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
@@ -1001,6 +1001,40 @@ impl<D: BlockSet> TxLogStore<D> {
             Ok(mut c) => st.log.read_cached(&self.chunks, pos, buf, Some(&mut c)),
             Err(_) => st.log.read(&self.chunks, pos, buf),
         }
+    }
+
+    /// Reads block `pos` of log `log` for each `(log, pos)` of `blocks`
+    /// (of any logs, in any order) into consecutive blocks of `buf`, in one
+    /// batch of device reads all in flight at once where the device can;
+    /// each block holds what [`Self::read`] gives. The first block that
+    /// fails to verify is the error.
+    pub fn read_scattered(&self, blocks: &[(LogId, u64)], buf: &mut [u8]) -> Result<()> {
+        self.check_usable()?;
+        ensure!(
+            buf.len() == blocks.len() * BLOCK_SIZE,
+            InvalidArgument,
+            "scattered read: one block per position"
+        );
+        let mut at: Vec<(&LogState, LocatedBlock)> = Vec::new();
+        at.try_reserve_exact(blocks.len())?;
+        let mut addrs: Vec<u64> = Vec::new();
+        addrs.try_reserve_exact(blocks.len())?;
+        {
+            let mut cache = self.cache.try_borrow_mut().ok();
+            for &(log, pos) in blocks {
+                let st = self.view(log)?;
+                let b = st
+                    .log
+                    .locate_data(&self.chunks, pos, cache.as_deref_mut())?;
+                addrs.push(b.addr());
+                at.push((st, b));
+            }
+        }
+        read_located(&self.chunks, &addrs, buf)?;
+        for ((st, b), out) in at.iter().zip(buf.chunks_exact_mut(BLOCK_SIZE)) {
+            st.log.open_located(b, out)?;
+        }
+        Ok(())
     }
 
     /// Sets how many decrypted tree nodes reads keep (0 disables the cache).

@@ -76,6 +76,10 @@ pub struct BlockCache {
     /// [`Self::get_or_load_ahead`] loaded: a miss there is a sequential
     /// scan, which reads ahead even into a full cache.
     seq_next: Option<Key>,
+    /// Blocks [`Self::insert_prefetched`] cached that no lookup fetched
+    /// yet: each was counted as a miss when cached, so its fetch is not
+    /// counted again as a hit.
+    prefetched: u64,
 }
 
 /// Blocks a sequential scan reads per miss, at least (the leaves of a
@@ -123,6 +127,7 @@ impl BlockCache {
             hits: 0,
             misses: 0,
             seq_next: None,
+            prefetched: 0,
         }
     }
 
@@ -552,6 +557,44 @@ impl BlockCache {
         Ok(self.holds(table, pos))
     }
 
+    /// Blocks a batch read ahead of a lookup ([`Self::insert_prefetched`])
+    /// may take at most: half the cache, so that none of them is evicted
+    /// before the lookup fetches it.
+    pub fn prefetch_room(&self) -> usize {
+        self.limit / 2
+    }
+
+    /// Caches block `pos` of table `table` (checked by the caller), read in
+    /// a batch ahead of a lookup that fetches it next
+    /// (`LsmTree::get_sorted`). It counts as the miss that fetch would have
+    /// been, and that fetch's hit is not counted (until
+    /// [`Self::end_prefetch`]), so the hit rate stays what the lookups
+    /// alone would have had.
+    pub fn insert_prefetched(&mut self, table: u64, pos: u64, blk: &[u8]) -> Result<()> {
+        self.insert(table, pos, blk)?;
+        if self.holds(table, pos) {
+            self.misses += 1;
+            self.prefetched += 1;
+        }
+        Ok(())
+    }
+
+    /// Makes the fetches since `at` (what [`Self::counters`] gave then) a
+    /// read-ahead of a lookup that fetches the same blocks next: their hits
+    /// are dropped, their misses kept, and that many of the next hits are
+    /// not counted (until [`Self::end_prefetch`]), as for
+    /// [`Self::insert_prefetched`].
+    pub fn count_as_prefetch(&mut self, at: (u64, u64)) {
+        let loaded = self.misses.saturating_sub(at.1);
+        self.hits = at.0.min(self.hits);
+        self.prefetched = self.prefetched.saturating_add(loaded);
+    }
+
+    /// The lookup the blocks were read ahead for is done: later hits count.
+    pub fn end_prefetch(&mut self) {
+        self.prefetched = 0;
+    }
+
     /// Block `pos` of table `table`: from the cache, or read from `src`,
     /// checked with `check` and cached. A failed read, check or allocation
     /// caches nothing (an evicted block stays evicted).
@@ -564,7 +607,11 @@ impl BlockCache {
     ) -> Result<&[u8]> {
         let key = (table, pos);
         if let Some((_, s)) = self.find(key) {
-            self.hits += 1;
+            if self.prefetched > 0 {
+                self.prefetched -= 1;
+            } else {
+                self.hits += 1;
+            }
             self.touch(s)?;
             return Ok(&self.slot(s)?.data);
         }

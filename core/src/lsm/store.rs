@@ -8,6 +8,7 @@
 use alloc::vec::Vec;
 
 use super::table::BlockSource;
+use crate::bio::BLOCK_SIZE;
 use crate::Result;
 
 /// What the tree needs of its store: the transactional log store's API
@@ -33,6 +34,16 @@ pub trait LogStore {
     fn abort(&mut self);
     /// Reads blocks of a log from block `pos`.
     fn read(&self, log: Self::LogId, pos: u64, buf: &mut [u8]) -> Result<()>;
+    /// Reads block `pos` of log `log` for each `(log, pos)` of `blocks`
+    /// into consecutive blocks of `buf`; a store that can reads them in
+    /// one batch of device requests, all in flight at once (the default
+    /// reads them one by one).
+    fn read_scattered(&self, blocks: &[(Self::LogId, u64)], buf: &mut [u8]) -> Result<()> {
+        for (&(log, pos), b) in blocks.iter().zip(buf.chunks_exact_mut(BLOCK_SIZE)) {
+            self.read(log, pos, b)?;
+        }
+        Ok(())
+    }
     /// The length of a log in blocks.
     fn log_len(&self, log: Self::LogId) -> Result<u64>;
     /// The logs with `tag`.

@@ -33,6 +33,9 @@ impl<D: BlockSet> LogStore for TxLogStore<D> {
     fn read(&self, log: LogId, pos: u64, buf: &mut [u8]) -> Result<()> {
         TxLogStore::read(self, log, pos, buf)
     }
+    fn read_scattered(&self, blocks: &[(LogId, u64)], buf: &mut [u8]) -> Result<()> {
+        TxLogStore::read_scattered(self, blocks, buf)
+    }
     fn log_len(&self, log: LogId) -> Result<u64> {
         TxLogStore::log_len(self, log)
     }

@@ -490,6 +490,56 @@ impl TableInfo {
         Ok(())
     }
 
+    /// Whether the keys of `keys` (ascending) in the table's range are far
+    /// apart: fewer than every other key of their span (the rule of
+    /// [`Self::run_end`]), so that they need scattered data blocks.
+    pub fn keys_are_sparse(&self, keys: &[u64]) -> bool {
+        let a = keys.partition_point(|&k| k < self.min_key);
+        let b = keys.partition_point(|&k| k <= self.max_key);
+        match (keys.get(a), b.checked_sub(1).and_then(|j| keys.get(j))) {
+            (Some(&first), Some(&last)) if b > a => (last - first) / 2 >= (b - a) as u64,
+            _ => false,
+        }
+    }
+
+    /// The data blocks (ascending, each once) a [`Self::get_sorted`] of
+    /// `keys` (ascending) fetches, into `out`, when the keys in the
+    /// table's range are far apart ([`Self::keys_are_sparse`]): those it
+    /// reads one at a time, each a device request waited for, unless they
+    /// are read before in one batch (`LsmTree::get_sorted` does). Dense
+    /// keys add nothing (their lookup reads runs of blocks ahead). Probes
+    /// the bloom filter and searches the index of each key, as the lookup
+    /// does, through `f`.
+    pub fn data_blocks_for(
+        &self,
+        keys: &[u64],
+        f: &mut dyn BlockFetch,
+        out: &mut Vec<u64>,
+    ) -> Result<()> {
+        if !self.keys_are_sparse(keys) {
+            return Ok(());
+        }
+        let a = keys.partition_point(|&k| k < self.min_key);
+        let b = keys.partition_point(|&k| k <= self.max_key);
+        let mut last: Option<u64> = None;
+        for &key in keys.get(a..b).unwrap_or_default() {
+            // A key inside the last block named needs no other.
+            if last.is_some_and(|l| key <= l) || !self.may_contain(key, f)? {
+                continue;
+            }
+            // None: past the last data block, and so is every later key.
+            let Some(at) = self.locate(key, f)? else {
+                break;
+            };
+            last = Some(at.last);
+            if out.last() != Some(&at.block) {
+                out.try_reserve(1)?;
+                out.push(at.block);
+            }
+        }
+        Ok(())
+    }
+
     /// Calls `visit(key, v)` for every record of the table with a key in
     /// `from..to`, in key order (`v` as in [`Self::get`]: `None` for a
     /// tombstone).

@@ -711,10 +711,14 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         sub.try_reserve_exact(open.len())?;
         let mut done: Vec<bool> = crate::fallible::filled_vec(keys.len(), false)?;
         let deepest = self.levels.iter().rposition(|lv| !lv.is_empty());
-        for (l, lv) in self.levels.iter().enumerate() {
+        for l in 0..self.levels.len() {
             if open.is_empty() {
                 break;
             }
+            if l > 0 {
+                self.prefetch_level(l, keys, &open, Some(l) != deepest)?;
+            }
+            let Some(lv) = self.levels.get(l) else { break };
             // L0's tables overlap: each is asked for every open key, newest
             // first (as `get` does). Below, each open key has one table.
             let mut rest: &[usize] = &open;
@@ -775,8 +779,127 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                 }
             }
             open.retain(|&j| !done.get(j).copied().unwrap_or(true));
+            self.data_cache.end_prefetch();
+            self.meta_cache.end_prefetch();
+            self.pinned.end_prefetch();
         }
         Ok(())
+    }
+
+    /// Before the lookups of [`Self::get_sorted`] in level `l` (1 or
+    /// below: one table per key), reads in one scattered read of the store
+    /// (all in flight at once, on a device that can) the data blocks those
+    /// lookups would otherwise read one at a time, each a device request
+    /// waited for: the blocks of keys far apart
+    /// ([`TableInfo::data_blocks_for`]) that the data cache lacks, of all
+    /// the level's tables, up to half the cache. They go into the data
+    /// cache, where the lookups find them. Best effort, like a read-ahead:
+    /// a failed batch read (or allocation of its buffer) caches nothing
+    /// and a block that fails its check is left out; the lookups then read
+    /// those blocks, and fail on them, as they would have. (The bloom
+    /// probes and index searches that name the blocks are the lookups'
+    /// own, done early: their errors are the lookups' errors.) `open` indexes the keys (of
+    /// `keys`, ascending) no newer level answered.
+    fn prefetch_level(
+        &mut self,
+        l: usize,
+        keys: &[u64],
+        open: &[usize],
+        use_bloom: bool,
+    ) -> Result<()> {
+        let room = self.data_cache.prefetch_room();
+        if room < 2 || open.len() < 2 {
+            return Ok(());
+        }
+        // The probes and index searches below are the lookups' own, done
+        // early: the statistics count them once, as the lookups'.
+        let counted = (
+            self.meta_cache.counters(),
+            self.pinned.counters(),
+            self.stats.bloom_negatives,
+        );
+        let want = self.data_blocks_of_level(l, keys, open, use_bloom, room);
+        self.meta_cache.count_as_prefetch(counted.0);
+        self.pinned.count_as_prefetch(counted.1);
+        self.stats.bloom_negatives = counted.2;
+        let want = want?;
+        let Some(lv) = self.levels.get(l) else {
+            return Ok(());
+        };
+        // One block alone is read as well by its lookup.
+        if want.len() < 2 {
+            return Ok(());
+        }
+        let mut at: Vec<(S::LogId, u64)> = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
+        if at.try_reserve_exact(want.len()).is_err()
+            || buf.try_reserve_exact(want.len() * BLOCK_SIZE).is_err()
+        {
+            return Ok(());
+        }
+        at.extend(want.iter().map(|&(id, _, b)| (id, b)));
+        buf.resize(want.len() * BLOCK_SIZE, 0);
+        if self.store.read_scattered(&at, &mut buf).is_err() {
+            return Ok(());
+        }
+        for (&(_, i, b), blk) in want.iter().zip(buf.chunks_exact(BLOCK_SIZE)) {
+            let Some(t) = lv.get(i) else { continue };
+            if t.info.check_data(blk).is_ok() {
+                self.data_cache.insert_prefetched(t.info.seq, b, blk)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The data blocks [`Self::prefetch_level`] reads for level `l`, as
+    /// (table's log, table's place in the level, block), at most `room`:
+    /// those of keys far apart the data cache lacks.
+    fn data_blocks_of_level(
+        &mut self,
+        l: usize,
+        keys: &[u64],
+        open: &[usize],
+        use_bloom: bool,
+        room: usize,
+    ) -> Result<Vec<(S::LogId, usize, u64)>> {
+        let mut want: Vec<(S::LogId, usize, u64)> = Vec::new();
+        let Some(lv) = self.levels.get(l) else {
+            return Ok(want);
+        };
+        let mut sub: Vec<u64> = Vec::new();
+        sub.try_reserve_exact(open.len())?;
+        let mut blocks: Vec<u64> = Vec::new();
+        let mut rest = open;
+        'tables: while let Some(&j0) = rest.first() {
+            let first = keys.get(j0).copied().unwrap_or(u64::MAX);
+            let i = lv.partition_point(|t| t.info.max_key < first);
+            let Some(t) = lv.get(i) else { break };
+            let n = rest.partition_point(|&j| keys.get(j).is_some_and(|&k| k <= t.info.max_key));
+            let (these, later) = rest.split_at(n);
+            rest = later;
+            sub.clear();
+            sub.extend(these.iter().filter_map(|&j| keys.get(j).copied()));
+            blocks.clear();
+            {
+                let src = LogSource {
+                    store: &self.store,
+                    log: t.id,
+                };
+                let mut f = table_fetch!(self, t, &src, use_bloom);
+                t.info.data_blocks_for(&sub, &mut f, &mut blocks)?;
+            }
+            for &b in &blocks {
+                if self.data_cache.holds(t.info.seq, b) {
+                    continue;
+                }
+                if want.len() >= room {
+                    break 'tables;
+                }
+                want.try_reserve(1)?;
+                want.push((t.id, i, b));
+            }
+        }
+        Ok(want)
     }
 
     /// Every live key of `from..to` with its value, ascending, into `out`
