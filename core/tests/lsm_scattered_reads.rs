@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use lsm_util::*;
 use mlsdisk_core::bio::{BlockSet, BLOCK_SIZE};
-use mlsdisk_core::lsm::LsmConfig;
+use mlsdisk_core::lsm::{LsmConfig, TxLsmTree};
 use mlsdisk_core::ErrorKind;
 use read_log::ReadLog;
 
@@ -42,13 +42,23 @@ const OTHER: u64 = 1 << 20;
 /// A tree holding `value(k)` for every key of `0..KEYS`, written in a
 /// scattered order and compacted down, reopened (cold caches); its disk.
 fn populated() -> (Arc<ReadLog>, mlsdisk_core::log::StoreRoot) {
+    populated_with(KEYS)
+}
+
+/// [`populated`] with the keys `0..keys`.
+fn populated_with(keys: u64) -> (Arc<ReadLog>, mlsdisk_core::log::StoreRoot) {
     let (mem, root) = fresh_disk();
     let dev = Arc::new(ReadLog::new(DISK_BLOCKS));
     dev.mem.restore(&mem.snapshot().unwrap()).unwrap();
     let mut t = open(&dev, &root, cfg()).unwrap();
-    // A stride coprime with KEYS visits every key once.
-    for i in 0..KEYS {
-        let k = i * 7919 % KEYS;
+    // A stride coprime with `keys` visits every key once.
+    assert_ne!(
+        keys % 7919,
+        0,
+        "7919 (a prime) must not divide the key count"
+    );
+    for i in 0..keys {
+        let k = i * 7919 % keys;
         t.put(k, Val(value(k))).unwrap();
         if i % 8 == 0 {
             t.compact_step().unwrap();
@@ -89,23 +99,38 @@ fn scattered() -> Vec<u64> {
     (0..48u64).map(|i| i * (KEYS / 48) + 17).collect()
 }
 
+/// `get_sorted(keys)` on `t`, checked against `value`; the ranges of each
+/// `read_ranges` call it made.
+fn checked_lookup(
+    t: &mut TxLsmTree<Arc<ReadLog>, Val>,
+    dev: &ReadLog,
+    keys: &[u64],
+) -> Vec<Vec<(u64, usize)>> {
+    dev.clear();
+    let mut out = Vec::new();
+    t.get_sorted(keys, &mut out).unwrap();
+    let got: Vec<Option<u64>> = out.iter().map(|v| v.map(|v| v.0)).collect();
+    let want: Vec<Option<u64>> = keys.iter().map(|&k| Some(value(k))).collect();
+    assert_eq!(got, want, "get_sorted returned wrong data");
+    dev.batches()
+}
+
+/// The blocks of each batch.
+fn blocks_per_batch(batches: &[Vec<(u64, usize)>]) -> Vec<usize> {
+    batches
+        .iter()
+        .map(|b| b.iter().map(|r| r.1).sum())
+        .collect()
+}
+
 #[test]
 fn keys_far_apart_read_their_data_blocks_in_one_batch() {
     let (dev, root) = populated();
     let mut t = open(&dev, &root, cfg()).unwrap();
     let keys = scattered();
     let before = t.stats();
-    dev.clear();
-    let mut out = Vec::new();
-    t.get_sorted(&keys, &mut out).unwrap();
-    let got: Vec<Option<u64>> = out.iter().map(|v| v.map(|v| v.0)).collect();
-    let want: Vec<Option<u64>> = keys.iter().map(|&k| Some(value(k))).collect();
-    assert_eq!(got, want, "get_sorted returned wrong data");
-    let batches = dev.batches();
-    let blocks: Vec<usize> = batches
-        .iter()
-        .map(|b| b.iter().map(|r| r.1).sum())
-        .collect();
+    let batches = checked_lookup(&mut t, &dev, &keys);
+    let blocks = blocks_per_batch(&batches);
     let after = t.stats();
     let misses = after.data_cache_misses - before.data_cache_misses;
     let hits = after.data_cache_hits - before.data_cache_hits;
@@ -133,10 +158,8 @@ fn keys_far_apart_read_their_data_blocks_in_one_batch() {
     // it.
     assert_eq!((hits, misses), (0, total as u64));
     // Asked again: all from the data cache, no device read.
-    dev.clear();
-    t.get_sorted(&keys, &mut out).unwrap();
-    assert_eq!(out.iter().map(|v| v.map(|v| v.0)).collect::<Vec<_>>(), want);
-    assert_eq!((dev.plain_reads(), dev.batches().len()), (0, 0));
+    let again = checked_lookup(&mut t, &dev, &keys);
+    assert_eq!((dev.plain_reads(), again.len()), (0, 0));
 }
 
 #[test]
@@ -176,4 +199,33 @@ fn a_flipped_byte_in_a_block_of_the_batch_fails_the_lookup() {
             assert_eq!(v.map(|v| v.0), model.get(k).copied(), "key {k}");
         }
     }
+}
+
+/// A lookup that needs more blocks reads them in batches of at most 256
+/// (a bounded buffer beside the caches), every block once.
+#[test]
+fn many_blocks_come_in_batches_of_at_most_256() {
+    // 48000 keys: the deepest level holds more than 256 data blocks.
+    let n = 48_000;
+    let (dev, root) = populated_with(n);
+    let mut c = cfg();
+    c.data_cache_blocks = 2048;
+    let mut t = open(&dev, &root, c).unwrap();
+    // A key every 61: nearly every data block of every level below L0.
+    let keys: Vec<u64> = (0..n).step_by(61).collect();
+    let batches = checked_lookup(&mut t, &dev, &keys);
+    let blocks = blocks_per_batch(&batches);
+    eprintln!("{} keys: blocks per batch {blocks:?}", keys.len());
+    assert!(blocks.iter().all(|&b| b <= 256), "{blocks:?}");
+    assert!(blocks.iter().sum::<usize>() >= 600, "{blocks:?}");
+    assert!(
+        blocks.iter().filter(|&&b| b == 256).count() >= 1,
+        "no level needed more than one batch: {blocks:?}"
+    );
+    // No block read twice.
+    let mut all: Vec<u64> = batches.concat().iter().map(|r| r.0).collect();
+    let n = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), n, "a block was read twice");
 }

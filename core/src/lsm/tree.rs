@@ -57,6 +57,10 @@ const LOG_NODE_LEVELS: u64 = 3;
 /// Keys [`LsmTree::range`] covers at most in one call (bounds its memory:
 /// a slot of a value per key).
 pub const MAX_RANGE: u64 = 1 << 16;
+/// Data blocks one scattered read of `LsmTree::get_sorted`'s read-ahead
+/// takes at most (a 1 MiB buffer beside the caches; the device gets them
+/// all at once).
+const PREFETCH_BATCH: usize = 256;
 /// Pinned blocks one background step loads after an open.
 const PIN_STEP_BLOCKS: usize = 64;
 
@@ -715,8 +719,10 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             if open.is_empty() {
                 break;
             }
+            // Not in L0: its tables are few and recent (mostly cached), and
+            // a read-ahead before each of them measured no gain.
             if l > 0 {
-                self.prefetch_level(l, keys, &open, Some(l) != deepest)?;
+                self.prefetch(l, keys, &open, Some(l) != deepest)?;
             }
             let Some(lv) = self.levels.get(l) else { break };
             // L0's tables overlap: each is asked for every open key, newest
@@ -787,26 +793,21 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     }
 
     /// Before the lookups of [`Self::get_sorted`] in level `l` (1 or
-    /// below: one table per key), reads in one scattered read of the store
-    /// (all in flight at once, on a device that can) the data blocks those
-    /// lookups would otherwise read one at a time, each a device request
-    /// waited for: the blocks of keys far apart
-    /// ([`TableInfo::data_blocks_for`]) that the data cache lacks, of all
-    /// the level's tables, up to half the cache. They go into the data
-    /// cache, where the lookups find them. Best effort, like a read-ahead:
-    /// a failed batch read (or allocation of its buffer) caches nothing
-    /// and a block that fails its check is left out; the lookups then read
-    /// those blocks, and fail on them, as they would have. (The bloom
-    /// probes and index searches that name the blocks are the lookups'
-    /// own, done early: their errors are the lookups' errors.) `open` indexes the keys (of
-    /// `keys`, ascending) no newer level answered.
-    fn prefetch_level(
-        &mut self,
-        l: usize,
-        keys: &[u64],
-        open: &[usize],
-        use_bloom: bool,
-    ) -> Result<()> {
+    /// below: one table per key), reads the data blocks those lookups
+    /// would otherwise read one at a time, each a device request waited
+    /// for: the blocks of keys far apart ([`TableInfo::data_blocks_for`])
+    /// that the data cache lacks, of all the level's tables, up to half
+    /// the cache, in scattered reads of the store of [`PREFETCH_BATCH`]
+    /// blocks (each all in flight at once, on a device that can). They go
+    /// into the data cache, where the lookups find them. Best effort, like
+    /// a read-ahead: a failed allocation of the buffer or a failed batch
+    /// read stops it, a block that fails its check is left out, and the
+    /// lookups then read those blocks, and fail on them, as they would
+    /// have. (The bloom probes and index searches that name the blocks are
+    /// the lookups' own, done early: their errors are the lookups'
+    /// errors.) `open` indexes the keys (of `keys`, ascending) no newer
+    /// level answered.
+    fn prefetch(&mut self, l: usize, keys: &[u64], open: &[usize], use_bloom: bool) -> Result<()> {
         let room = self.data_cache.prefetch_room();
         if room < 2 || open.len() < 2 {
             return Ok(());
@@ -818,7 +819,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             self.pinned.counters(),
             self.stats.bloom_negatives,
         );
-        let want = self.data_blocks_of_level(l, keys, open, use_bloom, room);
+        let want = self.data_blocks_to_prefetch(l, keys, open, use_bloom, room);
         self.meta_cache.count_as_prefetch(counted.0);
         self.pinned.count_as_prefetch(counted.1);
         self.stats.bloom_negatives = counted.2;
@@ -830,31 +831,35 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         if want.len() < 2 {
             return Ok(());
         }
+        // In batches of at most `PREFETCH_BATCH` blocks: the buffer is
+        // memory beside the caches.
+        let n = want.len().min(PREFETCH_BATCH);
         let mut at: Vec<(S::LogId, u64)> = Vec::new();
         let mut buf: Vec<u8> = Vec::new();
-        if at.try_reserve_exact(want.len()).is_err()
-            || buf.try_reserve_exact(want.len() * BLOCK_SIZE).is_err()
-        {
+        if at.try_reserve_exact(n).is_err() || buf.try_reserve_exact(n * BLOCK_SIZE).is_err() {
             return Ok(());
         }
-        at.extend(want.iter().map(|&(id, _, b)| (id, b)));
-        buf.resize(want.len() * BLOCK_SIZE, 0);
-        if self.store.read_scattered(&at, &mut buf).is_err() {
-            return Ok(());
-        }
-        for (&(_, i, b), blk) in want.iter().zip(buf.chunks_exact(BLOCK_SIZE)) {
-            let Some(t) = lv.get(i) else { continue };
-            if t.info.check_data(blk).is_ok() {
-                self.data_cache.insert_prefetched(t.info.seq, b, blk)?;
+        for part in want.chunks(PREFETCH_BATCH) {
+            at.clear();
+            at.extend(part.iter().map(|&(id, _, b)| (id, b)));
+            buf.resize(part.len() * BLOCK_SIZE, 0);
+            if self.store.read_scattered(&at, &mut buf).is_err() {
+                return Ok(());
+            }
+            for (&(_, i, b), blk) in part.iter().zip(buf.chunks_exact(BLOCK_SIZE)) {
+                let Some(t) = lv.get(i) else { continue };
+                if t.info.check_data(blk).is_ok() {
+                    self.data_cache.insert_prefetched(t.info.seq, b, blk)?;
+                }
             }
         }
         Ok(())
     }
 
-    /// The data blocks [`Self::prefetch_level`] reads for level `l`, as
-    /// (table's log, table's place in the level, block), at most `room`:
-    /// those of keys far apart the data cache lacks.
-    fn data_blocks_of_level(
+    /// The data blocks [`Self::prefetch`] reads for level `l`, as (table's
+    /// log, table's place in the level, block), at most `room`: those of
+    /// keys far apart the data cache lacks.
+    fn data_blocks_to_prefetch(
         &mut self,
         l: usize,
         keys: &[u64],
