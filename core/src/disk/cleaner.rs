@@ -4,11 +4,12 @@
 //! - `MlsDisk::ensure_space` decides when and how much to clean (before
 //!   a write-buffer flush, in rounds of one sync each) and checks the index
 //!   room of every move before it starts.
-//! - `MlsDisk::clean` moves one victim: a live check of its blocks in the
-//!   index (blocks the in-memory hint `DeadBlocks` knows dead are skipped:
-//!   a tracked victim costs a lookup per live block only), one read of the
-//!   whole segment, the live blocks written as
-//!   ciphertext (no re-encryption: the AAD binds the LBA, not the place),
+//! - `MlsDisk::clean` moves a group of up to [`CLEAN_GROUP`] victims: one
+//!   live check of their blocks in the index (blocks the in-memory hint
+//!   `DeadBlocks` knows dead are skipped: a tracked victim costs a lookup
+//!   per live block only), one scattered read of their whole segments,
+//!   the live blocks written in LBA order as ciphertext (no
+//!   re-encryption: the AAD binds the LBA, not the place),
 //!   the index pointed at the new places. Each move is one complete step.
 
 use alloc::vec::Vec;
@@ -18,6 +19,11 @@ use super::segment::{Head, Segments, NO_LBA};
 use super::{meta, Batch, BlockRecord, MlsDisk, Room};
 use crate::bio::{BlockSet, BLOCK_SIZE};
 use crate::{bail, ensure, Error, ErrorKind, Result};
+
+/// Victims the cleaner moves together ([`MlsDisk::clean`]): their segments
+/// are read in one scattered read, their blocks looked up in one pass. The
+/// cleaner's scratch buffer holds this many segments.
+pub(super) const CLEAN_GROUP: usize = 4;
 
 impl<D: BlockSet> MlsDisk<D> {
     /// Blocks the cleaner tries to free per round (one sync per round).
@@ -60,36 +66,66 @@ impl<D: BlockSet> MlsDisk<D> {
                 / 100) as u32;
             let mut index_full = false;
             let mut moved = 0u32;
+            let mut group: Vec<(u32, u32)> = Vec::new();
+            let mut entries: Vec<u64> = Vec::new();
+            group.try_reserve_exact(CLEAN_GROUP)?;
+            entries.try_reserve_exact(CLEAN_GROUP)?;
             while user(&self.segs) + self.segs.pending_blocks() < goal {
-                match self.segs.pick_victim(self.cfg.cleaner_policy, max_valid) {
-                    Some((v, valid)) if u64::from(valid) <= self.segs.free_for(Head::Cleaner) => {
-                        // Every old version is in segment `v`.
-                        let updates = self.index_updates(
-                            Batch::Append {
-                                head: Head::Cleaner,
-                                blocks: u64::from(valid),
-                                old: Some(&[u64::from(v / meta::SEGS_PER_ENTRY)]),
-                            },
-                            need,
-                        )?;
-                        match self.index.room_for(updates) {
-                            Ok(Room::Now) => {}
-                            Ok(Room::AfterCommit) => {
-                                index_full = true;
-                                break;
-                            }
-                            // Not even after a commit: what is left is
-                            // to stop (below) or refuse.
-                            Err(e) if e.kind() == ErrorKind::NoSpace => {
-                                index_full = true;
-                                break;
-                            }
-                            Err(e) => return Err(e),
-                        }
-                        self.critical(|d| d.clean(v))?;
-                        moved += 1;
+                // Up to `CLEAN_GROUP` victims, as many as the goal needs
+                // (each frees what it does not hold valid), all of whose
+                // valid blocks fit the cleaner's free space and, with the
+                // `need` buffered blocks, the index's room now.
+                group.clear();
+                entries.clear();
+                let mut valid = 0u64;
+                let mut gain = 0u64;
+                while group.len() < CLEAN_GROUP
+                    && user(&self.segs) + self.segs.pending_blocks() + gain < goal
+                {
+                    let Some((v, n)) =
+                        self.segs
+                            .pick_victim_except(self.cfg.cleaner_policy, max_valid, &group)
+                    else {
+                        break;
+                    };
+                    if valid + u64::from(n) > self.segs.free_for(Head::Cleaner) {
+                        break;
                     }
-                    _ => break,
+                    // Every old version is in the group's segments.
+                    entries.push(u64::from(v / meta::SEGS_PER_ENTRY));
+                    let updates = self.index_updates(
+                        Batch::Append {
+                            head: Head::Cleaner,
+                            blocks: valid + u64::from(n),
+                            old: Some(&entries),
+                        },
+                        need,
+                    )?;
+                    match self.index.room_for(updates) {
+                        Ok(Room::Now) => {}
+                        Ok(Room::AfterCommit) => {
+                            index_full = true;
+                            break;
+                        }
+                        // Not even after a commit: what is left is to
+                        // stop (below) or refuse.
+                        Err(e) if e.kind() == ErrorKind::NoSpace => {
+                            index_full = true;
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    group.push((v, n));
+                    valid += u64::from(n);
+                    gain += seg - u64::from(n).min(seg);
+                }
+                if group.is_empty() {
+                    break;
+                }
+                self.critical(|d| d.clean(&group))?;
+                moved += group.len() as u32;
+                if index_full {
+                    break;
                 }
             }
             let enough_now = user(&self.segs) >= need + seg;
@@ -128,28 +164,60 @@ impl<D: BlockSet> MlsDisk<D> {
         }
     }
 
-    /// Moves the valid blocks of segment `v` to the head of the data log.
+    /// Moves the valid blocks of the victims `group` (`(segment, valid)`,
+    /// at most [`CLEAN_GROUP`], distinct) to the head of the cleaner's log.
     ///
-    /// The live check runs before the victim's read, on this thread. Running
-    /// the read on a worker beside the check was tried and measured: no
-    /// gain (steady 256 KiB overwrites of a full 1 GiB disk, 3 interleaved
-    /// runs, median 112.0 vs 109.8 MiB/s; identical under the throttled
-    /// device model), because the live check's index lookups, not the
-    /// read, are the cost. It was taken out again.
-    fn clean(&mut self, v: u32) -> Result<()> {
-        // The victim may hold blocks of a flush still on its way to the
+    /// One live check for the whole group (two index passes), one
+    /// scattered read of all its segments (`read_ranges`: in flight at
+    /// once), then the live blocks in LBA order, written in runs as long
+    /// as the cleaner's head segment allows. Cleaning one victim at a time
+    /// waited for a 1 MiB read and a shorter write per victim and looked up
+    /// each victim's keys apart; on a fully written 4 GiB disk the
+    /// victims' I/O was a quarter of the wall time of steady random
+    /// writes (docs/design.md, "Cleaning").
+    ///
+    /// The live check runs before the reads, on this thread. Running a
+    /// victim's read on a worker beside its check was tried and measured:
+    /// no gain (steady 256 KiB overwrites of a full 1 GiB disk, 3
+    /// interleaved runs, median 112.0 vs 109.8 MiB/s), because there the
+    /// live check's index lookups, not the read, were the cost.
+    fn clean(&mut self, group: &[(u32, u32)]) -> Result<()> {
+        // A victim may hold blocks of a flush still on its way to the
         // device.
         self.wait_for_writes()?;
         let seg = u64::from(self.geo.seg_blocks);
-        let base = u64::from(v) * seg;
-        let live = self.live_blocks(v)?;
-        self.dev
-            .read(self.geo.data_start + base, self.scratch.as_mut_slice())?;
+        let seg_bytes = self.geo.seg_blocks as usize * BLOCK_SIZE;
+        let mut vs: Vec<u32> = Vec::new();
+        vs.try_reserve_exact(group.len())?;
+        vs.extend(group.iter().map(|&(v, _)| v));
+        vs.sort_unstable();
+        ensure!(
+            vs.len() <= CLEAN_GROUP && vs.windows(2).all(|w| w.first() < w.get(1)),
+            InvalidState,
+            "cleaner: a group's victims must be distinct and at most CLEAN_GROUP"
+        );
+        let live = self.live_blocks(&vs)?;
+        {
+            let start = self.geo.data_start;
+            let scratch = self
+                .scratch
+                .as_mut_slice()
+                .get_mut(..vs.len() * seg_bytes)
+                .ok_or(Error::new(ErrorKind::InvalidState, "cleaner scratch"))?;
+            let mut ranges: Vec<(u64, &mut [u8])> = Vec::new();
+            ranges.try_reserve_exact(vs.len())?;
+            for (v, buf) in vs.iter().zip(scratch.chunks_exact_mut(seg_bytes)) {
+                ranges.push((start + u64::from(*v) * seg, buf));
+            }
+            self.dev.read_ranges(&mut ranges)?;
+        }
         let mut rest = live.as_slice();
         let mut lbas: Vec<u32> = Vec::new();
         while !rest.is_empty() {
             let (hba, run) = self.segs.alloc_run(Head::Cleaner, rest.len() as u64)?;
-            let (now, later) = rest.split_at(run as usize);
+            let (now, later) = rest
+                .split_at_checked(run as usize)
+                .ok_or(Error::new(ErrorKind::InvalidState, "cleaner run"))?;
             rest = later;
             lbas.clear();
             lbas.try_reserve(now.len())?;
@@ -158,137 +226,166 @@ impl<D: BlockSet> MlsDisk<D> {
                 .as_mut_slice()
                 .get_mut(..now.len() * BLOCK_SIZE)
                 .ok_or(Error::new(ErrorKind::InvalidState, "cleaner buffer"))?;
-            for (k, (off, l, _)) in now.iter().enumerate() {
+            for (k, b) in now.iter().enumerate() {
                 let dst = out
                     .get_mut(k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE)
                     .ok_or(Error::new(ErrorKind::InvalidState, "cleaner buffer"))?;
-                let o = *off as usize * BLOCK_SIZE;
-                let b = self
+                let o = (b.victim * seg as usize + b.off as usize) * BLOCK_SIZE;
+                let src = self
                     .scratch
                     .as_slice()
                     .get(o..o + BLOCK_SIZE)
                     .ok_or(Error::new(ErrorKind::InvalidState, "cleaner scratch"))?;
-                dst.copy_from_slice(b);
-                lbas.push(*l);
+                dst.copy_from_slice(src);
+                lbas.push(b.lba);
             }
             self.dev.write(self.geo.data_start + hba, out)?;
             self.stats.data_blocks_written += run;
             // The records were looked up by `live_blocks` in this step;
             // nothing else changed the index since.
-            for (k, (off, l, rec)) in now.iter().enumerate() {
-                let old = base + off;
+            for (k, b) in now.iter().enumerate() {
+                let v = vs
+                    .get(b.victim)
+                    .ok_or(Error::new(ErrorKind::InvalidState, "cleaner victim"))?;
+                let old = u64::from(*v) * seg + b.off;
                 ensure!(
-                    rec.hba == old,
+                    b.rec.hba == old,
                     Corrupted,
                     "cleaner: index and segment summary disagree"
                 );
-                let mut rec = rec.clone();
+                let mut rec = b.rec.clone();
                 rec.hba = hba + k as u64;
                 self.segs.invalidate(old)?;
                 self.segs.add_valid(rec.hba)?;
-                self.index.put(u64::from(*l), rec)?;
+                self.index.put(u64::from(b.lba), rec)?;
             }
             self.put_summary(Head::Cleaner, hba, &lbas)?;
             self.stats.cleaner_blocks_moved += run;
         }
-        self.stats.segments_cleaned += 1;
+        self.stats.segments_cleaned += vs.len() as u64;
         Ok(())
     }
 
-    /// The blocks of segment `v` that hold live data, (offset, LBA, index
-    /// record): read from the segment's summary entries and each checked in
-    /// the index (the summary is a hint; the index decides). There must be
-    /// as many as the usage table counts. In LBA order.
-    fn live_blocks(&mut self, v: u32) -> Result<Vec<(u64, u32, BlockRecord)>> {
+    /// The blocks of the segments `vs` (ascending) that hold live data, in
+    /// LBA order: read from the segments' summary entries and each checked
+    /// in the index (the summary is a hint; the index decides). Each
+    /// segment must hold as many as the usage table counts.
+    fn live_blocks(&mut self, vs: &[u32]) -> Result<Vec<LiveBlock>> {
         let sb = self.geo.seg_blocks;
-        let base = u64::from(v) * u64::from(sb);
-        let mut live: Vec<(u64, u32, BlockRecord)> = Vec::new();
-        live.try_reserve(self.segs.valid_in(v) as usize)?;
         let per = meta::BLOCKS_PER_ENTRY;
-        // Blocks known dead need no lookup (a hint: see `DeadBlocks`).
-        let mut dead: Vec<u64> = Vec::new();
-        let known = match self.segs.known_dead(v) {
-            Some(d) => {
-                dead.try_reserve_exact(d.len())?;
-                dead.extend_from_slice(d);
-                true
+        // Blocks known dead need no lookup (a hint: see `DeadBlocks`);
+        // per victim, empty when nothing is known.
+        let mut dead: Vec<Vec<u64>> = Vec::new();
+        dead.try_reserve_exact(vs.len())?;
+        for v in vs {
+            let mut d: Vec<u64> = Vec::new();
+            if let Some(k) = self.segs.known_dead(*v) {
+                d.try_reserve_exact(k.len())?;
+                d.extend_from_slice(k);
             }
-            None => false,
-        };
-        let is_dead = |off: u32| known && DeadBlocks::is_dead(&dead, off);
-        // The summary entries not known all dead, looked up together (their
-        // keys ascend with the offset).
-        let mut keys: Vec<u64> = Vec::new();
-        let mut firsts: Vec<u32> = Vec::new();
+            dead.push(d);
+        }
+        let is_dead = |i: usize, off: u32| dead.get(i).is_some_and(|d| DeadBlocks::is_dead(d, off));
+        // The summary entries not known all dead, looked up together
+        // (their keys ascend with the segment, then the offset).
         let entries = sb.div_ceil(per) as usize;
-        keys.try_reserve_exact(entries)?;
-        firsts.try_reserve_exact(entries)?;
-        for first in (0..sb).step_by(per as usize) {
-            let end = first.saturating_add(per).min(sb);
-            if (first..end).all(is_dead) {
-                self.stats.cleaner_lookups_skipped += u64::from(end - first);
-                continue;
+        let mut keys: Vec<u64> = Vec::new();
+        let mut firsts: Vec<(usize, u32)> = Vec::new();
+        keys.try_reserve_exact(entries * vs.len())?;
+        firsts.try_reserve_exact(entries * vs.len())?;
+        for (i, v) in vs.iter().enumerate() {
+            for first in (0..sb).step_by(per as usize) {
+                let end = first.saturating_add(per).min(sb);
+                if (first..end).all(|o| is_dead(i, o)) {
+                    self.stats.cleaner_lookups_skipped += u64::from(end - first);
+                    continue;
+                }
+                keys.push(meta::summary_key(*v, first, sb));
+                firsts.push((i, first));
             }
-            keys.push(meta::summary_key(v, first, sb));
-            firsts.push(first);
         }
         let mut found = Vec::new();
         self.index.get_sorted(&keys, &mut found)?;
-        // (LBA, offset) of every block the summary names and the hint does
-        // not know dead.
-        let mut cands: Vec<(u32, u64)> = Vec::new();
-        cands.try_reserve_exact(sb as usize)?;
-        for (first, rec) in firsts.iter().zip(found) {
+        // (LBA, victim, offset) of every block the summaries name and the
+        // hint does not know dead.
+        let mut cands: Vec<(u32, usize, u64)> = Vec::new();
+        cands.try_reserve_exact(sb as usize * vs.len())?;
+        for (&(i, first), rec) in firsts.iter().zip(found) {
             let Some(rec) = rec else { continue };
             let lbas = meta::unpack(&meta::from_record(&rec)?);
-            for (i, l) in lbas.iter().enumerate() {
-                let off = u64::from(*first) + i as u64;
+            for (k, l) in lbas.iter().enumerate() {
+                let off = u64::from(first) + k as u64;
                 if *l == NO_LBA || off >= u64::from(sb) || u64::from(*l) >= self.geo.capacity {
                     continue;
                 }
-                if is_dead(off as u32) {
+                if is_dead(i, off as u32) {
                     self.stats.cleaner_lookups_skipped += 1;
                     continue;
                 }
                 cands.try_reserve(1)?;
-                cands.push((*l, off));
+                cands.push((*l, i, off));
             }
         }
-        // Each LBA looked up once (a segment may hold several versions of
-        // one), all in one pass, in LBA order; `live` comes out in LBA
-        // order too. Moved in LBA order, nearby LBAs of one victim land
+        // Each LBA looked up once (the group may hold several versions of
+        // one), all in one pass, in LBA order; the live blocks come out in
+        // LBA order too. Moved in LBA order, nearby LBAs of the group land
         // next to each other. Under uniform random overwrites that makes
         // no measurable difference (a victim's live blocks are far apart
         // anyway): 1 GiB steady state, 3 alternated runs each, seq-read
         // 154 vs 153 MiB/s, rnd-read-32K 128 vs 130 (segment vs LBA
-        // order); it may help workloads whose victims hold runs.
+        // order, one victim at a time); it may help workloads whose
+        // victims hold runs.
         cands.sort_unstable();
         let mut lbas: Vec<u64> = Vec::new();
         lbas.try_reserve_exact(cands.len())?;
-        for (l, _) in &cands {
+        for (l, _, _) in &cands {
             if lbas.last() != Some(&u64::from(*l)) {
                 lbas.push(u64::from(*l));
             }
         }
         let mut recs = Vec::new();
         self.index.get_sorted(&lbas, &mut recs)?;
+        let mut live: Vec<LiveBlock> = Vec::new();
+        let mut counts: Vec<u32> = crate::fallible::filled_vec(vs.len(), 0u32)?;
         let mut at = 0usize;
-        for (l, off) in cands {
+        for (l, i, off) in cands {
             while lbas.get(at).is_some_and(|&x| x < u64::from(l)) {
                 at += 1;
             }
+            let Some(v) = vs.get(i) else { continue };
             if let Some(Some(r)) = recs.get(at) {
-                if r.hba == base + off {
+                if r.hba == u64::from(*v) * u64::from(sb) + off {
                     live.try_reserve(1)?;
-                    live.push((off, l, r.clone()));
+                    live.push(LiveBlock {
+                        lba: l,
+                        victim: i,
+                        off,
+                        rec: r.clone(),
+                    });
+                    if let Some(c) = counts.get_mut(i) {
+                        *c += 1;
+                    }
                 }
             }
         }
-        ensure!(
-            live.len() as u64 == u64::from(self.segs.valid_in(v)),
-            Corrupted,
-            "cleaner: segment summary and usage table disagree"
-        );
+        for (v, c) in vs.iter().zip(&counts) {
+            ensure!(
+                *c == self.segs.valid_in(*v),
+                Corrupted,
+                "cleaner: segment summary and usage table disagree"
+            );
+        }
         Ok(live)
     }
+}
+
+/// A live block of a cleaner group's victim.
+struct LiveBlock {
+    lba: u32,
+    /// The victim's place in the group (ascending segments).
+    victim: usize,
+    /// The block's offset in its segment.
+    off: u64,
+    /// Its index record, as `live_blocks` looked it up.
+    rec: BlockRecord,
 }

@@ -611,7 +611,8 @@ impl<D: BlockSet> MlsDisk<D> {
         let wbuf_blocks = effective_wbuf_blocks(&geo, cfg.write_buffer_blocks);
         let wbuf = WriteBuffer::new(wbuf_blocks)?;
         let sealed = AlignedBuf::zeroed(wbuf_blocks * BLOCK_SIZE)?;
-        let scratch = AlignedBuf::zeroed(geo.seg_blocks as usize * BLOCK_SIZE)?;
+        let scratch =
+            AlignedBuf::zeroed(cleaner::CLEAN_GROUP * geo.seg_blocks as usize * BLOCK_SIZE)?;
         let moved = AlignedBuf::zeroed(geo.seg_blocks as usize * BLOCK_SIZE)?;
         let stats = DiskStats {
             logical_blocks: geo.capacity,

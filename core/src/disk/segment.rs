@@ -536,7 +536,19 @@ impl Segments {
     /// the over-provisioning guarantees the greedy victim, see `layout`),
     /// so that every victim frees at least what the greedy one is
     /// guaranteed to; with none such it takes the greedy victim.
+    #[cfg(test)]
     pub(crate) fn pick_victim(&self, policy: CleanerPolicy, max_valid: u32) -> Option<(u32, u32)> {
+        self.pick_victim_except(policy, max_valid, &[])
+    }
+
+    /// As [`Self::pick_victim`], among the segments not in `chosen` (the
+    /// victims of one cleaner group picked so far: `(segment, valid)`).
+    pub(crate) fn pick_victim_except(
+        &self,
+        policy: CleanerPolicy,
+        max_valid: u32,
+        chosen: &[(u32, u32)],
+    ) -> Option<(u32, u32)> {
         let sb = u64::from(self.seg_blocks);
         let candidates = || {
             self.state
@@ -544,6 +556,7 @@ impl Segments {
                 .zip(self.valid.iter().zip(self.stamp.iter()))
                 .enumerate()
                 .filter(|(_, (st, (v, _)))| **st == SegState::Used && **v < self.seg_blocks)
+                .filter(|(i, _)| !chosen.iter().any(|&(c, _)| c as usize == *i))
         };
         let greedy = || {
             candidates()
