@@ -164,9 +164,12 @@ pub struct DiskConfig {
     /// The memory the disk may spend on caches, in bytes (default 64 MiB;
     /// [`DiskConfig::with_cache_budget`]). The disk splits it (see
     /// [`CacheSplit`]): a quarter for the index's pinned index and bloom
-    /// blocks, a sixteenth for its index and bloom block cache, a
-    /// thirty-second for the log store's cache of decrypted Merkle nodes,
-    /// the rest for its record (leaf) cache. 0 keeps the cache sizes of
+    /// blocks, a sixteenth for its index and bloom block cache, a quarter
+    /// for the log store's cache of decrypted Merkle nodes, the rest
+    /// (7/16) for its record (leaf) cache, which also uses the pinned
+    /// quarter's room while the pinned blocks do not fill it
+    /// ([`LsmConfig::lend_pinned_room`]: a disk of a few GiB pins a few
+    /// MiB). 0 keeps the cache sizes of
     /// `lsm` and the store's default node cache as they are. The rest of
     /// the disk's memory is a fixed part of at most 32 MiB that does not
     /// depend on the disk's size.
@@ -285,6 +288,7 @@ impl DiskConfig {
             l.pinned_meta_blocks = c.pinned_meta_blocks;
             l.meta_cache_blocks = c.meta_cache_blocks;
             l.data_cache_blocks = c.data_cache_blocks;
+            l.lend_pinned_room = true;
         }
         l
     }

@@ -64,12 +64,18 @@ pub struct BlockCache {
     buckets: Vec<u32>,
     /// Live slots.
     len: usize,
+    /// Slots with a block buffer: the live ones and the free ones (a bare
+    /// slot has none). At most `cap`.
+    buffers: usize,
     /// Most recently used live slot.
     head: u32,
     /// Least recently used live slot (the next victim).
     tail: u32,
     /// First slot of the free list (slots with a buffer and no block).
     free: u32,
+    /// First slot of the bare list (slots without a buffer, after
+    /// [`Self::set_limit`] lowered the capacity).
+    bare: u32,
     hits: u64,
     misses: u64,
     /// The block after the last one the previous miss of
@@ -121,9 +127,11 @@ impl BlockCache {
             slots: Vec::new(),
             buckets: Vec::new(),
             len: 0,
+            buffers: 0,
             head: NIL,
             tail: NIL,
             free: NIL,
+            bare: NIL,
             hits: 0,
             misses: 0,
             seq_next: None,
@@ -297,10 +305,13 @@ impl BlockCache {
     }
 
     /// A slot, not live and off every list, whose buffer a new entry can
-    /// fill: a free one, a new one while under capacity, else the least
-    /// recently used entry's, evicted. An error (no memory) changes nothing.
+    /// fill: a free one, else (while under capacity) a bare one given a
+    /// new buffer or a new one, else the least recently used entry's,
+    /// evicted. An error (no memory) changes nothing.
     fn take_slot(&mut self) -> Result<u32> {
-        if self.free == NIL && self.slots.len() >= self.cap {
+        // `buffers` is `len` plus the free slots: with none free and the
+        // capacity reached, every buffer is a live entry's.
+        if self.free == NIL && self.buffers >= self.cap {
             let victim = self.tail;
             let key = self.slot(victim)?.key;
             let (at, _) = self.find(key).ok_or_else(vanished)?;
@@ -311,12 +322,21 @@ impl BlockCache {
             self.free = self.slot(s)?.next;
             return Ok(s);
         }
+        if self.bare != NIL {
+            let s = self.bare;
+            let data = new_buffer()?;
+            let e = self.slot_mut(s)?;
+            e.data = data;
+            self.bare = e.next;
+            self.buffers += 1;
+            return Ok(s);
+        }
         if self.slots.len() == self.slots.capacity() {
             let grow = self
                 .slots
                 .len()
                 .max(MIN_BUCKETS)
-                .min(self.cap - self.slots.len());
+                .min(self.cap.saturating_sub(self.slots.len()));
             self.slots
                 .try_reserve_exact(grow.max(1))
                 .map_err(|_| oom())?;
@@ -333,7 +353,59 @@ impl BlockCache {
             next: NIL,
             live: false,
         });
+        self.buffers += 1;
         Ok(s)
+    }
+
+    /// Makes the cache hold at most `max(limit, 1)` blocks from now on.
+    /// Lowering it frees the buffers of free slots and then evicts the
+    /// least recently used blocks beyond it, freeing theirs, so the memory
+    /// held shrinks with it; raising it lets the cache grow as misses come.
+    /// The slot records (48 bytes each) stay, as bare slots. The tree lends
+    /// the data cache the room its pinned set does not use this way
+    /// (`LsmTree::lend_pinned_room`).
+    pub fn set_limit(&mut self, limit: usize) -> Result<()> {
+        self.limit = limit;
+        self.cap = limit.max(1);
+        while self.buffers > self.cap && self.free != NIL {
+            let s = self.free;
+            self.free = self.slot(s)?.next;
+            self.make_bare(s)?;
+        }
+        while self.buffers > self.cap && self.tail != NIL {
+            let victim = self.tail;
+            let key = self.slot(victim)?.key;
+            let (at, _) = self.find(key).ok_or_else(vanished)?;
+            self.evict(at, victim)?;
+            // `evict` put it first on the free list.
+            self.free = self.slot(victim)?.next;
+            self.make_bare(victim)?;
+        }
+        Ok(())
+    }
+
+    /// Frees the buffer of slot `s` (off every list) and puts it on the
+    /// bare list.
+    fn make_bare(&mut self, s: u32) -> Result<()> {
+        let bare = self.bare;
+        let e = self.slot_mut(s)?;
+        e.data = Box::default();
+        e.next = bare;
+        e.prev = NIL;
+        self.bare = s;
+        self.buffers = self.buffers.saturating_sub(1);
+        Ok(())
+    }
+
+    /// Block buffers allocated (live and free slots).
+    #[cfg(test)]
+    fn buffers_held(&self) -> usize {
+        self.slots.iter().filter(|e| !e.data.is_empty()).count()
+    }
+
+    /// The most blocks the cache holds now ([`Self::set_limit`]).
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Gives back a slot from [`Self::take_slot`] that got no block.
@@ -441,9 +513,11 @@ impl BlockCache {
         self.slots = Vec::new();
         self.buckets = Vec::new();
         self.len = 0;
+        self.buffers = 0;
         self.head = NIL;
         self.tail = NIL;
         self.free = NIL;
+        self.bare = NIL;
     }
 
     /// Block `pos` of table `table`, as [`Self::get_or_load_ahead`] gives
@@ -645,6 +719,10 @@ pub struct CachedFetch<'a> {
     pub meta: &'a mut BlockCache,
     /// The pinned index and bloom blocks (never evicted).
     pub pinned: &'a mut BlockCache,
+    /// With `Some(floor)`, the data cache uses the pinned set's free room
+    /// ([`super::LsmConfig::lend_pinned_room`]): a block pinned here takes
+    /// one block of room back from it, down to `floor`.
+    pub data_floor: Option<usize>,
     /// Whether the lookup checks the table's bloom filter.
     pub use_bloom: bool,
     /// Cache of data blocks.
@@ -692,7 +770,15 @@ impl BlockFetch for CachedFetch<'_> {
     ) -> Result<&[u8]> {
         let cache = match kind {
             BlockKind::Data => &mut *self.data,
-            _ if self.pinned.holds_or_has_room(self.table, pos) => &mut *self.pinned,
+            _ if self.pinned.holds_or_has_room(self.table, pos) => {
+                if let Some(floor) = self.data_floor {
+                    let l = self.data.limit();
+                    if l > floor && !self.pinned.holds(self.table, pos) {
+                        self.data.set_limit(l - 1)?;
+                    }
+                }
+                &mut *self.pinned
+            }
             _ => &mut *self.meta,
         };
         cache.get_or_load(self.table, pos, self.src, check)
@@ -1068,5 +1154,48 @@ mod tests {
         assert_eq!(c.get_or_load(1, 4, &src, &ok).unwrap()[0], 4);
         assert_eq!(c.get_or_load(1, 5, &src, &ok).unwrap()[0], 5);
         assert_eq!(c.len(), 1);
+    }
+
+    /// Lowering the limit evicts the least recently used blocks and frees
+    /// the buffers beyond it (free slots' first); the cache then never
+    /// holds more, and raising the limit again lets it grow, bare slots
+    /// getting new buffers. The LRU order survives.
+    #[test]
+    fn set_limit_shrinks_the_cache_and_its_memory() {
+        let reads = Cell::new(0);
+        let src = Counting((0..10u8).map(|i| vec![i; BLOCK_SIZE]).collect(), &reads);
+        let ok = |_: &[u8]| Ok(());
+        let mut c = BlockCache::new(7);
+        for p in 0..6 {
+            c.get_or_load(7, p, &src, &ok).unwrap();
+        }
+        // Block 0 becomes the most recently used.
+        c.get_or_load(7, 0, &src, &ok).unwrap();
+        c.insert(8, 0, &[9u8; BLOCK_SIZE]).unwrap();
+        c.remove_table(8);
+        // 6 live blocks and a free slot with its buffer.
+        assert_eq!((c.len(), c.buffers_held()), (6, 7));
+        c.set_limit(3).unwrap();
+        assert_eq!((c.len(), c.buffers_held(), c.limit()), (3, 3, 3));
+        // The three most recently used stay: 4, 5, 0.
+        let r = reads.get();
+        for p in [4, 5, 0] {
+            assert_eq!(c.get_or_load(7, p, &src, &ok).unwrap()[0], p as u8);
+        }
+        assert_eq!(reads.get(), r);
+        for p in 6..10 {
+            c.get_or_load(7, p, &src, &ok).unwrap();
+            assert!(c.len() <= 3 && c.buffers_held() <= 3);
+        }
+        c.set_limit(5).unwrap();
+        for p in 0..5 {
+            c.get_or_load(7, p, &src, &ok).unwrap();
+        }
+        assert_eq!((c.len(), c.buffers_held()), (5, 5));
+        // Down to nothing but the one block a miss needs.
+        c.set_limit(0).unwrap();
+        assert_eq!((c.len(), c.buffers_held()), (1, 1));
+        assert_eq!(c.get_or_load(7, 9, &src, &ok).unwrap()[0], 9);
+        assert_eq!((c.len(), c.buffers_held()), (1, 1));
     }
 }

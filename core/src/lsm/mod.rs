@@ -218,6 +218,13 @@ pub struct LsmConfig {
     pub pinned_meta_blocks: usize,
     /// Cached data blocks (4 KiB each).
     pub data_cache_blocks: usize,
+    /// Whether the data cache may also use the pinned set's room while
+    /// the pinned blocks do not fill it (`LsmTree::lend_pinned_room`):
+    /// the two together never hold more than `pinned_meta_blocks +
+    /// data_cache_blocks` blocks (between two lookups; one lookup that
+    /// pins blocks gives the data cache's room back block by block). A
+    /// disk with a cache budget turns it on.
+    pub lend_pinned_room: bool,
     /// Data blocks of a table read in one request on a data-cache miss
     /// while the cache has room (it is filling, as after an open): a cold
     /// cache warms that many leaves per device request; a sequential scan
@@ -248,6 +255,7 @@ impl Default for LsmConfig {
             data_cache_blocks: 512,
             read_ahead_blocks: 8,
             pinned_meta_blocks: 4096,
+            lend_pinned_room: false,
             bloom_bits_per_key: 10,
             l0_max_tables: 4,
             l1_max_records: 256 * 1024,
@@ -269,6 +277,7 @@ impl LsmConfig {
             data_cache_blocks: 2,
             read_ahead_blocks: 8,
             pinned_meta_blocks: 4,
+            lend_pinned_room: false,
             bloom_bits_per_key: 10,
             l0_max_tables: 2,
             l1_max_records: 16,
@@ -366,6 +375,12 @@ pub struct LsmStats {
     pub data_cache_misses: u64,
     /// Index and bloom blocks pinned in memory now.
     pub pinned_blocks: u64,
+    /// Data blocks cached now, and the most the data cache may hold now
+    /// (more than `data_cache_blocks` while it uses the pinned set's room:
+    /// [`LsmConfig::lend_pinned_room`]).
+    pub data_blocks_cached: u64,
+    /// See [`Self::data_blocks_cached`].
+    pub data_cache_limit: u64,
     /// Chunks of the store (0 for a store without a limit).
     pub chunks_total: u64,
     /// The fewest free chunks seen just before a commit (the worst point

@@ -76,6 +76,11 @@ macro_rules! table_fetch {
             data: &mut $tree.data_cache,
             read_ahead: $tree.cfg.read_ahead_blocks,
             pinned: &mut $tree.pinned,
+            data_floor: if $tree.cfg.lend_pinned_room {
+                Some($tree.cfg.data_cache_blocks)
+            } else {
+                None
+            },
             use_bloom: $use_bloom,
             bloom_negatives: &mut $tree.stats.bloom_negatives,
         }
@@ -211,7 +216,13 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         Ok(Box::new(Self {
             wal,
             meta_cache: BlockCache::new(cfg.meta_cache_blocks),
-            data_cache: BlockCache::new(cfg.data_cache_blocks),
+            // With nothing pinned yet, the data cache may use the pinned
+            // set's room too (`lend_pinned_room`).
+            data_cache: BlockCache::new(if cfg.lend_pinned_room {
+                cfg.data_cache_blocks.saturating_add(cfg.pinned_meta_blocks)
+            } else {
+                cfg.data_cache_blocks
+            }),
             pinned: Box::new(BlockCache::new(cfg.pinned_meta_blocks)),
             store,
             cfg,
@@ -598,6 +609,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                 self.meta_cache.clear();
                 self.data_cache.clear();
                 self.pinned.clear();
+                self.lend_pinned_room(0);
                 Err(e)
             }
         }
@@ -1644,6 +1656,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
             self.data_cache.remove_table(*seq);
             self.pinned.remove_table(*seq);
         }
+        self.lend_pinned_room(0);
         let lv = self
             .levels
             .get_mut(usize::from(job.out_level))
@@ -1694,6 +1707,8 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                             return Ok(loaded < limit);
                         }
                         loaded += 1;
+                        // The data cache gives the block's room back first.
+                        Self::lend_room(&self.cfg, &self.pinned, &mut self.data_cache, 1);
                         let (vs, seq, k) = (info.value_size, info.seq, info.bloom_k);
                         let j = i as usize;
                         let check = |blk: &[u8]| {
@@ -1717,6 +1732,33 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     /// needs it reads it (and reports the error) itself.
     fn pin_new_tables(&mut self) {
         let _ = self.load_pinned(usize::MAX);
+    }
+
+    /// With [`LsmConfig::lend_pinned_room`], lets the data cache use the
+    /// pinned set's room that its blocks do not fill: the data cache's
+    /// limit becomes `data_cache_blocks` plus the pinned set's free room.
+    /// Run whenever the pinned set changes (a table installed or deleted),
+    /// so the two caches together stay within their two sizes.
+    fn lend_pinned_room(&mut self, extra: usize) {
+        Self::lend_room(&self.cfg, &self.pinned, &mut self.data_cache, extra);
+    }
+
+    /// [`Self::lend_pinned_room`] on the tree's parts, keeping the room of
+    /// `extra` more pinned blocks back (about to be loaded).
+    fn lend_room(cfg: &LsmConfig, pinned: &BlockCache, data: &mut BlockCache, extra: usize) {
+        if !cfg.lend_pinned_room {
+            return;
+        }
+        let spare = cfg
+            .pinned_meta_blocks
+            .saturating_sub(pinned.blocks().saturating_add(extra));
+        let limit = cfg.data_cache_blocks.saturating_add(spare);
+        if limit != data.limit() && data.set_limit(limit).is_err() {
+            // Only a broken cache errs: start it afresh (it can then only
+            // shrink its own empty state, which cannot fail).
+            data.clear();
+            let _ = data.set_limit(limit);
+        }
     }
 
     /// Loads up to [`PIN_STEP_BLOCKS`] pinned blocks after an open (best
@@ -2011,6 +2053,8 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         s.data_cache_hits = h2;
         s.data_cache_misses = m2;
         s.pinned_blocks = self.pinned.blocks() as u64;
+        s.data_blocks_cached = self.data_cache.blocks() as u64;
+        s.data_cache_limit = self.data_cache.limit() as u64;
         s
     }
 }

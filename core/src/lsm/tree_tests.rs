@@ -628,3 +628,68 @@ fn keys_in_order_move_tables_down_without_rewriting_them() {
     // No log leaked by the moves (tables + at most two WALs).
     assert!(tables.1 <= tables.0 as usize + 2, "{tables:?}");
 }
+
+/// With `lend_pinned_room`, the data cache holds more than
+/// `data_cache_blocks` while the pinned set does not fill its room, and
+/// gives that room back block by block as tables are pinned: after every
+/// update, compaction step and lookup, pinned and data blocks together
+/// stay within `pinned_meta_blocks + data_cache_blocks`. Without it the
+/// data cache never holds more than its own size. The contents stay right
+/// either way, also after a reopen.
+#[test]
+fn the_data_cache_uses_the_room_the_pinned_set_leaves() {
+    for lend in [true, false] {
+        let mut cfg = LsmConfig::tiny();
+        cfg.data_cache_blocks = 8;
+        cfg.pinned_meta_blocks = 48;
+        cfg.lend_pinned_room = lend;
+        let total = (cfg.data_cache_blocks + cfg.pinned_meta_blocks) as u64;
+        let within = |t: &Tree, at: &str| {
+            let st = t.stats();
+            if lend {
+                assert!(
+                    st.pinned_blocks + st.data_blocks_cached <= total,
+                    "{at}: {} pinned + {} data > {total}",
+                    st.pinned_blocks,
+                    st.data_blocks_cached
+                );
+            } else {
+                assert!(st.data_blocks_cached <= 8, "{at}: {st:?}");
+            }
+        };
+        let mut t = Tree::format(MemStore::default(), cfg.clone()).unwrap();
+        let mut model = BTreeMap::new();
+        let mut most = 0u64;
+        let mut most_pinned = 0u64;
+        for i in 0..3000u64 {
+            let k = (i * 7919) % 900;
+            t.put(k, TestVal(i)).unwrap();
+            model.insert(k, i);
+            within(&t, "put");
+            t.compact_step().unwrap();
+            within(&t, "compaction step");
+            if i % 7 == 0 {
+                let q = (i * 104_729) % 900;
+                assert_eq!(t.get(q).unwrap().map(|v| v.0), model.get(&q).copied());
+                within(&t, "get");
+            }
+            let st = t.stats();
+            most = most.max(st.data_blocks_cached);
+            most_pinned = most_pinned.max(st.pinned_blocks);
+        }
+        while t.compact_step().unwrap() {}
+        for k in 0..900u64 {
+            assert_eq!(t.get(k).unwrap().map(|v| v.0), model.get(&k).copied());
+            within(&t, "lookup");
+            most = most.max(t.stats().data_blocks_cached);
+        }
+        assert!(most_pinned > 8, "the test wants tables that pin blocks");
+        if lend {
+            assert!(most > 8, "the data cache never used the pinned room");
+        }
+        t.sync(b"").unwrap();
+        let mut t = Tree::open(t.into_store(), cfg).unwrap();
+        check(&mut t, &model, 900);
+        within(&t, "reopened");
+    }
+}
