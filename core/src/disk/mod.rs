@@ -168,8 +168,8 @@ pub struct DiskConfig {
     /// for the log store's cache of decrypted Merkle nodes, the rest
     /// (7/16) for its record (leaf) cache, which also uses the pinned
     /// quarter's room while the pinned blocks do not fill it
-    /// ([`LsmConfig::lend_pinned_room`]: a disk of a few GiB pins a few
-    /// MiB). 0 keeps the cache sizes of
+    /// ([`LsmConfig::lend_pinned_room`]: a fully written 4 GiB disk pins
+    /// under 1 MiB of its 16). 0 keeps the cache sizes of
     /// `lsm` and the store's default node cache as they are. The rest of
     /// the disk's memory is a fixed part of at most 32 MiB that does not
     /// depend on the disk's size.
