@@ -270,15 +270,19 @@ fn with_a_budget_too_small_for_the_leaves_a_lookup_still_reads_at_most_one_index
     let n = 2000;
     let cost = lookups(&mut d, cap, n);
     eprintln!(
-        "budget 512 KiB ({split:?}), {tables} tables: index blocks per lookup worst {}, {} of {n} over one, mean {:.3}",
+        "budget 512 KiB ({split:?}, {} node blocks lent), {tables} tables: index blocks per lookup worst {}, {} of {n} over one, mean {:.3}",
+        d.index_stats().unwrap().node_blocks_lent,
         cost.worst,
         cost.over_one,
         cost.total as f64 / n as f64
     );
     // The leaves do not fit: lookups do read index blocks (this shows the
-    // counts measure a cold leaf cache, not a warm one).
+    // counts measure a cold leaf cache, not a warm one). The leaf cache
+    // also has the room the node share's nodes leave (14 blocks
+    // here: `LsmConfig::node_cache_nodes`), so somewhat fewer than half
+    // the lookups miss (0.475 a lookup measured).
     assert!(
-        cost.total >= n / 2,
+        cost.total >= n / 3,
         "only {} index blocks for {n} lookups: the leaves fit the cache",
         cost.total
     );

@@ -87,6 +87,12 @@ fn peak_of(gib: u64, cfg: &DiskConfig, spread: u64) -> (u64, u64) {
     let dir = std::env::temp_dir().join(format!("mlsd-membound-{}-{gib}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("disk.img");
+    // The workload's own lists and buffers are allocated before the
+    // measurement starts (200k LBAs are 1.6 MiB): the peak is the
+    // engine's.
+    let mut lbas: Vec<u64> = Vec::with_capacity(spread as usize + 8192);
+    let mut buf = Vec::with_capacity(256 * BLOCK_SIZE);
+    let mut r = vec![0u8; BLOCK_SIZE];
     let base = CUR.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
 
@@ -101,13 +107,10 @@ fn peak_of(gib: u64, cfg: &DiskConfig, spread: u64) -> (u64, u64) {
     .unwrap();
     let cap = d.nblocks();
     let stride = cap / spread;
-    let mut lbas: Vec<u64> = (0..spread)
-        .map(|i| 8192 + i * stride % (cap - 8192))
-        .collect();
+    lbas.extend((0..spread).map(|i| 8192 + i * stride % (cap - 8192)));
     for &l in &lbas {
         d.write(l, &block(l)).unwrap();
     }
-    let mut buf = Vec::with_capacity(256 * BLOCK_SIZE);
     for start in (0..8192u64).step_by(256) {
         buf.clear();
         for l in start..start + 256 {
@@ -128,7 +131,6 @@ fn peak_of(gib: u64, cfg: &DiskConfig, spread: u64) -> (u64, u64) {
     )
     .unwrap();
     lbas.extend(0..8192);
-    let mut r = vec![0u8; BLOCK_SIZE];
     for round in 0..2u64 {
         for (i, &l) in lbas.iter().enumerate() {
             // A different order each round.
@@ -182,10 +184,15 @@ fn peak_heap_is_fixed_part_plus_cache_budget_at_1_gib_and_1_tib() {
         "1 GiB disk: peak {small} bytes > 32 MiB + budget"
     );
     // Nothing proportional to the disk's size: 1024 times the size, a few
-    // MiB more (the segment table: 11 bytes per 1 MiB segment; the
-    // cleaner's dead-block hint, 36 bytes per segment up to its 2 MiB cap).
+    // MiB more (the segment table: 11 bytes per 1 MiB segment, 11 MiB at
+    // 1 TiB; the cleaner's dead-block hint, 36 bytes per segment up to its
+    // 2 MiB cap; and fixed-size parts the small disk's writes do not fill:
+    // its spread writes touch a few segments, the big disk's 32k, whose
+    // summary and usage entries fill the memtable). Measured 14.3 MiB once
+    // the workload's own 1.3 MiB of buffers were left out of the count
+    // (they had made the small disk's peak look higher: 13.3 MiB before).
     assert!(
-        big.saturating_sub(small) <= 14 * MIB,
+        big.saturating_sub(small) <= 15 * MIB,
         "1 GiB -> 1 TiB: peak {small} -> {big} bytes"
     );
     // Nothing is left behind by a dropped disk.

@@ -171,8 +171,8 @@ impl<D: BlockSet> Target for Mls<D> {
         );
         if let Some(l) = d.index_stats() {
             line.push_str(&format!(
-                " index: records_written={} wal_blocks={} compactions={} moves={} syncs={} tables={:?} records={:?} index_cache={}/{} data_cache={}/{} pinned={} data_blocks={}/{}",
-                l.records_written, l.wal_blocks, l.compactions, l.moves, l.syncs, l.tables, l.records, l.cache_hits, l.cache_misses, l.data_cache_hits, l.data_cache_misses, l.pinned_blocks, l.data_blocks_cached, l.data_cache_limit
+                " index: records_written={} wal_blocks={} compactions={} moves={} syncs={} tables={:?} records={:?} index_cache={}/{} data_cache={}/{} pinned={} data_blocks={}/{} node_room_lent={}",
+                l.records_written, l.wal_blocks, l.compactions, l.moves, l.syncs, l.tables, l.records, l.cache_hits, l.cache_misses, l.data_cache_hits, l.data_cache_misses, l.pinned_blocks, l.data_blocks_cached, l.data_cache_limit, l.node_blocks_lent
             ));
         }
         line

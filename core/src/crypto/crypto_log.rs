@@ -209,6 +209,19 @@ fn span(l: usize) -> u64 {
     (FANOUT as u64).checked_pow(l as u32).unwrap_or(u64::MAX)
 }
 
+/// The tree nodes of a log of `n` blocks, every level counted: what a
+/// [`NodeCache`] can hold of it at most (0 for an empty log).
+pub fn nodes_of(n: u64) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    let mut nodes = 0u64;
+    for l in 1..=height(n) {
+        nodes = nodes.saturating_add(n.div_ceil(span(l).max(1)));
+    }
+    nodes
+}
+
 /// Height (levels of nodes) of the tree of `n >= 1` blocks.
 fn height(n: u64) -> usize {
     let mut h = 1;
@@ -1018,6 +1031,17 @@ mod tests {
             let _ = RootMeta::parse(&b);
             let _ = RootMeta::parse(b.get(..RootMeta::ENCODED_LEN).unwrap_or(&b));
         }
+    }
+
+    #[test]
+    fn nodes_of_counts_every_level() {
+        let f = FANOUT as u64;
+        assert_eq!(nodes_of(0), 0);
+        assert_eq!(nodes_of(1), 1);
+        assert_eq!(nodes_of(f), 1, "one full level-0 node is the root");
+        assert_eq!(nodes_of(f + 1), 2 + 1);
+        assert_eq!(nodes_of(f * f), f + 1);
+        assert_eq!(nodes_of(f * f + 1), (f + 1) + 2 + 1);
     }
 
     #[test]

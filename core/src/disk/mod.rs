@@ -169,7 +169,9 @@ pub struct DiskConfig {
     /// (7/16) for its record (leaf) cache, which also uses the pinned
     /// quarter's room while the pinned blocks do not fill it
     /// ([`LsmConfig::lend_pinned_room`]: a fully written 4 GiB disk pins
-    /// under 1 MiB of its 16). 0 keeps the cache sizes of
+    /// under 1 MiB of its 16) and the node quarter's room beyond the
+    /// Merkle nodes the index's logs have ([`LsmConfig::node_cache_nodes`]:
+    /// a 4 GiB working set's index has about 300 of its 3570). 0 keeps the cache sizes of
     /// `lsm` and the store's default node cache as they are. The rest of
     /// the disk's memory is a fixed part of at most 32 MiB that does not
     /// depend on the disk's size.
@@ -289,6 +291,7 @@ impl DiskConfig {
             l.meta_cache_blocks = c.meta_cache_blocks;
             l.data_cache_blocks = c.data_cache_blocks;
             l.lend_pinned_room = true;
+            l.node_cache_nodes = c.node_cache_nodes;
         }
         l
     }

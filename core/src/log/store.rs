@@ -10,7 +10,7 @@ use super::record::{self, Encoder, Header, Kind, LogFields, Record};
 use super::root::StoreRoot;
 use crate::bio::{BlockRange, BlockSet, BLOCK_SIZE};
 use crate::crypto::crypto_log::FANOUT;
-use crate::crypto::crypto_log::{read_located, LocatedBlock, NodeCache};
+use crate::crypto::crypto_log::{nodes_of, read_located, LocatedBlock, NodeCache};
 use crate::crypto::{mac_chain, BlockAlloc, CryptoLog, MacChain};
 use crate::platform::{kdf_key, AeadKey};
 use crate::{bail, ensure, CryptoRef, Error, ErrorKind, Result};
@@ -1040,6 +1040,38 @@ impl<D: BlockSet> TxLogStore<D> {
     /// Sets how many decrypted tree nodes reads keep (0 disables the cache).
     pub fn set_node_cache(&mut self, nodes: usize) {
         *self.cache.get_mut() = NodeCache::new(nodes);
+    }
+
+    /// Changes how many decrypted tree nodes reads keep, keeping the
+    /// nodes cached now (evicting down to `nodes`, level-0 nodes first).
+    pub fn set_node_cache_capacity(&mut self, nodes: usize) {
+        self.cache.get_mut().set_capacity(nodes);
+    }
+
+    /// The node cache's capacity and the nodes it holds now.
+    pub fn node_cache_size(&self) -> (usize, usize) {
+        self.cache
+            .try_borrow()
+            .map_or((0, 0), |c| (c.capacity(), c.len()))
+    }
+
+    /// The tree nodes of every log, committed or created by the running
+    /// transaction ([`crate::crypto::crypto_log::nodes_of`] of each
+    /// length): the most nodes a read of the logs there are now can put in
+    /// the node cache. O(logs), no I/O.
+    pub fn tree_nodes(&self) -> u64 {
+        let mut n = 0u64;
+        for st in self.logs.values() {
+            n = n.saturating_add(nodes_of(st.log.nblocks()));
+        }
+        if let Some(tx) = &self.tx {
+            // A log the transaction changed counts once more (its
+            // committed version may still be cached): an upper bound.
+            for st in tx.logs.values().flatten() {
+                n = n.saturating_add(nodes_of(st.log.nblocks()));
+            }
+        }
+        n
     }
 
     /// Node cache hits and misses so far.

@@ -32,6 +32,10 @@ pub struct MemStore {
     pub fail_in: Option<u32>,
     /// Commits made.
     pub commits: u64,
+    /// With `Some(capacity)`, the store acts as if it had a node cache of
+    /// that many nodes ([`LogStore::node_cache_need`] answers the nodes of
+    /// its logs, `set_node_cache_capacity` sets this).
+    pub node_cache: Option<usize>,
 }
 
 impl MemStore {
@@ -42,6 +46,7 @@ impl MemStore {
             tx: None,
             fail_in: None,
             commits: self.commits,
+            node_cache: self.node_cache,
         }
     }
 
@@ -196,6 +201,21 @@ impl LogStore for MemStore {
             None => bail!(InvalidArgument, "read past the log"),
         }
         Ok(())
+    }
+    fn node_cache_need(&self) -> Option<u64> {
+        self.node_cache?;
+        let nodes = |st: &State| -> u64 {
+            st.logs
+                .values()
+                .map(|l| crate::crypto::crypto_log::nodes_of((l.blocks.len() / BLOCK_SIZE) as u64))
+                .sum()
+        };
+        Some(nodes(&self.committed) + self.tx.as_ref().map_or(0, nodes))
+    }
+    fn set_node_cache_capacity(&mut self, nodes: usize) {
+        if self.node_cache.is_some() {
+            self.node_cache = Some(nodes);
+        }
     }
     fn log_len(&self, log: u64) -> Result<u64> {
         match self.cur().logs.get(&log) {

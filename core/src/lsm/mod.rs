@@ -225,6 +225,13 @@ pub struct LsmConfig {
     /// pins blocks gives the data cache's room back block by block). A
     /// disk with a cache budget turns it on.
     pub lend_pinned_room: bool,
+    /// The store's node cache share, in nodes (0: the tree leaves the
+    /// store's node cache alone). With [`Self::lend_pinned_room`], the
+    /// tree caps the store's node cache at the nodes its logs have (a
+    /// disk of a few GiB has a few hundred) and lends the rest of the
+    /// share to the data cache, one block per node (`LsmTree::
+    /// size_node_cache`); the store must have been given this share.
+    pub node_cache_nodes: usize,
     /// Data blocks of a table read in one request on a data-cache miss
     /// while the cache has room (it is filling, as after an open): a cold
     /// cache warms that many leaves per device request; a sequential scan
@@ -256,6 +263,7 @@ impl Default for LsmConfig {
             read_ahead_blocks: 8,
             pinned_meta_blocks: 4096,
             lend_pinned_room: false,
+            node_cache_nodes: 0,
             bloom_bits_per_key: 10,
             l0_max_tables: 4,
             l1_max_records: 256 * 1024,
@@ -278,6 +286,7 @@ impl LsmConfig {
             read_ahead_blocks: 8,
             pinned_meta_blocks: 4,
             lend_pinned_room: false,
+            node_cache_nodes: 0,
             bloom_bits_per_key: 10,
             l0_max_tables: 2,
             l1_max_records: 16,
@@ -381,6 +390,9 @@ pub struct LsmStats {
     pub data_blocks_cached: u64,
     /// See [`Self::data_blocks_cached`].
     pub data_cache_limit: u64,
+    /// Of that limit, the blocks the store's node cache lends (the part
+    /// of its share its logs cannot use: [`LsmConfig::node_cache_nodes`]).
+    pub node_blocks_lent: u64,
     /// Chunks of the store (0 for a store without a limit).
     pub chunks_total: u64,
     /// The fewest free chunks seen just before a commit (the worst point

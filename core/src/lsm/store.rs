@@ -65,6 +65,17 @@ pub trait LogStore {
         let _ = (logs, blocks, flushes);
         0
     }
+    /// The most entries the store's node cache can use for the logs there
+    /// are now (see [`crate::log::TxLogStore::tree_nodes`]), or `None` if
+    /// it has no node cache the tree may size (the default).
+    fn node_cache_need(&self) -> Option<u64> {
+        None
+    }
+    /// Sets the capacity of the store's node cache, in nodes (a store
+    /// without one ignores it).
+    fn set_node_cache_capacity(&mut self, nodes: usize) {
+        let _ = nodes;
+    }
 }
 
 /// The space of a store, in chunks.

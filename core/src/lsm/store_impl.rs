@@ -59,4 +59,10 @@ impl<D: BlockSet> LogStore for TxLogStore<D> {
     fn chunks_bound(&self, logs: u64, blocks: u64, flushes: u64) -> u64 {
         TxLogStore::chunks_bound(self, logs, blocks, flushes)
     }
+    fn node_cache_need(&self) -> Option<u64> {
+        Some(self.tree_nodes())
+    }
+    fn set_node_cache_capacity(&mut self, nodes: usize) {
+        TxLogStore::set_node_cache_capacity(self, nodes)
+    }
 }

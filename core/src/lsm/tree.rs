@@ -77,7 +77,7 @@ macro_rules! table_fetch {
             read_ahead: $tree.cfg.read_ahead_blocks,
             pinned: &mut $tree.pinned,
             data_floor: if $tree.cfg.lend_pinned_room {
-                Some($tree.cfg.data_cache_blocks)
+                Some($tree.cfg.data_cache_blocks.saturating_add($tree.nodes_lent))
             } else {
                 None
             },
@@ -155,6 +155,10 @@ pub struct LsmTree<S: LogStore, V: LsmValue> {
     /// Boxed: the tree is built on the stack before it is boxed
     /// (`empty_boxed`), and the kernel's frame limit is 4 KiB.
     pinned: Box<BlockCache>,
+    /// The room of the store's node cache share that its logs cannot use,
+    /// lent to the data cache, one block per node
+    /// ([`LsmConfig::node_cache_nodes`]).
+    nodes_lent: usize,
     user_state: Vec<u8>,
     stats: LsmStats,
     /// A compaction was due but did not fit in the free chunks: only a
@@ -224,6 +228,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                 cfg.data_cache_blocks
             }),
             pinned: Box::new(BlockCache::new(cfg.pinned_meta_blocks)),
+            nodes_lent: 0,
             store,
             cfg,
             in_tx: false,
@@ -288,6 +293,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         t.mem_gen = t.next_gen;
         t.next_gen += 1;
         t.sync(&[])?;
+        t.size_node_cache();
         Ok(t)
     }
 
@@ -374,6 +380,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                 Ok(())
             })?;
         }
+        t.size_node_cache();
         Ok(t)
     }
 
@@ -525,6 +532,38 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     fn tables_changed(&mut self) {
         self.manifest_dirty = true;
         self.recount_manifest();
+        self.size_node_cache();
+    }
+
+    /// With [`LsmConfig::lend_pinned_room`] and a node cache share
+    /// ([`LsmConfig::node_cache_nodes`]), caps the store's node cache at
+    /// the nodes its logs have now (`LogStore::node_cache_need`) and lends
+    /// the rest of the share to the data cache, one block per node (a
+    /// cached node takes about 4.6 KiB, a block 4.1 KiB). Run when the
+    /// tables change (after an open, a flush, a compaction or a move): the
+    /// logs a lookup reads are the installed tables', whose nodes the
+    /// bound counts. The cache that shrinks does so first, so that the
+    /// two never hold more than their two shares together.
+    fn size_node_cache(&mut self) {
+        let share = self.cfg.node_cache_nodes;
+        if !self.cfg.lend_pinned_room || share == 0 {
+            return;
+        }
+        let Some(need) = self.store.node_cache_need() else {
+            return;
+        };
+        let cap = usize::try_from(need).unwrap_or(usize::MAX).min(share);
+        let lent = share.saturating_sub(cap);
+        if lent < self.nodes_lent {
+            // The node cache grows: the data cache gives its room back.
+            self.nodes_lent = lent;
+            self.lend_pinned_room(0);
+            self.store.set_node_cache_capacity(cap);
+        } else {
+            self.store.set_node_cache_capacity(cap);
+            self.nodes_lent = lent;
+            self.lend_pinned_room(0);
+        }
     }
 
     fn sort_and_check_levels(&mut self) -> Result<()> {
@@ -1708,7 +1747,13 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
                         }
                         loaded += 1;
                         // The data cache gives the block's room back first.
-                        Self::lend_room(&self.cfg, &self.pinned, &mut self.data_cache, 1);
+                        Self::lend_room(
+                            &self.cfg,
+                            &self.pinned,
+                            &mut self.data_cache,
+                            self.nodes_lent,
+                            1,
+                        );
                         let (vs, seq, k) = (info.value_size, info.seq, info.bloom_k);
                         let j = i as usize;
                         let check = |blk: &[u8]| {
@@ -1740,19 +1785,36 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
     /// Run whenever the pinned set changes (a table installed or deleted),
     /// so the two caches together stay within their two sizes.
     fn lend_pinned_room(&mut self, extra: usize) {
-        Self::lend_room(&self.cfg, &self.pinned, &mut self.data_cache, extra);
+        Self::lend_room(
+            &self.cfg,
+            &self.pinned,
+            &mut self.data_cache,
+            self.nodes_lent,
+            extra,
+        );
     }
 
     /// [`Self::lend_pinned_room`] on the tree's parts, keeping the room of
-    /// `extra` more pinned blocks back (about to be loaded).
-    fn lend_room(cfg: &LsmConfig, pinned: &BlockCache, data: &mut BlockCache, extra: usize) {
+    /// `extra` more pinned blocks back (about to be loaded); `nodes_lent`
+    /// blocks of the node cache's share are lent too
+    /// ([`Self::size_node_cache`]).
+    fn lend_room(
+        cfg: &LsmConfig,
+        pinned: &BlockCache,
+        data: &mut BlockCache,
+        nodes_lent: usize,
+        extra: usize,
+    ) {
         if !cfg.lend_pinned_room {
             return;
         }
         let spare = cfg
             .pinned_meta_blocks
             .saturating_sub(pinned.blocks().saturating_add(extra));
-        let limit = cfg.data_cache_blocks.saturating_add(spare);
+        let limit = cfg
+            .data_cache_blocks
+            .saturating_add(nodes_lent)
+            .saturating_add(spare);
         if limit != data.limit() && data.set_limit(limit).is_err() {
             // Only a broken cache errs: start it afresh (it can then only
             // shrink its own empty state, which cannot fail).
@@ -2055,6 +2117,7 @@ impl<S: LogStore, V: LsmValue> LsmTree<S, V> {
         s.pinned_blocks = self.pinned.blocks() as u64;
         s.data_blocks_cached = self.data_cache.blocks() as u64;
         s.data_cache_limit = self.data_cache.limit() as u64;
+        s.node_blocks_lent = self.nodes_lent as u64;
         s
     }
 }

@@ -5,6 +5,7 @@ use alloc::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::mem_store::MemStore;
+use super::store::LogStore;
 use super::tests::TestVal;
 use super::{table_tag, LsmConfig, LsmTree, TAG_MANIFEST, TAG_WAL};
 use crate::ErrorKind;
@@ -629,6 +630,25 @@ fn keys_in_order_move_tables_down_without_rewriting_them() {
     assert!(tables.1 <= tables.0 as usize + 2, "{tables:?}");
 }
 
+/// 3000 updates of 900 keys, each followed by a compaction step, with a
+/// lookup every seventh; `after` runs after each put, step and lookup
+/// (with what was just done), and the model follows the updates.
+fn churn(t: &mut Tree, model: &mut BTreeMap<u64, u64>, mut after: impl FnMut(&Tree, &str)) {
+    for i in 0..3000u64 {
+        let k = (i * 7919) % 900;
+        t.put(k, TestVal(i)).unwrap();
+        model.insert(k, i);
+        after(t, "put");
+        t.compact_step().unwrap();
+        after(t, "compaction step");
+        if i % 7 == 0 {
+            let q = (i * 104_729) % 900;
+            assert_eq!(t.get(q).unwrap().map(|v| v.0), model.get(&q).copied());
+            after(t, "get");
+        }
+    }
+}
+
 /// With `lend_pinned_room`, the data cache holds more than
 /// `data_cache_blocks` while the pinned set does not fill its room, and
 /// gives that room back block by block as tables are pinned: after every
@@ -661,22 +681,12 @@ fn the_data_cache_uses_the_room_the_pinned_set_leaves() {
         let mut model = BTreeMap::new();
         let mut most = 0u64;
         let mut most_pinned = 0u64;
-        for i in 0..3000u64 {
-            let k = (i * 7919) % 900;
-            t.put(k, TestVal(i)).unwrap();
-            model.insert(k, i);
-            within(&t, "put");
-            t.compact_step().unwrap();
-            within(&t, "compaction step");
-            if i % 7 == 0 {
-                let q = (i * 104_729) % 900;
-                assert_eq!(t.get(q).unwrap().map(|v| v.0), model.get(&q).copied());
-                within(&t, "get");
-            }
+        churn(&mut t, &mut model, |t, at| {
+            within(t, at);
             let st = t.stats();
             most = most.max(st.data_blocks_cached);
             most_pinned = most_pinned.max(st.pinned_blocks);
-        }
+        });
         while t.compact_step().unwrap() {}
         for k in 0..900u64 {
             assert_eq!(t.get(k).unwrap().map(|v| v.0), model.get(&k).copied());
@@ -686,6 +696,77 @@ fn the_data_cache_uses_the_room_the_pinned_set_leaves() {
         assert!(most_pinned > 8, "the test wants tables that pin blocks");
         if lend {
             assert!(most > 8, "the data cache never used the pinned room");
+        }
+        t.sync(b"").unwrap();
+        let mut t = Tree::open(t.into_store(), cfg).unwrap();
+        check(&mut t, &model, 900);
+        within(&t, "reopened");
+    }
+}
+
+/// With a node cache share (`node_cache_nodes`) and `lend_pinned_room`,
+/// the tree caps the store's node cache at the nodes its logs have and
+/// lends the rest of the share to the data cache: after every update,
+/// compaction step and lookup the node cache's capacity, the data cache's
+/// limit and the pinned blocks stay within the three shares together; the
+/// data cache's limit goes beyond its own share plus the pinned room; the
+/// node cache's capacity follows the tree as it grows (never above the
+/// share, never below what the logs had at the last install). A share
+/// smaller than the logs' nodes lends nothing. Contents stay right, also
+/// after a reopen.
+#[test]
+fn the_data_cache_uses_the_room_the_node_cache_leaves() {
+    for share in [64usize, 4] {
+        let mut cfg = LsmConfig::tiny();
+        cfg.data_cache_blocks = 8;
+        cfg.pinned_meta_blocks = 16;
+        cfg.lend_pinned_room = true;
+        cfg.node_cache_nodes = share;
+        let total = (cfg.data_cache_blocks + cfg.pinned_meta_blocks + share) as u64;
+        let within = |t: &Tree, at: &str| -> (u64, u64) {
+            let st = t.stats();
+            let cap = t.store().node_cache.expect("a node cache") as u64;
+            assert_eq!(cap, share as u64 - st.node_blocks_lent, "{at}: {st:?}");
+            assert!(
+                cap + st.data_cache_limit + st.pinned_blocks <= total,
+                "{at}: {cap} nodes + {} data + {} pinned > {total}",
+                st.data_cache_limit,
+                st.pinned_blocks
+            );
+            assert!(st.data_blocks_cached <= st.data_cache_limit, "{at}: {st:?}");
+            (cap, st.data_cache_limit)
+        };
+        let mut store = MemStore::default();
+        store.node_cache = Some(share);
+        let mut t = Tree::format(store, cfg.clone()).unwrap();
+        let (first_cap, _) = within(&t, "format");
+        let mut model = BTreeMap::new();
+        let (mut most_cap, mut most_limit) = (0u64, 0u64);
+        churn(&mut t, &mut model, |t, at| {
+            let (cap, limit) = within(t, at);
+            most_cap = most_cap.max(cap);
+            most_limit = most_limit.max(limit);
+        });
+        while t.compact_step().unwrap() {}
+        let (cap, _) = within(&t, "compacted");
+        let need = t.store().node_cache_need().unwrap();
+        assert!(
+            cap == share as u64 || cap + 8 >= need,
+            "the node cache ({cap}) holds far fewer than the logs' {need} nodes"
+        );
+        check(&mut t, &model, 900);
+        within(&t, "lookups");
+        if share == 64 {
+            assert!(
+                first_cap < most_cap,
+                "the node cache's capacity never grew with the tree: {first_cap}"
+            );
+            assert!(
+                most_limit > (cfg.data_cache_blocks + cfg.pinned_meta_blocks) as u64,
+                "the data cache never used the node cache's room: {most_limit}"
+            );
+        } else {
+            assert_eq!(most_cap, share as u64, "a small share is all used");
         }
         t.sync(b"").unwrap();
         let mut t = Tree::open(t.into_store(), cfg).unwrap();
