@@ -1,6 +1,6 @@
 //! Memory of an open disk does not follow its size: a 1 TiB disk on a
 //! sparse file costs about what a 1 GiB one does (the segment table holds
-//! 9 bytes per segment and nothing per block; per-block state lives in the
+//! 11 bytes per segment and nothing per block; per-block state lives in the
 //! index).
 
 use std::sync::Arc;
@@ -69,7 +69,7 @@ fn a_terabyte_disk_costs_about_what_a_gigabyte_disk_costs() {
     eprintln!("1 GiB: {small:?}; 1 TiB: {big:?} (disk-layer bytes at create, after 4096 writes, after reopen; RSS growth KiB)");
     const MIB: u64 = 1 << 20;
     // Nothing per block of the disk at create or open: the fixed part
-    // (buffers, 9 bytes per segment) stays under 32 MiB at 1 TiB, and
+    // (buffers, 11 bytes per segment) stays under 32 MiB at 1 TiB, and
     // grows from 1 GiB to 1 TiB by less than 16 MiB (the former per-block
     // arrays grew by 2 GiB).
     assert!(big.0 <= 32 * MIB, "1 TiB disk at create: {} bytes", big.0);
