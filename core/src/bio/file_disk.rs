@@ -31,9 +31,11 @@ const O_DIRECT: Option<i32> = None;
 /// (an [`AlignedBuf`](super::AlignedBuf), as the engine's segment buffers
 /// are) goes to the file as it is, any other through a page-aligned bounce
 /// buffer. Each thread keeps its bounce buffer between requests (up to
-/// 4 MiB), so a request neither allocates nor zeroes one (a fresh zeroed
-/// megabyte per segment read cost a fifth of the CPU of a cleaner-heavy
-/// bench run: the zeroing, its page faults and the unmap).
+/// 256 KiB), so a small request neither allocates nor zeroes one. The
+/// engine's large requests (segments, the index's drained writes and merge
+/// reads) use aligned buffers and never bounce; the per-thread limit keeps
+/// sixteen request threads within 4 MiB of bounce memory (with a 4 MiB
+/// limit, unaligned index writes left 2-4 MiB on every bench thread).
 #[derive(Debug)]
 pub struct FileDisk {
     file: File,
@@ -106,8 +108,8 @@ impl FileDisk {
 }
 
 /// The largest bounce buffer a thread keeps between requests; a larger
-/// request gets a buffer of its own.
-const BOUNCE_KEEP: usize = 4 << 20;
+/// request gets a buffer of its own, freed when it is done.
+const BOUNCE_KEEP: usize = 256 << 10;
 
 std::thread_local! {
     static BOUNCE: core::cell::RefCell<AlignedBuf> = const { core::cell::RefCell::new(AlignedBuf::new()) };

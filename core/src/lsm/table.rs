@@ -34,7 +34,7 @@ use super::format::{
     PAYLOAD_LEN,
 };
 use super::LsmValue;
-use crate::bio::BLOCK_SIZE;
+use crate::bio::{AlignedBuf, BLOCK_SIZE};
 use crate::codec::{self, get_u64, put};
 use crate::{bail, ensure, Error, ErrorKind, Result};
 
@@ -945,7 +945,9 @@ pub struct TableCursor {
     at: usize,
     rec: usize,
     count: usize,
-    buf: Vec<u8>,
+    /// Page-aligned, so a device opened with `O_DIRECT` reads into it as
+    /// it is (no bounce copy).
+    buf: AlignedBuf,
 }
 
 impl TableCursor {
@@ -958,7 +960,7 @@ impl TableCursor {
             at: 0,
             rec: 0,
             count: 0,
-            buf: Vec::new(),
+            buf: AlignedBuf::new(),
         })
     }
 
@@ -985,23 +987,18 @@ impl TableCursor {
                     return Ok(None);
                 }
                 let mut n = (info.n_data - self.block).min(CURSOR_READ_BLOCKS) as usize;
-                if self.buf.len() < n * BLOCK_SIZE {
-                    let more = n * BLOCK_SIZE - self.buf.len();
-                    if self.buf.try_reserve_exact(more).is_ok() {
-                        self.buf.resize(n * BLOCK_SIZE, 0);
-                    } else {
-                        // No room for a batch: one block at a time, as
-                        // before (what the buffer holds already).
-                        n = (self.buf.len() / BLOCK_SIZE).clamp(1, n);
-                        if self.buf.len() < BLOCK_SIZE {
-                            self.buf.try_reserve_exact(BLOCK_SIZE)?;
-                            self.buf.resize(BLOCK_SIZE, 0);
-                        }
+                if self.buf.len() < n * BLOCK_SIZE && self.buf.resize(n * BLOCK_SIZE).is_err() {
+                    // No room for a batch: one block at a time, as before
+                    // (what the buffer holds already).
+                    n = (self.buf.len() / BLOCK_SIZE).clamp(1, n);
+                    if self.buf.len() < BLOCK_SIZE {
+                        self.buf.resize(BLOCK_SIZE)?;
                     }
                 }
                 let len = n * BLOCK_SIZE;
                 let buf = self
                     .buf
+                    .as_mut_slice()
                     .get_mut(..len)
                     .ok_or(Error::new(ErrorKind::InvalidState, "table cursor buffer"))?;
                 src.read_blocks(u64::from(self.block), buf)?;
@@ -1028,6 +1025,7 @@ impl TableCursor {
     fn current(&self) -> Result<&[u8]> {
         let o = self.at * BLOCK_SIZE;
         self.buf
+            .as_slice()
             .get(o..o + BLOCK_SIZE)
             .ok_or(Error::new(ErrorKind::InvalidState, "table cursor block"))
     }
@@ -1337,7 +1335,7 @@ pub(crate) mod tests {
         }
     }
 
-    /// A merge reads its input table in requests of up to
+    /// A merge reads its input table in page-aligned requests of up to
     /// [`CURSOR_READ_BLOCKS`] blocks (it read one request per block
     /// before), yields every record once, and a damaged data block in the
     /// middle of a batch still fails when the cursor reaches it.
@@ -1351,6 +1349,9 @@ pub(crate) mod tests {
             }
             fn read_blocks(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
                 self.1.set(self.1.get() + 1);
+                // Page-aligned: an `O_DIRECT` file reads into it with no
+                // bounce copy.
+                assert!(crate::bio::is_page_aligned(buf), "unaligned batch");
                 for (i, b) in buf.chunks_exact_mut(BLOCK_SIZE).enumerate() {
                     self.0.read_block(pos + i as u64, b)?;
                 }
