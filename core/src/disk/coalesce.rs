@@ -268,11 +268,23 @@ mod tests {
         assert!(c.read(15, &mut r).is_err());
     }
 
-    /// A device that counts `read_ranges` calls and their ranges.
+    /// A device that counts `read_ranges` calls and their ranges, and
+    /// records each write's place, length and alignment.
     struct Batches {
         mem: MemDisk,
         calls: AtomicUsize,
         ranges: AtomicUsize,
+        writes: std::sync::Mutex<Vec<(u64, usize, bool)>>,
+    }
+    impl Batches {
+        fn new(blocks: u64) -> Self {
+            Self {
+                mem: MemDisk::new(blocks).unwrap(),
+                calls: AtomicUsize::new(0),
+                ranges: AtomicUsize::new(0),
+                writes: std::sync::Mutex::new(Vec::new()),
+            }
+        }
     }
     impl Batches {
         /// (calls, ranges) since the last look, and starts again.
@@ -293,6 +305,11 @@ mod tests {
             Ok(())
         }
         fn write(&self, pos: u64, buf: &[u8]) -> Result<()> {
+            let aligned = crate::bio::is_page_aligned(buf);
+            self.writes
+                .lock()
+                .unwrap()
+                .push((pos, buf.len() / BLOCK_SIZE, aligned));
             self.mem.write(pos, buf)
         }
         fn flush(&self) -> Result<()> {
@@ -308,11 +325,7 @@ mod tests {
     /// index's scattered reads happen while index writes are buffered).
     #[test]
     fn read_ranges_sees_the_buffer_and_sends_the_rest_below_at_once() {
-        let dev = Batches {
-            mem: MemDisk::new(32).unwrap(),
-            calls: AtomicUsize::new(0),
-            ranges: AtomicUsize::new(0),
-        };
+        let dev = Batches::new(32);
         for p in 0..32u64 {
             dev.mem.write(p, &vec![p as u8; BLOCK_SIZE]).unwrap();
         }
@@ -347,39 +360,11 @@ mod tests {
         assert_eq!(dev.take(), (0, 0));
     }
 
-    /// A device that records each write's place, length and alignment.
-    struct Writes {
-        mem: MemDisk,
-        log: std::sync::Mutex<Vec<(u64, usize, bool)>>,
-    }
-    impl BlockSet for Writes {
-        fn read(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
-            self.mem.read(pos, buf)
-        }
-        fn write(&self, pos: u64, buf: &[u8]) -> Result<()> {
-            let aligned = crate::bio::is_page_aligned(buf);
-            self.log
-                .lock()
-                .unwrap()
-                .push((pos, buf.len() / BLOCK_SIZE, aligned));
-            self.mem.write(pos, buf)
-        }
-        fn flush(&self) -> Result<()> {
-            Ok(())
-        }
-        fn nblocks(&self) -> u64 {
-            self.mem.nblocks()
-        }
-    }
-
     /// A drain sends each contiguous run in page-aligned requests of at
     /// most `DRAIN_BLOCKS` blocks, in block order, with the right contents.
     #[test]
     fn drain_writes_runs_in_bounded_aligned_requests() {
-        let dev = Writes {
-            mem: MemDisk::new(1024).unwrap(),
-            log: std::sync::Mutex::new(Vec::new()),
-        };
+        let dev = Batches::new(1024);
         let c = Coalesce::new(&dev, 1024).unwrap();
         let long = DRAIN_BLOCKS * 2 + 88;
         let data: Vec<u8> = (0..long * BLOCK_SIZE)
@@ -389,11 +374,11 @@ mod tests {
         c.write(900, &vec![0xcc; BLOCK_SIZE]).unwrap();
         c.write(10, &data).unwrap();
         assert!(
-            dev.log.lock().unwrap().is_empty(),
+            dev.writes.lock().unwrap().is_empty(),
             "buffered until the flush"
         );
         c.flush().unwrap();
-        let log = dev.log.lock().unwrap().clone();
+        let log = dev.writes.lock().unwrap().clone();
         let d = DRAIN_BLOCKS as u64;
         assert_eq!(
             log,
