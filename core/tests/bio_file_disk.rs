@@ -1,7 +1,29 @@
 //! FileDisk: round trip, bounds, reopen, O_DIRECT where the file system has it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use mlsdisk_core::bio::{BlockSet, FileDisk, BLOCK_SIZE};
+use mlsdisk_core::platform::{Job, Parallel, StdParallel};
 use mlsdisk_core::ErrorKind;
+
+/// A runner four jobs wide that counts its calls and the jobs they ran.
+#[derive(Default)]
+struct Counting {
+    calls: AtomicUsize,
+    jobs: AtomicUsize,
+}
+
+impl Parallel for Counting {
+    fn width(&self) -> usize {
+        4
+    }
+    fn run(&self, jobs: &mut [Job<'_>]) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.jobs.fetch_add(jobs.len(), Ordering::Relaxed);
+        StdParallel::new(4).run(jobs)
+    }
+}
 
 fn tmp(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("mlsdisk-bio-{}-{}", std::process::id(), name));
@@ -148,19 +170,26 @@ fn direct_io_with_aligned_unaligned_and_large_buffers() {
 }
 
 /// `read_ranges` reads each range into its own buffer: one range, two (in
-/// turn on the caller's thread), and many (on threads), of different
-/// lengths and out of device order, into aligned and unaligned buffers,
-/// with and without O_DIRECT; a range past the end fails the call with
-/// `InvalidArgument`.
+/// turn on the caller's thread), and many (on threads started for the
+/// call, or on the runner given to `set_readers`: one call of it, as many
+/// jobs as it is wide), of different lengths and out of device order, into
+/// aligned and unaligned buffers, with and without O_DIRECT; a range past
+/// the end fails the call with `InvalidArgument`.
 #[test]
 fn read_ranges_fills_every_range_in_place() {
-    for direct in [false, true] {
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("bio-ranges-{}-{direct}", std::process::id()));
+    for (direct, readers) in [(false, false), (true, false), (false, true), (true, true)] {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "bio-ranges-{}-{direct}-{readers}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let nblocks = 256u64;
-        let d = FileDisk::create(&dir.join("disk.img"), nblocks, direct)
+        let mut d = FileDisk::create(&dir.join("disk.img"), nblocks, direct)
             .unwrap_or_else(|e| panic!("O_DIRECT refused in {}: {e}", dir.display()));
+        let counting = Arc::new(Counting::default());
+        if readers {
+            d.set_readers(counting.clone());
+        }
         let byte = |blk: u64, i: usize| (blk as usize * 31 + i % 97) as u8;
         let mut all = vec![0u8; nblocks as usize * BLOCK_SIZE];
         for (blk, b) in all.chunks_exact_mut(BLOCK_SIZE).enumerate() {
@@ -184,7 +213,17 @@ fn read_ranges_fills_every_range_in_place() {
                 ranges.push((poss[k], buf));
                 rest = &mut tail[1..];
             }
+            let before = (
+                counting.calls.load(Ordering::Relaxed),
+                counting.jobs.load(Ordering::Relaxed),
+            );
             d.read_ranges(&mut ranges).unwrap();
+            let calls = counting.calls.load(Ordering::Relaxed) - before.0;
+            let jobs = counting.jobs.load(Ordering::Relaxed) - before.1;
+            match (readers, n) {
+                (true, 3..) => assert_eq!((calls, jobs), (1, n.min(4)), "{n} ranges"),
+                _ => assert_eq!((calls, jobs), (0, 0), "{n} ranges, readers {readers}"),
+            }
             for (k, (pos, buf)) in ranges.iter().enumerate() {
                 assert_eq!(*pos, poss[k]);
                 let want = &all[*pos as usize * BLOCK_SIZE..][..buf.len()];

@@ -16,6 +16,10 @@ use std::sync::mpsc;
 
 use mlsdisk_core::platform::{Job, OwnedJob, Parallel, Pending, Spawn};
 
+/// Readers of a `FileDisk`'s scattered reads (`FileDisk::set_readers`):
+/// as many as the file reads at once without them.
+pub const FILE_READERS: usize = 8;
+
 /// Runs jobs on a pool of `width` worker threads and the caller's.
 pub struct PoolParallel {
     pool: rayon::ThreadPool,

@@ -82,7 +82,7 @@ use mlsdisk_core::platform::StdCrypto;
 use mlsdisk_core::CryptoRef;
 use mlsdisk_tools::bench::*;
 use mlsdisk_tools::cryptdisk::CryptDisk;
-use mlsdisk_tools::pool::{PoolParallel, PoolSpawn};
+use mlsdisk_tools::pool::{PoolParallel, PoolSpawn, FILE_READERS};
 
 /// Counts live heap bytes and their peak (what the engine and the
 /// workload hold, without the allocator's retained free memory).
@@ -259,11 +259,20 @@ fn parse() -> Result<Opts, String> {
 type Dev = Throttle<FileDisk>;
 
 fn device(o: &Opts, nblocks: u64) -> Dev {
-    let f = FileDisk::create(&o.file, nblocks, o.direct).unwrap_or_else(|e| {
-        eprintln!("cannot create {}: {e:?}", o.file.display());
-        std::process::exit(1)
-    });
+    let f = FileDisk::create(&o.file, nblocks, o.direct)
+        .and_then(with_readers)
+        .unwrap_or_else(|e| {
+            eprintln!("cannot create {}: {e:?}", o.file.display());
+            std::process::exit(1)
+        });
     Throttle::new(f, o.iops, o.bw_mib)
+}
+
+/// `f` reading its scattered reads on a persistent pool (as `mlsdisk
+/// serve` does).
+fn with_readers(mut f: FileDisk) -> mlsdisk_core::Result<FileDisk> {
+    f.set_readers(Arc::new(PoolParallel::new(FILE_READERS)?));
+    Ok(f)
 }
 
 const KEY: [u8; 32] = [0x42u8; 32];
@@ -573,7 +582,7 @@ fn open_times(
     )?;
     m.into_inner()?.close()?;
     let reopen = || -> mlsdisk_core::Result<(MlsDisk<Dev>, f64, u64)> {
-        let f = FileDisk::open(&o.file, o.direct)?;
+        let f = with_readers(FileDisk::open(&o.file, o.direct)?)?;
         let t0 = std::time::Instant::now();
         let d = MlsDisk::open(
             Throttle::new(f, o.iops, o.bw_mib),

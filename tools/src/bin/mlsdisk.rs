@@ -43,6 +43,7 @@ use mlsdisk_core::disk::{
 use mlsdisk_core::platform::StdCrypto;
 use mlsdisk_core::CryptoRef;
 use mlsdisk_tools::admin::{self, Key, Signature};
+use mlsdisk_tools::pool::{PoolParallel, FILE_READERS};
 use mlsdisk_tools::serve;
 use zeroize::Zeroizing;
 
@@ -516,7 +517,12 @@ fn open_image(p: &Path, k: KeyArgs, a: &AnchorArgs) -> Res<(Locks, MlsDisk<FileD
     must_be_mlsdisk(&l, p)?;
     let c = crypto();
     let (al, anchor) = anchor_of(a, &key, &c, false)?;
-    let dev = disk_of(&l, p)?;
+    let mut dev = disk_of(&l, p)?;
+    // Scattered reads (the cleaner's, and reads of data random writes
+    // spread) on threads that persist, not started per read.
+    dev.set_readers(Arc::new(
+        PoolParallel::new(FILE_READERS).map_err(|e| core_fail(p, e))?,
+    ));
     let d =
         MlsDisk::open(dev, c, &key, DiskConfig::default(), anchor).map_err(|e| core_fail(p, e))?;
     Ok(((l, al), d))
