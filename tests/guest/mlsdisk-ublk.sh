@@ -35,13 +35,20 @@ alive() {
 	[ -e "/proc/$1" ] && ! grep -q ') Z ' "/proc/$1/stat" 2>/dev/null
 }
 
+# SERVE_ARGS: more options of the servers serve_try starts (none by
+# default; the second serve of 1., the killed one of 2. and those of 4.
+# and 5. run with --threads 2, the engine's runner that the module has
+# too).
+SERVE_ARGS=""
+
 # serve_try: starts the server on $DISK in the background and waits (at
 # most 120 s) for its ready file; sets SRV (its pid) and BDEV. Returns 1
 # when the server exits before its device is ready.
 serve_try() {
 	rm -f /tmp/ublk.ready
-	echo "+ mlsdisk serve $DISK --key-file /tmp/key.hex --anchor $ANC --ready-file /tmp/ublk.ready &"
-	mlsdisk serve $DISK --key-file /tmp/key.hex --anchor $ANC --ready-file /tmp/ublk.ready \
+	echo "+ mlsdisk serve $DISK --key-file /tmp/key.hex --anchor $ANC --ready-file /tmp/ublk.ready $SERVE_ARGS &"
+	# shellcheck disable=SC2086 # SERVE_ARGS holds separate options
+	mlsdisk serve $DISK --key-file /tmp/key.hex --anchor $ANC --ready-file /tmp/ublk.ready $SERVE_ARGS \
 		>/tmp/serve.out 2>/tmp/serve.err &
 	SRV=$!
 	i=0
@@ -104,6 +111,7 @@ expect_fail "in use" mlsdisk serve $DISK --key-file /tmp/key.hex --anchor $ANC
 alive $SRV || fail "the first server died when a second one was refused"
 serve_stop
 
+SERVE_ARGS="--threads 2"
 serve_start
 run mount -t ext4 -o ro "$BDEV" $mnt
 checksum_tree $mnt >/tmp/ublk.sums2 || fail "checksumming $mnt after serving again"
@@ -136,6 +144,7 @@ wait $writer 2>/dev/null || true
 timeout 60 umount -l $mnt || fail "umount -l of the dead device hung"
 run timeout 180 mlsdisk serve --stop "${BDEV#/dev/ublkb}"
 [ ! -e "$BDEV" ] || fail "$BDEV still exists after serve --stop of a killed server"
+SERVE_ARGS=""
 serve_start
 run mount -t ext4 "$BDEV" $mnt
 [ "$(sha256sum $mnt/marker | cut -d' ' -f1)" = "$(cat /tmp/marker.sum)" ] ||
@@ -161,6 +170,7 @@ run dd if=/dev/urandom of=$mnt/from-module bs=64k count=8 conv=fsync status=none
 sha256sum $mnt/from-module | cut -d' ' -f1 >/tmp/module.sum
 run umount $mnt
 run mlsdisk close ublk_md
+SERVE_ARGS="--threads 2"
 serve_start
 run mount -t ext4 -o ro "$BDEV" $mnt
 [ "$(sha256sum $mnt/from-module | cut -d' ' -f1)" = "$(cat /tmp/module.sum)" ] ||

@@ -707,6 +707,18 @@ fn serve_refusals() {
         2,
         "--depth",
     );
+    for bad in ["0", "17"] {
+        expect(
+            &run(&d, &["serve", "disk.img", "--key", KEY, "--threads", bad]),
+            2,
+            "--threads",
+        );
+    }
+    expect(
+        &run(&d, &["serve", "--stop", "0", "--threads", "2"]),
+        2,
+        "cannot be used with",
+    );
     expect(
         &run(
             &d,

@@ -269,7 +269,7 @@ struct ServeArgs {
     target: Option<PathBuf>,
     /// Stop /dev/ublkbN: its server syncs and deletes it (a device whose
     /// server was killed is deleted).
-    #[arg(long, value_name = "N", conflicts_with_all = ["target", "queues", "depth", "ready_file"],
+    #[arg(long, value_name = "N", conflicts_with_all = ["target", "queues", "depth", "threads", "ready_file"],
           value_parser = clap::value_parser!(u32).range(0..=i64::from(serve::MAX_ID)))]
     stop: Option<u32>,
     /// Hardware queues, each served by a thread (reads run in parallel
@@ -281,6 +281,14 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     depth: u16,
+    /// CPUs the engine's bulk work may use: sealing a flush's blocks,
+    /// writing them beside the flush's index updates, fetching the parts
+    /// of a long read (as the kernel module does on its workqueue); 1 runs
+    /// it all on the thread that holds the disk. More helps writes and
+    /// costs long reads (docs/admin-guide.md).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    threads: u16,
     /// Write the device's path to FILE once it is ready (for scripts).
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
@@ -1048,7 +1056,12 @@ fn serve_cmd(a: ServeArgs) -> Res<u8> {
         .as_deref()
         .ok_or_else(|| usage("serve needs a block device or image file"))?;
     serve::buffer_bytes(a.queues, a.depth).map_err(usage)?;
-    let (_locks, d) = open_image(p, a.key, &a.anchor)?;
+    let (_locks, mut d) = open_image(p, a.key, &a.anchor)?;
+    if a.threads > 1 {
+        d.set_parallel(Arc::new(
+            PoolParallel::new(usize::from(a.threads)).map_err(|e| core_fail(p, e))?,
+        ));
+    }
     let opts = serve::Options {
         queues: a.queues,
         depth: a.depth,
