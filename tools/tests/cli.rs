@@ -707,11 +707,12 @@ fn serve_refusals() {
         2,
         "--depth",
     );
+    // Out of range (an unknown option would fail with another message).
     for bad in ["0", "17"] {
         expect(
             &run(&d, &["serve", "disk.img", "--key", KEY, "--threads", bad]),
             2,
-            "--threads",
+            &format!("'{bad}' for '--threads <N>': {bad} is not in 1..=16"),
         );
     }
     expect(
